@@ -1,0 +1,247 @@
+"""Filtered link-prediction evaluation under the two protocols the field reports.
+
+Both protocols use PyKEEN's :class:`~pykeen.evaluation.RankBasedEvaluator` (filtered, realistic
+ranks: the mean of the optimistic and pessimistic rank, so ties are neither rewarded nor
+punished); nothing here ranks by hand.
+
+``standard``
+    Head and tail prediction; every entity of the model is a candidate; the ranking is filtered
+    with the client's train, valid and test triples. MRR and Hits@1/3/10.
+``fede``
+    The protocol of FedE's public code: tail prediction only; candidates restricted to the
+    client's train entities; filtered likewise. MRR and Hits@1/5/10.
+
+When the model is a client's local model (its entity set is the client's train entities, as in
+:class:`kg_datasets.ClientGraph`), the two candidate sets coincide and the protocols differ only
+in the predicted side and the reported Hits@k. When the model spans a larger entity set (the
+federation's global table, or a centrally trained model), pass ``candidate_entities`` for the
+FedE protocol and the standard protocol ranks against all of the model's entities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pykeen.evaluation import RankBasedEvaluator
+from pykeen.typing import LABEL_HEAD, LABEL_TAIL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kg_datasets import ClientGraph
+    from pykeen.models import Model
+
+__all__ = [
+    "PROTOCOLS",
+    "EvaluationProtocol",
+    "UnknownProtocolError",
+    "evaluate_client",
+    "evaluate_link_prediction",
+    "weighted_overall",
+]
+
+#: Number of triples scored at once; an explicit value skips PyKEEN's slow automatic search on CPU.
+DEFAULT_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """How one protocol ranks and what it reports.
+
+    :param name: the protocol's name.
+    :param side: PyKEEN's side key of the reported metrics (``"both"`` or ``"tail"``).
+    :param targets: the predicted positions.
+    :param ks: the k of the reported Hits@k.
+    :param restrict_to_train_entities: whether candidates are only the client's train entities.
+    """
+
+    name: str
+    side: str
+    targets: tuple[str, ...]
+    ks: tuple[int, ...]
+    restrict_to_train_entities: bool
+
+
+PROTOCOLS: Mapping[str, EvaluationProtocol] = {
+    "standard": EvaluationProtocol("standard", "both", (LABEL_HEAD, LABEL_TAIL), (1, 3, 10), False),
+    "fede": EvaluationProtocol("fede", "tail", (LABEL_TAIL,), (1, 5, 10), True),
+}
+
+
+class UnknownProtocolError(ValueError):
+    """Raised for a protocol name that is not in :data:`PROTOCOLS`."""
+
+
+def _protocol(name: str) -> EvaluationProtocol:
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise UnknownProtocolError(
+            f"unknown evaluation protocol {name!r}; choose one of {sorted(PROTOCOLS)}"
+        ) from None
+
+
+def evaluate_link_prediction(
+    model: Model,
+    mapped_triples: torch.Tensor,
+    *,
+    filter_triples: Sequence[torch.Tensor] = (),
+    protocol: str = "standard",
+    candidate_entities: Collection[int] | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Rank ``mapped_triples`` with ``model`` and return filtered rank metrics.
+
+    :param model: a PyKEEN model whose entity and relation ids the triples use.
+    :param mapped_triples: shape (n, 3), ``(head, relation, tail)`` ids of the triples to rank.
+    :param filter_triples: further known true triples (each shape (m, 3)) removed from the ranking;
+        the evaluated triples are always filtered too.
+    :param protocol: ``"standard"`` or ``"fede"`` (see the module docstring).
+    :param candidate_entities: the candidate entity ids for the FedE protocol (the client's train
+        entities in the model's id space); ``None`` means all of the model's entities. Ignored by
+        the standard protocol.
+    :param batch_size: triples scored at once (default :data:`DEFAULT_BATCH_SIZE`).
+    :param device: where to score; the model's device by default.
+    :returns: ``{"mrr", "hits@k" for the protocol's k, "num_triples"}``.
+    :raises UnknownProtocolError: for an unknown protocol name.
+    :raises ValueError: for triples of the wrong shape, ids outside the model, or evaluated
+        entities outside ``candidate_entities``.
+    """
+    spec = _protocol(protocol)
+    triples = torch.as_tensor(mapped_triples, dtype=torch.long)
+    if triples.ndim != 2 or triples.shape[1] != 3:
+        raise ValueError(f"mapped_triples must have shape (n, 3), got {tuple(triples.shape)}")
+    if triples.shape[0] == 0:
+        raise ValueError("no triples to evaluate")
+    _check_ids(model, triples, "evaluated triples")
+    filters = [torch.as_tensor(t, dtype=torch.long) for t in filter_triples if len(t)]
+    for extra in filters:
+        _check_ids(model, extra, "filter triples")
+
+    restrict = None
+    if spec.restrict_to_train_entities and candidate_entities is not None:
+        restrict = torch.as_tensor(sorted(set(int(e) for e in candidate_entities)), dtype=torch.long)
+        outside = set(triples[:, 2].tolist()) - set(restrict.tolist())
+        if outside:
+            raise ValueError(
+                f"{len(outside)} evaluated tail entities are not candidates (e.g. id {min(outside)}); "
+                "the FedE protocol needs every test entity among the client's train entities"
+            )
+
+    # only the metrics reported: PyKEEN's defaults add a dozen adjusted metrics we would discard
+    evaluator = RankBasedEvaluator(
+        filtered=True,
+        metrics=["inverse_harmonic_mean_rank", *("hits_at_k" for _ in spec.ks)],
+        metrics_kwargs=[None, *({"k": k} for k in spec.ks)],
+        add_defaults=False,
+    )
+    was_training = model.training
+    try:
+        results = evaluator.evaluate(
+            model=model,
+            mapped_triples=triples,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            device=torch.device(device) if device is not None else None,
+            use_tqdm=False,
+            additional_filter_triples=filters or None,
+            restrict_entities_to=restrict,
+            # the tail check above already did what PyKEEN's check does, for the predicted side only
+            do_time_consuming_checks=False,
+            targets=spec.targets,
+        )
+    finally:
+        model.train(was_training)
+    metrics = {"mrr": float(results.get_metric(f"{spec.side}.realistic.inverse_harmonic_mean_rank"))}
+    for k in spec.ks:
+        metrics[f"hits@{k}"] = float(results.get_metric(f"{spec.side}.realistic.hits_at_{k}"))
+    metrics["num_triples"] = int(triples.shape[0])
+    return metrics
+
+
+def _check_ids(model: Model, triples: torch.Tensor, what: str) -> None:
+    """Refuse ids outside the model's tables (PyKEEN would index out of range or mis-rank)."""
+    if triples.ndim != 2 or triples.shape[1] != 3:
+        raise ValueError(f"{what} must have shape (n, 3), got {tuple(triples.shape)}")
+    if triples.numel() == 0:
+        return
+    entities = triples[:, [0, 2]]
+    if int(entities.min()) < 0 or int(entities.max()) >= model.num_entities:
+        raise ValueError(
+            f"{what} hold entity ids outside [0, {model.num_entities}) of the model "
+            f"(min {int(entities.min())}, max {int(entities.max())})"
+        )
+    relations = triples[:, 1]
+    if int(relations.min()) < 0 or int(relations.max()) >= model.num_relations:
+        raise ValueError(
+            f"{what} hold relation ids outside [0, {model.num_relations}) of the model "
+            f"(min {int(relations.min())}, max {int(relations.max())})"
+        )
+
+
+def evaluate_client(
+    model: Model,
+    client: ClientGraph,
+    *,
+    split: str = "test",
+    protocol: str = "standard",
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Evaluate a client's local model on one of its splits.
+
+    The model uses the client's local ids (its entity set is the client's train entities).
+    Filtering uses the client's train, valid and test triples.
+
+    :param model: the client's PyKEEN model, ``model.num_entities == client.num_entities``.
+    :param client: the client's graph.
+    :param split: ``"valid"`` or ``"test"``.
+    :param protocol: ``"standard"`` or ``"fede"``.
+    :param batch_size: see :func:`evaluate_link_prediction`.
+    :param device: see :func:`evaluate_link_prediction`.
+    :returns: the metrics of :func:`evaluate_link_prediction`.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    if model.num_entities != client.num_entities:
+        raise ValueError(
+            f"client {client.client_id}: model has {model.num_entities} entities, "
+            f"the client holds {client.num_entities}"
+        )
+    factories = {"train": client.train, "valid": client.valid, "test": client.test}
+    evaluated = factories[split].mapped_triples
+    filters = [factory.mapped_triples for name, factory in factories.items() if name != split]
+    train_entities = torch.unique(client.train.mapped_triples[:, [0, 2]])
+    return evaluate_link_prediction(
+        model,
+        evaluated,
+        filter_triples=filters,
+        protocol=protocol,
+        candidate_entities=train_entities.tolist(),
+        batch_size=batch_size,
+        device=device,
+    )
+
+
+def weighted_overall(per_client: Sequence[Mapping[str, Any]], weight_key: str = "num_triples") -> dict[str, float]:
+    """Average per-client metrics, each weighted by its number of evaluated triples.
+
+    :param per_client: metric dicts as returned by :func:`evaluate_link_prediction`; all must
+        hold the same metric keys.
+    :param weight_key: the key holding each client's weight.
+    :returns: the weighted mean of every metric and the summed weight under ``weight_key``.
+    """
+    if not per_client:
+        raise ValueError("no client metrics to combine")
+    keys = [key for key in per_client[0] if key != weight_key]
+    for index, metrics in enumerate(per_client):
+        if set(metrics) - {weight_key} != set(keys):
+            raise ValueError(f"client metrics {index} have keys {sorted(metrics)}, expected {sorted(keys)}")
+    weights = [float(metrics[weight_key]) for metrics in per_client]
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("client weights sum to zero")
+    overall = {key: sum(w * float(m[key]) for w, m in zip(weights, per_client)) / total for key in keys}
+    overall[weight_key] = int(total)
+    return overall

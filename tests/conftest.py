@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+The real KG data of ``../shared/data`` (relative to the project root) is found through
+``SIMSKIP_SHARED_DATA`` or that default path; tests that need it skip with a reason when absent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Set before any test module imports PyKEEN or Flower: keep pystow's cache off the home
+# directory, and telemetry and update checks off.
+os.environ.setdefault("PYSTOW_HOME", tempfile.mkdtemp(prefix="simskip-pystow-"))
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def shared_data_dir() -> Path:
+    """Return the folder holding the shared KG data (it may not exist)."""
+    env = os.environ.get("SIMSKIP_SHARED_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder; skips the test when it is absent."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared KG data not found at {path} (set SIMSKIP_SHARED_DATA)")
+    return path
+
+

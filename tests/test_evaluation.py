@@ -1,0 +1,140 @@
+"""The evaluator's MRR and Hits@k equal a brute-force filtered rank computation, both protocols."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pykeen.datasets import Nations
+from pykeen.models import DistMult, TransE
+
+from client.kge.evaluation import (
+    UnknownProtocolError,
+    evaluate_link_prediction,
+    weighted_overall,
+)
+
+
+@pytest.fixture(scope="module")
+def nations():
+    return Nations()
+
+
+def _brute_force_ranks(model, triples, known, side, candidates):
+    """Realistic filtered ranks by enumeration: one score per candidate, compared in Python."""
+    known_set = {tuple(t) for t in known.tolist()}
+    ranks = []
+    with torch.no_grad():
+        for h, r, t in triples.tolist():
+            batch = torch.tensor([[h, r, t]])
+            if side == "tail":
+                scores = model.score_t(batch[:, :2])[0]
+                true, corrupt = t, lambda c: (h, r, c)
+            else:
+                scores = model.score_h(batch[:, 1:])[0]
+                true, corrupt = h, lambda c: (c, r, t)
+            true_score = float(scores[true])
+            greater = equal = 0
+            for c in candidates:
+                if c == true or corrupt(c) in known_set:
+                    continue
+                score = float(scores[c])
+                greater += score > true_score
+                equal += score == true_score
+            # PyKEEN's realistic rank: the mean of the optimistic and the pessimistic rank
+            ranks.append(1 + greater + equal / 2)
+    return np.asarray(ranks, dtype=float)
+
+
+def _expected(ranks, ks):
+    out = {"mrr": float(np.mean(1.0 / ranks))}
+    for k in ks:
+        out[f"hits@{k}"] = float(np.mean(ranks <= k))
+    return out
+
+
+@pytest.mark.parametrize("model_cls", [TransE, DistMult])
+def test_standard_protocol_matches_brute_force(nations, model_cls):
+    model = model_cls(triples_factory=nations.training, embedding_dim=8, random_seed=3)
+    model.eval()
+    test = nations.testing.mapped_triples
+    filters = [nations.training.mapped_triples, nations.validation.mapped_triples]
+    known = torch.cat([test, *filters])
+    everyone = list(range(nations.num_entities))
+
+    got = evaluate_link_prediction(model, test, filter_triples=filters, protocol="standard")
+
+    ranks = np.concatenate(
+        [
+            _brute_force_ranks(model, test, known, "head", everyone),
+            _brute_force_ranks(model, test, known, "tail", everyone),
+        ]
+    )
+    want = _expected(ranks, (1, 3, 10))
+    assert got["num_triples"] == test.shape[0]
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    # an untrained model is not perfect: the comparison above is not vacuous
+    assert 0.0 < got["mrr"] < 1.0
+
+
+def test_fede_protocol_restricts_candidates_and_predicts_tails_only(nations):
+    model = DistMult(triples_factory=nations.training, embedding_dim=8, random_seed=5)
+    model.eval()
+    test = nations.testing.mapped_triples
+    # keep the triples whose tail lies in a candidate subset, then rank against that subset only
+    candidates = list(range(0, nations.num_entities, 2)) + [1]
+    test = test[torch.isin(test[:, 2], torch.tensor(candidates))]
+    filters = [
+        nations.training.mapped_triples,
+        nations.validation.mapped_triples,
+        nations.testing.mapped_triples,
+    ]
+    known = torch.cat(filters)
+
+    got = evaluate_link_prediction(
+        model, test, filter_triples=filters, protocol="fede", candidate_entities=candidates
+    )
+    want = _expected(_brute_force_ranks(model, test, known, "tail", candidates), (1, 5, 10))
+    assert set(got) == {"mrr", "hits@1", "hits@5", "hits@10", "num_triples"}
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+
+    # the restriction matters: ranking against every entity gives another result
+    unrestricted = evaluate_link_prediction(model, test, filter_triples=filters, protocol="fede")
+    want_all = _expected(
+        _brute_force_ranks(model, test, known, "tail", range(nations.num_entities)), (1, 5, 10)
+    )
+    assert unrestricted["mrr"] == pytest.approx(want_all["mrr"], abs=1e-6)
+    assert unrestricted["mrr"] != pytest.approx(got["mrr"], abs=1e-6)
+
+
+def test_fede_protocol_refuses_tails_outside_candidates(nations):
+    model = DistMult(triples_factory=nations.training, embedding_dim=4, random_seed=0)
+    test = nations.testing.mapped_triples
+    with pytest.raises(ValueError, match="not candidates"):
+        evaluate_link_prediction(model, test, protocol="fede", candidate_entities=[0, 1])
+
+
+def test_bad_inputs_are_named(nations):
+    model = DistMult(triples_factory=nations.training, embedding_dim=4, random_seed=0)
+    test = nations.testing.mapped_triples
+    with pytest.raises(UnknownProtocolError, match="'ogb'"):
+        evaluate_link_prediction(model, test, protocol="ogb")
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        evaluate_link_prediction(model, test[:, :2])
+    bad = test.clone()
+    bad[0, 2] = nations.num_entities
+    with pytest.raises(ValueError, match="entity ids outside"):
+        evaluate_link_prediction(model, bad)
+
+
+def test_weighted_overall_weights_by_triples():
+    a = {"mrr": 0.5, "hits@1": 0.25, "num_triples": 30}
+    b = {"mrr": 0.1, "hits@1": 0.05, "num_triples": 10}
+    overall = weighted_overall([a, b])
+    assert overall["mrr"] == pytest.approx((0.5 * 30 + 0.1 * 10) / 40)
+    assert overall["hits@1"] == pytest.approx((0.25 * 30 + 0.05 * 10) / 40)
+    assert overall["num_triples"] == 40
+    with pytest.raises(ValueError, match="keys"):
+        weighted_overall([a, {"mrr": 0.2, "num_triples": 3}])
