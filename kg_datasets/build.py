@@ -1,0 +1,199 @@
+"""Turn per-client global-id triples into :class:`ClientGraph` / :class:`FederatedKG` objects.
+
+Validation happens here, before any PyKEEN factory exists: PyKEEN silently drops unknown labels,
+so the unseen-entity check is ours (raise naming file:line, or drop and count).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pykeen.triples import TriplesFactory
+
+from kg_datasets.errors import KGDataError, KGDataWarning, UnseenTripleError
+from kg_datasets.model import ClientGraph, FederatedKG
+from kg_datasets.triples import LocatedTriples, encode_triples, labels_in_id_order
+
+logger = logging.getLogger(__name__)
+
+#: What to do with valid/test triples whose entity or relation is not in the client's train.
+ON_UNSEEN_POLICIES: tuple[str, ...] = ("error", "drop")
+
+
+def check_on_unseen(on_unseen: str) -> str:
+    """Validate an ``on_unseen`` policy name."""
+    if on_unseen not in ON_UNSEEN_POLICIES:
+        raise KGDataError(f"on_unseen must be one of {ON_UNSEEN_POLICIES}, got {on_unseen!r}")
+    return on_unseen
+
+
+@dataclass(frozen=True)
+class ClientTriples:
+    """One client's splits as global-id triples (before local ids and factories exist)."""
+
+    train: LocatedTriples
+    valid: LocatedTriples
+    test: LocatedTriples
+
+
+def _unseen_mask(split: LocatedTriples, train_entities: np.ndarray, train_relations: np.ndarray) -> np.ndarray:
+    """bool (n,): rows with an entity or relation absent from train."""
+    ids = split.ids
+    seen = (
+        np.isin(ids[:, 0], train_entities)
+        & np.isin(ids[:, 2], train_entities)
+        & np.isin(ids[:, 1], train_relations)
+    )
+    return ~seen
+
+
+def _describe_unseen(row: np.ndarray, train_entities: np.ndarray, train_relations: np.ndarray,
+                     entity_labels: Sequence[str], relation_labels: Sequence[str]) -> str:
+    """Which parts of one (h, r, t) global-id row are missing from train, by label."""
+    h, r, t = (int(x) for x in row)
+    missing = []
+    if not np.isin(h, train_entities):
+        missing.append(f"head entity {entity_labels[h]!r}")
+    if not np.isin(r, train_relations):
+        missing.append(f"relation {relation_labels[r]!r}")
+    if not np.isin(t, train_entities) and t != h:  # a self-loop's entity is named once
+        missing.append(f"tail entity {entity_labels[t]!r}")
+    return " and ".join(missing)
+
+
+def _report_duplicates(client_id: int, splits: Mapping[str, LocatedTriples], num_entities: int, num_relations: int) -> None:
+    """Warn (KGDataWarning, naming file:line) about repeated triples within a split and about
+    valid/test triples that also occur in train (or test in valid): data stays as it is."""
+    keys = {name: encode_triples(s.ids, num_entities, num_relations) for name, s in splits.items()}
+    for name, split in splits.items():
+        _, first = np.unique(keys[name], return_index=True)
+        n_dup = int(len(split) - first.size)
+        if n_dup:
+            is_first = np.zeros(len(split), dtype=bool)
+            is_first[first] = True
+            row = int(np.flatnonzero(~is_first)[0])
+            warnings.warn(
+                f"{split.where(row)}: duplicate triple; client {client_id} {name} holds {n_dup} repeated "
+                f"triple(s) (kept as they are)",
+                KGDataWarning,
+                stacklevel=4,
+            )
+    for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
+        overlap = np.isin(keys[later], keys[earlier])
+        if overlap.any():
+            row = int(np.flatnonzero(overlap)[0])
+            warnings.warn(
+                f"{splits[later].where(row)}: triple also in {earlier}; client {client_id} has "
+                f"{int(overlap.sum())} {later} row(s) ({np.unique(keys[later][overlap]).size} distinct triples) "
+                f"that are in its {earlier} split (kept as they are)",
+                KGDataWarning,
+                stacklevel=4,
+            )
+
+
+def build_client(
+    client_id: int,
+    triples: ClientTriples,
+    entity_labels: Sequence[str],
+    relation_labels: Sequence[str],
+    *,
+    on_unseen: str = "error",
+) -> ClientGraph:
+    """Validate one client's global-id triples and build its local-id factories.
+
+    :param client_id: the client's index.
+    :param triples: train/valid/test as global ids (n, 3).
+    :param entity_labels: global entity labels in id order (len E).
+    :param relation_labels: global relation labels in id order (len R).
+    :param on_unseen: ``"error"`` raises :class:`UnseenTripleError` at the first valid/test triple
+        whose entity or relation is not in train; ``"drop"`` removes them and records the count.
+    :return: the client, with ``entity_ids`` / ``relation_ids`` mapping local -> global ids.
+    """
+    check_on_unseen(on_unseen)
+    train = triples.train
+    splits = {"train": train, "valid": triples.valid, "test": triples.test}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise KGDataError(f"{split.origin}: client {client_id} has no {name} triples")
+    _report_duplicates(client_id, splits, len(entity_labels), len(relation_labels))
+
+    # FedE's local ids: each global id's rank among the client's train entities (np.unique order).
+    entity_ids = np.unique(train.ids[:, [0, 2]])
+    relation_ids = np.unique(train.ids[:, 1])
+    dropped: dict[str, int] = {}
+    for name in ("valid", "test"):
+        split = splits[name]
+        unseen = _unseen_mask(split, entity_ids, relation_ids)
+        count = int(unseen.sum())
+        if not count:
+            continue
+        row = int(np.flatnonzero(unseen)[0])
+        what = _describe_unseen(split.ids[row], entity_ids, relation_ids, entity_labels, relation_labels)
+        if on_unseen == "error":
+            raise UnseenTripleError(
+                f"{split.where(row)}: {what} not in client {client_id}'s train; {count} {name} triple(s) "
+                f"of this client hold an entity or relation unseen in its train "
+                f"(pass on_unseen='drop' to drop them)"
+            )
+        logger.warning("client %d: dropped %d %s triple(s) unseen in train (first at %s)",
+                       client_id, count, name, split.where(row))
+        splits[name] = split.select(~unseen)
+        dropped[name] = count
+        if len(splits[name]) == 0:
+            raise KGDataError(f"{split.origin}: client {client_id} has no {name} triples left after dropping "
+                              f"{count} unseen in train")
+
+    entity_to_id = {entity_labels[g]: i for i, g in enumerate(entity_ids.tolist())}
+    relation_to_id = {relation_labels[g]: i for i, g in enumerate(relation_ids.tolist())}
+    factories = {}
+    for name, split in splits.items():
+        local = np.empty_like(split.ids)
+        local[:, 0] = np.searchsorted(entity_ids, split.ids[:, 0])
+        local[:, 1] = np.searchsorted(relation_ids, split.ids[:, 1])
+        local[:, 2] = np.searchsorted(entity_ids, split.ids[:, 2])
+        # The plain constructor keeps row order and ids as given; from_labeled_triples would
+        # re-map labels, silently drop unknown ones and filter relations ending in "_inverse".
+        factories[name] = TriplesFactory(
+            mapped_triples=torch.from_numpy(local),
+            entity_to_id=entity_to_id,
+            relation_to_id=relation_to_id,
+        )
+    return ClientGraph(
+        client_id=client_id,
+        train=factories["train"],
+        valid=factories["valid"],
+        test=factories["test"],
+        entity_ids=entity_ids.astype(np.int64),
+        relation_ids=relation_ids.astype(np.int64),
+        dropped_unseen=dropped,
+    )
+
+
+def build_federated(
+    name: str,
+    entity_to_id: Mapping[str, int],
+    relation_to_id: Mapping[str, int],
+    clients: Sequence[ClientTriples],
+    *,
+    on_unseen: str = "error",
+) -> FederatedKG:
+    """Build a :class:`FederatedKG` from per-client global-id triples (see :func:`build_client`)."""
+    check_on_unseen(on_unseen)
+    if not clients:
+        raise KGDataError(f"{name}: no clients")
+    entity_labels = labels_in_id_order(entity_to_id)
+    relation_labels = labels_in_id_order(relation_to_id)
+    for k, c in enumerate(clients):
+        for split in (c.train, c.valid, c.test):
+            if len(split) and (split.ids.min() < 0 or split.ids[:, [0, 2]].max() >= len(entity_labels)
+                               or split.ids[:, 1].max() >= len(relation_labels)):
+                raise KGDataError(f"{split.origin}: client {k} has ids outside the global vocabularies")
+    built = tuple(
+        build_client(k, c, entity_labels, relation_labels, on_unseen=on_unseen) for k, c in enumerate(clients)
+    )
+    return FederatedKG(name=name, entity_to_id=dict(entity_to_id), relation_to_id=dict(relation_to_id), clients=built)

@@ -1,0 +1,144 @@
+"""The data types of a (federated) knowledge graph.
+
+* :class:`KGSplit`: one graph with train/valid/test as global-id triples (a single-graph source).
+* :class:`ClientGraph`: one party's graph as PyKEEN ``TriplesFactory`` objects with client-local ids.
+* :class:`FederatedKG`: global vocabularies plus the clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pykeen.triples import TriplesFactory
+
+from kg_datasets.triples import LocatedTriples, labels_in_id_order
+
+
+@dataclass(frozen=True)
+class KGSplit:
+    """One knowledge graph with train/valid/test over global vocabularies.
+
+    :param name: a display name (e.g. ``"FB15k-237"``).
+    :param entity_to_id: entity label -> global id, ids dense 0..E-1.
+    :param relation_to_id: relation label -> global id, ids dense 0..R-1.
+    :param train: global-id triples (n_train, 3), with their file/line origins.
+    :param valid: likewise.
+    :param test: likewise.
+    """
+
+    name: str
+    entity_to_id: Mapping[str, int]
+    relation_to_id: Mapping[str, int]
+    train: LocatedTriples
+    valid: LocatedTriples
+    test: LocatedTriples
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entity_to_id)
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relation_to_id)
+
+    def pooled(self) -> np.ndarray:
+        """int64 (n, 3): train, then valid, then test rows, in file order (the partitioners' input)."""
+        return np.concatenate([self.train.ids, self.valid.ids, self.test.ids], axis=0)
+
+
+@dataclass(frozen=True)
+class ClientGraph:
+    """One party's graph: train/valid/test ``TriplesFactory`` objects sharing client-local ids.
+
+    The local entity (relation) set is exactly the entities (relations) of the train split; valid
+    and test hold only those. Local ids follow global ids when built from a :class:`FederatedKG`
+    (FedE's ``np.unique`` order) and sorted labels when a folder is loaded alone.
+
+    :param client_id: the client's index (its folder name).
+    :param train: local-id factory; ``entity_to_id`` maps label -> local id.
+    :param valid: same ``entity_to_id`` / ``relation_to_id`` as ``train``.
+    :param test: likewise.
+    :param entity_ids: int64 (num_entities,), local id -> global entity id of the federation;
+        ``None`` when the folder was loaded alone.
+    :param relation_ids: int64 (num_relations,), local -> global relation id; ``None`` likewise.
+    :param dropped_unseen: per split (``"valid"``, ``"test"``), how many triples were dropped
+        because they hold an entity or relation unseen in train (``on_unseen="drop"``).
+    """
+
+    client_id: int
+    train: TriplesFactory
+    valid: TriplesFactory
+    test: TriplesFactory
+    entity_ids: np.ndarray | None
+    relation_ids: np.ndarray | None
+    dropped_unseen: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def num_entities(self) -> int:
+        return int(self.train.num_entities)
+
+    @property
+    def num_relations(self) -> int:
+        return int(self.train.num_relations)
+
+    @property
+    def entity_labels(self) -> list[str]:
+        """Entity labels in local-id order."""
+        return labels_in_id_order(self.train.entity_to_id)
+
+    @property
+    def relation_labels(self) -> list[str]:
+        """Relation labels in local-id order."""
+        return labels_in_id_order(self.train.relation_to_id)
+
+    def factories(self) -> dict[str, TriplesFactory]:
+        """``{"train": ..., "valid": ..., "test": ...}``."""
+        return {"train": self.train, "valid": self.valid, "test": self.test}
+
+
+@dataclass(frozen=True)
+class FederatedKG:
+    """A knowledge graph split over clients.
+
+    :param name: a display name.
+    :param entity_to_id: global entity vocabulary, label -> id (dense 0..E-1).
+    :param relation_to_id: global relation vocabulary, label -> id (dense 0..R-1).
+    :param clients: the clients, ``clients[k].client_id == k``.
+    """
+
+    name: str
+    entity_to_id: Mapping[str, int]
+    relation_to_id: Mapping[str, int]
+    clients: tuple[ClientGraph, ...]
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entity_to_id)
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relation_to_id)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write per-client folders ``out_dir/<k>/{train,valid,test}.txt`` (labelled, LF).
+
+        Each client folder is all one party needs (:func:`kg_datasets.load_client_folder` reads
+        it); besides the triples it holds the client's local vocabularies ``entity_to_id.tsv`` /
+        ``relation_to_id.tsv`` (its own labels, in its local-id order) so that the party's local
+        ids equal the server's view. ``out_dir`` itself gets the global vocabularies under the same
+        names (for the server), so reading the folder back gives the same global ids.
+
+        :param out_dir: the folder to create.
+        :param overwrite: replace an existing non-empty folder (otherwise an error).
+        :return: the folder written.
+        """
+        from kg_datasets.writer import write_federated
+
+        return write_federated(self, Path(out_dir), overwrite=overwrite)
