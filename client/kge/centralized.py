@@ -1,0 +1,414 @@
+"""The reference settings of federated KGE papers, run without Flower.
+
+``isolation``
+    Each client trains alone on its own triples (FedE without aggregation).
+``collection``
+    All clients' train triples pooled over global entity ids (relations made unique per client)
+    and trained centrally; still validated and tested per client, by scoring each client's
+    valid/test triples with the central rows of that client's entities and relations.
+
+:func:`run_fede_in_process` runs FedE itself in one process (a reference for the Flower apps).
+
+All use the federated budget: one "round" is ``config.local_epochs`` epochs over the triples,
+validation every ``config.eval_every`` rounds (overall MRR weighted by each client's valid
+size), early stopping after ``config.patience`` checks without improvement, and the final test
+with the best round's weights. Start rows are the server's initial table
+(:func:`client.kge.models.initial_entity_table`), as in FedE, so the settings differ only in
+what is shared.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pykeen.models import Model
+from pykeen.triples import CoreTriplesFactory
+
+from client.kge.config import KGEConfig
+from client.kge.early_stopping import EarlyStopping
+from client.kge.evaluation import evaluate_client, weighted_overall
+from client.kge.models import (
+    UnsupportedModelError,
+    build_model,
+    entity_embedding,
+    initial_entity_table,
+    relation_embeddings,
+    seeded,
+)
+from client.kge.training import LocalTrainer, resolve_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kg_datasets import ClientGraph, FederatedKG
+
+__all__ = [
+    "CollectionAdapter",
+    "PooledGraph",
+    "pool_clients",
+    "run_collection",
+    "run_fede_in_process",
+    "run_isolation",
+    "untrained_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+#: ``client_id`` of the pooled graph (seeds and messages tell it from the real clients).
+POOLED_CLIENT_ID = -1
+
+
+def _require_global_ids(kg: FederatedKG) -> None:
+    for client in kg.clients:
+        if client.entity_ids is None or client.relation_ids is None:
+            raise ValueError(
+                f"client {client.client_id} has no global ids (loaded alone?); baselines need a FederatedKG"
+            )
+
+
+# --- collection: pooled graph and the per-client view of the central model -----------------------
+
+
+@dataclass(frozen=True)
+class PooledGraph:
+    """All clients' train triples over global entity ids and per-client-unique relation ids.
+
+    :param train: the pooled factory, ``num_entities == kg.num_entities``.
+    :param relation_offsets: client k's local relation r is pooled relation ``offsets[k] + r``.
+    """
+
+    train: CoreTriplesFactory
+    relation_offsets: tuple[int, ...]
+    client_id: int = POOLED_CLIENT_ID
+
+    @property
+    def num_entities(self) -> int:
+        return int(self.train.num_entities)
+
+
+def pool_clients(kg: FederatedKG) -> PooledGraph:
+    """Pool the clients' train triples (global entity ids; relations unique per client).
+
+    Relations are made unique per client so that pooling adds no information FedE does not
+    have: a relation name shared by two parties stays two private relations.
+    """
+    _require_global_ids(kg)
+    offsets = np.cumsum([0] + [client.num_relations for client in kg.clients])
+    parts = []
+    for client, offset in zip(kg.clients, offsets[:-1]):
+        local = client.train.mapped_triples.numpy()
+        entity_ids = np.asarray(client.entity_ids, dtype=np.int64)
+        parts.append(np.stack([entity_ids[local[:, 0]], local[:, 1] + offset, entity_ids[local[:, 2]]], axis=1))
+    pooled = torch.as_tensor(np.concatenate(parts), dtype=torch.long)
+    factory = CoreTriplesFactory.create(
+        mapped_triples=pooled, num_entities=kg.num_entities, num_relations=int(offsets[-1])
+    )
+    return PooledGraph(train=factory, relation_offsets=tuple(int(o) for o in offsets[:-1]))
+
+
+class CollectionAdapter:
+    """Score one client's valid/test triples with the central model.
+
+    Builds a client-local model of the same kind once and, before each evaluation, fills it with
+    the central rows of the client's entities and relations (other parameters are copied as
+    they are). The client is then evaluated exactly as in FedE and isolation: its own entities
+    as candidates, filtered with its own triples.
+
+    :param client: the client's graph (with global ``entity_ids``).
+    :param relation_offset: the client's offset in the pooled relation ids.
+    :param config: the KGE config of the central model.
+    :param device: where to score.
+    """
+
+    def __init__(self, client: ClientGraph, relation_offset: int, config: KGEConfig,
+                 device: torch.device | None = None) -> None:
+        self.client = client
+        with seeded(0):
+            self.model = build_model(config, client.train, device)
+        self.entity_rows = torch.as_tensor(np.asarray(client.entity_ids, dtype=np.int64))
+        self.relation_rows = torch.arange(client.num_relations) + relation_offset
+
+    def load_from(self, central: Model) -> Model:
+        """Copy the client's rows of ``central`` into the client model and return it."""
+        central_entities = entity_embedding(central)._embeddings.weight
+        central_relations = relation_embeddings(central)
+        local_relations = relation_embeddings(self.model)
+        local_entities = entity_embedding(self.model)._embeddings.weight
+        gathered = {id(local_entities): central_entities[self.entity_rows.to(central_entities.device)]}
+        for central_rel, local_rel in zip(central_relations, local_relations, strict=True):
+            weight = central_rel._embeddings.weight
+            gathered[id(local_rel._embeddings.weight)] = weight[self.relation_rows.to(weight.device)]
+        central_state = central.state_dict()
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict(keep_vars=True).items():
+                source = gathered.get(id(tensor), central_state[name])
+                if source.shape != tensor.shape:
+                    raise UnsupportedModelError(
+                        f"{type(central).__name__}: tensor {name!r} is sized by the graph "
+                        f"({tuple(source.shape)} vs {tuple(tensor.shape)}) and is not an entity/relation table"
+                    )
+                tensor.data.copy_(source.to(tensor.device))
+        return self.model
+
+    def evaluate(self, central: Model, split: str, config: KGEConfig) -> dict[str, float]:
+        """Metrics of the client's ``split`` under ``config.eval_protocol``."""
+        return evaluate_client(self.load_from(central), self.client, split=split, protocol=config.eval_protocol,
+                               batch_size=config.eval_batch_size)
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+
+def _labels_in_id_order(vocabulary: Mapping[str, int]) -> list[str]:
+    labels = [""] * len(vocabulary)
+    for label, index in vocabulary.items():
+        labels[index] = label
+    return labels
+
+
+def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with_entities: bool) -> None:
+    """``clients/<k>/``: ``relation_embeddings.npz`` (model tensors besides the entity rows, by
+    state-dict name), ``relations.tsv``, and with ``with_entities`` ``entity_embeddings.npy`` (local
+    order) plus ``entities.tsv``; the same files a Flower party writes into its own folder."""
+    from server.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv  # pure numpy
+
+    folder = out_dir / "clients" / str(client.client_id)
+    entity_weight = entity_embedding(model)._embeddings.weight
+    arrays = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict(keep_vars=True).items()
+              if tensor is not entity_weight}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(folder / "relation_embeddings.npz", buffer.getvalue())
+    write_labels_tsv(folder / "relations.tsv", client.relation_labels)
+    if with_entities:
+        save_npy_atomic(folder / "entity_embeddings.npy", entity_weight.detach().cpu().numpy())
+        write_labels_tsv(folder / "entities.tsv", client.entity_labels)
+
+
+# --- the shared round schedule ---------------------------------------------------------------------
+
+
+def _per_client_report(metrics: Sequence[Mapping[str, float]], client_ids: Sequence[int]) -> dict[str, Any]:
+    return {"overall": weighted_overall(list(metrics)),
+            "clients": {str(cid): dict(m) for cid, m in zip(client_ids, metrics)}}
+
+
+def _run_rounds(
+    *,
+    setting: str,
+    config: KGEConfig,
+    rounds: int,
+    client_ids: Sequence[int],
+    train_round: Callable[[], dict[str, list[float]]],
+    evaluate: Callable[[str], list[dict[str, float]]],
+    snapshot: Callable[[], Any],
+    restore: Callable[[Any], None],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Train ``rounds`` rounds with validation, early stopping and a best-round test."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    say = progress or logger.info
+    stopper = EarlyStopping(patience=config.patience)
+    history: list[dict[str, Any]] = []
+    best_snapshot = None
+    train_seconds = 0.0
+    last_round = 0
+    for round_number in range(1, rounds + 1):
+        started = time.perf_counter()
+        losses = train_round()
+        train_seconds += time.perf_counter() - started
+        last_round = round_number
+        entry: dict[str, Any] = {"round": round_number, "losses": losses}
+        # validate on the schedule, and always after the last round so its weights can win
+        if round_number % config.eval_every == 0 or round_number == rounds:
+            entry["valid"] = _per_client_report(evaluate("valid"), client_ids)
+            mrr = entry["valid"]["overall"]["mrr"]
+            if stopper.update(round_number, mrr):
+                best_snapshot = snapshot()
+            say(f"[{setting}] round {round_number}/{rounds}: valid MRR {mrr:.4f} (best {stopper.best_value:.4f} "
+                f"at round {stopper.best_round})")
+        else:
+            say(f"[{setting}] round {round_number}/{rounds}: mean loss "
+                f"{np.mean([values[-1] for values in losses.values() if values]):.4f}")
+        history.append(entry)
+        if stopper.should_stop:
+            say(f"[{setting}] early stop after round {round_number}")
+            break
+    restore(best_snapshot)
+    test = _per_client_report(evaluate("test"), client_ids)
+    say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
+    return {
+        "setting": setting,
+        "config": config.to_run_config(),
+        "rounds_budget": rounds,
+        "rounds_trained": last_round,
+        "best_round": stopper.best_round,
+        "best_valid_mrr": stopper.best_value,
+        "train_seconds": train_seconds,
+        "history": history,
+        "test": test,
+    }
+
+
+def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device: torch.device | str | None = None,
+                  progress: Progress | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Each client trains alone for ``num_rounds`` rounds of ``config.local_epochs`` epochs.
+
+    :param kg: the federated graph (clients with global ids).
+    :param config: the KGE config.
+    :param num_rounds: the round budget (as FedE's ``num-server-rounds``).
+    :param device: where to train; CUDA when present.
+    :param progress: called with one line per round (default: ``logging``).
+    :param out_dir: if given, the best round's embeddings are written there (atomically):
+        ``clients/<k>/{entity_embeddings.npy, entities.tsv, relation_embeddings.npz, relations.tsv}``.
+    :returns: ``{"setting", "config", "rounds_trained", "best_round", "history", "test": {"overall",
+        "clients": {id: metrics}}, ...}`` (JSON-able).
+    """
+    _require_global_ids(kg)
+    device = resolve_device(device)
+    table = initial_entity_table(config, kg.num_entities, seed=config.seed)
+    trainers = [LocalTrainer(client, config, device) for client in kg.clients]
+    for trainer, client in zip(trainers, kg.clients):
+        trainer.set_entity_embeddings(table[client.entity_ids])
+
+    def train_round() -> dict[str, list[float]]:
+        return {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
+
+    def snapshot() -> list[dict[str, np.ndarray]]:
+        return [t.get_private_state(include_entities=True) for t in trainers]
+
+    def restore(states: list[dict[str, np.ndarray]] | None) -> None:
+        for trainer, state in zip(trainers, states or []):
+            trainer.set_private_state(state)
+
+    result = _run_rounds(
+        setting="isolation", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
+        train_round=train_round, evaluate=lambda split: [t.evaluate(split) for t in trainers],
+        snapshot=snapshot, restore=restore, progress=progress,
+    )
+    if out_dir is not None:
+        for trainer, client in zip(trainers, kg.clients):
+            _write_client_outputs(Path(out_dir), client, trainer.model, with_entities=True)
+    return result
+
+
+def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
+                        device: torch.device | str | None = None, progress: Progress | None = None,
+                        out_dir: str | Path | None = None) -> dict[str, Any]:
+    """FedE without Flower: a reference for the Flower apps and a quick learning check.
+
+    Every round each client loads the server's rows of its entities, trains
+    ``config.local_epochs`` epochs and returns them; each global row becomes the mean over the
+    clients holding it (:func:`server.aggregation.aggregate_rows`). All clients take part
+    every round; relation embeddings and optimizer state stay in each client's trainer. The
+    test uses the best round's table and client states.
+
+    Parameters and result as :func:`run_isolation`; with ``out_dir`` also the global
+    ``entity_embeddings.npy`` / ``entities.tsv``.
+    """
+    from server.aggregation import aggregate_rows  # pure numpy
+
+    _require_global_ids(kg)
+    device = resolve_device(device)
+    table = initial_entity_table(config, kg.num_entities, seed=config.seed)
+    trainers = [LocalTrainer(client, config, device) for client in kg.clients]
+    holders = [np.asarray(client.entity_ids, dtype=np.int64) for client in kg.clients]
+    state: dict[str, Any] = {"table": table}
+
+    def send_rows() -> None:
+        for trainer, ids in zip(trainers, holders):
+            trainer.set_entity_embeddings(state["table"][ids])
+
+    def train_round() -> dict[str, list[float]]:
+        send_rows()
+        losses = {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
+        updates = [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)]
+        state["table"] = aggregate_rows(state["table"], updates)
+        send_rows()  # evaluation scores the aggregated rows, as the federation's clients would
+        return losses
+
+    def snapshot() -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+        return state["table"].copy(), [t.get_private_state() for t in trainers]
+
+    def restore(saved: tuple[np.ndarray, list[dict[str, np.ndarray]]] | None) -> None:
+        if saved is None:
+            return
+        state["table"] = saved[0]
+        for trainer, private in zip(trainers, saved[1]):
+            trainer.set_private_state(private)
+        send_rows()
+
+    result = _run_rounds(
+        setting="fede", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
+        train_round=train_round, evaluate=lambda split: [t.evaluate(split) for t in trainers],
+        snapshot=snapshot, restore=restore, progress=progress,
+    )
+    if out_dir is not None:
+        from server.run_folder import save_npy_atomic, write_labels_tsv  # pure numpy
+
+        save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
+        write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
+        for trainer, client in zip(trainers, kg.clients):
+            _write_client_outputs(Path(out_dir), client, trainer.model, with_entities=False)
+    return result
+
+
+def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device: torch.device | str | None = None,
+                   progress: Progress | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one model on all clients' pooled triples; validate and test per client.
+
+    Parameters and result as :func:`run_isolation`; one round is ``config.local_epochs`` epochs
+    over the pooled triples (every triple is seen as often as under FedE's budget). With
+    ``out_dir``, writes ``entity_embeddings.npy`` (row = global id) and ``entities.tsv``, and per
+    client ``clients/<k>/{relation_embeddings.npz, relations.tsv}`` (the central relation rows of
+    that client, in its local order).
+    """
+    device = resolve_device(device)
+    pooled = pool_clients(kg)
+    trainer = LocalTrainer(pooled, config, device)
+    trainer.set_entity_embeddings(initial_entity_table(config, kg.num_entities, seed=config.seed))
+    adapters = [CollectionAdapter(client, offset, config, device)
+                for client, offset in zip(kg.clients, pooled.relation_offsets)]
+
+    def snapshot() -> dict[str, np.ndarray]:
+        return trainer.get_private_state(include_entities=True)
+
+    def restore(state: dict[str, np.ndarray] | None) -> None:
+        if state is not None:
+            trainer.set_private_state(state)
+
+    result = _run_rounds(
+        setting="collection", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
+        train_round=lambda: {"pooled": trainer.train(config.local_epochs)},
+        evaluate=lambda split: [a.evaluate(trainer.model, split, config) for a in adapters],
+        snapshot=snapshot, restore=restore, progress=progress,
+    )
+    if out_dir is not None:
+        from server.run_folder import save_npy_atomic, write_labels_tsv  # pure numpy
+
+        save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", trainer.get_entity_embeddings())
+        write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
+        for adapter, client in zip(adapters, kg.clients):
+            _write_client_outputs(Path(out_dir), client, adapter.load_from(trainer.model), with_entities=False)
+    return result
+
+
+def untrained_metrics(kg: FederatedKG, config: KGEConfig, split: str = "test") -> dict[str, Any]:
+    """Per-client metrics of the untrained model (the server's initial rows): the floor to beat."""
+    _require_global_ids(kg)
+    table = initial_entity_table(config, kg.num_entities, seed=config.seed)
+    metrics = []
+    for client in kg.clients:
+        trainer = LocalTrainer(client, config)
+        trainer.set_entity_embeddings(table[client.entity_ids])
+        metrics.append(trainer.evaluate(split))
+    return _per_client_report(metrics, [c.client_id for c in kg.clients])

@@ -1,0 +1,246 @@
+"""The one documented configuration of local KGE training (FedE's defaults).
+
+Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``--run-config``
+overrides) uses kebab-case keys; :meth:`KGEConfig.from_run_config` maps them onto the snake_case
+fields below. Keys that belong to the federation rather than to KGE training are listed in
+:data:`KNOWN_NON_KGE_KEYS` and skipped; any other unknown key fails, naming it, so that a typo
+never silently falls back to a default.
+
+Defaults are those of FedE's public code (Chen et al., IJCKG 2021): dim 128, 3 local epochs,
+batch 512, Adam lr 1e-3, 256 filtered negatives per positive, self-adversarial negative sampling
+loss with temperature 1.0 and margin (gamma) 10, validation every 5 rounds, patience 15 checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = [
+    "KGEConfig",
+    "ConfigError",
+    "KNOWN_NON_KGE_KEYS",
+    "parse_overrides",
+    "to_kebab",
+    "to_snake",
+]
+
+#: Run-config keys owned by the federation (Flower apps), not by KGE training. They are ignored by
+#: :meth:`KGEConfig.from_run_config`. The Flower engineer owns the content of this set.
+KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
+    {
+        "setting",  # fede | isolation | collection
+        "num-server-rounds",
+        "num-rounds",
+        "fraction-train",
+        "fraction-evaluate",
+        "min-available-nodes",
+        "min-train-nodes",
+        "dataset",
+        "num-clients",
+        "partition",
+        "partition-seed",
+        "data-dir",
+        "run-dir",
+        "round-timeout",
+        "client-num-cpus",
+        "client-num-gpus",
+        "num-cpus",
+        "num-gpus",
+        "simskip-rounds",
+        "simskip-local-epochs",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, or a value has the wrong type or is out of range."""
+
+
+def to_kebab(name: str) -> str:
+    """``local_epochs`` -> ``local-epochs``."""
+    return name.replace("_", "-")
+
+
+def to_snake(key: str) -> str:
+    """``local-epochs`` -> ``local_epochs``."""
+    return key.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class KGEConfig:
+    """Hyper-parameters of one party's local KGE training and of the validation schedule.
+
+    :param model: a PyKEEN model name resolved by ``pykeen.models.model_resolver`` (``TransE``,
+        ``RotatE``, ``DistMult``, ``ComplEx``, or any model whose entities are one embedding table).
+    :param embedding_dim: the model's ``embedding_dim``; complex models (RotatE, ComplEx) store
+        ``2 * embedding_dim`` floats per entity row (see :func:`client.kge.models.entity_dim`).
+    :param local_epochs: epochs each client trains per round (FedE: 3).
+    :param batch_size: positive triples per training batch (always passed: PyKEEN's automatic
+        batch-size search is slow and conservative on CPU).
+    :param learning_rate: the optimizer's learning rate.
+    :param optimizer: a torch optimizer name resolved by ``class_resolver``'s optimizer resolver.
+    :param keep_optimizer_state: keep one optimizer (Adam moments) per client across rounds, as
+        FedE's code does; ``False`` starts a fresh optimizer every :meth:`LocalTrainer.train` call.
+    :param num_negs_per_pos: negatives per positive triple (FedE: 256).
+    :param negative_sampler: a PyKEEN negative sampler name (``basic`` corrupts heads and tails).
+    :param corruption_scheme: comma-separated sides the ``basic`` sampler corrupts (``head``,
+        ``relation``, ``tail``). FedE's public code corrupts tails only and evaluates tails only:
+        ``corruption-scheme = "tail"`` with ``eval-protocol = "fede"`` follows it; the default
+        corrupts both entity sides, matching the standard (both-sides) evaluation.
+    :param filtered_negatives: drop sampled negatives that are known train triples.
+    :param filterer: filterer for ``filtered_negatives``: ``sortedkey`` (exact, vectorized;
+        :mod:`client.kge.filtering`), or PyKEEN's ``bloom`` (~0.1 % false positives, slower) or
+        ``pythonset`` (exact, a Python loop).
+    :param adversarial_temperature: self-adversarial sampling temperature (alpha).
+    :param margin: NSSA margin (gamma). As in FedE's code it is applied to distance-based
+        interactions only (TransE, RotatE, ...); semantic-matching interactions (DistMult,
+        ComplEx, ...) score without gamma there, so margin 0 is used for them
+        (see :data:`client.kge.models.MARGIN_FREE_MODELS`).
+    :param entity_constrainer: ``none`` (FedE: no entity normalization; aggregated rows stay as
+        averaged), ``model-default`` (PyKEEN's own, e.g. TransE's unit L2 norm), or a PyKEEN
+        constrainer name (``normalize``, ``clamp_norm``, ...). Applied where the model accepts one.
+    :param regularizer: ``none`` (FedE), ``model-default`` (e.g. DistMult's Lp), or a PyKEEN
+        regularizer name. Applied where the model accepts one.
+    :param training_loop: the local training regime, a key of
+        :data:`client.kge.training.training_regime_resolver` (``slcwa``).
+    :param seed: base random seed; the same seed gives the same initial table and training.
+    :param eval_every: validate every this many rounds (FedE: 5).
+    :param patience: stop after this many validations without a better MRR (FedE: 15).
+    :param eval_protocol: ``standard`` (both sides) or ``fede`` (tail only, FedE's code); see
+        :mod:`client.kge.evaluation`.
+    :param eval_batch_size: triples scored at once during evaluation.
+    """
+
+    model: str = "TransE"
+    embedding_dim: int = 128
+    local_epochs: int = 3
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    keep_optimizer_state: bool = True
+    num_negs_per_pos: int = 256
+    negative_sampler: str = "basic"
+    corruption_scheme: str = "head,tail"
+    filtered_negatives: bool = True
+    filterer: str = "sortedkey"
+    adversarial_temperature: float = 1.0
+    margin: float = 10.0
+    entity_constrainer: str = "none"
+    regularizer: str = "none"
+    training_loop: str = "slcwa"
+    seed: int = 0
+    eval_every: int = 5
+    patience: int = 15
+    eval_protocol: str = "standard"
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            _check_type(spec.name, getattr(self, spec.name), spec.type)
+        for name in ("embedding_dim", "local_epochs", "batch_size", "num_negs_per_pos", "eval_every",
+                     "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{to_kebab(name)} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if not self.adversarial_temperature >= 0:
+            raise ConfigError(f"adversarial-temperature must be >= 0, got {self.adversarial_temperature}")
+        if not self.margin >= 0:
+            raise ConfigError(f"margin must be >= 0, got {self.margin}")
+        sides = self.corruption_sides
+        if not sides or not set(sides) <= {"head", "relation", "tail"} or len(set(sides)) != len(sides):
+            raise ConfigError(
+                "corruption-scheme must be a comma-separated subset of head,relation,tail; "
+                f"got {self.corruption_scheme!r}"
+            )
+        if self.eval_protocol not in ("standard", "fede"):
+            raise ConfigError(f"eval-protocol must be 'standard' or 'fede', got {self.eval_protocol!r}")
+
+    @property
+    def corruption_sides(self) -> tuple[str, ...]:
+        """``corruption_scheme`` as a tuple of side names."""
+        return tuple(side.strip() for side in self.corruption_scheme.split(",") if side.strip())
+
+    @classmethod
+    def from_run_config(
+        cls, run_config: Mapping[str, Any], extra_known_keys: Iterable[str] = ()
+    ) -> KGEConfig:
+        """Build a config from Flower's kebab-case run config.
+
+        :param run_config: ``context.run_config`` or any mapping with kebab-case keys.
+        :param extra_known_keys: further non-KGE keys to skip besides :data:`KNOWN_NON_KGE_KEYS`.
+        :returns: the config with the given values and defaults elsewhere.
+        :raises ConfigError: naming every unknown key, or a value of the wrong type/range.
+        """
+        own = {to_kebab(spec.name): spec.name for spec in fields(cls)}
+        skip = KNOWN_NON_KGE_KEYS | set(extra_known_keys)
+        unknown = sorted(key for key in run_config if key not in own and key not in skip)
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key(s) {unknown}; KGE keys are {sorted(own)}, "
+                f"known federation keys are {sorted(skip)}"
+            )
+        values = {own[key]: _coerce(key, value, _field_type(cls, own[key]))
+                  for key, value in run_config.items() if key in own}
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The config as kebab-case run-config entries (what a run folder records)."""
+        return {to_kebab(name): value for name, value in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> KGEConfig:
+        """A copy with some fields changed (snake_case names)."""
+        return dataclasses.replace(self, **changes)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _field_type(cls: type, name: str) -> type:
+    return _TYPES[next(spec.type for spec in fields(cls) if spec.name == name)]
+
+
+def _check_type(name: str, value: Any, type_name: str) -> None:
+    expected = _TYPES[type_name]
+    # bool is an int subclass: refuse it for numeric fields, and refuse ints for bool fields
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{to_kebab(name)} must be {type_name}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """Accept the lossless conversions TOML/CLI values need (int -> float, 3.0 -> 3)."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _parse_scalar(text: str) -> Any:
+    """``"true"`` -> True, ``"3"`` -> 3, ``"1e-3"`` -> 0.001, anything else stays text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse command-line ``key=value`` overrides into a run-config mapping.
+
+    :raises ConfigError: for an item without ``=``.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        overrides[key.strip()] = _parse_scalar(value.strip())
+    return overrides

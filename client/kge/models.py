@@ -1,0 +1,196 @@
+"""PyKEEN models chosen by name, and access to their single entity embedding table.
+
+FedE exchanges entity rows only, so a usable model keeps its entities in exactly one
+:class:`pykeen.nn.Embedding` (TransE, RotatE, DistMult, ComplEx, TransH, SimplE is not: it has
+two). Rows are exchanged as stored: complex models keep ``(num_entities, 2 * dim)`` float32 real
+pairs, which is also what the server averages (averaging real pairs is averaging the complex
+numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from pykeen.losses import NSSALoss
+from pykeen.models import Model, model_resolver
+from pykeen.nn import Embedding
+from pykeen.nn.representation import constrainer_resolver
+from pykeen.regularizers import regularizer_resolver
+from pykeen.triples import CoreTriplesFactory
+from pykeen.utils import NoRandomSeedNecessary
+
+from client.kge.config import ConfigError, KGEConfig
+
+__all__ = [
+    "MARGIN_FREE_MODELS",
+    "UnsupportedModelError",
+    "build_model",
+    "entity_dim",
+    "entity_embedding",
+    "initial_entity_table",
+    "nssa_margin",
+    "relation_embeddings",
+    "seeded",
+]
+
+#: Models whose FedE score has no gamma (semantic matching): the NSSA margin is 0 for them.
+MARGIN_FREE_MODELS: frozenset[str] = frozenset({"distmult", "complex", "rescal", "tucker", "simple", "hole"})
+
+#: Config values that keep the model's own constrainer / regularizer.
+MODEL_DEFAULT = "model-default"
+NONE = "none"
+
+
+class UnsupportedModelError(ValueError):
+    """The model is unknown to PyKEEN or does not keep its entities in one embedding table."""
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards.
+
+    PyKEEN's samplers and initializers draw from torch's global generator; forking it keeps a
+    trainer's randomness reproducible without disturbing the host process (e.g. a ClientApp).
+
+    :param seed: the seed for the block.
+    :param device: a CUDA device whose generator is forked and seeded too.
+    """
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def nssa_margin(config: KGEConfig) -> float:
+    """The NSSA margin for the configured model (0 for :data:`MARGIN_FREE_MODELS`)."""
+    return 0.0 if _normalized_model_name(config.model) in MARGIN_FREE_MODELS else config.margin
+
+
+def _normalized_model_name(name: str) -> str:
+    try:
+        return model_resolver.normalize_cls(model_resolver.lookup(name))
+    except (KeyError, ValueError) as error:
+        raise UnsupportedModelError(f"unknown PyKEEN model {name!r}: {error}") from None
+
+
+def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dict[str, object]:
+    """Constrainer / regularizer overrides for the keyword arguments the model class accepts."""
+    accepted = inspect.signature(model_cls.__init__).parameters
+    kwargs: dict[str, object] = {}
+    choices = (
+        ("entity_constrainer", config.entity_constrainer, constrainer_resolver),
+        ("regularizer", config.regularizer, regularizer_resolver),
+    )
+    for parameter, choice, resolver in choices:
+        if choice == MODEL_DEFAULT or parameter not in accepted:
+            continue
+        if choice == NONE:
+            kwargs[parameter] = None
+            continue
+        try:
+            resolver.lookup(choice)
+        except (KeyError, ValueError):
+            raise ConfigError(
+                f"{parameter.replace('_', '-')} {choice!r} is neither 'none', 'model-default' "
+                f"nor one of {sorted(resolver.lookup_dict)}"
+            ) from None
+        kwargs[parameter] = choice
+    return kwargs
+
+
+def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: torch.device | None = None) -> Model:
+    """Instantiate the configured PyKEEN model with FedE's NSSA loss on ``triples_factory``'s ids.
+
+    The caller seeds (see :func:`seeded`); the model's own initializers run here.
+
+    :param config: the KGE config.
+    :param triples_factory: defines ``num_entities`` / ``num_relations`` of the model.
+    :param device: where the model lives (CPU by default).
+    :returns: the model, with exactly one entity embedding table (checked).
+    :raises UnsupportedModelError: for unknown names or models without a single entity table.
+    """
+    _normalized_model_name(config.model)
+    model_cls = model_resolver.lookup(config.model)
+    loss = NSSALoss(margin=nssa_margin(config), adversarial_temperature=config.adversarial_temperature)
+    model = model_resolver.make(
+        model_cls,
+        triples_factory=triples_factory,
+        embedding_dim=config.embedding_dim,
+        loss=loss,
+        # seeding is done by the caller through ``seeded`` (a forked RNG), not globally by PyKEEN
+        random_seed=NoRandomSeedNecessary,
+        **_optional_component_kwargs(model_cls, config),
+    )
+    entity_embedding(model)  # fail early for models FedE cannot federate
+    return model.to(device or torch.device("cpu"))
+
+
+def entity_embedding(model: Model) -> Embedding:
+    """The model's one entity embedding table (rows are entities in the model's id order).
+
+    :raises UnsupportedModelError: if the entities are not exactly one :class:`pykeen.nn.Embedding`.
+    """
+    representations = list(model.entity_representations)
+    if len(representations) != 1 or not isinstance(representations[0], Embedding):
+        kinds = [type(r).__name__ for r in representations]
+        raise UnsupportedModelError(
+            f"{type(model).__name__} keeps its entities in {kinds}; FedE needs exactly one Embedding table"
+        )
+    return representations[0]
+
+
+def relation_embeddings(model: Model) -> list[Embedding]:
+    """The model's relation embedding tables (each indexed by relation id).
+
+    :raises UnsupportedModelError: if a relation representation is not an :class:`Embedding`.
+    """
+    representations = list(model.relation_representations)
+    if not all(isinstance(r, Embedding) for r in representations):
+        kinds = [type(r).__name__ for r in representations]
+        raise UnsupportedModelError(f"{type(model).__name__} relation representations {kinds} are not all Embeddings")
+    return representations
+
+
+def _tiny_factory(num_entities: int) -> CoreTriplesFactory:
+    """A one-relation factory with ``num_entities`` ids (models need a factory to size tables)."""
+    tail = 1 if num_entities > 1 else 0
+    return CoreTriplesFactory.create(
+        mapped_triples=torch.tensor([[0, 0, tail]], dtype=torch.long),
+        num_entities=num_entities,
+        num_relations=1,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _entity_dim_cached(config: KGEConfig) -> int:
+    with seeded(0):
+        model = build_model(config, _tiny_factory(2))
+    return int(entity_embedding(model)._embeddings.weight.shape[1])
+
+
+def entity_dim(config: KGEConfig) -> int:
+    """Width of one entity row as stored and exchanged (``2 * embedding_dim`` for complex models)."""
+    return _entity_dim_cached(config)
+
+
+def initial_entity_table(config: KGEConfig, num_entities: int, seed: int) -> np.ndarray:
+    """The model's own initial entity rows, what the server starts FedE with.
+
+    :param config: the KGE config (model, dim).
+    :param num_entities: rows of the table (the union of the clients' entities).
+    :param seed: the seed of the initializer; the same seed gives the same table.
+    :returns: float32 array, shape ``(num_entities, entity_dim(config))``.
+    """
+    if num_entities < 1:
+        raise ValueError(f"num_entities must be >= 1, got {num_entities}")
+    with seeded(seed):
+        model = build_model(config, _tiny_factory(num_entities))
+    table = entity_embedding(model)._embeddings.weight.detach().cpu().numpy()
+    return np.ascontiguousarray(table, dtype=np.float32)

@@ -1,0 +1,65 @@
+"""KGEConfig: FedE defaults, run-config parsing, and refusal of unknown or ill-typed keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.kge.config import KNOWN_NON_KGE_KEYS, ConfigError, KGEConfig
+
+
+def test_defaults_are_fedes() -> None:
+    config = KGEConfig()
+    assert (config.embedding_dim, config.local_epochs, config.batch_size) == (128, 3, 512)
+    assert config.learning_rate == pytest.approx(1e-3)
+    assert (config.num_negs_per_pos, config.adversarial_temperature, config.margin) == (256, 1.0, 10.0)
+    assert config.filtered_negatives and config.keep_optimizer_state
+    assert (config.eval_every, config.patience, config.training_loop) == (5, 15, "slcwa")
+
+
+def test_from_run_config_maps_kebab_keys_and_skips_federation_keys() -> None:
+    config = KGEConfig.from_run_config(
+        {"model": "RotatE", "local-epochs": 2, "learning-rate": 1, "num-server-rounds": 7, "seed": 3.0}
+    )
+    assert config.model == "RotatE" and config.local_epochs == 2 and config.seed == 3
+    assert isinstance(config.learning_rate, float) and config.learning_rate == 1.0
+    assert "num-server-rounds" in KNOWN_NON_KGE_KEYS
+
+
+def test_run_config_round_trip() -> None:
+    config = KGEConfig(model="ComplEx", embedding_dim=16, eval_protocol="fede")
+    assert KGEConfig.from_run_config(config.to_run_config()) == config
+
+
+def test_unknown_key_fails_naming_it() -> None:
+    with pytest.raises(ConfigError, match="learning-rat'"):
+        KGEConfig.from_run_config({"learning-rat": 0.1, "model": "TransE"})
+    # a caller may declare further non-KGE keys
+    KGEConfig.from_run_config({"my-flag": 1}, extra_known_keys={"my-flag"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("local-epochs", 1.5, "local-epochs must be int"),
+        ("local-epochs", True, "local-epochs must be int"),
+        ("filtered-negatives", 1, "filtered-negatives must be bool"),
+        ("batch-size", 0, "batch-size must be >= 1"),
+        ("learning-rate", -1.0, "learning-rate must be > 0"),
+        ("eval-protocol", "both", "eval-protocol"),
+        ("corruption-scheme", "tail,tail", "corruption-scheme"),
+        ("corruption-scheme", "object", "corruption-scheme"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(key: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        KGEConfig.from_run_config({key: value})
+
+
+def test_command_line_overrides_parse_to_run_config_values() -> None:
+    from client.kge.config import parse_overrides
+
+    parsed = parse_overrides(["model=RotatE", "local-epochs=2", "learning-rate=1e-2", "filtered-negatives=false"])
+    assert parsed == {"model": "RotatE", "local-epochs": 2, "learning-rate": 0.01, "filtered-negatives": False}
+    assert KGEConfig.from_run_config(parsed).learning_rate == 0.01
+    with pytest.raises(ConfigError, match="'epochs'"):
+        parse_overrides(["epochs"])
