@@ -1,0 +1,280 @@
+"""The party's Flower ClientApp: local FedE training on its own part of the graph.
+
+One party holds one data folder (``train.txt``/``valid.txt``/``test.txt``, labelled). Its
+triples never leave it: the server learns only its entity labels (handshake) and the entity
+rows it trains. Relation embeddings and optimizer state stay in ``context.state``.
+
+Where the data is (in this order):
+
+* node config ``data-dir`` (deployment: ``simskip-client --data DIR``), client id from node
+  config ``partition-id`` (else the folder name);
+* run config ``client-data-root`` + ``/<partition-id>`` (simulation: Flower sets
+  ``partition-id`` in each virtual node's node config).
+
+Private outputs (relation embeddings of the best round) go to node config ``output-dir``, else
+run config ``client-output-root`` + ``/<partition-id>``; nothing is written when neither is set.
+
+The mapped triples are cached in ``context.state`` after the first message, so the text files
+are read and mapped once per run (in deployment a fresh ClientApp process handles each message,
+but ``context.state`` persists across them).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+__all__ = ["app", "ClientSetupError"]
+
+ENTITY_ROWS_KEY = "entity-rows"  # mirrors server.strategy (the server package is not shipped to clients' imports)
+ROWS_ARRAY = "rows"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+CLIENT_INFO_KEY = "client"
+
+CACHE_ARRAYS = "kg-cache-triples"
+CACHE_VOCAB = "kg-cache-vocab"
+PRIVATE_CURRENT = "private-current"
+PRIVATE_SNAPSHOT = "private-round-{}"
+
+app = ClientApp()
+
+
+class ClientSetupError(RuntimeError):
+    """The party's node/run config does not say where its data is, or the data does not fit."""
+
+
+# ---------------------------------------------------------------------------- data
+def _data_location(context: Context) -> tuple[Path, int, str]:
+    """``(data folder, numeric client id, client name)`` from node config / run config."""
+    node = context.node_config
+    partition = node.get("partition-id")
+    if "data-dir" in node:
+        folder = Path(str(node["data-dir"])).expanduser().resolve()
+        name = str(partition) if partition is not None else folder.name
+    elif partition is not None and context.run_config.get("client-data-root"):
+        folder = Path(str(context.run_config["client-data-root"])) / str(int(partition))
+        name = str(int(partition))
+    else:
+        raise ClientSetupError(
+            "no data folder: set node config 'data-dir' (simskip-client --data DIR) or run config "
+            "'client-data-root' with a 'partition-id' node config (simulation)"
+        )
+    if not folder.is_dir():
+        raise ClientSetupError(f"data folder {folder} does not exist")
+    numeric = int(partition) if partition is not None else (int(name) if name.isdigit() else 0)
+    return folder, numeric, name
+
+
+def _output_dir(context: Context, name: str) -> Path | None:
+    if "output-dir" in context.node_config:
+        return Path(str(context.node_config["output-dir"])).expanduser().resolve()
+    root = context.run_config.get("client-output-root")
+    return Path(str(root)) / name if root else None
+
+
+def load_graph(context: Context) -> tuple[Any, str]:
+    """The party's :class:`kg_datasets.ClientGraph` and its name, mapped once per run.
+
+    The first call reads the folder with :func:`kg_datasets.load_client_folder` and stores the
+    mapped id triples and labels in ``context.state``; later calls rebuild the PyKEEN factories
+    from that cache without reading or mapping any text.
+    """
+    import torch
+    from pykeen.triples import TriplesFactory
+
+    from kg_datasets import ClientGraph, load_client_folder
+
+    folder, numeric, name = _data_location(context)
+    state = context.state
+    if CACHE_VOCAB in state.config_records:
+        vocab = state.config_records[CACHE_VOCAB]
+        if str(vocab["data-dir"]) == str(folder):
+            arrays = state.array_records[CACHE_ARRAYS]
+            entity_to_id = {label: i for i, label in enumerate(vocab["entity-labels"])}
+            relation_to_id = {label: i for i, label in enumerate(vocab["relation-labels"])}
+            factories = {
+                split: TriplesFactory(
+                    mapped_triples=torch.as_tensor(arrays[split].numpy(), dtype=torch.long),
+                    entity_to_id=entity_to_id,
+                    relation_to_id=relation_to_id,
+                )
+                for split in ("train", "valid", "test")
+            }
+            graph = ClientGraph(client_id=numeric, entity_ids=None, relation_ids=None, **factories)
+            return graph, str(vocab["client-name"])
+
+    graph = load_client_folder(folder, client_id=numeric)
+    state[CACHE_ARRAYS] = ArrayRecord(
+        {split: Array(tf.mapped_triples.numpy().astype(np.int64)) for split, tf in graph.factories().items()}
+    )
+    state[CACHE_VOCAB] = ConfigRecord({
+        "data-dir": str(folder),
+        "client-name": name,
+        "entity-labels": graph.entity_labels,
+        "relation-labels": graph.relation_labels,
+    })
+    return graph, name
+
+
+def _setup(context: Context) -> tuple[Any, Any, str]:
+    """``(graph, KGEConfig, client name)``."""
+    from server.settings import load_run_config
+
+    _, kge_config = load_run_config(context.run_config)
+    graph, name = load_graph(context)
+    return graph, kge_config, name
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _trainer(graph: Any, config: Any, context: Context, private_key: str | None) -> Any:
+    from client.kge.training import LocalTrainer
+
+    trainer = LocalTrainer(graph, config, device=_device())
+    if private_key is not None and private_key in context.state.array_records:
+        record = context.state.array_records[private_key]
+        trainer.set_private_state({key: record[key].numpy() for key in record})
+    return trainer
+
+
+def _store_private(context: Context, key: str, trainer: Any) -> None:
+    # np.require keeps 0-d arrays (Adam's step) 0-d; np.ascontiguousarray would make them 1-d.
+    context.state[key] = ArrayRecord(
+        {k: Array(np.require(v, requirements="C")) for k, v in trainer.get_private_state().items()}
+    )
+
+
+def _incoming_rows(msg: Message, graph: Any) -> np.ndarray:
+    rows = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().astype(np.float32, copy=False)
+    if rows.ndim != 2 or rows.shape[0] != graph.num_entities:
+        raise ClientSetupError(
+            f"server sent entity rows of shape {rows.shape}; this party holds {graph.num_entities} entities"
+        )
+    return rows
+
+
+def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
+    """Write the party's relation embeddings (and its entity rows) into its own folder.
+
+    Files: ``relation_embeddings.npz`` (the model's private tensors by state-dict name,
+    optimizer state left out), ``relations.tsv`` (local id<TAB>label), ``entity_embeddings.npy`` (local-id
+    order) and ``entities.tsv``. These never go to the server.
+    """
+    import io
+
+    from server.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
+
+    # Model tensors other than the shared entity rows ("model/..."), not optimizer moments.
+    relation_arrays = {
+        key.removeprefix("model/"): value
+        for key, value in trainer.get_private_state().items()
+        if key.startswith("model/")
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **relation_arrays)
+    atomic_write_bytes(out / "relation_embeddings.npz", buffer.getvalue())
+    write_labels_tsv(out / "relations.tsv", graph.relation_labels)
+    save_npy_atomic(out / "entity_embeddings.npy", trainer.get_entity_embeddings())
+    write_labels_tsv(out / "entities.tsv", graph.entity_labels)
+
+
+# ---------------------------------------------------------------------------- handlers
+@app.query("entities")
+def handshake(msg: Message, context: Context) -> Message:
+    """Reply with the party's entity labels (local-id order) and split sizes; no triples."""
+    from client.kge.models import entity_dim
+
+    graph, config, name = _setup(context)
+    info = ConfigRecord({
+        "client-id": name,
+        "entity-labels": graph.entity_labels,
+        "num-train": int(graph.train.num_triples),
+        "num-valid": int(graph.valid.num_triples),
+        "num-test": int(graph.test.num_triples),
+        "entity-dim": int(entity_dim(config)),
+    })
+    return Message(content=RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the server's rows, train ``local-epochs`` epochs, return the rows and the count."""
+    started = time.perf_counter()
+    graph, config, _ = _setup(context)
+    trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
+    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    train_started = time.perf_counter()
+    losses = trainer.train(config.local_epochs)
+    train_seconds = time.perf_counter() - train_started
+    _store_private(context, PRIVATE_CURRENT, trainer)
+    # Reply in the dtype the server sent (run config transfer-dtype): float16 halves the bytes.
+    wire_dtype = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().dtype
+    rows = np.ascontiguousarray(trainer.get_entity_embeddings().astype(wire_dtype, copy=False))
+    metrics = MetricRecord({
+        "num-entities": int(graph.num_entities),
+        "num-examples": int(graph.train.num_triples),
+        "train-loss": float(losses[-1]) if len(losses) else float("nan"),
+        "train-seconds": train_seconds,
+        "client-seconds": time.perf_counter() - started,
+        "peak-rss-mb": _peak_rss_mb(),
+    })
+    content = RecordDict({ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(rows)}), METRICS_KEY: metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _metrics_record(metrics: dict[str, Any]) -> MetricRecord:
+    return MetricRecord({k: float(v) if isinstance(v, float) else int(v) for k, v in metrics.items()})
+
+
+@app.evaluate()
+def validate(msg: Message, context: Context) -> Message:
+    """Validate with the server's rows; snapshot the private state of this round.
+
+    Only the snapshots of this round and of the server's best round so far are kept: the
+    final test restores the best one.
+    """
+    graph, config, _ = _setup(context)
+    cfg = msg.content.config_records[CONFIG_KEY]
+    server_round, best_round = int(cfg["server-round"]), int(cfg.get("best-round", 0))
+    trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
+    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    metrics = trainer.evaluate("valid", config.eval_protocol)
+    if PRIVATE_CURRENT in context.state.array_records:
+        context.state[PRIVATE_SNAPSHOT.format(server_round)] = context.state.array_records[PRIVATE_CURRENT]
+    keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}
+    for key in [k for k in context.state.array_records if k.startswith("private-round-") and k not in keep]:
+        del context.state[key]
+    return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
+
+
+@app.evaluate("test")
+def test(msg: Message, context: Context) -> Message:
+    """Test with the best round's rows and private state; write the private outputs."""
+    graph, config, name = _setup(context)
+    cfg = msg.content.config_records[CONFIG_KEY]
+    best_round = int(cfg["best-round"])
+    snapshot = PRIVATE_SNAPSHOT.format(best_round)
+    trainer = _trainer(graph, config, context, snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT)
+    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    metrics = trainer.evaluate("test", config.eval_protocol)
+    out = _output_dir(context, name)
+    if out is not None:
+        _write_private_outputs(trainer, graph, out)
+    return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)

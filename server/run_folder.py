@@ -1,0 +1,155 @@
+"""The run folder: resolved config, per-round metrics, final metrics and embeddings.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``),
+so a crash mid-write never leaves a half-written file and nothing written before is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RunFolder",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "save_npy_atomic",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+FINAL_METRICS = "final_metrics.json"
+ENTITY_EMBEDDINGS = "entity_embeddings.npy"
+ENTITY_LABELS = "entities.tsv"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` to ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_labels_tsv(path: Path, labels: Sequence[str], ids: Sequence[int] | None = None) -> None:
+    """Write ``id<TAB>label`` lines (``ids`` default to ``0..n-1``) atomically."""
+    ids = range(len(labels)) if ids is None else ids
+    atomic_write_text(path, "".join(f"{int(i)}\t{label}\n" for i, label in zip(ids, labels, strict=True)))
+
+
+def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into ``a.b.c`` keys (for the CSV)."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunFolder:
+    """Writes a run's outputs under one folder.
+
+    :param path: the folder; created when missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._rows: list[dict[str, Any]] = []
+        jsonl = self.path / METRICS_JSONL
+        if jsonl.exists():  # keep rows of an earlier, interrupted write of this run
+            self._rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, payload: Any) -> Path:
+        """Write ``payload`` as indented JSON to ``name`` (relative to the folder)."""
+        target = self.path / name
+        atomic_write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+        return target
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """Write the resolved configuration to ``config.json``."""
+        return self.write_json(CONFIG_FILE, dict(config))
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Add one round's metrics and rewrite ``metrics.jsonl`` and ``metrics.csv``.
+
+        :param row: nested mapping of JSON values; nested keys become ``a.b`` CSV columns.
+        """
+        self._rows.append(json.loads(json.dumps(dict(row), default=_json_default)))
+        atomic_write_text(
+            self.path / METRICS_JSONL,
+            "".join(json.dumps(r, sort_keys=True) + "\n" for r in self._rows),
+        )
+        flat_rows = [_flatten(r) for r in self._rows]
+        columns: list[str] = []
+        for flat in flat_rows:
+            columns.extend(key for key in flat if key not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat_rows)
+        atomic_write_text(self.path / METRICS_CSV, buffer.getvalue())
+
+    @property
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """The rows written so far (copies)."""
+        return [dict(r) for r in self._rows]
+
+    def write_entity_embeddings(self, table: np.ndarray, labels: Sequence[str], name: str = "") -> None:
+        """Write ``entity_embeddings{name}.npy`` (row = global id) and ``entities.tsv``.
+
+        :param table: float array of shape ``(num_entities, entity_dim)``.
+        :param labels: ``num_entities`` labels; row ``i`` of the table is entity ``labels[i]``.
+        :param name: optional suffix (e.g. ``"_client0"`` for the isolation setting).
+        """
+        if table.shape[0] != len(labels):
+            raise ValueError(f"table has {table.shape[0]} rows but {len(labels)} labels were given")
+        save_npy_atomic(self.path / f"entity_embeddings{name}.npy", table)
+        write_labels_tsv(self.path / ENTITY_LABELS, labels)
+
+    def write_final_metrics(self, payload: Mapping[str, Any]) -> Path:
+        """Write ``final_metrics.json``."""
+        return self.write_json(FINAL_METRICS, dict(payload))
+
+
+def _json_default(value: Any) -> Any:
+    """Make numpy scalars and arrays JSON-serializable."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

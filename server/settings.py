@@ -1,0 +1,135 @@
+"""The federation's own run-config keys (everything that is not a KGE hyper-parameter).
+
+The KGE hyper-parameters belong to :class:`client.kge.config.KGEConfig`; it ignores exactly the
+keys listed in its own ``KNOWN_NON_KGE_KEYS`` plus :data:`KNOWN_NON_KGE_KEYS` here (passed
+as ``extra_known_keys``, see :func:`load_run_config`) and rejects any other unknown key, while
+:meth:`FederationSettings.from_run_config` reads only these keys. Together they make every
+key of a run config known to exactly one owner, so a misspelt key fails loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = [
+    "KNOWN_NON_KGE_KEYS",
+    "SETTINGS",
+    "FederationSettings",
+    "SettingsError",
+    "load_run_config",
+]
+
+#: dtypes entity rows may travel in.
+TRANSFER_DTYPES = ("float32", "float16")
+
+#: The training settings every federated KGE paper reports with the same budget.
+SETTINGS = ("fede", "isolation", "collection")
+
+
+class SettingsError(ValueError):
+    """A federation run-config value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """How the federation runs (kebab-case run-config keys in brackets).
+
+    The validation schedule (``eval-every``, ``patience``, ``eval-protocol``) and the seed of
+    the initial entity table (``seed``) are KGE keys, read from ``KGEConfig``.
+
+    :param num_server_rounds: [num-server-rounds] maximum number of FedE rounds.
+    :param setting: [setting] ``fede`` (per-row mean of shared entities), ``isolation`` (each
+        client trains alone, same loop without averaging) or ``collection`` (all triples pooled
+        and trained centrally; runs without Flower, see ``simskip-sim --setting collection``).
+    :param fraction_train: [fraction-train] fraction of the registered clients sampled per round.
+    :param min_clients: [min-clients] clients that must be connected before the handshake.
+    :param transfer_dtype: [transfer-dtype] dtype of the entity rows on the wire: ``float32``
+        (exact) or ``float16`` (half the bytes; rows are rounded to half precision in transit,
+        training and aggregation stay float32/float64).
+    :param round_timeout: [round-timeout] seconds to wait for the replies of one round.
+    :param run_dir: [run-dir] the server's output folder; empty means "do not write"
+        (the simskip-server / simskip-sim commands always set it, as an absolute path).
+    :param client_output_root: [client-output-root] in simulation, the folder under which
+        virtual client ``k`` writes its private outputs into ``<root>/<k>``; deployed clients
+        take their output folder from node config instead.
+    :param client_data_root: [client-data-root] in simulation, the folder holding one data
+        folder per client, ``<root>/<partition-id>``; deployed clients take ``data-dir`` from
+        node config instead.
+    """
+
+    num_server_rounds: int = 100
+    setting: str = "fede"
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    transfer_dtype: str = "float32"
+    round_timeout: float = 3600.0
+    run_dir: str = ""
+    client_output_root: str = ""
+    client_data_root: str = ""
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise SettingsError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+        if self.num_server_rounds < 1:
+            raise SettingsError(f"num-server-rounds must be >= 1, got {self.num_server_rounds}")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise SettingsError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        if self.min_clients < 1:
+            raise SettingsError(f"min-clients must be >= 1, got {self.min_clients}")
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise SettingsError(f"transfer-dtype must be one of {TRANSFER_DTYPES}, got {self.transfer_dtype!r}")
+        if self.round_timeout <= 0:
+            raise SettingsError(f"round-timeout must be > 0, got {self.round_timeout}")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:
+        """Read this class's keys from a Flower run config (other keys are ignored here).
+
+        :raises SettingsError: when a value has the wrong type.
+        """
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = field.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            value = run_config[key]
+            default = field.default
+            try:
+                if isinstance(default, bool):
+                    value = bool(value)
+                elif isinstance(default, int):
+                    if isinstance(value, float) and not value.is_integer():
+                        raise TypeError
+                    value = int(value)
+                elif isinstance(default, float):
+                    value = float(value)
+                else:
+                    value = str(value)
+            except (TypeError, ValueError):
+                raise SettingsError(
+                    f"run-config key {key!r}: expected {type(default).__name__}, got {value!r}"
+                ) from None
+            values[field.name] = value
+        return cls(**values)
+
+
+#: Run-config keys owned by the federation (this module), not by ``KGEConfig``.
+KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
+    field.name.replace("_", "-") for field in fields(FederationSettings)
+)
+
+
+def load_run_config(run_config: Mapping[str, Any]) -> tuple[FederationSettings, Any]:
+    """Split a Flower run config into federation settings and the KGE config.
+
+    :returns: ``(FederationSettings, client.kge.config.KGEConfig)``.
+    :raises SettingsError: for a bad federation value.
+    :raises client.kge.config.ConfigError: for an unknown key or a bad KGE value.
+    """
+    from client.kge.config import KGEConfig  # Flower-free; imported lazily to keep this module light
+
+    return FederationSettings.from_run_config(run_config), KGEConfig.from_run_config(
+        run_config, extra_known_keys=KNOWN_NON_KGE_KEYS
+    )

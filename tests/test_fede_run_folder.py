@@ -1,0 +1,44 @@
+"""The run folder's files: atomic, readable back, nothing lost on reopening."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from server.run_folder import RunFolder
+
+
+def test_metrics_rows_go_to_jsonl_and_csv_with_the_union_of_columns(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.append_metrics({"round": 1, "train": {"0": {"loss": 1.5}}})
+    folder.append_metrics({"round": 2, "train": {"0": {"loss": 1.0}}, "valid_overall": {"mrr": 0.25}})
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["train.0.loss"] == "1.5" and rows[0]["valid_overall.mrr"] == ""
+    assert rows[1]["valid_overall.mrr"] == "0.25"
+    assert not list((tmp_path / "run").glob(".*.tmp")), "no temporary file is left behind"
+
+    reopened = RunFolder(tmp_path / "run")  # rows written before are kept
+    reopened.append_metrics({"round": 3})
+    assert [r["round"] for r in reopened.metrics_rows] == [1, 2, 3]
+
+
+def test_entity_embeddings_and_labels(tmp_path):
+    folder = RunFolder(tmp_path)
+    table = np.arange(6, dtype=np.float32).reshape(3, 2)
+    folder.write_entity_embeddings(table, ["a", "b", "c"])
+    assert np.array_equal(np.load(tmp_path / "entity_embeddings.npy"), table)
+    assert (tmp_path / "entities.tsv").read_text() == "0\ta\n1\tb\n2\tc\n"
+    with pytest.raises(ValueError, match="3 rows but 2 labels"):
+        folder.write_entity_embeddings(table, ["a", "b"])
+
+
+def test_json_files_accept_numpy_values(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.write_final_metrics({"mrr": np.float32(0.5), "ids": np.arange(2)})
+    assert json.loads((tmp_path / "final_metrics.json").read_text()) == {"mrr": 0.5, "ids": [0, 1]}
