@@ -3,6 +3,8 @@
 One party holds one data folder (``train.txt``/``valid.txt``/``test.txt``, labelled). Its
 triples never leave it: the server learns only its entity labels (handshake) and the entity
 rows it trains. Relation embeddings and optimizer state stay in ``context.state``.
+The SimSkip phase's handlers (``train.simskip``, ``evaluate.downstream``) are registered on the
+same ``app`` by :mod:`client.refinement_app`.
 
 Where the data is (in this order):
 
@@ -124,9 +126,10 @@ def load_graph(context: Context) -> tuple[Any, str]:
 
 def _setup(context: Context) -> tuple[Any, Any, str]:
     """``(graph, KGEConfig, client name)``."""
-    from server.settings import load_run_config
+    # the refinement keys (simskip-*, refit-*) are known too, so one run config serves both phases
+    from client.kge.refinement import load_run_configs
 
-    _, kge_config = load_run_config(context.run_config)
+    _, kge_config, _ = load_run_configs(context.run_config)
     graph, name = load_graph(context)
     return graph, kge_config, name
 
@@ -278,3 +281,8 @@ def test(msg: Message, context: Context) -> Message:
     if out is not None:
         _write_private_outputs(trainer, graph, out)
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
+
+
+# The SimSkip phase's handlers (train.simskip, evaluate.downstream) live in their own module and
+# register themselves on ``app``; imported last because they import names from this module.
+from client import refinement_app  # noqa: E402,F401

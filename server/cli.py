@@ -73,12 +73,12 @@ def run_server(
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from server import launcher
-    from server.settings import load_run_config
+    from client.kge.refinement import load_run_configs
 
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**(run_config or {}), "run-dir": str(run_dir)}
-    load_run_config(run_config)  # fail now on an unknown key, not after start-up
+    load_run_configs(run_config)  # fail now on an unknown key (any phase), not after start-up
     flwr_home = run_dir / ".flwr"
     superlink = launcher.start_superlink(
         flwr_home, host=host, port=port, insecure=tls is None, tls=tls, log_path=run_dir / "logs" / "superlink.log"

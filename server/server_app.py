@@ -1,8 +1,11 @@
-"""The federation's Flower ServerApp: handshake, FedE rounds, final test, run folder.
+"""The federation's Flower ServerApp: handshake, FedE rounds, final test, run folder, then
+(``simskip-rounds > 0``) the SimSkip phase, the downstream evaluation and the results report
+(:func:`server.simskip_strategy.run_refinement_phase`).
 
 Configured from ``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``--run-config``
 overrides: federation keys are read by :class:`server.settings.FederationSettings`, KGE keys by
-:class:`client.kge.config.KGEConfig` (unknown keys fail there, naming them).
+:class:`client.kge.config.KGEConfig`, refinement keys by
+:class:`client.kge.refinement.RefinementConfig` (unknown keys fail, naming them).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from logging import INFO
 
 from server.run_folder import RunFolder
-from server.settings import SettingsError, load_run_config
+from server.settings import SettingsError
 from server.strategy import FedEResult, FedEStrategy, FederationError
 
 __all__ = ["app", "run_federation"]
@@ -52,9 +55,10 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     :raises FederationError: when the handshake fails, no client trains, or test metrics are missing.
     """
     from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
+    from client.kge.refinement import load_run_configs  # knows the refinement keys too
 
     started = time.time()
-    settings, kge_config = load_run_config(run_config)
+    settings, kge_config, refinement = load_run_configs(run_config)
     if settings.setting == "collection":
         raise SettingsError("setting 'collection' trains centrally without Flower: use simskip-sim --setting collection")
     folder = RunFolder(settings.run_dir) if settings.run_dir else None
@@ -85,6 +89,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         folder.write_config({
             "federation": dataclasses.asdict(settings),
             "kge": kge_config.to_run_config(),
+            "refinement": refinement.to_run_config(),
             "run_config": dict(run_config),
             "num_entities": len(vocabulary),
             "entity_dim": int(table.shape[1]),
@@ -114,6 +119,15 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         folder.write_final_metrics(payload)
     if payload["missing_clients"]:
         raise FederationError(f"no test metrics from clients {payload['missing_clients']}")
+    if refinement.enabled:
+        # after final_metrics.json is written: a failure here loses nothing of the KGE phase
+        from server.simskip_strategy import run_refinement_phase
+
+        run_refinement_phase(
+            grid, strategy, best_round=result.best_round, refinement=refinement, kge_config=kge_config,
+            setting=settings.setting, run_dir=str(folder.path) if folder is not None else None,
+            timeout=settings.round_timeout,
+        )
     return result
 
 

@@ -8,6 +8,12 @@ same code path as a deployed party. A SuperLink started with ``--simulation`` ru
 ``--setting collection`` pools all triples and trains centrally without Flower
 (:func:`client.kge.centralized.run_collection`), evaluated per client.
 
+With ``simskip-rounds > 0`` (the default) the same run continues with the SimSkip phase, the
+downstream evaluation and the results report (``results.{md,csv,json}`` and plots; see
+:mod:`server.simskip_strategy`); for ``collection`` that phase runs in-process
+(:func:`server.downstream.refine_run_folder`). ``simskip-sim --refine-only RUN_DIR [--set ...]``
+runs only that phase on a finished run folder.
+
 Exit status: 0 when the run finished and wrote ``final_metrics.json``; 1 otherwise.
 """
 
@@ -57,9 +63,9 @@ def default_run_dir() -> Path:
 
 def _check_config(run_config: dict[str, Any]) -> None:
     """Fail before any process starts when a key is unknown or a value is bad."""
-    from server.settings import load_run_config
+    from client.kge.refinement import load_run_configs
 
-    load_run_config(run_config)
+    load_run_configs(run_config)
 
 
 def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: Any) -> Path:
@@ -72,9 +78,9 @@ def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: 
     """
     from client.kge.centralized import run_collection as train_pooled
     from server.run_folder import RunFolder
-    from server.settings import load_run_config
+    from client.kge.refinement import load_run_configs
 
-    settings, kge_config = load_run_config(run_config)
+    settings, kge_config, refinement = load_run_configs(run_config)
     folder = RunFolder(run_dir)
     folder.write_config({"federation": dataclasses.asdict(settings), "kge": kge_config.to_run_config(),
                          "run_config": run_config, "dataset": dataset, "num_entities": kg.num_entities,
@@ -100,6 +106,13 @@ def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: 
         "missing_clients": [],
         "train_seconds": results["train_seconds"],
     })
+    if refinement.enabled:
+        # no federation to run it through: the same phase in-process, from the folder just written
+        from server.downstream import refine_run_folder
+
+        if not (run_dir / "data").exists():
+            kg.write(run_dir / "data")
+        refine_run_folder(run_dir)
     return run_dir
 
 
@@ -199,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--num-cpus-per-client", type=int, default=1)
     parser.add_argument("--num-gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--refine-only", type=Path, default=None, metavar="RUN_DIR",
+                        help="run only the SimSkip phase + downstream evaluation + report on a finished run "
+                             "folder (in-process; --set overrides simskip-*/refit-* values)")
     return parser
 
 
@@ -206,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-sim``; returns the exit status."""
     args = build_parser().parse_args(argv)
     started = time.time()
+    if args.refine_only is not None:
+        from server.downstream import main as refine_main
+
+        return refine_main([str(args.refine_only), *(item for s in args.sets for item in ("--set", s))])
     try:
         run_dir = run_simulation(
             args.dataset,

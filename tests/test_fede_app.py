@@ -12,6 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client import client_app
 from client.kge.config import KGEConfig
+from client.kge.refinement import REFINEMENT_KEYS, RefinementConfig, load_run_configs
 from server.settings import KNOWN_NON_KGE_KEYS, FederationSettings, load_run_config
 from tests.conftest import PROJECT_ROOT
 
@@ -32,13 +33,14 @@ def test_pyproject_app_config_lists_every_key_with_the_code_defaults():
     app_config = config["config"]
     kge_defaults = KGEConfig().to_run_config()
     federation_defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FederationSettings)}
-    assert set(app_config) == set(kge_defaults) | set(federation_defaults)
+    # Flower refuses --run-config overrides of keys the app config does not list
+    assert set(app_config) == set(kge_defaults) | set(federation_defaults) | set(REFINEMENT_KEYS)
     assert set(federation_defaults) == set(KNOWN_NON_KGE_KEYS)
+    defaults = {**kge_defaults, **federation_defaults, **REFINEMENT_KEYS}
     for key, value in app_config.items():
-        expected = kge_defaults.get(key, federation_defaults.get(key))
-        assert value == expected, f"pyproject {key} = {value!r}, code default {expected!r}"
-    settings, kge = load_run_config(app_config)  # the shipped config is valid as a whole
-    assert settings.setting == "fede" and kge == KGEConfig()
+        assert value == defaults[key], f"pyproject {key} = {value!r}, code default {defaults[key]!r}"
+    settings, kge, refinement = load_run_configs(app_config)  # the shipped config is valid as a whole
+    assert settings.setting == "fede" and kge == KGEConfig() and refinement == RefinementConfig()
 
 
 def test_unknown_run_config_key_fails_naming_it():

@@ -1,4 +1,4 @@
-"""simskip-sim end to end on UMLS (3 clients, 2 rounds, tiny model): the run folder's contents."""
+"""simskip-sim end to end: UMLS (KGE phase only) and Kinships (both phases), 3 clients, tiny budgets."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_unknown_key_fails_before_anything_starts(tmp_path, capsys):
 def test_simulation_writes_a_complete_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", "UMLS", "--clients", "3", "--rounds", "2", "--run-dir", str(run_dir)]
-    for item in TINY:
+    for item in TINY + ["simskip-rounds=0"]:  # the KGE phase only (the refinement phase: test below)
         args += ["--set", item]
     assert sim_main(args) == 0
 
@@ -71,13 +71,53 @@ def test_collection_setting_writes_the_same_run_folder_files(tmp_path):
     run_dir = tmp_path / "collection"
     args = ["--dataset", "Nations", "--clients", "2", "--rounds", "2", "--setting", "collection",
             "--run-dir", str(run_dir)]
-    for item in TINY:
+    for item in TINY + REFINE_TINY:
         args += ["--set", item]
     assert sim_main(args) == 0
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert final["setting"] == "collection" and set(final["test"]) == {"0", "1"}
+    # the refinement phase runs in-process after centralized training, with the same table
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-no-skip"]
+    assert results["clients"] == ["0", "1", "overall"]
     assert final["test_overall"]["num_triples"] == sum(m["num_triples"] for m in final["test"].values())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and "valid_overall" in rows[1]
     assert (run_dir / "config.json").is_file() and (run_dir / "entity_embeddings.npy").is_file()
     assert not (run_dir / ".flwr").exists(), "collection trains without Flower"
+
+
+REFINE_TINY = ["simskip-rounds=2", "simskip-local-epochs=1", "simskip-batch-size=64", "simskip-hidden-dim=16",
+               "simskip-no-skip-ablation=true", "refit-epochs=1"]
+RESULT_COLUMNS = ["standard.mrr", "standard.hits@1", "standard.hits@3", "standard.hits@10",
+                  "fede.mrr", "fede.hits@1", "fede.hits@5", "fede.hits@10"]
+
+
+@pytest.mark.slow  # ~1-2 min on 2 cores: Ray start-up, 2 KGE rounds, 2 SimSkip rounds, 3 re-fits per client
+@pytest.mark.timeout(600)
+def test_kinships_runs_both_phases_end_to_end_and_writes_the_table(tmp_path):
+    run_dir = tmp_path / "kinships"
+    args = ["--dataset", "Kinships", "--clients", "3", "--rounds", "2", "--run-dir", str(run_dir)]
+    for item in TINY + REFINE_TINY:
+        args += ["--set", item]
+    assert sim_main(args) == 0
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-no-skip"]
+    assert results["clients"] == ["0", "1", "2", "overall"] and results["columns"] == RESULT_COLUMNS
+    for row in results["rows"].values():
+        for client in results["clients"]:
+            assert set(row[client]) == set(RESULT_COLUMNS)
+            assert all(0.0 <= value <= 1.0 for value in row[client].values())
+    assert set(results["gain_points"]) == {"refined", "refined-no-skip"}
+    # the as-trained row is the KGE phase's own final test (standard protocol)
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    for client, metrics in final["test"].items():
+        assert results["rows"]["fede-as-trained"][client]["standard.mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
+    simskip = [json.loads(line) for line in (run_dir / "simskip_metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in simskip] == [1, 2] and set(simskip[0]["simskip_loss"]) == {"0", "1", "2"}
+    with open(run_dir / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4 * (4 + 2)
+    for name in ("results.md", "valid_mrr.png", "simskip_loss.png", "refined_vs_unrefined.png", "downstream.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "clients" / "0" / "refined" / "refined.npy").is_file()

@@ -1,0 +1,411 @@
+"""The client side of the SimSkip refinement phase, and its configuration.
+
+After federated KGE training each client refines the entity rows it holds with
+:mod:`simskip_core` (contrastive training of a skip-connected encoder, Liu et al. ESWC 2024).
+With ``simskip-federate = true`` the server averages the encoder and projection-head weights
+over the clients (FedAvg weighted by the number of rows, :func:`server.weights.fedavg_named`)
+after every round of ``simskip-local-epochs`` epochs; with ``false`` each client keeps its own
+weights (the local-only ablation). The refined rows are ``f(rows)`` of the final encoder.
+
+A client round is stateless (:func:`fit_round`): it builds a fresh :class:`SimSkipTrainer`,
+loads the round's starting weights and fits. This is what a Flower client needs (each message
+may run in a fresh process), and it is FedAvg's usual client: a fresh optimizer every round.
+The augmentation/shuffle seed is derived from (``simskip-seed``, client, round), so a replayed
+round is identical and clients/rounds draw different views.
+
+Variants: ``refined`` uses the configured encoder; with ``simskip-no-skip-ablation = true``
+the same rounds also train ``refined-no-skip`` (the paper's ablation ``f(x) = g(x)``) side by
+side, so one run reports both. Weights travel as one flat named list with ``<variant>/``
+prefixes (:func:`pack_variants`).
+
+Run-config keys (kebab-case; :data:`REFINEMENT_KEYS` lists the phase's own ones):
+
+``simskip-rounds`` (int, 10; 0 skips the phase), ``simskip-local-epochs`` (int, 5),
+``simskip-federate`` (bool, true), ``simskip-no-skip-ablation`` (bool, false),
+``refit-epochs`` (int, 20; downstream relation re-fit budget, see :mod:`client.kge.refit`),
+and ``simskip-<field>`` for every :class:`simskip_core.SimSkipConfig` field except ``epochs``
+(e.g. ``simskip-lr``, ``simskip-batch-size``, ``simskip-skip``, ``simskip-augmentations`` as a
+comma-separated string, ``simskip-hidden-dim = "none"``). Unknown ``simskip-*`` / ``refit-*``
+keys fail, naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from client.kge.config import ConfigError
+from simskip_core import SimSkipConfig, SimSkipTrainer
+from simskip_core.errors import ConfigError as SimSkipConfigError
+
+__all__ = [
+    "NO_SKIP_VARIANT",
+    "REFINED_VARIANT",
+    "REFINEMENT_KEYS",
+    "RefinementConfig",
+    "RefinementConfigError",
+    "RefinementInputError",
+    "RefinementResult",
+    "RoundUpdate",
+    "client_seed_key",
+    "fit_round",
+    "initial_weights",
+    "load_run_configs",
+    "round_record",
+    "pack_variants",
+    "run_refinement",
+    "transform_rows",
+    "unpack_variants",
+]
+
+REFINED_VARIANT = "refined"
+NO_SKIP_VARIANT = "refined-no-skip"
+SIMSKIP_PREFIX = "simskip-"
+REFIT_PREFIX = "refit-"
+
+NamedArrays = list[tuple[str, np.ndarray]]
+
+
+class RefinementConfigError(ConfigError):
+    """A refinement run-config key is unknown or its value is bad."""
+
+
+class RefinementInputError(ValueError):
+    """A client's entity rows cannot be refined (shape, dtype, non-finite, too few rows)."""
+
+
+# ----------------------------------------------------------------------------- config
+#: SimSkipConfig fields not settable through the run config: the epochs are rounds x local epochs.
+_NOT_PASSED_THROUGH = frozenset({"epochs"})
+
+
+@dataclass(frozen=True)
+class RefinementConfig:
+    """The SimSkip phase and the downstream re-fit budget.
+
+    :param rounds: federated SimSkip rounds (``0``: no refinement phase).
+    :param local_epochs: SimSkip epochs each client trains per round.
+    :param federate: FedAvg the encoder + head weights each round; ``False`` is local-only.
+    :param no_skip_ablation: also train the no-skip encoder (reported as ``refined-no-skip``).
+    :param refit_epochs: epochs of the downstream relation re-fit (:mod:`client.kge.refit`).
+    :param simskip: the SimSkip hyperparameters (``epochs`` is ignored: see ``local_epochs``).
+    """
+
+    rounds: int = 10
+    local_epochs: int = 5
+    federate: bool = True
+    no_skip_ablation: bool = False
+    refit_epochs: int = 20
+    simskip: SimSkipConfig = field(default_factory=SimSkipConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "local_epochs", "refit_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise RefinementConfigError(f"{_key(name)} must be an int >= 0, got {value!r}")
+        if self.local_epochs < 1:
+            raise RefinementConfigError(f"simskip-local-epochs must be >= 1, got {self.local_epochs}")
+        for name in ("federate", "no_skip_ablation"):
+            if not isinstance(getattr(self, name), bool):
+                raise RefinementConfigError(f"{_key(name)} must be a bool, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RefinementConfig:
+        """Read the phase's keys from a kebab-case run config; other keys are ignored.
+
+        :raises RefinementConfigError: naming unknown ``simskip-*`` / ``refit-*`` keys or bad values.
+        """
+        own = {_key(f.name): f.name for f in dataclasses.fields(cls) if f.name != "simskip"}
+        passthrough = {
+            SIMSKIP_PREFIX + f.name.replace("_", "-"): f.name
+            for f in dataclasses.fields(SimSkipConfig)
+            if f.name not in _NOT_PASSED_THROUGH
+        }
+        unknown = sorted(
+            key for key in run_config
+            if key.startswith((SIMSKIP_PREFIX, REFIT_PREFIX)) and key not in own and key not in passthrough
+        )
+        if unknown:
+            raise RefinementConfigError(
+                f"unknown refinement key(s) {unknown}; known: {sorted(own) + sorted(passthrough)}"
+            )
+        values: dict[str, Any] = {}
+        for key, name in own.items():
+            if key in run_config:
+                value = run_config[key]
+                if isinstance(value, float) and value.is_integer() and name != "federate":
+                    value = int(value)
+                values[name] = value
+        overrides = [f"{passthrough[key]}={_as_text(value)}" for key, value in run_config.items() if key in passthrough]
+        try:
+            values["simskip"] = SimSkipConfig().with_overrides(overrides)
+        except SimSkipConfigError as error:
+            raise RefinementConfigError(f"simskip run config: {error}") from None
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The config as kebab-case run-config entries (``augmentations`` comma-joined, ``None`` as ``"none"``)."""
+        entries: dict[str, Any] = {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "simskip"}
+        for name, value in self.simskip.to_dict().items():
+            if name in _NOT_PASSED_THROUGH:
+                continue
+            entries[SIMSKIP_PREFIX + name.replace("_", "-")] = _as_text(value) if value is None or isinstance(value, list) else value
+        return entries
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the SimSkip phase runs (``rounds > 0``)."""
+        return self.rounds > 0
+
+    def variants(self) -> dict[str, SimSkipConfig]:
+        """Variant name -> its SimSkip config, in report order."""
+        main = REFINED_VARIANT if self.simskip.skip else NO_SKIP_VARIANT
+        variants = {main: self.simskip}
+        if self.no_skip_ablation and self.simskip.skip:
+            variants[NO_SKIP_VARIANT] = self.simskip.replace(skip=False)
+        return variants
+
+
+def _key(name: str) -> str:
+    """Run-config key of a :class:`RefinementConfig` field."""
+    return ("" if name.startswith("refit") else SIMSKIP_PREFIX) + name.replace("_", "-")
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+#: The phase's own keys with their defaults (what ``pyproject.toml``'s run config must list).
+REFINEMENT_KEYS: dict[str, Any] = RefinementConfig().to_run_config()
+
+
+# ----------------------------------------------------------------------------- weights
+def pack_variants(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]]) -> NamedArrays:
+    """``{variant: [(name, array)]}`` -> one flat list of ``("<variant>/<name>", array)``."""
+    return [(f"{variant}/{name}", array) for variant, named in weights.items() for name, array in named]
+
+
+def unpack_variants(flat: Sequence[tuple[str, np.ndarray]], variants: Sequence[str]) -> dict[str, NamedArrays]:
+    """Inverse of :func:`pack_variants`; every expected variant must be present.
+
+    :raises RefinementInputError: for an entry without a known ``<variant>/`` prefix or a missing variant.
+    """
+    out: dict[str, NamedArrays] = {variant: [] for variant in variants}
+    for name, array in flat:
+        variant, sep, rest = name.partition("/")
+        if not sep or variant not in out:
+            raise RefinementInputError(f"weight entry {name!r} has no known variant prefix (expected one of {list(variants)})")
+        out[variant].append((rest, array))
+    missing = [variant for variant, named in out.items() if not named]
+    if missing:
+        raise RefinementInputError(f"no weights for variant(s) {missing}")
+    return out
+
+
+def initial_weights(entity_dim: int, config: RefinementConfig) -> dict[str, NamedArrays]:
+    """The starting encoder + head weights of every variant, from ``simskip-seed``.
+
+    :param entity_dim: width of the rows to refine (``2 * embedding_dim`` for complex models).
+    """
+    return {
+        variant: SimSkipTrainer(entity_dim, cfg.replace(device="cpu")).get_weights()
+        for variant, cfg in config.variants().items()
+    }
+
+
+# ----------------------------------------------------------------------------- client round
+def client_seed_key(client_id: str | int) -> int:
+    """A stable non-negative int for a client name (for seeding)."""
+    text = str(client_id)
+    return int(text) if text.isdigit() else zlib.crc32(text.encode("utf-8"))
+
+
+def _round_seed(base_seed: int, client_id: str | int, server_round: int) -> int:
+    sequence = np.random.SeedSequence([int(base_seed), client_seed_key(client_id), int(server_round)])
+    return int(sequence.generate_state(1)[0] % (2**31))
+
+
+def _check_rows(rows: Any, client_id: str | int) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[0] < 2 or rows.shape[1] < 1:
+        raise RefinementInputError(f"client {client_id}: entity rows must be (n >= 2, dim), got shape {rows.shape}")
+    if not np.issubdtype(rows.dtype, np.floating):
+        raise RefinementInputError(f"client {client_id}: entity rows dtype {rows.dtype} is not a real float type")
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        raise RefinementInputError(f"client {client_id}: entity row(s) {np.flatnonzero(bad)[:10].tolist()} hold NaN or inf")
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+@dataclass
+class RoundUpdate:
+    """One client's result of one SimSkip round.
+
+    :param weights: variant -> trained encoder + head weights.
+    :param num_rows: the number of entity rows refined (the FedAvg weight).
+    :param losses: variant -> mean NT-Xent loss of each local epoch.
+    :param seconds: wall time of the round's fitting.
+    """
+
+    weights: dict[str, NamedArrays]
+    num_rows: int
+    losses: dict[str, list[float]]
+    seconds: float = 0.0
+
+
+def fit_round(
+    rows: np.ndarray,
+    start_weights: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+    config: RefinementConfig,
+    *,
+    client_id: str | int,
+    server_round: int,
+) -> RoundUpdate:
+    """Train every variant ``config.local_epochs`` epochs on ``rows``, from ``start_weights``.
+
+    :param rows: float (n, entity_dim) entity rows of this client (local-id order); complex
+        models' rows are real pairs already, refined as real columns.
+    :param start_weights: variant -> the round's starting weights (server average, or the
+        client's own previous weights in the local-only ablation).
+    :param config: the phase config.
+    :param client_id: seeds the views together with ``server_round``.
+    :param server_round: 1-based round number.
+    :raises RefinementInputError: for bad rows or missing variants.
+    """
+    rows = _check_rows(rows, client_id)
+    started = time.perf_counter()
+    weights, losses = {}, {}
+    for variant, cfg in config.variants().items():
+        if variant not in start_weights:
+            raise RefinementInputError(f"client {client_id}: no starting weights for variant {variant!r}")
+        trainer = SimSkipTrainer(rows.shape[1], cfg.replace(seed=_round_seed(cfg.seed, client_id, server_round)))
+        trainer.set_weights(list(start_weights[variant]))
+        losses[variant] = trainer.fit(rows, epochs=config.local_epochs)
+        weights[variant] = trainer.get_weights()
+    return RoundUpdate(weights, int(rows.shape[0]), losses, time.perf_counter() - started)
+
+
+def transform_rows(
+    rows: np.ndarray, weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], config: RefinementConfig, *, client_id: str | int = 0
+) -> dict[str, np.ndarray]:
+    """The refined rows ``f(rows)`` of every variant's final encoder: float32, shape of ``rows``."""
+    rows = _check_rows(rows, client_id)
+    refined = {}
+    for variant, cfg in config.variants().items():
+        trainer = SimSkipTrainer(rows.shape[1], cfg)
+        trainer.set_weights(list(weights[variant]))
+        refined[variant] = np.ascontiguousarray(trainer.transform(rows), dtype=np.float32)
+    return refined
+
+
+# ----------------------------------------------------------------------------- in-process driver
+@dataclass
+class RefinementResult:
+    """Outcome of :func:`run_refinement`.
+
+    :param refined: client -> variant -> refined rows (float32, shape of the client's rows).
+    :param weights: client -> variant -> the final weights the client transformed with.
+    :param history: one dict per round: ``{"round", "simskip_loss": {client: {variant: last epoch loss}},
+        "simskip_loss_overall": {variant: row-weighted mean}, "seconds"}``.
+    """
+
+    refined: dict[str, dict[str, np.ndarray]]
+    weights: dict[str, dict[str, NamedArrays]]
+    history: list[dict[str, Any]]
+
+
+def run_refinement(
+    rows_by_client: Mapping[str, np.ndarray],
+    config: RefinementConfig,
+    *,
+    on_round_end: Callable[[dict[str, Any]], None] | None = None,
+) -> RefinementResult:
+    """Run the whole SimSkip phase in this process (the same rounds Flower runs, without transport).
+
+    Used by the "refine only" command on a finished run folder and by the tests; the Flower
+    strategy performs exactly these steps with messages.
+
+    :param rows_by_client: client name -> its entity rows (all of the same width).
+    :param config: the phase config (``rounds >= 1``).
+    :param on_round_end: receives each round's history dict.
+    """
+    from server.weights import fedavg_named  # pure NumPy
+
+    if not rows_by_client:
+        raise RefinementInputError("no client rows to refine")
+    widths = {name: np.shape(rows)[1] if np.ndim(rows) == 2 else None for name, rows in rows_by_client.items()}
+    if len(set(widths.values())) != 1 or None in widths.values():
+        raise RefinementInputError(f"clients' entity rows differ in width or are not 2-D: {widths}")
+    dim = next(iter(widths.values()))
+    start = initial_weights(int(dim), config)
+    current = {name: start for name in rows_by_client}
+    history = []
+    for server_round in range(1, config.rounds + 1):
+        started = time.perf_counter()
+        updates = {
+            name: fit_round(rows, current[name], config, client_id=name, server_round=server_round)
+            for name, rows in rows_by_client.items()
+        }
+        if config.federate:
+            averaged = {
+                variant: fedavg_named([(u.weights[variant], u.num_rows) for u in updates.values()])
+                for variant in config.variants()
+            }
+            current = {name: averaged for name in rows_by_client}
+        else:
+            current = {name: update.weights for name, update in updates.items()}
+        record = round_record(server_round, updates, time.perf_counter() - started)
+        history.append(record)
+        if on_round_end is not None:
+            on_round_end(record)
+    refined = {name: transform_rows(rows, current[name], config, client_id=name) for name, rows in rows_by_client.items()}
+    return RefinementResult(refined=refined, weights=current, history=history)
+
+
+def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds: float) -> dict[str, Any]:
+    """The history row of one SimSkip round (shared by the in-process driver and the strategy)."""
+    per_client = {name: {variant: float(losses[-1]) for variant, losses in u.losses.items()} for name, u in updates.items()}
+    total = sum(u.num_rows for u in updates.values())
+    variants = sorted({v for losses in per_client.values() for v in losses})
+    overall = {
+        variant: sum(per_client[name][variant] * u.num_rows for name, u in updates.items()) / total for variant in variants
+    }
+    return {
+        "phase": "simskip",
+        "round": int(server_round),
+        "simskip_loss": per_client,
+        "simskip_loss_overall": overall,
+        "num_rows": {name: u.num_rows for name, u in updates.items()},
+        "seconds": round(float(seconds), 4),
+    }
+
+
+# ----------------------------------------------------------------------------- whole run config
+def load_run_configs(run_config: Mapping[str, Any]) -> tuple[Any, Any, RefinementConfig]:
+    """Split a Flower run config into federation settings, KGE config and refinement config.
+
+    Like :func:`server.settings.load_run_config`, but the refinement keys
+    (:data:`REFINEMENT_KEYS`) are known too, so every key has exactly one owner and a misspelt
+    one still fails.
+
+    :returns: ``(FederationSettings, KGEConfig, RefinementConfig)``.
+    :raises client.kge.config.ConfigError: naming an unknown key or a bad value.
+    """
+    from client.kge.config import KGEConfig
+    from server.settings import KNOWN_NON_KGE_KEYS, FederationSettings
+
+    settings = FederationSettings.from_run_config(run_config)
+    kge = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
+    return settings, kge, RefinementConfig.from_run_config(run_config)

@@ -1,0 +1,116 @@
+"""The ClientApp's handlers of the SimSkip phase and the downstream evaluation.
+
+Registered on :data:`client.client_app.app` (imported at the end of that module), so one
+ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
+
+``train.simskip``: refine this party's entity rows for ``simskip-local-epochs`` epochs from the
+round's starting weights (the server's average; in the local-only ablation the weights this
+party keeps in ``context.state``), reply with the weights (federated only) and the losses.
+``evaluate.downstream``: transform the rows with the final encoder, then re-fit relations on
+frozen rows for every table row and rank the test split (:func:`client.kge.refit.evaluate_downstream`).
+The refined rows go to the party's private output folder (``refined/<variant>.npy``) when it has one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from client.client_app import (
+    CONFIG_KEY,
+    METRICS_KEY,
+    PRIVATE_CURRENT,
+    PRIVATE_SNAPSHOT,
+    _device,
+    _incoming_rows,
+    _output_dir,
+    app,
+    load_graph,
+)
+
+__all__ = ["downstream", "simskip_train"]
+
+WEIGHTS_KEY = "simskip-weights"  # mirrors server.simskip_strategy
+OWN_WEIGHTS = "simskip-own-weights"
+
+
+def _configs(context: Context):
+    from client.kge.refinement import load_run_configs
+
+    _, kge_config, refinement = load_run_configs(context.run_config)
+    return kge_config, refinement
+
+
+def _start_weights(msg: Message, context: Context, variants: list[str]):
+    """The message's weights, else (local-only after round 1) this party's own from ``context.state``."""
+    from client.kge.refinement import RefinementInputError, unpack_variants
+
+    record = msg.content.array_records.get(WEIGHTS_KEY) or context.state.array_records.get(OWN_WEIGHTS)
+    if record is None:
+        raise RefinementInputError("no SimSkip weights: the server sent none and this party kept none")
+    return unpack_variants([(key, record[key].numpy()) for key in record], variants)
+
+
+def _weights_record(weights) -> ArrayRecord:
+    from client.kge.refinement import pack_variants
+
+    return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in pack_variants(weights)})
+
+
+@app.train("simskip")
+def simskip_train(msg: Message, context: Context) -> Message:
+    """One SimSkip round on this party's rows."""
+    from client.kge.refinement import fit_round
+
+    kge_config, refinement = _configs(context)
+    graph, name = load_graph(context)
+    rows = _incoming_rows(msg, graph)
+    cfg = msg.content.config_records[CONFIG_KEY]
+    start = _start_weights(msg, context, list(refinement.variants()))
+    update = fit_round(rows, start, refinement, client_id=name, server_round=int(cfg["server-round"]))
+    metrics = {"num-rows": update.num_rows, "simskip-seconds": float(update.seconds)}
+    metrics.update({f"loss/{variant}": float(losses[-1]) for variant, losses in update.losses.items()})
+    content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
+    if bool(cfg.get("federate", True)):
+        content[WEIGHTS_KEY] = _weights_record(update.weights)
+    else:  # local-only: the encoder never leaves this party
+        context.state[OWN_WEIGHTS] = _weights_record(update.weights)
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate("downstream")
+def downstream(msg: Message, context: Context) -> Message:
+    """Refine with the final encoder, re-fit relations on frozen rows per table row, rank the test split."""
+    from client.kge.refinement import transform_rows
+    from client.kge.refit import evaluate_downstream
+    from server.run_folder import save_npy_atomic
+
+    started = time.perf_counter()
+    kge_config, refinement = _configs(context)
+    graph, name = load_graph(context)
+    rows = _incoming_rows(msg, graph)
+    cfg = msg.content.config_records[CONFIG_KEY]
+    weights = _start_weights(msg, context, list(refinement.variants()))
+    refined = transform_rows(rows, weights, refinement, client_id=name)
+    snapshot = PRIVATE_SNAPSHOT.format(int(cfg.get("best-round", 0)))
+    key = snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT
+    relation_state = None
+    if key in context.state.array_records:
+        record = context.state.array_records[key]
+        relation_state = {k: record[k].numpy() for k in record if k.startswith(("model/", "meta/"))}
+    results = evaluate_downstream(graph, kge_config, rows, refined, refit_epochs=int(cfg.get("refit-epochs", refinement.refit_epochs)),
+                                  relation_state=relation_state, device=_device())
+    out = _output_dir(context, name)
+    if out is not None:
+        for variant, refined_rows in refined.items():
+            save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
+    metrics: dict[str, float | int] = {}
+    for row, result in results.items():
+        for protocol, values in result["metrics"].items():
+            for metric, value in values.items():
+                metrics[f"{row}/{protocol}/{metric}"] = int(value) if metric == "num_triples" else float(value)
+        metrics[f"seconds/{row}"] = float(result["seconds"])
+    metrics["client-seconds"] = time.perf_counter() - started
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

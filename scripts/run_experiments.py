@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""The refined-vs-unrefined experiment grid, resumable cell by cell, and its paper-style table.
+
+Grid: models x datasets x settings (default {TransE, RotatE, DistMult, ComplEx} x
+{../shared/data/FB15k-237-Fed3, ../shared/data/FB15k-237-R10-FedLU} x {isolation, fede,
+collection}). Each cell is one run folder ``OUT/<dataset>/<model>/<setting>/``:
+
+1. KGE training (``--engine flower``: ``simskip-sim`` in a subprocess, i.e. the Flower apps in
+   simulation; ``--engine in-process``: the Flower-free reference runners of
+   :mod:`client.kge.centralized`, same trainer and evaluator, no Ray start-up). The collection
+   setting is always trained in-process (it has no federation).
+2. SimSkip phase + downstream re-fit + report (:func:`server.downstream.refine_run_folder`),
+   unless the run already wrote ``results.json``.
+3. ``cell.json``: status, the seconds of each step (``run_seconds``: the KGE run, which with
+   ``--engine flower`` includes the refinement phase it runs itself; ``refine_seconds``: step 2
+   when it ran separately) and the overall numbers.
+
+A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE run
+(``final_metrics.json``) but no results resumes at step 2. An interrupted cell restarts from
+its last finished step. At the end (and with ``--assemble-only``) the cells found are
+assembled into ``OUT/grid.{md,csv,json}``: one line per cell, overall test metrics of every
+row (FedE as trained, unrefined, refined, refined-no-skip) under both protocols, and the gain
+in points.
+
+Example (one cell, FedE's defaults except the budget)::
+
+    python scripts/run_experiments.py --out runs/grid --models TransE \\
+        --datasets ../shared/data/FB15k-237-Fed3 --settings fede --rounds 20 \\
+        --set simskip-rounds=10 --set refit-epochs=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+DEFAULT_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
+DEFAULT_DATASETS = ("../shared/data/FB15k-237-Fed3", "../shared/data/FB15k-237-R10-FedLU")
+DEFAULT_SETTINGS = ("isolation", "fede", "collection")
+CELL_FILE = "cell.json"
+#: Overall columns of the assembled table (protocol.metric of server.report).
+GRID_COLUMNS = ("standard.mrr", "standard.hits@10", "fede.mrr", "fede.hits@10")
+
+
+class GridError(RuntimeError):
+    """A cell failed (its folder and log are named)."""
+
+
+def cell_dir(out: Path, dataset: str, model: str, setting: str) -> Path:
+    """``OUT/<dataset folder name>/<model>/<setting>``."""
+    return out / Path(dataset).name / model / setting
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from server.run_folder import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- KGE step
+def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any],
+                    num_clients: int | None) -> None:
+    """Train with the Flower-free runners and write the run-folder files refine-only reads."""
+    from client.kge import centralized
+    from client.kge.config import KGEConfig
+    from client.kge.refinement import REFINEMENT_KEYS
+    from kg_datasets import load_federated
+    from server.run_folder import RunFolder
+    from server.settings import KNOWN_NON_KGE_KEYS
+
+    run_config = {**sets, "model": model, "setting": setting, "num-server-rounds": rounds,
+                  "client-data-root": str(folder / "data"), "client-output-root": str(folder / "clients")}
+    kge_config = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
+    kg = load_federated(dataset, num_clients=num_clients if not Path(dataset).is_dir() else None)
+    if not (folder / "data").exists():
+        kg.write(folder / "data")
+    runner = {"isolation": centralized.run_isolation, "fede": centralized.run_fede_in_process,
+              "collection": centralized.run_collection}[setting]
+    run = RunFolder(folder)
+    run.write_config({"run_config": run_config, "kge": kge_config.to_run_config(), "dataset": dataset,
+                      "engine": "in-process", "num_entities": kg.num_entities})
+    result = runner(kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True))
+    for entry in result["history"]:
+        row = {"round": entry["round"], "train": {k: {"train-loss": v[-1]} for k, v in entry["losses"].items() if v}}
+        if "valid" in entry:
+            row["valid"], row["valid_overall"] = entry["valid"]["clients"], entry["valid"]["overall"]
+        run.append_metrics(row)
+    run.write_final_metrics(result)
+
+
+def _kge_flower(folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any],
+                num_clients: int | None, timeout: float | None) -> None:
+    """``simskip-sim`` in a subprocess (stopped by PID on interrupt or timeout)."""
+    command = [sys.executable, "-m", "server.simulation", "--dataset", dataset, "--setting", setting,
+               "--rounds", str(rounds), "--run-dir", str(folder), "--set", f"model={model}"]
+    if num_clients is not None and not Path(dataset).is_dir():
+        command += ["--clients", str(num_clients)]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "cell.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout=timeout)
+        except BaseException:
+            process.kill()  # this cell's own child, by its handle (PID)
+            process.wait()
+            raise
+    if code != 0:
+        raise GridError(f"simskip-sim failed with exit status {code} for {folder} (see {log_path})")
+
+
+# ----------------------------------------------------------------------------- cells
+def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, sets: Mapping[str, Any],
+             engine: str = "flower", num_clients: int | None = 3, timeout: float | None = None) -> dict[str, Any]:
+    """Run (or resume) one cell; returns its ``cell.json`` content."""
+    folder = cell_dir(out, dataset, model, setting)
+    state = _read_json(folder / CELL_FILE) or {}
+    if state.get("status") == "done":
+        print(f"[grid] {folder}: done, skipped", flush=True)
+        return state
+    folder.mkdir(parents=True, exist_ok=True)
+    state.update({"dataset": dataset, "model": model, "setting": setting, "rounds": rounds, "set": dict(sets),
+                  "engine": "in-process" if setting == "collection" else engine, "status": "running"})
+    _write_json(folder / CELL_FILE, state)
+    if not (folder / "final_metrics.json").is_file():
+        started = time.perf_counter()
+        if state["engine"] == "in-process":
+            _kge_in_process(folder, dataset, model, setting, rounds, sets, num_clients)
+        else:
+            _kge_flower(folder, dataset, model, setting, rounds, sets, num_clients, timeout)
+        state["run_seconds"] = round(time.perf_counter() - started, 1)
+        _write_json(folder / CELL_FILE, state)
+    if not (folder / "results.json").is_file():
+        from server.downstream import refine_run_folder
+
+        started = time.perf_counter()
+        refine_run_folder(folder, sets)
+        state["refine_seconds"] = round(time.perf_counter() - started, 1)
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    state["overall"] = {row: per_client["overall"] for row, per_client in results["rows"].items()}
+    state["gain_points"] = {row: per_client["overall"] for row, per_client in results["gain_points"].items()}
+    state["status"] = "done"
+    _write_json(folder / CELL_FILE, state)
+    print(f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)", flush=True)
+    return state
+
+
+def assemble(out: Path) -> dict[str, Path]:
+    """Collect every finished cell under ``out`` into ``grid.{json,csv,md}``."""
+    from server.report import ROW_ORDER
+    from server.run_folder import atomic_write_text
+
+    cells = sorted(
+        (c for c in (_read_json(p) for p in out.glob(f"*/*/*/{CELL_FILE}")) if c and c.get("status") == "done"),
+        key=lambda c: (c["dataset"], DEFAULT_MODELS.index(c["model"]) if c["model"] in DEFAULT_MODELS else 99,
+                       DEFAULT_SETTINGS.index(c["setting"]) if c["setting"] in DEFAULT_SETTINGS else 99),
+    )
+    columns = ["dataset", "model", "setting", "row", *GRID_COLUMNS, "run_seconds", "refine_seconds"]
+    records = []
+    for cell in cells:
+        base = {"dataset": Path(cell["dataset"]).name, "model": cell["model"], "setting": cell["setting"],
+                "run_seconds": cell.get("run_seconds", ""), "refine_seconds": cell.get("refine_seconds", "")}
+        for row in ROW_ORDER:
+            if row in cell["overall"]:
+                records.append({**base, "row": row, **{c: cell["overall"][row][c] for c in GRID_COLUMNS}})
+        for row, gains in cell["gain_points"].items():
+            records.append({**base, "row": f"gain {row} (pts)", **{c: gains[c] for c in GRID_COLUMNS}})
+    paths = {"json": out / "grid.json", "csv": out / "grid.csv", "md": out / "grid.md"}
+    atomic_write_text(paths["json"], json.dumps({"columns": columns, "records": records, "cells": cells}, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    lines = ["# Refined vs unrefined federated entity embeddings (overall test, weighted by test triples)", "",
+             "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for record in records:
+        points = record["row"].startswith("gain")
+        cells_text = [f"{record[c]:+.2f}" if points else f"{record[c]:.4f}" for c in GRID_COLUMNS]
+        lines.append("| " + " | ".join([record["dataset"], record["model"], record["setting"], record["row"], *cells_text,
+                                         str(record["run_seconds"]), str(record["refine_seconds"])]) + " |")
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    return paths
+
+
+def _resolve_dataset(dataset: str) -> str:
+    """A data folder as given (relative to the working directory) or relative to the project root;
+    anything else (a PyKEEN dataset name) unchanged."""
+    if Path(dataset).exists():
+        return str(Path(dataset).resolve())
+    if (PROJECT_ROOT / dataset).exists():
+        return str((PROJECT_ROOT / dataset).resolve())
+    return dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="grid folder (one sub-folder per cell)")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
+                        help="data folders (relative to the project root) or PyKEEN names (Nations, UMLS, Kinships)")
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(DEFAULT_SETTINGS))
+    parser.add_argument("--rounds", type=int, default=100, help="num-server-rounds of KGE training (default 100)")
+    parser.add_argument("--clients", type=int, default=3, help="clients for a PyKEEN dataset name (default 3)")
+    parser.add_argument("--engine", choices=["flower", "in-process"], default="flower")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable")
+    parser.add_argument("--cell-timeout", type=float, default=None, help="seconds one flower cell may run")
+    parser.add_argument("--assemble-only", action="store_true", help="only rebuild grid.{md,csv,json}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the grid; returns the exit status (1 when a cell failed; the others still ran)."""
+    from server.simulation import parse_set_options
+
+    args = build_parser().parse_args(argv)
+    out = args.out.resolve()
+    sets = parse_set_options(args.sets)
+    failed = []
+    if not args.assemble_only:
+        for dataset in args.datasets:
+            dataset = _resolve_dataset(dataset)
+            for model in args.models:
+                for setting in args.settings:
+                    try:
+                        run_cell(out, dataset, model, setting, rounds=args.rounds, sets=sets,
+                                 engine=args.engine, num_clients=args.clients, timeout=args.cell_timeout)
+                    except KeyboardInterrupt:
+                        print("[grid] interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
+                        return 130
+                    except Exception as error:  # noqa: BLE001 - one failed cell must not stop the grid
+                        failed.append(f"{dataset} {model} {setting}: {type(error).__name__}: {error}")
+                        print(f"[grid] FAILED {failed[-1]}", file=sys.stderr, flush=True)
+    paths = assemble(out)
+    print(f"[grid] table: {paths['md']}", flush=True)
+    for line in failed:
+        print(f"[grid] failed cell: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

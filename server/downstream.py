@@ -1,0 +1,236 @@
+"""SimSkip phase + downstream link prediction on a FINISHED run folder, in this process.
+
+This is the "refine only" path: it reads what a KGE run left in its folder and runs the same
+steps the federated phase runs through Flower (:func:`client.kge.refinement.run_refinement`
+performs the rounds of FedAvg over the encoder/head weights without transport), then the
+downstream re-fit + evaluation per client (:func:`client.kge.refit.evaluate_downstream`), then
+the report (:func:`server.report.write_report`). It needs the clients' data and private outputs,
+so it is for simulation / single-machine runs (``simskip-sim``) where both live in the folder.
+
+Inputs in ``RUN_DIR`` (as ``simskip-sim`` writes them):
+
+* ``config.json``: ``run_config`` (with ``client-data-root`` and ``client-output-root``) and ``kge``;
+* ``<client-data-root>/<k>/{train,valid,test}.txt``: client ``k``'s triples;
+* ``<client-output-root>/<k>/entity_embeddings.npy`` + ``entities.tsv``: its best-round entity
+  rows in local-id order (else the global ``entity_embeddings.npy`` + ``entities.tsv`` are used,
+  e.g. for the collection setting), and ``relation_embeddings.npz`` (its trained relations,
+  for the ``fede-as-trained`` row; left out when absent or not in the client's id space).
+
+Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json``,
+``refined/<k>/<variant>.npy`` (refined rows, local-id order), and the report files.
+
+Usage: ``python -m server.downstream RUN_DIR [--set simskip-rounds=5 ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.report import DOWNSTREAM_FILE, SIMSKIP_METRICS_FILE, write_report
+from server.run_folder import atomic_write_text, save_npy_atomic
+
+__all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
+
+
+class RunFolderError(ValueError):
+    """The run folder lacks what the refinement needs, or its files do not agree."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing (is this a finished run folder?)") from None
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{path}: malformed JSON: {error}") from None
+
+
+def _read_labels(path: Path) -> list[str]:
+    labels = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        ident, sep, label = line.partition("\t")
+        if not sep or not ident.strip().isdigit() or int(ident) != len(labels):
+            raise RunFolderError(f"{path}:{number}: expected '<id>\\t<label>' with ids 0, 1, 2, ... got {line!r}")
+        labels.append(label)
+    return labels
+
+
+def load_client_inputs(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per client: ``{"graph", "rows", "relation_state"}`` from the run folder.
+
+    :raises RunFolderError: naming the missing or disagreeing file.
+    """
+    from kg_datasets import load_client_folder
+
+    data_root = Path(str(run_config.get("client-data-root") or run_dir / "data"))
+    output_root = Path(str(run_config.get("client-output-root") or run_dir / "clients"))
+    if not data_root.is_dir():
+        raise RunFolderError(f"{data_root}: no client data folders (refine-only needs the clients' data)")
+    names = sorted((p.name for p in data_root.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+    if not names:
+        raise RunFolderError(f"{data_root}: no client folders 0/, 1/, ...")
+    global_table = global_index = None
+    inputs = {}
+    for name in names:
+        graph = load_client_folder(data_root / name, client_id=int(name))
+        own = output_root / name
+        if (own / "entity_embeddings.npy").is_file():
+            rows = np.load(own / "entity_embeddings.npy", allow_pickle=False)
+            labels = _read_labels(own / "entities.tsv")
+            if labels != graph.entity_labels:
+                raise RunFolderError(f"{own / 'entities.tsv'}: entity order differs from client {name}'s train entities")
+        else:
+            if global_table is None:
+                global_table = np.load(run_dir / "entity_embeddings.npy", allow_pickle=False)
+                global_index = {label: i for i, label in enumerate(_read_labels(run_dir / "entities.tsv"))}
+            missing = [label for label in graph.entity_labels if label not in global_index]
+            if missing:
+                raise RunFolderError(f"{run_dir / 'entities.tsv'}: lacks {len(missing)} entities of client {name}, e.g. {missing[0]!r}")
+            rows = global_table[[global_index[label] for label in graph.entity_labels]]
+        if rows.shape[0] != graph.num_entities or not np.isfinite(rows).all():
+            raise RunFolderError(f"client {name}: entity rows of shape {rows.shape} (non-finite or not {graph.num_entities} rows)")
+        relation_state = None
+        npz = own / "relation_embeddings.npz"
+        if npz.is_file():
+            with np.load(npz, allow_pickle=False) as archive:
+                relation_state = {key: archive[key] for key in archive.files}
+        inputs[name] = {"graph": graph, "rows": np.ascontiguousarray(rows, dtype=np.float32), "relation_state": relation_state}
+    return inputs
+
+
+def refine_run_folder(
+    run_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    device: str | None = None,
+    log: Any = print,
+) -> dict[str, Path]:
+    """Run the SimSkip phase, the downstream evaluation and the report on a finished run folder.
+
+    :param run_dir: the folder of a finished KGE run.
+    :param overrides: run-config values replacing the recorded ones (e.g. ``simskip-rounds``).
+    :param device: training device of the re-fit (CUDA when present by default).
+    :returns: the report's files.
+    """
+    from client.kge.config import KGEConfig
+    from client.kge.refinement import RefinementConfig, run_refinement
+
+    run_dir = Path(run_dir).resolve()
+    recorded = _read_json(run_dir / "config.json")
+    run_config = {**recorded.get("run_config", {}), **dict(overrides or {})}
+    kge_config = KGEConfig.from_run_config(recorded.get("kge", {}))
+    refinement = RefinementConfig.from_run_config(run_config)
+    if not refinement.enabled:
+        raise RunFolderError("simskip-rounds is 0: nothing to refine")
+    inputs = load_client_inputs(run_dir, run_config)
+    started = time.perf_counter()
+    rows_log: list[str] = []
+
+    def on_round(record: dict[str, Any]) -> None:
+        rows_log.append(json.dumps(record, sort_keys=True))
+        atomic_write_text(run_dir / SIMSKIP_METRICS_FILE, "\n".join(rows_log) + "\n")
+        log(f"[simskip round {record['round']}/{refinement.rounds}] loss {record['simskip_loss_overall']}")
+
+    result = run_refinement({name: item["rows"] for name, item in inputs.items()}, refinement, on_round_end=on_round)
+    simskip_seconds = time.perf_counter() - started
+    for name, variants in result.refined.items():
+        for variant, rows in variants.items():
+            save_npy_atomic(run_dir / "refined" / name / f"{variant}.npy", rows)
+
+    downstream: dict[str, dict[str, Any]] = {}
+    details: dict[str, Any] = {}
+    started = time.perf_counter()
+    for name, item in inputs.items():
+        per_row = _client_downstream(name, item, kge_config, refinement, result.refined[name], device, log)
+        details[name] = {row: {"losses": r["losses"], "seconds": r["seconds"]} for row, r in per_row.items()}
+        for row, r in per_row.items():
+            downstream.setdefault(row, {})[name] = r["metrics"]
+    # a row is reported only when every client has it (fede-as-trained needs every client's relations)
+    complete = {row: per for row, per in downstream.items() if set(per) == set(inputs)}
+    return write_downstream_and_report(
+        run_dir, complete, kge_config=kge_config, refinement=refinement, setting=str(run_config.get("setting", "?")),
+        extra={"refit": details, "simskip_seconds": round(simskip_seconds, 3),
+               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only"},
+    )
+
+
+def write_downstream_and_report(
+    run_dir: str | Path,
+    rows: Mapping[str, Mapping[str, Any]],
+    *,
+    kge_config: Any,
+    refinement: Any,
+    setting: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``downstream.json`` and the report (tables + plots) into ``run_dir``.
+
+    :param rows: ``{row: {client: {protocol: metrics}}}``.
+    :param kge_config: the run's :class:`~client.kge.config.KGEConfig`.
+    :param refinement: the run's :class:`~client.kge.refinement.RefinementConfig`.
+    :param setting: the KGE setting (for the notes).
+    :param extra: more fields of ``downstream.json`` (timings, source).
+    """
+    run_dir = Path(run_dir)
+    payload = {
+        "rows": dict(rows),
+        "refit_epochs": refinement.refit_epochs,
+        "refinement": refinement.to_run_config(),
+        "kge": kge_config.to_run_config(),
+        "setting": setting,
+        **dict(extra or {}),
+    }
+    atomic_write_text(run_dir / DOWNSTREAM_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    notes = [
+        f"KGE: {kge_config.model}, dim {kge_config.embedding_dim}, setting {setting}",
+        f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
+        f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; variants {list(refinement.variants())}",
+        f"Downstream: relations re-fit for {refinement.refit_epochs} epochs on frozen entity rows "
+        "(same seed, relation init and budget for every row); fede-as-trained: the KGE model, no re-fit",
+    ]
+    return write_report(run_dir, notes=notes)
+
+
+def _client_downstream(name, item, kge_config, refinement, refined, device, log) -> dict[str, dict[str, Any]]:
+    from client.kge.refit import evaluate_downstream
+    from client.kge.training import PrivateStateError
+
+    kwargs = dict(refit_epochs=refinement.refit_epochs, device=device)
+    try:
+        per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined,
+                                      relation_state=item["relation_state"], **kwargs)
+    except PrivateStateError as error:  # e.g. the collection setting's relations are in the pooled id space
+        log(f"client {name}: no fede-as-trained row ({error})")
+        per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined, relation_state=None, **kwargs)
+    log(f"client {name}: " + ", ".join(f"{row} MRR {r['metrics']['standard']['mrr']:.4f}" for row, r in per_row.items()))
+    return per_row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m server.downstream RUN_DIR [--set KEY=VALUE ...]``; returns the exit status."""
+    from server.simulation import parse_set_options
+
+    parser = argparse.ArgumentParser(prog="python -m server.downstream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="folder of a finished KGE run")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a simskip-* / refit-* run-config value (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        written = refine_run_folder(args.run_dir, parse_set_options(args.sets))
+    except Exception as error:  # noqa: BLE001 - the command's boundary
+        print(f"[refine-only] error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(f"[refine-only] wrote {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
