@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kg_datasets.errors import KGDataError
-from kg_datasets.textio import LabeledTripleFile, read_labeled_triples, read_lines
+from kg_datasets.textio import LabeledTripleFile, read_labeled_triples, read_lines, vocabulary_records
 from kg_datasets.triples import SPLITS, LocatedTriples
 
 #: Global vocabulary files written next to the client folders by FederatedKG.write.
@@ -59,24 +59,8 @@ def to_ids(f: LabeledTripleFile, entity_to_id: Mapping[str, int], relation_to_id
 
 def read_vocabulary_file(path: Path) -> dict[str, int]:
     """Read ``label<TAB>id`` lines with dense ids 0..n-1 (as written by FederatedKG.write)."""
-    mapping: dict[str, int] = {}
-    seen_ids: set[int] = set()
-    for number, line in read_lines(path):
-        parts = line.split("\t")
-        if len(parts) != 2:
-            raise KGDataError(f"{path}:{number}: expected 'label<TAB>id', found {len(parts)} columns")
-        label, raw = parts
-        try:
-            index = int(raw)
-        except ValueError:
-            raise KGDataError(f"{path}:{number}: id {raw!r} is not an integer") from None
-        if label in mapping:
-            raise KGDataError(f"{path}:{number}: label {label!r} listed twice")
-        if index in seen_ids:
-            raise KGDataError(f"{path}:{number}: id {index} listed twice")
-        mapping[label] = index
-        seen_ids.add(index)
-    if seen_ids != set(range(len(mapping))):
+    mapping = {label: index for _, label, index in vocabulary_records(path, read_lines(path))}
+    if set(mapping.values()) != set(range(len(mapping))):
         raise KGDataError(f"{path}: ids must be exactly 0..{len(mapping) - 1}")
     return mapping
 

@@ -17,8 +17,23 @@ from pykeen.triples import TriplesFactory
 from kg_datasets.triples import LocatedTriples, labels_in_id_order
 
 
+class _GlobalVocabularies:
+    """``num_entities`` / ``num_relations`` of a graph holding global vocabularies."""
+
+    entity_to_id: Mapping[str, int]
+    relation_to_id: Mapping[str, int]
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entity_to_id)
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relation_to_id)
+
+
 @dataclass(frozen=True)
-class KGSplit:
+class KGSplit(_GlobalVocabularies):
     """One knowledge graph with train/valid/test over global vocabularies.
 
     :param name: a display name (e.g. ``"FB15k-237"``).
@@ -35,14 +50,6 @@ class KGSplit:
     train: LocatedTriples
     valid: LocatedTriples
     test: LocatedTriples
-
-    @property
-    def num_entities(self) -> int:
-        return len(self.entity_to_id)
-
-    @property
-    def num_relations(self) -> int:
-        return len(self.relation_to_id)
 
     def pooled(self) -> np.ndarray:
         """int64 (n, 3): train, then valid, then test rows, in file order (the partitioners' input)."""
@@ -100,7 +107,7 @@ class ClientGraph:
 
 
 @dataclass(frozen=True)
-class FederatedKG:
+class FederatedKG(_GlobalVocabularies):
     """A knowledge graph split over clients.
 
     :param name: a display name.
@@ -113,14 +120,6 @@ class FederatedKG:
     entity_to_id: Mapping[str, int]
     relation_to_id: Mapping[str, int]
     clients: tuple[ClientGraph, ...]
-
-    @property
-    def num_entities(self) -> int:
-        return len(self.entity_to_id)
-
-    @property
-    def num_relations(self) -> int:
-        return len(self.relation_to_id)
 
     @property
     def num_clients(self) -> int:

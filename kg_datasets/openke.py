@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kg_datasets.errors import KGDataError
-from kg_datasets.textio import parse_count_header, read_lines
+from kg_datasets.textio import parse_count_header, read_lines, vocabulary_records
 from kg_datasets.triples import SPLITS, LocatedTriples
 
 ENTITY_FILE = "entity2id.txt"
@@ -30,27 +30,10 @@ def read_openke_dictionary(path: Path) -> dict[str, int]:
     lines = read_lines(path)
     count = parse_count_header(path, lines)
     mapping: dict[str, int] = {}
-    line_of_id: dict[int, int] = {}
-    for number, line in lines[1:]:
-        parts = line.split("\t")
-        if len(parts) != 2:
-            # Some OpenKE dictionaries separate with spaces; labels there hold no whitespace.
-            parts = line.split()
-        if len(parts) != 2:
-            raise KGDataError(f"{path}:{number}: expected 'label<TAB>id', found {len(parts)} columns: {line[:120]!r}")
-        label, raw = parts
-        try:
-            index = int(raw)
-        except ValueError:
-            raise KGDataError(f"{path}:{number}: id {raw!r} is not an integer") from None
-        if label in mapping:
-            raise KGDataError(f"{path}:{number}: label {label!r} listed twice")
-        if index in line_of_id:
-            raise KGDataError(f"{path}:{number}: id {index} already given on line {line_of_id[index]}")
+    for number, label, index in vocabulary_records(path, lines[1:], split_on_spaces=True):
         if not 0 <= index < count:
             raise KGDataError(f"{path}:{number}: id {index} outside 0..{count - 1} (count header {count})")
         mapping[label] = index
-        line_of_id[index] = number
     if len(mapping) != count:
         raise KGDataError(f"{path}: header says {count} records, found {len(mapping)}")
     return mapping

@@ -8,6 +8,7 @@ verbatim: ``nan``, ``NULL`` or ``None`` stay labels (no pandas NA conversion).
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,40 @@ def read_labeled_triples(path: Path) -> LabeledTripleFile:
     if not heads:
         raise KGDataError(f"{path}: empty file (no triples)")
     return LabeledTripleFile(path, heads, relations, tails, np.asarray(numbers, dtype=np.int64))
+
+
+def vocabulary_records(
+    path: Path, lines: Iterable[tuple[int, str]], *, split_on_spaces: bool = False
+) -> Iterator[tuple[int, str, int]]:
+    """``(line_number, label, id)`` of each ``label<TAB>id`` line of a vocabulary file.
+
+    The range of the ids (dense 0..n-1, or a count header's) is the caller's to check.
+
+    :param lines: ``(line_number, text)`` pairs, as from :func:`read_lines`.
+    :param split_on_spaces: split a line that does not hold exactly one TAB on whitespace instead
+        (some OpenKE dictionaries separate with spaces; labels there hold no whitespace).
+    :raises KGDataError: wrong column count, non-integer id, repeated label or id (file:line).
+    """
+    labels: set[str] = set()
+    line_of_id: dict[int, int] = {}
+    for number, line in lines:
+        parts = line.split("\t")
+        if len(parts) != 2 and split_on_spaces:
+            parts = line.split()
+        if len(parts) != 2:
+            raise KGDataError(f"{path}:{number}: expected 'label<TAB>id', found {len(parts)} columns: {line[:120]!r}")
+        label, raw = parts
+        try:
+            index = int(raw)
+        except ValueError:
+            raise KGDataError(f"{path}:{number}: id {raw!r} is not an integer") from None
+        if label in labels:
+            raise KGDataError(f"{path}:{number}: label {label!r} listed twice")
+        if index in line_of_id:
+            raise KGDataError(f"{path}:{number}: id {index} already given on line {line_of_id[index]}")
+        labels.add(label)
+        line_of_id[index] = number
+        yield number, label, index
 
 
 def parse_count_header(path: Path, lines: list[tuple[int, str]]) -> int:

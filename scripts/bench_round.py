@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,7 @@ def trimmed_copy(source: Path, out: Path, max_triples: int) -> Path:
 # ------------------------------------------------------------------------------ runs
 def run_deployment(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int) -> None:
     """simskip-server + one simskip-client per client folder on loopback; all stopped by PID."""
-    from server.launcher import free_port
+    from server.launcher import free_port, stop_process
 
     clients = sorted(p for p in data.iterdir() if p.is_dir() and p.name.isdigit())
     port = free_port()
@@ -152,14 +151,8 @@ def run_deployment(data: Path, run_dir: Path, overrides: dict[str, Any], rounds:
         if code != 0:
             raise RuntimeError(f"simskip-server exited {code}; see {logs / 'server.log'}")
     finally:
-        for proc in reversed(processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        for proc in reversed(processes):  # each stops its own SuperLink/SuperNode on SIGTERM
+            stop_process(proc, timeout=30)
 
 
 def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int) -> None:

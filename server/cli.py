@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,12 +72,12 @@ def run_server(
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from server import launcher
-    from client.kge.refinement import load_run_configs
+    from server.simulation import check_run_config
 
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**(run_config or {}), "run-dir": str(run_dir)}
-    load_run_configs(run_config)  # fail now on an unknown key (any phase), not after start-up
+    check_run_config(run_config)  # fail now, not after start-up
     flwr_home = run_dir / ".flwr"
     superlink = launcher.start_superlink(
         flwr_home, host=host, port=port, insecure=tls is None, tls=tls, log_path=run_dir / "logs" / "superlink.log"
@@ -95,10 +94,7 @@ def run_server(
                                           log_path=run_dir / "logs" / "run.log")
     finally:
         launcher.stop_process(superlink)
-    if status != launcher.COMPLETED:
-        raise launcher.FlowerProcessError(f"run {run_id} ended with status {status!r} (see {run_dir / 'logs'})")
-    if not (run_dir / "final_metrics.json").is_file():
-        raise launcher.FlowerProcessError(f"run {run_id} completed but wrote no final_metrics.json in {run_dir}")
+    launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
 
@@ -108,7 +104,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-server``; returns the exit status."""
-    from server.simulation import default_run_dir, parse_set_options
+    from server.simulation import default_run_dir, parse_set_options, run_command
 
     args = build_parser().parse_args(argv)
     tls = _tls(args)
@@ -119,18 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.setting is not None:
         overrides["setting"] = args.setting
     signal.signal(signal.SIGTERM, _terminate)
-    started = time.time()
-    try:
-        run_dir = run_server(args.run_dir or default_run_dir(), host=args.host, port=args.port,
-                             run_config=overrides, tls=tls)
-    except KeyboardInterrupt:
-        print("[simskip-server] interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
-        print(f"[simskip-server] error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    print(f"[simskip-server] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
-    return 0
+    return run_command("simskip-server", lambda: run_server(
+        args.run_dir or default_run_dir(), host=args.host, port=args.port, run_config=overrides, tls=tls))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "PROJECT_ROOT",
     "FlowerProcessError",
     "TLSFiles",
+    "check_run_completed",
     "flower_env",
     "free_port",
     "run_app",
@@ -330,6 +331,18 @@ def run_app(
     if proc.returncode != 0:
         raise FlowerProcessError(f"flwr run exited with code {proc.returncode}")
     return run_status(flwr_home, connection, run_id)
+
+
+def check_run_completed(run_id: int, status: str, run_dir: Path) -> None:
+    """Raise unless the run ended ``finished:completed`` and wrote ``run_dir/final_metrics.json``.
+
+    :param run_id: / status: as returned by :func:`run_app`.
+    :raises FlowerProcessError: naming the status, or the missing file.
+    """
+    if status != COMPLETED:
+        raise FlowerProcessError(f"run {run_id} ended with status {status!r} (see {run_dir / 'logs'})")
+    if not (run_dir / "final_metrics.json").is_file():
+        raise FlowerProcessError(f"run {run_id} completed but wrote no final_metrics.json in {run_dir}")
 
 
 def _toml_value(value: Any) -> str:

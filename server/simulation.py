@@ -25,11 +25,11 @@ import datetime as dt
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "parse_set_options", "run_simulation"]
+__all__ = ["check_run_config", "main", "parse_set_options", "run_command", "run_simulation"]
 
 #: Rounds of the default simulation: the README's UMLS run should finish in a couple of minutes
 #: (Kinships, FedE's defaults: ~35 s per round on 2 heavily loaded cores; less on a quiet machine).
@@ -61,11 +61,30 @@ def default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def _check_config(run_config: dict[str, Any]) -> None:
-    """Fail before any process starts when a key is unknown or a value is bad."""
+def check_run_config(run_config: dict[str, Any]) -> None:
+    """Fail before any process starts when a key is unknown (any phase) or a value is bad."""
     from client.kge.refinement import load_run_configs
 
     load_run_configs(run_config)
+
+
+def run_command(prog: str, run: Callable[[], Path]) -> int:
+    """The boundary of a command that runs ``run()`` (returning the run folder); returns the exit status.
+
+    0 after printing ``[prog] done in N s: RUN_DIR``; 130 on Ctrl-C; 1 on any other exception,
+    reported as ``[prog] error: Type: message`` on stderr. ``SystemExit`` passes through.
+    """
+    started = time.time()
+    try:
+        run_dir = run()
+    except KeyboardInterrupt:
+        print(f"[{prog}] interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
+        print(f"[{prog}] error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"[{prog}] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
+    return 0
 
 
 def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: Any) -> Path:
@@ -153,7 +172,7 @@ def run_simulation(
         "run-dir": str(run_dir),
         **(overrides or {}),
     }
-    _check_config(run_config)
+    check_run_config(run_config)
 
     kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
     print(f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
@@ -169,7 +188,7 @@ def run_simulation(
         "client-output-root": str(run_dir / "clients"),
         "min-clients": kg.num_clients,
     })
-    _check_config(run_config)
+    check_run_config(run_config)
 
     flwr_home = run_dir / ".flwr"
     port = launcher.free_port()
@@ -190,10 +209,7 @@ def run_simulation(
         )
     finally:
         launcher.stop_process(superlink)
-    if status != launcher.COMPLETED:
-        raise launcher.FlowerProcessError(f"run {run_id} ended with status {status!r} (see {run_dir / 'logs'})")
-    if not (run_dir / "final_metrics.json").is_file():
-        raise launcher.FlowerProcessError(f"run {run_id} completed but wrote no final_metrics.json in {run_dir}")
+    launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
 
@@ -221,32 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-sim``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    started = time.time()
     if args.refine_only is not None:
         from server.downstream import main as refine_main
 
         return refine_main([str(args.refine_only), *(item for s in args.sets for item in ("--set", s))])
-    try:
-        run_dir = run_simulation(
-            args.dataset,
-            num_clients=args.clients,
-            run_dir=args.run_dir,
-            rounds=args.rounds,
-            setting=args.setting,
-            overrides=parse_set_options(args.sets),
-            partition=args.partition,
-            partition_seed=args.partition_seed,
-            num_cpus_per_client=args.num_cpus_per_client,
-            num_gpus_per_client=args.num_gpus_per_client,
-        )
-    except KeyboardInterrupt:
-        print("[simskip-sim] interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
-        print(f"[simskip-sim] error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    print(f"[simskip-sim] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
-    return 0
+    return run_command("simskip-sim", lambda: run_simulation(
+        args.dataset,
+        num_clients=args.clients,
+        run_dir=args.run_dir,
+        rounds=args.rounds,
+        setting=args.setting,
+        overrides=parse_set_options(args.sets),
+        partition=args.partition,
+        partition_seed=args.partition_seed,
+        num_cpus_per_client=args.num_cpus_per_client,
+        num_gpus_per_client=args.num_gpus_per_client,
+    ))
 
 
 if __name__ == "__main__":

@@ -37,3 +37,15 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture
+def task_identity():
+    """Give Flower messages a run/node/task identity outside a Flower runtime; restore it after.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("task_identity")``.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from server.launcher import free_port
+from server.launcher import free_port, stop_process
 
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3"]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process (it stops its own SuperLink/SuperNode), then SIGKILL its group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3",
+        # one short SimSkip round and re-fit: the refinement phase runs through deployment too
+        "simskip-rounds=1", "simskip-local-epochs=1", "refit-epochs=1"]
 
 
 def _script(name: str) -> str:
@@ -68,8 +58,8 @@ def test_server_and_three_clients_on_loopback(tmp_path):
         log = (tmp_path / "server.log").read_text(errors="replace")
         assert server.wait(timeout=60) == 0, log[-3000:]
     finally:
-        for proc in reversed(processes):
-            _stop(proc)
+        for proc in reversed(processes):  # each stops its own SuperLink/SuperNode on SIGTERM
+            stop_process(proc, timeout=30)
 
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert set(final["test"]) == {"0", "1", "2"} and final["missing_clients"] == []
@@ -81,4 +71,6 @@ def test_server_and_three_clients_on_loopback(tmp_path):
     for k in range(3):  # private outputs stay with each party
         assert (tmp_path / f"party{k}" / "relation_embeddings.npz").is_file()
     assert not list(run_dir.glob("relation_embeddings*")), "the server holds no relation embeddings"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results, "the refinement phase wrote its results table"
     assert all(p.poll() is not None for p in processes)

@@ -8,7 +8,6 @@ import tomllib
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client import client_app
 from client.kge.config import KGEConfig
@@ -19,12 +18,7 @@ from tests.conftest import PROJECT_ROOT
 TINY = {"embedding-dim": 4, "local-epochs": 1, "num-negs-per-pos": 2, "batch-size": 64, "eval-batch-size": 64}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
 
 
 def test_pyproject_app_config_lists_every_key_with_the_code_defaults():

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.aggregation import aggregate_rows
 from server.strategy import (
@@ -22,13 +21,7 @@ from server.strategy import (
 DIM = 3
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages need a run/node/task identity outside a Flower runtime."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
 
 
 class FakeClient:

@@ -32,31 +32,24 @@ def labelled(factory) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("folder", "where"),
+    ("load", "folder", "where"),
     [
-        ("wrong_columns", r"wrong_columns/train\.txt:3: expected 3 tab-separated columns"),
-        ("empty_file", r"empty_file/valid\.txt: empty file"),
-        ("undecodable", r"undecodable/train\.txt:4: undecodable bytes"),
-        ("unseen", r"unseen/test\.txt:2: tail entity 'zzz' not in client 0's train; 2 test triple"),
+        # labelled client folders
+        (load_client_folder, "wrong_columns", r"wrong_columns/train\.txt:3: expected 3 tab-separated columns"),
+        (load_client_folder, "empty_file", r"empty_file/valid\.txt: empty file"),
+        (load_client_folder, "undecodable", r"undecodable/train\.txt:4: undecodable bytes"),
+        (load_client_folder, "unseen", r"unseen/test\.txt:2: tail entity 'zzz' not in client 0's train; 2 test triple"),
+        # OpenKE folders
+        (load_source, "openke_bad_header", r"openke_bad_header/train2id\.txt: header says 6 triples, found 5"),
+        (load_source, "openke_bad_id", r"openke_bad_id/train2id\.txt:4: tail entity id 99 outside 0\.\.2"),
+        (load_source, "openke_bad_field", r"openke_bad_field/train2id\.txt:3: 'x' is not an integer id"),
+        (load_source, "openke_dup_id", r"openke_dup_id/entity2id\.txt:4: id 1 already given on line 3"),
     ],
+    ids=lambda value: getattr(value, "__name__", None),
 )
-def test_bad_labelled_folder_names_file_and_line(folder, where):
+def test_bad_folder_names_file_and_line(load, folder, where):
     with pytest.raises(KGDataError, match=where):
-        load_client_folder(FIXTURES / folder)
-
-
-@pytest.mark.parametrize(
-    ("folder", "where"),
-    [
-        ("openke_bad_header", r"openke_bad_header/train2id\.txt: header says 6 triples, found 5"),
-        ("openke_bad_id", r"openke_bad_id/train2id\.txt:4: tail entity id 99 outside 0\.\.2"),
-        ("openke_bad_field", r"openke_bad_field/train2id\.txt:3: 'x' is not an integer id"),
-        ("openke_dup_id", r"openke_dup_id/entity2id\.txt:4: id 1 already given on line 3"),
-    ],
-)
-def test_bad_openke_folder_names_file_and_line(folder, where):
-    with pytest.raises(KGDataError, match=where):
-        load_source(FIXTURES / folder)
+        load(FIXTURES / folder)
 
 
 def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path):

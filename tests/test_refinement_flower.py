@@ -35,12 +35,7 @@ HANDLERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
 
 
 class HandlerGrid:
