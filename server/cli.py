@@ -107,16 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.simulation import default_run_dir, parse_set_options, run_command
 
     args = build_parser().parse_args(argv)
-    tls = _tls(args)
-    overrides = parse_set_options(args.sets)
-    overrides["min-clients"] = args.min_clients
-    if args.rounds is not None:
-        overrides["num-server-rounds"] = args.rounds
-    if args.setting is not None:
-        overrides["setting"] = args.setting
+
+    def run() -> Path:
+        # inside run_command: a missing certificate or a bad --set is a one-line error, exit 1
+        tls = _tls(args)
+        overrides = parse_set_options(args.sets)
+        overrides["min-clients"] = args.min_clients
+        if args.rounds is not None:
+            overrides["num-server-rounds"] = args.rounds
+        if args.setting is not None:
+            overrides["setting"] = args.setting
+        return run_server(args.run_dir or default_run_dir(), host=args.host, port=args.port,
+                          run_config=overrides, tls=tls)
+
     signal.signal(signal.SIGTERM, _terminate)
-    return run_command("simskip-server", lambda: run_server(
-        args.run_dir or default_run_dir(), host=args.host, port=args.port, run_config=overrides, tls=tls))
+    return run_command("simskip-server", run)
 
 
 if __name__ == "__main__":
