@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Set before any test module imports PyKEEN or Flower: keep pystow's cache off the home
 # directory, and telemetry and update checks off.
-os.environ.setdefault("PYSTOW_HOME", tempfile.mkdtemp(prefix="simskip-pystow-"))
+os.environ.setdefault("PYSTOW_HOME", os.path.join(tempfile.gettempdir(), "simskip-tests-pystow"))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
