@@ -105,7 +105,11 @@ class KGEConfig:
     :param regularizer: ``none`` (FedE), ``model-default`` (e.g. DistMult's Lp), or a PyKEEN
         regularizer name. Applied where the model accepts one.
     :param training_loop: the local training regime, a key of
-        :data:`client.kge.training.training_regime_resolver` (``slcwa``).
+        :data:`client.kge.training.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
+        FedE's regime) or ``sharednegatives`` (sLCWA whose ``num_negs_per_pos`` negatives,
+        split over the corrupted sides, are shared by the whole batch and scored as a distance
+        matrix / matrix product: ~7-10x cheaper per epoch on CPU; heads/tails only, ``basic``
+        uniform sampling).
     :param seed: base random seed; the same seed gives the same initial table and training.
     :param eval_every: validate every this many rounds (FedE: 5).
     :param patience: stop after this many validations without a better MRR (FedE: 15).

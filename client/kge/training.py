@@ -8,7 +8,8 @@ in a fresh process (relation embeddings, optimizer moments, epoch counter) trave
 arrays through :meth:`~LocalTrainer.get_private_state` / :meth:`~LocalTrainer.set_private_state`,
 so a Flower ClientApp can keep it in ``context.state``.
 
-The training regime (PyKEEN's sLCWA loop today) is picked from :data:`training_regime_resolver`
+The training regime (PyKEEN's sLCWA loop, ``slcwa``, or sLCWA with negatives shared across each
+batch, ``sharednegatives``) is picked from :data:`training_regime_resolver`
 by ``config.training_loop``, so faster regimes can be added as subclasses without touching the
 trainer.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "LocalTrainer",
     "PrivateStateError",
     "SLCWARegime",
+    "SharedNegativesRegime",
     "TrainableGraph",
     "TrainingDivergedError",
     "TrainingRegime",
@@ -152,6 +154,38 @@ class SLCWARegime(TrainingRegime):
             negative_sampler=config.negative_sampler,
             negative_sampler_kwargs=negative_sampler_kwargs(config),
             # the sub-batch/slice search probes memory with extra forward passes; batch is fixed
+            automatic_memory_optimization=False,
+        )
+
+
+class SharedNegativesRegime(TrainingRegime):
+    """sLCWA with negatives shared across each batch (:mod:`client.kge.shared_negatives`).
+
+    Same loss (the model's NSSA), same optimizer and filtering as :class:`SLCWARegime`; each batch
+    draws ``num_negs_per_pos`` candidates (split over the corrupted sides) scored against every
+    positive through a distance matrix / matrix product: ~10x less work per batch on CPU.
+    """
+
+    def build_loop(  # noqa: D102
+        self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
+    ) -> TrainingLoop:
+        from client.kge.shared_negatives import SharedNegativesTrainingLoop
+
+        if config.negative_sampler != KGEConfig.negative_sampler:
+            raise ConfigError(
+                f"training-loop 'sharednegatives' draws its own uniform negatives; "
+                f"negative-sampler {config.negative_sampler!r} does not apply"
+            )
+        if "relation" in config.corruption_sides:
+            raise ConfigError("training-loop 'sharednegatives' corrupts heads and/or tails only")
+        return SharedNegativesTrainingLoop(
+            model=model,
+            triples_factory=triples_factory,
+            optimizer=config.optimizer,
+            optimizer_kwargs=dict(lr=config.learning_rate),
+            corruption_sides=config.corruption_sides,
+            num_negs_per_pos=config.num_negs_per_pos,
+            filtered=config.filtered_negatives,
             automatic_memory_optimization=False,
         )
 
