@@ -1,7 +1,21 @@
 #!/usr/bin/env python
 """Time to accuracy of FedE on a federated KG: valid/test MRR per round with timestamps (JSON).
 
-Mode ``in-process`` (the one implemented here): FedE without Flower, in one process. Every round
+Mode ``simulation`` (the default): the real system, framework included. ``simskip-sim`` (Flower
+simulation on Ray, the deployed ServerApp/ClientApp) runs as a subprocess in its own process
+group with ``track-test=true`` (clients also rank their test split whenever they validate;
+logged, never used for a choice) and ``simskip-rounds=0`` (no SimSkip phase). The launch time is
+t0, so Ray's start-up and the data partitioning count. The run folder's ``metrics.jsonl`` is
+followed while it runs; for every validated round the report holds the elapsed wall seconds
+since t0 (from the row's ``finished_at``), the overall valid MRR, the overall test MRR (the
+clients' configured ``eval-protocol``, weighted by each client's test size from the run folder's
+``config.json``) and the seconds per phase (local training: slowest client and sum; framework
+overhead; aggregation; evaluation). ``time_to_target`` is the elapsed time of the first validated
+round whose test MRR reaches ``--target``; ``time_to_best_valid`` that of the best valid MRR so
+far. The simulation is stopped (its whole process tree, by PID) once ``--time-budget`` seconds
+have passed, or at the target with ``--stop-at-target``.
+
+Mode ``in-process``: FedE without Flower, in one process. Every round
 each client loads the server's rows of its entities, trains ``local-epochs`` epochs with its
 :class:`client.kge.training.LocalTrainer` (any registered ``training-loop``), returns its rows,
 and the server averages each row over its holders (:func:`server.aggregation.aggregate_rows`);
@@ -13,12 +27,16 @@ overhead in this mode (``framework_seconds`` is 0 by construction): label figure
 Every ``--eval-every`` rounds the valid split is evaluated; test is evaluated at the same times
 (reported, never used for choices). Overall metrics are weighted by each client's triples
 (FedE's protocol). Elapsed seconds count from the start of round 1, evaluations included.
-Stops at ``--rounds``, at ``--time-budget`` seconds, or once ``--target-mrr`` is reached on test.
+Stops at ``--rounds``, at ``--time-budget`` seconds, or (``--stop-at-target``) once ``--target`` is
+reached on test.
 
-Example (from the project root)::
+Examples (from the project root)::
 
-    python scripts/bench_time_to_accuracy.py --rounds 10 --set training-loop=sharednegatives \\
-        --set corruption-scheme=tail --set eval-protocol=fede --out tta.json
+    python scripts/bench_time_to_accuracy.py --rounds 30 --time-budget 1500 --stop-at-target \\
+        --set training-loop=sharednegatives --set corruption-scheme=tail --set eval-protocol=fede \\
+        --set eval-every=2 --out tta.json
+    python scripts/bench_time_to_accuracy.py --mode in-process --rounds 10 \\
+        --set training-loop=sharednegatives --set eval-protocol=fede --out tta-inprocess.json
 """
 
 from __future__ import annotations
@@ -102,10 +120,11 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps({k: record[k] for k in ("round", "elapsed_seconds")}
                          | {s: record[s]["overall"]["mrr"] for s in ("valid", "test") if s in record}),
               file=sys.stderr, flush=True)
-        if "test" in record and args.target_mrr is not None and reached_at is None \
-                and record["test"]["overall"]["mrr"] >= args.target_mrr:
+        if "test" in record and args.target is not None and reached_at is None \
+                and record["test"]["overall"]["mrr"] >= args.target:
             reached_at = record["elapsed_seconds"]
-            break
+            if args.stop_at_target:
+                break
         if record["elapsed_seconds"] >= args.time_budget:
             break
 
@@ -123,13 +142,238 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
         "best_valid_mrr": best["valid"]["overall"]["mrr"] if best else None,
         "test_at_best_valid": best["test"]["overall"] if best else None,
         "seconds_to_best_valid": best["elapsed_seconds"] if best else None,
-        "target_test_mrr": args.target_mrr,
+        "target_test_mrr": args.target,
         "seconds_to_target": reached_at,
         "totals": {
             phase: sum(r.get(phase, 0.0) for r in rounds)
             for phase in ("local_training_seconds", "framework_seconds", "aggregation_seconds", "evaluation_seconds")
         },
     }
+
+
+# --- simulation mode ---------------------------------------------------------------------------
+
+#: Target test MRR: FedE's own after 5 rounds (3,045 s of training) on FB15k-237-Fed3, TransE.
+FEDE_TARGET_MRR = 0.356
+
+
+class MetricsFormatError(ValueError):
+    """A run folder's ``metrics.jsonl`` or ``config.json`` cannot be read (names file and line)."""
+
+
+def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's ``metrics.jsonl`` (none while it does not exist yet).
+
+    The run folder rewrites the file atomically (temp file + rename), so a read sees a whole version.
+
+    :raises MetricsFormatError: for a line that is not a JSON object, naming file and line.
+    """
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MetricsFormatError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "round" not in row:
+            raise MetricsFormatError(f"{path}:{number}: a metrics row must be an object with a 'round'")
+        rows.append(row)
+    return rows
+
+
+def client_test_sizes(config: dict[str, Any]) -> dict[str, int]:
+    """Client id -> test triples, from a run folder's ``config.json`` (``clients.<id>.num_test``)."""
+    return {str(cid): int(entry["num_test"]) for cid, entry in (config.get("clients") or {}).items()
+            if isinstance(entry, dict) and "num_test" in entry}
+
+
+def weighted_test_mrr(test: dict[str, dict[str, float]], sizes: dict[str, int]) -> float | None:
+    """Test MRR over the clients that reported, weighted by test size (``config.json``; else the
+    reply's ``num_triples``); ``None`` without any test metrics."""
+    weights = {cid: float(sizes.get(cid, metrics.get("num_triples", 0))) for cid, metrics in test.items()
+               if "mrr" in metrics}
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    return sum(weights[cid] * float(test[cid]["mrr"]) for cid in weights) / total
+
+
+def summarize_rounds(rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[str, int],
+                     target: float | None) -> dict[str, Any]:
+    """Per-round records and the time-to-accuracy summary of ``metrics.jsonl`` rows.
+
+    :param rows: rows of ``metrics.jsonl`` (:class:`server.strategy.RoundReport` dicts).
+    :param t0: wall clock (``time.time()``) of the launch; elapsed times count from it.
+    :param test_sizes: client id -> test triples (weights of the overall test MRR).
+    :param target: test MRR whose first reach is ``time_to_target``; ``None``: not reported.
+    :returns: ``rounds`` (one record per row), ``time_to_target``, ``time_to_best_valid``,
+        ``totals`` (seconds per phase) and ``startup_seconds``.
+    """
+    records = []
+    for row in sorted(rows, key=lambda r: int(r["round"])):
+        train = row.get("train") or {}
+        client_seconds = [float(m["train-seconds"]) for m in train.values() if "train-seconds" in m]
+        finished_at = row.get("finished_at")
+        record: dict[str, Any] = {
+            "round": int(row["round"]),
+            "elapsed_seconds": float(finished_at) - t0 if finished_at else None,
+            "round_seconds": float(row.get("seconds", 0.0)),
+            "local_training_seconds_max_client": max(client_seconds, default=0.0),
+            "local_training_seconds_sum": sum(client_seconds),
+            "framework_seconds": float(row.get("overhead_seconds", 0.0)),
+            "aggregation_seconds": float(row.get("aggregation_seconds", 0.0)),
+            "evaluation_seconds": float(row.get("evaluation_seconds", 0.0)),
+            "validated": row.get("valid_overall") is not None,
+        }
+        if record["validated"]:
+            record["valid_mrr"] = float(row["valid_overall"]["mrr"])
+            record["valid"] = row["valid_overall"]
+            test = row.get("test") or {}
+            record["test_mrr"] = weighted_test_mrr(test, test_sizes)
+            record["test_clients"] = sorted(test)
+            if row.get("test_overall"):
+                record["test"] = row["test_overall"]
+        records.append(record)
+
+    validated = [r for r in records if r["validated"]]
+    reached = next((r for r in validated if target is not None and r.get("test_mrr") is not None
+                    and r["test_mrr"] >= target), None)
+    best = max(validated, key=lambda r: r["valid_mrr"], default=None)
+    first = next((r for r in records if r["elapsed_seconds"] is not None), None)
+
+    def moment(record: dict[str, Any] | None) -> dict[str, Any] | None:
+        if record is None:
+            return None
+        return {key: record.get(key) for key in ("round", "elapsed_seconds", "valid_mrr", "test_mrr")}
+
+    return {
+        "rounds": records,
+        "target_test_mrr": target,
+        "time_to_target": moment(reached),
+        "time_to_best_valid": moment(best),
+        # launch to the end of the first round, minus that round: Ray/SuperLink start-up, data partitioning
+        "startup_seconds": first["elapsed_seconds"] - first["round_seconds"] if first else None,
+        "totals": {
+            phase: sum(r[phase] for r in records)
+            for phase in ("local_training_seconds_max_client", "local_training_seconds_sum", "framework_seconds",
+                          "aggregation_seconds", "evaluation_seconds")
+        },
+    }
+
+
+def simulation_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The ``simskip-sim`` command line of a time-to-accuracy run."""
+    script = Path(sys.executable).with_name("simskip-sim")
+    command = [str(script)] if script.exists() else [
+        sys.executable, "-c", "import sys; from server.simulation import main; sys.exit(main(sys.argv[1:]))"]
+    command += ["--dataset", str(args.data), "--rounds", str(args.rounds), "--run-dir", str(run_dir),
+                "--num-cpus-per-client", str(args.num_cpus_per_client)]
+    if args.num_clients is not None:
+        command += ["--clients", str(args.num_clients)]
+    # track-test: test metrics at every validation; no SimSkip phase after FedE
+    for item in ["track-test=true", "simskip-rounds=0", *args.set]:
+        command += ["--set", item]
+    return command
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MetricsFormatError(f"{path}:{error.lineno}: not JSON ({error.msg})") from None
+
+
+def _log_tail(path: Path, lines: int = 30) -> list[str]:
+    return path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+
+
+def run_simulation_mode(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Launch ``simskip-sim``, follow its metrics until done / budget / target; return (report, status)."""
+    import subprocess
+
+    from server.launcher import process_tree, stop_process
+
+    run_dir = (args.run_dir or PROJECT_ROOT / "runs" / time.strftime("tta-%Y%m%d-%H%M%S", time.gmtime())).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = simulation_command(args, run_dir)
+    log_path = run_dir / "bench_simulation.log"
+    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                        "RAY_USAGE_STATS_ENABLED": "0"}
+    base: dict[str, Any] = {"mode": "simulation", "data": str(args.data), "run_dir": str(run_dir),
+                            "command": command, "time_budget_seconds": args.time_budget, "cpu_count": os.cpu_count(),
+                            "load_average_1min_at_start": os.getloadavg()[0]}
+    rows: list[dict[str, Any]] = []
+    stop_reason = None
+    seen = 0
+    with log_path.open("wb") as log:
+        t0 = time.time()
+        # own session: the simulation and its Ray processes form one tree, stopped by PID below
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        base["t0"] = t0
+        base["pid"] = process.pid
+        try:
+            while True:
+                finished = process.poll() is not None
+                rows = read_metrics_rows(run_dir / "metrics.jsonl")
+                summary = summarize_rounds(rows, t0=t0, test_sizes=client_test_sizes(_read_config(run_dir)),
+                                           target=args.target)
+                if len(rows) > seen:
+                    seen = len(rows)
+                    _report_progress(summary["rounds"][-1])
+                    if args.out is not None:  # keep what is measured if the run is stopped early
+                        _write_json(args.out, base | {"partial": True} | summary)
+                if finished:
+                    break
+                if time.time() - t0 >= args.time_budget:
+                    stop_reason = "time-budget"
+                    break
+                if args.stop_at_target and summary["time_to_target"] is not None:
+                    stop_reason = "target"
+                    break
+                time.sleep(args.poll_seconds)
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+        finally:
+            # the tree before stopping: SuperLink, SuperExec, flwr-simulation and Ray's processes
+            tree = [process.pid, *(pid for pid, _ in process_tree(process.pid))]
+            if process.poll() is None:
+                stop_process(process, timeout=60.0)
+            base["stopped_pids"] = tree if stop_reason is not None else []
+    wall = time.time() - t0
+    config = _read_config(run_dir)
+    rows = read_metrics_rows(run_dir / "metrics.jsonl")
+    summary = summarize_rounds(rows, t0=t0, test_sizes=client_test_sizes(config), target=args.target)
+    validated = [r for r in summary["rounds"] if r["validated"]]
+    warnings = []
+    if validated and all(r.get("test_mrr") is None for r in validated):
+        warnings.append("validated rounds carry no test metrics: does the ClientApp honour track-test?")
+    failed = stop_reason is None and process.returncode != 0
+    report = base | {
+        "stop_reason": stop_reason or ("failed" if failed else "finished"),
+        "returncode": process.returncode,
+        "wall_seconds": wall,
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "eval_protocol": (config.get("kge") or {}).get("eval-protocol"),
+        "config": config.get("kge"),
+        "federation": config.get("federation"),
+        "test_sizes": client_test_sizes(config),
+        "warnings": warnings,
+    } | summary
+    if failed:
+        report["simulation_log_tail"] = _log_tail(log_path)
+    return report, (1 if failed else 0)
+
+
+def _report_progress(record: dict[str, Any]) -> None:
+    line = {key: record.get(key) for key in ("round", "elapsed_seconds", "valid_mrr", "test_mrr")}
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
@@ -142,23 +386,33 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, write the JSON report (atomically) and print it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["in-process"], default="in-process")
+    parser.add_argument("--mode", choices=["simulation", "in-process"], default="simulation")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="as kg_datasets.load_federated")
     parser.add_argument("--num-clients", type=int, default=None, help="clients, for a single-graph source")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--time-budget", type=float, default=1500.0, help="stop after this many seconds")
-    parser.add_argument("--target-mrr", type=float, default=None, help="stop once test MRR reaches this")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="KGE run-config override")
+    parser.add_argument("--target", "--target-mrr", dest="target", type=float, default=FEDE_TARGET_MRR,
+                        help="test MRR whose first reach is reported (default: FedE's 0.356)")
+    parser.add_argument("--stop-at-target", action="store_true", help="stop once test MRR reaches --target")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
+    simulation = parser.add_argument_group("simulation mode")
+    simulation.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/tta-<UTC time>)")
+    simulation.add_argument("--num-cpus-per-client", type=int, default=1, help="Ray CPUs of one virtual client")
+    simulation.add_argument("--poll-seconds", type=float, default=2.0, help="how often metrics.jsonl is read")
+    in_process = parser.add_argument_group("in-process mode")
+    in_process.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    in_process.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    report = run_in_process(args)
+    if args.mode == "simulation":
+        report, status = run_simulation_mode(args)
+    else:
+        report, status = run_in_process(args), 0
     text = json.dumps(report, indent=2)
     if args.out is not None:
         _write_json(args.out, report)
     print(text)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -138,3 +138,83 @@ def test_weighted_overall_weights_by_triples():
     assert overall["num_triples"] == 40
     with pytest.raises(ValueError, match="keys"):
         weighted_overall([a, {"mrr": 0.2, "num_triples": 3}])
+
+
+# --- the fused (torch.compile) kernels give the eager results ---------------------------------
+
+
+@pytest.fixture
+def fused_always(monkeypatch):
+    """Compiled kernels whatever the size (``auto`` would keep Nations-sized work eager)."""
+    monkeypatch.setenv("SIMSKIP_FUSED_KERNELS", "always")
+
+
+def test_fused_l1_distance_is_bit_identical_to_cdist(fused_always):
+    from client.kge import candidate_scoring
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(37, 24, generator=generator)
+    # more candidates than one tile, and a last partial tile
+    candidates = torch.randn(2 * candidate_scoring.L1_TILE_ROWS + 77, 24, generator=generator)
+    with torch.no_grad():
+        got = candidate_scoring.l1_distance(query, candidates)
+    assert not candidate_scoring._l1_tile._failed, "the compiled kernel fell back to eager"
+    assert candidate_scoring._l1_tile._compiled is not None
+    assert torch.equal(got, torch.cdist(query, candidates, p=1.0))
+    # with autograd on, the eager op runs (the compiled kernel is for evaluation only)
+    query.requires_grad_(True)
+    assert candidate_scoring.l1_distance(query, candidates).requires_grad
+
+
+def test_fused_rank_counts_equal_pykeens_ranks(fused_always):
+    from pykeen.evaluation.ranks import Ranks
+
+    from client.kge.evaluation import _count_ranks
+
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 6, (40, 300), generator=generator).float()  # many ties
+    scores[torch.rand(40, 300, generator=generator) < 0.1] = float("nan")  # filtered candidates
+    true_scores = scores[:, 5:6].nan_to_num(2.0)
+    scores[:, 5:6] = true_scores
+    with torch.no_grad():
+        better, at_least, finite = _count_ranks(scores, true_scores, work=scores.numel())
+    want = Ranks.from_scores(true_scores, scores)
+    assert not _count_ranks._failed
+    assert torch.equal(better + 1, want.optimistic) and torch.equal(at_least, want.pessimistic)
+    assert torch.equal(finite, want.number_of_options)
+
+
+@pytest.mark.parametrize("model_cls", [TransE, DistMult])
+def test_fused_evaluation_equals_eager_evaluation(nations, monkeypatch, model_cls):
+    model = model_cls(triples_factory=nations.training, embedding_dim=8, random_seed=4)
+    test = nations.testing.mapped_triples
+    filters = [nations.training.mapped_triples, nations.validation.mapped_triples]
+    results = {}
+    for mode in ("never", "always"):
+        monkeypatch.setenv("SIMSKIP_FUSED_KERNELS", mode)
+        results[mode] = evaluate_link_prediction(model, test, filter_triples=filters, protocol="standard",
+                                                 batch_size=16)
+    assert results["always"] == results["never"]
+
+
+def test_failed_compile_falls_back_to_eager(fused_always, monkeypatch, caplog):
+    from client.kge.candidate_scoring import FusedKernel
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    kernel = FusedKernel(lambda x: x * 2, eager=lambda x: x + x)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        assert torch.equal(kernel(torch.ones(3)), torch.full((3,), 2.0))
+        assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+    assert kernel._failed and "no C++ compiler" in caplog.text
+    assert caplog.text.count("failed") == 1  # warned once
+
+
+def test_fused_kernels_setting_is_checked(monkeypatch):
+    from client.kge.candidate_scoring import fused_kernels_mode
+
+    monkeypatch.setenv("SIMSKIP_FUSED_KERNELS", "sometimes")
+    with pytest.raises(ValueError, match="SIMSKIP_FUSED_KERNELS"):
+        fused_kernels_mode()

@@ -63,3 +63,25 @@ def test_command_line_overrides_parse_to_run_config_values() -> None:
     assert KGEConfig.from_run_config(parsed).learning_rate == 0.01
     with pytest.raises(ConfigError, match="'epochs'"):
         parse_overrides(["epochs"])
+
+
+def test_track_test_is_an_off_by_default_bool_key() -> None:
+    assert KGEConfig().track_test is False
+    assert KGEConfig.from_run_config({"track-test": True}).track_test is True
+    with pytest.raises(ConfigError, match="track-test must be bool"):
+        KGEConfig.from_run_config({"track-test": "yes"})
+
+
+def test_project_run_config_parses_with_its_documented_defaults() -> None:
+    """Every KGE key in pyproject.toml's ``[tool.flwr.app.config]`` is known and equals the default."""
+    import tomllib
+    from pathlib import Path
+
+    from client.kge.config import to_kebab
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    run_config = pyproject["tool"]["flwr"]["app"]["config"]
+    kge_keys = {to_kebab(name) for name in KGEConfig.__dataclass_fields__}
+    config = KGEConfig.from_run_config({k: v for k, v in run_config.items() if k in kge_keys})
+    assert config == KGEConfig()
+    assert "track-test" in run_config

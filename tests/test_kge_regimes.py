@@ -174,7 +174,7 @@ def test_time_to_accuracy_script_reports_rounds(tmp_path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "tta.json"
-    args = ["--data", "Nations", "--num-clients", "2", "--rounds", "2", "--out", str(out),
+    args = ["--mode", "in-process", "--data", "Nations", "--num-clients", "2", "--rounds", "2", "--out", str(out),
             "--set", "training-loop=sharednegatives", "--set", "embedding-dim=8", "--set", "eval-every=1",
             "--set", "num-negs-per-pos=8", "--set", "eval-protocol=fede"]
     assert module.main(args) == 0

@@ -18,17 +18,35 @@ RotatE     ``-||h o r - t||_2``                         ``-||t o conj(r) - h||_2
 
 Any other interaction falls back to PyKEEN's own ``score_t`` / ``score_h`` (same results, slower).
 Equality with PyKEEN's scores is tested in ``tests/test_kge_regimes.py``.
+
+Fused kernels (:func:`fused_kernel`). Profiling the Fed3 test evaluation with the torch profiler
+showed ``torch.cdist(p=1)`` (TransE's L1 distance) at ~1 G pair-dims/s on this CPU: every query
+streams the whole candidate table (13k x 128 floats, more than L2) and no AVX-512 reduction is
+used. Without gradients (evaluation), large L1 distance matrices are computed instead by a
+``torch.compile`` (Inductor, generated C++) kernel of ``|q - c|`` summed over d, on transposed
+candidate tiles that fit in L2: ~5x faster per CPU second, and bit-identical to ``cdist`` (each
+pair's d terms are summed in the same order). The first call in a process compiles (~25 s on a
+loaded machine with a cold cache; ~5-15 s once Inductor's on-disk cache holds the kernels);
+without a working C++ compiler it warns once and keeps the eager path. The environment variable
+``SIMSKIP_FUSED_KERNELS`` chooses: ``auto`` (default: compiled for large CPU work only),
+``always`` (compiled whenever possible; used by the tests) or ``never``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from pykeen.models import Model
 from pykeen.nn.modules import ComplExInteraction, DistMultInteraction, RotatEInteraction, TransEInteraction
 
-__all__ = ["CandidateScorer", "score_heads", "score_tails", "has_fast_path"]
+__all__ = ["CandidateScorer", "FusedKernel", "fused_kernel", "fused_kernels_mode", "has_fast_path", "l1_distance",
+           "score_heads", "score_tails"]
+
+logger = logging.getLogger(__name__)
 
 #: (model, query ids (B, 2), candidate ids (K,)) -> scores (B, K)
 CandidateScorer = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,13 +65,120 @@ def _real_view(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(x).flatten(-2) if x.is_complex() else x
 
 
+#: Environment variable choosing where fused (compiled) kernels are used: auto | always | never.
+FUSED_KERNELS_ENV = "SIMSKIP_FUSED_KERNELS"
+#: In ``auto`` mode, the least work (as the caller counts it) worth a compiled kernel by default:
+#: below it the eager op takes milliseconds and a first compile (seconds) would never pay off.
+AUTO_MIN_WORK = 2**22
+
+
+def fused_kernels_mode() -> str:
+    """The ``SIMSKIP_FUSED_KERNELS`` setting (``auto``, ``always`` or ``never``).
+
+    :raises ValueError: for any other value, naming the variable.
+    """
+    mode = os.environ.get(FUSED_KERNELS_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"{FUSED_KERNELS_ENV}={mode!r}: expected 'auto', 'always' or 'never'")
+    return mode
+
+
+class FusedKernel:
+    """An eager tensor function and its ``torch.compile`` version, used where it pays off.
+
+    The compiled version runs only on CPU tensors without autograd (evaluation), when
+    :func:`fused_kernels_mode` allows it and the caller's ``work`` is large enough in ``auto``
+    mode. If compiling fails (no C++ compiler, an unsupported torch build) it warns once and the
+    eager function serves every later call: results are the same up to float summation order.
+
+    :param function: the function to compile; it must be traceable by ``torch.compile``.
+    :param eager: what runs instead when not compiled (default ``function`` itself), e.g. an op
+        that computes the same without the intermediate tensor ``function`` materializes eagerly.
+    :param min_work: in ``auto`` mode, the least ``work`` of a call that uses the compiled version.
+    """
+
+    def __init__(self, function: Callable[..., Any], eager: Callable[..., Any] | None = None,
+                 min_work: int = AUTO_MIN_WORK) -> None:
+        self.function = function
+        self.eager = eager or function
+        self.min_work = min_work
+        self._compiled: Callable[..., Any] | None = None
+        self._failed = False
+
+    def _use_compiled(self, tensors: tuple[torch.Tensor, ...], work: int) -> bool:
+        mode = fused_kernels_mode()
+        if mode == "never" or self._failed or torch.is_grad_enabled():
+            return False
+        if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
+            return False
+        return mode == "always" or work >= self.min_work
+
+    def __call__(self, *tensors: torch.Tensor, work: int = 0) -> Any:
+        """Apply the function; ``work`` is the caller's size estimate for ``auto`` mode."""
+        if not self._use_compiled(tensors, work):
+            return self.eager(*tensors)
+        try:
+            if self._compiled is None:
+                import torch._inductor.config as inductor_config
+
+                # compile in this process: no pool of compile-worker processes left behind
+                inductor_config.compile_threads = 1
+                self._compiled = torch.compile(self.function, dynamic=True)
+            return self._compiled(*tensors)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            self._failed = True
+            logger.warning("torch.compile of %s failed (%s: %s); using the eager version",
+                           getattr(self.function, "__name__", self.function), type(error).__name__, error)
+            return self.eager(*tensors)
+
+
+def fused_kernel(eager: Callable[..., Any] | None = None,
+                 min_work: int = AUTO_MIN_WORK) -> Callable[[Callable[..., Any]], FusedKernel]:
+    """Decorator form of :class:`FusedKernel`: ``@fused_kernel(eager=..., min_work=...)``."""
+    return lambda function: FusedKernel(function, eager, min_work)
+
+
+# work = B x K x d pair-dims; 2**24 is ~15 ms of cdist
+@fused_kernel(eager=lambda query, candidates_t: torch.cdist(query, candidates_t.T, p=1.0), min_work=2**24)
+def _l1_tile(query: torch.Tensor, candidates_t: torch.Tensor) -> torch.Tensor:
+    # candidates transposed (d, K): the compiled loop vectorizes over candidates and sums the d
+    # terms of each pair in order, as cdist does (bit-identical results), without the (B, d, K)
+    # intermediate the eager broadcast would materialize (hence cdist as the eager version)
+    return (query[:, :, None] - candidates_t[None, :, :]).abs().sum(1)
+
+
+#: Candidates per L1 tile: 1024 x 128 floats (512 KiB) stay in L2 while every query uses them.
+L1_TILE_ROWS = 1024
+
+
+def l1_distance(query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Pairwise L1 distances ``sum_d |query_i,d - candidate_j,d|``.
+
+    :param query: shape (B, d), real.
+    :param candidates: shape (K, d), real.
+    :returns: shape (B, K), equal to ``torch.cdist(query, candidates, p=1)``.
+    """
+    work = query.shape[0] * candidates.shape[0] * query.shape[1]
+    if not _l1_tile._use_compiled((query, candidates), work):
+        return torch.cdist(query, candidates, p=1.0)
+    out = torch.empty(query.shape[0], candidates.shape[0], dtype=query.dtype, device=query.device)
+    for begin in range(0, candidates.shape[0], L1_TILE_ROWS):
+        tile = candidates[begin:begin + L1_TILE_ROWS].T.contiguous()
+        out[:, begin:begin + L1_TILE_ROWS] = _l1_tile(query, tile, work=work)
+    return out
+
+
 def _norm_scores(model: Model, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """``-||query_i - candidate_j||_p`` (``-sum |.|^p`` with ``power_norm``), shape (B, K)."""
     p = float(model.interaction.p)
-    distance = torch.cdist(_real_view(query).contiguous(), _real_view(candidates).contiguous(), p=p)
+    query, candidates = _real_view(query).contiguous(), _real_view(candidates).contiguous()
+    if p == 1.0:
+        distance = l1_distance(query, candidates)
+    else:
+        distance = torch.cdist(query, candidates, p=p)
     if getattr(model.interaction, "power_norm", False):
         distance = distance.pow(p)
-    return -distance
+    return -distance if distance.requires_grad else distance.neg_()
 
 
 def _dot_scores(query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,8 @@ class KGEConfig:
     :param eval_protocol: ``standard`` (both sides) or ``fede`` (tail only, FedE's code); see
         :mod:`client.kge.evaluation`.
     :param eval_batch_size: triples scored at once during evaluation.
+    :param track_test: also evaluate the test split whenever valid is evaluated and report it under
+        ``test-`` prefixed metric names (for time-to-accuracy curves; never used for choices).
     """
 
     model: str = "TransE"
@@ -140,6 +142,7 @@ class KGEConfig:
     patience: int = 15
     eval_protocol: str = "standard"
     eval_batch_size: int = 256
+    track_test: bool = False
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Evaluation speed on a federated KG: filtered ranking of every client's test set (JSON).
+
+For each model (untrained: the ranking cost does not depend on the weights) every client's test
+split is ranked with :func:`client.kge.evaluation.evaluate_client_protocols`, both protocols in
+one pass (the way the clients evaluate), and, unless ``--combined-only``, each protocol alone.
+Reported per model and per protocol run: wall seconds, CPU seconds of this process (all threads;
+comparable across machine load, unlike wall), triples per wall second, the 1-minute load average
+before and after, and the overall metrics (weighted by test size) as a sanity check. With
+``--pykeen-baseline N`` PyKEEN's own ``RankBasedEvaluator.evaluate`` is timed on client 0's first
+N test triples next to this project's evaluator on the same triples (the "before", and a check
+that both give the same MRR).
+
+Before timing, each model runs once on a small slice (``warmup_seconds``): it pays the one-time
+``torch.compile`` of the fused kernels (see :mod:`client.kge.candidate_scoring`), a cost each
+process has once, not per evaluation. ``SIMSKIP_FUSED_KERNELS=never`` times the eager path.
+
+Example (from the project root)::
+
+    python scripts/bench_eval.py --out eval.json
+    python scripts/bench_eval.py --threads 2 --out eval-2threads.json   # on a quiet machine
+    SIMSKIP_FUSED_KERNELS=never python scripts/bench_eval.py --models TransE --combined-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "FB15k-237-Fed3"
+MODELS = ("TransE", "DistMult", "ComplEx", "RotatE")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_evaluation(models: list[Any], clients: list[Any], protocols: tuple[str, ...],
+                      batch_size: int) -> dict[str, Any]:
+    """Rank every client's test split with its model; wall/CPU seconds and overall metrics."""
+    from client.kge.evaluation import evaluate_client_protocols, weighted_overall
+
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    per_client = [evaluate_client_protocols(model, client, split="test", protocols=protocols, batch_size=batch_size)
+                  for model, client in zip(models, clients)]
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    triples = sum(int(client.test.mapped_triples.shape[0]) for client in clients)
+    return {
+        "protocols": list(protocols),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "num_triples": triples,
+        "triples_per_second": triples / wall,
+        "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0],
+        "overall": {name: weighted_overall([metrics[name] for metrics in per_client]) for name in protocols},
+    }
+
+
+def _pykeen_baseline(model: Any, client: Any, num_triples: int, batch_size: int) -> dict[str, Any]:
+    """PyKEEN's own ``RankBasedEvaluator.evaluate`` (standard protocol) on the first test triples of
+    ``client``, timed, next to this project's evaluator on the same triples (same MRR expected)."""
+    import torch
+    from pykeen.evaluation import RankBasedEvaluator
+
+    from client.kge.evaluation import evaluate_protocols
+
+    test = client.test.mapped_triples[:num_triples]
+    filters = [client.train.mapped_triples, client.valid.mapped_triples, client.test.mapped_triples]
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    with torch.no_grad():
+        results = RankBasedEvaluator(filtered=True).evaluate(
+            model, test, batch_size=batch_size, use_tqdm=False, additional_filter_triples=filters)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    ours_wall, ours_cpu = time.perf_counter(), _cpu_seconds()
+    ours = evaluate_protocols(model, test, filter_triples=filters, protocols=("standard",))["standard"]
+    ours_wall, ours_cpu = time.perf_counter() - ours_wall, _cpu_seconds() - ours_cpu
+    return {
+        "client": str(client.client_id),
+        "num_triples": int(test.shape[0]),
+        "pykeen_wall_seconds": wall,
+        "pykeen_cpu_seconds": cpu,
+        "pykeen_mrr": float(results.get_metric("both.realistic.inverse_harmonic_mean_rank")),
+        "ours_wall_seconds": ours_wall,
+        "ours_cpu_seconds": ours_cpu,
+        "ours_mrr": ours["mrr"],
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark each model; return the report."""
+    import torch
+
+    from client.kge.candidate_scoring import fused_kernels_mode
+    from client.kge.config import KGEConfig
+    from client.kge.evaluation import DEFAULT_BATCH_SIZE, evaluate_protocols
+    from client.kge.models import build_model, seeded
+    from kg_datasets import load_federated
+
+    torch.set_num_threads(args.threads)
+    kg = load_federated(args.data, num_clients=args.num_clients)
+    clients = list(kg.clients)
+    report: dict[str, Any] = {
+        "data": str(args.data),
+        "num_clients": len(clients),
+        "test_triples": sum(int(c.test.mapped_triples.shape[0]) for c in clients),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "fused_kernels": fused_kernels_mode(),
+        "batch_size": args.batch_size,
+        "embedding_dim": args.embedding_dim,
+        "models": {},
+    }
+    runs = [("standard", "fede")] if args.combined_only else [("standard", "fede"), ("standard",), ("fede",)]
+    for name in args.models:
+        config = KGEConfig(model=name, embedding_dim=args.embedding_dim)
+        with seeded(0):
+            models = [build_model(config, client.train) for client in clients]
+        begin = time.perf_counter()
+        # a full-width batch of client 0's valid triples: the same shapes (and compiles) as the timed runs
+        evaluate_protocols(models[0], clients[0].valid.mapped_triples[:args.batch_size or DEFAULT_BATCH_SIZE],
+                           batch_size=args.batch_size)
+        entry: dict[str, Any] = {"warmup_seconds": time.perf_counter() - begin, "runs": {}}
+        for protocols in runs:
+            entry["runs"]["+".join(protocols)] = measured = _timed_evaluation(models, clients, protocols,
+                                                                              args.batch_size)
+            print(json.dumps({"model": name, "protocols": protocols, "wall_seconds": round(measured["wall_seconds"], 2),
+                              "cpu_seconds": round(measured["cpu_seconds"], 2),
+                              "load": round(measured["load_average_1min_before"], 2)}), file=sys.stderr, flush=True)
+        if args.pykeen_baseline > 0:
+            entry["pykeen_baseline"] = _pykeen_baseline(models[0], clients[0], args.pykeen_baseline,
+                                                        args.batch_size or DEFAULT_BATCH_SIZE)
+        report["models"][name] = entry
+        if args.out is not None:  # keep what is measured if a later model is interrupted
+            _write_json(args.out, report | {"partial": True})
+    return report
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` atomically (temp file + rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, write the JSON report (atomically) and print it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="as kg_datasets.load_federated")
+    parser.add_argument("--num-clients", type=int, default=None, help="clients, for a single-graph source")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="PyKEEN model names")
+    parser.add_argument("--embedding-dim", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="test triples scored at once (default: the evaluator's)")
+    # 1 by default: with 2 threads on a loaded 2-core machine the compiled kernels' OpenMP threads
+    # wait on each other (measured: TransE 40 s wall at load 3.5, 16.6 s with 1 thread)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--combined-only", action="store_true", help="time only both protocols in one pass")
+    parser.add_argument("--pykeen-baseline", type=int, default=0, metavar="N",
+                        help="also time PyKEEN's own evaluator (standard protocol) on client 0's first N test "
+                             "triples, next to ours on the same triples (slow: ~35 ms per triple on Fed3)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output file")
+    args = parser.parse_args(argv)
+    report = run(args)
+    if args.out is not None:
+        _write_json(args.out, report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
