@@ -16,6 +16,17 @@ Where the data is (in this order):
 Private outputs (relation embeddings of the best round) go to node config ``output-dir``, else
 run config ``client-output-root`` + ``/<partition-id>``; nothing is written when neither is set.
 
+Private checkpoints: after every train round the party writes its private state (relation
+embeddings, optimizer moments, epochs done) atomically to
+``<output folder>/checkpoint/round-<r>.npz``, tagged with the server's ``federation-id``; the
+two newest and the one of the server's best round are kept. Torch / numpy RNG states need not
+be saved: :class:`client.kge.training.LocalTrainer` seeds every epoch from (seed, client,
+epochs done), which the private state holds. A party whose ``context.state`` is gone (its
+SuperNode restarted, or the server resumed a run) restores them on the server's
+``query.restore`` (``resume-round`` r: the newest checkpoint of round <= r, and the one of
+``best-round`` for the final test); with ``strict`` (a resume) a missing checkpoint is an
+error naming the folder, otherwise (a rejoin) the party starts afresh, logged.
+
 The mapped triples are cached in ``context.state`` after the first message, so the text files
 are read and mapped once per run (in deployment a fresh ClientApp process handles each message,
 but ``context.state`` persists across them).
@@ -23,15 +34,19 @@ but ``context.state`` persists across them).
 
 from __future__ import annotations
 
+import io
+import re
 import time
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
-__all__ = ["app", "ClientSetupError"]
+__all__ = ["app", "ClientCheckpointError", "ClientSetupError"]
 
 ENTITY_ROWS_KEY = "entity-rows"  # mirrors server.strategy (the server package is not shipped to clients' imports)
 ROWS_ARRAY = "rows"
@@ -44,11 +59,23 @@ CACHE_VOCAB = "kg-cache-vocab"
 PRIVATE_CURRENT = "private-current"
 PRIVATE_SNAPSHOT = "private-round-{}"
 
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "round-{:06d}.npz"
+CHECKPOINT_PATTERN = re.compile(r"^round-(\d{6})\.npz$")
+META_FEDERATION = "meta/federation-id"
+META_ROUND = "meta/round"
+#: newest train checkpoints kept (the server's checkpoint is at most one round behind a client's)
+KEEP_NEWEST = 2
+
 app = ClientApp()
 
 
 class ClientSetupError(RuntimeError):
     """The party's node/run config does not say where its data is, or the data does not fit."""
+
+
+class ClientCheckpointError(RuntimeError):
+    """A private checkpoint the server asked for is missing or unreadable (the file is named)."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -191,6 +218,63 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
     write_labels_tsv(out / "entities.tsv", graph.entity_labels)
 
 
+# ---------------------------------------------------------------------------- private checkpoints
+def _checkpoint_files(out: Path) -> list[tuple[int, Path]]:
+    """``(round, path)`` of the party's checkpoints, oldest first."""
+    folder = out / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name))]
+    return sorted(found)
+
+
+def save_private_checkpoint(out: Path, server_round: int, federation_id: str, private: ArrayRecord,
+                            best_round: int = 0) -> Path:
+    """Write ``private`` (the ``context.state`` record) as round ``server_round``'s checkpoint.
+
+    Atomic (temporary file + ``os.replace``); then prunes all but the :data:`KEEP_NEWEST`
+    newest and the newest one not after ``best_round``.
+    """
+    from server.run_folder import atomic_write_bytes
+
+    arrays = {key: private[key].numpy() for key in private}
+    arrays[META_FEDERATION] = np.asarray(federation_id)
+    arrays[META_ROUND] = np.asarray(int(server_round), dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = out / CHECKPOINT_DIR / CHECKPOINT_FILE.format(int(server_round))
+    atomic_write_bytes(path, buffer.getvalue())
+    files = _checkpoint_files(out)
+    keep = {r for r, _ in files[-KEEP_NEWEST:]}
+    keep.add(max((r for r, _ in files if r <= best_round), default=-1))  # the best round's state
+    for other_round, other in files:
+        if other_round not in keep:
+            other.unlink(missing_ok=True)
+    return path
+
+
+def load_private_checkpoint(out: Path, federation_id: str, max_round: int) -> tuple[int, ArrayRecord] | None:
+    """The newest checkpoint of this federation with round <= ``max_round``, or ``None``.
+
+    Checkpoints of another federation (an earlier run that used the same folder) are ignored.
+
+    :raises ClientCheckpointError: for an unreadable (truncated, corrupt) file, naming it.
+    """
+    for file_round, path in reversed(_checkpoint_files(out)):
+        if file_round > max_round:
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except Exception as err:  # noqa: BLE001 - zip/npy errors of many kinds: name the file
+            raise ClientCheckpointError(f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
+        if str(arrays.pop(META_FEDERATION, "")) != federation_id:
+            continue
+        arrays.pop(META_ROUND, None)
+        return file_round, ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in arrays.items()})
+    return None
+
+
 # ---------------------------------------------------------------------------- handlers
 @app.query("entities")
 def handshake(msg: Message, context: Context) -> Message:
@@ -209,17 +293,75 @@ def handshake(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
 
 
+def _restore_private(context: Context, name: str, out: Path | None, federation_id: str, resume_round: int,
+                     best_round: int, strict: bool) -> int:
+    """Put the private state of ``resume_round`` (and of ``best_round``) back into ``context.state``.
+
+    :returns: the round of the checkpoint restored, -1 when none (fresh state, logged).
+    :raises ClientCheckpointError: with ``strict``, when a needed checkpoint is missing.
+    """
+    where = out / CHECKPOINT_DIR if out is not None else "(no output folder configured)"
+    found = load_private_checkpoint(out, federation_id, resume_round) if out is not None else None
+    if found is None and strict:
+        raise ClientCheckpointError(
+            f"client {name}: no private checkpoint of round <= {resume_round} for federation "
+            f"{federation_id!r} in {where}"
+        )
+    for key in [k for k in context.state.array_records if k.startswith("private-")]:
+        del context.state[key]  # whatever is restored below replaces all of it
+    if found is None:
+        log(WARNING, "client %s: no private checkpoint of round <= %s in %s: starting from a fresh "
+            "initialisation", name, resume_round, where)
+        return -1
+    restored_round, record = found
+    context.state[PRIVATE_CURRENT] = record
+    if best_round > 0:
+        best = load_private_checkpoint(out, federation_id, best_round)
+        if best is None and strict:
+            raise ClientCheckpointError(f"client {name}: no private checkpoint of best round {best_round} in {where}")
+        if best is not None:
+            context.state[PRIVATE_SNAPSHOT.format(best_round)] = best[1]
+    log(INFO, "client %s: restored the private state of round %s from %s", name, restored_round, where)
+    return restored_round
+
+
+@app.query("restore")
+def restore(msg: Message, context: Context) -> Message:
+    """Restore the private state the server names (after a resume, or after rejoining).
+
+    Config: ``resume-round``, ``best-round``, ``federation-id``, ``strict``. Reply MetricRecord
+    ``metrics`` = {``restored-round``: the checkpoint's round, -1 when started afresh}.
+    """
+    _, numeric, name = _data_location(context)
+    cfg = msg.content.config_records[CONFIG_KEY]
+    restored = _restore_private(
+        context, name, _output_dir(context, name), str(cfg.get("federation-id", "")),
+        int(cfg["resume-round"]), best_round=int(cfg.get("best-round", 0)), strict=bool(cfg.get("strict", False)),
+    )
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord({"restored-round": restored})}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the server's rows, train ``local-epochs`` epochs, return the rows and the count."""
     started = time.perf_counter()
-    graph, config, _ = _setup(context)
+    graph, config, name = _setup(context)
+    cfg = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+    server_round = int(cfg.get("server-round", 0))
+    federation_id = str(cfg.get("federation-id", ""))
+    out = _output_dir(context, name)
+    if PRIVATE_CURRENT not in context.state.array_records and server_round > 1:
+        # state gone (a restarted SuperNode that missed query.restore): rebuild it
+        _restore_private(context, name, out, federation_id, server_round - 1, best_round=0, strict=False)
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
     trainer.set_entity_embeddings(_incoming_rows(msg, graph))
     train_started = time.perf_counter()
     losses = trainer.train(config.local_epochs)
     train_seconds = time.perf_counter() - train_started
     _store_private(context, PRIVATE_CURRENT, trainer)
+    if out is not None and server_round > 0:
+        save_private_checkpoint(out, server_round, federation_id, context.state.array_records[PRIVATE_CURRENT],
+                                best_round=int(cfg.get("best-round", 0)))
     # Reply in the dtype the server sent (run config transfer-dtype): float16 halves the bytes.
     wire_dtype = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().dtype
     rows = np.ascontiguousarray(trainer.get_entity_embeddings().astype(wire_dtype, copy=False))
@@ -259,6 +401,9 @@ def validate(msg: Message, context: Context) -> Message:
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
     trainer.set_entity_embeddings(_incoming_rows(msg, graph))
     metrics = trainer.evaluate("valid", config.eval_protocol)
+    if getattr(config, "track_test", False):
+        # same state, same protocol; reported apart ("test-" prefix), never used for selection
+        metrics.update({f"test-{k}": v for k, v in trainer.evaluate("test", config.eval_protocol).items()})
     if PRIVATE_CURRENT in context.state.array_records:
         context.state[PRIVATE_SNAPSHOT.format(server_round)] = context.state.array_records[PRIVATE_CURRENT]
     keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}

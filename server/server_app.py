@@ -11,22 +11,29 @@ overrides: federation keys are read by :class:`server.settings.FederationSetting
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from logging import ERROR, INFO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from logging import INFO
 
-from server.run_folder import RunFolder
+from server.run_folder import FINAL_METRICS, RunFolder
 from server.settings import SettingsError
-from server.strategy import FedEResult, FedEStrategy, FederationError
+from server.strategy import FedEResult, FedEStrategy, FederationError, RoundReport
 
-__all__ = ["app", "run_federation"]
+__all__ = ["TIMING_KEYS", "app", "run_federation"]
 
 app = ServerApp()
+
+
+#: Keys of ``final_metrics.json`` that hold wall-clock measurements: they differ between two
+#: runs with the same seed; every other key is a function of the seed and the data.
+TIMING_KEYS = ("timing",)
 
 
 def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, started: float) -> dict[str, Any]:
@@ -41,18 +48,53 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
         "test_overall": result.test_overall,
         "clients": expected,
         "missing_clients": sorted(set(expected) - set(result.test)),
-        "seconds": round(time.time() - started, 3),
+        "timing": {"seconds": round(time.time() - started, 3)},
     }
 
 
-def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
+def _trim_metrics(run_dir: Path, last_round: int) -> None:
+    """Drop ``metrics.jsonl`` rows after ``last_round`` (written before the server died, but
+    after its last checkpoint): the resumed run writes those rounds again."""
+    from server.run_folder import METRICS_JSONL, atomic_write_text
+
+    path = run_dir / METRICS_JSONL
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if int(json.loads(line)["round"]) <= last_round]
+    if len(kept) != len(lines):
+        log(INFO, "resume: dropping %s metrics rows after round %s", len(lines) - len(kept), last_round)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _load_checkpoint(run_dir: str, run_config: dict[str, Any], vocabulary: list[str] | None = None) -> tuple:
+    """R2's :func:`server.checkpoint.load_checkpoint`, its errors logged before they propagate."""
+    from server.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(run_dir, run_config=run_config, vocabulary=vocabulary)
+    except CheckpointError as err:
+        log(ERROR, "resume refused: %s", err)
+        raise
+
+
+def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noqa: PLR0915
     """Run one FedE / Isolation federation and write its run folder.
+
+    After every completed round ``metrics.jsonl`` gets the round's row and then the checkpoint
+    is written (:func:`server.checkpoint.save_checkpoint`), so a failure at any point loses at
+    most the round in progress. With ``resume = true`` the checkpoint in ``run-dir`` is loaded
+    (a corrupt one or a changed model-defining setting raises
+    :class:`server.checkpoint.CheckpointError`; never a silent fresh start), the clients restore
+    their private state of that round, and the loop continues; when the KGE phase had already
+    finished (``final_metrics.json`` exists) the run goes straight to the SimSkip phase.
 
     :param grid: Flower's grid (deployment or simulation).
     :param run_config: the resolved run config (kebab-case keys).
     :returns: the strategy's result (best round, per-client and overall test metrics).
     :raises SettingsError: for ``setting = "collection"`` (trained centrally, without Flower).
-    :raises FederationError: when the handshake fails, no client trains, or test metrics are missing.
+    :raises FederationError: when the handshake fails, too few clients stay connected, a round
+        gets no usable update, or test metrics are missing.
     """
     from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
     from client.kge.refinement import load_run_configs  # knows the refinement keys too
@@ -61,12 +103,14 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     settings, kge_config, refinement = load_run_configs(run_config)
     if settings.setting == "collection":
         raise SettingsError("setting 'collection' trains centrally without Flower: use simskip-sim --setting collection")
-    folder = RunFolder(settings.run_dir) if settings.run_dir else None
+    if settings.resume:  # fail fast on a missing/corrupt checkpoint or a changed setting, before waiting for clients
+        _load_checkpoint(settings.run_dir, run_config)
 
     strategy = FedEStrategy(
         setting=settings.setting,
         fraction_train=settings.fraction_train,
         min_clients=settings.min_clients,
+        min_clients_timeout=settings.min_clients_timeout,
         eval_every=kge_config.eval_every,
         patience=kge_config.patience,
         seed=kge_config.seed,
@@ -74,6 +118,12 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     )
     log(INFO, "handshake: waiting for %s clients", settings.min_clients)
     vocabulary = strategy.handshake(grid, timeout=settings.round_timeout)
+    resume_from = None
+    if settings.resume:
+        checkpoint_round, arrays, state = _load_checkpoint(settings.run_dir, run_config, vocabulary)
+        resume_from = (arrays, state)
+        _trim_metrics(Path(settings.run_dir), checkpoint_round)
+    folder = RunFolder(settings.run_dir) if settings.run_dir else None
     table = initial_entity_table(kge_config, len(vocabulary), seed=kge_config.seed)
     clients = {
         info.client_id: {
@@ -94,17 +144,47 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
             "num_entities": len(vocabulary),
             "entity_dim": int(table.shape[1]),
             "clients": clients,
+            **({"resumed_from_round": checkpoint_round} if resume_from is not None else {}),
         })
 
-    result = strategy.start(
-        grid,
-        initial_arrays=ArrayRecord({"entity-table": Array(np.asarray(table, dtype=np.float32))}),
-        num_rounds=settings.num_server_rounds,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord({"local-epochs": kge_config.local_epochs}),
-        on_round_end=(lambda report: folder.append_metrics(report.as_dict())) if folder is not None else None,
-    )
+    if resume_from is not None and folder is not None and (folder.path / FINAL_METRICS).exists():
+        result = _resume_after_kge_phase(grid, strategy, resume_from, folder, settings)
+    else:
+        def on_round_end(report: RoundReport) -> None:
+            if folder is None:
+                return
+            folder.append_metrics(report.as_dict())  # first the metrics, then the checkpoint naming that round
+            from server.checkpoint import save_checkpoint
 
+            save_checkpoint(folder.path, round=report.round, arrays=strategy.checkpoint_arrays(),
+                            state=strategy.checkpoint_state(), run_config=run_config, vocabulary=vocabulary)
+
+        result = strategy.start(
+            grid,
+            initial_arrays=ArrayRecord({"entity-table": Array(np.asarray(table, dtype=np.float32))}),
+            num_rounds=settings.num_server_rounds,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord({"local-epochs": kge_config.local_epochs}),
+            on_round_end=on_round_end,
+            resume_from=resume_from,
+        )
+        del table
+        _write_kge_outputs(strategy, result, settings, folder, vocabulary, started)
+    if refinement.enabled:
+        # after final_metrics.json is written: a failure here loses nothing of the KGE phase
+        from server.simskip_strategy import run_refinement_phase
+
+        run_refinement_phase(
+            grid, strategy, best_round=result.best_round, refinement=refinement, kge_config=kge_config,
+            setting=settings.setting, run_dir=str(folder.path) if folder is not None else None,
+            timeout=settings.round_timeout,
+        )
+    return result
+
+
+def _write_kge_outputs(strategy: FedEStrategy, result: FedEResult, settings: Any, folder: RunFolder | None,
+                       vocabulary: list[str], started: float) -> None:
+    """Embeddings and ``final_metrics.json``; then fail if a client's test metrics are missing."""
     payload = _final_payload(strategy, result, settings, started)
     if folder is not None:
         if settings.setting == "fede":
@@ -119,16 +199,25 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         folder.write_final_metrics(payload)
     if payload["missing_clients"]:
         raise FederationError(f"no test metrics from clients {payload['missing_clients']}")
-    if refinement.enabled:
-        # after final_metrics.json is written: a failure here loses nothing of the KGE phase
-        from server.simskip_strategy import run_refinement_phase
 
-        run_refinement_phase(
-            grid, strategy, best_round=result.best_round, refinement=refinement, kge_config=kge_config,
-            setting=settings.setting, run_dir=str(folder.path) if folder is not None else None,
-            timeout=settings.round_timeout,
-        )
-    return result
+
+def _resume_after_kge_phase(grid: Grid, strategy: FedEStrategy, resume_from: tuple, folder: RunFolder,
+                            settings: Any) -> FedEResult:
+    """The KGE phase had finished: restore its best state on server and clients, skip to SimSkip."""
+    final = json.loads((folder.path / FINAL_METRICS).read_text())
+    strategy.restore_checkpoint(*resume_from)
+    strategy.use_best()
+    log(INFO, "resume: the KGE phase had finished (best round %s); going on with the SimSkip phase",
+        strategy.loop.best_round)
+    strategy.restore_clients(grid, sorted(strategy.clients), settings.round_timeout, strict=True)
+    return FedEResult(
+        best_round=int(final["best_round"]),
+        best_valid=dict(final.get("best_valid_overall", {})),
+        test=dict(final.get("test", {})),
+        test_overall=dict(final.get("test_overall", {})),
+        stopped_early=bool(final.get("stopped_early", False)),
+        rounds=[RoundReport.from_dict(row) for row in strategy.loop.reports],
+    )
 
 
 def _scatter(rows: np.ndarray, global_ids: np.ndarray, num_entities: int) -> np.ndarray:

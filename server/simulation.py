@@ -14,7 +14,14 @@ downstream evaluation and the results report (``results.{md,csv,json}`` and plot
 (:func:`server.downstream.refine_run_folder`). ``simskip-sim --refine-only RUN_DIR [--set ...]``
 runs only that phase on a finished run folder.
 
-Exit status: 0 when the run finished and wrote ``final_metrics.json``; 1 otherwise.
+``simskip-sim --resume RUN_DIR [--rounds N] [--set key=value ...]`` continues an interrupted run
+after its last checkpointed round (``RUN_DIR/checkpoint/``, :mod:`server.checkpoint`), with the
+run config the ServerApp recorded in ``RUN_DIR/config.json`` and the same client data folders.
+A missing, truncated or corrupt checkpoint, or a changed model-defining setting, is an error
+naming the file or the setting: never a silent fresh start.
+
+Exit status: 0 when the run finished and wrote ``final_metrics.json``; 130 on Ctrl-C, 143 on
+SIGTERM (the SuperLink is stopped first); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
+import signal
 import sys
 import time
 import tomllib
@@ -29,7 +38,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_run_config", "main", "parse_set_options", "run_command", "run_simulation"]
+__all__ = [
+    "ResumeError",
+    "check_run_config",
+    "main",
+    "parse_set_options",
+    "resume_run_config",
+    "resume_simulation",
+    "run_command",
+    "run_simulation",
+]
 
 #: Rounds of the default simulation: the README's UMLS run should finish in a couple of minutes
 #: (Kinships, FedE's defaults: ~35 s per round on 2 heavily loaded cores; less on a quiet machine).
@@ -162,7 +180,6 @@ def run_simulation(
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from kg_datasets import load_federated
-    from server import launcher
 
     run_dir = (run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +206,24 @@ def run_simulation(
         "min-clients": kg.num_clients,
     })
     check_run_config(run_config)
+    return _run_flower(run_dir, run_config, num_clients=kg.num_clients, num_cpus_per_client=num_cpus_per_client,
+                       num_gpus_per_client=num_gpus_per_client)
+
+
+def _run_flower(
+    run_dir: Path,
+    run_config: dict[str, Any],
+    *,
+    num_clients: int,
+    num_cpus_per_client: int,
+    num_gpus_per_client: float,
+) -> Path:
+    """Start a simulation SuperLink, run the app with ``run_config`` on ``num_clients`` virtual
+    nodes, stop the SuperLink by PID; return ``run_dir``.
+
+    :raises server.launcher.FlowerProcessError: when the run did not complete.
+    """
+    from server import launcher
 
     flwr_home = run_dir / ".flwr"
     port = launcher.free_port()
@@ -199,7 +234,7 @@ def run_simulation(
         launcher.wait_for_health("127.0.0.1", port, superlink)
         launcher.write_connection(flwr_home, f"127.0.0.1:{port}", insecure=True)
         federation_config = {
-            "num-supernodes": kg.num_clients,
+            "num-supernodes": int(num_clients),
             "client-resources-num-cpus": int(num_cpus_per_client),
             "client-resources-num-gpus": float(num_gpus_per_client),
         }
@@ -213,16 +248,96 @@ def run_simulation(
     return run_dir
 
 
+class ResumeError(RuntimeError):
+    """A run folder cannot be resumed: no readable ``config.json``, no data folders, wrong setting."""
+
+
+def _client_data_folders(data_root: Path) -> list[Path]:
+    """The per-client folders ``<data_root>/0, 1, ...`` (as :meth:`kg_datasets.FederatedKG.write` makes them)."""
+    return sorted((p for p in data_root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def resume_run_config(
+    run_dir: Path, *, rounds: int | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The run config of a resumed run: ``RUN_DIR/config.json``'s ``run_config``, then
+    ``overrides``, then ``rounds``, with ``resume = true`` and ``run-dir = RUN_DIR``.
+
+    :raises ResumeError: when ``config.json`` is missing, not JSON, or has no ``run_config``.
+    """
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ResumeError(f"{config_path} does not exist: {run_dir} is not a started run folder")
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResumeError(f"cannot read {config_path}: {err}") from err
+    if not isinstance(saved, dict) or not isinstance(saved.get("run_config"), dict):
+        raise ResumeError(f"{config_path} has no 'run_config' object")
+    run_config = {**saved["run_config"], **(overrides or {})}
+    if rounds is not None:
+        run_config["num-server-rounds"] = int(rounds)
+    run_config.update({"resume": True, "run-dir": str(run_dir)})
+    return run_config
+
+
+def resume_simulation(
+    run_dir: Path,
+    *,
+    rounds: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    num_cpus_per_client: int = 1,
+    num_gpus_per_client: float = 0.0,
+) -> Path:
+    """Continue an interrupted simulation after its last checkpointed round; return the run folder.
+
+    The run config is the one the ServerApp recorded in ``RUN_DIR/config.json`` (see
+    :func:`resume_run_config`); the clients read the same data folders
+    (``client-data-root``, i.e. ``RUN_DIR/data/<k>``). The checkpoint is checked here, before
+    any process starts, and again by the ServerApp once the clients' vocabulary is known.
+
+    :param rounds: a new ``num-server-rounds`` (a resume may raise the budget).
+    :param overrides: run-config changes; a model-defining one is refused
+        (:data:`server.checkpoint.MODEL_DEFINING_KEYS`).
+    :raises ResumeError: the folder has no readable config, no data folders, or is a ``collection`` run.
+    :raises server.checkpoint.CheckpointError: no checkpoint, a corrupt one (naming the file),
+        or a changed model-defining setting (naming it).
+    :raises server.launcher.FlowerProcessError: when the resumed run did not complete.
+    """
+    from server.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir).resolve()
+    run_config = resume_run_config(run_dir, rounds=rounds, overrides=overrides)
+    if run_config.get("setting") == "collection":
+        raise ResumeError("setting 'collection' trains centrally in one process and writes no checkpoint")
+    data_root = Path(str(run_config.get("client-data-root") or ""))
+    if not str(run_config.get("client-data-root") or "") or not data_root.is_dir():
+        raise ResumeError(
+            f"client-data-root {str(data_root)!r} of {run_dir / 'config.json'} is not a folder: "
+            "the clients' data must stay where the run put it"
+        )
+    clients = _client_data_folders(data_root)
+    if not clients:
+        raise ResumeError(f"no client data folders 0/ 1/ ... under {data_root}")
+    check_run_config(run_config)
+    round_done, _, _ = load_checkpoint(run_dir, run_config=run_config)  # fail before start-up, not after
+    print(f"[simskip-sim] resuming {run_dir} after round {round_done} of {run_config.get('num-server-rounds')}, "
+          f"{len(clients)} clients", flush=True)
+    return _run_flower(run_dir, run_config, num_clients=len(clients), num_cpus_per_client=num_cpus_per_client,
+                       num_gpus_per_client=num_gpus_per_client)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-sim`` argument parser."""
     parser = argparse.ArgumentParser(prog="simskip-sim", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="UMLS", help="PyKEEN dataset name or data folder (default UMLS)")
-    parser.add_argument("--clients", type=int, default=3, help="number of parties (default 3)")
-    parser.add_argument("--partition", default="relation", choices=["relation", "triple"])
-    parser.add_argument("--partition-seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=DEFAULT_SIM_ROUNDS,
-                        help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS})")
-    parser.add_argument("--setting", default="fede", choices=["fede", "isolation", "collection"])
+    # None defaults: --resume refuses the options that would change the run's data or setting
+    parser.add_argument("--dataset", default=None, help="PyKEEN dataset name or data folder (default UMLS)")
+    parser.add_argument("--clients", type=int, default=None, help="number of parties (default 3)")
+    parser.add_argument("--partition", default=None, choices=["relation", "triple"], help="(default relation)")
+    parser.add_argument("--partition-seed", type=int, default=None, help="(default 0)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS}; with --resume: the run's own)")
+    parser.add_argument("--setting", default=None, choices=["fede", "isolation", "collection"], help="(default fede)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override, e.g. --set model=RotatE (repeatable)")
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
@@ -231,28 +346,98 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-only", type=Path, default=None, metavar="RUN_DIR",
                         help="run only the SimSkip phase + downstream evaluation + report on a finished run "
                              "folder (in-process; --set overrides simskip-*/refit-* values)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue an interrupted run after its last checkpointed round, with its own "
+                             "config.json and data (--rounds raises the budget; --set may change harmless keys "
+                             "only, a model-defining change is refused)")
     return parser
 
 
+#: Options that would change a resumed run's data or setting (its config.json decides them).
+_NOT_WITH_RESUME = ("dataset", "clients", "partition", "partition_seed", "setting", "run_dir", "refine_only")
+
+
+_STOPPING: dict[str, bool] = {"raised": False}
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGINT / SIGTERM: unwind once through _run_flower's ``finally`` (the SuperLink, its own
+    process group, is stopped by PID); a second signal must not cut that shutdown short."""
+    if _STOPPING["raised"]:
+        print(f"[simskip-sim] {signal.Signals(signum).name}: already stopping", file=sys.stderr, flush=True)
+        return
+    _STOPPING["raised"] = True
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``simskip-sim``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``simskip-sim``; returns the exit status (0 done, 1 error, 130/143 on SIGINT/SIGTERM)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.refine_only is not None:
         from server.downstream import main as refine_main
 
         return refine_main([str(args.refine_only), *(item for s in args.sets for item in ("--set", s))])
-    return run_command("simskip-sim", lambda: run_simulation(
-        args.dataset,
-        num_clients=args.clients,
-        run_dir=args.run_dir,
-        rounds=args.rounds,
-        setting=args.setting,
-        overrides=parse_set_options(args.sets),
-        partition=args.partition,
-        partition_seed=args.partition_seed,
-        num_cpus_per_client=args.num_cpus_per_client,
-        num_gpus_per_client=args.num_gpus_per_client,
-    ))
+    if args.resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in _NOT_WITH_RESUME if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--resume continues the run folder's own data and setting: drop {', '.join(given)}")
+
+    run_dir = (args.resume or args.run_dir or default_run_dir()).expanduser().resolve()
+
+    def run() -> Path:
+        if args.resume is not None:
+            return resume_simulation(
+                run_dir,
+                rounds=args.rounds,
+                overrides=parse_set_options(args.sets),
+                num_cpus_per_client=args.num_cpus_per_client,
+                num_gpus_per_client=args.num_gpus_per_client,
+            )
+        return run_simulation(
+            args.dataset or "UMLS",
+            num_clients=3 if args.clients is None else args.clients,
+            run_dir=run_dir,
+            rounds=DEFAULT_SIM_ROUNDS if args.rounds is None else args.rounds,
+            setting=args.setting or "fede",
+            overrides=parse_set_options(args.sets),
+            partition=args.partition or "relation",
+            partition_seed=0 if args.partition_seed is None else args.partition_seed,
+            num_cpus_per_client=args.num_cpus_per_client,
+            num_gpus_per_client=args.num_gpus_per_client,
+        )
+
+    _STOPPING["raised"] = False
+    previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run_command("simskip-sim", run)
+    except SystemExit as stop:  # SIGINT / SIGTERM: the SuperLink was stopped on the way out
+        if not (isinstance(stop.code, int) and stop.code > 128):
+            raise
+        _report_interrupted(run_dir, stop.code - 128)
+        return stop.code
+    finally:
+        for signum, handler in previous.items():  # main() may be called in-process (tests)
+            signal.signal(signum, handler)
+
+
+def _report_interrupted(run_dir: Path, signum: int) -> None:
+    """Write ``RUN_DIR/partial_results.json`` (as simskip-server does) and say how to resume."""
+    from server.cli import write_partial_results
+
+    resume = ["simskip-sim", "--resume", str(run_dir)]
+    name = signal.Signals(signum).name
+    if not (run_dir / "config.json").is_file():
+        print(f"[simskip-sim] {name}: stopped before the run started; nothing to resume", file=sys.stderr, flush=True)
+        return
+    try:
+        path = write_partial_results(run_dir, signum, resume)
+        rounds = json.loads(path.read_text()).get("last_completed_round")
+    except Exception as err:  # noqa: BLE001 - the run is stopped already; report, do not mask the exit status
+        print(f"[simskip-sim] {name}: could not write partial results: {err}", file=sys.stderr, flush=True)
+        return
+    print(f"[simskip-sim] {name}: stopped after round {rounds}; {path}; resume with: {' '.join(resume)}",
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

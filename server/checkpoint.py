@@ -1,0 +1,339 @@
+"""The server's checkpoint: the state after the last completed round, written atomically.
+
+Layout under ``<run_dir>/checkpoint/``:
+
+``state-r<round>.npz``
+    The arrays (global entity table, best-so-far table, per-client rows, SimSkip encoder
+    weights, ...) as written by :func:`numpy.savez` (no pickles). Each round gets its own file
+    name, so writing round ``r`` never touches the file that round ``r - 1``'s manifest names.
+``manifest.json``
+    The commit point, written last: format version, round, the JSON ``state`` (best-so-far and
+    early-stopping counters, RNG states, ...), the name and sha256 of the npz it belongs to, the
+    model-defining run-config values with their sha256, and the sha256 and size of the
+    vocabulary (the global entity labels).
+
+Crash safety: both files go through a temporary file + ``os.replace`` (:mod:`server.run_folder`),
+npz first, manifest second, then older npz files are removed. A crash before the manifest is
+replaced leaves the previous manifest and the npz it names intact; a missing or altered npz is
+detected by its sha256. Nothing is ever silently started afresh: :func:`load_checkpoint` raises
+:class:`CheckpointError` naming the file (missing, truncated, not JSON, hash mismatch) or the
+setting (a changed model-defining key, with its old and new value; a different vocabulary).
+
+Which run-config keys are model-defining: :data:`MODEL_DEFINING_KEYS`. The others,
+:data:`HARMLESS_KEYS`, are budgets a resume may raise (``num-server-rounds``, ``patience``,
+``simskip-rounds``), paths of outputs, timeouts, progress/log output and devices.
+``tests/test_checkpoint.py`` checks that every key of ``[tool.flwr.app.config]`` is in exactly
+one of the two sets, so a key added later has to be classified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.run_folder import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "FORMAT_VERSION",
+    "HARMLESS_KEYS",
+    "MANIFEST_FILE",
+    "MODEL_DEFINING_KEYS",
+    "CheckpointError",
+    "checkpoint_dir",
+    "has_checkpoint",
+    "load_checkpoint",
+    "model_defining_values",
+    "save_checkpoint",
+    "vocabulary_digest",
+]
+
+CHECKPOINT_DIR = "checkpoint"
+MANIFEST_FILE = "manifest.json"
+ARRAYS_PATTERN = "state-r{:06d}.npz"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt, or does not belong to this run's settings."""
+
+
+#: Run-config keys whose change makes a checkpoint invalid: they define the model, its data,
+#: its training or the validation that picks the best round. A resume with another value
+#: would continue a different experiment from this one's state, so it is refused.
+MODEL_DEFINING_KEYS: frozenset[str] = frozenset({
+    # the data: simulation reads <client-data-root>/<k>; deployment's identity is the vocabulary hash
+    "setting", "client-data-root", "dataset", "num-clients", "partition", "partition-seed", "data-dir",
+    # federation
+    "fraction-train", "transfer-dtype",
+    # the KGE model and its local training (client/kge/config.py: KGEConfig)
+    "model", "embedding-dim", "local-epochs", "batch-size", "learning-rate", "optimizer",
+    "keep-optimizer-state", "num-negs-per-pos", "negative-sampler", "corruption-scheme",
+    "filtered-negatives", "filterer", "adversarial-temperature", "margin", "entity-constrainer",
+    "regularizer", "training-loop", "seed",
+    # validation: which round is "best" (eval-every: when, eval-protocol: what MRR is compared)
+    "eval-every", "eval-protocol",
+    # the SimSkip phase (client/kge/refinement.py: RefinementConfig) and the downstream evaluation
+    # (re-fit budget, gated skip-strength grid)
+    "simskip-local-epochs", "simskip-federate", "simskip-no-skip-ablation", "refit-epochs",
+    "simskip-hidden-dim", "simskip-num-layers", "simskip-activation", "simskip-normalization",
+    "simskip-skip", "simskip-projection-dim", "simskip-projection-hidden-dim", "simskip-augmentations",
+    "simskip-mask-prob", "simskip-noise-std", "simskip-temperature", "simskip-lr", "simskip-weight-decay",
+    "simskip-batch-size", "simskip-seed", "simskip-gate-grid",
+})
+
+#: Run-config keys a resume may change: budgets (raising the round budget or the patience
+#: continues the same run further), output paths, waiting times, progress and log output,
+#: extra reporting (``track-test``: test metrics logged, never used for a choice), devices and
+#: batch sizes of pure inference.
+HARMLESS_KEYS: frozenset[str] = frozenset({
+    "num-server-rounds", "num-rounds", "patience", "simskip-rounds",
+    "min-clients", "min-available-nodes", "min-train-nodes", "fraction-evaluate",
+    "round-timeout", "min-clients-timeout", "run-dir", "client-output-root", "resume",
+    "eval-batch-size", "simskip-transform-batch-size", "simskip-device", "simskip-progress",
+    "log-level", "track-test", "client-num-cpus", "client-num-gpus", "num-cpus", "num-gpus",
+})
+
+
+# ----------------------------------------------------------------------------- helpers
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """``<run_dir>/checkpoint``."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def vocabulary_digest(vocabulary: Sequence[str]) -> str:
+    """sha256 of the vocabulary, one label per line in order (global id = position)."""
+    digest = hashlib.sha256()
+    for label in vocabulary:
+        digest.update(str(label).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _resolved(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config with every owner's defaults filled in and values normalized.
+
+    ``{"learning-rate": 1}`` and a config without the key (default 0.001) must compare by value,
+    not by spelling: the owners (FederationSettings, KGEConfig, RefinementConfig) resolve them.
+    Keys no owner knows (e.g. ``dataset``) are kept as given.
+    """
+    from client.kge.refinement import load_run_configs  # the one place that knows every owner
+
+    settings, kge, refinement = load_run_configs(run_config)
+    resolved = dict(run_config)
+    resolved.update({f.name.replace("_", "-"): getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    resolved.update(kge.to_run_config())
+    resolved.update(refinement.to_run_config())
+    return resolved
+
+
+def model_defining_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-defining entries of ``run_config`` (defaults filled in), as JSON values.
+
+    :raises client.kge.config.ConfigError: for an unknown key or a bad value.
+    """
+    resolved = _resolved(run_config)
+    return json.loads(_canonical_json({k: resolved[k] for k in sorted(MODEL_DEFINING_KEYS) if k in resolved}))
+
+
+def _values_equal(old: Any, new: Any) -> bool:
+    if isinstance(old, float) or isinstance(new, float):
+        try:
+            return float(old) == float(new) or (math.isnan(float(old)) and math.isnan(float(new)))
+        except (TypeError, ValueError):
+            return False
+    return old == new
+
+
+# ----------------------------------------------------------------------------- save
+def save_checkpoint(
+    run_dir: str | Path,
+    *,
+    round: int,  # noqa: A002 - the contract's name
+    arrays: Mapping[str, np.ndarray],
+    state: Mapping[str, Any],
+    run_config: Mapping[str, Any],
+    vocabulary: Sequence[str],
+) -> Path:
+    """Write the checkpoint of the completed round ``round``; returns the manifest's path.
+
+    :param run_dir: the run folder; files go to ``<run_dir>/checkpoint/``.
+    :param round: the last completed round (>= 0).
+    :param arrays: name -> numeric array of any shape/dtype (no object arrays); names may
+        contain ``/``. Loaded back bit-exact with the same dtype and shape.
+    :param state: JSON-serializable values (numpy scalars allowed; ``inf``/``nan`` kept).
+    :param run_config: the run's resolved run config (kebab-case keys).
+    :param vocabulary: the global entity labels (global id = position).
+    :raises CheckpointError: for an object array or a state that is not JSON-serializable
+        (nothing is written then).
+    """
+    if int(round) < 0:
+        raise CheckpointError(f"checkpoint round must be >= 0, got {round}")
+    folder = checkpoint_dir(run_dir)
+    try:
+        state_json = json.loads(_canonical_json(dict(state)))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint state of round {round} is not JSON-serializable: {err}") from err
+    buffer = io.BytesIO()
+    try:
+        np.savez(buffer, allow_pickle=False, **{str(k): np.asarray(v) for k, v in arrays.items()})
+    except ValueError as err:  # object arrays refuse to be saved without pickles
+        raise CheckpointError(f"checkpoint array of round {round} cannot be saved without pickles: {err}") from err
+    payload = buffer.getvalue()
+    arrays_name = ARRAYS_PATTERN.format(int(round))
+    model_values = model_defining_values(run_config)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "round": int(round),
+        "arrays_file": arrays_name,
+        "arrays_sha256": _sha256(payload),
+        "array_names": sorted(str(k) for k in arrays),
+        "state": state_json,
+        "model_config": model_values,
+        "model_config_sha256": _sha256(_canonical_json(model_values).encode()),
+        "vocabulary_size": len(vocabulary),
+        "vocabulary_sha256": vocabulary_digest(vocabulary),
+    }
+    atomic_write_bytes(folder / arrays_name, payload)
+    manifest_path = folder / MANIFEST_FILE
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # only now are older arrays unreferenced
+    for old in folder.glob("state-r*.npz"):
+        if old.name != arrays_name:
+            old.unlink(missing_ok=True)
+    return manifest_path
+
+
+# ----------------------------------------------------------------------------- load
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``<run_dir>/checkpoint/manifest.json`` exists (valid or not: :func:`load_checkpoint` tells)."""
+    return (checkpoint_dir(run_dir) / MANIFEST_FILE).is_file()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint: {path} does not exist (nothing to resume)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"corrupt checkpoint manifest {path}: {err}") from err
+    required = ("format_version", "round", "arrays_file", "arrays_sha256", "state", "model_config",
+                "model_config_sha256", "vocabulary_size", "vocabulary_sha256")
+    if not isinstance(manifest, dict) or any(key not in manifest for key in required):
+        missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
+        raise CheckpointError(f"corrupt checkpoint manifest {path}: missing {missing}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint manifest {path} has format version {manifest['format_version']!r}; "
+            f"this code reads version {FORMAT_VERSION}"
+        )
+    name = str(manifest["arrays_file"])
+    if Path(name).name != name or not name.endswith(".npz"):
+        raise CheckpointError(f"corrupt checkpoint manifest {path}: bad arrays_file {name!r}")
+    if _sha256(_canonical_json(manifest["model_config"]).encode()) != manifest["model_config_sha256"]:
+        raise CheckpointError(f"corrupt checkpoint manifest {path}: model_config does not match its sha256")
+    return manifest
+
+
+def _check_model_config(manifest: Mapping[str, Any], run_config: Mapping[str, Any], path: Path) -> None:
+    saved: dict[str, Any] = manifest["model_config"]
+    current = model_defining_values(run_config)
+    changed = [
+        key for key in sorted(set(saved) | set(current))
+        if not _values_equal(saved.get(key, "<not set>"), current.get(key, "<not set>"))
+    ]
+    if changed:
+        details = ", ".join(
+            f"{key}: checkpoint {saved.get(key, '<not set>')!r}, now {current.get(key, '<not set>')!r}"
+            for key in changed
+        )
+        raise CheckpointError(
+            f"cannot resume from {path}: model-defining setting(s) changed: {details}. "
+            "Resume with the original values, or start a new run folder"
+        )
+
+
+def _check_vocabulary(manifest: Mapping[str, Any], vocabulary: Sequence[str], path: Path) -> None:
+    digest = vocabulary_digest(vocabulary)
+    if digest != manifest["vocabulary_sha256"] or len(vocabulary) != int(manifest["vocabulary_size"]):
+        raise CheckpointError(
+            f"cannot resume from {path}: the vocabulary changed (checkpoint: {manifest['vocabulary_size']} "
+            f"entities, sha256 {str(manifest['vocabulary_sha256'])[:12]}...; now: {len(vocabulary)} entities, "
+            f"sha256 {digest[:12]}...): the clients hold a different dataset"
+        )
+
+
+def _read_arrays(path: Path, expected_sha256: str) -> dict[str, np.ndarray]:
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"corrupt checkpoint: {path} (named by the manifest) does not exist") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint arrays {path}: {err}") from err
+    if _sha256(payload) != expected_sha256:
+        raise CheckpointError(
+            f"corrupt checkpoint: {path} does not match the sha256 in its manifest "
+            f"(truncated or modified after it was written)"
+        )
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"corrupt checkpoint arrays {path}: {err}") from err
+
+
+def load_checkpoint(
+    run_dir: str | Path,
+    *,
+    run_config: Mapping[str, Any],
+    vocabulary: Sequence[str] | None = None,
+) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+    """Read the checkpoint of ``run_dir`` and check that it belongs to this run.
+
+    :param run_dir: the run folder holding ``checkpoint/manifest.json``.
+    :param run_config: this (resumed) run's run config; its model-defining values
+        (:data:`MODEL_DEFINING_KEYS`, defaults filled in) must equal the checkpoint's.
+    :param vocabulary: the global entity labels of this run; ``None`` skips that check
+        (e.g. before the handshake).
+    :returns: ``(round, arrays, state)`` exactly as given to :func:`save_checkpoint`.
+    :raises CheckpointError: no checkpoint; a manifest that is not JSON, incomplete or of
+        another format version; an npz missing, truncated or not matching its sha256 (naming
+        the file); a changed model-defining key (naming it with both values); another vocabulary.
+    """
+    manifest_path = checkpoint_dir(run_dir) / MANIFEST_FILE
+    manifest = _read_manifest(manifest_path)
+    _check_model_config(manifest, run_config, manifest_path)
+    if vocabulary is not None:
+        _check_vocabulary(manifest, vocabulary, manifest_path)
+    arrays_path = manifest_path.parent / str(manifest["arrays_file"])
+    arrays = _read_arrays(arrays_path, str(manifest["arrays_sha256"]))
+    expected_names = manifest.get("array_names")
+    if expected_names is not None and sorted(arrays) != sorted(expected_names):
+        raise CheckpointError(f"corrupt checkpoint arrays {arrays_path}: holds {sorted(arrays)}, "
+                              f"the manifest lists {sorted(expected_names)}")
+    return int(manifest["round"]), arrays, dict(manifest["state"])
