@@ -7,6 +7,13 @@ fails here, naming file and line, instead of inside the first round.
 
 The party runs until stopped (SIGINT / SIGTERM stop its SuperNode by PID) or until the
 SuperNode exits. Flower's state goes to ``OUTPUT_DIR/.flwr``, never to the home directory.
+
+Security: ``--root-certificates CA`` (TLS) and ``--auth-private-key KEY`` (Flower's SuperNode
+authentication; the server registers the matching public key) are checked before anything
+starts. When the SuperNode ends with an error, its log is read back and the reason is printed as
+one line naming the server and the file concerned (an untrusted server certificate, a key the
+server did not register, an unreachable server after ``--max-wait-time`` seconds); the exit
+status is the SuperNode's (non-zero).
 """
 
 from __future__ import annotations
@@ -32,9 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the party writes its private outputs (default runs/client-<id>)")
     parser.add_argument("--port", type=int, default=None,
                         help="the SuperNode's local ClientAppIo port (default: a free port)")
+    parser.add_argument("--max-wait-time", type=float, default=600.0,
+                        help="give up after this many seconds without reaching the server (default 600)")
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
-    security.add_argument("--root-certificates", type=Path, help="CA certificate of a TLS SuperLink")
+    security.add_argument("--root-certificates", type=Path, help="CA certificate (PEM) of a TLS SuperLink")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each ClientApp process (default: torch's; use 1 when several "
+                             "parties share one machine's cores)")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="start every ClientApp process cold (Flower's default) instead of forking it from "
+                             "a pre-imported warm starter (see client/warm_start.py)")
+    auth = parser.add_argument_group("node authentication (a server started with --auth-public-keys)")
+    auth.add_argument("--auth-private-key", type=Path, default=None,
+                      help="this party's OpenSSH EC private key (ssh-keygen -t ecdsa -b 384); the server "
+                           "registers the matching .pub")
     return parser
 
 
@@ -56,6 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.insecure == (args.root_certificates is not None):
         print("simskip-client: pass exactly one of --insecure or --root-certificates", file=sys.stderr)
         return 2
+    if args.insecure and args.auth_private_key is not None:
+        print("simskip-client: --auth-private-key needs TLS (--root-certificates), not --insecure", file=sys.stderr)
+        return 2
+    root_certificates = args.root_certificates.expanduser().resolve() if args.root_certificates else None
+    auth_key = args.auth_private_key.expanduser().resolve() if args.auth_private_key else None
+    try:  # before anything starts: a wrong path is one line naming the file
+        if root_certificates is not None:
+            launcher.check_pem_certificate(root_certificates, "root certificate file (--root-certificates)")
+        if auth_key is not None:
+            launcher.check_auth_private_key(auth_key)
+    except launcher.CredentialError as err:
+        print(f"[simskip-client] error: {err}", file=sys.stderr)
+        return 1
     folder = args.data.expanduser().resolve()
     partition_id = args.partition_id
     if partition_id is None:
@@ -69,21 +101,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = args.port if args.port is not None else launcher.free_port()
     node_config = {"data-dir": str(folder), "partition-id": partition_id, "output-dir": str(output_dir)}
     signal.signal(signal.SIGTERM, _terminate)
-    supernode = None
+    supernode = starter = None
+    log_path = output_dir / "supernode.log"
+    # Flower's SuperExec looks for a new ClientApp task once a second by default: every message
+    # would wait half a second on average before its process even starts.
+    extra_env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+    if args.threads is not None:
+        extra_env["OMP_NUM_THREADS"] = str(args.threads)
     try:
+        if not args.cold_start:
+            from client.warm_start import start_warm_starter
+
+            # Flower starts one ClientApp process per message; forking it from a process that has
+            # already imported torch and PyKEEN saves those seconds on every message.
+            starter = start_warm_starter(threads=args.threads, log_path=output_dir / "warm_start.log")
+            extra_env.update(starter.env)
+        log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
         supernode = launcher.start_supernode(
             output_dir / ".flwr",
             superlink=args.server,
             node_config=node_config,
             clientappio_port=port,
             insecure=args.insecure,
-            root_certificates=args.root_certificates.resolve() if args.root_certificates else None,
-            log_path=output_dir / "supernode.log",
+            root_certificates=root_certificates,
+            auth_private_key=auth_key,
+            max_wait_time=args.max_wait_time,
+            log_path=log_path,
+            extra_env=extra_env,
         )
         print(f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
               f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
               flush=True)
-        return int(supernode.wait())
+        code = int(supernode.wait())
+        if code != 0:
+            with open(log_path, "rb") as handle:
+                handle.seek(log_start)
+                text = handle.read().decode("utf-8", errors="replace")
+            print("[simskip-client] error: " + launcher.explain_supernode_exit(
+                text, returncode=code, server=args.server, root_certificates=root_certificates,
+                auth_private_key=auth_key, log_path=log_path), file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
     except launcher.FlowerProcessError as err:
@@ -91,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         launcher.stop_process(supernode)
+        if starter is not None:  # after the SuperNode: no ClientApp can still be asking for a fork
+            starter.close()
 
 
 if __name__ == "__main__":

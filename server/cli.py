@@ -1,10 +1,20 @@
 """``simskip-server``: start a Flower SuperLink, run the federation to its end, exit.
 
-Steps: start ``flower-superlink`` (``FLWR_HOME`` under the run folder, no runtime dependency
-installation, telemetry off), submit this app with ``flwr run`` (the connection lives in
-``$FLWR_HOME/config.toml``), stream its log, read the run's final status with ``flwr ls``,
-stop the SuperLink by PID. Exit 0 only when the run ended ``finished:completed`` and wrote
+Steps: check the certificate and key files, start ``flower-superlink`` (``FLWR_HOME`` under the
+run folder, no runtime dependency installation, telemetry off), register the parties' public keys
+when node authentication is on, submit this app with ``flwr run`` (the connection lives in
+``$FLWR_HOME/config.toml``), stream its log, read the run's final status with ``flwr ls``, stop
+the SuperLink by PID. Exit 0 only when the run ended ``finished:completed`` and wrote
 ``final_metrics.json``; 1 otherwise (``flwr run`` itself exits 0 even when the ServerApp raised).
+
+SIGINT / SIGTERM: the SuperLink, its SuperExec and the ServerApp are stopped by PID (SIGTERM,
+SIGKILL after a grace period; the checkpoint of the last completed round stays as the ServerApp
+wrote it), ``RUN_DIR/partial_results.json`` says how far the run got and how to resume it, and
+the exit status is 130 (SIGINT) or 143 (SIGTERM).
+
+``simskip-server --resume RUN_DIR`` continues an interrupted run: the run config saved in
+``RUN_DIR/config.json`` with ``--set`` / ``--rounds`` on top, ``resume=true``; the ServerApp loads
+``RUN_DIR/checkpoint/``.
 
 Parties join with ``simskip-client --server HOST:PORT --data DIR``.
 """
@@ -12,49 +22,114 @@ Parties join with ``simskip-client --server HOST:PORT --data DIR``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import json
+import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main", "run_server"]
+__all__ = [
+    "ServerInterrupted",
+    "build_parser",
+    "main",
+    "partial_results",
+    "run_server",
+    "write_partial_results",
+]
 
 DEFAULT_PORT = 9092
+PARTIAL_RESULTS = "partial_results.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_MANIFEST = Path("checkpoint") / "manifest.json"
+#: seconds the ServerApp (and the SuperLink) get after SIGTERM before SIGKILL
+STOP_GRACE_SECONDS = 20.0
+
+
+class ServerInterrupted(BaseException):
+    """SIGINT or SIGTERM reached ``simskip-server``.
+
+    A :class:`BaseException` (like :class:`KeyboardInterrupt`) so that no ``except Exception``
+    on the way swallows it: it unwinds through every ``finally`` that stops a process.
+
+    :param signum: the signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-server`` argument parser."""
     parser = argparse.ArgumentParser(prog="simskip-server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR from its last checkpoint "
+                             "(its config.json, with --set/--rounds on top)")
     parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SuperLink port (default {DEFAULT_PORT})")
-    parser.add_argument("--min-clients", type=int, default=2, help="parties to wait for before round 1")
+    parser.add_argument("--min-clients", type=int, default=None,
+                        help="parties to wait for before round 1 (default: the run config's, 2)")
     parser.add_argument("--rounds", type=int, default=None, help="num-server-rounds (default: pyproject's)")
     parser.add_argument("--setting", default=None, choices=["fede", "isolation"])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override, e.g. --set model=RotatE (repeatable)")
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
-    security.add_argument("--ssl-ca-certfile", type=Path)
-    security.add_argument("--ssl-certfile", type=Path)
-    security.add_argument("--ssl-keyfile", type=Path)
+    security.add_argument("--ssl-ca-certfile", type=Path, help="CA certificate (PEM) that signed --ssl-certfile")
+    security.add_argument("--ssl-certfile", type=Path, help="server certificate (PEM), its SAN naming the host")
+    security.add_argument("--ssl-keyfile", type=Path, help="server private key (PEM)")
+    auth = parser.add_argument_group("node authentication (needs TLS)")
+    auth.add_argument("--auth-public-keys", type=Path, default=None, metavar="FILE",
+                      help="only parties whose OpenSSH EC public key is in FILE (one per line) may join; "
+                           "Flower's SuperNode authentication")
     return parser
 
 
-def _tls(args: argparse.Namespace) -> Any:
+def _tls(args: argparse.Namespace, connect_host: str) -> Any:
     from server.launcher import TLSFiles
 
     given = [args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile]
     if args.insecure:
         if any(given):
             raise SystemExit("simskip-server: --insecure and certificate files are exclusive")
+        if args.auth_public_keys is not None:
+            raise SystemExit("simskip-server: --auth-public-keys needs TLS (Flower refuses node "
+                             "authentication with --insecure)")
         return None
     if not all(given):
         raise SystemExit("simskip-server: pass --insecure, or all of --ssl-ca-certfile --ssl-certfile --ssl-keyfile")
-    tls = TLSFiles(*(p.resolve() for p in given))
-    tls.check()
+    tls = TLSFiles(*(p.expanduser().resolve() for p in given))
+    tls.check(host=connect_host)
     return tls
+
+
+def _connect_host(host: str) -> str:
+    """The address this machine's own ``flwr`` commands use to reach the SuperLink."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _fresh_database(flwr_home: Path) -> Path:
+    """A SuperLink database no earlier start of this run folder used.
+
+    A resumed run must not inherit the registered nodes of the interrupted one: a key removed
+    from ``--auth-public-keys`` would stay registered, and registering a kept key again fails
+    ("public key already in use"). The earlier database stays (run-folder files are never deleted).
+    """
+    first = flwr_home / "superlink.db"
+    if not first.exists():
+        return first
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return flwr_home / f"superlink-{stamp}.db"
 
 
 def run_server(
@@ -64,11 +139,16 @@ def run_server(
     port: int = DEFAULT_PORT,
     run_config: dict[str, Any] | None = None,
     tls: Any = None,
+    authorized_keys: Sequence[Any] = (),
+    on_start: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run one federation behind a SuperLink; return the run folder.
 
     :param run_config: run-config overrides (``run-dir`` is set here).
     :param tls: :class:`server.launcher.TLSFiles`, or ``None`` for an insecure SuperLink.
+    :param authorized_keys: :class:`server.launcher.AuthorizedKey` of each party allowed to join;
+        non-empty turns Flower's SuperNode authentication on (needs ``tls``).
+    :param on_start: called with the resolved run folder before any process starts.
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from server import launcher
@@ -76,52 +156,245 @@ def run_server(
 
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start(run_dir)
     run_config = {**(run_config or {}), "run-dir": str(run_dir)}
     check_run_config(run_config)  # fail now, not after start-up
     flwr_home = run_dir / ".flwr"
-    superlink = launcher.start_superlink(
-        flwr_home, host=host, port=port, insecure=tls is None, tls=tls, log_path=run_dir / "logs" / "superlink.log"
-    )
+    superlink = None
     try:
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        with _gate.deferred():  # a signal now is raised once `superlink` is set, inside this try
+            superlink = launcher.start_superlink(
+                flwr_home, host=host, port=port, insecure=tls is None, tls=tls,
+                enable_supernode_auth=bool(authorized_keys), database=_fresh_database(flwr_home),
+                log_path=run_dir / "logs" / "superlink.log",
+            )
+        connect_host = _connect_host(host)
         launcher.wait_for_health(connect_host, port, superlink)
-        print(f"[simskip-server] SuperLink (pid {superlink.pid}) on {host}:{port}; waiting for parties", flush=True)
         launcher.write_connection(
             flwr_home, f"{connect_host}:{port}", insecure=tls is None,
             root_certificates=tls.ca_certfile if tls is not None else None,
         )
+        if authorized_keys:
+            node_ids = launcher.register_supernodes(flwr_home, authorized_keys)
+            print(f"[simskip-server] node authentication on: {len(node_ids)} registered public keys", flush=True)
+        print(f"[simskip-server] SuperLink (pid {superlink.pid}) on {host}:{port}; waiting for parties", flush=True)
         run_id, status = launcher.run_app(flwr_home, run_config, superlink=superlink,
                                           log_path=run_dir / "logs" / "run.log")
     finally:
-        launcher.stop_process(superlink)
+        launcher.stop_process(superlink, timeout=STOP_GRACE_SECONDS)
     launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through run_server's finally: the SuperLink is stopped
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of ``path`` (a torn last line is skipped), or ``[]``."""
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -> dict[str, Any]:
+    """What an interrupted run got to, from the files its ServerApp wrote.
+
+    :param run_dir: the run folder.
+    :param signum: the signal that stopped it.
+    :param resume_command: the command line that continues it.
+    :returns: ``status`` ("interrupted"), ``signal``, ``exit_code``, ``last_completed_round``
+        (last row of ``metrics.jsonl``, 0 when none), ``best_round`` / ``best_valid_overall`` /
+        ``best_valid`` (best validated round so far, by overall MRR), ``kge_phase_completed``
+        (``final_metrics.json`` exists), ``simskip_rounds_completed``, ``checkpoint`` (path and
+        round of ``checkpoint/manifest.json``, or None), ``resume_command``.
+    """
+    run_dir = Path(run_dir)
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    last_round = max((int(r["round"]) for r in rows if isinstance(r.get("round"), int)), default=0)
+    validated = [r for r in rows if isinstance(r.get("valid_overall"), dict) and "mrr" in r["valid_overall"]]
+    best = max(validated, key=lambda r: float(r["valid_overall"]["mrr"]), default=None)
+    manifest_path = run_dir / CHECKPOINT_MANIFEST
+    manifest = _read_json(manifest_path)
+    checkpoint = None
+    if isinstance(manifest, dict):
+        checkpoint = {"path": str(manifest_path.parent), "round": manifest.get("round")}
+    config = _read_json(run_dir / CONFIG_FILE)
+    planned = config.get("run_config", {}).get("num-server-rounds") if isinstance(config, dict) else None
+    return {
+        "status": "interrupted",
+        "signal": signal.Signals(signum).name,
+        "exit_code": 128 + signum,
+        "interrupted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir.resolve()),
+        "rounds_planned": planned,
+        "last_completed_round": last_round,
+        "best_round": int(best["round"]) if best else None,
+        "best_valid_overall": best["valid_overall"] if best else None,
+        "best_valid": best.get("valid") if best else None,
+        "kge_phase_completed": (run_dir / "final_metrics.json").is_file(),
+        "simskip_rounds_completed": len(_read_jsonl(run_dir / "simskip_metrics.jsonl")),
+        "checkpoint": checkpoint,
+        # config.json is what --resume reads: without it there is nothing to continue
+        "resumable": isinstance(config, dict) and isinstance(config.get("run_config"), dict),
+        "resume_command": shlex.join(resume_command),
+    }
+
+
+def write_partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -> Path:
+    """Write :func:`partial_results` to ``RUN_DIR/partial_results.json`` atomically; return its path."""
+    from server.run_folder import atomic_write_text
+
+    path = Path(run_dir) / PARTIAL_RESULTS
+    payload = partial_results(run_dir, signum, resume_command)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _resume_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """``simskip-server --resume RUN_DIR`` with this invocation's address, security and overrides."""
+    command = ["simskip-server", "--resume", str(run_dir), "--host", args.host, "--port", str(args.port)]
+    if args.insecure:
+        command.append("--insecure")
+    else:
+        for flag, value in (("--ssl-ca-certfile", args.ssl_ca_certfile), ("--ssl-certfile", args.ssl_certfile),
+                            ("--ssl-keyfile", args.ssl_keyfile), ("--auth-public-keys", args.auth_public_keys)):
+            if value is not None:
+                command += [flag, str(Path(value).expanduser().resolve())]
+    if args.min_clients is not None:
+        command += ["--min-clients", str(args.min_clients)]
+    if args.rounds is not None:
+        command += ["--rounds", str(args.rounds)]
+    for item in args.sets:
+        command += ["--set", item]
+    return command
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from server.simulation import parse_set_options
+
+    overrides = parse_set_options(args.sets)
+    if args.min_clients is not None:
+        overrides["min-clients"] = args.min_clients
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    if args.setting is not None:
+        overrides["setting"] = args.setting
+    return overrides
+
+
+class _SignalGate:
+    """Turns SIGINT / SIGTERM into one :class:`ServerInterrupted`, never in the middle of a start.
+
+    A signal that arrives while a process is being started (between ``fork`` and the assignment
+    of its ``Popen``) would leave that process without anyone to stop it; inside
+    :meth:`deferred` the signal is kept and raised when the block ends. Signals after the first
+    only print a line: a second Ctrl-C must not cut the shutdown of the processes short.
+    """
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.pending: int | None = None
+        self.depth = 0
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        """The handler given to :func:`signal.signal`."""
+        if self.raised or self.pending is not None:
+            print(f"[simskip-server] {signal.Signals(signum).name}: already stopping", file=sys.stderr, flush=True)
+            return
+        if self.depth:
+            self.pending = signum
+            return
+        self.raised = True
+        raise ServerInterrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block during which a signal is kept, then raised as it ends."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0 and self.pending is not None and not self.raised:
+                self.raised = True
+                raise ServerInterrupted(self.pending)
+
+
+#: the gate of the running simskip-server (process-wide, like the signal handlers themselves)
+_gate = _SignalGate()
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """SIGINT / SIGTERM raise :class:`ServerInterrupted` once (see :class:`_SignalGate`).
+
+    :returns: the previous handlers, for :func:`signal.signal` to restore.
+    """
+    global _gate
+    _gate = _SignalGate()
+    return {signum: signal.signal(signum, _gate.handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-server``; returns the exit status."""
-    from server.simulation import default_run_dir, parse_set_options, run_command
+    from server.simulation import default_run_dir, resume_run_config, run_command
 
     args = build_parser().parse_args(argv)
+    if args.resume is not None and args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
+        print("simskip-server: --resume RUN_DIR continues in RUN_DIR; do not pass another --run-dir", file=sys.stderr)
+        return 2
+    started: dict[str, Path] = {}
 
     def run() -> Path:
-        # inside run_command: a missing certificate or a bad --set is a one-line error, exit 1
-        tls = _tls(args)
-        overrides = parse_set_options(args.sets)
-        overrides["min-clients"] = args.min_clients
-        if args.rounds is not None:
-            overrides["num-server-rounds"] = args.rounds
-        if args.setting is not None:
-            overrides["setting"] = args.setting
-        return run_server(args.run_dir or default_run_dir(), host=args.host, port=args.port,
-                          run_config=overrides, tls=tls)
+        # inside run_command: a bad certificate, a bad --set or a missing config.json
+        # (server.simulation.ResumeError) is a one-line error, exit 1
+        from server import launcher
 
-    signal.signal(signal.SIGTERM, _terminate)
-    return run_command("simskip-server", run)
+        tls = _tls(args, _connect_host(args.host))
+        keys = launcher.read_authorized_keys(args.auth_public_keys) if args.auth_public_keys is not None else ()
+        overrides = _overrides(args)
+        if args.resume is not None:  # the same run config as simskip-sim --resume
+            run_dir = args.resume.expanduser().resolve()
+            overrides = resume_run_config(run_dir, overrides=overrides)
+        else:
+            run_dir = args.run_dir or default_run_dir()
+        return run_server(run_dir, host=args.host, port=args.port, run_config=overrides, tls=tls,
+                          authorized_keys=keys, on_start=lambda path: started.setdefault("run_dir", path))
+
+    previous = _install_signal_handlers()
+    try:
+        return run_command("simskip-server", run)
+    except ServerInterrupted as interrupt:
+        # every process is stopped by now (run_server's finally); the run folder is final
+        run_dir = started.get("run_dir")
+        if run_dir is None:
+            print(f"[simskip-server] {interrupt} before the run started", file=sys.stderr)
+            return interrupt.exit_code
+        resume = _resume_command(args, run_dir)
+        path = write_partial_results(run_dir, interrupt.signum, resume)
+        summary = json.loads(path.read_text())
+        how = (f"resume with: {shlex.join(resume)}" if summary["resumable"]
+               else "nothing to resume (interrupted before the parties joined)")
+        print(f"[simskip-server] {interrupt}: stopped after round {summary['last_completed_round']}; {path}; {how}",
+              file=sys.stderr, flush=True)
+        return interrupt.exit_code
+    finally:
+        for signum, handler in previous.items():  # main() may be called in-process (tests)
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

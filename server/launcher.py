@@ -25,11 +25,19 @@ from typing import Any
 
 __all__ = [
     "PROJECT_ROOT",
+    "AuthorizedKey",
+    "CredentialError",
     "FlowerProcessError",
     "TLSFiles",
+    "check_auth_private_key",
+    "check_pem_certificate",
     "check_run_completed",
+    "explain_supernode_exit",
     "flower_env",
     "free_port",
+    "process_tree",
+    "read_authorized_keys",
+    "register_supernodes",
     "run_app",
     "start_superlink",
     "start_supernode",
@@ -59,6 +67,87 @@ class FlowerProcessError(RuntimeError):
     """A Flower process failed to start, died, or the run did not complete."""
 
 
+class CredentialError(FlowerProcessError):
+    """A certificate or key file is missing, unreadable, malformed, or does not fit the others."""
+
+
+def _read_credential(path: Path, what: str) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise CredentialError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise CredentialError(f"{what} {path} is not readable: {err.strerror}") from err
+
+
+def check_pem_certificate(path: Path, what: str = "certificate file") -> Any:
+    """Load one PEM X.509 certificate (the first of the file) or raise naming the file.
+
+    :returns: the :class:`cryptography.x509.Certificate`.
+    :raises CredentialError: missing, unreadable, not PEM, or not a certificate.
+    """
+    from cryptography import x509
+
+    data = _read_credential(path, what)
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise CredentialError(f"{what} {path} is not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as err:
+        raise CredentialError(f"{what} {path} is not a valid PEM certificate: {err}") from err
+
+
+def _check_pem_private_key(path: Path, what: str = "private key file") -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    data = _read_credential(path, what)
+    if b"PRIVATE KEY-----" not in data:
+        raise CredentialError(f"{what} {path} is not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----' line)")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as err:  # TypeError: the key is encrypted with a passphrase
+        raise CredentialError(f"{what} {path} cannot be loaded (a passphrase-protected key is not "
+                              f"supported): {err}") from err
+
+
+def _public_bytes(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _names_in_certificate(cert: Any) -> list[str]:
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
+
+
+def _host_matches(host: str, names: Sequence[str]) -> bool:
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    for name in names:
+        if address is not None:
+            try:
+                if ipaddress.ip_address(name) == address:
+                    return True
+            except ValueError:
+                continue
+        elif name.lower() == host.lower() or (
+            name.startswith("*.") and host.lower().endswith(name[1:].lower()) and host.count(".") == name.count(".")
+        ):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """Certificates for a TLS SuperLink (all three PEM paths)."""
@@ -67,11 +156,145 @@ class TLSFiles:
     certfile: Path
     keyfile: Path
 
-    def check(self) -> None:
-        """Raise :class:`FlowerProcessError` naming a missing file."""
-        for path in (self.ca_certfile, self.certfile, self.keyfile):
-            if not Path(path).is_file():
-                raise FlowerProcessError(f"certificate file not found: {path}")
+    def check(self, host: str | None = None) -> None:
+        """Check the three files before any process starts.
+
+        Each must exist and be readable PEM; the key must belong to the certificate, the CA must
+        have issued it, and it must not be expired. With ``host``, the certificate's
+        subjectAltName must name it (the server's own ``flwr run`` connects to that address).
+
+        :raises CredentialError: naming the file and what is wrong with it.
+        """
+        import datetime as dt
+
+        from cryptography.exceptions import InvalidSignature
+
+        ca = check_pem_certificate(self.ca_certfile, "CA certificate file (--ssl-ca-certfile)")
+        cert = check_pem_certificate(self.certfile, "server certificate file (--ssl-certfile)")
+        key = _check_pem_private_key(self.keyfile, "server key file (--ssl-keyfile)")
+        if _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
+            raise CredentialError(f"server key file {self.keyfile} does not belong to the certificate {self.certfile}")
+        try:  # name and signature: two CAs may share a name
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature) as err:
+            raise CredentialError(
+                f"server certificate {self.certfile} (issuer {cert.issuer.rfc4514_string()!r}) was not signed by "
+                f"the CA of {self.ca_certfile} ({ca.subject.rfc4514_string()!r}): {str(err) or 'the signature does not verify'}"
+            ) from err
+        now = dt.datetime.now(dt.timezone.utc)
+        for path, item in ((self.certfile, cert), (self.ca_certfile, ca)):
+            if not item.not_valid_before_utc <= now <= item.not_valid_after_utc:
+                raise CredentialError(f"certificate {path} is not valid now (valid from {item.not_valid_before_utc} "
+                                      f"to {item.not_valid_after_utc})")
+        if host is not None:
+            names = _names_in_certificate(cert)
+            if not _host_matches(host, names):
+                raise CredentialError(
+                    f"server certificate {self.certfile} does not name {host} in its subjectAltName "
+                    f"(it names {names or 'nothing'}); make one with scripts/make_certs.sh OUT_DIR {host} ...")
+
+
+def check_auth_private_key(path: Path) -> None:
+    """Check a SuperNode authentication key: an OpenSSH private key on a NIST EC curve.
+
+    Flower's ``flower-supernode --auth-supernode-private-key`` derives the public key from it.
+
+    :raises CredentialError: naming the file.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    data = _read_credential(path, "node authentication key (--auth-private-key)")
+    try:
+        key = load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise CredentialError(f"node authentication key {path} is not an unencrypted OpenSSH private key "
+                              f"(make one with: ssh-keygen -t ecdsa -b 384 -N '' -f {path}): {err}") from err
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CredentialError(f"node authentication key {path} is a {type(key).__name__}; Flower needs an EC key "
+                              f"(ssh-keygen -t ecdsa -b 384)")
+
+
+@dataclass(frozen=True)
+class AuthorizedKey:
+    """One party's public key as registered with the SuperLink.
+
+    :param text: the OpenSSH line ``ecdsa-sha2-nistp384 AAAA... [comment]``.
+    :param source: ``FILE:LINE`` it came from (for error messages and the node's name).
+    :param comment: the key's comment (e.g. ``party0``), or ``""``.
+    """
+
+    text: str
+    source: str
+    comment: str = ""
+
+
+def read_authorized_keys(path: Path) -> list[AuthorizedKey]:
+    """Read the parties' public keys: one OpenSSH public key per line, ``#`` comments and blank
+    lines skipped (e.g. ``cat party*.pub > parties.pub``).
+
+    Each key must be an EC key on a NIST curve (what ``flwr supernode register`` accepts).
+
+    :raises CredentialError: naming ``FILE:LINE`` of a malformed or duplicated key, or an empty file.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    data = _read_credential(path, "public key list (--auth-public-keys)")
+    keys: list[AuthorizedKey] = []
+    seen: dict[bytes, str] = {}
+    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        source = f"{path}:{number}"
+        try:
+            key = load_ssh_public_key(line.encode())
+        except (ValueError, UnsupportedAlgorithm) as err:
+            raise CredentialError(f"{source}: not an OpenSSH public key ({err})") from err
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise CredentialError(f"{source}: a {type(key).__name__}; Flower needs an EC key (ssh-keygen -t ecdsa -b 384)")
+        der = _public_bytes(key)
+        if der in seen:
+            raise CredentialError(f"{source}: the same key as {seen[der]}")
+        seen[der] = source
+        parts = line.split(maxsplit=2)
+        keys.append(AuthorizedKey(text=line, source=source, comment=parts[2] if len(parts) > 2 else ""))
+    if not keys:
+        raise CredentialError(f"public key list {path} holds no key")
+    return keys
+
+
+def register_supernodes(flwr_home: Path, keys: Sequence[AuthorizedKey], connection: str = CONNECTION_NAME) -> list[int]:
+    """Register each key with a SuperLink started with ``enable_supernode_auth`` and return the node ids.
+
+    Uses Flower's own ``flwr supernode register KEYFILE CONNECTION`` (Control API), one key at a
+    time: that command takes one key file, so each key is written to ``$FLWR_HOME/auth/``.
+
+    :raises FlowerProcessError: naming the key's ``FILE:LINE`` and Flower's answer.
+    """
+    folder = Path(flwr_home) / "auth"
+    folder.mkdir(parents=True, exist_ok=True)
+    node_ids = []
+    for index, key in enumerate(keys):
+        key_file = folder / f"party-{index}.pub"
+        key_file.write_text(key.text + "\n")
+        args = ["supernode", "register", str(key_file), connection, "--format", "json"]
+        if key.comment:
+            args += ["--name", key.comment[:64]]
+        done = _flwr(args, flwr_home, capture_output=True, text=True)
+        try:
+            answer = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            answer = {}
+        if done.returncode != 0 or not answer.get("success"):
+            detail = (answer.get("error-message") or done.stderr or done.stdout).strip().splitlines()
+            raise FlowerProcessError(f"could not register the public key of {key.source}: "
+                                     f"{detail[-1] if detail else f'flwr exited with code {done.returncode}'}")
+        node_ids.append(int(answer["node-id"]))
+    return node_ids
 
 
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -111,6 +334,8 @@ def start_superlink(
     insecure: bool = False,
     tls: TLSFiles | None = None,
     simulation: bool = False,
+    enable_supernode_auth: bool = False,
+    database: Path | None = None,
     log_path: Path | None = None,
 ) -> subprocess.Popen:
     """Start ``flower-superlink`` (Fleet + Control API on one port) and return its process.
@@ -119,11 +344,19 @@ def start_superlink(
     :param insecure: plain HTTP; required when ``tls`` is not given.
     :param tls: certificate files for TLS.
     :param simulation: run ClientApps with Flower's simulation runtime (Ray) instead of SuperNodes.
+    :param enable_supernode_auth: only SuperNodes whose public key was registered
+        (:func:`register_supernodes`) may connect; Flower requires TLS for it.
+    :param database: the SuperLink's state database (runs, registered nodes); default
+        ``flwr_home/superlink.db``.
     :param log_path: file receiving the SuperLink's stdout/stderr.
-    :raises FlowerProcessError: neither ``insecure`` nor ``tls`` given.
+    :raises FlowerProcessError: neither ``insecure`` nor ``tls`` given, or node authentication
+        without TLS.
+    :raises CredentialError: a certificate file is missing or malformed.
     """
     if not insecure and tls is None:
         raise FlowerProcessError("pass insecure=True or TLS certificate files")
+    if enable_supernode_auth and tls is None:
+        raise FlowerProcessError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
     flwr_home = Path(flwr_home)
     flwr_home.mkdir(parents=True, exist_ok=True)
     command = [
@@ -131,7 +364,7 @@ def start_superlink(
         "--disable-runtime-dependency-installation",
         "--host", host,
         "--port", str(port),
-        "--database", str(flwr_home / "superlink.db"),
+        "--database", str(database if database is not None else flwr_home / "superlink.db"),
     ]
     if insecure:
         command.append("--insecure")
@@ -141,6 +374,8 @@ def start_superlink(
                     "--ssl-keyfile", str(tls.keyfile)]
     if simulation:
         command.append("--simulation")
+    if enable_supernode_auth:
+        command.append("--enable-supernode-auth")
     return _popen(command, flwr_home, log_path)
 
 
@@ -152,7 +387,11 @@ def start_supernode(
     clientappio_port: int,
     insecure: bool = False,
     root_certificates: Path | None = None,
+    auth_private_key: Path | None = None,
+    max_retries: int = 60,
+    max_wait_time: float = 600.0,
     log_path: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start ``flower-supernode`` for one party and return its process.
 
@@ -160,6 +399,13 @@ def start_supernode(
     :param node_config: e.g. ``{"data-dir": "/data/0", "partition-id": 0}``.
     :param clientappio_port: the SuperNode's own local port (one per SuperNode on a host).
     :param root_certificates: CA certificate to verify a TLS SuperLink.
+    :param auth_private_key: OpenSSH EC private key of this party (SuperNode authentication).
+    :param max_retries: / max_wait_time: Flower gives up reconnecting after this many tries or
+        seconds (its default is to retry forever). A TLS handshake failure or a refused key
+        ends the SuperNode at once.
+    :param extra_env: environment for the SuperNode and the ClientApp processes it starts
+        (``PATH`` is prepended to the usual one, e.g. the warm-start shim's folder).
+    :raises CredentialError: a certificate or key file is missing or malformed.
     """
     if not insecure and root_certificates is None:
         raise FlowerProcessError("pass insecure=True or root certificates")
@@ -168,16 +414,54 @@ def start_supernode(
         "--superlink", superlink,
         "--port", str(clientappio_port),
         "--node-config", format_node_config(node_config),
-        "--max-retries", "60",
-        "--max-wait-time", "600",
+        "--max-retries", str(int(max_retries)),
+        "--max-wait-time", str(float(max_wait_time)),
     ]
     if insecure:
         command.append("--insecure")
     else:
-        if not Path(root_certificates).is_file():
-            raise FlowerProcessError(f"root certificate file not found: {root_certificates}")
+        check_pem_certificate(Path(root_certificates), "root certificate file (--root-certificates)")
         command += ["--root-certificates", str(root_certificates)]
-    return _popen(command, Path(flwr_home), log_path)
+    if auth_private_key is not None:
+        check_auth_private_key(Path(auth_private_key))
+        command += ["--auth-supernode-private-key", str(auth_private_key)]
+    return _popen(command, Path(flwr_home), log_path, extra_env=extra_env)
+
+
+def explain_supernode_exit(
+    log_text: str, *, returncode: int, server: str, root_certificates: Path | None = None,
+    auth_private_key: Path | None = None, log_path: Path | None = None,
+) -> str:
+    """One line saying why a SuperNode ended, from the tail of its log.
+
+    :param log_text: the SuperNode's output (its ANSI colours are ignored).
+    :param returncode: its exit status.
+    :param server: the ``HOST:PORT`` it tried.
+    """
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
+    where = f" (log: {log_path})" if log_path is not None else ""
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
+        reason = re.search(r"certificate verify failed: ([^\n(]+)", text)
+        detail = f" ({reason.group(1).strip()})" if reason else ""
+        return (f"TLS handshake with {server} failed: the server's certificate is not trusted by the CA in "
+                f"{root_certificates}{detail}; pass the CA certificate that signed the server's certificate{where}")
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return f"TLS handshake with {server} failed: the server does not speak TLS (started with --insecure?){where}"
+    if "[code: 2004]" in text or "Failed to activate SuperNode" in text:
+        return (f"{server} refused this party: the public key of {auth_private_key} is not registered with the "
+                f"server (its operator adds the .pub file to --auth-public-keys){where}")
+    if "[code: 2001]" in text:
+        return f"{server} requires node authentication: pass --auth-private-key with a registered key{where}"
+    if "Giving up reconnection" in text or "Failed to initialize the connection" in text:
+        # Flower prints the cause on the line after this one (e.g. "[Errno 111] Connection refused")
+        cause = re.search(r"Failed to initialize the connection to the SuperLink\.\s*\n([^\n]+)", text)
+        tries = re.search(r"Giving up reconnection after ([0-9.]+ seconds and \d+ tries)", text)
+        detail = f": {cause.group(1).strip()}" if cause else ""
+        detail += f" (gave up after {tries.group(1)})" if tries else ""
+        return f"could not connect to {server}{detail}{where}"
+    return f"the SuperNode for {server} exited with code {returncode}{where}"
 
 
 def format_node_config(node_config: Mapping[str, Any]) -> str:
@@ -193,8 +477,13 @@ def format_node_config(node_config: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _popen(command: Sequence[str], flwr_home: Path, log_path: Path | None) -> subprocess.Popen:
+def _popen(
+    command: Sequence[str], flwr_home: Path, log_path: Path | None, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     flwr_home.mkdir(parents=True, exist_ok=True)
+    env = flower_env(flwr_home)
+    for key, value in (extra_env or {}).items():
+        env[key] = value + os.pathsep + env["PATH"] if key == "PATH" else value
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -204,7 +493,7 @@ def _popen(command: Sequence[str], flwr_home: Path, log_path: Path | None) -> su
         # A new session: the process and its children (ServerApp, ClientApps, Ray) share one
         # process group that stop_process can signal as a whole.
         return subprocess.Popen(
-            list(command), env=flower_env(flwr_home), stdout=out, stderr=subprocess.STDOUT,
+            list(command), env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(flwr_home),
         )
     finally:
@@ -212,26 +501,82 @@ def _popen(command: Sequence[str], flwr_home: Path, log_path: Path | None) -> su
             out.close()
 
 
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    """Stop ``proc`` and its process group (SIGTERM, then SIGKILL after ``timeout``)."""
-    if proc is None or proc.poll() is not None:
-        return
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """``(parent pid, state, start time)`` of ``pid`` from ``/proc`` (Linux), or None when gone."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def process_tree(pid: int) -> list[tuple[int, int]]:
+    """``pid``'s descendants now, as ``(pid, start time)`` pairs (empty where ``/proc`` is absent).
+
+    Needed because Flower starts its SuperExec in a new session (outside the SuperLink's process
+    group) and the SuperExec starts the ServerApp / ClientApps: a process-group signal misses them.
+    The start time tells a reused PID from the original process.
+    """
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        stat = _proc_stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat[0], []).append(int(entry.name))
+            starts[int(entry.name)] = stat[2]
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append((child, starts[child]))
+        todo.extend(children.get(child, []))
+    return found
+
+
+def _alive(pid: int, start: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[2] == start and stat[1] != "Z"
+
+
+def _signal_tree(leader: int, tree: Sequence[tuple[int, int]], signum: int) -> None:
+    try:
+        os.killpg(leader, signum)
     except ProcessLookupError:
+        pass
+    for pid, start in tree:
+        if _alive(pid, start):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    """Stop ``proc``, its process group and all its descendants, by PID.
+
+    SIGTERM first, so that a ServerApp can end its current file write (every file of the run
+    folder is written atomically, so even a SIGKILL leaves the last complete version); SIGKILL
+    to whatever still runs after ``timeout`` seconds.
+    """
+    if proc is None:
         return
+    tree = process_tree(proc.pid)  # before the signal: orphans are re-parented and lost to the tree
+    if proc.poll() is not None:
+        tree = [(pid, start) for pid, start in tree if _alive(pid, start)]
+        if not tree:
+            return
+    _signal_tree(proc.pid, tree, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not any(_alive(pid, start) for pid, start in tree):
+            break
+        time.sleep(0.1)
+    # the group too: children that outlived the leader share its group id
+    _signal_tree(proc.pid, tree, signal.SIGKILL)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=timeout)
-    # Children that outlived the leader (e.g. a ServerApp subprocess) share its group id.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
         pass
 
 
