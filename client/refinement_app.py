@@ -6,9 +6,11 @@ ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
 ``train.simskip``: refine this party's entity rows for ``simskip-local-epochs`` epochs from the
 round's starting weights (the server's average; in the local-only ablation the weights this
 party keeps in ``context.state``), reply with the weights (federated only) and the losses.
-``evaluate.downstream``: transform the rows with the final encoder, then re-fit relations on
-frozen rows for every table row and rank the test split (:func:`client.kge.refit.evaluate_downstream`).
-The refined rows go to the party's private output folder (``refined/<variant>.npy``) when it has one.
+``evaluate.downstream``: transform the rows with the final encoder, choose the skip strength of
+the ``refined-gated`` row on this party's valid split (the message's ``gate-grid``; ``"none"``:
+no gated row), then re-fit relations on frozen rows for every table row and rank the test split
+(:func:`client.kge.refit.evaluate_downstream`). The refined rows go to the party's private output
+folder (``refined/<variant>.npy``, and ``refined/refined-gated.npy``) when it has one.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from client.client_app import (
     load_graph,
 )
 
-__all__ = ["downstream", "simskip_train"]
+__all__ = ["downstream", "gate_metrics", "simskip_train"]
 
 WEIGHTS_KEY = "simskip-weights"  # mirrors server.simskip_strategy
 OWN_WEIGHTS = "simskip-own-weights"
@@ -59,6 +61,17 @@ def _weights_record(weights) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in pack_variants(weights)})
 
 
+def gate_metrics(gate: dict) -> dict[str, float | int]:
+    """A :meth:`client.kge.refit.GateResult.as_dict` as flat metric entries (``gate-alpha``,
+    ``gate-valid-mrr@<alpha>``, ``gate-refit-selection``, ``gate-seconds``); the server reads them
+    back with :func:`server.simskip_strategy.parse_gate_metrics`."""
+    metrics: dict[str, float | int] = {"gate-alpha": float(gate["alpha"]),
+                                       "gate-refit-selection": int(gate["selection"] == "refit"),
+                                       "gate-seconds": float(gate["seconds"])}
+    metrics.update({f"gate-valid-mrr@{alpha}": float(score) for alpha, score in gate["valid_mrr"].items()})
+    return metrics
+
+
 @app.train("simskip")
 def simskip_train(msg: Message, context: Context) -> Message:
     """One SimSkip round on this party's rows."""
@@ -83,8 +96,8 @@ def simskip_train(msg: Message, context: Context) -> Message:
 @app.evaluate("downstream")
 def downstream(msg: Message, context: Context) -> Message:
     """Refine with the final encoder, re-fit relations on frozen rows per table row, rank the test split."""
-    from client.kge.refinement import transform_rows
-    from client.kge.refit import evaluate_downstream
+    from client.kge.refinement import parse_gate_grid, transform_rows
+    from client.kge.refit import GATED_ROW, evaluate_downstream, skip_strength_rows
     from server.run_folder import save_npy_atomic
 
     started = time.perf_counter()
@@ -100,17 +113,25 @@ def downstream(msg: Message, context: Context) -> Message:
     if key in context.state.array_records:
         record = context.state.array_records[key]
         relation_state = {k: record[k].numpy() for k in record if k.startswith(("model/", "meta/"))}
+    # the server's grid and budget, so every party gates and re-fits alike
+    gate_grid = parse_gate_grid(cfg["gate-grid"]) if "gate-grid" in cfg else refinement.gate_grid
     results = evaluate_downstream(graph, kge_config, rows, refined, refit_epochs=int(cfg.get("refit-epochs", refinement.refit_epochs)),
-                                  relation_state=relation_state, device=_device())
+                                  relation_state=relation_state, gate_grid=gate_grid, gated_variant=refinement.main_variant,
+                                  device=_device())
+    gate = results.get(GATED_ROW, {}).pop("gate", None)
     out = _output_dir(context, name)
     if out is not None:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
+        if gate is not None:
+            save_npy_atomic(out / "refined" / f"{GATED_ROW}.npy", skip_strength_rows(rows, refined[gate["variant"]], gate["alpha"]))
     metrics: dict[str, float | int] = {}
     for row, result in results.items():
         for protocol, values in result["metrics"].items():
             for metric, value in values.items():
                 metrics[f"{row}/{protocol}/{metric}"] = int(value) if metric == "num_triples" else float(value)
         metrics[f"seconds/{row}"] = float(result["seconds"])
+    if gate is not None:  # keys without "/" are not table cells (server.simskip_strategy.parse_downstream_metrics)
+        metrics.update(gate_metrics(gate))
     metrics["client-seconds"] = time.perf_counter() - started
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

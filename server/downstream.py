@@ -16,8 +16,9 @@ Inputs in ``RUN_DIR`` (as ``simskip-sim`` writes them):
   e.g. for the collection setting), and ``relation_embeddings.npz`` (its trained relations,
   for the ``fede-as-trained`` row; left out when absent or not in the client's id space).
 
-Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json``,
-``refined/<k>/<variant>.npy`` (refined rows, local-id order), and the report files.
+Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json`` (with each
+client's skip-strength ``gate``: chosen alpha and valid MRR per alpha), ``refined/<k>/<variant>.npy``
+(refined rows, local-id order; ``refined-gated.npy`` at the chosen alpha), and the report files.
 
 Usage: ``python -m server.downstream RUN_DIR [--set simskip-rounds=5 ...]``.
 """
@@ -122,6 +123,7 @@ def refine_run_folder(
     """
     from client.kge.config import KGEConfig
     from client.kge.refinement import RefinementConfig, run_refinement
+    from client.kge.refit import GATED_ROW, skip_strength_rows
 
     run_dir = Path(run_dir).resolve()
     recorded = _read_json(run_dir / "config.json")
@@ -147,9 +149,15 @@ def refine_run_folder(
 
     downstream: dict[str, dict[str, Any]] = {}
     details: dict[str, Any] = {}
+    gates: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     for name, item in inputs.items():
         per_row = _client_downstream(name, item, kge_config, refinement, result.refined[name], device, log)
+        gate = per_row.get(GATED_ROW, {}).pop("gate", None)
+        if gate is not None:
+            gates[name] = gate
+            save_npy_atomic(run_dir / "refined" / name / f"{GATED_ROW}.npy",
+                            skip_strength_rows(item["rows"], result.refined[name][gate["variant"]], gate["alpha"]))
         details[name] = {row: {"losses": r["losses"], "seconds": r["seconds"]} for row, r in per_row.items()}
         for row, r in per_row.items():
             downstream.setdefault(row, {})[name] = r["metrics"]
@@ -158,7 +166,8 @@ def refine_run_folder(
     return write_downstream_and_report(
         run_dir, complete, kge_config=kge_config, refinement=refinement, setting=str(run_config.get("setting", "?")),
         extra={"refit": details, "simskip_seconds": round(simskip_seconds, 3),
-               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only"},
+               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only",
+               **({"gate": gates} if gates else {})},
     )
 
 
@@ -177,7 +186,8 @@ def write_downstream_and_report(
     :param kge_config: the run's :class:`~client.kge.config.KGEConfig`.
     :param refinement: the run's :class:`~client.kge.refinement.RefinementConfig`.
     :param setting: the KGE setting (for the notes).
-    :param extra: more fields of ``downstream.json`` (timings, source).
+    :param extra: more fields of ``downstream.json`` (timings, source, and ``gate``:
+        ``{client: gate record}`` of :meth:`client.kge.refit.GateResult.as_dict`).
     """
     run_dir = Path(run_dir)
     payload = {
@@ -196,6 +206,13 @@ def write_downstream_and_report(
         f"Downstream: relations re-fit for {refinement.refit_epochs} epochs on frozen entity rows "
         "(same seed, relation init and budget for every row); fede-as-trained: the KGE model, no re-fit",
     ]
+    if refinement.gated:
+        grid = refinement.to_run_config()["simskip-gate-grid"]
+        notes.append(
+            f"refined-gated: rows x + alpha (f(x) - x) of {refinement.main_variant}, alpha in {{{grid}}} chosen per client "
+            f"by valid MRR ({getattr(kge_config, 'eval_protocol', '?')} protocol) of the KGE model as trained "
+            "(re-fit relations where none fit); ties to the smaller alpha; alpha 0 = unrefined"
+        )
     return write_report(run_dir, notes=notes)
 
 
@@ -203,14 +220,16 @@ def _client_downstream(name, item, kge_config, refinement, refined, device, log)
     from client.kge.refit import evaluate_downstream
     from client.kge.training import PrivateStateError
 
-    kwargs = dict(refit_epochs=refinement.refit_epochs, device=device)
+    kwargs = dict(refit_epochs=refinement.refit_epochs, gate_grid=refinement.gate_grid,
+                  gated_variant=refinement.main_variant, device=device)
     try:
         per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined,
                                       relation_state=item["relation_state"], **kwargs)
     except PrivateStateError as error:  # e.g. the collection setting's relations are in the pooled id space
         log(f"client {name}: no fede-as-trained row ({error})")
         per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined, relation_state=None, **kwargs)
-    log(f"client {name}: " + ", ".join(f"{row} MRR {r['metrics']['standard']['mrr']:.4f}" for row, r in per_row.items()))
+    log(f"client {name}: " + ", ".join(f"{row} MRR {r['metrics']['standard']['mrr']:.4f}" for row, r in per_row.items())
+        + "".join(f" (gate alpha {r['gate']['alpha']:g})" for r in per_row.values() if "gate" in r))
     return per_row
 
 

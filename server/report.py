@@ -3,12 +3,15 @@
 Input is plain data, so the table can be built from a live run or from a finished run folder:
 
 ``downstream``: ``{row: {client: {protocol: metrics}}}`` where ``row`` is one of
-:data:`ROW_ORDER` (``fede-as-trained``, ``unrefined``, ``refined``, ``refined-no-skip``; rows
-not run are simply absent), ``protocol`` is ``standard`` / ``fede`` and ``metrics`` is what
-:func:`client.kge.evaluation.evaluate_link_prediction` returns (``mrr``, ``hits@k``,
-``num_triples``). ``overall`` is the mean over clients weighted by their number of test
-triples (:func:`client.kge.evaluation.weighted_overall`). The gain rows are ``refined -
-unrefined`` (and ``refined-no-skip - unrefined``) in points, i.e. x100.
+:data:`ROW_ORDER` (``fede-as-trained``, ``unrefined``, ``refined``, ``refined-gated``,
+``refined-no-skip``; rows not run are simply absent), ``protocol`` is ``standard`` / ``fede``
+and ``metrics`` is what :func:`client.kge.evaluation.evaluate_link_prediction` returns (``mrr``,
+``hits@k``, ``num_triples``). ``overall`` is the mean over clients weighted by their number of
+test triples (:func:`client.kge.evaluation.weighted_overall`). The gain rows are ``refined -
+unrefined`` (and ``refined-gated - unrefined``, ``refined-no-skip - unrefined``) in points, i.e. x100.
+``gate`` (optional): ``{client: {"alpha", "valid_mrr": {alpha: mrr}, "protocol", ...}}``, the
+skip strength each client's ``refined-gated`` row was chosen with (:func:`client.kge.refit.choose_skip_strength`);
+stored as ``results.json``'s ``gate`` and listed under the Markdown table.
 
 Files written into the run folder (atomically): ``results.json``, ``results.csv``,
 ``results.md`` and, where their data exist, ``valid_mrr.png`` (KGE phase: overall and
@@ -51,10 +54,10 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 
-ROW_ORDER: tuple[str, ...] = ("fede-as-trained", "unrefined", "refined", "refined-no-skip")
+ROW_ORDER: tuple[str, ...] = ("fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip")
 #: Rows whose gain over this baseline row is reported.
 GAIN_BASELINE = "unrefined"
-GAIN_ROWS: tuple[str, ...] = ("refined", "refined-no-skip")
+GAIN_ROWS: tuple[str, ...] = ("refined", "refined-gated", "refined-no-skip")
 OVERALL = "overall"
 #: (protocol, metric) columns, in table order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -137,7 +140,41 @@ def build_results_table(downstream: Mapping[str, Mapping[str, Mapping[str, Mappi
     }
 
 
-def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str:
+def _check_gate(gate: Mapping[str, Any], clients: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The gate records, checked against the table's clients.
+
+    :raises ReportInputError: for a client not in the table, or a record without ``alpha`` /
+        ``valid_mrr`` or whose alpha is not among its scored ones.
+    """
+    unknown = sorted(set(map(str, gate)) - set(clients))
+    if unknown:
+        raise ReportInputError(f"gate records for client(s) {unknown} not in the table {list(clients)}")
+    checked = {}
+    for client in _sorted_clients([str(c) for c in gate]):
+        record = gate[client]
+        if not isinstance(record, Mapping) or "alpha" not in record or not isinstance(record.get("valid_mrr"), Mapping):
+            raise ReportInputError(f"gate record of client {client}: expected 'alpha' and a 'valid_mrr' object, got {record!r}")
+        if not any(float(alpha) == float(record["alpha"]) for alpha in record["valid_mrr"]):
+            raise ReportInputError(f"gate record of client {client}: alpha {record['alpha']} is not among the scored {list(record['valid_mrr'])}")
+        checked[client] = dict(record)
+    return checked
+
+
+def _gate_lines(gate: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per client: the chosen skip strength and the valid MRR of every alpha tried."""
+    if not gate:
+        return []
+    first = next(iter(gate.values()))
+    lines = ["", f"Skip-strength gate of `refined-gated` (x + alpha (f(x) - x); valid MRR, {first.get('protocol', '?')} protocol, "
+                 f"{'relations re-fit per alpha' if first.get('selection') == 'refit' else 'KGE model as trained'}; "
+                 "ties to the smaller alpha):", ""]
+    for client, record in gate.items():
+        scores = ", ".join(f"{alpha}: {float(mrr):.4f}" for alpha, mrr in record["valid_mrr"].items())
+        lines.append(f"- client {client}: alpha = {float(record['alpha']):g} (valid MRR {scores})")
+    return lines
+
+
+def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str], gate: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     columns = table["columns"]
     header = ["client", "row", *columns]
     lines = [f"# {title}", ""]
@@ -158,6 +195,7 @@ def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str
             lines.append("| " + " | ".join([label, row, *(f"{per_client[client][c]:.4f}" for c in columns)]) + " |")
         for row, per_client in table["gain_points"].items():
             lines.append("| " + " | ".join([label, f"gain {row} (pts)", *(f"{per_client[client][c]:+.2f}" for c in columns)]) + " |")
+    lines += _gate_lines(gate or {})
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +218,7 @@ def write_results(
     title: str = "Link prediction: FedE vs SimSkip-refined entity embeddings",
     notes: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``.
 
@@ -187,15 +226,21 @@ def write_results(
     :param title: the Markdown heading.
     :param notes: bullet lines under the heading (budgets, dataset, config).
     :param extra: more JSON fields (e.g. the configs) stored under ``"run"`` in ``results.json``.
+    :param gate: per-client skip-strength gate records (see the module docstring); stored as
+        ``results.json``'s ``gate`` and listed under the Markdown table.
     :returns: ``{"json": path, "csv": path, "md": path}``.
+    :raises ReportInputError: see :func:`build_results_table`; a gate record of an unknown client.
     """
     out = Path(out_dir)
     table = build_results_table(downstream)
+    checked_gate = _check_gate(gate or {}, table["clients"][:-1])
     payload = {**table, "title": title, "notes": list(notes), "run": dict(extra or {})}
+    if checked_gate:
+        payload["gate"] = checked_gate
     paths = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, "md": out / RESULTS_MD}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, sort_keys=False) + "\n")
     atomic_write_text(paths["csv"], _csv(table))
-    atomic_write_text(paths["md"], _markdown(table, title, notes))
+    atomic_write_text(paths["md"], _markdown(table, title, notes, checked_gate))
     return paths
 
 
@@ -293,8 +338,9 @@ def write_plots(
 def write_report(run_dir: str | Path, *, title: str | None = None, notes: Sequence[str] = ()) -> dict[str, Path]:
     """Build the whole report of a run folder from its files.
 
-    Reads ``downstream.json`` (``{"rows": {row: {client: {protocol: metrics}}}, ...}``; any other
-    top-level keys are copied to ``results.json``'s ``run``), ``metrics.jsonl`` and
+    Reads ``downstream.json`` (``{"rows": {row: {client: {protocol: metrics}}}, "gate": {...}, ...}``;
+    ``gate`` becomes ``results.json``'s ``gate``, any other top-level keys are copied to its
+    ``run``), ``metrics.jsonl`` and
     ``simskip_metrics.jsonl``; writes the tables and the plots.
 
     :raises ReportInputError: when ``downstream.json`` is missing or malformed (naming it).
@@ -309,8 +355,12 @@ def write_report(run_dir: str | Path, *, title: str | None = None, notes: Sequen
         raise ReportInputError(f"{source}: malformed JSON: {error}") from None
     if not isinstance(downstream, dict) or not isinstance(downstream.get("rows"), dict):
         raise ReportInputError(f"{source}: expected an object with a 'rows' object")
-    extra = {k: v for k, v in downstream.items() if k != "rows"}
-    paths = write_results(run_dir, downstream["rows"], title=title or f"Results of {run_dir.name}", notes=notes, extra=extra)
+    extra = {k: v for k, v in downstream.items() if k not in ("rows", "gate")}
+    gate = downstream.get("gate") or {}
+    if not isinstance(gate, dict):
+        raise ReportInputError(f"{source}: 'gate' must be an object of per-client records")
+    paths = write_results(run_dir, downstream["rows"], title=title or f"Results of {run_dir.name}", notes=notes, extra=extra,
+                          gate=gate)
     table = json.loads(paths["json"].read_text(encoding="utf-8"))
     plots = write_plots(
         run_dir,

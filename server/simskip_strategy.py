@@ -18,10 +18,13 @@ Message protocol:
     Reply: ArrayRecord ``"simskip-weights"`` (federated only) and MetricRecord ``"metrics"``:
     ``num-rows``, ``loss/<variant>`` (last local epoch), ``simskip-seconds``.
 ``evaluate.downstream`` (once per client)
-    Same rows (+ the final average weights when federated); config ``best-round`` and
-    ``federate``. The client refines its rows, re-fits relations on frozen rows for each row
-    of the table and ranks its test split. Reply MetricRecord ``"metrics"`` with
-    ``<row>/<protocol>/<metric>`` entries (``row`` of :data:`server.report.ROW_ORDER`).
+    Same rows (+ the final average weights when federated); config ``best-round``,
+    ``refit-epochs``, ``gate-grid`` (the skip strengths of the ``refined-gated`` row, ``"none"``:
+    no gate) and ``federate``. The client refines its rows, chooses the skip strength on its
+    valid split, re-fits relations on frozen rows for each row of the table and ranks its test
+    split. Reply MetricRecord ``"metrics"`` with ``<row>/<protocol>/<metric>`` entries (``row``
+    of :data:`server.report.ROW_ORDER`) and the gate's ``gate-alpha``, ``gate-valid-mrr@<alpha>``,
+    ``gate-refit-selection``, ``gate-seconds`` (:func:`parse_gate_metrics`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "WEIGHTS_KEY",
     "SimSkipStrategy",
     "parse_downstream_metrics",
+    "parse_gate_metrics",
     "run_refinement_phase",
 ]
 
@@ -71,15 +75,39 @@ def parse_downstream_metrics(record: Mapping[str, Any]) -> dict[str, dict[str, d
     return out
 
 
+def parse_gate_metrics(record: Mapping[str, Any], *, protocol: str, variant: str) -> dict[str, Any] | None:
+    """The ``gate-*`` entries of a downstream reply -> the gate record of ``downstream.json``
+    (the shape of :meth:`client.kge.refit.GateResult.as_dict`); ``None`` when the client ran no gate.
+
+    :param protocol: the run's ``eval-protocol`` (the scores' protocol).
+    :param variant: the gated variant.
+    """
+    if "gate-alpha" not in record:
+        return None
+    prefix = "gate-valid-mrr@"
+    scores = sorted((float(key.removeprefix(prefix)), key.removeprefix(prefix), float(value))
+                    for key, value in record.items() if key.startswith(prefix))
+    return {
+        "alpha": float(record["gate-alpha"]),
+        "valid_mrr": {text: value for _, text, value in scores},
+        "protocol": protocol,
+        "split": "valid",
+        "selection": "refit" if int(record.get("gate-refit-selection", 0)) else "as-trained",
+        "variant": variant,
+        "seconds": float(record.get("gate-seconds", 0.0)),
+    }
+
+
 class SimSkipStrategy(FedAvg):
     """Federated SimSkip rounds (or the local-only ablation) and the downstream evaluation.
 
     :param kge: the finished KGE strategy: its registered clients, ``entity_dim`` and
         ``rows_for(node_id)`` (the best round's rows) are used.
     :param config: the refinement phase config.
+    :param eval_protocol: the run's ``eval-protocol`` (recorded with the gate's valid scores).
     """
 
-    def __init__(self, kge: FedEStrategy, config: RefinementConfig) -> None:
+    def __init__(self, kge: FedEStrategy, config: RefinementConfig, eval_protocol: str = "standard") -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -100,6 +128,9 @@ class SimSkipStrategy(FedAvg):
         self.num_rows: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self._last_updates: dict[str, RoundUpdate] = {}
+        self.eval_protocol = eval_protocol
+        #: client id -> its skip-strength gate record (filled by the downstream evaluation)
+        self.gate: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ messages
     def _message(self, node_id: int, message_type: str, config: Mapping[str, Any], with_weights: bool) -> Message:
@@ -200,7 +231,8 @@ class SimSkipStrategy(FedAvg):
                 " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()))
             if on_round_end is not None:
                 on_round_end(record)
-        config = {"best-round": int(best_round), "refit-epochs": self.config.refit_epochs}
+        gate_grid = self.config.to_run_config()["simskip-gate-grid"]
+        config = {"best-round": int(best_round), "refit-epochs": self.config.refit_epochs, "gate-grid": gate_grid}
         messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate) for node in self._nodes(grid)]
         downstream: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         failures = []
@@ -209,8 +241,12 @@ class SimSkipStrategy(FedAvg):
                 failures.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
                 continue
             name = self._client_name(msg)
-            for row, per_protocol in parse_downstream_metrics(msg.content.metric_records[METRICS_KEY]).items():
+            record = msg.content.metric_records[METRICS_KEY]
+            for row, per_protocol in parse_downstream_metrics(record).items():
                 downstream.setdefault(row, {})[name] = per_protocol
+            gate = parse_gate_metrics(record, protocol=self.eval_protocol, variant=self.config.main_variant)
+            if gate is not None:
+                self.gate[name] = gate
         expected = {info.client_id for info in self.kge.clients.values()}
         missing = sorted(expected - {c for per in downstream.values() for c in per})
         if missing or failures:
@@ -241,8 +277,8 @@ def run_refinement_phase(
     """The whole phase after KGE training: SimSkip rounds, downstream evaluation, report.
 
     With ``run_dir``: ``simskip_metrics.jsonl`` grows by one row per round (atomically
-    rewritten), then ``downstream.json`` and the report files are written
-    (:func:`server.downstream.write_downstream_and_report`).
+    rewritten), then ``downstream.json`` (with each client's skip-strength ``gate``) and the
+    report files are written (:func:`server.downstream.write_downstream_and_report`).
 
     :returns: ``{row: {client: {protocol: metrics}}}``.
     """
@@ -253,7 +289,7 @@ def run_refinement_phase(
     from server.report import SIMSKIP_METRICS_FILE
     from server.run_folder import atomic_write_text
 
-    strategy = SimSkipStrategy(kge, refinement)
+    strategy = SimSkipStrategy(kge, refinement, eval_protocol=str(getattr(kge_config, "eval_protocol", "standard")))
     lines: list[str] = []
 
     def on_round_end(record: dict[str, Any]) -> None:
@@ -268,6 +304,7 @@ def run_refinement_phase(
         write_downstream_and_report(
             run_dir, rows, kge_config=kge_config, refinement=refinement, setting=setting,
             extra={"source": "federated", "simskip_seconds": round(simskip_seconds, 3),
-                   "phase_seconds": round(time.perf_counter() - started, 3), "best_round": int(best_round)},
+                   "phase_seconds": round(time.perf_counter() - started, 3), "best_round": int(best_round),
+                   **({"gate": strategy.gate} if strategy.gate else {})},
         )
     return rows

@@ -98,7 +98,7 @@ def _weights(record, variants=(REFINED_VARIANT,)):
 
 def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_path) -> None:
     grid, result, rows, refinement = _run(data_root, tmp_path)
-    assert list(rows) == ["fede-as-trained", "unrefined", "refined"]
+    assert list(rows) == ["fede-as-trained", "unrefined", "refined", "refined-gated"]
     # FedE as trained == the KGE phase's own final test (standard protocol, best round's state)
     for client, metrics in result.test.items():
         assert rows["fede-as-trained"][client]["standard"]["mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
@@ -113,7 +113,20 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
         for name, array in expected:
             np.testing.assert_allclose(got[name], array, rtol=1e-6, atol=1e-7)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["clients"] == ["0", "1", "overall"] and "refined" in results["gain_points"]
+    assert results["clients"] == ["0", "1", "overall"] and {"refined", "refined-gated"} <= set(results["gain_points"])
+    # every client chose its skip strength on valid with the server's grid; recorded everywhere
+    downstream_msgs = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
+    assert all(m.content.config_records["config"]["gate-grid"] == "0,0.25,0.5,1" for m in downstream_msgs)
+    gates = json.loads((tmp_path / "downstream.json").read_text())["gate"]
+    assert set(gates) == {"0", "1"} and results["gate"] == gates
+    for client, gate in gates.items():
+        assert list(gate["valid_mrr"]) == ["0", "0.25", "0.5", "1"] and gate["selection"] == "as-trained"
+        best = max(gate["valid_mrr"].values())
+        assert gate["alpha"] == min(float(a) for a, v in gate["valid_mrr"].items() if v == best)
+        if gate["alpha"] == 0.0:
+            assert rows["refined-gated"][client] == rows["unrefined"][client]
+        assert (tmp_path / "clients" / client / "refined" / "refined-gated.npy").is_file()
+    assert "Skip-strength gate" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "simskip_metrics.jsonl").read_text().splitlines()) == 2
     for name in ("results.md", "results.csv", "simskip_loss.png", "refined_vs_unrefined.png", "downstream.json"):
         assert (tmp_path / name).is_file(), name
@@ -122,7 +135,7 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
 
 def test_local_only_ablation_sends_no_encoder_after_round_one(data_root, tmp_path) -> None:
     grid, _, rows, _ = _run(data_root, tmp_path, **{"simskip-federate": False, "simskip-no-skip-ablation": True})
-    assert list(rows) == ["fede-as-trained", "unrefined", "refined", "refined-no-skip"]
+    assert list(rows) == ["fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip"]
     assert all(WEIGHTS_KEY in m.content.array_records for m, _ in _simskip_messages(grid, 1))
     for msg, reply in _simskip_messages(grid, 2):
         assert WEIGHTS_KEY not in msg.content.array_records and WEIGHTS_KEY not in reply.content.array_records

@@ -23,6 +23,8 @@ Run-config keys (kebab-case; :data:`REFINEMENT_KEYS` lists the phase's own ones)
 ``simskip-rounds`` (int, 10; 0 skips the phase), ``simskip-local-epochs`` (int, 5),
 ``simskip-federate`` (bool, true), ``simskip-no-skip-ablation`` (bool, false),
 ``refit-epochs`` (int, 20; downstream relation re-fit budget, see :mod:`client.kge.refit`),
+``simskip-gate-grid`` (comma-separated skip strengths in [0, 1], ``"0,0.25,0.5,1"``; ``""`` or
+``"none"`` disables the gate; see :func:`client.kge.refit.choose_skip_strength`),
 and ``simskip-<field>`` for every :class:`simskip_core.SimSkipConfig` field except ``epochs``
 (e.g. ``simskip-lr``, ``simskip-batch-size``, ``simskip-skip``, ``simskip-augmentations`` as a
 comma-separated string, ``simskip-hidden-dim = "none"``). Unknown ``simskip-*`` / ``refit-*``
@@ -46,6 +48,7 @@ from simskip_core.errors import ConfigError as SimSkipConfigError
 
 __all__ = [
     "NO_SKIP_VARIANT",
+    "DEFAULT_GATE_GRID",
     "REFINED_VARIANT",
     "REFINEMENT_KEYS",
     "RefinementConfig",
@@ -57,6 +60,7 @@ __all__ = [
     "fit_round",
     "initial_weights",
     "load_run_configs",
+    "parse_gate_grid",
     "round_record",
     "pack_variants",
     "run_refinement",
@@ -84,6 +88,48 @@ class RefinementInputError(ValueError):
 #: SimSkipConfig fields not settable through the run config: the epochs are rounds x local epochs.
 _NOT_PASSED_THROUGH = frozenset({"epochs"})
 
+#: Skip strengths tried by the validation gate (0 = unrefined rows, 1 = the raw SimSkip rows).
+DEFAULT_GATE_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+_GATE_GRID_KEY = "simskip-gate-grid"
+
+
+def parse_gate_grid(value: Any) -> tuple[float, ...]:
+    """A ``simskip-gate-grid`` value -> the sorted, distinct skip strengths (``()``: gate off).
+
+    :param value: ``"0,0.25,0.5,1"``, ``""`` / ``"none"`` / ``None`` (off), a single number, or
+        a sequence of numbers (a TOML array).
+    :raises RefinementConfigError: for a value that is not a number, not finite, outside [0, 1],
+        or a non-empty grid without 0 (the unrefined rows, the gate's fallback).
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        items: list[Any] = [] if text.lower() in ("", "none") else [item.strip() for item in text.split(",")]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise RefinementConfigError(f"{_GATE_GRID_KEY} must be a comma-separated string of numbers, got {value!r}")
+    alphas = []
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError
+            alpha = float(item)
+        except (TypeError, ValueError):
+            raise RefinementConfigError(f"{_GATE_GRID_KEY}: {item!r} is not a number (in {value!r})") from None
+        if not 0.0 <= alpha <= 1.0:  # NaN fails too
+            raise RefinementConfigError(f"{_GATE_GRID_KEY}: skip strength {item!r} is outside [0, 1] (in {value!r})")
+        alphas.append(alpha)
+    grid = tuple(sorted(set(alphas)))
+    if grid and grid[0] != 0.0:
+        raise RefinementConfigError(
+            f"{_GATE_GRID_KEY} {value!r} lacks 0 (the unrefined rows): the gate must be able to fall back"
+        )
+    return grid
+
 
 @dataclass(frozen=True)
 class RefinementConfig:
@@ -94,6 +140,9 @@ class RefinementConfig:
     :param federate: FedAvg the encoder + head weights each round; ``False`` is local-only.
     :param no_skip_ablation: also train the no-skip encoder (reported as ``refined-no-skip``).
     :param refit_epochs: epochs of the downstream relation re-fit (:mod:`client.kge.refit`).
+    :param gate_grid: skip strengths the validation gate tries for the ``refined-gated`` row
+        (:func:`client.kge.refit.choose_skip_strength`); ``()`` disables the gate. Any form
+        :func:`parse_gate_grid` accepts; stored sorted as floats.
     :param simskip: the SimSkip hyperparameters (``epochs`` is ignored: see ``local_epochs``).
     """
 
@@ -102,9 +151,11 @@ class RefinementConfig:
     federate: bool = True
     no_skip_ablation: bool = False
     refit_epochs: int = 20
+    gate_grid: tuple[float, ...] = DEFAULT_GATE_GRID
     simskip: SimSkipConfig = field(default_factory=SimSkipConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "gate_grid", parse_gate_grid(self.gate_grid))  # frozen: normalize in place
         for name in ("rounds", "local_epochs", "refit_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -139,7 +190,7 @@ class RefinementConfig:
         for key, name in own.items():
             if key in run_config:
                 value = run_config[key]
-                if isinstance(value, float) and value.is_integer() and name != "federate":
+                if isinstance(value, float) and value.is_integer() and name not in ("federate", "gate_grid"):
                     value = int(value)
                 values[name] = value
         overrides = [f"{passthrough[key]}={_as_text(value)}" for key, value in run_config.items() if key in passthrough]
@@ -152,11 +203,22 @@ class RefinementConfig:
     def to_run_config(self) -> dict[str, Any]:
         """The config as kebab-case run-config entries (``augmentations`` comma-joined, ``None`` as ``"none"``)."""
         entries: dict[str, Any] = {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "simskip"}
+        entries[_GATE_GRID_KEY] = ",".join(_alpha_text(alpha) for alpha in self.gate_grid) or "none"
         for name, value in self.simskip.to_dict().items():
             if name in _NOT_PASSED_THROUGH:
                 continue
             entries[SIMSKIP_PREFIX + name.replace("_", "-")] = _as_text(value) if value is None or isinstance(value, list) else value
         return entries
+
+    @property
+    def gated(self) -> bool:
+        """Whether the downstream table gets the validation-gated ``refined-gated`` row."""
+        return bool(self.gate_grid)
+
+    @property
+    def main_variant(self) -> str:
+        """The variant the configured encoder trains (``refined``, or ``refined-no-skip`` when ``simskip-skip = false``)."""
+        return next(iter(self.variants()))
 
     @property
     def enabled(self) -> bool:
@@ -175,6 +237,11 @@ class RefinementConfig:
 def _key(name: str) -> str:
     """Run-config key of a :class:`RefinementConfig` field."""
     return ("" if name.startswith("refit") else SIMSKIP_PREFIX) + name.replace("_", "-")
+
+
+def _alpha_text(alpha: float) -> str:
+    """Shortest text that reads back as the same float (``0``, ``0.25``, ``1``)."""
+    return repr(float(alpha)).removesuffix(".0")
 
 
 def _as_text(value: Any) -> str:
