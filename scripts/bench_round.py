@@ -124,8 +124,16 @@ def trimmed_copy(source: Path, out: Path, max_triples: int) -> Path:
 
 
 # ------------------------------------------------------------------------------ runs
-def run_deployment(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int) -> None:
-    """simskip-server + one simskip-client per client folder on loopback; all stopped by PID."""
+def run_deployment(
+    data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int, *, client_threads: int | None = 1,
+    cold_start: bool = False,
+) -> None:
+    """simskip-server + one simskip-client per client folder on loopback; all stopped by PID.
+
+    :param client_threads: torch threads per ClientApp process (``simskip-client --threads``);
+        1 by default because all parties share this machine's cores here.
+    :param cold_start: start every ClientApp process cold (``simskip-client --cold-start``).
+    """
     from server.launcher import free_port, stop_process
 
     clients = sorted(p for p in data.iterdir() if p.is_dir() and p.name.isdigit())
@@ -137,15 +145,23 @@ def run_deployment(data: Path, run_dir: Path, overrides: dict[str, Any], rounds:
         server_cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else value}"]
     logs = run_dir.parent / f"{run_dir.name}-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    processes = []
+    client_flags = ["--threads", str(client_threads)] if client_threads else []
+    client_flags += ["--cold-start"] if cold_start else []
+    processes, log_files = [], []
+
+    def log_file(name: str):
+        log_files.append(open(logs / name, "wb"))  # noqa: SIM115 - closed in the finally below
+        return log_files[-1]
+
     try:
-        processes.append(subprocess.Popen(server_cmd, stdout=open(logs / "server.log", "wb"),
+        processes.append(subprocess.Popen(server_cmd, stdout=log_file("server.log"),
                                           stderr=subprocess.STDOUT, start_new_session=True))
         for client in clients:
             processes.append(subprocess.Popen(
                 [str(bin_dir / "simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(client),
-                 "--insecure", "--output-dir", str(run_dir.parent / f"{run_dir.name}-party{client.name}")],
-                stdout=open(logs / f"party{client.name}.log", "wb"), stderr=subprocess.STDOUT,
+                 "--insecure", "--output-dir", str(run_dir.parent / f"{run_dir.name}-party{client.name}"),
+                 *client_flags],
+                stdout=log_file(f"party{client.name}.log"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         code = processes[0].wait()
         if code != 0:
@@ -153,6 +169,8 @@ def run_deployment(data: Path, run_dir: Path, overrides: dict[str, Any], rounds:
     finally:
         for proc in reversed(processes):  # each stops its own SuperLink/SuperNode on SIGTERM
             stop_process(proc, timeout=30)
+        for handle in log_files:
+            handle.close()
 
 
 def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int) -> None:
@@ -204,12 +222,16 @@ def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of client folders 0/ 1/ ...")
-    parser.add_argument("--mode", choices=["sim", "deploy", "both"], default="both")
+    parser.add_argument("--mode", choices=["sim", "deploy", "deploy-cold", "both"], default="both",
+                        help="deploy: warm-started ClientApp processes (simskip-client's default); "
+                             "deploy-cold: Flower's cold start per message; both: sim + deploy")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default="TransE")
     parser.add_argument("--local-epochs", type=int, default=None, help="default: KGEConfig's (3)")
     parser.add_argument("--max-triples", type=int, default=None, help="keep this many train triples per client")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--client-threads", type=int, default=1,
+                        help="torch threads per deployed ClientApp process (0: torch's default)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where runs go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
@@ -223,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data.resolve()
     if args.max_triples:
         data = trimmed_copy(data, work / "data-trimmed", args.max_triples)
-    overrides: dict[str, Any] = {"model": args.model, "eval-every": args.rounds + 1, **parse_set_options(args.sets)}
+    # KGE rounds only: no SimSkip phase unless asked for with --set simskip-rounds=N
+    overrides: dict[str, Any] = {"model": args.model, "eval-every": args.rounds + 1, "simskip-rounds": 0,
+                                 **parse_set_options(args.sets)}
     if args.local_epochs is not None:
         overrides["local-epochs"] = args.local_epochs
 
@@ -235,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         poller.start()
         started = time.perf_counter()
         try:
-            (run_sim if mode == "sim" else run_deployment)(data, run_dir, overrides, args.rounds)
+            if mode == "sim":
+                run_sim(data, run_dir, overrides, args.rounds)
+            else:
+                run_deployment(data, run_dir, overrides, args.rounds, client_threads=args.client_threads or None,
+                               cold_start=mode == "deploy-cold")
         finally:
             peaks = poller.stop()
         results.append(summarize(run_dir, mode, time.perf_counter() - started, peaks))
