@@ -261,3 +261,17 @@ def test_diverged_training_is_an_error(nations: SimpleNamespace) -> None:
     trainer.set_entity_embeddings(rows)
     with pytest.raises(TrainingDivergedError, match="client 0: non-finite training loss"):
         trainer.train(1)
+
+
+def test_unregularized_models_start_at_a_comparable_scale() -> None:
+    # PyKEEN's ComplEx draws N(0, 1) rows for use with its Lp regularizer; FedE trains without one,
+    # and from rows of norm ~16 (TransE's ~1.4) ComplEx stayed at random MRR on Kinships and Fed3.
+    norms = {
+        model: float(np.linalg.norm(initial_entity_table(KGEConfig(model=model), 500, seed=0), axis=1).mean())
+        for model in MODELS
+    }
+    reference = norms["TransE"]
+    assert all(0.5 * reference < norm < 2.0 * reference for norm in norms.values()), norms
+    # with its own regularizer the model keeps its own initializer
+    regularized = initial_entity_table(KGEConfig(model="ComplEx", regularizer="model-default"), 500, seed=0)
+    assert np.linalg.norm(regularized, axis=1).mean() > 4 * reference

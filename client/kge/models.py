@@ -41,6 +41,13 @@ __all__ = [
 #: Models whose FedE score has no gamma (semantic matching): the NSSA margin is 0 for them.
 MARGIN_FREE_MODELS: frozenset[str] = frozenset({"distmult", "complex", "rescal", "tucker", "simple", "hole"})
 
+#: Initializers replacing a model's own when it is trained without its regularizer (FedE trains
+#: without one). PyKEEN's ComplEx draws entities and relations from N(0, 1) and relies on its Lp
+#: regularizer to shrink them: unregularized, a 128-dim row starts with norm ~16 (TransE's ~1.4),
+#: scores start in the tens and the self-adversarial loss saturates (Fed3 and Kinships stayed at
+#: random MRR). Xavier-normal gives it the scale of the other models.
+UNREGULARIZED_INITIALIZERS: dict[str, str] = {"complex": "xavier_normal"}
+
 #: Config values that keep the model's own constrainer / regularizer.
 MODEL_DEFAULT = "model-default"
 NONE = "none"
@@ -102,6 +109,11 @@ def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dic
                 f"nor one of {sorted(resolver.lookup_dict)}"
             ) from None
         kwargs[parameter] = choice
+    initializer = UNREGULARIZED_INITIALIZERS.get(_normalized_model_name(config.model))
+    if initializer is not None and config.regularizer == NONE:
+        for parameter in ("entity_initializer", "relation_initializer"):
+            if parameter in accepted:
+                kwargs[parameter] = initializer
     return kwargs
 
 
