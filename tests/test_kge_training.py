@@ -71,7 +71,13 @@ def test_initial_table_is_seeded_and_shaped() -> None:
 
 
 def test_margin_only_for_distance_models() -> None:
-    assert nssa_margin(small("TransE")) == 10.0 and nssa_margin(small("RotatE")) == 10.0
+    assert nssa_margin(small("TransE")) == 10.0
+    # FedE's gamma is for a sum of complex moduli; PyKEEN's RotatE distance is their L2 norm
+    rotate = nssa_margin(KGEConfig(model="RotatE", embedding_dim=128))
+    assert rotate == pytest.approx(10.0 * 2 / (np.pi * 128) ** 0.5) and 0.9 < rotate < 1.1
+    rows = torch.randn(20000, 128, dtype=torch.cfloat)  # the ratio the scale stands for
+    ratio = float(rows.abs().norm(dim=1).mean() / rows.abs().sum(dim=1).mean())
+    assert ratio == pytest.approx(2 / (np.pi * 128) ** 0.5, rel=0.02)
     assert nssa_margin(small("DistMult")) == 0.0 and nssa_margin(small("ComplEx")) == 0.0
 
 
