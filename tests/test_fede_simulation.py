@@ -114,7 +114,8 @@ def test_kinships_runs_both_phases_end_to_end_and_writes_the_table(tmp_path):
     # the as-trained row is the KGE phase's own final test (standard protocol)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     for client, metrics in final["test"].items():
-        assert results["rows"]["fede-as-trained"][client]["standard.mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
+        # the KGE phase tested the rows it sent as float16 (transfer-dtype), the table keeps float32
+        assert results["rows"]["fede-as-trained"][client]["standard.mrr"] == pytest.approx(metrics["mrr"], abs=1e-4)
     simskip = [json.loads(line) for line in (run_dir / "simskip_metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in simskip] == [1, 2] and set(simskip[0]["simskip_loss"]) == {"0", "1", "2"}
     with open(run_dir / "results.csv") as handle:

@@ -39,12 +39,11 @@ def test_tiny_grid_runs_resumes_and_assembles(grid, tmp_path, monkeypatch) -> No
     assert all(c["status"] == "done" for c in cells.values())
     with (out / "grid.csv").open() as handle:
         records = list(csv.DictReader(handle))
-    # 2 cells x (fede-as-trained, unrefined, refined, gain refined)
-    assert [(r["setting"], r["row"]) for r in records] == [
-        (s, row) for s in ("isolation", "fede") for row in ("fede-as-trained", "unrefined", "refined", "gain refined (pts)")
-    ]
+    # 2 cells x (fede-as-trained, unrefined, refined, refined-gated, and the two gains)
+    rows = ("fede-as-trained", "unrefined", "refined", "refined-gated", "gain refined (pts)", "gain refined-gated (pts)")
+    assert [(r["setting"], r["row"]) for r in records] == [(s, row) for s in ("isolation", "fede") for row in rows]
     fede = cells["fede"]
-    assert float(records[-1]["standard.mrr"]) == pytest.approx(
+    assert float(records[-2]["standard.mrr"]) == pytest.approx(
         100 * (fede["overall"]["refined"]["standard.mrr"] - fede["overall"]["unrefined"]["standard.mrr"]))
     assert "| Nations | TransE | fede | refined |" in (out / "grid.md").read_text()
 
