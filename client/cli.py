@@ -110,12 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_env["OMP_NUM_THREADS"] = str(args.threads)
     try:
         if not args.cold_start:
-            from client.warm_start import start_warm_starter
+            from client.warm_start import WarmStartError, start_warm_starter
 
             # Flower starts one ClientApp process per message; forking it from a process that has
             # already imported torch and PyKEEN saves those seconds on every message.
-            starter = start_warm_starter(threads=args.threads, log_path=output_dir / "warm_start.log")
-            extra_env.update(starter.env)
+            try:
+                starter = start_warm_starter(threads=args.threads, log_path=output_dir / "warm_start.log")
+                extra_env.update(starter.env)
+            except (WarmStartError, OSError) as err:  # slower, never fatal: Flower's cold start
+                print(f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
+                      file=sys.stderr, flush=True)
         log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
         supernode = launcher.start_supernode(
             output_dir / ".flwr",

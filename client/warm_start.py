@@ -133,14 +133,10 @@ class WarmStarter:
     env: dict[str, str]
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the starter (SIGTERM, then SIGKILL) and remove its folder."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the starter and any ClientApp it forked (by PID), and remove its folder."""
+        from server.launcher import stop_process  # stops the whole process tree, SIGKILL after timeout
+
+        stop_process(self.process, timeout=timeout)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -181,10 +177,29 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def _forget_project_modules() -> None:
+    """Drop this project's packages from the child, so Flower imports the app bundle's copies.
+
+    The starter runs as ``python -m client.warm_start`` from the project folder: ``client`` sits in
+    ``sys.modules`` and the folder on ``sys.path``. Flower's loader reuses a module already in
+    ``sys.modules``, so without this a party would run its own checkout's ``client`` package
+    instead of the bundle the server sent.
+    """
+    root = Path(__file__).resolve().parents[1]
+    for name in [name for name in sys.modules if name.split(".")[0] in _PROJECT_PACKAGES]:
+        del sys.modules[name]
+    sys.path[:] = [entry for entry in sys.path if Path(entry or os.curdir).resolve() != root]
+
+
+#: Top-level packages of this project (never preloaded; see :func:`_forget_project_modules`).
+_PROJECT_PACKAGES = frozenset({"client", "server", "kg_datasets", "simskip_core"})
+
+
 def _run_child(request: dict, fds: list[int], target: str) -> None:
     """In the forked child: adopt the shim's process context, run ``target``, never return."""
     code = 1
     try:
+        _forget_project_modules()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         for own, theirs in zip((0, 1, 2), fds, strict=False):
@@ -248,8 +263,9 @@ def serve(
     signal.signal(signal.SIGINT, stop)
     children: dict[int, socket.socket] = {}  # child pid -> its shim's connection
     print(f"[warm-start] ready on {path} (pid {os.getpid()})", flush=True)
+    parent = os.getppid()
     try:
-        while not stopping:
+        while not stopping and os.getppid() == parent:  # orphaned (simskip-client killed): stop too
             try:
                 readable, _, _ = select.select([listener, *children.values()], [], [], 0.1)
             except InterruptedError:
@@ -270,6 +286,7 @@ def serve(
 
 def _accept(listener: socket.socket, children: dict[int, socket.socket], target: str) -> None:
     conn, _ = listener.accept()
+    fds: list[int] = []
     try:
         data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
         while not data.endswith(b"\n"):
@@ -280,6 +297,8 @@ def _accept(listener: socket.socket, children: dict[int, socket.socket], target:
         request = json.loads(data)
     except (OSError, ValueError) as err:
         print(f"[warm-start] bad request: {err}", file=sys.stderr, flush=True)
+        for fd in fds:
+            os.close(fd)
         conn.close()
         return
     pid = os.fork()

@@ -538,16 +538,21 @@ class FedEStrategy(FedAvg):
                                "federation-id": self.loop.federation_id, "strict": strict})
         messages = [Message(content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
                             message_type=RESTORE_TYPE, dst_node_id=node) for node in node_ids]
-        restored, failed = {}, []
+        restored, failed, answered = {}, [], set()
         replies = self.exchange(grid, messages, timeout, phase="restore")
         for node, reply in replies:
             name = self.client_name(node)
+            answered.add(name)
             if reply.has_error():
                 failed.append(f"{name}: {reply.error.reason}")
                 continue
-            restored[name] = int(reply.content.metric_records[METRICS_KEY]["restored-round"])
+            try:
+                restored[name] = int(reply.content.metric_records[METRICS_KEY]["restored-round"])
+            except (KeyError, TypeError, ValueError) as err:  # a malformed reply fails that client only
+                failed.append(f"{name}: malformed restore reply ({type(err).__name__}: {err})")
+                continue
             log(INFO, "client %s restored its private state of round %s", name, restored[name])
-        missing = sorted({self.client_name(n) for n in node_ids} - set(restored) - {f.split(":")[0] for f in failed})
+        missing = sorted({self.client_name(n) for n in node_ids} - answered)
         failed += [f"{name}: no reply" for name in missing]
         if failed:
             text = f"restoring the clients' state of round {self.loop.round} failed: {failed}"

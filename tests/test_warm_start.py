@@ -26,7 +26,8 @@ import json, os, sys, time
 def main():
     out, mode = sys.argv[1], sys.argv[2]
     with open(out, "w") as f:
-        json.dump({"argv": sys.argv, "cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "pid": os.getpid()}, f)
+        json.dump({"argv": sys.argv, "cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "pid": os.getpid(),
+                   "project_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("client", "server"))}, f)
     print("hello from the child", flush=True)
     if mode == "sleep":
         time.sleep(60)
@@ -70,6 +71,7 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     seen = json.loads(out.read_text())
     assert seen["argv"][1:] == [str(out), "3"]
     assert seen["cwd"] == str(workdir) and seen["probe"] == "x"
+    assert seen["project_loaded"] == [], "Flower must import the app bundle's modules, not the starter's"
     assert seen["pid"] != proc.pid
     assert proc.poll() is None, "the starter serves the next message too"
     again = subprocess.run([str(_shim(tmp_path)), str(out), "0"], cwd=workdir, capture_output=True, text=True,
