@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))  # the project's packages, also without an installed checkout
 
 #: A KGE configuration whose rounds take about a second on 2 CPU cores: the point is to run
 #: many rounds, not to train well.
@@ -46,32 +47,11 @@ TINY_SETS = ("embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-ev
 
 
 # ----------------------------------------------------------------------------- /proc
-def _children_map() -> dict[int, list[int]]:
-    """ppid -> child pids, for every process readable in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        # the command name may contain spaces and parentheses: fields resume after the last ')'
-        fields = stat[stat.rfind(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (by parent pid), as they are now."""
-    children = _children_map()
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
+    from server.launcher import process_tree as descendants  # (pid, start time) of each descendant
+
+    return [root, *(pid for pid, _ in descendants(root))]
 
 
 def rss_mb(pid: int) -> float | None:

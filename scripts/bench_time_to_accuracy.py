@@ -377,10 +377,10 @@ def _report_progress(record: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write ``report`` to ``path`` atomically (temp file + rename)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, path)
+    """Write ``report`` to ``path`` atomically (the run folder's writer: temp file, fsync, rename)."""
+    from server.run_folder import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
