@@ -552,6 +552,13 @@ def _signal_tree(leader: int, tree: Sequence[tuple[int, int]], signum: int) -> N
                 pass
 
 
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
 def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
     """Stop ``proc``, its process group and all its descendants, by PID.
 
@@ -567,6 +574,8 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         if not tree:
             return
     _signal_tree(proc.pid, tree, signal.SIGTERM)
+    if proc.poll() is None and not _leads_group(proc.pid):  # started without a new session: killpg missed it
+        proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None and not any(_alive(pid, start) for pid, start in tree):
@@ -574,6 +583,8 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         time.sleep(0.1)
     # the group too: children that outlived the leader share its group id
     _signal_tree(proc.pid, tree, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -52,6 +52,7 @@ def starter(tmp_path):
     finally:
         stop_process(proc, timeout=10)
         proc.stdout.close()
+        assert proc.poll() is not None, "the starter (not a process-group leader) was stopped by its PID"
         sock_dir.rmdir() if sock_dir.exists() and not any(sock_dir.iterdir()) else None
 
 
