@@ -60,8 +60,9 @@ PRIVATE_CURRENT = "private-current"
 PRIVATE_SNAPSHOT = "private-round-{}"
 
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FILE = "round-{:06d}.npz"
-CHECKPOINT_PATTERN = re.compile(r"^round-(\d{6})\.npz$")
+#: file-name prefix of the KGE rounds' private checkpoints (the SimSkip phase's: ``simskip``)
+KGE_CHECKPOINT = "round"
+CHECKPOINT_FILE = "{}-{:06d}.npz"
 META_FEDERATION = "meta/federation-id"
 META_ROUND = "meta/round"
 #: newest train checkpoints kept (the server's checkpoint is at most one round behind a client's)
@@ -219,21 +220,25 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- private checkpoints
-def _checkpoint_files(out: Path) -> list[tuple[int, Path]]:
-    """``(round, path)`` of the party's checkpoints, oldest first."""
+def _checkpoint_files(out: Path, kind: str = KGE_CHECKPOINT) -> list[tuple[int, Path]]:
+    """``(round, path)`` of the party's checkpoints of ``kind``, oldest first."""
     folder = out / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name))]
+    pattern = re.compile(rf"^{re.escape(kind)}-(\d{{6}})\.npz$")
+    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := pattern.match(path.name))]
     return sorted(found)
 
 
 def save_private_checkpoint(out: Path, server_round: int, federation_id: str, private: ArrayRecord,
-                            best_round: int = 0) -> Path:
+                            best_round: int = 0, kind: str = KGE_CHECKPOINT) -> Path:
     """Write ``private`` (the ``context.state`` record) as round ``server_round``'s checkpoint.
 
     Atomic (temporary file + ``os.replace``); then prunes all but the :data:`KEEP_NEWEST`
     newest and the newest one not after ``best_round``.
+
+    :param kind: the file-name prefix: ``round`` (KGE phase) or ``simskip`` (the local-only
+        SimSkip ablation's own encoder weights).
     """
     from server.run_folder import atomic_write_bytes
 
@@ -242,9 +247,9 @@ def save_private_checkpoint(out: Path, server_round: int, federation_id: str, pr
     arrays[META_ROUND] = np.asarray(int(server_round), dtype=np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    path = out / CHECKPOINT_DIR / CHECKPOINT_FILE.format(int(server_round))
+    path = out / CHECKPOINT_DIR / CHECKPOINT_FILE.format(kind, int(server_round))
     atomic_write_bytes(path, buffer.getvalue())
-    files = _checkpoint_files(out)
+    files = _checkpoint_files(out, kind)
     keep = {r for r, _ in files[-KEEP_NEWEST:]}
     keep.add(max((r for r, _ in files if r <= best_round), default=-1))  # the best round's state
     for other_round, other in files:
@@ -253,14 +258,15 @@ def save_private_checkpoint(out: Path, server_round: int, federation_id: str, pr
     return path
 
 
-def load_private_checkpoint(out: Path, federation_id: str, max_round: int) -> tuple[int, ArrayRecord] | None:
-    """The newest checkpoint of this federation with round <= ``max_round``, or ``None``.
+def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
+                            kind: str = KGE_CHECKPOINT) -> tuple[int, ArrayRecord] | None:
+    """The newest checkpoint of ``kind`` of this federation with round <= ``max_round``, or ``None``.
 
     Checkpoints of another federation (an earlier run that used the same folder) are ignored.
 
     :raises ClientCheckpointError: for an unreadable (truncated, corrupt) file, naming it.
     """
-    for file_round, path in reversed(_checkpoint_files(out)):
+    for file_round, path in reversed(_checkpoint_files(out, kind)):
         if file_round > max_round:
             continue
         try:

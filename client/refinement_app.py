@@ -5,7 +5,9 @@ ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
 
 ``train.simskip``: refine this party's entity rows for ``simskip-local-epochs`` epochs from the
 round's starting weights (the server's average; in the local-only ablation the weights this
-party keeps in ``context.state``), reply with the weights (federated only) and the losses.
+party keeps in ``context.state`` and in its private checkpoint ``checkpoint/simskip-<r>.npz``,
+so a restarted party or a resumed server continues from them), reply with the weights
+(federated only) and the losses.
 ``evaluate.downstream``: transform the rows with the final encoder, choose the skip strength of
 the ``refined-gated`` row on this party's valid split (the message's ``gate-grid``; ``"none"``:
 no gated row), then re-fit relations on frozen rows for every table row and rank the test split
@@ -16,9 +18,11 @@ folder (``refined/<variant>.npy``, and ``refined/refined-gated.npy``) when it ha
 from __future__ import annotations
 
 import time
+from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 
 from client.client_app import (
     CONFIG_KEY,
@@ -30,12 +34,17 @@ from client.client_app import (
     _output_dir,
     app,
     load_graph,
+    load_private_checkpoint,
+    save_private_checkpoint,
 )
 
 __all__ = ["downstream", "gate_metrics", "simskip_train"]
 
 WEIGHTS_KEY = "simskip-weights"  # mirrors server.simskip_strategy
 OWN_WEIGHTS = "simskip-own-weights"
+OWN_ROUND = "simskip-own-round"
+#: private checkpoint prefix of the local-only ablation's own weights (<output>/checkpoint/simskip-<r>.npz)
+OWN_CHECKPOINT = "simskip"
 
 
 def _configs(context: Context):
@@ -45,13 +54,39 @@ def _configs(context: Context):
     return kge_config, refinement
 
 
-def _start_weights(msg: Message, context: Context, variants: list[str]):
-    """The message's weights, else (local-only after round 1) this party's own from ``context.state``."""
+def _own_weights(context: Context, out, federation_id: str, before_round: int, name: str):
+    """This party's own encoder weights (local-only ablation) of its newest round before
+    ``before_round``: from ``context.state``, or from its private checkpoint when the state is
+    gone (a restarted SuperNode, a resumed server) or holds a later round (written before a
+    server died and resumed from an earlier round). ``None`` when there are none."""
+    candidates = []
+    state_round = context.state.config_records.get(OWN_ROUND)
+    if OWN_WEIGHTS in context.state.array_records and state_round is not None:
+        candidates.append((int(state_round["round"]), context.state.array_records[OWN_WEIGHTS]))
+    if out is not None:
+        found = load_private_checkpoint(out, federation_id, before_round - 1, kind=OWN_CHECKPOINT)
+        if found is not None:
+            candidates.append(found)
+    candidates = [(r, record) for r, record in candidates if r < before_round]
+    if not candidates:
+        return None
+    found_round, record = max(candidates, key=lambda c: c[0])
+    log(INFO, "client %s: SimSkip round %s starts from its own weights of round %s", name, before_round, found_round)
+    return record
+
+
+def _start_weights(msg: Message, context: Context, variants: list[str], out, name: str, before_round: int):
+    """The message's weights, else (local-only after round 1) this party's own (:func:`_own_weights`)."""
     from client.kge.refinement import RefinementInputError, unpack_variants
 
-    record = msg.content.array_records.get(WEIGHTS_KEY) or context.state.array_records.get(OWN_WEIGHTS)
+    record = msg.content.array_records.get(WEIGHTS_KEY)
     if record is None:
-        raise RefinementInputError("no SimSkip weights: the server sent none and this party kept none")
+        federation_id = str(msg.content.config_records[CONFIG_KEY].get("federation-id", ""))
+        record = _own_weights(context, out, federation_id, before_round, name)
+    if record is None:
+        where = out / "checkpoint" if out is not None else "(no output folder)"
+        raise RefinementInputError(f"client {name}: no SimSkip weights before round {before_round}: the server sent "
+                                   f"none and this party kept none (context.state, {where})")
     return unpack_variants([(key, record[key].numpy()) for key in record], variants)
 
 
@@ -81,15 +116,21 @@ def simskip_train(msg: Message, context: Context) -> Message:
     graph, name = load_graph(context)
     rows = _incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
-    start = _start_weights(msg, context, list(refinement.variants()))
-    update = fit_round(rows, start, refinement, client_id=name, server_round=int(cfg["server-round"]))
+    server_round = int(cfg["server-round"])
+    out = _output_dir(context, name)
+    start = _start_weights(msg, context, list(refinement.variants()), out, name, server_round)
+    update = fit_round(rows, start, refinement, client_id=name, server_round=server_round)
     metrics = {"num-rows": update.num_rows, "simskip-seconds": float(update.seconds)}
     metrics.update({f"loss/{variant}": float(losses[-1]) for variant, losses in update.losses.items()})
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
     if bool(cfg.get("federate", True)):
         content[WEIGHTS_KEY] = _weights_record(update.weights)
-    else:  # local-only: the encoder never leaves this party
-        context.state[OWN_WEIGHTS] = _weights_record(update.weights)
+    else:  # local-only: the encoder never leaves this party; kept in its state and private checkpoint
+        own = _weights_record(update.weights)
+        context.state[OWN_WEIGHTS] = own
+        context.state[OWN_ROUND] = ConfigRecord({"round": server_round})
+        if out is not None:
+            save_private_checkpoint(out, server_round, str(cfg.get("federation-id", "")), own, kind=OWN_CHECKPOINT)
     return Message(content=content, reply_to=msg)
 
 
@@ -105,7 +146,9 @@ def downstream(msg: Message, context: Context) -> Message:
     graph, name = load_graph(context)
     rows = _incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
-    weights = _start_weights(msg, context, list(refinement.variants()))
+    out = _output_dir(context, name)
+    # the final encoder: the server's average, or (local-only) this party's own of the last round
+    weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg.get("simskip-round", 10**9)) + 1)
     refined = transform_rows(rows, weights, refinement, client_id=name)
     snapshot = PRIVATE_SNAPSHOT.format(int(cfg.get("best-round", 0)))
     key = snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT
@@ -119,7 +162,6 @@ def downstream(msg: Message, context: Context) -> Message:
                                   relation_state=relation_state, gate_grid=gate_grid, gated_variant=refinement.main_variant,
                                   device=_device())
     gate = results.get(GATED_ROW, {}).pop("gate", None)
-    out = _output_dir(context, name)
     if out is not None:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)

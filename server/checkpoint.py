@@ -2,7 +2,7 @@
 
 Layout under ``<run_dir>/checkpoint/``:
 
-``state-r<round>.npz``
+``state-r<round>.npz`` (``state-r<round>-s<step>.npz`` during the SimSkip phase)
     The arrays (global entity table, best-so-far table, per-client rows, SimSkip encoder
     weights, ...) as written by :func:`numpy.savez` (no pickles). Each round gets its own file
     name, so writing round ``r`` never touches the file that round ``r - 1``'s manifest names.
@@ -60,6 +60,8 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST_FILE = "manifest.json"
 ARRAYS_PATTERN = "state-r{:06d}.npz"
+#: the arrays of a checkpoint written after KGE round r, at step s of a later phase (SimSkip round s)
+STEP_ARRAYS_PATTERN = "state-r{:06d}-s{:06d}.npz"
 FORMAT_VERSION = 1
 
 
@@ -179,11 +181,14 @@ def save_checkpoint(
     state: Mapping[str, Any],
     run_config: Mapping[str, Any],
     vocabulary: Sequence[str],
+    step: int = 0,
 ) -> Path:
     """Write the checkpoint of the completed round ``round``; returns the manifest's path.
 
     :param run_dir: the run folder; files go to ``<run_dir>/checkpoint/``.
-    :param round: the last completed round (>= 0).
+    :param round: the last completed (KGE) round (>= 0).
+    :param step: > 0 for a checkpoint of a later phase after that round (the SimSkip round):
+        only the file name depends on it, so every checkpoint gets its own npz.
     :param arrays: name -> numeric array of any shape/dtype (no object arrays); names may
         contain ``/``. Loaded back bit-exact with the same dtype and shape.
     :param state: JSON-serializable values (numpy scalars allowed; ``inf``/``nan`` kept).
@@ -205,7 +210,7 @@ def save_checkpoint(
     except ValueError as err:  # object arrays refuse to be saved without pickles
         raise CheckpointError(f"checkpoint array of round {round} cannot be saved without pickles: {err}") from err
     payload = buffer.getvalue()
-    arrays_name = ARRAYS_PATTERN.format(int(round))
+    arrays_name = ARRAYS_PATTERN.format(int(round)) if step <= 0 else STEP_ARRAYS_PATTERN.format(int(round), int(step))
     model_values = model_defining_values(run_config)
     manifest = {
         "format_version": FORMAT_VERSION,

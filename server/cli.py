@@ -221,7 +221,8 @@ def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -
         (last row of ``metrics.jsonl``, 0 when none), ``best_round`` / ``best_valid_overall`` /
         ``best_valid`` (best validated round so far, by overall MRR), ``kge_phase_completed``
         (``final_metrics.json`` exists), ``simskip_rounds_completed``, ``checkpoint`` (path and
-        round of ``checkpoint/manifest.json``, or None), ``resume_command``.
+        round of ``checkpoint/manifest.json``, and its ``simskip_round`` when written during the
+        SimSkip phase; None without a manifest), ``resume_command``.
     """
     run_dir = Path(run_dir)
     rows = _read_jsonl(run_dir / "metrics.jsonl")
@@ -233,6 +234,9 @@ def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -
     checkpoint = None
     if isinstance(manifest, dict):
         checkpoint = {"path": str(manifest_path.parent), "round": manifest.get("round")}
+        state = manifest.get("state")
+        if isinstance(state, dict) and state.get("phase") == "simskip":  # checkpointed during the SimSkip phase
+            checkpoint["simskip_round"] = state.get("simskip_round")
     config = _read_json(run_dir / CONFIG_FILE)
     planned = config.get("run_config", {}).get("num-server-rounds") if isinstance(config, dict) else None
     return {

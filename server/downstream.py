@@ -186,8 +186,9 @@ def write_downstream_and_report(
     :param kge_config: the run's :class:`~client.kge.config.KGEConfig`.
     :param refinement: the run's :class:`~client.kge.refinement.RefinementConfig`.
     :param setting: the KGE setting (for the notes).
-    :param extra: more fields of ``downstream.json`` (timings, source, and ``gate``:
-        ``{client: gate record}`` of :meth:`client.kge.refit.GateResult.as_dict`).
+    :param extra: more fields of ``downstream.json`` (timings, source, ``gate``:
+        ``{client: gate record}`` of :meth:`client.kge.refit.GateResult.as_dict`, and
+        ``missing_clients``: ``{client: reason}`` of clients without a result, named in the notes).
     """
     run_dir = Path(run_dir)
     payload = {
@@ -213,6 +214,10 @@ def write_downstream_and_report(
             f"by valid MRR ({getattr(kge_config, 'eval_protocol', '?')} protocol) of the KGE model as trained "
             "(re-fit relations where none fit); ties to the smaller alpha; alpha 0 = unrefined"
         )
+    missing = dict((extra or {}).get("missing_clients") or {})
+    if missing:
+        notes.append(f"INCOMPLETE: no downstream result from client(s) {sorted(missing)}; every row and the "
+                     f"overall column cover the other clients only ({missing})")
     return write_report(run_dir, notes=notes)
 
 

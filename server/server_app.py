@@ -87,7 +87,8 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
     (a corrupt one or a changed model-defining setting raises
     :class:`server.checkpoint.CheckpointError`; never a silent fresh start), the clients restore
     their private state of that round, and the loop continues; when the KGE phase had already
-    finished (``final_metrics.json`` exists) the run goes straight to the SimSkip phase.
+    finished (``final_metrics.json`` exists) the run goes straight to the SimSkip phase, after
+    its last checkpointed SimSkip round (each of which is checkpointed too).
 
     :param grid: Flower's grid (deployment or simulation).
     :param run_config: the resolved run config (kebab-case keys).
@@ -174,12 +175,28 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
         # after final_metrics.json is written: a failure here loses nothing of the KGE phase
         from server.simskip_strategy import run_refinement_phase
 
+        simskip_resume = resume_from if resume_from is not None and resume_from[1].get("phase") == "simskip" else None
         run_refinement_phase(
             grid, strategy, best_round=result.best_round, refinement=refinement, kge_config=kge_config,
             setting=settings.setting, run_dir=str(folder.path) if folder is not None else None,
             timeout=settings.round_timeout,
+            save_checkpoint=_simskip_checkpointer(strategy, folder, run_config, vocabulary) if folder is not None else None,
+            resume_from=simskip_resume,
         )
     return result
+
+
+def _simskip_checkpointer(strategy: FedEStrategy, folder: RunFolder, run_config: dict[str, Any], vocabulary: list[str]):
+    """Saves the KGE phase's final state plus the SimSkip strategy's after every SimSkip round."""
+    from server.checkpoint import save_checkpoint
+
+    def save(simskip: Any) -> None:
+        save_checkpoint(folder.path, round=strategy.loop.round, step=simskip.round,
+                        arrays={**strategy.checkpoint_arrays(), **simskip.checkpoint_arrays()},
+                        state={**strategy.checkpoint_state(), **simskip.checkpoint_state()},
+                        run_config=run_config, vocabulary=vocabulary)
+
+    return save
 
 
 def _write_kge_outputs(strategy: FedEStrategy, result: FedEResult, settings: Any, folder: RunFolder | None,

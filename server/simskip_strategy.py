@@ -13,22 +13,31 @@ Message protocol:
     ArrayRecord ``"entity-rows"`` = {``"rows"``: the client's best-round rows}; ArrayRecord
     ``"simskip-weights"`` = the round's starting weights, ``"<variant>/<name>"`` entries
     (federated: the current average, every round; local-only: the initial weights in round 1
-    only, afterwards the client continues from the weights it keeps in ``context.state``, so
-    no encoder leaves a client); ConfigRecord ``"config"``: ``server-round``, ``federate``.
+    only, afterwards the client continues from its own weights, kept in ``context.state`` and
+    in its private checkpoint, so no encoder leaves a client); ConfigRecord ``"config"``:
+    ``server-round``, ``federate``, ``federation-id``.
     Reply: ArrayRecord ``"simskip-weights"`` (federated only) and MetricRecord ``"metrics"``:
     ``num-rows``, ``loss/<variant>`` (last local epoch), ``simskip-seconds``.
 ``evaluate.downstream`` (once per client)
     Same rows (+ the final average weights when federated); config ``best-round``,
     ``refit-epochs``, ``gate-grid`` (the skip strengths of the ``refined-gated`` row, ``"none"``:
-    no gate) and ``federate``. The client refines its rows, chooses the skip strength on its
-    valid split, re-fits relations on frozen rows for each row of the table and ranks its test
-    split. Reply MetricRecord ``"metrics"`` with ``<row>/<protocol>/<metric>`` entries (``row``
-    of :data:`server.report.ROW_ORDER`) and the gate's ``gate-alpha``, ``gate-valid-mrr@<alpha>``,
-    ``gate-refit-selection``, ``gate-seconds`` (:func:`parse_gate_metrics`).
+    no gate), ``simskip-round`` (the last round), ``federate`` and ``federation-id``. The client
+    refines its rows, chooses the skip strength on its valid split, re-fits relations on frozen
+    rows for each row of the table and ranks its test split. Reply MetricRecord ``"metrics"``
+    with ``<row>/<protocol>/<metric>`` entries (``row`` of :data:`server.report.ROW_ORDER`) and
+    the gate's ``gate-alpha``, ``gate-valid-mrr@<alpha>``, ``gate-refit-selection``,
+    ``gate-seconds`` (:func:`parse_gate_metrics`).
+
+Checkpoint and resume: after every SimSkip round the ServerApp checkpoints the KGE state plus
+:meth:`SimSkipStrategy.checkpoint_arrays` (the global encoder weights) and
+:meth:`SimSkipStrategy.checkpoint_state` (round, history); a resumed run continues after that
+round. Each round's training is seeded by (``simskip-seed``, client, round) and starts from the
+checkpointed weights, so a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
@@ -41,7 +50,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from client.kge.refinement import RefinementConfig, RoundUpdate, initial_weights, pack_variants, round_record, unpack_variants
-from server.strategy import CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY, ROWS_ARRAY, FederationError, FedEStrategy
+from server.strategy import (
+    CONFIG_KEY,
+    ENTITY_ROWS_KEY,
+    METRICS_KEY,
+    ROWS_ARRAY,
+    FederationError,
+    FedEStrategy,
+    UpdateRejectedError,
+)
 from server.weights import WeightsAggregationError, fedavg_named
 
 __all__ = [
@@ -55,6 +72,8 @@ __all__ = [
 ]
 
 WEIGHTS_KEY = "simskip-weights"
+#: prefix of the SimSkip weights among the server checkpoint's arrays
+CHECKPOINT_PREFIX = "simskip/"
 SIMSKIP_TRAIN_TYPE = f"{MessageType.TRAIN}.simskip"
 DOWNSTREAM_TYPE = f"{MessageType.EVALUATE}.downstream"
 NamedArrays = list[tuple[str, np.ndarray]]
@@ -101,8 +120,15 @@ def parse_gate_metrics(record: Mapping[str, Any], *, protocol: str, variant: str
 class SimSkipStrategy(FedAvg):
     """Federated SimSkip rounds (or the local-only ablation) and the downstream evaluation.
 
-    :param kge: the finished KGE strategy: its registered clients, ``entity_dim`` and
-        ``rows_for(node_id)`` (the best round's rows) are used.
+    Failures are handled as in the KGE phase (:class:`server.strategy.FedEStrategy`): every
+    round waits for ``min-clients`` registered clients (re-admitting a restarted party by its
+    client id, which then restores its private KGE state); a client that fails, times out
+    (``round-timeout``) or sends an unusable update (:meth:`check_update`) is left out of that
+    round and recorded in the round's ``failures``; the others are averaged.
+
+    :param kge: the finished KGE strategy: its registered clients, ``entity_dim``,
+        ``rows_for(node_id)`` (the best round's rows), :meth:`~server.strategy.FedEStrategy.exchange`
+        and :meth:`~server.strategy.FedEStrategy.await_clients` are used.
     :param config: the refinement phase config.
     :param eval_protocol: the run's ``eval-protocol`` (recorded with the gate's valid scores).
     """
@@ -124,6 +150,8 @@ class SimSkipStrategy(FedAvg):
         self.config = config
         self.variants = list(config.variants())
         self.global_weights = initial_weights(int(kge.entity_dim), config)
+        #: the last completed SimSkip round (a resumed run continues after it)
+        self.round = 0
         #: client id -> rows refined in the last round (also the FedAvg weights)
         self.num_rows: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
@@ -131,74 +159,122 @@ class SimSkipStrategy(FedAvg):
         self.eval_protocol = eval_protocol
         #: client id -> its skip-strength gate record (filled by the downstream evaluation)
         self.gate: dict[str, dict[str, Any]] = {}
+        #: clients without a downstream result, with the reason (filled by :meth:`downstream`)
+        self.missing: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """The global encoder + head weights as ``simskip/<variant>/<name>`` arrays."""
+        return {f"{CHECKPOINT_PREFIX}{name}": np.ascontiguousarray(array) for name, array in pack_variants(self.global_weights)}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """``phase`` = ``"simskip"``, the last completed round and the history rows."""
+        return {"phase": "simskip", "simskip_round": self.round, "simskip_history": list(self.history)}
+
+    def restore_checkpoint(self, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
+        """Load what :meth:`checkpoint_arrays` / :meth:`checkpoint_state` returned.
+
+        :raises FederationError: when the checkpoint's weights do not fit this phase's encoder.
+        """
+        flat = [(key.removeprefix(CHECKPOINT_PREFIX), np.asarray(array)) for key, array in arrays.items()
+                if key.startswith(CHECKPOINT_PREFIX)]
+        try:
+            weights = unpack_variants(flat, self.variants)
+            self.global_weights = {v: _checked(weights[v], self.global_weights[v]) for v in self.variants}
+        except (ValueError, WeightsAggregationError) as error:
+            raise FederationError(f"checkpoint: the SimSkip weights do not fit this run's encoder: {error}") from error
+        self.round = int(state["simskip_round"])
+        self.history = [dict(row) for row in state.get("simskip_history", [])]
 
     # ------------------------------------------------------------------ messages
     def _message(self, node_id: int, message_type: str, config: Mapping[str, Any], with_weights: bool) -> Message:
         content = RecordDict({
             ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(self.kge.rows_for(node_id), dtype=np.float32))}),
-            CONFIG_KEY: ConfigRecord({**dict(config), "federate": self.config.federate}),
+            CONFIG_KEY: ConfigRecord({**dict(config), "federate": self.config.federate,
+                                      "federation-id": self.kge.loop.federation_id}),
         })
         if with_weights:
             content[WEIGHTS_KEY] = ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in pack_variants(self.global_weights)})
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
-    def _nodes(self, grid: Grid) -> list[int]:
-        connected = set(grid.get_node_ids())
-        nodes = sorted(n for n in self.kge.clients if n in connected)
-        if not nodes:
-            raise FederationError("SimSkip phase: no registered client is connected")
-        return nodes
-
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """One ``train.simskip`` message per connected client, with its rows (and the weights)."""
+        """One ``train.simskip`` message per connected registered client, with its rows (and the
+        weights); waits for ``min-clients`` of them (:meth:`FedEStrategy.await_clients`)."""
         with_weights = self.config.federate or server_round == 1
         return [
             self._message(node, SIMSKIP_TRAIN_TYPE, {**dict(config), "server-round": server_round}, with_weights)
-            for node in self._nodes(grid)
+            for node in self.kge.await_clients(grid, f"SimSkip round {server_round}")
         ]
 
-    def _client_name(self, msg: Message) -> str:
-        info = self.kge.clients.get(msg.metadata.src_node_id)
+    def check_update(self, node_id: int, msg: Message) -> RoundUpdate:
+        """One client's SimSkip reply, checked.
+
+        :raises UpdateRejectedError: error reply, unregistered node, missing metrics, a row
+            count other than the rows it was sent, a non-finite loss, or (federated) weights
+            missing, of other names or shapes than the global encoder's, or holding NaN / Inf.
+        """
+        if msg.has_error():
+            raise UpdateRejectedError(msg.error.reason)
+        info = self.kge.clients.get(node_id)
         if info is None:
-            raise FederationError(f"SimSkip reply from unregistered node {msg.metadata.src_node_id}")
-        return info.client_id
+            raise UpdateRejectedError("reply from an unregistered node")
+        metrics = msg.content.metric_records.get(METRICS_KEY)
+        if metrics is None or "num-rows" not in metrics:
+            raise UpdateRejectedError(f"reply lacks {METRICS_KEY}/num-rows")
+        num_rows = int(metrics["num-rows"])
+        if num_rows != info.global_ids.shape[0]:
+            raise UpdateRejectedError(f"refined {num_rows} rows, it was sent {info.global_ids.shape[0]}")
+        losses = {v: [float(metrics[f"loss/{v}"])] for v in self.variants if f"loss/{v}" in metrics}
+        bad = [v for v, (loss,) in losses.items() if not math.isfinite(loss)]
+        if bad:
+            raise UpdateRejectedError(f"non-finite SimSkip loss of {bad}")
+        weights: dict[str, NamedArrays] = {}
+        if self.config.federate:
+            record = msg.content.array_records.get(WEIGHTS_KEY)
+            if record is None:
+                raise UpdateRejectedError(f"reply lacks the {WEIGHTS_KEY!r} record")
+            try:
+                flat = [(key, record[key].numpy()) for key in record]
+                unpacked = unpack_variants(flat, self.variants)
+                weights = {v: _checked(unpacked[v], self.global_weights[v]) for v in self.variants}
+            except (ValueError, WeightsAggregationError) as error:
+                raise UpdateRejectedError(str(error)) from None
+        return RoundUpdate(weights, num_rows, losses, float(metrics.get("simskip-seconds", 0.0)))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg of the returned weights (federated) and the round's loss record.
+        """Flower's signature: replies attributed by their source node (:meth:`run` attributes
+        them by request, :meth:`aggregate_attributed`)."""
+        return self.aggregate_attributed(server_round, [(m.metadata.src_node_id, m) for m in replies])
 
-        :raises FederationError: when no client replied or a client's weights do not fit.
+    def aggregate_attributed(
+        self, server_round: int, replies: Iterable[tuple[int, Message]]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg of the usable updates' weights (federated) and the round's loss record.
+
+        A rejected update is logged and recorded (``kge.failure_sink``); the others go on.
+
+        :raises FederationError: when no update survived.
         """
         updates: dict[str, RoundUpdate] = {}
-        for msg in replies:
-            if msg.has_error():
-                log(WARNING, "SimSkip round %s: node %s failed: %s", server_round, msg.metadata.src_node_id, msg.error.reason)
-                continue
-            name = self._client_name(msg)
-            metrics = msg.content.metric_records[METRICS_KEY]
-            weights: dict[str, NamedArrays] = {}
-            if self.config.federate:
-                record = msg.content.array_records.get(WEIGHTS_KEY)
-                if record is None:
-                    raise FederationError(f"SimSkip round {server_round}: client {name} returned no weights")
-                flat = [(key, record[key].numpy()) for key in record]
-                try:
-                    weights = unpack_variants(flat, self.variants)
-                except ValueError as error:
-                    raise FederationError(f"SimSkip round {server_round}: client {name}: {error}") from error
-            losses = {v: [float(metrics[f"loss/{v}"])] for v in self.variants if f"loss/{v}" in metrics}
-            updates[name] = RoundUpdate(weights, int(metrics["num-rows"]), losses, float(metrics.get("simskip-seconds", 0.0)))
+        rejected = []
+        for node_id, msg in replies:
+            name = self.kge.client_name(node_id)
+            try:
+                updates[name] = self.check_update(node_id, msg)
+            except UpdateRejectedError as error:
+                rejected.append(self.kge._fail(name, str(error) if msg.has_error() else f"update rejected: {error}",
+                                               "simskip"))
         if not updates:
-            raise FederationError(f"SimSkip round {server_round}: no client returned a result")
+            raise FederationError(f"SimSkip round {server_round}: no client update survived; failures: {rejected}")
         if self.config.federate:
             try:
                 self.global_weights = {
-                    variant: fedavg_named([(_in_order(u.weights[variant], self.global_weights[variant]), u.num_rows)
-                                           for u in updates.values()])
+                    variant: fedavg_named([(u.weights[variant], u.num_rows) for _, u in sorted(updates.items())])
                     for variant in self.variants
                 }
-            except (WeightsAggregationError, KeyError) as error:
+            except WeightsAggregationError as error:  # checked above: a bug of ours, not a client's
                 raise FederationError(f"SimSkip round {server_round}: {error}") from error
         self.num_rows = {name: u.num_rows for name, u in updates.items()}
         self._last_updates = updates
@@ -214,44 +290,102 @@ class SimSkipStrategy(FedAvg):
         timeout: float = 3600.0,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-        """Run ``config.rounds`` SimSkip rounds, then the downstream evaluation.
+        """Run SimSkip rounds ``self.round + 1`` .. ``config.rounds``, then the downstream evaluation.
 
         :param best_round: the KGE round whose client state (relations) is "FedE as trained".
-        :param on_round_end: receives each round's history row (for ``simskip_metrics.jsonl``).
-        :returns: ``{row: {client: {protocol: metrics}}}`` for :func:`server.report.write_results`.
-        :raises FederationError: when a round gets no result or clients miss in the evaluation.
+        :param on_round_end: receives each round's history row (for ``simskip_metrics.jsonl``
+            and the checkpoint) after the strategy's state is that round's.
+        :returns: ``{row: {client: {protocol: metrics}}}``; clients without a result are in
+            :attr:`missing`.
+        :raises FederationError: too few clients for ``min-clients-timeout``, or a round in
+            which no update survived.
         """
-        for server_round in range(1, self.config.rounds + 1):
+        for server_round in range(self.round + 1, self.config.rounds + 1):
             started = time.perf_counter()
-            replies = grid.send_and_receive(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid), timeout=timeout)
-            self.aggregate_train(server_round, replies)
+            failures: list[str] = []
+            self.kge.failure_sink = failures
+            try:
+                messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+                self.aggregate_attributed(server_round, self.kge.exchange(grid, messages, timeout, phase="simskip"))
+            finally:
+                self.kge.failure_sink = None
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
+            record["failures"] = failures
             self.history.append(record)
-            log(INFO, "[simskip round %s/%s] %.1fs loss %s", server_round, self.config.rounds, record["seconds"],
-                " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()))
+            self.round = server_round
+            log(INFO, "[simskip round %s/%s] %.1fs loss %s%s", server_round, self.config.rounds, record["seconds"],
+                " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()),
+                f" | left out: {failures}" if failures else "")
             if on_round_end is not None:
                 on_round_end(record)
+        return self.downstream(grid, best_round=best_round, timeout=timeout)
+
+    def downstream(self, grid: Grid, *, best_round: int, timeout: float = 3600.0) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """The downstream evaluation on every registered client; a client that fails or times
+        out is asked once more after :meth:`FedEStrategy.await_clients` (it may have rejoined).
+
+        :returns: ``{row: {client: {protocol: metrics}}}``; the clients still without a result
+            are in :attr:`missing` (client id -> the last failure).
+        """
         gate_grid = self.config.to_run_config()["simskip-gate-grid"]
-        config = {"best-round": int(best_round), "refit-epochs": self.config.refit_epochs, "gate-grid": gate_grid}
-        messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate) for node in self._nodes(grid)]
+        config = {"best-round": int(best_round), "refit-epochs": self.config.refit_epochs, "gate-grid": gate_grid,
+                  "simskip-round": self.round}
         downstream: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-        failures = []
-        for msg in grid.send_and_receive(messages, timeout=timeout):
-            if msg.has_error():
-                failures.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
-                continue
-            name = self._client_name(msg)
-            record = msg.content.metric_records[METRICS_KEY]
-            for row, per_protocol in parse_downstream_metrics(record).items():
-                downstream.setdefault(row, {})[name] = per_protocol
-            gate = parse_gate_metrics(record, protocol=self.eval_protocol, variant=self.config.main_variant)
-            if gate is not None:
-                self.gate[name] = gate
         expected = {info.client_id for info in self.kge.clients.values()}
-        missing = sorted(expected - {c for per in downstream.values() for c in per})
-        if missing or failures:
-            raise FederationError(f"downstream evaluation: no result from clients {missing}; failures {failures}")
+        done: set[str] = set()
+        self.missing = {}
+        for attempt in (1, 2):
+            failures: list[str] = []
+            self.kge.failure_sink = failures
+            try:
+                try:
+                    nodes = self.kge.await_clients(grid, "downstream evaluation")
+                except FederationError as error:  # evaluate whoever is there; the rest are reported missing
+                    log(WARNING, "%s; evaluating the clients that are connected", error)
+                    connected = set(grid.get_node_ids())
+                    nodes = [n for n in self.kge.clients if n in connected]
+                nodes = [n for n in nodes if self.kge.client_name(n) not in done]
+                messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate) for node in nodes]
+                for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream"):
+                    name = self.kge.client_name(node)
+                    if msg.has_error() or METRICS_KEY not in msg.content.metric_records:
+                        self.kge._fail(name, msg.error.reason if msg.has_error() else "reply lacks metrics", "downstream")
+                        continue
+                    record = msg.content.metric_records[METRICS_KEY]
+                    for row, per_protocol in parse_downstream_metrics(record).items():
+                        downstream.setdefault(row, {})[name] = per_protocol
+                    gate = parse_gate_metrics(record, protocol=self.eval_protocol, variant=self.config.main_variant)
+                    if gate is not None:
+                        self.gate[name] = gate
+                    done.add(name)
+            finally:
+                self.kge.failure_sink = None
+            self.missing = {name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
+                            for name in sorted(expected - done)}
+            if not self.missing:
+                break
+            if attempt == 1:
+                log(WARNING, "downstream evaluation: no result from %s; asking them once more", sorted(self.missing))
         return downstream
+
+
+def _checked(weights: NamedArrays, reference: NamedArrays) -> NamedArrays:
+    """``weights`` in ``reference``'s name order, float32, with ``reference``'s shapes and finite.
+
+    :raises WeightsAggregationError: naming the first entry that does not fit.
+    """
+    ordered = _in_order(weights, reference)
+    out = []
+    for (name, array), (_, ref) in zip(ordered, reference, strict=True):
+        array = np.asarray(array)
+        if array.shape != ref.shape:
+            raise WeightsAggregationError(f"weight {name!r} has shape {array.shape}, expected {ref.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WeightsAggregationError(f"weight {name!r} has dtype {array.dtype}, expected a float dtype")
+        if not np.isfinite(array).all():
+            raise WeightsAggregationError(f"weight {name!r} holds NaN or Inf")
+        out.append((name, array.astype(np.float32, copy=False)))
+    return out
 
 
 def _in_order(weights: NamedArrays, reference: NamedArrays) -> NamedArrays:
@@ -263,7 +397,7 @@ def _in_order(weights: NamedArrays, reference: NamedArrays) -> NamedArrays:
     return [(name, by_name[name]) for name, _ in reference]
 
 
-def run_refinement_phase(
+def run_refinement_phase(  # noqa: PLR0913
     grid: Grid,
     kge: FedEStrategy,
     *,
@@ -273,14 +407,24 @@ def run_refinement_phase(
     setting: str,
     run_dir: str | None = None,
     timeout: float = 3600.0,
+    save_checkpoint: Callable[[SimSkipStrategy], None] | None = None,
+    resume_from: tuple[Mapping[str, np.ndarray], Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """The whole phase after KGE training: SimSkip rounds, downstream evaluation, report.
 
     With ``run_dir``: ``simskip_metrics.jsonl`` grows by one row per round (atomically
-    rewritten), then ``downstream.json`` (with each client's skip-strength ``gate``) and the
-    report files are written (:func:`server.downstream.write_downstream_and_report`).
+    rewritten), then ``downstream.json`` (with each client's skip-strength ``gate`` and the
+    ``missing_clients``) and the report files are written
+    (:func:`server.downstream.write_downstream_and_report`).
 
+    :param save_checkpoint: called after every round (after ``simskip_metrics.jsonl``) with the
+        strategy, whose :meth:`SimSkipStrategy.checkpoint_arrays` / ``checkpoint_state`` are
+        that round's.
+    :param resume_from: ``(arrays, state)`` of a checkpoint written during this phase: the
+        rounds continue after its round, ``simskip_metrics.jsonl`` is rewritten from its history.
     :returns: ``{row: {client: {protocol: metrics}}}``.
+    :raises FederationError: when a round fails, or after writing the results of the others
+        when clients have no downstream result.
     """
     import json
     from pathlib import Path
@@ -290,21 +434,35 @@ def run_refinement_phase(
     from server.run_folder import atomic_write_text
 
     strategy = SimSkipStrategy(kge, refinement, eval_protocol=str(getattr(kge_config, "eval_protocol", "standard")))
-    lines: list[str] = []
+    if resume_from is not None:
+        strategy.restore_checkpoint(*resume_from)
+        log(INFO, "resume: the SimSkip phase continues after round %s of %s", strategy.round, refinement.rounds)
+    lines = [json.dumps(record, sort_keys=True) for record in strategy.history]
+
+    def write_history() -> None:
+        if run_dir:
+            atomic_write_text(Path(run_dir) / SIMSKIP_METRICS_FILE, "".join(line + "\n" for line in lines))
 
     def on_round_end(record: dict[str, Any]) -> None:
         lines.append(json.dumps(record, sort_keys=True))
-        if run_dir:
-            atomic_write_text(Path(run_dir) / SIMSKIP_METRICS_FILE, "\n".join(lines) + "\n")
+        write_history()  # first the history, then the checkpoint naming that round
+        if save_checkpoint is not None:
+            save_checkpoint(strategy)
 
+    if resume_from is not None:
+        write_history()  # drops rows of rounds after the checkpoint
     started = time.perf_counter()
     rows = strategy.run(grid, best_round=best_round, timeout=timeout, on_round_end=on_round_end)
-    if run_dir:
+    if run_dir and rows:
         simskip_seconds = sum(r["seconds"] for r in strategy.history)
         write_downstream_and_report(
             run_dir, rows, kge_config=kge_config, refinement=refinement, setting=setting,
             extra={"source": "federated", "simskip_seconds": round(simskip_seconds, 3),
                    "phase_seconds": round(time.perf_counter() - started, 3), "best_round": int(best_round),
+                   "missing_clients": strategy.missing,
                    **({"gate": strategy.gate} if strategy.gate else {})},
         )
+    if strategy.missing:
+        raise FederationError(f"downstream evaluation: no result from clients {sorted(strategy.missing)} "
+                              f"({strategy.missing}); the others' results are in downstream.json")
     return rows

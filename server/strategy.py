@@ -346,6 +346,8 @@ class FedEStrategy(FedAvg):
         #: nodes whose handshake was refused (unknown client id, other labels): never asked again
         self._refused_nodes: set[int] = set()
         self._exchange_timeout = 3600.0
+        #: where failures outside a KGE round go (the SimSkip phase sets its round's list)
+        self.failure_sink: list[str] | None = None
 
     @property
     def _best_round(self) -> int:
@@ -357,11 +359,13 @@ class FedEStrategy(FedAvg):
         return info.client_id if info is not None else f"node {node_id}"
 
     def _fail(self, name: str, reason: str, phase: str = "") -> str:
-        """Log and record one client's failure in the current round's report; return the text."""
+        """Log and record one client's failure in the current round's report (else in
+        :attr:`failure_sink`); return the text."""
         text = f"{name}: {phase + ': ' if phase else ''}{reason}"
         log(WARNING, "client %s", text)
-        if self._report is not None:
-            self._report.failures.append(text)
+        sink = self._report.failures if self._report is not None else self.failure_sink
+        if sink is not None:
+            sink.append(text)
         return text
 
     # ------------------------------------------------------------------ exchange

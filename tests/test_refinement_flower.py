@@ -141,3 +141,174 @@ def test_local_only_ablation_sends_no_encoder_after_round_one(data_root, tmp_pat
         assert WEIGHTS_KEY not in msg.content.array_records and WEIGHTS_KEY not in reply.content.array_records
     downstream = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
     assert downstream and all(WEIGHTS_KEY not in m.content.array_records for m in downstream)
+
+
+# ---------------------------------------------------------------- failures, checkpoint and resume
+class TamperingGrid(HandlerGrid):
+    """A :class:`HandlerGrid` whose ``tamper(msg, reply)`` may replace a reply (or raise)."""
+
+    def __init__(self, contexts, tamper):
+        super().__init__(contexts)
+        self.tamper = tamper
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            TaskIdentity.node_id = node
+            reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
+            reply = self.tamper(msg, reply) or reply
+            self.log.append((msg, reply))
+            replies.append(reply)
+        return replies
+
+
+def _error_reply(msg, reason="ClientApp crashed"):
+    from flwr.app import Error
+
+    return Message(Error(code=1, reason=reason), reply_to=msg)
+
+
+def _round_of(msg):
+    return msg.content.config_records["config"].get("server-round")
+
+
+def _trained_kge(data_root, tmp_path, grid_factory, **simskip):
+    """Two KGE rounds through the real handlers; returns (grid, strategy, result, kge_config, refinement)."""
+    run_config = {**KGE, "client-data-root": str(data_root), "client-output-root": str(tmp_path / "clients"),
+                  "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", **simskip}
+    contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
+                                run_config=run_config) for k in (0, 1)}
+    grid = grid_factory(contexts)
+    _, kge_config, refinement = load_run_configs(run_config)
+    refinement = dataclasses.replace(refinement, refit_epochs=1)
+    strategy = FedEStrategy(min_clients=1, min_clients_timeout=0.2, eval_every=1, patience=5)
+    vocabulary = strategy.handshake(grid)
+    table = initial_entity_table(kge_config, len(vocabulary), seed=0)
+    result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2,
+                            train_config=ConfigRecord({"local-epochs": 1}))
+    return grid, strategy, result, kge_config, refinement
+
+
+def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(data_root, tmp_path) -> None:
+    def tamper(msg, reply):
+        if msg.metadata.message_type != SIMSKIP_TRAIN_TYPE:
+            return None
+        if _round_of(msg) == 2 and msg.metadata.dst_node_id == 10:
+            return _error_reply(msg)
+        if _round_of(msg) == 3 and msg.metadata.dst_node_id == 11:  # a diverged encoder
+            record = reply.content.array_records[WEIGHTS_KEY]
+            first = next(iter(record))
+            record[first] = Array(np.full_like(record[first].numpy(), np.nan))
+        return None
+
+    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: TamperingGrid(c, tamper))
+    rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
+                                kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+    history = [json.loads(line) for line in (tmp_path / "simskip_metrics.jsonl").read_text().splitlines()]
+    assert [h["failures"] == [] for h in history] == [True, False, False]
+    assert history[1]["failures"] == ["0: simskip: ClientApp crashed"] and set(history[1]["num_rows"]) == {"1"}
+    assert len(history[2]["failures"]) == 1 and history[2]["failures"][0].startswith("1: simskip: update rejected")
+    assert "NaN" in history[2]["failures"][0] and set(history[2]["num_rows"]) == {"0"}
+    # round 3 starts from round 2's average = client 1's weights alone (the only update)
+    round2_reply = next(r for m, r in _simskip_messages(grid, 2) if m.metadata.dst_node_id == 11)
+    for msg, _ in _simskip_messages(grid, 3):
+        got = dict(_weights(msg.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT])
+        for name, array in _weights(round2_reply.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT]:
+            np.testing.assert_allclose(got[name], array, rtol=1e-6)
+    # the downstream evaluation has both clients, and the final encoder is finite
+    assert set(rows["refined"]) == {"0", "1"}
+    downstream = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
+    assert all(np.isfinite(m.content.array_records[WEIGHTS_KEY][k].numpy()).all()
+               for m in downstream for k in m.content.array_records[WEIGHTS_KEY])
+
+
+def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_root, tmp_path) -> None:
+    from server.strategy import FederationError
+
+    def tamper(msg, reply):
+        if msg.metadata.message_type == DOWNSTREAM_TYPE and msg.metadata.dst_node_id == 11:
+            return _error_reply(msg, "out of memory")
+        return None
+
+    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: TamperingGrid(c, tamper),
+                                                                  **{"simskip-rounds": 1})
+    refinement = dataclasses.replace(refinement, rounds=1)
+    with pytest.raises(FederationError, match=r"no result from clients \['1'\]"):
+        run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
+                             kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+    asked = [m.metadata.dst_node_id for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
+    assert sorted(asked) == [10, 11, 11], "the failed client is asked once more, the other is not"
+    # what was computed is kept, and says what is missing
+    payload = json.loads((tmp_path / "downstream.json").read_text())
+    assert set(payload["rows"]["refined"]) == {"0"}
+    assert payload["missing_clients"] == {"1": "1: downstream: out of memory"}
+    assert "INCOMPLETE" in (tmp_path / "results.md").read_text()
+
+
+class Interrupted(Exception):
+    """The server process 'dies' (raised from the grid)."""
+
+
+def _server_run_config(data_root, run_dir, clients_root, **extra):
+    return {**KGE, "client-data-root": str(data_root), "client-output-root": str(clients_root),
+            "run-dir": str(run_dir), "num-server-rounds": 2, "min-clients": 2, "min-clients-timeout": 0.2,
+            "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", "refit-epochs": 1, **extra}
+
+
+def _contexts(run_config):
+    return {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
+                            run_config=run_config) for k in (0, 1)}
+
+
+@pytest.mark.slow  # three server runs through the real handlers: ~1 min on 2 cores
+@pytest.mark.parametrize("federate", [True, False], ids=["federated", "local-only"])
+def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, tmp_path, federate) -> None:
+    from server.checkpoint import load_checkpoint
+    from server.server_app import run_federation
+
+    HANDLERS.setdefault("query.restore", client_app.restore)
+    extra = {"simskip-federate": federate}
+    reference = _server_run_config(data_root, tmp_path / "reference", tmp_path / "reference-clients", **extra)
+    run_federation(HandlerGrid(_contexts(reference)), reference)
+
+    def die_in_round_3(msg, reply):
+        if msg.metadata.message_type == SIMSKIP_TRAIN_TYPE and _round_of(msg) == 3:
+            raise Interrupted
+        return None
+
+    config = _server_run_config(data_root, tmp_path / "run", tmp_path / "clients", **extra)
+    with pytest.raises(Interrupted):
+        run_federation(TamperingGrid(_contexts(config), die_in_round_3), config)
+    _, arrays, state = load_checkpoint(tmp_path / "run", run_config=config)
+    assert state["phase"] == "simskip" and state["simskip_round"] == 2
+    assert any(name.startswith("simskip/") for name in arrays)
+    assert not (tmp_path / "run" / "downstream.json").exists()
+
+    # a new server process, parties with empty state (their own checkpoints on disk)
+    resumed = {**config, "resume": True}
+    grid = HandlerGrid(_contexts(resumed))
+    run_federation(grid, resumed)
+    sent = [m for m, _ in grid.log]
+    assert [_round_of(m) for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE] == [3, 3]
+    assert not [m for m in sent if m.metadata.message_type == "train"], "no KGE round is trained again"
+    if not federate:  # round 3 starts from each party's own round-2 weights, read from its checkpoint
+        assert all(WEIGHTS_KEY not in m.content.array_records for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE)
+        assert (tmp_path / "clients" / "0" / "checkpoint" / "simskip-000002.npz").is_file()
+
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    got = [strip(line) for line in (tmp_path / "run" / "simskip_metrics.jsonl").read_text().splitlines()]
+    want = [strip(line) for line in (tmp_path / "reference" / "simskip_metrics.jsonl").read_text().splitlines()]
+    assert [g["round"] for g in got] == [1, 2, 3]
+    for g, w in zip(got, want, strict=True):
+        for client, losses in w["simskip_loss"].items():
+            for variant, loss in losses.items():
+                assert g["simskip_loss"][client][variant] == pytest.approx(loss, rel=1e-5), (g["round"], client)
+    got_rows = json.loads((tmp_path / "run" / "downstream.json").read_text())["rows"]
+    want_rows = json.loads((tmp_path / "reference" / "downstream.json").read_text())["rows"]
+    assert set(got_rows) == set(want_rows)
+    for row, per_client in want_rows.items():
+        for client, per_protocol in per_client.items():
+            for protocol, metrics in per_protocol.items():
+                for metric, value in metrics.items():
+                    assert got_rows[row][client][protocol][metric] == pytest.approx(value, abs=1e-6), (row, client, metric)

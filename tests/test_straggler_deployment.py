@@ -1,0 +1,211 @@
+"""A straggler past the round timeout, with real processes on loopback (issue #6, item 3).
+
+simskip-server plus 3 simskip-client processes (Kinships partitioned by relation, a tiny model,
+``round-timeout`` = :data:`ROUND_TIMEOUT` s). The parties start first and the server once their
+warm starters are ready, so no exchange waits on a cold torch/PyKEEN import (the short round
+timeout also bounds the handshake). Half a second after party 1's ClientApp process for round 2
+is seen (it is loading or training then, a few seconds from its reply), party 1 is frozen: SIGSTOP to every descendant of its ``simskip-client`` (SuperNode, SuperExec,
+the ``flwr-clientapp`` shim, the warm starter and the ClientApp it forked; the forked ClientApp
+hangs under the warm starter, not under the SuperNode, so the SuperNode's tree alone would leave
+it training). After :data:`STOP_SECONDS` s (longer than the round timeout) the party gets
+SIGCONT. What really happens, and what is asserted:
+
+* Round 2 closes at the round timeout with parties 0 and 2 (``metrics.jsonl`` row 2: ``train``
+  lacks ``"1"``; ``failures`` = ``["1: timeout (no reply within 22 s)"]``).
+* Flower's heartbeat expiry does not decide the outcome, by the choice of times (flwr 1.42,
+  ``flwr/common/constant.py``, ``flwr/supercore/heartbeat.py``,
+  ``flwr/supercore/corestate/in_memory_corestate.py``):
+
+  - a SuperNode sends a heartbeat every (30 - 5) x U(0.7, 0.9) = 17.5 to 22.5 s and the
+    SuperLink marks it offline 2 x 30 = 60 s after the last one, so a node frozen for less
+    than 60 - 22.5 = 37.5 s is never declared dead;
+  - the SuperNode gives a running ClientApp the same 60 s after its last task heartbeat
+    (same interval), else it fails the task ("No heartbeat received from the task");
+  - a task claimed by the SuperExec whose ClientApp has not sent its first task heartbeat
+    yet (it sends one as it starts) goes back to pending 30 s after the claim and is started
+    again in a second ClientApp process, the first one failing with "Runtime task-token
+    authentication failed" / "401 Unauthorized" (seen here with a 30 s stop begun as the
+    ClientApp process appeared; the reply still came, from the second process). The half
+    second before the freeze lets that first heartbeat out, and :data:`STOP_SECONDS` = 27
+    stays below 30 s anyway.
+
+  The failure reason is "timeout", not Flower's "Node Unavailable" reply, which checks the
+  first, and no rejoin happens in round 3: the node keeps its node id and its registration.
+* The late reply never reaches the strategy: Flower's Grid pulls replies by the message ids of
+  the current exchange only (``send_and_receive`` -> ``pull_messages(msg_ids)``), so the
+  straggler's round-2 reply, pushed after SIGCONT, stays on the SuperLink and round 3 is not
+  touched by it. The strategy's own guard ("dropped a reply to a message of another round") is
+  therefore not reached in a real deployment (it is unit-tested with a fake grid in
+  ``tests/test_failures.py``); its absence from the server log is asserted. That the straggler
+  did finish round 2 late is seen in its private checkpoint of round 2, written after SIGCONT
+  and after the server closed round 2.
+* The SuperNode handles its messages one at a time: after its late round-2 reply it takes round
+  3's message (already waiting on the SuperLink) and answers within round 3's timeout, so
+  round 3 (train and validation) includes all three parties again; the run exits 0 with test
+  metrics for all three.
+
+Every process is stopped here, by PID; a frozen process gets SIGCONT before it is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.launcher import free_port, process_tree, stop_process
+
+#: Seconds the server waits for one exchange's replies (run config ``round-timeout``); a party
+#: needs 3-6 s per message here, so the two others are well inside it.
+ROUND_TIMEOUT = 22
+#: Seconds party 1 stays frozen: past the round timeout (the late reply cannot arrive before
+#: round 2 closes), below Flower's 30 s claim and 37.5 s heartbeat bounds (module docstring), and
+#: short enough for the straggler to finish round 2 and answer round 3 within round 3's timeout.
+STOP_SECONDS = 27
+#: Kinships by relation, 3 parties: a handful of seconds per message on 2 shared cores.
+TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3",
+        "simskip-rounds=0", "min-clients-timeout=300.0", f"round-timeout={ROUND_TIMEOUT}"]
+
+
+def _script(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _wait_for(path: Path, pattern: str, deadline: float, watched: subprocess.Popen, poll: float = 1.0) -> re.Match:
+    """Wait until ``pattern`` shows in ``path``; fail at ``deadline`` or when ``watched`` has exited."""
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if match := re.search(pattern, text):
+            return match
+        if watched.poll() is not None:
+            break
+        time.sleep(poll)
+    raise AssertionError(f"{pattern!r} not seen in {path}:\n{text[-3000:]}")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _clientapp_running(party: subprocess.Popen) -> bool:
+    """Whether a ``flwr-clientapp`` process (the shim, or Flower's own when cold) runs for ``party``."""
+    return any("flwr-clientapp" in _cmdline(pid) for pid, _ in process_tree(party.pid))
+
+
+def _freeze(party: subprocess.Popen, frozen: dict[int, int]) -> None:
+    """SIGSTOP every descendant of ``party``; ``frozen`` collects ``pid -> start time``.
+
+    Repeated until a pass finds no new process: one may have been started between the listing
+    and the signal (a stopped process starts nothing more).
+    """
+    while True:
+        new = [(pid, start) for pid, start in process_tree(party.pid) if frozen.get(pid) != start]
+        if not new:
+            return
+        for pid, start in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                frozen[pid] = start
+            except ProcessLookupError:
+                pass
+
+
+def _thaw(frozen: dict[int, int]) -> None:
+    """SIGCONT every process :func:`_freeze` stopped (by PID); empties ``frozen``."""
+    for pid in list(frozen):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        del frozen[pid]
+
+
+@pytest.mark.long
+@pytest.mark.slow  # ~2 minutes on 2 cores: a ClientApp process per message, a 27 s freeze, a 22 s round timeout
+@pytest.mark.timeout(900)
+def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_path):
+    from kg_datasets import load_federated
+
+    data = tmp_path / "data"
+    load_federated("Kinships", num_clients=3, partition="relation", seed=0).write(data)
+    run_dir = tmp_path / "server-run"
+    port = free_port()
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    server_cmd = [_script("simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--insecure",
+                  "--min-clients", "3", "--rounds", "3"]
+    for item in TINY:
+        server_cmd += ["--set", item]
+
+    def client(k: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(k)),
+             "--insecure", "--output-dir", str(tmp_path / f"party{k}")],
+            env=env, cwd=tmp_path, stdout=open(tmp_path / f"party{k}.log", "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    processes: list[subprocess.Popen] = []
+    frozen: dict[int, int] = {}
+    deadline = time.monotonic() + 840
+    try:
+        processes += [client(k) for k in range(3)]  # their SuperNodes retry until the server listens
+        straggler = processes[1]
+        for k, party in enumerate(processes):
+            _wait_for(tmp_path / f"party{k}" / "warm_start.log", r"\[warm-start\] ready", deadline, party)
+        server = subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(server)
+        _wait_for(tmp_path / "server.log", r"configure_train: round 2", deadline, server, poll=0.1)
+        timeline = {"round 2 sent": time.time()}
+        # Freeze it while its round-2 ClientApp runs (at the latest 5 s after round 2 was sent).
+        seen_by = time.monotonic() + 5
+        while not _clientapp_running(straggler) and time.monotonic() < seen_by:
+            time.sleep(0.05)
+        timeline["ClientApp seen"] = time.time()
+        time.sleep(0.5)  # its first task heartbeat goes out (module docstring)
+        _freeze(straggler, frozen)
+        timeline["frozen"] = time.time()
+        assert frozen, "party 1 has no process to freeze"
+        time.sleep(STOP_SECONDS)
+        _thaw(frozen)
+        thawed_at = timeline["thawed"] = time.time()
+        print("timeline (s after round 2 was sent):",
+              {k: round(v - timeline["round 2 sent"], 2) for k, v in timeline.items()})
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+        log = (tmp_path / "server.log").read_text(errors="replace")
+        assert server.wait(timeout=60) == 0, log[-4000:]
+    finally:
+        _thaw(frozen)  # a stopped process would not act on SIGTERM before SIGKILL
+        for proc in reversed(processes):  # server first; each stops its own SuperLink/SuperNode on SIGTERM
+            stop_process(proc, timeout=30)
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert set(rows[0]["train"]) == {"0", "1", "2"} and "failures" not in rows[0], rows[0]
+    assert set(rows[1]["train"]) == {"0", "2"}, "round 2 closed at its timeout without the straggler"
+    assert rows[1]["failures"] == [f"1: timeout (no reply within {ROUND_TIMEOUT:g} s)"], rows[1]
+    assert ROUND_TIMEOUT <= rows[1]["train_phase_seconds"] < ROUND_TIMEOUT + 10, rows[1]
+    assert rows[1]["finished_at"] < thawed_at, "round 2 closed while the straggler was still frozen"
+    assert set(rows[2]["train"]) == {"0", "1", "2"}, "the straggler took part again in round 3"
+    assert set(rows[2]["valid"]) == {"0", "1", "2"} and "failures" not in rows[2], rows[2]
+    # Its node stayed registered (no heartbeat expiry), and the late reply never reached the strategy.
+    assert "rejoin" not in log and "Node Unavailable" not in log
+    assert "dropped a reply to a message of another round" not in log
+    # The straggler did finish round 2, late: its private checkpoint of round 2 came after the round closed.
+    late = tmp_path / "party1" / "checkpoint" / "round-000002.npz"
+    assert late.is_file()
+    assert late.stat().st_mtime > rows[1]["finished_at"], (late.stat().st_mtime, rows[1]["finished_at"])
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    assert set(final["test"]) == {"0", "1", "2"} and final["missing_clients"] == []
+    assert all(p.poll() is not None for p in processes)
