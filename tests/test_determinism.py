@@ -1,8 +1,10 @@
 """The same seed twice gives identical results in simulation (issue 6, item 9).
 
-Two simulations of Kinships (3 clients, 3 tiny rounds, the same seed) must write the same
-``final_metrics.json`` and ``metrics.jsonl`` bit for bit once the measurements of the machine
-rather than of the model are dropped, and the same entity table. Dropped keys (and only these):
+Two simulations of Kinships (3 clients, 3 tiny KGE rounds and 2 SimSkip rounds, the same seed)
+must write the same ``final_metrics.json``, ``metrics.jsonl``, ``simskip_metrics.jsonl``,
+``downstream.json`` and ``results.json`` (refined vs unrefined, the gate's choice) bit for bit
+once the measurements of the machine rather than of the model are dropped, and the same entity
+table. Dropped keys (and only these):
 
 * wall-clock times: :data:`WALL_CLOCK_KEYS`;
 * memory readings (``ru_maxrss`` of the server and client processes): :data:`MACHINE_KEYS`.
@@ -24,7 +26,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256",
-        "simskip-rounds=0", "seed=7"]
+        "seed=7", "simskip-rounds=2", "simskip-local-epochs=1", "refit-epochs=2", "simskip-gate-grid=0,1"]
 
 #: Keys holding seconds measured by a clock (durations, ``finished_at``, a timestamp, and
 #: ``final_metrics.json``'s ``timing`` group, see ``server.server_app.TIMING_KEYS``): they differ
@@ -32,7 +34,10 @@ TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1
 WALL_CLOCK_KEYS = frozenset({
     "timing", "seconds", "train_seconds", "train_phase_seconds", "aggregation_seconds", "evaluation_seconds",
     "overhead_seconds", "train-seconds", "client-seconds", "eval-seconds", "finished_at",
+    "simskip_seconds", "phase_seconds",
 })
+#: ``results.json``'s title names the run folder, which differs by construction.
+RUN_NAME_KEYS = frozenset({"title"})
 #: Keys holding the processes' peak memory: a property of the machine and the process, not of the run.
 MACHINE_KEYS = frozenset({"server_peak_rss_mb", "peak-rss-mb"})
 
@@ -78,6 +83,15 @@ def test_the_same_seed_twice_gives_identical_final_metrics(tmp_path):
             for run in (first, second)]
     assert [r["round"] for r in rows[0]] == [1, 2, 3]
     assert json.dumps(rows[0], sort_keys=True) == json.dumps(rows[1], sort_keys=True)
+
+    simskip = [[_without(json.loads(line), dropped) for line in (run / "simskip_metrics.jsonl").read_text().splitlines()]
+               for run in (first, second)]
+    assert [r["round"] for r in simskip[0]] == [1, 2]
+    assert json.dumps(simskip[0], sort_keys=True) == json.dumps(simskip[1], sort_keys=True)
+    for name in ("downstream.json", "results.json"):
+        payloads = [_without(json.loads((run / name).read_text()), dropped | RUN_NAME_KEYS) for run in (first, second)]
+        assert json.dumps(payloads[0], sort_keys=True) == json.dumps(payloads[1], sort_keys=True), name
+    assert set(payloads[0]["rows"]) >= {"unrefined", "refined", "refined-gated"}
 
     tables = [np.load(run / "entity_embeddings.npy") for run in (first, second)]
     assert tables[0].tobytes() == tables[1].tobytes()
