@@ -22,15 +22,16 @@ Parties join with ``simskip-client --server HOST:PORT --data DIR``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from server import signals
 
 __all__ = [
     "ServerInterrupted",
@@ -163,7 +164,7 @@ def run_server(
     flwr_home = run_dir / ".flwr"
     superlink = None
     try:
-        with _gate.deferred():  # a signal now is raised once `superlink` is set, inside this try
+        with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
             superlink = launcher.start_superlink(
                 flwr_home, host=host, port=port, insecure=tls is None, tls=tls,
                 enable_supernode_auth=bool(authorized_keys), database=_fresh_database(flwr_home),
@@ -301,56 +302,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-class _SignalGate:
-    """Turns SIGINT / SIGTERM into one :class:`ServerInterrupted`, never in the middle of a start.
-
-    A signal that arrives while a process is being started (between ``fork`` and the assignment
-    of its ``Popen``) would leave that process without anyone to stop it; inside
-    :meth:`deferred` the signal is kept and raised when the block ends. Signals after the first
-    only print a line: a second Ctrl-C must not cut the shutdown of the processes short.
-    """
-
-    def __init__(self) -> None:
-        self.raised = False
-        self.pending: int | None = None
-        self.depth = 0
-
-    def handler(self, signum: int, _frame: Any) -> None:
-        """The handler given to :func:`signal.signal`."""
-        if self.raised or self.pending is not None:
-            print(f"[simskip-server] {signal.Signals(signum).name}: already stopping", file=sys.stderr, flush=True)
-            return
-        if self.depth:
-            self.pending = signum
-            return
-        self.raised = True
-        raise ServerInterrupted(signum)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """A block during which a signal is kept, then raised as it ends."""
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if self.depth == 0 and self.pending is not None and not self.raised:
-                self.raised = True
-                raise ServerInterrupted(self.pending)
-
-
-#: the gate of the running simskip-server (process-wide, like the signal handlers themselves)
-_gate = _SignalGate()
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    """SIGINT / SIGTERM raise :class:`ServerInterrupted` once (see :class:`_SignalGate`).
-
-    :returns: the previous handlers, for :func:`signal.signal` to restore.
-    """
-    global _gate
-    _gate = _SignalGate()
-    return {signum: signal.signal(signum, _gate.handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+def _interrupt(signum: int) -> ServerInterrupted:
+    return ServerInterrupted(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,27 +332,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_server(run_dir, host=args.host, port=args.port, run_config=overrides, tls=tls,
                           authorized_keys=keys, on_start=lambda path: started.setdefault("run_dir", path))
 
-    previous = _install_signal_handlers()
-    try:
-        return run_command("simskip-server", run)
-    except ServerInterrupted as interrupt:
-        # every process is stopped by now (run_server's finally); the run folder is final
-        run_dir = started.get("run_dir")
-        if run_dir is None:
-            print(f"[simskip-server] {interrupt} before the run started", file=sys.stderr)
+    with signals.installed("simskip-server", _interrupt):  # until the partial results are written
+        try:
+            return run_command("simskip-server", run)
+        except ServerInterrupted as interrupt:
+            # every process is stopped by now (run_server's finally); the run folder is final
+            run_dir = started.get("run_dir")
+            if run_dir is None:
+                print(f"[simskip-server] {interrupt} before the run started", file=sys.stderr)
+                return interrupt.exit_code
+            resume = _resume_command(args, run_dir)
+            path = write_partial_results(run_dir, interrupt.signum, resume)
+            summary = json.loads(path.read_text())
+            how = (f"resume with: {shlex.join(resume)}" if summary["resumable"]
+                   else "nothing to resume (interrupted before the parties joined)")
+            print(f"[simskip-server] {interrupt}: stopped after round {summary['last_completed_round']}; {path}; "
+                  f"{how}", file=sys.stderr, flush=True)
             return interrupt.exit_code
-        resume = _resume_command(args, run_dir)
-        path = write_partial_results(run_dir, interrupt.signum, resume)
-        summary = json.loads(path.read_text())
-        how = (f"resume with: {shlex.join(resume)}" if summary["resumable"]
-               else "nothing to resume (interrupted before the parties joined)")
-        print(f"[simskip-server] {interrupt}: stopped after round {summary['last_completed_round']}; {path}; {how}",
-              file=sys.stderr, flush=True)
-        return interrupt.exit_code
-    finally:
-        for signum, handler in previous.items():  # main() may be called in-process (tests)
-            signal.signal(signum, handler)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -223,14 +223,16 @@ def _run_flower(
 
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
-    from server import launcher
+    from server import launcher, signals
 
     flwr_home = run_dir / ".flwr"
     port = launcher.free_port()
-    superlink = launcher.start_superlink(
-        flwr_home, port=port, insecure=True, simulation=True, log_path=run_dir / "logs" / "superlink.log"
-    )
+    superlink = None
     try:
+        with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
+            superlink = launcher.start_superlink(
+                flwr_home, port=port, insecure=True, simulation=True, log_path=run_dir / "logs" / "superlink.log"
+            )
         launcher.wait_for_health("127.0.0.1", port, superlink)
         launcher.write_connection(flwr_home, f"127.0.0.1:{port}", insecure=True)
         federation_config = {
@@ -357,17 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 _NOT_WITH_RESUME = ("dataset", "clients", "partition", "partition_seed", "setting", "run_dir", "refine_only")
 
 
-_STOPPING: dict[str, bool] = {"raised": False}
-
-
-def _terminate(signum: int, _frame: Any) -> None:
+def _interrupt(signum: int) -> SystemExit:
     """SIGINT / SIGTERM: unwind once through _run_flower's ``finally`` (the SuperLink, its own
-    process group, is stopped by PID); a second signal must not cut that shutdown short."""
-    if _STOPPING["raised"]:
-        print(f"[simskip-sim] {signal.Signals(signum).name}: already stopping", file=sys.stderr, flush=True)
-        return
-    _STOPPING["raised"] = True
-    raise SystemExit(128 + signum)
+    process group, is stopped by PID) and exit 128 + signum (:mod:`server.signals`)."""
+    return SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,18 +402,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_gpus_per_client=args.num_gpus_per_client,
         )
 
-    _STOPPING["raised"] = False
-    previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return run_command("simskip-sim", run)
-    except SystemExit as stop:  # SIGINT / SIGTERM: the SuperLink was stopped on the way out
-        if not (isinstance(stop.code, int) and stop.code > 128):
-            raise
-        _report_interrupted(run_dir, stop.code - 128)
-        return stop.code
-    finally:
-        for signum, handler in previous.items():  # main() may be called in-process (tests)
-            signal.signal(signum, handler)
+    from server import signals
+
+    with signals.installed("simskip-sim", _interrupt):  # until the partial results are written
+        try:
+            return run_command("simskip-sim", run)
+        except SystemExit as stop:  # SIGINT / SIGTERM: the SuperLink was stopped on the way out
+            if not (isinstance(stop.code, int) and stop.code > 128):
+                raise
+            _report_interrupted(run_dir, stop.code - 128)
+            return stop.code
 
 
 def _report_interrupted(run_dir: Path, signum: int) -> None:

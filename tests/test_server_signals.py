@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from server import cli, launcher
+from server.signals import SignalGate
 
 
 def _write_rows(path: Path, rows: list[dict], torn_tail: str = "") -> None:
@@ -126,7 +127,7 @@ def test_main_restores_the_signal_handlers(tmp_path, captured_run):
 
 
 def test_a_signal_during_a_process_start_is_raised_when_the_start_is_done():
-    gate = cli._SignalGate()
+    gate = SignalGate("simskip-server", cli.ServerInterrupted)
     started = []
     with pytest.raises(cli.ServerInterrupted) as interrupt:
         with gate.deferred():
@@ -137,7 +138,7 @@ def test_a_signal_during_a_process_start_is_raised_when_the_start_is_done():
 
 
 def test_a_signal_outside_a_start_is_raised_at_once_and_only_once():
-    gate = cli._SignalGate()
+    gate = SignalGate("simskip-server", cli.ServerInterrupted)
     with pytest.raises(cli.ServerInterrupted) as interrupt:
         gate.handler(signal.SIGINT, None)
     assert interrupt.value.exit_code == 130 and interrupt.value.signum == signal.SIGINT
