@@ -378,6 +378,10 @@ class FedEStrategy(FedAvg):
         unavailable" replies come from the SuperLink's node id); replies to messages of another
         exchange, second replies from one node and replies from nodes that got no message are
         dropped (logged). A node without a reply is recorded as a ``timeout`` failure.
+
+        Flower's Grid pulls replies by the ids of this exchange's messages only, so a straggler's
+        late reply stays on the SuperLink (``tests/test_straggler_deployment.py``); the checks
+        here guard against grids that do not (and are unit-tested with one).
         """
         messages = list(messages)
         if not messages:

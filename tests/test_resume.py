@@ -138,10 +138,11 @@ def test_an_interrupted_simulation_writes_partial_results_naming_the_resume_comm
 
 # ----------------------------------------------------------------------------- slow: kill and resume
 def _sim_command(*args: str) -> list[str]:
-    command = [sys.executable, "-m", "server.simulation", *args]
+    """``simskip-sim`` with the TINY settings, then ``args`` (a later ``--set`` wins)."""
+    command = [sys.executable, "-m", "server.simulation"]
     for item in TINY:
         command += ["--set", item]
-    return command
+    return command + list(args)
 
 
 def _run(command: list[str], log: Path, timeout: float = 400) -> None:
@@ -162,19 +163,30 @@ def _checkpoint_round(run_dir: Path) -> int:
         return 0
 
 
+def _simskip_checkpoint_round(run_dir: Path) -> int:
+    try:
+        state = json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["state"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(state.get("simskip_round", 0)) if state.get("phase") == "simskip" else 0
+
+
 def _run_and_terminate_after_round(command: list[str], run_dir: Path, log: Path, after_round: int,
-                                   timeout: float = 400) -> int:
-    """Start ``command``; once round ``after_round`` is checkpointed, SIGTERM it; return its exit code.
+                                   timeout: float = 400, reached=None) -> int:
+    """Start ``command``; once round ``after_round`` is checkpointed (or ``reached()`` is true),
+    SIGTERM it; return its exit code.
 
     Every process of its tree seen while it ran is SIGKILLed by PID afterwards if still alive.
     """
     tree = _load_bench_memory()
+    if reached is None:
+        reached = lambda: _checkpoint_round(run_dir) >= after_round and len(_rows(run_dir)) >= after_round  # noqa: E731
     with open(log, "wb") as handle:
         proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT)
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + timeout
-        while _checkpoint_round(run_dir) < after_round or len(_rows(run_dir)) < after_round:
+        while not reached():
             assert proc.poll() is None, f"the run ended before round {after_round}: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint in time"
             seen.update(tree.process_tree(proc.pid))
@@ -250,3 +262,41 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
                                np.load(reference / "entity_embeddings.npy"), atol=1e-6)
     config = json.loads((resumed / "config.json").read_text())
     assert config["run_config"]["round-timeout"] == 900 and config["run_config"]["resume"] is True
+
+
+@pytest.mark.long
+@pytest.mark.slow  # three simulations with a SimSkip phase: ~5 min on 2 cores
+@pytest.mark.timeout(1500)
+def test_killed_in_the_simskip_phase_and_resumed_gives_the_uninterrupted_results(tmp_path):
+    """SIGTERM after SimSkip round 2 of 3 (the KGE phase is done), then ``--resume``: the SimSkip
+    phase continues after its checkpointed round; losses and downstream results match."""
+    args = ["--dataset", "Kinships", "--clients", "3", "--rounds", "2", "--set", "simskip-rounds=3",
+            "--set", "simskip-local-epochs=40", "--set", "refit-epochs=2", "--set", "simskip-gate-grid=0,1"]
+    reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    _run([*_sim_command(*args, "--run-dir", str(reference))], tmp_path / "uninterrupted.log")
+
+    code = _run_and_terminate_after_round(_sim_command(*args, "--run-dir", str(resumed)), resumed,
+                                          tmp_path / "killed.log", after_round=2,
+                                          reached=lambda: _simskip_checkpoint_round(resumed) >= 2)
+    assert code == 143, (tmp_path / "killed.log").read_text()[-3000:]
+    assert (resumed / "final_metrics.json").exists() and not (resumed / "downstream.json").exists()
+    stopped_at = _simskip_checkpoint_round(resumed)
+    assert 2 <= stopped_at <= 3
+    assert json.loads((resumed / "partial_results.json").read_text())["checkpoint"]["simskip_round"] == stopped_at
+
+    kge_rows = (resumed / "metrics.jsonl").read_text()
+    _run([sys.executable, "-m", "server.simulation", "--resume", str(resumed)], tmp_path / "resumed.log")
+    assert (resumed / "metrics.jsonl").read_text() == kge_rows
+    log = (tmp_path / "resumed.log").read_text()
+    assert f"continues after round {stopped_at} of 3" in log
+    assert "[round 1/" not in log, "no KGE round is trained again"
+
+    def simskip_rows(run_dir):
+        return [json.loads(line) for line in (run_dir / "simskip_metrics.jsonl").read_text().splitlines()]
+
+    got, want = simskip_rows(resumed), simskip_rows(reference)
+    assert [r["round"] for r in got] == [1, 2, 3]
+    for g, w in zip(got, want, strict=True):
+        _assert_close(g["simskip_loss"], w["simskip_loss"], f"simskip round {g['round']}", tol=1e-5)
+    _assert_close(json.loads((resumed / "downstream.json").read_text())["rows"],
+                  json.loads((reference / "downstream.json").read_text())["rows"], "downstream rows")
