@@ -42,3 +42,28 @@ def test_json_files_accept_numpy_values(tmp_path):
     folder = RunFolder(tmp_path)
     folder.write_final_metrics({"mrr": np.float32(0.5), "ids": np.arange(2)})
     assert json.loads((tmp_path / "final_metrics.json").read_text()) == {"mrr": 0.5, "ids": [0, 1]}
+
+
+def test_an_atomic_write_syncs_the_data_before_and_the_folder_after_the_rename(tmp_path, monkeypatch) -> None:
+    import os
+    import stat
+
+    from server import run_folder
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(run_folder.os, "fsync", fsync)
+    monkeypatch.setattr(run_folder.os, "replace", replace)
+    run_folder.atomic_write_text(tmp_path / "manifest.json", "{}\n")
+    assert events == ["fsync file", "replace", "fsync folder"]
+    assert (tmp_path / "manifest.json").read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"], "no temporary file is left"
