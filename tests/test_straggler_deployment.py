@@ -55,16 +55,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from loopback import Loopback, wait_for
 
-from server.launcher import free_port, process_tree, stop_process
+from server.launcher import process_tree
 
 #: Seconds the server waits for one exchange's replies (run config ``round-timeout``); a party
 #: needs 3-6 s per message here (~11 s at load 8 on 2 cores), well inside it.
@@ -77,23 +76,6 @@ ROUNDS = 4
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", f"eval-every={ROUNDS}",
         "simskip-rounds=0", "min-clients-timeout=300.0", f"round-timeout={ROUND_TIMEOUT}"]
 TIMEOUT_FAILURE = f"1: timeout (no reply within {ROUND_TIMEOUT:g} s)"
-
-
-def _script(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def _wait_for(path: Path, pattern: str, deadline: float, watched: subprocess.Popen, poll: float = 1.0) -> re.Match:
-    """Wait until ``pattern`` shows in ``path``; fail at ``deadline`` or when ``watched`` has exited."""
-    text = ""
-    while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
-        if match := re.search(pattern, text):
-            return match
-        if watched.poll() is not None:
-            break
-        time.sleep(poll)
-    raise AssertionError(f"{pattern!r} not seen in {path}:\n{text[-3000:]}")
 
 
 def _cmdline(pid: int) -> str:
@@ -143,66 +125,45 @@ def _thaw(frozen: dict[int, int]) -> None:
 @pytest.mark.slow  # ~2-3 minutes on 2 cores: a ClientApp process per message, a 28 s freeze, 23 s round timeouts
 @pytest.mark.timeout(900)
 def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_path):
-    from kg_datasets import load_federated
-
-    data = tmp_path / "data"
-    load_federated("Kinships", num_clients=3, partition="relation", seed=0).write(data)
-    run_dir = tmp_path / "server-run"
-    port = free_port()
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    server_cmd = [_script("simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--insecure",
-                  "--min-clients", "3", "--rounds", str(ROUNDS)]
-    for item in TINY:
-        server_cmd += ["--set", item]
-
-    def client(k: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(k)),
-             "--insecure", "--output-dir", str(tmp_path / f"party{k}")],
-            env=env, cwd=tmp_path, stdout=open(tmp_path / f"party{k}.log", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    processes: list[subprocess.Popen] = []
     frozen: dict[int, int] = {}
     late_checkpoint = tmp_path / "party1" / "checkpoint" / "round-000002.npz"  # pruned after round 4
     late_written_at = None
     deadline = time.monotonic() + 840
-    try:
-        processes += [client(k) for k in range(3)]  # their SuperNodes retry until the server listens
-        straggler = processes[1]
-        for k, party in enumerate(processes):
-            _wait_for(tmp_path / f"party{k}" / "warm_start.log", r"\[warm-start\] ready", deadline, party)
-        server = subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-        processes.append(server)
-        _wait_for(tmp_path / "server.log", r"configure_train: round 2", deadline, server, poll=0.1)
-        timeline = {"round 2 sent": time.time()}
-        # Freeze it while its round-2 ClientApp runs (at the latest 5 s after round 2 was sent).
-        round_2_sent = time.clock_gettime(time.CLOCK_BOOTTIME) - 0.5  # its ClientApp starts after this
-        seen_by = time.monotonic() + 5
-        while not _clientapp_started_since(straggler, round_2_sent) and time.monotonic() < seen_by:
-            time.sleep(0.05)
-        timeline["ClientApp seen"] = time.time()
-        time.sleep(0.5)  # its first task heartbeat goes out (module docstring)
-        _freeze(straggler, frozen)
-        timeline["frozen"] = time.time()
-        assert frozen, "party 1 has no process to freeze"
-        assert not late_checkpoint.exists(), "party 1 finished round 2 before it was frozen"
-        time.sleep(STOP_SECONDS)
-        _thaw(frozen)
-        thawed_at = timeline["thawed"] = time.time()
-        while server.poll() is None and time.monotonic() < deadline:
-            if late_written_at is None and late_checkpoint.exists():
-                late_written_at = timeline["round-2 checkpoint"] = late_checkpoint.stat().st_mtime
-            time.sleep(0.5)
-        print("timeline (s after round 2 was sent):",
-              {k: round(v - timeline["round 2 sent"], 2) for k, v in timeline.items()})
-        log = (tmp_path / "server.log").read_text(errors="replace")
-        assert server.wait(timeout=60) == 0, log[-4000:]
-    finally:
-        _thaw(frozen)  # a stopped process would not act on SIGTERM before SIGKILL
-        for proc in reversed(processes):  # server first; each stops its own SuperLink/SuperNode on SIGTERM
-            stop_process(proc, timeout=30)
+    with Loopback(tmp_path) as federation:
+        federation.write_data("Kinships", 3)
+        try:
+            parties = [federation.client(k) for k in range(3)]  # their SuperNodes retry until the server listens
+            straggler = parties[1]
+            for k, party in enumerate(parties):
+                wait_for(tmp_path / f"party{k}" / "warm_start.log", r"\[warm-start\] ready", deadline, party)
+            server = federation.server("--min-clients", "3", "--rounds", str(ROUNDS), sets=TINY)
+            wait_for(tmp_path / "server.log", r"configure_train: round 2", deadline, server, poll=0.1)
+            timeline = {"round 2 sent": time.time()}
+            # Freeze it while its round-2 ClientApp runs (at the latest 5 s after round 2 was sent).
+            round_2_sent = time.clock_gettime(time.CLOCK_BOOTTIME) - 0.5  # its ClientApp starts after this
+            seen_by = time.monotonic() + 5
+            while not _clientapp_started_since(straggler, round_2_sent) and time.monotonic() < seen_by:
+                time.sleep(0.05)
+            timeline["ClientApp seen"] = time.time()
+            time.sleep(0.5)  # its first task heartbeat goes out (module docstring)
+            _freeze(straggler, frozen)
+            timeline["frozen"] = time.time()
+            assert frozen, "party 1 has no process to freeze"
+            assert not late_checkpoint.exists(), "party 1 finished round 2 before it was frozen"
+            time.sleep(STOP_SECONDS)
+            _thaw(frozen)
+            thawed_at = timeline["thawed"] = time.time()
+            while server.poll() is None and time.monotonic() < deadline:
+                if late_written_at is None and late_checkpoint.exists():
+                    late_written_at = timeline["round-2 checkpoint"] = late_checkpoint.stat().st_mtime
+                time.sleep(0.5)
+            print("timeline (s after round 2 was sent):",
+                  {k: round(v - timeline["round 2 sent"], 2) for k, v in timeline.items()})
+            log = federation.log()
+            assert server.wait(timeout=60) == 0, log[-4000:]
+        finally:
+            _thaw(frozen)  # a stopped process would not act on SIGTERM before SIGKILL (Loopback stops them next)
+    run_dir = federation.run_dir
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     print("rounds:", [(r["round"], round(r["finished_at"] - timeline["round 2 sent"], 2), sorted(r["train"]),
@@ -228,4 +189,4 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
     assert "dropped a reply to a message of another round" not in log
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert set(final["test"]) == {"0", "1", "2"} and final["missing_clients"] == []
-    assert all(p.poll() is not None for p in processes)
+    assert all(p.poll() is not None for p in federation.processes)
