@@ -253,7 +253,7 @@ class SimSkipStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg of the usable updates' weights (federated) and the round's loss record.
 
-        A rejected update is logged and recorded (``kge.failure_sink``); the others go on.
+        A rejected update is logged and recorded (:meth:`FedEStrategy.record_failure`); the others go on.
 
         :raises FederationError: when no update survived.
         """
@@ -264,8 +264,8 @@ class SimSkipStrategy(FedAvg):
             try:
                 updates[name] = self.check_update(node_id, msg)
             except UpdateRejectedError as error:
-                rejected.append(self.kge._fail(name, str(error) if msg.has_error() else f"update rejected: {error}",
-                                               "simskip"))
+                rejected.append(self.kge.record_failure(
+                    name, str(error) if msg.has_error() else f"update rejected: {error}", "simskip"))
         if not updates:
             raise FederationError(f"SimSkip round {server_round}: no client update survived; failures: {rejected}")
         if self.config.federate:
@@ -302,13 +302,9 @@ class SimSkipStrategy(FedAvg):
         """
         for server_round in range(self.round + 1, self.config.rounds + 1):
             started = time.perf_counter()
-            failures: list[str] = []
-            self.kge.failure_sink = failures
-            try:
+            with self.kge.collecting_failures() as failures:
                 messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
                 self.aggregate_attributed(server_round, self.kge.exchange(grid, messages, timeout, phase="simskip"))
-            finally:
-                self.kge.failure_sink = None
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
             record["failures"] = failures
             self.history.append(record)
@@ -335,21 +331,15 @@ class SimSkipStrategy(FedAvg):
         done: set[str] = set()
         self.missing = {}
         for attempt in (1, 2):
-            failures: list[str] = []
-            self.kge.failure_sink = failures
-            try:
-                try:
-                    nodes = self.kge.await_clients(grid, "downstream evaluation")
-                except FederationError as error:  # evaluate whoever is there; the rest are reported missing
-                    log(WARNING, "%s; evaluating the clients that are connected", error)
-                    connected = set(grid.get_node_ids())
-                    nodes = [n for n in self.kge.clients if n in connected]
-                nodes = [n for n in nodes if self.kge.client_name(n) not in done]
-                messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate) for node in nodes]
+            with self.kge.collecting_failures() as failures:
+                nodes = self.kge.clients_for_last_step(grid, "downstream evaluation")
+                messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
+                            for node in nodes if self.kge.client_name(node) not in done]
                 for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream"):
                     name = self.kge.client_name(node)
                     if msg.has_error() or METRICS_KEY not in msg.content.metric_records:
-                        self.kge._fail(name, msg.error.reason if msg.has_error() else "reply lacks metrics", "downstream")
+                        self.kge.record_failure(name, msg.error.reason if msg.has_error() else "reply lacks metrics",
+                                                "downstream")
                         continue
                     record = msg.content.metric_records[METRICS_KEY]
                     for row, per_protocol in parse_downstream_metrics(record).items():
@@ -358,8 +348,6 @@ class SimSkipStrategy(FedAvg):
                     if gate is not None:
                         self.gate[name] = gate
                     done.add(name)
-            finally:
-                self.kge.failure_sink = None
             self.missing = {name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
                             for name in sorted(expected - done)}
             if not self.missing:

@@ -56,10 +56,11 @@ Failure semantics (each recorded in the round's ``failures`` and logged, never f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from logging import INFO, WARNING
 from typing import Any
@@ -346,8 +347,8 @@ class FedEStrategy(FedAvg):
         #: nodes whose handshake was refused (unknown client id, other labels): never asked again
         self._refused_nodes: set[int] = set()
         self._exchange_timeout = 3600.0
-        #: where failures outside a KGE round go (the SimSkip phase sets its round's list)
-        self.failure_sink: list[str] | None = None
+        # where failures outside a KGE round go (see collecting_failures)
+        self._failure_sink: list[str] | None = None
 
     @property
     def _best_round(self) -> int:
@@ -358,15 +359,26 @@ class FedEStrategy(FedAvg):
         info = self.clients.get(node_id)
         return info.client_id if info is not None else f"node {node_id}"
 
-    def _fail(self, name: str, reason: str, phase: str = "") -> str:
-        """Log and record one client's failure in the current round's report (else in
-        :attr:`failure_sink`); return the text."""
+    def record_failure(self, name: str, reason: str, phase: str = "") -> str:
+        """Log and record one client's failure in the current round's report (else in the list
+        of :meth:`collecting_failures`); return the text."""
         text = f"{name}: {phase + ': ' if phase else ''}{reason}"
         log(WARNING, "client %s", text)
-        sink = self._report.failures if self._report is not None else self.failure_sink
+        sink = self._report.failures if self._report is not None else self._failure_sink
         if sink is not None:
             sink.append(text)
         return text
+
+    @contextlib.contextmanager
+    def collecting_failures(self) -> Iterator[list[str]]:
+        """A block whose failures (:meth:`exchange`, :meth:`record_failure`) go to the list it
+        yields: a step outside the KGE rounds (a SimSkip round, the downstream evaluation)."""
+        failures: list[str] = []
+        self._failure_sink = failures
+        try:
+            yield failures
+        finally:
+            self._failure_sink = None
 
     # ------------------------------------------------------------------ exchange
     def exchange(
@@ -402,7 +414,7 @@ class FedEStrategy(FedAvg):
             else:
                 node = reply.metadata.src_node_id
             if node not in sent_to:
-                self._fail(f"node {node}", "reply from a node that got no message", phase)
+                self.record_failure(f"node {node}", "reply from a node that got no message", phase)
                 continue
             if node in attributed:
                 log(WARNING, "dropped a second reply of client %s", self.client_name(node))
@@ -410,7 +422,7 @@ class FedEStrategy(FedAvg):
             attributed[node] = reply
         for node in sent_to:
             if node not in attributed:
-                self._fail(self.client_name(node), f"timeout (no reply within {timeout:g} s)", phase)
+                self.record_failure(self.client_name(node), f"timeout (no reply within {timeout:g} s)", phase)
         return sorted(attributed.items(), key=lambda pair: (self.client_name(pair[0]), pair[0]))
 
     # ------------------------------------------------------------------ handshake
@@ -605,6 +617,17 @@ class FedEStrategy(FedAvg):
                 last_logged = len(live)
             time.sleep(POLL_SECONDS)
 
+    def clients_for_last_step(self, grid: Grid, context: str) -> list[int]:
+        """:meth:`await_clients`, but when ``min_clients`` do not connect in time, the registered
+        clients that are connected (a last step such as the test reports the missing ones
+        rather than losing the others' results)."""
+        try:
+            return self.await_clients(grid, context)
+        except FederationError as err:
+            log(WARNING, "%s; going on with the clients that are connected", err)
+            connected = set(grid.get_node_ids())
+            return sorted(n for n in self.clients if n in connected)
+
     # ------------------------------------------------------------------ table
     def set_table(self, table: np.ndarray) -> None:
         """Set the global entity table, float32 ``(len(vocabulary), entity_dim)``."""
@@ -730,7 +753,7 @@ class FedEStrategy(FedAvg):
             try:
                 rows, metrics = self.check_update(node_id, msg)
             except UpdateRejectedError as err:
-                rejected.append(self._fail(name, f"update rejected: {err}" if not msg.has_error() else str(err)))
+                rejected.append(self.record_failure(name, f"update rejected: {err}" if not msg.has_error() else str(err)))
                 continue
             if self._report is not None:
                 self._report.bytes_received += rows.nbytes
@@ -766,11 +789,11 @@ class FedEStrategy(FedAvg):
         for node_id, msg in replies:
             name = self.client_name(node_id)
             if msg.has_error():
-                self._fail(name, msg.error.reason, phase)
+                self.record_failure(name, msg.error.reason, phase)
                 continue
             record = msg.content.metric_records.get(METRICS_KEY)
             if node_id not in self.clients or record is None or WEIGHT_KEY not in record:
-                self._fail(name, "reply without metrics (or from an unregistered node)", phase)
+                self.record_failure(name, "reply without metrics (or from an unregistered node)", phase)
                 continue
             per_client[name] = {k: float(v) for k, v in record.items()}
         return dict(sorted(per_client.items()))
@@ -968,12 +991,7 @@ class FedEStrategy(FedAvg):
         caller decides; the ServerApp writes ``final_metrics.json`` with ``missing_clients``
         first), so a late failure never loses what was computed.
         """
-        try:
-            nodes = self.await_clients(grid, "final test")
-        except FederationError as err:
-            log(WARNING, "%s; testing the clients that are connected", err)
-            connected = set(grid.get_node_ids())
-            nodes = sorted(n for n in self.clients if n in connected)
+        nodes = self.clients_for_last_step(grid, "final test")
         self.use_best()
         result.best_round = self.loop.best_round
         result.best_valid = dict(self.loop.best_valid)
