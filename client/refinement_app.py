@@ -148,7 +148,7 @@ def downstream(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG_KEY]
     out = _output_dir(context, name)
     # the final encoder: the server's average, or (local-only) this party's own of the last round
-    weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg.get("simskip-round", 10**9)) + 1)
+    weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg["simskip-round"]) + 1)
     refined = transform_rows(rows, weights, refinement, client_id=name)
     snapshot = PRIVATE_SNAPSHOT.format(int(cfg.get("best-round", 0)))
     key = snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT
