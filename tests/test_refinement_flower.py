@@ -39,10 +39,14 @@ pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside
 
 
 class HandlerGrid:
-    """Delivers messages to the real ClientApp handlers; records every message and reply."""
+    """Delivers messages to the real ClientApp handlers; records every message and reply.
 
-    def __init__(self, contexts: dict[int, Context]):
+    :param tamper: ``tamper(msg, reply)`` may return a reply to use instead (or raise).
+    """
+
+    def __init__(self, contexts: dict[int, Context], tamper=None):
         self.contexts = contexts
+        self.tamper = tamper
         self.log: list[tuple[Message, Message]] = []
 
     def get_node_ids(self) -> Iterable[int]:
@@ -54,6 +58,8 @@ class HandlerGrid:
             node = msg.metadata.dst_node_id
             TaskIdentity.node_id = node
             reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
+            if self.tamper is not None:
+                reply = self.tamper(msg, reply) or reply
             self.log.append((msg, reply))
             replies.append(reply)
         return replies
@@ -144,25 +150,6 @@ def test_local_only_ablation_sends_no_encoder_after_round_one(data_root, tmp_pat
 
 
 # ---------------------------------------------------------------- failures, checkpoint and resume
-class TamperingGrid(HandlerGrid):
-    """A :class:`HandlerGrid` whose ``tamper(msg, reply)`` may replace a reply (or raise)."""
-
-    def __init__(self, contexts, tamper):
-        super().__init__(contexts)
-        self.tamper = tamper
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            TaskIdentity.node_id = node
-            reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
-            reply = self.tamper(msg, reply) or reply
-            self.log.append((msg, reply))
-            replies.append(reply)
-        return replies
-
-
 def _error_reply(msg, reason="ClientApp crashed"):
     from flwr.app import Error
 
@@ -202,7 +189,7 @@ def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(da
             record[first] = Array(np.full_like(record[first].numpy(), np.nan))
         return None
 
-    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: TamperingGrid(c, tamper))
+    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: HandlerGrid(c, tamper))
     rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
                                 kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
     history = [json.loads(line) for line in (tmp_path / "simskip_metrics.jsonl").read_text().splitlines()]
@@ -231,7 +218,7 @@ def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_
             return _error_reply(msg, "out of memory")
         return None
 
-    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: TamperingGrid(c, tamper),
+    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: HandlerGrid(c, tamper),
                                                                   **{"simskip-rounds": 1})
     refinement = dataclasses.replace(refinement, rounds=1)
     with pytest.raises(FederationError, match=r"no result from clients \['1'\]"):
@@ -279,7 +266,7 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
 
     config = _server_run_config(data_root, tmp_path / "run", tmp_path / "clients", **extra)
     with pytest.raises(Interrupted):
-        run_federation(TamperingGrid(_contexts(config), die_in_round_3), config)
+        run_federation(HandlerGrid(_contexts(config), die_in_round_3), config)
     _, arrays, state = load_checkpoint(tmp_path / "run", run_config=config)
     assert state["phase"] == "simskip" and state["simskip_round"] == 2
     assert any(name.startswith("simskip/") for name in arrays)
