@@ -8,10 +8,17 @@ Liu, Kim, Bansal, "Can Contrastive Learning Refine Embeddings", ESWC 2024. Pure 
     trainer = SimSkipTrainer(X.shape[1], {"seed": 1})
     trainer.fit(X, epochs=5)                                 # one federated round
     weights = trainer.get_weights()                          # [(name, np.ndarray), ...]
+    mean_relative_displacement(X, refined)                   # mean ||f(x) - x|| / ||x||
+    control = perturb_like(X, refined, seed=0)               # as far, in random directions
+
+By default (``SimSkipConfig.standardize``) the trainer works in units of the matrix's root mean
+square, so ``refine(c * X) == c * refine(X)``; before, how far rows moved depended on their
+absolute size (see :mod:`simskip_core.trainer`).
 """
 
 from .augment import AUGMENTATIONS, ComposedAugmentation, FeatureMasking, GaussianNoise, build_augmentation
 from .config import SimSkipConfig, load_config_file, read_config_mapping
+from .controls import mean_relative_displacement, perturb_like, relative_displacement
 from .embedding_files import EmbeddingTable, read_embeddings, write_embeddings
 from .encoder import ACTIVATIONS, NORMALIZATIONS, ProjectionHead, SkipEncoder
 from .errors import (
@@ -46,10 +53,13 @@ __all__ = [
     "WeightsMismatchError",
     "build_augmentation",
     "load_config_file",
+    "mean_relative_displacement",
     "nt_xent_loss",
+    "perturb_like",
     "read_config_mapping",
     "read_embeddings",
     "refine",
+    "relative_displacement",
     "resolve_device",
     "write_embeddings",
 ]

@@ -9,6 +9,10 @@ configuration lists them (:class:`ComposedAugmentation`):
   ``j``, where ``std_j`` is the per-feature standard deviation of the whole matrix being fitted
   (computed once per ``fit``), so the noise level does not depend on the scale of the embeddings.
 
+With ``SimSkipConfig.standardize`` (the default) both act on the standardized rows ``x / s``;
+masking commutes with the scaling and the relative noise level is the same, so the views are the
+former ones divided by ``s``.
+
 All randomness comes from an explicit :class:`torch.Generator`, so runs are reproducible.
 """
 

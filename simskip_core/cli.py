@@ -2,8 +2,10 @@
 
 Reads ``.npy``, ``.pt`` (one tensor) or ``.tsv``/``.txt`` (one row per line, optional leading
 label column, kept), trains SimSkip with a tqdm bar over epochs (stderr), writes the refined
-matrix to OUT (format by suffix, atomically) and prints a JSON summary (loss per epoch, seconds)
-on stdout. Exit status: 0 ok, 2 bad input or config, 1 training diverged.
+matrix to OUT (format by suffix, atomically) and prints a JSON summary (loss per epoch, seconds,
+``mean_relative_displacement`` and ``scale``) on stdout. One line on stderr gives the mean
+relative displacement ``||f(x) - x|| / ||x||`` of the written rows (stdout stays pure JSON).
+Exit status: 0 ok, 2 bad input or config, 1 training diverged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .config import SimSkipConfig, read_config_mapping
+from .controls import mean_relative_displacement
 from .embedding_files import read_embeddings, write_atomic, write_embeddings
 from .errors import ConfigError, SimSkipError, TrainingDivergedError, WeightsMismatchError
 from .trainer import SimSkipTrainer
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise
     fit_seconds = time.perf_counter() - fit_start
     refined = trainer.transform(table.values)
+    summary["scale"] = trainer.scale
+    summary["mean_relative_displacement"] = mean_relative_displacement(table.values, refined)
     text_output = args.output.suffix.lower() in {".tsv", ".txt"}
     write_embeddings(args.output, refined, table.labels if text_output else None)
     if table.labels is not None and not text_output:
@@ -116,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SimSkipError, OSError) as exc:
         print(f"simskip-refine: error: {exc}", file=sys.stderr)
         return 2
+    if "mean_relative_displacement" in summary:
+        print(f"simskip-refine: mean relative displacement ||f(x) - x|| / ||x|| = "
+              f"{summary['mean_relative_displacement']:.6g} ({summary['output']})", file=sys.stderr)
     if args.summary:
         _write_json(args.summary, summary)
     print(json.dumps(summary, indent=2))

@@ -3,6 +3,11 @@
 Normalization is LayerNorm (or none), not BatchNorm: LayerNorm acts on each row alone, so
 ``transform`` of a row does not depend on which other rows share its batch, and it has no running
 statistics -- the weights to export, import and federate are exactly the parameters.
+
+The LayerNorm inside ``g`` fixes the size of ``g(x)`` in absolute units whatever the size of
+``x``, so ``f`` alone is not scale-aware: :class:`~simskip_core.trainer.SimSkipTrainer` therefore
+(by default, ``standardize=True``) runs it on ``x / s`` for a scalar scale ``s`` of the matrix
+and maps back with :meth:`SkipEncoder.forward_scaled`.
 """
 
 from __future__ import annotations
@@ -82,6 +87,20 @@ class SkipEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """:param x: shape ``(B, d)``. :return: shape ``(B, d)``."""
         return x + self.g(x) if self.skip else self.g(x)
+
+    def forward_scaled(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """The encoder applied in units of ``scale``: ``scale * f(x / scale)``.
+
+        Computed as ``x + scale * g(x / scale)`` (``scale * g(x / scale)`` without the skip), so
+        with the zero-initialized last layer the output is ``x`` exactly, not ``x`` up to the
+        rounding of dividing and multiplying back.
+
+        :param x: shape ``(B, d)``, in the caller's units.
+        :param scale: positive finite factor (SimSkipTrainer's :attr:`~SimSkipTrainer.scale`).
+        :return: shape ``(B, d)``, in the caller's units.
+        """
+        residual = self.g(x / scale) * scale
+        return x + residual if self.skip else residual
 
 
 class ProjectionHead(nn.Module):

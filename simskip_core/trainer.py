@@ -3,6 +3,16 @@
 :class:`SimSkipTrainer` owns the encoder, the projection head, the Adam optimizer and the random
 generators, so that ``fit(X, epochs=k)`` twice equals ``fit(X, epochs=2k)`` once under the same
 seed -- which is what a federated client running one round at a time needs.
+
+Scale: with ``SimSkipConfig.standardize`` (the default) the trainer works in standardized units,
+``z = x / s`` with one scalar ``s = sqrt(mean(X**2))`` per trainer, and returns
+``x + s * g(x / s)``, so refinement is equivariant to rescaling the input
+(``refine(c * X) == c * refine(X)``). Before, ``g`` ran on the raw values and -- its LayerNorm
+fixing the size of ``g(x)`` in absolute units -- ten epochs on a 2,000 x 64 Gaussian matrix moved
+rows by a mean ``||f(x) - x|| / ||x||`` of 15.5 at scale 0.01, 0.20 at scale 1 and 0.0026 at
+scale 100; KGE rows (norm 0.5-0.9) moved 1.5-2.7 times their own length. Standardized, the
+same ten epochs move rows by 0.20 at all three scales, and rows of norm 0.7 move 0.29 at the
+default 50 epochs (1.77 before). ``standardize=False`` keeps the former behaviour bit for bit.
 """
 
 from __future__ import annotations
@@ -66,14 +76,30 @@ class SimSkipTrainer:
     :meth:`set_weights` replaces weights but keeps the optimizer state; call
     :meth:`reset_optimizer` to drop it.
 
+    Standardized units (``config.standardize``, the default): ``g``, the head and the
+    augmentations see ``z = x / s`` and :meth:`transform` returns ``x + s * g(x / s)``, where
+    ``s`` is :attr:`scale`. It is fixed per trainer: the root mean square of all real entries of
+    the ``X`` of the first :meth:`fit` (or of the first :meth:`transform` when no fit happened,
+    e.g. a federated client that only received weights), then reused by every later call, so
+    ``fit(k); fit(k)`` still equals ``fit(2k)``. Give it explicitly with ``scale=`` (or by
+    assigning :attr:`scale`) to share one scale across matrices. It is not part of
+    :meth:`get_weights`: each federated client derives its own, deterministically, from its rows.
+
     :param dim: number of real columns of the matrices to refine (``2d`` for complex ``n x d``).
     :param config: a :class:`SimSkipConfig`, a dict of its keys, or ``None`` for the defaults.
+    :param scale: the scale ``s`` (positive, finite) instead of deriving it from the first matrix;
+        only with ``config.standardize``.
+    :raises ConfigError: for ``scale`` given with ``standardize=False``, or not positive and finite.
     """
 
-    def __init__(self, dim: int, config: SimSkipConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, dim: int, config: SimSkipConfig | Mapping[str, Any] | None = None, *, scale: float | None = None
+    ) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise EmbeddingInputError(f"dim must be a positive int, got {dim!r}")
         self.config = _coerce_config(config)
+        self._scale: float | None = None
+        self.scale = scale
         self.dim = dim
         self.device = resolve_device(self.config.device)
         cfg = self.config
@@ -92,6 +118,49 @@ class SimSkipTrainer:
         self.reset_optimizer()
         self.history: list[float] = []
         self.epoch_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ scale
+    @property
+    def scale(self) -> float | None:
+        """The scale ``s`` of the standardized units (a float), ``None`` until the first
+        :meth:`fit`/:meth:`transform` fixes it, and always ``None`` with ``standardize=False``.
+
+        Assign a positive finite float to fix it explicitly, or ``None`` to let the next
+        :meth:`fit`/:meth:`transform` derive it again. Changing it after training changes what
+        the learned ``g`` sees.
+
+        :raises ConfigError: when assigned with ``standardize=False`` or not positive and finite.
+        """
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float | None) -> None:
+        if value is None:
+            self._scale = None
+            return
+        if not self.config.standardize:
+            raise ConfigError("a scale only applies with standardize=True (config key 'standardize' is false)")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise ConfigError(f"scale must be a positive finite number, got {value!r}")
+        value = float(value)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"scale must be a positive finite number, got {value!r}")
+        self._scale = value
+
+    def _fix_scale(self, values: torch.Tensor) -> float | None:
+        """Derive :attr:`scale` from ``values`` (real columns, CPU) unless already fixed."""
+        if not self.config.standardize:
+            return None
+        if self._scale is None:
+            # float64: no overflow for float32 entries, and the same value on every device.
+            rms = float(torch.sqrt(torch.mean(values.to(torch.float64).square())))
+            if not (math.isfinite(rms) and rms > 0):
+                raise EmbeddingInputError(
+                    f"cannot standardize: the root mean square of the matrix is {rms} (all entries zero?); "
+                    "pass scale= explicitly or set config key 'standardize' to false"
+                )
+            self._scale = rms
+        return self._scale
 
     # ------------------------------------------------------------------ training
     def reset_optimizer(self) -> None:
@@ -116,7 +185,10 @@ class SimSkipTrainer:
         n = values.shape[0]
         if n < 2:
             raise EmbeddingInputError(f"X has {n} row; contrastive training needs at least 2 rows (negatives)")
+        scale = self._fix_scale(values)
         values = values.to(self.device)
+        if scale is not None:
+            values = values / scale  # standardized units: g, head and augmentations see z = x / s
         # Noise is relative to the per-feature std of the whole matrix, computed once per fit.
         feature_std = values.std(dim=0, unbiased=False)
         augment = build_augmentation(cfg.augmentations, mask_prob=cfg.mask_prob, noise_std=cfg.noise_std, feature_std=feature_std)
@@ -156,14 +228,19 @@ class SimSkipTrainer:
     def transform(self, X: Any) -> np.ndarray:
         """Refined embeddings ``f(X)``: eval mode, batched, no augmentation.
 
+        With ``standardize`` this is ``X + s * g(X / s)`` for :attr:`scale` ``s`` (derived from
+        this ``X`` when no earlier call fixed it).
+
         :param X: shape ``(n, dim)`` real, or ``(n, dim // 2)`` complex.
         :return: same shape and kind as ``X`` (float64 stays float64; complex stays complex).
+        :raises EmbeddingInputError: for malformed ``X``, or an all-zero ``X`` fixing the scale.
         """
         prepared = prepare_embeddings(X, expected_dim=self.dim)
+        scale = self._fix_scale(prepared.values)
         self.encoder.eval()
         chunks = [
-            self.encoder(chunk.to(self.device)).cpu()
-            for chunk in torch.split(prepared.values, self.config.transform_batch_size)
+            (self.encoder(chunk) if scale is None else self.encoder.forward_scaled(chunk, scale)).cpu()
+            for chunk in (part.to(self.device) for part in torch.split(prepared.values, self.config.transform_batch_size))
         ]
         return restore_embeddings(torch.cat(chunks).numpy(), prepared)
 
@@ -230,7 +307,8 @@ def refine(X: Any, config: SimSkipConfig | Mapping[str, Any] | None = None) -> n
     :param X: shape ``(n, d)`` real (``n >= 2``), or ``(n, d)`` complex (refined as ``2d`` real columns).
     :param config: a :class:`SimSkipConfig`, a dict of its keys, or ``None`` for the defaults.
     :return: refined embeddings, same shape and kind as ``X``. With ``epochs=0`` and the skip
-        connection this is ``X`` itself (to float32 precision).
+        connection this is ``X`` itself (to float32 precision). With ``config.standardize``
+        (the default) ``refine(c * X) == c * refine(X)`` for ``c > 0`` up to float rounding.
     """
     prepared = prepare_embeddings(X)
     trainer = SimSkipTrainer(prepared.values.shape[1], config)

@@ -15,7 +15,7 @@ import torch
 
 from .errors import EmbeddingInputError
 
-__all__ = ["PreparedEmbeddings", "prepare_embeddings", "restore_embeddings"]
+__all__ = ["PreparedEmbeddings", "check_matrix", "prepare_embeddings", "restore_embeddings"]
 
 _MAX_LISTED_ROWS = 10
 
@@ -43,14 +43,13 @@ def _as_numpy(X: Any, name: str) -> np.ndarray:
         raise EmbeddingInputError(f"{name} cannot be read as a numeric matrix: {exc}") from exc
 
 
-def prepare_embeddings(X: Any, *, name: str = "X", expected_dim: int | None = None) -> PreparedEmbeddings:
-    """Validate ``X`` and return it as a float32 tensor of real columns.
+def check_matrix(X: Any, *, name: str = "X") -> np.ndarray:
+    """Validate ``X`` as an ``n x d`` numeric matrix and return it as a NumPy array (not copied when possible).
 
     :param X: shape ``(n, d)``, real or complex, ``n >= 1``, ``d >= 1``, all values finite.
     :param name: how error messages call the matrix.
-    :param expected_dim: required number of real columns (``2d`` for complex input), if any.
-    :raises EmbeddingInputError: for wrong rank, empty input, non-numeric dtype, NaN/Inf rows
-        (their indices are listed), or a width other than ``expected_dim``.
+    :raises EmbeddingInputError: for wrong rank, empty input, non-numeric dtype, or NaN/Inf rows
+        (their indices are listed).
     """
     array = _as_numpy(X, name)
     if array.dtype.kind not in "fiuc":
@@ -65,6 +64,19 @@ def prepare_embeddings(X: Any, *, name: str = "X", expected_dim: int | None = No
         bad = np.flatnonzero(~finite_rows)
         listed = ", ".join(str(i) for i in bad[:_MAX_LISTED_ROWS]) + (", ..." if bad.size > _MAX_LISTED_ROWS else "")
         raise EmbeddingInputError(f"{name} has {bad.size} row(s) with NaN or Inf values (0-based rows: {listed})")
+    return array
+
+
+def prepare_embeddings(X: Any, *, name: str = "X", expected_dim: int | None = None) -> PreparedEmbeddings:
+    """Validate ``X`` (see :func:`check_matrix`) and return it as a float32 tensor of real columns.
+
+    :param X: shape ``(n, d)``, real or complex, ``n >= 1``, ``d >= 1``, all values finite.
+    :param name: how error messages call the matrix.
+    :param expected_dim: required number of real columns (``2d`` for complex input), if any.
+    :raises EmbeddingInputError: for wrong rank, empty input, non-numeric dtype, NaN/Inf rows
+        (their indices are listed), or a width other than ``expected_dim``.
+    """
+    array = check_matrix(X, name=name)
     is_complex = array.dtype.kind == "c"
     if is_complex:
         values = torch.view_as_real(torch.from_numpy(np.ascontiguousarray(array, dtype=np.complex64))).reshape(array.shape[0], -1)

@@ -117,3 +117,15 @@ def test_console_entry_point_runs_as_a_module(tmp_path, X) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["loss_per_epoch"]) == 2
+
+
+def test_reports_the_mean_relative_displacement_of_the_output(tmp_path, capsys, X) -> None:
+    write_embeddings(tmp_path / "in.npy", X)
+    status, summary, err = run_cli(capsys, tmp_path / "in.npy", tmp_path / "out.npy", *FAST)
+    assert status == 0
+    refined = np.load(tmp_path / "out.npy")
+    expected = float(np.mean(np.linalg.norm(refined.astype(np.float64) - X, axis=1) / np.linalg.norm(X.astype(np.float64), axis=1)))
+    assert summary["mean_relative_displacement"] == pytest.approx(expected, rel=1e-9)
+    assert summary["scale"] == pytest.approx(float(np.sqrt(np.mean(X.astype(np.float64) ** 2))))
+    lines = [line for line in err.splitlines() if "mean relative displacement" in line]
+    assert len(lines) == 1 and f"{expected:.6g}" in lines[0] and "out.npy" in lines[0]
