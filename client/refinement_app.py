@@ -8,11 +8,11 @@ round's starting weights (the server's average; in the local-only ablation the w
 party keeps in ``context.state`` and in its private checkpoint ``checkpoint/simskip-<r>.npz``,
 so a restarted party or a resumed server continues from them), reply with the weights
 (federated only) and the losses.
-``evaluate.downstream``: transform the rows with the final encoder, choose the skip strength of
-the ``refined-gated`` row on this party's valid split (the message's ``gate-grid``; ``"none"``:
-no gated row), then re-fit relations on frozen rows for every table row and rank the test split
-(:func:`client.kge.refit.evaluate_downstream`). The refined rows go to the party's private output
-folder (``refined/<variant>.npy``, and ``refined/refined-gated.npy``) when it has one.
+``evaluate.downstream``: transform the rows with the final encoders (every search setting and
+seed), then run every downstream protocol on the unrefined, refined (chosen on this party's
+valid split), perturbed and no-skip rows and rank the test split
+(:func:`client.kge.comparison.evaluate_client_rows`). The refined rows go to the party's private
+output folder (``refined/<variant>.npy``) when it has one.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from client.client_app import (
     save_private_checkpoint,
 )
 
-__all__ = ["downstream", "gate_metrics", "simskip_train"]
+__all__ = ["downstream", "simskip_train"]
 
 WEIGHTS_KEY = "simskip-weights"  # mirrors server.simskip_strategy
 OWN_WEIGHTS = "simskip-own-weights"
+DOWNSTREAM_RECORD = "downstream"  # mirrors server.simskip_strategy
+DOWNSTREAM_RANKS = "downstream-rr"
 OWN_ROUND = "simskip-own-round"
 #: private checkpoint prefix of the local-only ablation's own weights (<output>/checkpoint/simskip-<r>.npz)
 OWN_CHECKPOINT = "simskip"
@@ -96,17 +98,6 @@ def _weights_record(weights) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in pack_variants(weights)})
 
 
-def gate_metrics(gate: dict) -> dict[str, float | int]:
-    """A :meth:`client.kge.refit.GateResult.as_dict` as flat metric entries (``gate-alpha``,
-    ``gate-valid-mrr@<alpha>``, ``gate-refit-selection``, ``gate-seconds``); the server reads them
-    back with :func:`server.simskip_strategy.parse_gate_metrics`."""
-    metrics: dict[str, float | int] = {"gate-alpha": float(gate["alpha"]),
-                                       "gate-refit-selection": int(gate["selection"] == "refit"),
-                                       "gate-seconds": float(gate["seconds"])}
-    metrics.update({f"gate-valid-mrr@{alpha}": float(score) for alpha, score in gate["valid_mrr"].items()})
-    return metrics
-
-
 @app.train("simskip")
 def simskip_train(msg: Message, context: Context) -> Message:
     """One SimSkip round on this party's rows."""
@@ -136,9 +127,12 @@ def simskip_train(msg: Message, context: Context) -> Message:
 
 @app.evaluate("downstream")
 def downstream(msg: Message, context: Context) -> Message:
-    """Refine with the final encoder, re-fit relations on frozen rows per table row, rank the test split."""
-    from client.kge.refinement import parse_gate_grid, transform_rows
-    from client.kge.refit import GATED_ROW, evaluate_downstream, skip_strength_rows
+    """Refine with the final encoders, run every downstream protocol on every row, rank the test split."""
+    import json
+
+    from client.kge.comparison import evaluate_client_rows
+    from client.kge.protocols import relations_fit
+    from client.kge.refinement import transform_rows
     from server.run_folder import save_npy_atomic
 
     started = time.perf_counter()
@@ -147,7 +141,7 @@ def downstream(msg: Message, context: Context) -> Message:
     rows = _incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
     out = _output_dir(context, name)
-    # the final encoder: the server's average, or (local-only) this party's own of the last round
+    # the final encoders: the server's average, or (local-only) this party's own of the last round
     weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg["simskip-round"]) + 1)
     refined = transform_rows(rows, weights, refinement, client_id=name)
     snapshot = PRIVATE_SNAPSHOT.format(int(cfg.get("best-round", 0)))
@@ -156,24 +150,17 @@ def downstream(msg: Message, context: Context) -> Message:
     if key in context.state.array_records:
         record = context.state.array_records[key]
         relation_state = {k: record[k].numpy() for k in record if k.startswith(("model/", "meta/"))}
-    # the server's grid and budget, so every party gates and re-fits alike
-    gate_grid = parse_gate_grid(cfg["gate-grid"]) if "gate-grid" in cfg else refinement.gate_grid
-    results = evaluate_downstream(graph, kge_config, rows, refined, refit_epochs=int(cfg.get("refit-epochs", refinement.refit_epochs)),
-                                  relation_state=relation_state, gate_grid=gate_grid, gated_variant=refinement.main_variant,
-                                  device=_device())
-    gate = results.get(GATED_ROW, {}).pop("gate", None)
+        if not relations_fit(graph, kge_config, relation_state):
+            log(INFO, "client %s: its relations do not fit its model: no as-trained protocol", name)
+            relation_state = None
     if out is not None:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
-        if gate is not None:
-            save_npy_atomic(out / "refined" / f"{GATED_ROW}.npy", skip_strength_rows(rows, refined[gate["variant"]], gate["alpha"]))
-    metrics: dict[str, float | int] = {}
-    for row, result in results.items():
-        for protocol, values in result["metrics"].items():
-            for metric, value in values.items():
-                metrics[f"{row}/{protocol}/{metric}"] = int(value) if metric == "num_triples" else float(value)
-        metrics[f"seconds/{row}"] = float(result["seconds"])
-    if gate is not None:  # keys without "/" are not table cells (server.simskip_strategy.parse_downstream_metrics)
-        metrics.update(gate_metrics(gate))
-    metrics["client-seconds"] = time.perf_counter() - started
-    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+    result, ranks = evaluate_client_rows(graph, kge_config, rows, refined, refinement, relation_state=relation_state,
+                                         device=_device(), log=lambda line: log(INFO, "%s", line))
+    content = RecordDict({
+        METRICS_KEY: MetricRecord({"client-seconds": time.perf_counter() - started}),
+        DOWNSTREAM_RECORD: ConfigRecord({"record": json.dumps(result)}),  # key order is the table order
+        DOWNSTREAM_RANKS: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float64)) for k, v in ranks.items()}),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,75 +1,92 @@
 #!/usr/bin/env python
-"""Time the refinement phase's pieces on one client folder; prints one JSON object.
+"""Time the downstream phase on a finished run folder, one protocol at a time; writes one JSON object.
 
-Measures, on the client's entity rows (random rows of the model's width: timing does not depend
-on the values): one SimSkip round of ``--simskip-epochs`` epochs, a relation re-fit of
-``--refit-epochs`` epochs on frozen rows, and the test ranking under both protocols.
+For every downstream protocol label given (default: every registered one), all rows
+(unrefined, the refined candidates, perturbed) of every client, one seed, with the run's KGE
+config and the refinement keys given by ``--set``: wall seconds of the whole phase, per client,
+and per row (training and valid checks; the test ranking once at the end). The refined rows are
+the run folder's ``refined/<client>/<variant>.npy`` when present (as ``simskip-sim`` or
+``--refine-only`` left them), else the SimSkip phase runs first (its time reported apart).
 
-    python scripts/bench_downstream.py ../shared/data/FB15k-237-Fed3/0 --model TransE \\
-        --refit-epochs 1 --simskip-epochs 1 [--set num-negs-per-pos=256 ...]
+    python scripts/bench_downstream.py RUN_DIR --protocols relation-refit adapter \\
+        --set refit-epochs=3 --out results/bench_downstream.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
-
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the measurement and print the JSON result."""
+    """Run the measurement and write (or print) the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("client_folder", type=Path)
-    parser.add_argument("--model", default="TransE")
-    parser.add_argument("--refit-epochs", type=int, default=1)
-    parser.add_argument("--simskip-epochs", type=int, default=1)
+    parser.add_argument("run_dir", type=Path, help="a finished run folder (simskip-sim writes one)")
+    parser.add_argument("--protocols", nargs="+", default=None, help="downstream protocols (default: all)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="KGE / simskip-* run-config value (repeatable)")
+                        help="refinement run-config value (repeatable), e.g. refit-epochs=3")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output file (default: stdout)")
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
-    from client.kge.models import entity_dim
-    from client.kge.refinement import fit_round, initial_weights, load_run_configs
-    from client.kge.refit import refit_relations
-    from kg_datasets import load_client_folder
+    from client.kge.comparison import evaluate_client_rows
+    from client.kge.config import KGEConfig
+    from client.kge.protocols import DOWNSTREAM_PROTOCOLS, protocol_labels, relations_fit
+    from client.kge.refinement import RefinementConfig, run_refinement
+    from server.downstream import load_client_inputs
+    from server.run_folder import atomic_write_text
     from server.simulation import parse_set_options
 
-    _, kge_config, refinement = load_run_configs({**parse_set_options(args.sets), "model": args.model,
-                                                  "simskip-local-epochs": args.simskip_epochs})
-    started = time.perf_counter()
-    graph = load_client_folder(args.client_folder, client_id=0)
-    load_seconds = time.perf_counter() - started
-    width = entity_dim(kge_config)
-    rows = np.random.default_rng(0).standard_normal((graph.num_entities, width)).astype(np.float32)
-    started = time.perf_counter()
-    fit_round(rows, initial_weights(width, refinement), refinement, client_id=0, server_round=1)
-    simskip_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    result = refit_relations(graph, kge_config, rows, epochs=args.refit_epochs)
-    total = time.perf_counter() - started
-    print(json.dumps({
-        "client_folder": str(args.client_folder),
-        "model": args.model,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "num_entities": graph.num_entities,
-        "num_train": int(graph.train.num_triples),
-        "num_test": int(graph.test.num_triples),
-        "load_seconds": round(load_seconds, 3),
-        "simskip_epochs": args.simskip_epochs,
-        "simskip_seconds": round(simskip_seconds, 3),
-        "refit_epochs": args.refit_epochs,
-        "refit_train_seconds": round(result.seconds, 3),
-        "test_ranking_seconds_both_protocols": round(total - result.seconds, 3),
-    }, indent=2))
+    recorded = json.loads((args.run_dir / "config.json").read_text(encoding="utf-8"))
+    run_config = {**recorded.get("run_config", {}), **parse_set_options(args.sets), "downstream-seeds": 1}
+    kge_config = KGEConfig.from_run_config(recorded.get("kge", {}))
+    inputs = load_client_inputs(args.run_dir, run_config)
+    base = RefinementConfig.from_run_config(run_config)
+    refined: dict[str, dict[str, np.ndarray]] = {}
+    simskip_seconds = None
+    stored = {name: args.run_dir / "refined" / name for name in inputs}
+    if all((folder / f"{variant}.npy").is_file() for folder in stored.values() for variant in base.variants()):
+        refined = {name: {v: np.load(stored[name] / f"{v}.npy") for v in base.variants()} for name in inputs}
+    else:
+        started = time.perf_counter()
+        refined = run_refinement({name: item["rows"] for name, item in inputs.items()}, base).refined
+        simskip_seconds = round(time.perf_counter() - started, 3)
+    report = {
+        "run_dir": str(args.run_dir), "model": kge_config.model, "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(), "load_average_before": list(os.getloadavg()),
+        "refinement": base.to_run_config(), "simskip_seconds": simskip_seconds, "protocols": {},
+    }
+    names = args.protocols or list(DOWNSTREAM_PROTOCOLS)
+    for name in names:
+        for label in protocol_labels([name], base.refit_init):
+            config = RefinementConfig.from_run_config({**run_config, "downstream-protocols": name,
+                                                       "refit-init": label.partition(":")[2] or "trained"})
+            started = time.perf_counter()
+            per_client = {}
+            for client, item in inputs.items():
+                began = time.perf_counter()
+                record, _ = evaluate_client_rows(item["graph"], kge_config, item["rows"], refined[client], config,
+                                                 relation_state=item["relation_state"] if relations_fit(
+                                                     item["graph"], kge_config, item["relation_state"]) else None,
+                                                 log=lambda line: print(line, file=sys.stderr, flush=True))
+                rows = record["protocols"].get(label, {}).get("seeds", {}).get("0", {})
+                per_client[client] = {"seconds": round(time.perf_counter() - began, 3),
+                                      "rows": {row: {"seconds": r["seconds"], "epochs": r["epochs"]} for row, r in rows.items()},
+                                      "candidates": len(config.candidates())}
+            report["protocols"][label] = {"seconds": round(time.perf_counter() - started, 3), "clients": per_client}
+            print(f"[bench-downstream] {label}: {report['protocols'][label]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    report["load_average_after"] = list(os.getloadavg())
+    text = json.dumps(report, indent=2) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -158,8 +158,13 @@ def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, 
         refine_run_folder(folder, sets)
         state["refine_seconds"] = round(time.perf_counter() - started, 1)
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    state["overall"] = {row: per_client["overall"] for row, per_client in results["rows"].items()}
-    state["gain_points"] = {row: per_client["overall"] for row, per_client in results["gain_points"].items()}
+    # per downstream protocol: the overall mean over seeds of every row and gain
+    state["overall"] = {label: {row: {c: v["mean"] for c, v in per_client["overall"].items()} for row, per_client in entry["rows"].items()}
+                        for label, entry in results["protocols"].items()}
+    state["gain_points"] = {label: {row: {c: v["mean"] for c, v in per_client["overall"].items()}
+                                    for row, per_client in entry["gain_points"].items()}
+                            for label, entry in results["protocols"].items()}
+    state["verdict"] = {label: entry["verdict"].get("overall", {}) for label, entry in results["protocols"].items()}
     state["status"] = "done"
     _write_json(folder / CELL_FILE, state)
     print(f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)", flush=True)
@@ -168,7 +173,7 @@ def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, 
 
 def assemble(out: Path) -> dict[str, Path]:
     """Collect every finished cell under ``out`` into ``grid.{json,csv,md}``."""
-    from server.report import ROW_ORDER
+    from client.kge.comparison import ROWS
     from server.run_folder import atomic_write_text
 
     cells = sorted(
@@ -176,16 +181,18 @@ def assemble(out: Path) -> dict[str, Path]:
         key=lambda c: (c["dataset"], DEFAULT_MODELS.index(c["model"]) if c["model"] in DEFAULT_MODELS else 99,
                        DEFAULT_SETTINGS.index(c["setting"]) if c["setting"] in DEFAULT_SETTINGS else 99),
     )
-    columns = ["dataset", "model", "setting", "row", *GRID_COLUMNS, "run_seconds", "refine_seconds"]
+    columns = ["dataset", "model", "setting", "protocol", "row", *GRID_COLUMNS, "run_seconds", "refine_seconds"]
     records = []
     for cell in cells:
         base = {"dataset": Path(cell["dataset"]).name, "model": cell["model"], "setting": cell["setting"],
                 "run_seconds": cell.get("run_seconds", ""), "refine_seconds": cell.get("refine_seconds", "")}
-        for row in ROW_ORDER:
-            if row in cell["overall"]:
-                records.append({**base, "row": row, **{c: cell["overall"][row][c] for c in GRID_COLUMNS}})
-        for row, gains in cell["gain_points"].items():
-            records.append({**base, "row": f"gain {row} (pts)", **{c: gains[c] for c in GRID_COLUMNS}})
+        for label, overall in cell["overall"].items():
+            for row in ROWS:
+                if row in overall:
+                    records.append({**base, "protocol": label, "row": row, **{c: overall[row][c] for c in GRID_COLUMNS}})
+            gains_of = cell["gain_points"][label]
+            for row, gains in ((row, gains_of[row]) for row in ROWS if row in gains_of):
+                records.append({**base, "protocol": label, "row": f"gain {row} (pts)", **{c: gains[c] for c in GRID_COLUMNS}})
     paths = {"json": out / "grid.json", "csv": out / "grid.csv", "md": out / "grid.md"}
     atomic_write_text(paths["json"], json.dumps({"columns": columns, "records": records, "cells": cells}, indent=2) + "\n")
     buffer = io.StringIO()
@@ -198,7 +205,7 @@ def assemble(out: Path) -> dict[str, Path]:
     for record in records:
         points = record["row"].startswith("gain")
         cells_text = [f"{record[c]:+.2f}" if points else f"{record[c]:.4f}" for c in GRID_COLUMNS]
-        lines.append("| " + " | ".join([record["dataset"], record["model"], record["setting"], record["row"], *cells_text,
+        lines.append("| " + " | ".join([record["dataset"], record["model"], record["setting"], record["protocol"], record["row"], *cells_text,
                                          str(record["run_seconds"]), str(record["refine_seconds"])]) + " |")
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     return paths

@@ -85,12 +85,13 @@ MODEL_DEFINING_KEYS: frozenset[str] = frozenset({
     # validation: which round is "best" (eval-every: when, eval-protocol: what MRR is compared)
     "eval-every", "eval-protocol",
     # the SimSkip phase (client/kge/refinement.py: RefinementConfig) and the downstream evaluation
-    # (re-fit budget, gated skip-strength grid)
+    # (protocols, their budget and patience, seeds, the skip strengths and search settings chosen on valid)
     "simskip-local-epochs", "simskip-federate", "simskip-no-skip-ablation", "refit-epochs",
     "simskip-hidden-dim", "simskip-num-layers", "simskip-activation", "simskip-normalization",
     "simskip-skip", "simskip-projection-dim", "simskip-projection-hidden-dim", "simskip-augmentations",
     "simskip-mask-prob", "simskip-noise-std", "simskip-temperature", "simskip-lr", "simskip-weight-decay",
-    "simskip-batch-size", "simskip-seed", "simskip-gate-grid",
+    "simskip-batch-size", "simskip-seed", "simskip-gate-grid", "simskip-standardize", "simskip-search",
+    "downstream-protocols", "refit-init", "downstream-seeds", "downstream-patience",
 })
 
 #: Run-config keys a resume may change: budgets (raising the round budget or the patience

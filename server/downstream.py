@@ -3,7 +3,7 @@
 This is the "refine only" path: it reads what a KGE run left in its folder and runs the same
 steps the federated phase runs through Flower (:func:`client.kge.refinement.run_refinement`
 performs the rounds of FedAvg over the encoder/head weights without transport), then the
-downstream re-fit + evaluation per client (:func:`client.kge.refit.evaluate_downstream`), then
+downstream protocols per client (:func:`client.kge.comparison.evaluate_client_rows`), then
 the report (:func:`server.report.write_report`). It needs the clients' data and private outputs,
 so it is for simulation / single-machine runs (``simskip-sim``) where both live in the folder.
 
@@ -14,11 +14,13 @@ Inputs in ``RUN_DIR`` (as ``simskip-sim`` writes them):
 * ``<client-output-root>/<k>/entity_embeddings.npy`` + ``entities.tsv``: its best-round entity
   rows in local-id order (else the global ``entity_embeddings.npy`` + ``entities.tsv`` are used,
   e.g. for the collection setting), and ``relation_embeddings.npz`` (its trained relations,
-  for the ``fede-as-trained`` row; left out when absent or not in the client's id space).
+  for the ``as-trained`` protocol and the trained-relation starts; left out when absent or not in
+  the client's id space).
 
-Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json`` (with each
-client's skip-strength ``gate``: chosen alpha and valid MRR per alpha), ``refined/<k>/<variant>.npy``
-(refined rows, local-id order; ``refined-gated.npy`` at the chosen alpha), and the report files.
+Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json`` (every
+client's record: per protocol, seed and row the test metrics, valid curve and displacement, and
+the valid-only choice of the refined setting), ``downstream_rr.npz`` (per-triple reciprocal
+ranks), ``refined/<k>/<variant>.npy`` (every encoder's output, local-id order), and the report files.
 
 Usage: ``python -m server.downstream RUN_DIR [--set simskip-rounds=5 ...]``.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from server.report import DOWNSTREAM_FILE, SIMSKIP_METRICS_FILE, write_report
+from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
 from server.run_folder import atomic_write_text, save_npy_atomic
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
@@ -118,12 +120,13 @@ def refine_run_folder(
 
     :param run_dir: the folder of a finished KGE run.
     :param overrides: run-config values replacing the recorded ones (e.g. ``simskip-rounds``).
-    :param device: training device of the re-fit (CUDA when present by default).
+    :param device: training device of the downstream protocols (CUDA when present by default).
     :returns: the report's files.
     """
+    from client.kge.comparison import evaluate_client_rows
     from client.kge.config import KGEConfig
+    from client.kge.protocols import relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
-    from client.kge.refit import GATED_ROW, skip_strength_rows
 
     run_dir = Path(run_dir).resolve()
     recorded = _read_json(run_dir / "config.json")
@@ -139,7 +142,8 @@ def refine_run_folder(
     def on_round(record: dict[str, Any]) -> None:
         rows_log.append(json.dumps(record, sort_keys=True))
         atomic_write_text(run_dir / SIMSKIP_METRICS_FILE, "\n".join(rows_log) + "\n")
-        log(f"[simskip round {record['round']}/{refinement.rounds}] loss {record['simskip_loss_overall']}")
+        log(f"[simskip round {record['round']}/{refinement.rounds}] {record['seconds']:.1f}s loss "
+            + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()))
 
     result = run_refinement({name: item["rows"] for name, item in inputs.items()}, refinement, on_round_end=on_round)
     simskip_seconds = time.perf_counter() - started
@@ -147,95 +151,82 @@ def refine_run_folder(
         for variant, rows in variants.items():
             save_npy_atomic(run_dir / "refined" / name / f"{variant}.npy", rows)
 
-    downstream: dict[str, dict[str, Any]] = {}
-    details: dict[str, Any] = {}
-    gates: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, dict[str, np.ndarray]] = {}
     started = time.perf_counter()
     for name, item in inputs.items():
-        per_row = _client_downstream(name, item, kge_config, refinement, result.refined[name], device, log)
-        gate = per_row.get(GATED_ROW, {}).pop("gate", None)
-        if gate is not None:
-            gates[name] = gate
-            save_npy_atomic(run_dir / "refined" / name / f"{GATED_ROW}.npy",
-                            skip_strength_rows(item["rows"], result.refined[name][gate["variant"]], gate["alpha"]))
-        details[name] = {row: {"losses": r["losses"], "seconds": r["seconds"]} for row, r in per_row.items()}
-        for row, r in per_row.items():
-            downstream.setdefault(row, {})[name] = r["metrics"]
-    # a row is reported only when every client has it (fede-as-trained needs every client's relations)
-    complete = {row: per for row, per in downstream.items() if set(per) == set(inputs)}
+        relation_state = item["relation_state"]
+        if relation_state is not None and not relations_fit(item["graph"], kge_config, relation_state):
+            log(f"client {name}: its relations do not fit its model (pooled id space): no as-trained protocol")
+            relation_state = None
+        records[name], ranks[name] = evaluate_client_rows(
+            item["graph"], kge_config, item["rows"], result.refined[name], refinement,
+            relation_state=relation_state, device=device, log=lambda line: log(f"[downstream] {line}"))
     return write_downstream_and_report(
-        run_dir, complete, kge_config=kge_config, refinement=refinement, setting=str(run_config.get("setting", "?")),
-        extra={"refit": details, "simskip_seconds": round(simskip_seconds, 3),
-               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only",
-               **({"gate": gates} if gates else {})},
+        run_dir, records, ranks, kge_config=kge_config, refinement=refinement, setting=str(run_config.get("setting", "?")),
+        extra={"simskip_seconds": round(simskip_seconds, 3),
+               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only"},
     )
 
 
 def write_downstream_and_report(
     run_dir: str | Path,
-    rows: Mapping[str, Mapping[str, Any]],
+    clients: Mapping[str, Mapping[str, Any]],
+    ranks: Mapping[str, Mapping[str, np.ndarray]],
     *,
     kge_config: Any,
     refinement: Any,
     setting: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``downstream.json`` and the report (tables + plots) into ``run_dir``.
+    """Write ``downstream.json``, ``downstream_rr.npz`` and the report (tables + plots) into ``run_dir``.
 
-    :param rows: ``{row: {client: {protocol: metrics}}}``.
+    :param clients: ``{client: record}`` of :func:`client.kge.comparison.evaluate_client_rows`.
+    :param ranks: ``{client: {rr_key: per-triple reciprocal ranks}}``.
     :param kge_config: the run's :class:`~client.kge.config.KGEConfig`.
     :param refinement: the run's :class:`~client.kge.refinement.RefinementConfig`.
     :param setting: the KGE setting (for the notes).
-    :param extra: more fields of ``downstream.json`` (timings, source, ``gate``:
-        ``{client: gate record}`` of :meth:`client.kge.refit.GateResult.as_dict`, and
-        ``missing_clients``: ``{client: reason}`` of clients without a result, named in the notes).
+    :param extra: more fields of ``downstream.json`` (timings, source, and ``missing_clients``:
+        ``{client: reason}`` of clients without a result, named in the notes).
     """
+    from client.kge.protocols import protocol_labels
+
     run_dir = Path(run_dir)
     payload = {
-        "rows": dict(rows),
-        "refit_epochs": refinement.refit_epochs,
+        "clients": dict(clients),
         "refinement": refinement.to_run_config(),
         "kge": kge_config.to_run_config(),
         "setting": setting,
         **dict(extra or {}),
     }
-    atomic_write_text(run_dir / DOWNSTREAM_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    save_ranks(run_dir / RANKS_FILE, ranks)
+    atomic_write_text(run_dir / DOWNSTREAM_FILE, json.dumps(payload, indent=2) + "\n")  # keys in table order
+    settings = refinement.search_settings()
     notes = [
         f"KGE: {kge_config.model}, dim {kge_config.embedding_dim}, setting {setting}",
         f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
-        f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; variants {list(refinement.variants())}",
-        f"Downstream: relations re-fit for {refinement.refit_epochs} epochs on frozen entity rows "
-        "(same seed, relation init and budget for every row); fede-as-trained: the KGE model, no re-fit",
+        f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; "
+        f"{'scale-aware (rows standardized by their RMS)' if refinement.simskip.standardize else 'NOT scale-aware'}; "
+        f"{refinement.downstream_seeds} seed(s)",
+        f"Refined rows: x + alpha (f(x) - x), the search setting ({len(settings)}: {settings}) and alpha "
+        f"({[a for a in refinement.gate_grid if a > 0]}) chosen per client and protocol on VALID MRR "
+        f"({kge_config.eval_protocol} protocol); perturbed: the unrefined rows moved in random directions by the refined "
+        "rows' per-row displacement",
+        f"Protocols {protocol_labels(refinement.downstream_protocols, refinement.refit_init)}; trained ones stop after "
+        f"{refinement.downstream_patience} checks without a better valid MRR, at most {refinement.refit_epochs} epochs; "
+        "same seed, relation init and budget for every row",
+        "SimSkip displacement (raw encoder output, mean ||f(x) - x|| / ||x||): " + "; ".join(
+            f"client {name}: " + ", ".join(f"{variant} {value:.4f}" for variant, value in record.get("simskip_displacement", {}).items())
+            for name, record in clients.items()),
     ]
-    if refinement.gated:
-        grid = refinement.to_run_config()["simskip-gate-grid"]
-        notes.append(
-            f"refined-gated: rows x + alpha (f(x) - x) of {refinement.main_variant}, alpha in {{{grid}}} chosen per client "
-            f"by valid MRR ({getattr(kge_config, 'eval_protocol', '?')} protocol) of the KGE model as trained "
-            "(re-fit relations where none fit); ties to the smaller alpha; alpha 0 = unrefined"
-        )
+    skipped = {name: record.get("skipped") for name, record in clients.items() if record.get("skipped")}
+    if skipped:
+        notes.append(f"Skipped protocols: {skipped}")
     missing = dict((extra or {}).get("missing_clients") or {})
     if missing:
         notes.append(f"INCOMPLETE: no downstream result from client(s) {sorted(missing)}; every row and the "
                      f"overall column cover the other clients only ({missing})")
     return write_report(run_dir, notes=notes)
-
-
-def _client_downstream(name, item, kge_config, refinement, refined, device, log) -> dict[str, dict[str, Any]]:
-    from client.kge.refit import evaluate_downstream
-    from client.kge.training import PrivateStateError
-
-    kwargs = dict(refit_epochs=refinement.refit_epochs, gate_grid=refinement.gate_grid,
-                  gated_variant=refinement.main_variant, device=device)
-    try:
-        per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined,
-                                      relation_state=item["relation_state"], **kwargs)
-    except PrivateStateError as error:  # e.g. the collection setting's relations are in the pooled id space
-        log(f"client {name}: no fede-as-trained row ({error})")
-        per_row = evaluate_downstream(item["graph"], kge_config, item["rows"], refined, relation_state=None, **kwargs)
-    log(f"client {name}: " + ", ".join(f"{row} MRR {r['metrics']['standard']['mrr']:.4f}" for row, r in per_row.items())
-        + "".join(f" (gate alpha {r['gate']['alpha']:g})" for r in per_row.values() if "gate" in r))
-    return per_row
 
 
 def main(argv: Sequence[str] | None = None) -> int:

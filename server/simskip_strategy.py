@@ -20,13 +20,12 @@ Message protocol:
     ``num-rows``, ``loss/<variant>`` (last local epoch), ``simskip-seconds``.
 ``evaluate.downstream`` (once per client)
     Same rows (+ the final average weights when federated); config ``best-round``,
-    ``refit-epochs``, ``gate-grid`` (the skip strengths of the ``refined-gated`` row, ``"none"``:
-    no gate), ``simskip-round`` (the last round), ``federate`` and ``federation-id``. The client
-    refines its rows, chooses the skip strength on its valid split, re-fits relations on frozen
-    rows for each row of the table and ranks its test split. Reply MetricRecord ``"metrics"``
-    with ``<row>/<protocol>/<metric>`` entries (``row`` of :data:`server.report.ROW_ORDER`) and
-    the gate's ``gate-alpha``, ``gate-valid-mrr@<alpha>``, ``gate-refit-selection``,
-    ``gate-seconds`` (:func:`parse_gate_metrics`).
+    ``simskip-round`` (the last round), ``federate`` and ``federation-id``; protocols, seeds,
+    search and budget are the run config's. The client refines its rows and runs every
+    downstream protocol (:func:`client.kge.comparison.evaluate_client_rows`). Reply: ConfigRecord
+    ``"downstream"`` = {``"record"``: the JSON record}, ArrayRecord ``"downstream-rr"`` = the
+    per-triple test reciprocal ranks by :func:`client.kge.comparison.rr_key`, MetricRecord
+    ``"metrics"`` = {``client-seconds``} (:func:`parse_downstream_reply`).
 
 Checkpoint and resume: after every SimSkip round the ServerApp checkpoints the KGE state plus
 :meth:`SimSkipStrategy.checkpoint_arrays` (the global encoder weights) and
@@ -66,55 +65,18 @@ __all__ = [
     "SIMSKIP_TRAIN_TYPE",
     "WEIGHTS_KEY",
     "SimSkipStrategy",
-    "parse_downstream_metrics",
-    "parse_gate_metrics",
+    "parse_downstream_reply",
     "run_refinement_phase",
 ]
 
 WEIGHTS_KEY = "simskip-weights"
+DOWNSTREAM_RECORD = "downstream"
+DOWNSTREAM_RANKS = "downstream-rr"
 #: prefix of the SimSkip weights among the server checkpoint's arrays
 CHECKPOINT_PREFIX = "simskip/"
 SIMSKIP_TRAIN_TYPE = f"{MessageType.TRAIN}.simskip"
 DOWNSTREAM_TYPE = f"{MessageType.EVALUATE}.downstream"
 NamedArrays = list[tuple[str, np.ndarray]]
-
-
-def parse_downstream_metrics(record: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{"refined/standard/mrr": v, ...}`` -> ``{"refined": {"standard": {"mrr": v}}}``.
-
-    ``num_triples`` stays an int. Entries without two ``/`` are ignored (e.g. timings).
-    """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for key, value in record.items():
-        parts = key.split("/")
-        if len(parts) != 3:
-            continue
-        row, protocol, metric = parts
-        out.setdefault(row, {}).setdefault(protocol, {})[metric] = int(value) if metric == "num_triples" else float(value)
-    return out
-
-
-def parse_gate_metrics(record: Mapping[str, Any], *, protocol: str, variant: str) -> dict[str, Any] | None:
-    """The ``gate-*`` entries of a downstream reply -> the gate record of ``downstream.json``
-    (the shape of :meth:`client.kge.refit.GateResult.as_dict`); ``None`` when the client ran no gate.
-
-    :param protocol: the run's ``eval-protocol`` (the scores' protocol).
-    :param variant: the gated variant.
-    """
-    if "gate-alpha" not in record:
-        return None
-    prefix = "gate-valid-mrr@"
-    scores = sorted((float(key.removeprefix(prefix)), key.removeprefix(prefix), float(value))
-                    for key, value in record.items() if key.startswith(prefix))
-    return {
-        "alpha": float(record["gate-alpha"]),
-        "valid_mrr": {text: value for _, text, value in scores},
-        "protocol": protocol,
-        "split": "valid",
-        "selection": "refit" if int(record.get("gate-refit-selection", 0)) else "as-trained",
-        "variant": variant,
-        "seconds": float(record.get("gate-seconds", 0.0)),
-    }
 
 
 class SimSkipStrategy(FedAvg):
@@ -130,7 +92,7 @@ class SimSkipStrategy(FedAvg):
         ``rows_for(node_id)`` (the best round's rows), :meth:`~server.strategy.FedEStrategy.exchange`
         and :meth:`~server.strategy.FedEStrategy.await_clients` are used.
     :param config: the refinement phase config.
-    :param eval_protocol: the run's ``eval-protocol`` (recorded with the gate's valid scores).
+    :param eval_protocol: the run's ``eval-protocol`` (the valid score of the downstream choices).
     """
 
     def __init__(self, kge: FedEStrategy, config: RefinementConfig, eval_protocol: str = "standard") -> None:
@@ -157,8 +119,8 @@ class SimSkipStrategy(FedAvg):
         self.history: list[dict[str, Any]] = []
         self._last_updates: dict[str, RoundUpdate] = {}
         self.eval_protocol = eval_protocol
-        #: client id -> its skip-strength gate record (filled by the downstream evaluation)
-        self.gate: dict[str, dict[str, Any]] = {}
+        #: client id -> {rr_key: per-triple test reciprocal ranks} (filled by the downstream evaluation)
+        self.ranks: dict[str, dict[str, np.ndarray]] = {}
         #: clients without a downstream result, with the reason (filled by :meth:`downstream`)
         self.missing: dict[str, str] = {}
 
@@ -289,7 +251,7 @@ class SimSkipStrategy(FedAvg):
         best_round: int,
         timeout: float = 3600.0,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    ) -> dict[str, dict[str, Any]]:
         """Run SimSkip rounds ``self.round + 1`` .. ``config.rounds``, then the downstream evaluation.
 
         :param best_round: the KGE round whose client state (relations) is "FedE as trained".
@@ -316,45 +278,70 @@ class SimSkipStrategy(FedAvg):
                 on_round_end(record)
         return self.downstream(grid, best_round=best_round, timeout=timeout)
 
-    def downstream(self, grid: Grid, *, best_round: int, timeout: float = 3600.0) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    def downstream(self, grid: Grid, *, best_round: int, timeout: float = 3600.0) -> dict[str, dict[str, Any]]:
         """The downstream evaluation on every registered client; a client that fails or times
         out is asked once more after :meth:`FedEStrategy.await_clients` (it may have rejoined).
 
-        :returns: ``{row: {client: {protocol: metrics}}}``; the clients still without a result
-            are in :attr:`missing` (client id -> the last failure).
+        :returns: ``{client: record}`` (:func:`client.kge.comparison.evaluate_client_rows`); the
+            per-triple reciprocal ranks are in :attr:`ranks`, the clients still without a
+            result in :attr:`missing` (client id -> the last failure).
         """
-        gate_grid = self.config.to_run_config()["simskip-gate-grid"]
-        config = {"best-round": int(best_round), "refit-epochs": self.config.refit_epochs, "gate-grid": gate_grid,
-                  "simskip-round": self.round}
-        downstream: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+        config = {"best-round": int(best_round), "simskip-round": self.round}
+        records: dict[str, dict[str, Any]] = {}
+        self.ranks = {}
         expected = {info.client_id for info in self.kge.clients.values()}
-        done: set[str] = set()
         self.missing = {}
         for attempt in (1, 2):
             with self.kge.collecting_failures() as failures:
                 nodes = self.kge.clients_for_last_step(grid, "downstream evaluation")
                 messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
-                            for node in nodes if self.kge.client_name(node) not in done]
+                            for node in nodes if self.kge.client_name(node) not in records]
                 for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream"):
                     name = self.kge.client_name(node)
-                    if msg.has_error() or METRICS_KEY not in msg.content.metric_records:
-                        self.kge.record_failure(name, msg.error.reason if msg.has_error() else "reply lacks metrics",
-                                                "downstream")
-                        continue
-                    record = msg.content.metric_records[METRICS_KEY]
-                    for row, per_protocol in parse_downstream_metrics(record).items():
-                        downstream.setdefault(row, {})[name] = per_protocol
-                    gate = parse_gate_metrics(record, protocol=self.eval_protocol, variant=self.config.main_variant)
-                    if gate is not None:
-                        self.gate[name] = gate
-                    done.add(name)
+                    try:
+                        records[name], self.ranks[name] = parse_downstream_reply(msg, self.config)
+                    except UpdateRejectedError as error:
+                        self.kge.record_failure(name, str(error), "downstream")
             self.missing = {name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
-                            for name in sorted(expected - done)}
+                            for name in sorted(expected - set(records))}
             if not self.missing:
                 break
             if attempt == 1:
                 log(WARNING, "downstream evaluation: no result from %s; asking them once more", sorted(self.missing))
-        return downstream
+        return records
+
+
+def parse_downstream_reply(
+    msg: Message, config: RefinementConfig | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A client's downstream reply -> ``(record, reciprocal ranks)``, checked
+    (:func:`client.kge.comparison.check_record`: structure, the run's protocols and seeds, one
+    reciprocal rank in (0, 1] per test triple).
+
+    :param config: the run's refinement config (its protocol labels and seeds are expected).
+    :raises UpdateRejectedError: for an error reply or anything malformed, naming it.
+    """
+    import json
+
+    from client.kge.comparison import DownstreamRecordError, check_record
+    from client.kge.protocols import protocol_labels
+
+    if msg.has_error():
+        raise UpdateRejectedError(msg.error.reason)
+    if DOWNSTREAM_RECORD not in msg.content.config_records or DOWNSTREAM_RANKS not in msg.content.array_records:
+        raise UpdateRejectedError("reply lacks the downstream record or its reciprocal ranks")
+    try:
+        record = json.loads(str(msg.content.config_records[DOWNSTREAM_RECORD]["record"]))
+        ranks = {key: array.numpy() for key, array in msg.content.array_records[DOWNSTREAM_RANKS].items()}
+    except (KeyError, ValueError, TypeError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise UpdateRejectedError(f"malformed downstream reply: {type(error).__name__}: {error}") from None
+    try:
+        check_record(record, ranks,
+                     labels=protocol_labels(config.downstream_protocols, config.refit_init) if config else None,
+                     seeds=config.downstream_seeds if config else None)
+    except DownstreamRecordError as error:
+        raise UpdateRejectedError(f"downstream record: {error}") from None
+    return record, ranks
 
 
 def _checked(weights: NamedArrays, reference: NamedArrays) -> NamedArrays:
@@ -397,12 +384,12 @@ def run_refinement_phase(  # noqa: PLR0913
     timeout: float = 3600.0,
     save_checkpoint: Callable[[SimSkipStrategy], None] | None = None,
     resume_from: tuple[Mapping[str, np.ndarray], Mapping[str, Any]] | None = None,
-) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+) -> dict[str, dict[str, Any]]:
     """The whole phase after KGE training: SimSkip rounds, downstream evaluation, report.
 
     With ``run_dir``: ``simskip_metrics.jsonl`` grows by one row per round (atomically
-    rewritten), then ``downstream.json`` (with each client's skip-strength ``gate`` and the
-    ``missing_clients``) and the report files are written
+    rewritten), then ``downstream.json`` (every client's record and the ``missing_clients``),
+    ``downstream_rr.npz`` and the report files are written
     (:func:`server.downstream.write_downstream_and_report`).
 
     :param save_checkpoint: called after every round (after ``simskip_metrics.jsonl``) with the
@@ -410,7 +397,7 @@ def run_refinement_phase(  # noqa: PLR0913
         that round's.
     :param resume_from: ``(arrays, state)`` of a checkpoint written during this phase: the
         rounds continue after its round, ``simskip_metrics.jsonl`` is rewritten from its history.
-    :returns: ``{row: {client: {protocol: metrics}}}``.
+    :returns: ``{client: record}`` of the downstream evaluation.
     :raises FederationError: when a round fails, or after writing the results of the others
         when clients have no downstream result.
     """
@@ -444,11 +431,10 @@ def run_refinement_phase(  # noqa: PLR0913
     if run_dir and rows:
         simskip_seconds = sum(r["seconds"] for r in strategy.history)
         write_downstream_and_report(
-            run_dir, rows, kge_config=kge_config, refinement=refinement, setting=setting,
+            run_dir, rows, strategy.ranks, kge_config=kge_config, refinement=refinement, setting=setting,
             extra={"source": "federated", "simskip_seconds": round(simskip_seconds, 3),
                    "phase_seconds": round(time.perf_counter() - started, 3), "best_round": int(best_round),
-                   "missing_clients": strategy.missing,
-                   **({"gate": strategy.gate} if strategy.gate else {})},
+                   "missing_clients": strategy.missing},
         )
     if strategy.missing:
         raise FederationError(f"downstream evaluation: no result from clients {sorted(strategy.missing)} "

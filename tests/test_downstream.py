@@ -9,11 +9,10 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from client.kge.config import KGEConfig
-from server.downstream import RunFolderError, load_client_inputs, main, refine_run_folder
+from server.downstream import RunFolderError, main, refine_run_folder
 
 SIMSKIP = {
     "simskip-rounds": 2, "simskip-local-epochs": 1, "simskip-batch-size": 16, "simskip-hidden-dim": 8,
@@ -38,45 +37,54 @@ def run_dir(tmp_path_factory):
 
 def test_refine_only_writes_every_row_and_file(run_dir) -> None:
     folder, fede = run_dir
-    written = refine_run_folder(folder, device="cpu", log=lambda line: None)
+    lines: list[str] = []
+    written = refine_run_folder(folder, device="cpu", log=lines.append)
     assert {"json", "csv", "md", "simskip_loss", "refined_vs_unrefined"} <= set(written)
     results = json.loads((folder / "results.json").read_text())
-    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip"]
+    labels = ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+    assert list(results["protocols"]) == labels
     assert results["clients"] == ["0", "1", "overall"]
-    assert set(results["gain_points"]) == {"refined", "refined-gated", "refined-no-skip"}
-    # the as-trained row re-evaluates the FedE model: it matches FedE's own best-round test
+    for label in labels:
+        entry = results["protocols"][label]
+        assert list(entry["rows"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
+        assert set(entry["gain_points"]) == {"refined", "perturbed", "refined-no-skip"}
+        for client in results["clients"]:
+            assert set(entry["intervals"][client]) == {f"{p}.mrr:{c}" for p in ("standard", "fede") for c in (
+                "refined-unrefined", "refined-perturbed", "perturbed-unrefined", "refined-no-skip-unrefined")}
+            assert entry["verdict"][client]["standard.mrr"] in ("gain", "loss", "none")
+        for client in ("0", "1"):
+            refined = entry["displacement"]["refined"][client]["mean"]
+            # equal up to float32 rounding of x + delta (the displacement here is ~4e-4 of a row)
+            assert entry["displacement"]["perturbed"][client]["mean"] == pytest.approx(refined, rel=1e-3)
+    # the as-trained protocol's unrefined row is the FedE model itself: FedE's own best-round test
     for client, metrics in fede["test"]["clients"].items():
-        assert results["rows"]["fede-as-trained"][str(client)]["standard.mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
+        cell = results["protocols"]["as-trained"]["rows"]["unrefined"][str(client)]["standard.mrr"]
+        assert cell["mean"] == pytest.approx(metrics["mrr"], abs=1e-6)
+    # one progress line per tested (client, protocol, seed, row), one per trained run as it ends
+    # (unrefined, 2 candidates, perturbed, no-skip, for the 3 trained protocols), and the report
+    # names the displacement
+    assert sum("[downstream] client" in line and "test MRR" in line for line in lines) == 2 * 4 * 4
+    assert sum("[downstream] client" in line and "after" in line and "epochs (best" in line for line in lines) == 2 * 3 * 5
+    md = (folder / "results.md").read_text()
+    assert "SimSkip displacement" in md and "## Downstream protocol `finetune`" in md
     simskip = [json.loads(line) for line in (folder / "simskip_metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in simskip] == [1, 2]
     assert (folder / "refined" / "0" / "refined.npy").is_file()
     with (folder / "results.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 3 * 8
-    _check_gate(folder, results)
-
-
-def _check_gate(folder, results) -> None:
-    """Every client's gate is recorded (downstream.json, results.json, results.md) and its row and
-    refined-gated.npy are those of the chosen alpha."""
+        # protocols x clients x (4 rows + 3 gains) x (mean, std)
+        assert len(list(csv.DictReader(handle))) == 4 * 3 * 7 * 2
     downstream = json.loads((folder / "downstream.json").read_text())
-    inputs = load_client_inputs(folder, json.loads((folder / "config.json").read_text())["run_config"])
-    assert set(downstream["gate"]) == {"0", "1"} and results["gate"] == downstream["gate"]
-    md = (folder / "results.md").read_text()
-    assert "Skip-strength gate" in md
-    for client, gate in downstream["gate"].items():
-        assert list(gate["valid_mrr"]) == ["0", "0.25", "0.5", "1"] and all(0 < v <= 1 for v in gate["valid_mrr"].values())
-        assert gate["alpha"] in (0.0, 0.25, 0.5, 1.0) and gate["selection"] == "as-trained" and gate["protocol"] == "standard"
-        best = max(gate["valid_mrr"].values())
-        assert gate["alpha"] == min(float(a) for a, v in gate["valid_mrr"].items() if v == best)
-        assert f"- client {client}: alpha = {gate['alpha']:g} " in md
-        rows = results["rows"]
-        if gate["alpha"] in (0.0, 1.0):
-            same = "unrefined" if gate["alpha"] == 0.0 else "refined"
-            assert rows["refined-gated"][client] == rows[same][client]
-        gated = np.load(folder / "refined" / client / "refined-gated.npy")
-        refined = np.load(folder / "refined" / client / "refined.npy")
-        fede = inputs[client]["rows"]
-        np.testing.assert_allclose(gated, fede + gate["alpha"] * (refined - fede), rtol=1e-5, atol=1e-6)
+    assert set(downstream["clients"]) == {"0", "1"}
+    assert (folder / "downstream_rr.npz").is_file()
+
+
+def test_report_regenerates_from_the_run_folder_files(run_dir) -> None:
+    from server.report import write_report
+
+    folder, _ = run_dir
+    before = json.loads((folder / "results.json").read_text())
+    write_report(folder, title=before["title"], notes=before["notes"])
+    assert json.loads((folder / "results.json").read_text())["protocols"] == before["protocols"]
 
 
 def test_refine_only_errors_name_the_problem(tmp_path, run_dir, capsys) -> None:
@@ -93,17 +101,34 @@ def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, capsys) -
     from server.simulation import main as sim_main
 
     folder, _ = run_dir
-    assert sim_main(["--refine-only", str(folder), "--set", "simskip-rounds=1", "--set", "simskip-no-skip-ablation=false"]) == 0
+    assert sim_main(["--refine-only", str(folder), "--set", "simskip-rounds=1", "--set", "simskip-no-skip-ablation=false",
+                     "--set", 'downstream-protocols="as-trained,relation-refit"', "--set", 'refit-init="trained,fresh"',
+                     "--set", "downstream-seeds=2"]) == 0
     results = json.loads((folder / "results.json").read_text())
-    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-gated"]
+    assert list(results["protocols"]) == ["as-trained", "relation-refit:trained", "relation-refit:fresh"]
+    assert list(results["protocols"]["as-trained"]["rows"]) == ["unrefined", "refined", "perturbed"]
+    assert results["protocols"]["as-trained"]["seeds"] == [0, 1]
     assert results["run"]["refinement"]["simskip-rounds"] == 1
     assert len((folder / "simskip_metrics.jsonl").read_text().splitlines()) == 1
     assert sim_main(["--refine-only", str(folder), "--set", "simskip-bogus=1"]) == 1
     assert "simskip-bogus" in capsys.readouterr().err
-    # the gate is off with an empty grid: no gated row, no gate records
-    assert sim_main(["--refine-only", str(folder), "--set", "simskip-rounds=1", "--set", "simskip-no-skip-ablation=false",
-                     "--set", "simskip-gate-grid=none", "--set", "refit-epochs=1"]) == 0
-    results = json.loads((folder / "results.json").read_text())
-    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined"] and "gate" not in results
-    assert sim_main(["--refine-only", str(folder), "--set", "simskip-gate-grid=0.5,1"]) == 1
-    assert "lacks 0" in capsys.readouterr().err
+    assert sim_main(["--refine-only", str(folder), "--set", 'downstream-protocols="as-trained,bogus"']) == 1
+    assert "unknown protocol 'bogus'" in capsys.readouterr().err
+
+
+def test_bench_downstream_times_each_protocol_on_the_folder(run_dir, tmp_path) -> None:
+    import importlib.util
+
+    from conftest import PROJECT_ROOT
+
+    folder, _ = run_dir
+    spec = importlib.util.spec_from_file_location("bench_downstream", PROJECT_ROOT / "scripts" / "bench_downstream.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(folder), "--protocols", "as-trained", "relation-refit", "--set", "refit-epochs=1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["protocols"]) == ["as-trained", "relation-refit:trained"]
+    for entry in report["protocols"].values():
+        assert entry["seconds"] > 0 and set(entry["clients"]) == {"0", "1"}
+        assert set(entry["clients"]["0"]["rows"]) >= {"unrefined", "refined", "perturbed"}

@@ -78,7 +78,9 @@ def test_collection_setting_writes_the_same_run_folder_files(tmp_path):
     assert final["setting"] == "collection" and set(final["test"]) == {"0", "1"}
     # the refinement phase runs in-process after centralized training, with the same table
     results = json.loads((run_dir / "results.json").read_text())
-    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip"]
+    assert list(results["protocols"]) == ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+    for entry in results["protocols"].values():
+        assert list(entry["rows"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
     assert results["clients"] == ["0", "1", "overall"]
     assert final["test_overall"]["num_triples"] == sum(m["num_triples"] for m in final["test"].values())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -103,23 +105,27 @@ def test_kinships_runs_both_phases_end_to_end_and_writes_the_table(tmp_path):
     assert sim_main(args) == 0
 
     results = json.loads((run_dir / "results.json").read_text())
-    assert list(results["rows"]) == ["fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip"]
+    labels = ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+    assert list(results["protocols"]) == labels
     assert results["clients"] == ["0", "1", "2", "overall"] and results["columns"] == RESULT_COLUMNS
-    for row in results["rows"].values():
-        for client in results["clients"]:
-            assert set(row[client]) == set(RESULT_COLUMNS)
-            assert all(0.0 <= value <= 1.0 for value in row[client].values())
-    assert set(results["gain_points"]) == {"refined", "refined-gated", "refined-no-skip"}
-    assert {"0", "1", "2"} <= set(results["gate"]), "every client chose its skip strength on valid"
-    # the as-trained row is the KGE phase's own final test (standard protocol)
+    for entry in results["protocols"].values():
+        assert list(entry["rows"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
+        for row in entry["rows"].values():
+            for client in results["clients"]:
+                assert set(row[client]) == set(RESULT_COLUMNS)
+                assert all(0.0 <= cell["mean"] <= 1.0 for cell in row[client].values())
+        assert set(entry["gain_points"]) == {"refined", "perturbed", "refined-no-skip"}
+        assert set(entry["selection"]) == {"0", "1", "2"}, "every client chose its refined setting on valid"
+    # the as-trained protocol's unrefined row is the KGE phase's own final test (standard protocol)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     for client, metrics in final["test"].items():
         # the KGE phase tested the rows it sent as float16 (transfer-dtype), the table keeps float32
-        assert results["rows"]["fede-as-trained"][client]["standard.mrr"] == pytest.approx(metrics["mrr"], abs=1e-4)
+        cell = results["protocols"]["as-trained"]["rows"]["unrefined"][client]["standard.mrr"]
+        assert cell["mean"] == pytest.approx(metrics["mrr"], abs=1e-4)
     simskip = [json.loads(line) for line in (run_dir / "simskip_metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in simskip] == [1, 2] and set(simskip[0]["simskip_loss"]) == {"0", "1", "2"}
-    with open(run_dir / "results.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 4 * (5 + 3)
+    with open(run_dir / "results.csv") as handle:  # protocols x clients x (4 rows + 3 gains) x (mean, std)
+        assert len(list(csv.DictReader(handle))) == 4 * 4 * 7 * 2
     for name in ("results.md", "valid_mrr.png", "simskip_loss.png", "refined_vs_unrefined.png", "downstream.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "clients" / "0" / "refined" / "refined.npy").is_file()

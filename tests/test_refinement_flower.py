@@ -76,13 +76,11 @@ def data_root(tmp_path_factory):
 
 def _run(data_root, tmp_path, **simskip):
     run_config = {**KGE, "client-data-root": str(data_root), "client-output-root": str(tmp_path / "clients"),
-                  "simskip-rounds": 2, "simskip-local-epochs": 1, **simskip}
+                  "simskip-rounds": 2, "simskip-local-epochs": 1, "refit-epochs": 2, **simskip}
     contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
                                 run_config=run_config) for k in (0, 1)}
     grid = HandlerGrid(contexts)
     _, kge_config, refinement = load_run_configs(run_config)
-    # the server sets the re-fit budget in the downstream message: every client uses the same
-    refinement = dataclasses.replace(refinement, refit_epochs=2)
     strategy = FedEStrategy(min_clients=2, eval_every=1, patience=5)
     vocabulary = strategy.handshake(grid)
     table = initial_entity_table(kge_config, len(vocabulary), seed=0)
@@ -102,12 +100,17 @@ def _weights(record, variants=(REFINED_VARIANT,)):
     return unpack_variants([(k, record[k].numpy()) for k in record], list(variants))
 
 
+def _cell(records, label, row, client, protocol="standard", seed="0"):
+    return records[client]["protocols"][label]["seeds"][seed][row]["test"][protocol]
+
+
 def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_path) -> None:
-    grid, result, rows, refinement = _run(data_root, tmp_path)
-    assert list(rows) == ["fede-as-trained", "unrefined", "refined", "refined-gated"]
-    # FedE as trained == the KGE phase's own final test (standard protocol, best round's state)
+    grid, result, records, refinement = _run(data_root, tmp_path)
+    assert set(records) == {"0", "1"}
+    assert records["0"]["protocol_order"] == ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+    # the as-trained protocol's unrefined row == the KGE phase's own final test (best round's state)
     for client, metrics in result.test.items():
-        assert rows["fede-as-trained"][client]["standard"]["mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
+        assert _cell(records, "as-trained", "unrefined", client)["mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
     # round 2 starts every client from the row-weighted mean of the round-1 replies
     round1 = _simskip_messages(grid, 1)
     expected = fedavg_named([
@@ -119,29 +122,57 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
         for name, array in expected:
             np.testing.assert_allclose(got[name], array, rtol=1e-6, atol=1e-7)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["clients"] == ["0", "1", "overall"] and {"refined", "refined-gated"} <= set(results["gain_points"])
-    # every client chose its skip strength on valid with the server's grid; recorded everywhere
-    downstream_msgs = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
-    assert all(m.content.config_records["config"]["gate-grid"] == "0,0.25,0.5,1" for m in downstream_msgs)
-    gates = json.loads((tmp_path / "downstream.json").read_text())["gate"]
-    assert set(gates) == {"0", "1"} and results["gate"] == gates
-    for client, gate in gates.items():
-        assert list(gate["valid_mrr"]) == ["0", "0.25", "0.5", "1"] and gate["selection"] == "as-trained"
-        best = max(gate["valid_mrr"].values())
-        assert gate["alpha"] == min(float(a) for a, v in gate["valid_mrr"].items() if v == best)
-        if gate["alpha"] == 0.0:
-            assert rows["refined-gated"][client] == rows["unrefined"][client]
-        assert (tmp_path / "clients" / client / "refined" / "refined-gated.npy").is_file()
-    assert "Skip-strength gate" in (tmp_path / "results.md").read_text()
+    assert results["clients"] == ["0", "1", "overall"]
+    assert list(results["protocols"]) == ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+    for entry in results["protocols"].values():
+        assert list(entry["rows"]) == ["unrefined", "refined", "perturbed"]
+        assert set(entry["selection"]) == {"0", "1"}
+    # the per-triple reciprocal ranks travelled with the replies and back the intervals
+    from server.report import load_ranks
+
+    ranks = load_ranks(tmp_path / "downstream_rr.npz")
+    assert set(ranks) == {"0", "1"} and len(ranks["0"]) == 4 * 3 * 2  # protocols x rows x eval protocols
+    assert "SimSkip displacement" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "simskip_metrics.jsonl").read_text().splitlines()) == 2
     for name in ("results.md", "results.csv", "simskip_loss.png", "refined_vs_unrefined.png", "downstream.json"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "clients" / "0" / "refined" / "refined.npy").is_file()
 
 
+def test_a_malformed_downstream_reply_is_refused_with_a_reason() -> None:
+    from client.kge.comparison import rr_key
+    from server.simskip_strategy import parse_downstream_reply
+    from server.strategy import UpdateRejectedError
+
+    config = load_run_configs({"downstream-protocols": "as-trained"})[2]
+
+    def reply(record, ranks):
+        content = RecordDict({"downstream": ConfigRecord({"record": record if isinstance(record, str) else json.dumps(record)}),
+                              "downstream-rr": ArrayRecord({k: Array(v) for k, v in ranks.items()})})
+        return Message(content=content, dst_node_id=1, message_type="evaluate")
+
+    cell = {"test": {p: {"mrr": 0.5, "num_triples": 3} for p in ("standard", "fede")}, "valid": 0.5}
+    good = {"protocols": {"as-trained": {"seeds": {"0": {"unrefined": cell}}}}}
+    ranks = {rr_key("as-trained", 0, "unrefined", p): np.full(3, 0.5) for p in ("standard", "fede")}
+    assert parse_downstream_reply(reply(good, ranks), config)[0] == good
+    key = rr_key("as-trained", 0, "unrefined", "fede")
+    other = load_run_configs({"downstream-protocols": "as-trained,finetune"})[2]
+    for record, rr, cfg, match in [
+        ("{broken", ranks, config, "malformed"),
+        ([1], ranks, config, "protocols"),
+        (good, {**ranks, key: np.full(3, np.nan)}, config, "outside"),
+        (good, {**ranks, key: np.full(2, 0.5)}, config, "3 values"),
+        (good, ranks, other, "not the run's"),
+        ({"protocols": {"as-trained": {"seeds": {"0": {"unrefined": {**cell, "valid": "x"}}}}}}, ranks, config, "valid score"),
+    ]:
+        with pytest.raises(UpdateRejectedError, match=match):
+            parse_downstream_reply(reply(record, rr), cfg)
+
+
 def test_local_only_ablation_sends_no_encoder_after_round_one(data_root, tmp_path) -> None:
-    grid, _, rows, _ = _run(data_root, tmp_path, **{"simskip-federate": False, "simskip-no-skip-ablation": True})
-    assert list(rows) == ["fede-as-trained", "unrefined", "refined", "refined-gated", "refined-no-skip"]
+    grid, _, records, _ = _run(data_root, tmp_path, **{"simskip-federate": False, "simskip-no-skip-ablation": True,
+                                                       "downstream-protocols": "as-trained"})
+    assert list(records["0"]["protocols"]["as-trained"]["seeds"]["0"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
     assert all(WEIGHTS_KEY in m.content.array_records for m, _ in _simskip_messages(grid, 1))
     for msg, reply in _simskip_messages(grid, 2):
         assert WEIGHTS_KEY not in msg.content.array_records and WEIGHTS_KEY not in reply.content.array_records
@@ -163,12 +194,12 @@ def _round_of(msg):
 def _trained_kge(data_root, tmp_path, grid_factory, **simskip):
     """Two KGE rounds through the real handlers; returns (grid, strategy, result, kge_config, refinement)."""
     run_config = {**KGE, "client-data-root": str(data_root), "client-output-root": str(tmp_path / "clients"),
-                  "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", **simskip}
+                  "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", "refit-epochs": 1,
+                  "downstream-protocols": "as-trained,relation-refit", **simskip}
     contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
                                 run_config=run_config) for k in (0, 1)}
     grid = grid_factory(contexts)
     _, kge_config, refinement = load_run_configs(run_config)
-    refinement = dataclasses.replace(refinement, refit_epochs=1)
     strategy = FedEStrategy(min_clients=1, min_clients_timeout=0.2, eval_every=1, patience=5)
     vocabulary = strategy.handshake(grid)
     table = initial_entity_table(kge_config, len(vocabulary), seed=0)
@@ -204,7 +235,7 @@ def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(da
         for name, array in _weights(round2_reply.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT]:
             np.testing.assert_allclose(got[name], array, rtol=1e-6)
     # the downstream evaluation has both clients, and the final encoder is finite
-    assert set(rows["refined"]) == {"0", "1"}
+    assert set(rows) == {"0", "1"}
     downstream = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
     assert all(np.isfinite(m.content.array_records[WEIGHTS_KEY][k].numpy()).all()
                for m in downstream for k in m.content.array_records[WEIGHTS_KEY])
@@ -228,7 +259,7 @@ def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_
     assert sorted(asked) == [10, 11, 11], "the failed client is asked once more, the other is not"
     # what was computed is kept, and says what is missing
     payload = json.loads((tmp_path / "downstream.json").read_text())
-    assert set(payload["rows"]["refined"]) == {"0"}
+    assert set(payload["clients"]) == {"0"}
     assert payload["missing_clients"] == {"1": "1: downstream: out of memory"}
     assert "INCOMPLETE" in (tmp_path / "results.md").read_text()
 
@@ -291,11 +322,14 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
         for client, losses in w["simskip_loss"].items():
             for variant, loss in losses.items():
                 assert g["simskip_loss"][client][variant] == pytest.approx(loss, rel=1e-5), (g["round"], client)
-    got_rows = json.loads((tmp_path / "run" / "downstream.json").read_text())["rows"]
-    want_rows = json.loads((tmp_path / "reference" / "downstream.json").read_text())["rows"]
+    got_rows = json.loads((tmp_path / "run" / "downstream.json").read_text())["clients"]
+    want_rows = json.loads((tmp_path / "reference" / "downstream.json").read_text())["clients"]
     assert set(got_rows) == set(want_rows)
-    for row, per_client in want_rows.items():
-        for client, per_protocol in per_client.items():
-            for protocol, metrics in per_protocol.items():
-                for metric, value in metrics.items():
-                    assert got_rows[row][client][protocol][metric] == pytest.approx(value, abs=1e-6), (row, client, metric)
+    for client, record in want_rows.items():
+        for label, entry in record["protocols"].items():
+            for seed, per_row in entry["seeds"].items():
+                for row, cell in per_row.items():
+                    for protocol, metrics in cell["test"].items():
+                        for metric, value in metrics.items():
+                            got = got_rows[client]["protocols"][label]["seeds"][seed][row]["test"][protocol][metric]
+                            assert got == pytest.approx(value, abs=1e-6), (client, label, row, metric)

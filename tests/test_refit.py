@@ -1,18 +1,17 @@
-"""Downstream relation re-fit on frozen entity rows (client/kge/refit.py).
+"""Trained downstream protocols on given rows (client/kge/protocols.py): the basics of a fair re-fit.
 
 One client of Nations split over 2 clients (FedE relation partition): a few dozen entities, a
-few hundred triples, so every re-fit takes a second or two.
+few hundred triples, so every run takes a second or two.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from client.kge.config import KGEConfig
-from client.kge.models import entity_embedding, relation_embeddings
-from client.kge.refit import PROTOCOL_NAMES, evaluate_as_trained, refit_relations
+from client.kge.models import entity_embedding
+from client.kge.protocols import DownstreamBudget, as_trained_trainer, relations_fit, run_protocol
 from client.kge.training import EmbeddingShapeError, LocalTrainer
 
 
@@ -33,66 +32,63 @@ def trained_rows(client, config: KGEConfig, epochs: int = 3) -> tuple[np.ndarray
     return trainer.get_entity_embeddings(), trainer
 
 
-def _relation_weights(trainer: LocalTrainer) -> list[np.ndarray]:
-    return [r._embeddings.weight.detach().cpu().numpy().copy() for r in relation_embeddings(trainer.model)]
-
-
 @pytest.mark.parametrize(("model", "constrainer"), [("TransE", "model-default"), ("RotatE", "none")])
-def test_refit_keeps_entity_rows_bit_identical_and_moves_relations(client, model: str, constrainer: str) -> None:
+def test_fresh_refit_keeps_rows_bit_identical_even_with_a_normalizing_constrainer(client, model, constrainer) -> None:
     config = small(model, entity_constrainer=constrainer)
     rows, _ = trained_rows(client, config)
     # rows that are NOT unit-norm: TransE's default constrainer would re-normalize them
     rows = rows * np.linspace(0.5, 2.0, rows.shape[0], dtype=np.float32)[:, None]
-    fresh = _relation_weights(LocalTrainer(client, config, device="cpu"))
-    result = refit_relations(client, config, rows, epochs=3, device="cpu")
-    assert result.trainer is not None
-    np.testing.assert_array_equal(result.trainer.get_entity_embeddings(), rows)
-    assert not entity_embedding(result.trainer.model)._embeddings.weight.requires_grad
-    after = _relation_weights(result.trainer)
-    assert any(not np.allclose(a, b) for a, b in zip(after, fresh, strict=True)), "relations did not train"
-    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
-    assert set(result.metrics) == set(PROTOCOL_NAMES)
-    assert set(result.metrics["standard"]) == {"mrr", "hits@1", "hits@3", "hits@10", "num_triples"}
-    assert set(result.metrics["fede"]) == {"mrr", "hits@1", "hits@5", "hits@10", "num_triples"}
+    run = run_protocol("relation-refit:fresh", client, config, rows, relation_state=None,
+                       budget=DownstreamBudget(max_epochs=3, patience=3))
+    np.testing.assert_array_equal(run.trainer.get_entity_embeddings(), rows)
+    assert not entity_embedding(run.trainer.model)._embeddings.weight.requires_grad
+    assert run.init == "fresh" and run.epochs == 3
 
 
 def test_equal_rows_give_equal_metrics_and_different_rows_differ(client) -> None:
-    """Refinement is the only difference: same rows in -> same numbers out (same relation init, seeds)."""
+    """The rows are the only difference: same rows in -> same numbers out (same relation init, seeds)."""
     config = small()
     rows, _ = trained_rows(client, config)
-    first = refit_relations(client, config, rows, epochs=2, device="cpu")
-    second = refit_relations(client, config, rows.copy(), epochs=2, device="cpu")
-    assert first.metrics == second.metrics
-    assert first.losses == second.losses
-    other = refit_relations(client, config, rows + 0.3 * np.random.default_rng(0).standard_normal(rows.shape).astype(np.float32),
-                            epochs=2, device="cpu")
-    assert other.metrics != first.metrics
+    budget = DownstreamBudget(max_epochs=2, patience=2)
+
+    def tested(these):
+        return run_protocol("relation-refit:fresh", client, config, these, relation_state=None, budget=budget).test()[0]
+
+    first = tested(rows)
+    assert tested(rows.copy()) == first
+    noisy = rows + 0.3 * np.random.default_rng(0).standard_normal(rows.shape).astype(np.float32)
+    assert tested(noisy) != first
 
 
-def test_refit_improves_over_no_refit(client) -> None:
-    """The re-fit learns: after some epochs the MRR beats fresh, untrained relations on the same rows."""
+def test_refit_learns_over_fresh_untrained_relations(client) -> None:
     config = small()
     rows, _ = trained_rows(client, config, epochs=10)
-    untrained = refit_relations(client, config, rows, epochs=0, device="cpu")
-    refit = refit_relations(client, config, rows, epochs=15, device="cpu")
-    assert refit.metrics["standard"]["mrr"] > untrained.metrics["standard"]["mrr"]
+    untrained = run_protocol("relation-refit:fresh", client, config, rows, relation_state=None, budget=DownstreamBudget(0, 1))
+    refit = run_protocol("relation-refit:fresh", client, config, rows, relation_state=None,
+                         budget=DownstreamBudget(max_epochs=15, patience=15))
+    assert refit.valid > untrained.valid
+    assert refit.test()[0]["standard"]["mrr"] > untrained.test()[0]["standard"]["mrr"]
 
 
-def test_as_trained_matches_the_trainer_own_evaluation(client) -> None:
+def test_as_trained_accepts_relations_or_a_full_private_state(client) -> None:
     config = small("DistMult")
     rows, trainer = trained_rows(client, config)
-    expected = {p: trainer.evaluate("test", p) for p in PROTOCOL_NAMES}
+    expected = {p: trainer.evaluate("test", p) for p in ("standard", "fede")}
     relation_state = {k.removeprefix("model/"): v for k, v in trainer.get_private_state().items() if k.startswith("model/")}
-    result = evaluate_as_trained(client, config, rows, relation_state, device="cpu")
-    assert result.metrics == expected
-    # the full private state (optimizer moments included) works too
-    assert evaluate_as_trained(client, config, rows, trainer.get_private_state(), device="cpu").metrics == expected
+    for state in (relation_state, trainer.get_private_state()):  # the full state (optimizer moments) works too
+        run = run_protocol("as-trained", client, config, rows, relation_state=state, budget=DownstreamBudget())
+        assert run.test()[0] == expected
+    assert relations_fit(client, config, relation_state)
+    assert not relations_fit(client, config, {"relation_representations.0._embeddings.weight": np.zeros((2, 3))})
+    assert not relations_fit(client, config, None)
+    assert as_trained_trainer(client, config, relation_state).epochs_done == 0
 
 
 def test_wrong_shape_rows_fail_naming_the_client(client) -> None:
     with pytest.raises(EmbeddingShapeError, match="client 0"):
-        refit_relations(client, small(), np.zeros((3, 8), dtype=np.float32), epochs=1, device="cpu")
+        run_protocol("relation-refit:fresh", client, small(), np.zeros((3, 8), dtype=np.float32), relation_state=None,
+                     budget=DownstreamBudget(1, 1))
     rows = np.zeros((client.num_entities, 8), dtype=np.float32)
     rows[1, 2] = np.nan
     with pytest.raises(EmbeddingShapeError, match="row 1"):
-        refit_relations(client, small(), rows, epochs=1, device="cpu")
+        run_protocol("relation-refit:fresh", client, small(), rows, relation_state=None, budget=DownstreamBudget(1, 1))

@@ -27,7 +27,7 @@ ARGS = [
     "--clients", "2", "--engine", "in-process",
     "--set", "embedding-dim=8", "--set", "num-negs-per-pos=4", "--set", "batch-size=128", "--set", "eval-every=1",
     "--set", "simskip-rounds=2", "--set", "simskip-local-epochs=1", "--set", "simskip-batch-size=16",
-    "--set", "simskip-hidden-dim=8", "--set", "refit-epochs=1",
+    "--set", "simskip-hidden-dim=8", "--set", "refit-epochs=1", "--set", 'downstream-protocols="relation-refit"',
 ]
 
 
@@ -39,13 +39,13 @@ def test_tiny_grid_runs_resumes_and_assembles(grid, tmp_path, monkeypatch) -> No
     assert all(c["status"] == "done" for c in cells.values())
     with (out / "grid.csv").open() as handle:
         records = list(csv.DictReader(handle))
-    # 2 cells x (fede-as-trained, unrefined, refined, refined-gated, and the two gains)
-    rows = ("fede-as-trained", "unrefined", "refined", "refined-gated", "gain refined (pts)", "gain refined-gated (pts)")
-    assert [(r["setting"], r["row"]) for r in records] == [(s, row) for s in ("isolation", "fede") for row in rows]
-    fede = cells["fede"]
-    assert float(records[-2]["standard.mrr"]) == pytest.approx(
-        100 * (fede["overall"]["refined"]["standard.mrr"] - fede["overall"]["unrefined"]["standard.mrr"]))
-    assert "| Nations | TransE | fede | refined |" in (out / "grid.md").read_text()
+    # 2 cells x (unrefined, refined, perturbed, and the two gains) under the one protocol
+    rows = ("unrefined", "refined", "perturbed", "gain refined (pts)", "gain perturbed (pts)")
+    assert [(r["setting"], r["protocol"], r["row"]) for r in records] == [
+        (s, "relation-refit:trained", row) for s in ("isolation", "fede") for row in rows]
+    fede = cells["fede"]["overall"]["relation-refit:trained"]
+    assert float(records[-2]["standard.mrr"]) == pytest.approx(100 * (fede["refined"]["standard.mrr"] - fede["unrefined"]["standard.mrr"]))
+    assert "| Nations | TransE | fede | relation-refit:trained | refined |" in (out / "grid.md").read_text()
 
     # resumable: a done cell is skipped; a cell with a finished KGE run redoes only the refinement
     fede_dir = out / "Nations" / "TransE" / "fede"

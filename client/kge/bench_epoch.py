@@ -18,7 +18,6 @@ import os
 import resource
 import sys
 import time
-from typing import Any
 
 __all__ = ["main"]
 

@@ -41,6 +41,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from pykeen.evaluation import RankBasedEvaluator
 from pykeen.evaluation.ranks import Ranks
@@ -147,6 +148,7 @@ def evaluate_protocols(
     candidate_entities: Collection[int] | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    reciprocal_ranks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Several protocols at the cost of one: each side's scores are computed once and shared.
 
@@ -154,6 +156,10 @@ def evaluate_protocols(
 
     :param protocols: protocol names; the other parameters and the errors are those of
         :func:`evaluate_link_prediction`.
+    :param reciprocal_ranks: if given, filled with ``{protocol: (n,) float64}``: each evaluated
+        triple's reciprocal realistic rank, averaged over the protocol's predicted sides (so
+        its mean is the protocol's MRR). Paired tests over triples use these
+        (:mod:`client.kge.significance`).
     :returns: ``{protocol: metrics}`` with the metrics of :func:`evaluate_link_prediction`.
     """
     specs = [_protocol(name) for name in protocols]
@@ -200,6 +206,11 @@ def evaluate_protocols(
         model.train(was_training)
     out: dict[str, dict[str, float]] = {}
     for name, spec, consumer in zip(protocols, specs, consumers):
+        if reciprocal_ranks is not None:
+            # the evaluator keeps each side's ranks batch by batch, in triple order (finalize clears them)
+            per_side = [1.0 / np.concatenate(consumer.evaluator.ranks[target, "realistic"]).astype(np.float64)
+                        for target in spec.targets]
+            reciprocal_ranks[name] = np.mean(per_side, axis=0)
         results = consumer.evaluator.finalize()
         metrics = {"mrr": float(results.get_metric(f"{spec.side}.realistic.inverse_harmonic_mean_rank"))}
         for k in spec.ks:
@@ -389,9 +400,11 @@ def evaluate_client_protocols(
     protocols: Sequence[str] = ("standard", "fede"),
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    reciprocal_ranks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """:func:`evaluate_client` for several protocols, sharing the scores (:func:`evaluate_protocols`).
 
+    :param reciprocal_ranks: see :func:`evaluate_protocols`.
     :returns: ``{protocol: metrics}``.
     """
     if split not in ("valid", "test"):
@@ -413,6 +426,7 @@ def evaluate_client_protocols(
         candidate_entities=train_entities.tolist(),
         batch_size=batch_size,
         device=device,
+        reciprocal_ranks=reciprocal_ranks,
     )
 
 
