@@ -130,10 +130,10 @@ def evaluate_client_rows(
             continue
         started = time.perf_counter()
 
-        def run(these: np.ndarray, seed: int, what: str, _label: str = label) -> ProtocolRun:
+        def run(these: np.ndarray, seed: int, what: str, _label: str = label, _trains: bool = protocol.trains) -> ProtocolRun:
             result = run_protocol(_label, graph, config.replace(seed=config.seed + seed), these,
                                   relation_state=relation_state, budget=budget, device=device)
-            if protocol.trains:  # minutes per run on large graphs: say so as each one ends
+            if _trains:  # minutes per run on large graphs: say so as each one ends
                 say(f"client {name}: {_label} seed {seed} {what}: valid MRR {result.valid:.4f} after "
                     f"{result.epochs} epochs (best {result.best_epoch}), {result.seconds:.1f}s")
             return result
