@@ -5,8 +5,11 @@ node config ``data-dir`` / ``partition-id`` / ``output-dir``; the ClientApp runs
 (:mod:`client.client_app`). The folder is checked once before connecting, so a malformed file
 fails here, naming file and line, instead of inside the first round.
 
-The party runs until stopped (SIGINT / SIGTERM stop its SuperNode by PID) or until the
-SuperNode exits. Flower's state goes to ``OUTPUT_DIR/.flwr``, never to the home directory.
+The party prints one line per round it takes part in (``party.log`` in its output folder,
+written by its ClientApp; ``--quiet`` turns it off) and exits 0 when the server says the run
+has completed (``--stay`` keeps it up for further runs; a failed run keeps it up too, so a
+resumed run can use it). It also stops when stopped (SIGINT / SIGTERM stop its SuperNode by PID)
+or when the SuperNode exits. Flower's state goes to ``OUTPUT_DIR/.flwr``, never to the home directory.
 
 Security: ``--root-certificates CA`` (TLS) and ``--auth-private-key KEY`` (Flower's SuperNode
 authentication; the server registers the matching public key) are checked before anything
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold-start", action="store_true",
                         help="start every ClientApp process cold (Flower's default) instead of forking it from "
                              "a pre-imported warm starter (see client/warm_start.py)")
+    parser.add_argument("--stay", action="store_true",
+                        help="keep the party up after the server's run has finished (for further runs); by "
+                             "default simskip-client exits 0 once the server says the run is complete")
+    parser.add_argument("--quiet", action="store_true", help="do not print the rounds this party takes part in")
     auth = parser.add_argument_group("node authentication (a server started with --auth-public-keys)")
     auth.add_argument("--auth-private-key", type=Path, default=None,
                       help="this party's OpenSSH EC private key (ssh-keygen -t ecdsa -b 384); the server "
@@ -61,6 +69,45 @@ def _check_folder(folder: Path, partition_id: int) -> Any:
     from kg_datasets import load_client_folder
 
     return load_client_folder(folder, client_id=partition_id)
+
+
+def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet: bool,
+            interval: float = 0.25) -> int | None:
+    """Print the party's new ``party.log`` lines while the SuperNode runs.
+
+    :returns: the SuperNode's exit status when it ends by itself, ``None`` when the server's run
+        completed (``federation.json`` newer than ``since``) and ``stay`` is off.
+    """
+    from client.party_log import PARTY_LOG, read_finished
+
+    log_file = output_dir / PARTY_LOG
+    offset = log_file.stat().st_size if log_file.exists() else 0  # lines of earlier runs are not repeated
+    announced = 0.0
+    while True:
+        code = supernode.poll()
+        if log_file.exists():
+            with open(log_file, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+            offset += len(complete)
+            if complete and not quiet:
+                for line in complete.decode("utf-8", errors="replace").splitlines():
+                    print(f"[simskip-client] {line}", flush=True)
+        if code is not None:
+            return int(code)
+        finished = read_finished(output_dir, since)
+        if finished is not None and finished["finished_at"] > announced:
+            announced = finished["finished_at"]
+            status = finished.get("status", "?")
+            if status == "completed" and not stay:
+                print(f"[simskip-client] the server's run finished ({finished.get('run-dir') or 'no run folder'}); "
+                      "stopping this party (--stay keeps it up)", flush=True)
+                return None
+            print(f"[simskip-client] the server's run ended: {status}"
+                  + (f" ({finished['reason']})" if finished.get("reason") else "")
+                  + "; staying up for further runs (Ctrl-C stops this party)", flush=True)
+        time.sleep(interval)
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -121,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
                       file=sys.stderr, flush=True)
         log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
+        launched = time.time()
         supernode = launcher.start_supernode(
             output_dir / ".flwr",
             superlink=args.server,
@@ -136,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
               f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
               flush=True)
-        code = int(supernode.wait())
+        code = _follow(supernode, output_dir, since=launched, stay=args.stay, quiet=args.quiet)
+        if code is None:  # the run is over: the SuperNode is stopped in `finally`
+            return 0
         if code != 0:
             with open(log_path, "rb") as handle:
                 handle.seek(log_start)

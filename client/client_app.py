@@ -46,6 +46,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from client.party_log import note, write_finished
+
 __all__ = ["app", "ClientCheckpointError", "ClientSetupError"]
 
 ENTITY_ROWS_KEY = "entity-rows"  # mirrors server.strategy (the server package is not shipped to clients' imports)
@@ -368,6 +370,8 @@ def train(msg: Message, context: Context) -> Message:
     if out is not None and server_round > 0:
         save_private_checkpoint(out, server_round, federation_id, context.state.array_records[PRIVATE_CURRENT],
                                 best_round=int(cfg.get("best-round", 0)))
+    note(out, f"round {server_round}: trained {config.local_epochs} epochs in {train_seconds:.1f}s"
+              + (f", loss {float(losses[-1]):.4f}" if len(losses) else ""))
     # Reply in the dtype the server sent (run config transfer-dtype): float16 halves the bytes.
     wire_dtype = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().dtype
     rows = np.ascontiguousarray(trainer.get_entity_embeddings().astype(wire_dtype, copy=False))
@@ -401,7 +405,7 @@ def validate(msg: Message, context: Context) -> Message:
     Only the snapshots of this round and of the server's best round so far are kept: the
     final test restores the best one.
     """
-    graph, config, _ = _setup(context)
+    graph, config, name = _setup(context)
     cfg = msg.content.config_records[CONFIG_KEY]
     server_round, best_round = int(cfg["server-round"]), int(cfg.get("best-round", 0))
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
@@ -415,6 +419,7 @@ def validate(msg: Message, context: Context) -> Message:
     keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}
     for key in [k for k in context.state.array_records if k.startswith("private-round-") and k not in keep]:
         del context.state[key]
+    note(_output_dir(context, name), f"round {server_round}: valid MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
 
 
@@ -431,7 +436,22 @@ def test(msg: Message, context: Context) -> Message:
     out = _output_dir(context, name)
     if out is not None:
         _write_private_outputs(trainer, graph, out)
+    note(out, f"test with round {best_round}'s rows: MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
+
+
+@app.query("finish")
+def finish(msg: Message, context: Context) -> Message:
+    """The server's run is over: write ``federation.json`` (``simskip-client`` exits on it) and reply."""
+    cfg = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+    record = {key: cfg[key] for key in ("status", "reason", "federation-id", "run-dir") if key in cfg}
+    try:
+        out = _output_dir(context, _data_location(context)[2])
+    except ClientSetupError:  # nowhere to write: the reply still tells the server it was heard
+        out = None
+    note(out, f"federation finished: {record.get('status', '?')}" + (f" ({record['reason']})" if record.get("reason") else ""))
+    write_finished(out, record)
+    return Message(content=RecordDict({CONFIG_KEY: ConfigRecord({"acknowledged": 1})}), reply_to=msg)
 
 
 # The SimSkip phase's handlers (train.simskip, evaluate.downstream) live in their own module and

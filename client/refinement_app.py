@@ -37,6 +37,7 @@ from client.client_app import (
     load_private_checkpoint,
     save_private_checkpoint,
 )
+from client.party_log import note
 
 __all__ = ["downstream", "simskip_train"]
 
@@ -112,6 +113,7 @@ def simskip_train(msg: Message, context: Context) -> Message:
     start = _start_weights(msg, context, list(refinement.variants()), out, name, server_round)
     update = fit_round(rows, start, refinement, client_id=name, server_round=server_round)
     metrics = {"num-rows": update.num_rows, "simskip-seconds": float(update.seconds)}
+    note(out, f"SimSkip round {server_round}: {len(update.losses)} encoder(s) trained in {float(update.seconds):.1f}s")
     metrics.update({f"loss/{variant}": float(losses[-1]) for variant, losses in update.losses.items()})
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
     if bool(cfg.get("federate", True)):
@@ -157,7 +159,8 @@ def downstream(msg: Message, context: Context) -> Message:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
     result, ranks = evaluate_client_rows(graph, kge_config, rows, refined, refinement, relation_state=relation_state,
-                                         device=_device(), log=lambda line: log(INFO, "%s", line))
+                                         device=_device(), log=lambda line: (log(INFO, "%s", line), note(out, line)))
+    note(out, f"downstream evaluation done in {time.perf_counter() - started:.1f}s")
     content = RecordDict({
         METRICS_KEY: MetricRecord({"client-seconds": time.perf_counter() - started}),
         DOWNSTREAM_RECORD: ConfigRecord({"record": json.dumps(result)}),  # key order is the table order

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the interrupted run in RUN_DIR from its last checkpoint "
                              "(its config.json, with --set/--rounds on top)")
     parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only warnings, errors and summary lines (logs/run.log keeps every line)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SuperLink port (default {DEFAULT_PORT})")
     parser.add_argument("--min-clients", type=int, default=None,
                         help="parties to wait for before round 1 (default: the run config's, 2)")
@@ -142,6 +144,7 @@ def run_server(
     tls: Any = None,
     authorized_keys: Sequence[Any] = (),
     on_start: Callable[[Path], None] | None = None,
+    quiet: bool = False,
 ) -> Path:
     """Run one federation behind a SuperLink; return the run folder.
 
@@ -150,6 +153,7 @@ def run_server(
     :param authorized_keys: :class:`server.launcher.AuthorizedKey` of each party allowed to join;
         non-empty turns Flower's SuperNode authentication on (needs ``tls``).
     :param on_start: called with the resolved run folder before any process starts.
+    :param quiet: print only problems and summary lines (the run log keeps everything).
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from server import launcher
@@ -181,7 +185,7 @@ def run_server(
             print(f"[simskip-server] node authentication on: {len(node_ids)} registered public keys", flush=True)
         print(f"[simskip-server] SuperLink (pid {superlink.pid}) on {host}:{port}; waiting for parties", flush=True)
         run_id, status = launcher.run_app(flwr_home, run_config, superlink=superlink,
-                                          log_path=run_dir / "logs" / "run.log")
+                                          log_path=run_dir / "logs" / "run.log", quiet=quiet)
     finally:
         launcher.stop_process(superlink, timeout=STOP_GRACE_SECONDS)
     launcher.check_run_completed(run_id, status, run_dir)
@@ -330,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run_dir = args.run_dir or default_run_dir()
         return run_server(run_dir, host=args.host, port=args.port, run_config=overrides, tls=tls,
-                          authorized_keys=keys, on_start=lambda path: started.setdefault("run_dir", path))
+                          authorized_keys=keys, on_start=lambda path: started.setdefault("run_dir", path),
+                          quiet=args.quiet)
 
     with signals.installed("simskip-server", _interrupt):  # until the partial results are written
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -640,6 +641,7 @@ def run_app(
     federation_config: Mapping[str, Any] | None = None,
     superlink: subprocess.Popen | None = None,
     log_path: Path | None = None,
+    quiet: bool = False,
 ) -> tuple[int, str]:
     """Submit this app with ``flwr run --stream``, wait for its end, return ``(run_id, status)``.
 
@@ -649,7 +651,8 @@ def run_app(
     :param run_config: overrides of ``[tool.flwr.app.config]`` (written to a TOML file).
     :param federation_config: simulation options (``num-supernodes``, ``client-resources-num-cpus``...).
     :param superlink: the SuperLink process, to fail fast when it dies.
-    :param log_path: where the streamed run log is copied (it is also printed).
+    :param log_path: where the streamed run log is copied (it is also printed, less
+        :data:`CONSOLE_NOISE`; with ``quiet`` only problems and summary lines, :func:`console_line`).
     :raises FlowerProcessError: the submission failed or the SuperLink died.
     """
     import tomli_w
@@ -667,8 +670,9 @@ def run_app(
     run_id = None
     try:
         for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            if console_line(line, quiet):
+                sys.stdout.write(line)
+                sys.stdout.flush()
             if log_file is not None:
                 log_file.write(line)
                 log_file.flush()
@@ -687,6 +691,26 @@ def run_app(
     if proc.returncode != 0:
         raise FlowerProcessError(f"flwr run exited with code {proc.returncode}")
     return run_status(flwr_home, connection, run_id)
+
+
+#: Third-party console lines that tell the user nothing actionable here (they stay in the run log):
+#: Flower's note on the simulated federation size (we always pass it) and Ray's FutureWarning
+#: about accelerator variables (we set GPU resources explicitly) with its ``warnings.warn(`` tail.
+CONSOLE_NOISE = re.compile(
+    r"default simulated SuperNodes changed|To change federation size, use the following command"
+    r"|flwr federation simulation-config|Ray will no longer override accelerator visible devices"
+    r"|^\s*warnings\.warn\($"
+)
+#: Lines a ``--quiet`` console still shows: problems, and the command's own summary lines.
+QUIET_KEEP = re.compile(r"WARNING|ERROR|Error|Traceback|Exception|^\[simskip-|best round|done in")
+
+
+def console_line(line: str, quiet: bool = False) -> bool:
+    """Whether a line of the streamed run log goes to the console (every line goes to the log file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", line)  # Flower colours its level names
+    if CONSOLE_NOISE.search(text):
+        return False
+    return not quiet or bool(QUIET_KEEP.search(text))
 
 
 def check_run_completed(run_id: int, status: str, run_dir: Path) -> None:

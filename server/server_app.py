@@ -97,7 +97,6 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
     :raises FederationError: when the handshake fails, too few clients stay connected, a round
         gets no usable update, or test metrics are missing.
     """
-    from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
     from client.kge.refinement import load_run_configs  # knows the refinement keys too
 
     started = time.time()
@@ -119,6 +118,21 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
     )
     log(INFO, "handshake: waiting for %s clients", settings.min_clients)
     vocabulary = strategy.handshake(grid, timeout=settings.round_timeout)
+    try:
+        result = _run_phases(grid, strategy, vocabulary, run_config, settings, kge_config, refinement, started)
+    except Exception as err:
+        # the parties stay up (a resumed run can use them) but their operators learn why
+        strategy.finish(grid, "failed", f"{type(err).__name__}: {err}", settings.run_dir)
+        raise
+    strategy.finish(grid, "completed", "", settings.run_dir)
+    return result
+
+
+def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_config: dict[str, Any], settings: Any,
+                kge_config: Any, refinement: Any, started: float) -> FedEResult:
+    """Everything after the handshake: the KGE rounds (or a resume), the outputs, the SimSkip phase."""
+    from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
+
     resume_from = None
     if settings.resume:
         checkpoint_round, arrays, state = _load_checkpoint(settings.run_dir, run_config, vocabulary)

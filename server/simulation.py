@@ -166,6 +166,7 @@ def run_simulation(
     num_cpus_per_client: int = 1,
     num_gpus_per_client: float = 0.0,
     timeout: float | None = None,
+    quiet: bool = False,
 ) -> Path:
     """Partition ``dataset``, run the federation in simulation, return the run folder.
 
@@ -177,6 +178,7 @@ def run_simulation(
     :param setting: ``fede``, ``isolation`` or ``collection``.
     :param overrides: further run-config values (kebab-case keys).
     :param num_cpus_per_client: / num_gpus_per_client: Ray resources of one virtual client.
+    :param quiet: print only problems and summary lines (the run log keeps everything).
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
     from kg_datasets import load_federated
@@ -207,7 +209,7 @@ def run_simulation(
     })
     check_run_config(run_config)
     return _run_flower(run_dir, run_config, num_clients=kg.num_clients, num_cpus_per_client=num_cpus_per_client,
-                       num_gpus_per_client=num_gpus_per_client)
+                       num_gpus_per_client=num_gpus_per_client, quiet=quiet)
 
 
 def _run_flower(
@@ -217,6 +219,7 @@ def _run_flower(
     num_clients: int,
     num_cpus_per_client: int,
     num_gpus_per_client: float,
+    quiet: bool = False,
 ) -> Path:
     """Start a simulation SuperLink, run the app with ``run_config`` on ``num_clients`` virtual
     nodes, stop the SuperLink by PID; return ``run_dir``.
@@ -242,7 +245,7 @@ def _run_flower(
         }
         run_id, status = launcher.run_app(
             flwr_home, run_config, federation_config=federation_config, superlink=superlink,
-            log_path=run_dir / "logs" / "run.log",
+            log_path=run_dir / "logs" / "run.log", quiet=quiet,
         )
     finally:
         launcher.stop_process(superlink)
@@ -290,6 +293,7 @@ def resume_simulation(
     overrides: dict[str, Any] | None = None,
     num_cpus_per_client: int = 1,
     num_gpus_per_client: float = 0.0,
+    quiet: bool = False,
 ) -> Path:
     """Continue an interrupted simulation after its last checkpointed round; return the run folder.
 
@@ -326,7 +330,7 @@ def resume_simulation(
     print(f"[simskip-sim] resuming {run_dir} after round {round_done} of {run_config.get('num-server-rounds')}, "
           f"{len(clients)} clients", flush=True)
     return _run_flower(run_dir, run_config, num_clients=len(clients), num_cpus_per_client=num_cpus_per_client,
-                       num_gpus_per_client=num_gpus_per_client)
+                       num_gpus_per_client=num_gpus_per_client, quiet=quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--num-cpus-per-client", type=int, default=1)
     parser.add_argument("--num-gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only warnings, errors and summary lines (logs/run.log keeps every line)")
     parser.add_argument("--refine-only", type=Path, default=None, metavar="RUN_DIR",
                         help="run only the SimSkip phase + downstream evaluation + report on a finished run "
                              "folder (in-process; --set overrides simskip-*/refit-* values)")
@@ -388,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides=parse_set_options(args.sets),
                 num_cpus_per_client=args.num_cpus_per_client,
                 num_gpus_per_client=args.num_gpus_per_client,
+                quiet=args.quiet,
             )
         return run_simulation(
             args.dataset or "UMLS",
@@ -400,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             partition_seed=0 if args.partition_seed is None else args.partition_seed,
             num_cpus_per_client=args.num_cpus_per_client,
             num_gpus_per_client=args.num_gpus_per_client,
+            quiet=args.quiet,
         )
 
     from server import signals

@@ -80,6 +80,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from server.aggregation import AggregationError, aggregate_rows, build_vocabulary
+from server.grid_io import send_and_receive
 
 __all__ = [
     "CLIENT_INFO_KEY",
@@ -106,6 +107,9 @@ HANDSHAKE_TYPE = f"{MessageType.QUERY}.entities"
 RESTORE_TYPE = f"{MessageType.QUERY}.restore"
 VALID_TYPE = MessageType.EVALUATE
 TEST_TYPE = f"{MessageType.EVALUATE}.test"
+FINISH_TYPE = f"{MessageType.QUERY}.finish"
+#: seconds the server waits for the parties to acknowledge the end of the run
+FINISH_TIMEOUT = 15.0
 #: Metrics a client reports after evaluation; the overall value is weighted by num_triples.
 WEIGHT_KEY = "num_triples"
 #: Prefix of the test metrics a client adds to a validation reply when ``track-test`` is on.
@@ -399,7 +403,7 @@ class FedEStrategy(FedAvg):
         if not messages:
             return []
         sent_to = [m.metadata.dst_node_id for m in messages]
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(grid, messages, timeout)
         # The grid sets each message's id when it pushes it (in place); a fake grid may not.
         by_message_id = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
         attributed: dict[int, Message] = {}
@@ -424,6 +428,38 @@ class FedEStrategy(FedAvg):
             if node not in attributed:
                 self.record_failure(self.client_name(node), f"timeout (no reply within {timeout:g} s)", phase)
         return sorted(attributed.items(), key=lambda pair: (self.client_name(pair[0]), pair[0]))
+
+    # ------------------------------------------------------------------ end of the run
+    def finish(self, grid: Grid, status: str, reason: str = "", run_dir: str = "",
+               timeout: float = FINISH_TIMEOUT) -> list[int]:
+        """Tell every registered party that this run is over (``query.finish``).
+
+        A party writes ``federation.json`` and its ``simskip-client`` exits 0 on ``completed``
+        (it stays up on ``failed``, for a resumed run). Best effort: a party that does not
+        answer within ``timeout`` s is only logged; nothing is recorded as a round failure.
+
+        :param status: ``completed`` or ``failed``.
+        :param reason: one line for a failed run.
+        :returns: the node ids that acknowledged.
+        """
+        config = {"status": status, "reason": reason, "federation-id": self.loop.federation_id, "run-dir": run_dir}
+        messages = [Message(content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
+                            message_type=FINISH_TYPE, dst_node_id=node_id) for node_id in sorted(self.clients)]
+        if not messages:
+            return []
+        try:
+            replies = send_and_receive(grid, messages, timeout)
+        except Exception as err:  # noqa: BLE001 - the run's result is already on disk; only the notice is lost
+            log(WARNING, "could not tell the parties that the run %s: %s", status, err)
+            return []
+        # attributed as in exchange(): by the request's id (a grid that sets none: by the sender)
+        by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        acknowledged = sorted({by_id.get(r.metadata.reply_to_message_id) if by_id else r.metadata.src_node_id
+                               for r in replies if not r.has_error()} - {None})
+        missing = [self.client_name(n) for n in sorted(self.clients) if n not in acknowledged]
+        if missing:
+            log(WARNING, "parties %s did not acknowledge the end of the run", missing)
+        return acknowledged
 
     # ------------------------------------------------------------------ handshake
     def _handshake_messages(self, node_ids: Iterable[int]) -> list[Message]:
@@ -503,7 +539,7 @@ class FedEStrategy(FedAvg):
             connect is bounded by ``min_clients_timeout``).
         """
         self._exchange_timeout = timeout
-        replies = grid.send_and_receive(self.configure_handshake(grid), timeout=timeout)
+        replies = send_and_receive(grid, self.configure_handshake(grid), timeout)
         return self.register_clients(replies)
 
     # ------------------------------------------------------------------ rejoin

@@ -45,4 +45,10 @@ def test_server_and_three_clients_on_loopback(tmp_path):
     assert not list(run_dir.glob("relation_embeddings*")), "the server holds no relation embeddings"
     results = json.loads((run_dir / "results.json").read_text())
     assert results, "the refinement phase wrote its results table"
+    for k, party in enumerate(clients):  # each party exits 0 by itself once the server's run is complete
+        assert party.wait(timeout=90) == 0, federation.log(f"party{k}.log")[-2000:]
+        printed = federation.log(f"party{k}.log")
+        assert "round 3: trained 1 epochs" in printed and "round 3: valid MRR" in printed, printed[-2000:]
+        assert "the server's run finished" in printed
+        assert json.loads((tmp_path / f"party{k}" / "federation.json").read_text())["status"] == "completed"
     assert all(p.poll() is not None for p in federation.processes)

@@ -60,6 +60,8 @@ class FakeClient:
             info = ConfigRecord({"client-id": self.name, "entity-labels": self.labels, "num-train": 10,
                                  "num-valid": len(self.labels), "num-test": 2 * len(self.labels), "entity-dim": DIM})
             return Message(RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
+        if kind == "query.finish":
+            return Message(RecordDict({CONFIG_KEY: ConfigRecord({"acknowledged": 1})}), reply_to=msg)
         if kind == "query.restore":
             self.restores.append(config)
             return Message(RecordDict({METRICS_KEY: MetricRecord({"restored-round": int(config["resume-round"])})}),
@@ -362,7 +364,11 @@ def test_server_app_keeps_every_round_on_disk_and_a_resume_ends_like_an_uninterr
     from server.checkpoint import has_checkpoint
     from server.server_app import run_federation
 
-    run_federation(FakeGrid(_clients(10)), _run_config(tmp_path / "full"))
+    full = FakeGrid(_clients(10))
+    run_federation(full, _run_config(tmp_path / "full"))
+    notices = [m for m in full.sent if m.metadata.message_type == "query.finish"]  # after everything else
+    assert sorted(m.metadata.dst_node_id for m in notices) == sorted(full.clients) and full.sent[-len(notices):] == notices
+    assert {m.content.config_records[CONFIG_KEY]["status"] for m in notices} == {"completed"}
 
     grid = FakeGrid(_clients(20))
     rounds_done = []
@@ -382,6 +388,10 @@ def test_server_app_keeps_every_round_on_disk_and_a_resume_ends_like_an_uninterr
         run_federation(grid, _run_config(interrupted))
     rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and has_checkpoint(interrupted)
+    # the parties are told, and stay up (their simskip-client keeps running for a resume)
+    notices = [m for m in grid.sent if m.metadata.message_type == "query.finish"]
+    assert notices and all(m.content.config_records[CONFIG_KEY]["status"] == "failed" for m in notices)
+    assert "no client update survived" in notices[0].content.config_records[CONFIG_KEY]["reason"]
     assert not (interrupted / "final_metrics.json").exists()
 
     run_federation(FakeGrid(_clients(30)), _run_config(interrupted, resume=True))

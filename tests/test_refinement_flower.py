@@ -30,6 +30,7 @@ HANDLERS = {
     "train": client_app.train,
     "evaluate": client_app.validate,
     "evaluate.test": client_app.test,
+    "query.finish": client_app.finish,
     SIMSKIP_TRAIN_TYPE: refinement_app.simskip_train,
     DOWNSTREAM_TYPE: refinement_app.downstream,
 }
@@ -88,6 +89,7 @@ def _run(data_root, tmp_path, **simskip):
                             train_config=ConfigRecord({"local-epochs": 1}))
     rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
                                 kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+    assert strategy.finish(grid, "completed", "", str(tmp_path)) == [10, 11]  # as run_federation ends
     return grid, result, rows, refinement
 
 
@@ -137,6 +139,12 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
     for name in ("results.md", "results.csv", "simskip_loss.png", "refined_vs_unrefined.png", "downstream.json"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "clients" / "0" / "refined" / "refined.npy").is_file()
+    # the party's own progress lines and the end-of-run notice (simskip-client prints / exits on them)
+    party = (tmp_path / "clients" / "0" / "party.log").read_text()
+    for line in ("round 1: trained 1 epochs", "valid MRR", "test with round", "SimSkip round 2",
+                 "downstream evaluation done", "federation finished: completed"):
+        assert line in party, line
+    assert json.loads((tmp_path / "clients" / "0" / "federation.json").read_text())["status"] == "completed"
 
 
 def test_a_malformed_downstream_reply_is_refused_with_a_reason() -> None:

@@ -68,7 +68,7 @@ from server.launcher import process_tree
 #: Seconds the server waits for one exchange's replies (run config ``round-timeout``); a party
 #: needs 3-6 s per message here (~11 s at load 8 on 2 cores), well inside it.
 ROUND_TIMEOUT = 23
-#: Seconds party 1 stays frozen: past the round timeout plus the server's 3 s poll (round 2 is
+#: Seconds party 1 stays frozen: past the round timeout plus the server's poll (round 2 is
 #: closed before it thaws), and below Flower's 30 s claim and 37.5 s heartbeat bounds.
 STOP_SECONDS = 28
 ROUNDS = 4

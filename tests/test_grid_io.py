@@ -1,0 +1,115 @@
+"""The exchange loop of :mod:`server.grid_io`: push once, pull on a short growing schedule."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from server.grid_io import PollSchedule, send_and_receive
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+class Clock:
+    """A fake clock that only moves when the loop sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class PushPullGrid:
+    """``push_messages`` / ``pull_messages`` with each reply ready at a given fake time."""
+
+    def __init__(self, clock: Clock, ready_at: dict[int, float]) -> None:
+        self.clock, self.ready_at = clock, ready_at
+        self.inbox: dict[str, Message] = {}
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.inbox[message.metadata.message_id] = message
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        out = []
+        for message_id in list(message_ids):
+            message = self.inbox.get(message_id)
+            if message is not None and self.clock.now >= self.ready_at[message.metadata.dst_node_id]:
+                out.append(Message(RecordDict({"c": ConfigRecord({"node": message.metadata.dst_node_id})}), reply_to=message))
+                del self.inbox[message_id]
+        return out
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - must not be used
+        raise AssertionError("the push/pull path must be used when the grid has it")
+
+
+def _messages(nodes):
+    return [Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=node, message_type="train") for node in nodes]
+
+
+def test_replies_are_collected_as_soon_as_the_schedule_reaches_them():
+    clock = Clock()
+    grid = PushPullGrid(clock, {1: 0.0, 2: 0.4, 3: 1.3})
+    poll = PollSchedule(first_interval=0.01, growth=2.0, max_interval=0.25)
+    replies = send_and_receive(grid, _messages([1, 2, 3]), timeout=30, poll=poll, sleep=clock.sleep, clock=clock)
+    assert sorted(r.content.config_records["c"]["node"] for r in replies) == [1, 2, 3]
+    assert max(clock.sleeps) <= 0.25  # never the fixed 3 s
+    assert 1.3 <= clock.now < 1.3 + 0.25  # the last reply is noticed within one max interval
+    assert clock.sleeps[:3] == [0.01, 0.02, 0.04]
+
+
+def test_a_missing_reply_ends_the_exchange_at_the_timeout_with_the_others():
+    clock = Clock()
+    grid = PushPullGrid(clock, {1: 0.0, 2: float("inf")})
+    replies = send_and_receive(grid, _messages([1, 2]), timeout=2.0, sleep=clock.sleep, clock=clock)
+    assert [r.content.config_records["c"]["node"] for r in replies] == [1]
+    assert clock.now == pytest.approx(2.0)  # the last wait is cut to the deadline
+
+
+def test_all_replies_at_once_need_one_pull_and_no_sleep():
+    clock = Clock()
+    grid = PushPullGrid(clock, {1: 0.0, 2: 0.0})
+    replies = send_and_receive(grid, _messages([1, 2]), timeout=5, sleep=clock.sleep, clock=clock)
+    assert len(replies) == 2 and grid.pulls == 1 and clock.sleeps == []
+
+
+def test_a_grid_without_push_and_pull_is_used_through_its_send_and_receive():
+    class Plain:
+        def send_and_receive(self, messages, *, timeout=None):
+            return [Message(RecordDict(), reply_to=m) for m in messages]
+
+    assert len(send_and_receive(Plain(), _messages([1, 2]), timeout=1)) == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"first_interval": 0}, {"growth": 0.5}, {"first_interval": 1, "max_interval": 0.5}])
+def test_a_bad_schedule_is_refused(kwargs):
+    with pytest.raises(ValueError, match="poll schedule"):
+        PollSchedule(**kwargs)
+
+
+def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summaries():
+    from server.launcher import console_line
+
+    noise = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
+             "/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
+             "override accelerator visible devices env var if num_gpus=0\n", "  warnings.warn(\n"]
+    assert not any(console_line(line) for line in noise)
+    progress = "\x1b[92mINFO \x1b[0m:      [round 3/10] 1.2s loss 0:2.1\n"
+    problem = "\x1b[93mWARNING \x1b[0m:   parties ['1'] did not acknowledge the end of the run\n"
+    assert console_line(progress) and console_line(problem)
+    assert not console_line(progress, quiet=True) and console_line(problem, quiet=True)
+    assert console_line("\x1b[92mINFO \x1b[0m:      best round 12; test overall mrr=0.71\n", quiet=True)
