@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from client.kge.protocols import DOWNSTREAM_PROTOCOLS, protocol_labels, relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
     from server.downstream import load_client_inputs
-    from server.run_folder import atomic_write_text
+    from server.run_folder import emit_json
     from server.simulation import parse_set_options
 
     recorded = json.loads((args.run_dir / "config.json").read_text(encoding="utf-8"))
@@ -82,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             report["protocols"][label] = {"seconds": round(time.perf_counter() - started, 3), "clients": per_client}
             print(f"[bench-downstream] {label}: {report['protocols'][label]['seconds']:.1f} s", file=sys.stderr, flush=True)
     report["load_average_after"] = list(os.getloadavg())
-    text = json.dumps(report, indent=2) + "\n"
-    if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        sys.stdout.write(text)
+    emit_json(report, args.out)
     return 0
 
 

@@ -66,14 +66,14 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from client.kge.config import KGEConfig, parse_overrides
+    from client.kge.config import KGEConfig, parse_overrides, preset
     from client.kge.models import initial_entity_table
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
     from server.aggregation import aggregate_rows
 
     torch.set_num_threads(args.threads)
-    config = KGEConfig.from_run_config(parse_overrides(args.set))
+    config = KGEConfig.from_run_config({**preset(args.preset), **parse_overrides(args.set)})
     started = time.perf_counter()
     kg = load_federated(args.data, num_clients=args.num_clients)
     trainers = [LocalTrainer(client, config, device=args.device) for client in kg.clients]
@@ -273,6 +273,8 @@ def simulation_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
                 "--num-cpus-per-client", str(args.num_cpus_per_client)]
     if args.num_clients is not None:
         command += ["--clients", str(args.num_clients)]
+    if args.preset is not None:
+        command += ["--preset", args.preset]
     # track-test: test metrics at every validation; no SimSkip phase after FedE
     for item in ["track-test=true", "simskip-rounds=0", *args.set]:
         command += ["--set", item]
@@ -385,6 +387,8 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, write the JSON report (atomically) and print it."""
+    from client.kge.config import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["simulation", "in-process"], default="simulation")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="as kg_datasets.load_federated")
@@ -394,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", "--target-mrr", dest="target", type=float, default=FEDE_TARGET_MRR,
                         help="test MRR whose first reach is reported (default: FedE's 0.356)")
     parser.add_argument("--stop-at-target", action="store_true", help="stop once test MRR reaches --target")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="named run-config values before --set (fede-paper: FedE's published schedule)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     simulation = parser.add_argument_group("simulation mode")

@@ -62,6 +62,7 @@ def send_and_receive(
     poll: PollSchedule = DEFAULT_POLL,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_poll: Callable[[int, int, float], None] | None = None,
 ) -> list[Message]:
     """Push ``messages`` and collect the replies until every message has one or ``timeout`` s pass.
 
@@ -75,13 +76,17 @@ def send_and_receive(
     :param poll: the wait schedule between pulls.
     :param sleep: ``time.sleep`` (a test passes a recorder).
     :param clock: ``time.monotonic`` (a test passes a fake clock).
+    :param on_poll: called after every pull with (replies so far, messages sent, seconds since
+        the push): a caller's progress line.
     """
     push = getattr(grid, "push_messages", None)
     pull = getattr(grid, "pull_messages", None)
     if push is None or pull is None:
         return list(grid.send_and_receive(messages, timeout=timeout))  # type: ignore[attr-defined]
     pending = set(push(messages))
-    deadline = None if timeout is None else clock() + timeout
+    total = len(pending)
+    pushed = clock()
+    deadline = None if timeout is None else pushed + timeout
     replies: list[Message] = []
     for wait in poll.waits():
         if not pending:
@@ -89,6 +94,8 @@ def send_and_receive(
         got = list(pull(pending))
         replies.extend(got)
         pending.difference_update(reply.metadata.reply_to_message_id for reply in got)
+        if on_poll is not None:
+            on_poll(total - len(pending), total, clock() - pushed)
         if not pending:
             break
         if deadline is not None:

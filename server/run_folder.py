@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "RunFolder",
     "atomic_write_bytes",
     "atomic_write_text",
+    "emit_json",
     "save_npy_atomic",
 ]
 
@@ -67,6 +69,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def emit_json(report: Any, out: Path | None) -> None:
+    """A script's JSON result: written atomically to ``out``, or printed when ``out`` is ``None``."""
+    text = json.dumps(report, indent=2) + "\n"
+    if out is not None:
+        atomic_write_text(out, text)
+    else:
+        sys.stdout.write(text)
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

@@ -296,7 +296,7 @@ class SimSkipStrategy(FedAvg):
                 nodes = self.kge.clients_for_last_step(grid, "downstream evaluation")
                 messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
                             for node in nodes if self.kge.client_name(node) not in records]
-                for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream"):
+                for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream", progress=True):
                     name = self.kge.client_name(node)
                     try:
                         records[name], self.ranks[name] = parse_downstream_reply(msg, self.config)

@@ -287,6 +287,32 @@ def split_tracked_test(metrics: Mapping[str, float]) -> tuple[dict[str, float], 
     return valid, test
 
 
+#: Longest silence of a long exchange's progress line (seconds).
+PROGRESS_SECONDS = 15.0
+
+
+class _ProgressLine:
+    """``on_poll`` of :func:`server.grid_io.send_and_receive`: one log line per reply and at
+    least every :data:`PROGRESS_SECONDS` s, with an estimate of the time left.
+
+    The estimate assumes the clients still working need as long as the ones done took on
+    average (they run side by side as far as the machines allow); before the first reply there
+    is none.
+    """
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.done = 0
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, elapsed: float) -> None:
+        if done == self.done and elapsed - self.last < PROGRESS_SECONDS:
+            return
+        self.done, self.last = done, elapsed
+        left = "" if not done or done == total else f", about {elapsed / done * (total - done):.0f} s left"
+        log(INFO, "%s: %s of %s clients done after %.0f s%s", self.phase, done, total, elapsed, left)
+
+
 class FedEStrategy(FedAvg):
     """FedE (per-row mean of shared entity embeddings) and its Isolation baseline.
 
@@ -386,7 +412,7 @@ class FedEStrategy(FedAvg):
 
     # ------------------------------------------------------------------ exchange
     def exchange(
-        self, grid: Grid, messages: Sequence[Message], timeout: float, phase: str = ""
+        self, grid: Grid, messages: Sequence[Message], timeout: float, phase: str = "", progress: bool = False
     ) -> list[tuple[int, Message]]:
         """Send ``messages``, wait at most ``timeout`` s, return ``(node id, reply)`` pairs.
 
@@ -398,12 +424,16 @@ class FedEStrategy(FedAvg):
         Flower's Grid pulls replies by the ids of this exchange's messages only, so a straggler's
         late reply stays on the SuperLink (``tests/test_straggler_deployment.py``); the checks
         here guard against grids that do not (and are unit-tested with one).
+
+        With ``progress`` (a long step: the downstream evaluation) a line says how many clients
+        have replied, the elapsed time and an estimate of what is left, whenever a reply comes and
+        at least every :data:`PROGRESS_SECONDS` s (:class:`_ProgressLine`).
         """
         messages = list(messages)
         if not messages:
             return []
         sent_to = [m.metadata.dst_node_id for m in messages]
-        replies = send_and_receive(grid, messages, timeout)
+        replies = send_and_receive(grid, messages, timeout, on_poll=_ProgressLine(phase) if progress else None)
         # The grid sets each message's id when it pushes it (in place); a fake grid may not.
         by_message_id = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
         attributed: dict[int, Message] = {}

@@ -90,12 +90,14 @@ def test_malformed_metrics_line_is_named(tta: ModuleType, tmp_path: Path) -> Non
 
 def test_simulation_command_turns_test_tracking_on(tta: ModuleType, tmp_path: Path) -> None:
     args = tta.argparse.Namespace(data="Kinships", rounds=3, num_cpus_per_client=1, num_clients=2,
-                                  set=["model=RotatE"])
+                                  set=["model=RotatE"], preset="fede-paper")
     command = tta.simulation_command(args, tmp_path)
     sets = [command[i + 1] for i, item in enumerate(command) if item == "--set"]
     assert sets == ["track-test=true", "simskip-rounds=0", "model=RotatE"]
     assert command[command.index("--run-dir") + 1] == str(tmp_path)
     assert command[command.index("--clients") + 1] == "2"
+    assert command[command.index("--preset") + 1] == "fede-paper"  # before the --set values, which win
+    assert command.index("--preset") < command.index("--set")
 
 
 def _tiny_sim_args(run_dir: Path, out: Path, *extra: str) -> list[str]:

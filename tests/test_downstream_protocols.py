@@ -153,6 +153,19 @@ def test_adapter_starts_as_the_identity_and_learns_a_map(client, trained) -> Non
     assert np.allclose(mapping, np.eye(rows.shape[1])) == (run.best_epoch == 0)
 
 
+@pytest.mark.parametrize("label", ["relation-refit:trained", "adapter", "finetune"])
+def test_every_protocol_from_the_trained_relations_starts_exactly_where_as_trained_is(client, trained, label) -> None:
+    """The comparison reuses the epoch-0 valid score across protocols (``start_valid``): it must be exact."""
+    config, rows, relations = trained
+    as_trained = run_protocol("as-trained", client, config, rows, relation_state=relations, budget=DownstreamBudget())
+    start = run_protocol(label, client, config, rows, relation_state=relations, budget=DownstreamBudget(0, 1))
+    assert start.curve[0] == as_trained.valid
+    budget = DownstreamBudget(max_epochs=2, patience=2)
+    reused = run_protocol(label, client, config, rows, relation_state=relations, budget=budget, start_valid=as_trained.valid)
+    computed = run_protocol(label, client, config, rows, relation_state=relations, budget=budget)
+    assert reused.curve == computed.curve and reused.best_epoch == computed.best_epoch
+
+
 def test_finetune_moves_the_rows(client, trained) -> None:
     config, rows, relations = trained
     run = run_protocol("finetune", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=2, patience=2))

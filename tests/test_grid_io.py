@@ -113,3 +113,26 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
     assert console_line(progress) and console_line(problem)
     assert not console_line(progress, quiet=True) and console_line(problem, quiet=True)
     assert console_line("\x1b[92mINFO \x1b[0m:      best round 12; test overall mrr=0.71\n", quiet=True)
+
+
+def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkeypatch):
+    import server.strategy as strategy
+
+    clock = Clock()
+    grid = PushPullGrid(clock, {1: 0.0, 2: 0.4, 3: 30.0})
+    polls = []
+    send_and_receive(grid, _messages([1, 2, 3]), timeout=60, sleep=clock.sleep, clock=clock,
+                     on_poll=lambda done, total, elapsed: polls.append((done, total)))
+    assert polls[0] == (1, 3) and polls[-1] == (3, 3) and (2, 3) in polls
+
+    lines = []
+    monkeypatch.setattr(strategy, "log", lambda level, fmt, *args: lines.append(fmt % args))
+    line = strategy._ProgressLine("downstream")
+    line(0, 3, 1.0)   # nothing new, not yet 15 s: silent
+    line(1, 3, 10.0)  # a reply: a line with an estimate
+    line(1, 3, 20.0)  # nothing new for 10 s: silent
+    line(1, 3, 26.0)  # 16 s of silence: a line
+    line(3, 3, 30.0)
+    assert lines == ["downstream: 1 of 3 clients done after 10 s, about 20 s left",
+                     "downstream: 1 of 3 clients done after 26 s, about 52 s left",
+                     "downstream: 3 of 3 clients done after 30 s"]

@@ -7,13 +7,22 @@ import pytest
 from client.kge.config import KNOWN_NON_KGE_KEYS, ConfigError, KGEConfig
 
 
-def test_defaults_are_fedes() -> None:
+def test_defaults_keep_fedes_model_and_the_preset_restores_its_schedule() -> None:
+    from client.kge.config import ConfigError, preset
+
     config = KGEConfig()
-    assert (config.embedding_dim, config.local_epochs, config.batch_size) == (128, 3, 512)
-    assert config.learning_rate == pytest.approx(1e-3)
+    assert (config.model, config.embedding_dim) == ("TransE", 128)
     assert (config.num_negs_per_pos, config.adversarial_temperature, config.margin) == (256, 1.0, 10.0)
     assert config.filtered_negatives and config.keep_optimizer_state
-    assert (config.eval_every, config.patience, config.training_loop) == (5, 15, "slcwa")
+    # the local schedule chosen on valid (results/tune/umls-sharednegatives.json)
+    assert (config.local_epochs, config.batch_size, config.training_loop) == (1, 128, "sharednegatives")
+    assert config.learning_rate == pytest.approx(1e-2) and (config.eval_every, config.patience) == (1, 3)
+    fede = KGEConfig.from_run_config(preset("fede-paper"))
+    assert (fede.local_epochs, fede.batch_size, fede.training_loop) == (3, 512, "slcwa")
+    assert fede.learning_rate == pytest.approx(1e-3) and (fede.eval_every, fede.patience) == (5, 15)
+    assert preset(None) == {}
+    with pytest.raises(ConfigError, match="unknown preset 'fedee'"):
+        preset("fedee")
 
 
 def test_from_run_config_maps_kebab_keys_and_skips_federation_keys() -> None:

@@ -22,6 +22,7 @@ protocols and each test triple's reciprocal rank (for the paired bootstrap of
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -123,6 +124,8 @@ def evaluate_client_rows(
     }
     ranks: dict[str, np.ndarray] = {}
     candidates = refinement.candidates()
+    # valid score of (rows, the trained relations), shared by every protocol that starts there
+    start_scores: dict[bytes, float] = {}
     for label in labels:
         protocol = DOWNSTREAM_PROTOCOLS[label.partition(":")[0]]
         if relation_state is None and (protocol.needs_trained_relations or label == "relation-refit:trained"):
@@ -131,8 +134,12 @@ def evaluate_client_rows(
         started = time.perf_counter()
 
         def run(these: np.ndarray, seed: int, what: str, _label: str = label, _trains: bool = protocol.trains) -> ProtocolRun:
+            key = hashlib.sha1(these.tobytes()).digest()
             result = run_protocol(_label, graph, config.replace(seed=config.seed + seed), these,
-                                  relation_state=relation_state, budget=budget, device=device)
+                                  relation_state=relation_state, budget=budget, device=device,
+                                  start_valid=start_scores.get(key))
+            if result.init == "trained":
+                start_scores.setdefault(key, result.curve[0])
             if _trains:  # minutes per run on large graphs: say so as each one ends
                 say(f"client {name}: {_label} seed {seed} {what}: valid MRR {result.valid:.4f} after "
                     f"{result.epochs} epochs (best {result.best_epoch}), {result.seconds:.1f}s")

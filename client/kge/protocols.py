@@ -275,6 +275,7 @@ def run_protocol(
     relation_state: Mapping[str, np.ndarray] | None,
     budget: DownstreamBudget,
     device: torch.device | str | None = None,
+    start_valid: float | None = None,
 ) -> ProtocolRun:
     """Apply the protocol ``label`` to ``rows`` and score it on the valid split.
 
@@ -285,6 +286,10 @@ def run_protocol(
     :param rows: ``(graph.num_entities, entity_dim)`` rows in local-id order.
     :param relation_state: the client's trained relation tensors (``None``: none fit).
     :param budget: the stopping rule of the trained protocols.
+    :param start_valid: the valid score of the starting state when the caller already has it
+        (every protocol that starts from the trained relations starts from the same model as
+        ``as-trained``: the adapter's identity map reproduces the rows exactly), so the epoch-0
+        check is not recomputed; ``None`` computes it.
     :raises UnknownDownstreamProtocolError: for an unknown label, or one that needs trained relations without them.
     :raises FrozenRowsChangedError: when a protocol that freezes the rows moved them.
     """
@@ -305,7 +310,8 @@ def run_protocol(
         _attach_adapter(trainer)
     before = trainer.get_entity_embeddings() if protocol.frozen_rows else None
     try:
-        curve, best_epoch = _train_with_patience(trainer, budget if protocol.trains else DownstreamBudget(0, 1))
+        curve, best_epoch = _train_with_patience(trainer, budget if protocol.trains else DownstreamBudget(0, 1),
+                                                 start_valid if init == "trained" else None)
     except ValueError as error:  # a NaN valid score: say where
         raise ValueError(f"client {graph.client_id}, downstream protocol {label}: {error}") from error
     after = trainer.get_entity_embeddings() if before is not None else None
@@ -320,14 +326,15 @@ def _valid_score(trainer: LocalTrainer) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def _train_with_patience(trainer: LocalTrainer, budget: DownstreamBudget) -> tuple[list[float], int]:
+def _train_with_patience(trainer: LocalTrainer, budget: DownstreamBudget,
+                         start_valid: float | None = None) -> tuple[list[float], int]:
     """Train one epoch at a time, check valid after each, keep the best state (epoch 0 included).
 
     The stopping rule is :class:`~client.kge.early_stopping.EarlyStopping`'s, the one the KGE
     phase uses too; a NaN valid score raises there.
     """
     stopper = EarlyStopping(patience=max(1, budget.patience))
-    curve = [_valid_score(trainer)]
+    curve = [_valid_score(trainer) if start_valid is None else float(start_valid)]
     stopper.update(0, curve[0])
     best = _snapshot(trainer)
     for epoch in range(1, budget.max_epochs + 1):

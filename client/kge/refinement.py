@@ -26,7 +26,7 @@ Run-config keys (kebab-case; :data:`REFINEMENT_KEYS` lists the phase's own ones)
 ``simskip-federate`` (bool, true), ``simskip-no-skip-ablation`` (bool, false),
 ``downstream-protocols`` (comma-separated names of :data:`client.kge.protocols.DOWNSTREAM_PROTOCOLS`,
 all four by default), ``refit-init`` (``trained`` and/or ``fresh``), ``refit-epochs`` (int, 5: the
-epoch cap of the trained protocols), ``downstream-patience`` (int, 2), ``downstream-seeds`` (int, 1),
+epoch cap of the trained protocols), ``downstream-patience`` (int, 1), ``downstream-seeds`` (int, 1),
 ``simskip-gate-grid`` (comma-separated skip strengths in [0, 1], ``"0,0.25,1"``: the values > 0
 are candidates), ``simskip-search`` (``"none"`` or ``;``-separated SimSkip overrides), and
 ``simskip-<field>`` for every :class:`simskip_core.SimSkipConfig` field except ``epochs``
@@ -171,7 +171,7 @@ class RefinementConfig:
     downstream_protocols: tuple[str, ...] = DEFAULT_DOWNSTREAM_PROTOCOLS
     refit_init: tuple[str, ...] = ("trained",)
     downstream_seeds: int = 1
-    downstream_patience: int = 2
+    downstream_patience: int = 1
     simskip: SimSkipConfig = field(default_factory=SimSkipConfig)
 
     def __post_init__(self) -> None:
