@@ -411,7 +411,8 @@ def start_supernode(
     if not insecure and root_certificates is None:
         raise FlowerProcessError("pass insecure=True or root certificates")
     command = [
-        _script("flower-supernode"),
+        # Flower's flower-supernode with a 0.2 s instead of 3 s idle poll (client/supernode.py)
+        sys.executable, "-m", "client.supernode",
         "--superlink", superlink,
         "--port", str(clientappio_port),
         "--node-config", format_node_config(node_config),

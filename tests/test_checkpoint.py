@@ -138,7 +138,7 @@ def test_a_changed_model_defining_setting_is_refused_naming_it(run_dir, key, val
 def test_harmless_changes_and_spelling_of_defaults_are_accepted(run_dir):
     changed = {**RUN_CONFIG, "num-server-rounds": 40, "round-timeout": 5.0, "eval-batch-size": 64,
                "simskip-progress": True, "patience": 3, "run-dir": "/moved",
-               "learning-rate": 0.01, "margin": 10}  # defaults written out (10 == 10.0) are no change
+               "learning-rate": 0.001, "margin": 10}  # defaults written out (10 == 10.0) are no change
     round_, _, _ = load_checkpoint(run_dir, run_config=changed, vocabulary=VOCAB)
     assert round_ == 2
 

@@ -7,16 +7,17 @@ import pytest
 from client.kge.config import KNOWN_NON_KGE_KEYS, ConfigError, KGEConfig
 
 
-def test_defaults_keep_fedes_model_and_the_preset_restores_its_schedule() -> None:
+def test_defaults_keep_fedes_schedule_and_the_presets_change_it() -> None:
     from client.kge.config import ConfigError, preset
 
     config = KGEConfig()
-    assert (config.model, config.embedding_dim) == ("TransE", 128)
+    assert (config.model, config.embedding_dim, config.local_epochs, config.batch_size) == ("TransE", 128, 3, 512)
+    assert config.learning_rate == pytest.approx(1e-3)
     assert (config.num_negs_per_pos, config.adversarial_temperature, config.margin) == (256, 1.0, 10.0)
     assert config.filtered_negatives and config.keep_optimizer_state
-    # the local schedule chosen on valid (results/tune/umls-sharednegatives.json)
-    assert (config.local_epochs, config.batch_size, config.training_loop) == (1, 128, "sharednegatives")
-    assert config.learning_rate == pytest.approx(1e-2) and (config.eval_every, config.patience) == (1, 3)
+    assert (config.training_loop, config.eval_every, config.patience) == ("sharednegatives", 1, 3)
+    small = KGEConfig.from_run_config(preset("small-graph"))  # chosen on UMLS valid (results/tune/)
+    assert (small.local_epochs, small.batch_size, small.learning_rate) == (1, 128, pytest.approx(1e-2))
     fede = KGEConfig.from_run_config(preset("fede-paper"))
     assert (fede.local_epochs, fede.batch_size, fede.training_loop) == (3, 512, "slcwa")
     assert fede.learning_rate == pytest.approx(1e-3) and (fede.eval_every, fede.patience) == (5, 15)

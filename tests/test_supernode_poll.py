@@ -1,0 +1,27 @@
+"""The SuperNode entry point shortens only Flower's 3 s idle wait (client/supernode.py)."""
+
+from __future__ import annotations
+
+import time
+
+from client import supernode
+
+
+def test_only_the_idle_wait_is_shortened(monkeypatch):
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    shim = supernode.patched_time()
+    shim.sleep(supernode.FLOWER_IDLE_SECONDS)
+    shim.sleep(0.5)
+    assert waits == [supernode.IDLE_POLL_SECONDS, 0.5]
+    assert shim.time is time.time and shim.monotonic is time.monotonic
+
+
+def test_flowers_pull_loop_still_waits_through_its_time_module():
+    """If a Flower upgrade stops calling ``time.sleep(3)`` in this module, the shim is a no-op: fail loudly here."""
+    import inspect
+
+    from flwr.supernode import start_client_internal
+
+    assert start_client_internal.time is time
+    assert f"time.sleep({supernode.FLOWER_IDLE_SECONDS})" in inspect.getsource(start_client_internal)
