@@ -477,19 +477,15 @@ class FedEStrategy(FedAvg):
                             message_type=FINISH_TYPE, dst_node_id=node_id) for node_id in sorted(self.clients)]
         if not messages:
             return []
-        try:
-            replies = send_and_receive(grid, messages, timeout)
-        except Exception as err:  # noqa: BLE001 - the run's result is already on disk; only the notice is lost
-            log(WARNING, "could not tell the parties that the run %s: %s", status, err)
-            return []
-        # attributed as in exchange(): by the request's id (a grid that sets none: by the sender)
-        by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
-        acknowledged = sorted({by_id.get(r.metadata.reply_to_message_id) if by_id else r.metadata.src_node_id
-                               for r in replies if not r.has_error()} - {None})
-        missing = [self.client_name(n) for n in sorted(self.clients) if n not in acknowledged]
-        if missing:
-            log(WARNING, "parties %s did not acknowledge the end of the run", missing)
-        return acknowledged
+        with self.collecting_failures() as failures:  # not a round's failures: only logged
+            try:
+                replies = self.exchange(grid, messages, timeout, phase="finish")
+            except Exception as err:  # noqa: BLE001 - the run's result is already on disk; only the notice is lost
+                log(WARNING, "could not tell the parties that the run %s: %s", status, err)
+                return []
+        if failures:
+            log(WARNING, "the end of the run was not acknowledged: %s", failures)
+        return sorted(node for node, reply in replies if not reply.has_error())
 
     # ------------------------------------------------------------------ handshake
     def _handshake_messages(self, node_ids: Iterable[int]) -> list[Message]:
