@@ -387,7 +387,7 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, write the JSON report (atomically) and print it."""
-    from client.kge.config import PRESETS
+    from server.simulation import add_preset_option
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["simulation", "in-process"], default="simulation")
@@ -398,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", "--target-mrr", dest="target", type=float, default=FEDE_TARGET_MRR,
                         help="test MRR whose first reach is reported (default: FedE's 0.356)")
     parser.add_argument("--stop-at-target", action="store_true", help="stop once test MRR reaches --target")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values before --set (fede-paper: FedE's published schedule)")
+    add_preset_option(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     simulation = parser.add_argument_group("simulation mode")

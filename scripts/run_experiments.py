@@ -223,7 +223,7 @@ def _resolve_dataset(dataset: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    from client.kge.config import PRESETS
+    from server.simulation import add_preset_option
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="grid folder (one sub-folder per cell)")
@@ -234,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=100, help="num-server-rounds of KGE training (default 100)")
     parser.add_argument("--clients", type=int, default=3, help="clients for a PyKEEN dataset name (default 3)")
     parser.add_argument("--engine", choices=["flower", "in-process"], default="flower")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values before --set (fede-paper: FedE's published schedule, for "
-                             "comparisons with FedE's numbers)")
+    add_preset_option(parser)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds one flower cell may run")
@@ -246,12 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid; returns the exit status (1 when a cell failed; the others still ran)."""
-    from client.kge.config import preset
-    from server.simulation import parse_set_options
+    from server.simulation import run_config_overrides
 
     args = build_parser().parse_args(argv)
     out = args.out.resolve()
-    sets = {**preset(args.preset), **parse_set_options(args.sets)}
+    sets = run_config_overrides(args.preset, args.sets)
     failed = []
     if not args.assemble_only:
         for dataset in args.datasets:

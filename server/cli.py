@@ -71,7 +71,7 @@ class ServerInterrupted(BaseException):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-server`` argument parser."""
-    from client.kge.config import PRESETS
+    from server.simulation import add_preset_option
 
     parser = argparse.ArgumentParser(prog="simskip-server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
@@ -81,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
     parser.add_argument("--quiet", action="store_true",
                         help="print only warnings, errors and summary lines (logs/run.log keeps every line)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values applied before --set (fede-paper: FedE's published local "
-                             "schedule and validation; client/kge/config.py PRESETS)")
+    add_preset_option(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SuperLink port (default {DEFAULT_PORT})")
     parser.add_argument("--min-clients", type=int, default=None,
                         help="parties to wait for before round 1 (default: the run config's, 2)")
@@ -299,10 +297,9 @@ def _resume_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from client.kge.config import preset
-    from server.simulation import parse_set_options
+    from server.simulation import run_config_overrides
 
-    overrides = {**preset(args.preset), **parse_set_options(args.sets)}
+    overrides = run_config_overrides(args.preset, args.sets)
     if args.min_clients is not None:
         overrides["min-clients"] = args.min_clients
     if args.rounds is not None:

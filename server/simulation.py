@@ -44,7 +44,9 @@ __all__ = [
     "ResumeError",
     "check_run_config",
     "main",
+    "add_preset_option",
     "parse_set_options",
+    "run_config_overrides",
     "resume_run_config",
     "resume_simulation",
     "run_command",
@@ -74,6 +76,22 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
             value = raw
         values[key.strip()] = value
     return values
+
+
+def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[str, Any]:
+    """The command line's run-config values: preset ``preset_name`` first, then the ``--set`` items.
+
+    :raises client.kge.config.ConfigError: for an unknown preset.
+    :raises ValueError: for an item without ``=``.
+    """
+    return {**preset(preset_name), **parse_set_options(items)}
+
+
+def add_preset_option(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="named run-config values applied before --set (small-graph: the quick start's "
+                             "schedule; fede-paper: FedE's published schedule; client/kge/config.py)")
 
 
 def default_run_dir() -> Path:
@@ -195,24 +213,22 @@ def run_simulation(
     }
     check_run_config(run_config)
 
-    def load() -> Any:
-        kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
-        print(f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
-              f"{kg.num_relations} relations -> {run_dir}", flush=True)
-        return kg
-
+    kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
+    print(f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
+          f"{kg.num_relations} relations -> {run_dir}", flush=True)
     if setting == "collection":
-        return run_collection(str(dataset), run_dir, run_config, load())
+        return run_collection(str(dataset), run_dir, run_config, kg)
 
-    def prepare() -> tuple[dict[str, Any], int]:
-        kg = load()
-        data_root = run_dir / "data"
-        if not data_root.exists():
-            kg.write(data_root)
-        return {"client-data-root": str(data_root), "client-output-root": str(run_dir / "clients"),
-                "min-clients": kg.num_clients}, kg.num_clients
-
-    return _run_flower(run_dir, run_config, prepare=prepare, num_cpus_per_client=num_cpus_per_client,
+    data_root = run_dir / "data"
+    if not data_root.exists():
+        kg.write(data_root)
+    run_config.update({
+        "client-data-root": str(data_root),
+        "client-output-root": str(run_dir / "clients"),
+        "min-clients": kg.num_clients,
+    })
+    check_run_config(run_config)
+    return _run_flower(run_dir, run_config, num_clients=kg.num_clients, num_cpus_per_client=num_cpus_per_client,
                        num_gpus_per_client=num_gpus_per_client, quiet=quiet)
 
 
@@ -220,8 +236,7 @@ def _run_flower(
     run_dir: Path,
     run_config: dict[str, Any],
     *,
-    num_clients: int | None = None,
-    prepare: Callable[[], tuple[dict[str, Any], int]] | None = None,
+    num_clients: int,
     num_cpus_per_client: int,
     num_gpus_per_client: float,
     quiet: bool = False,
@@ -229,20 +244,13 @@ def _run_flower(
     """Start a simulation SuperLink, run the app with ``run_config`` on ``num_clients`` virtual
     nodes, stop the SuperLink by PID; return ``run_dir``.
 
-    :param prepare: run in a thread while the SuperLink starts (the data partition and its
-        folders: seconds of PyKEEN import and I/O the start-up would otherwise wait for); returns
-        the run-config entries it adds and the number of clients.
     :raises server.launcher.FlowerProcessError: when the run did not complete.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from server import launcher, signals
 
     flwr_home = run_dir / ".flwr"
     port = launcher.free_port()
     superlink = None
-    pool = ThreadPoolExecutor(max_workers=1) if prepare is not None else None
-    pending = pool.submit(prepare) if pool is not None else None
     try:
         with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
             superlink = launcher.start_superlink(
@@ -250,10 +258,6 @@ def _run_flower(
             )
         launcher.wait_for_health("127.0.0.1", port, superlink)
         launcher.write_connection(flwr_home, f"127.0.0.1:{port}", insecure=True)
-        if pending is not None:
-            extra, num_clients = pending.result()
-            run_config.update(extra)
-            check_run_config(run_config)
         federation_config = {
             "num-supernodes": int(num_clients),
             "client-resources-num-cpus": int(num_cpus_per_client),
@@ -265,8 +269,6 @@ def _run_flower(
         )
     finally:
         launcher.stop_process(superlink)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
@@ -362,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS}; with --resume: the run's own)")
     parser.add_argument("--setting", default=None, choices=["fede", "isolation", "collection"], help="(default fede)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values applied before --set (fede-paper: FedE's published local "
-                             "schedule and validation; see client/kge/config.py)")
+    add_preset_option(parser)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override, e.g. --set model=RotatE (repeatable)")
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return resume_simulation(
                 run_dir,
                 rounds=args.rounds,
-                overrides={**preset(args.preset), **parse_set_options(args.sets)},
+                overrides=run_config_overrides(args.preset, args.sets),
                 num_cpus_per_client=args.num_cpus_per_client,
                 num_gpus_per_client=args.num_gpus_per_client,
                 quiet=args.quiet,
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir=run_dir,
             rounds=DEFAULT_SIM_ROUNDS if args.rounds is None else args.rounds,
             setting=args.setting or "fede",
-            overrides={**preset(args.preset), **parse_set_options(args.sets)},
+            overrides=run_config_overrides(args.preset, args.sets),
             partition=args.partition or "relation",
             partition_seed=0 if args.partition_seed is None else args.partition_seed,
             num_cpus_per_client=args.num_cpus_per_client,
