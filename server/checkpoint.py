@@ -76,7 +76,7 @@ MODEL_DEFINING_KEYS: frozenset[str] = frozenset({
     # the data: simulation reads <client-data-root>/<k>; deployment's identity is the vocabulary hash
     "setting", "client-data-root", "dataset", "num-clients", "partition", "partition-seed", "data-dir",
     # federation
-    "fraction-train", "transfer-dtype",
+    "fraction-train", "transfer-dtype", "aggregation", "aggregation-trim",
     # the KGE model and its local training (client/kge/config.py: KGEConfig)
     "model", "embedding-dim", "local-epochs", "batch-size", "learning-rate", "optimizer",
     "keep-optimizer-state", "num-negs-per-pos", "negative-sampler", "corruption-scheme",

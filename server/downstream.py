@@ -127,6 +127,7 @@ def refine_run_folder(
     from client.kge.config import KGEConfig
     from client.kge.protocols import relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
+    from server.settings import FederationSettings
 
     run_dir = Path(run_dir).resolve()
     recorded = _read_json(run_dir / "config.json")
@@ -145,7 +146,9 @@ def refine_run_folder(
         log(f"[simskip round {record['round']}/{refinement.rounds}] {record['seconds']:.1f}s loss "
             + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()))
 
-    result = run_refinement({name: item["rows"] for name, item in inputs.items()}, refinement, on_round_end=on_round)
+    settings = FederationSettings.from_run_config(run_config)
+    result = run_refinement({name: item["rows"] for name, item in inputs.items()}, refinement, on_round_end=on_round,
+                            aggregation=settings.aggregation, aggregation_trim=settings.aggregation_trim)
     simskip_seconds = time.perf_counter() - started
     for name, variants in result.refined.items():
         for variant, rows in variants.items():

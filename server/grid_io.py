@@ -10,6 +10,13 @@ and ``pull_messages``; this module polls them with an interval that starts at
 within ``max_interval`` of its arrival (and within milliseconds on a short exchange), at the cost
 of one cheap pull RPC per interval.
 
+Each message's TTL is set to expire :data:`TTL_SLACK` seconds after the exchange gives up
+(Flower's default is 12 h): a party that stalls past the timeout then finds its stale messages
+dropped instead of working through them before it answers a current one, and its late reply is
+refused by the SuperLink. The slack lets the exchange's own deadline come first, so a straggler
+is recorded as a time-out, not as the "Message Unavailable" error the SuperLink answers for an
+expired message (measured: with no slack the two raced and the error won).
+
 A grid that has no ``push_messages`` (a test double, a third-party grid) is used through its
 own ``send_and_receive``.
 """
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 from flwr.app import Message
 
-__all__ = ["PollSchedule", "send_and_receive"]
+__all__ = ["PollSchedule", "expire_with_exchange", "send_and_receive"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,20 @@ class PollSchedule:
 DEFAULT_POLL = PollSchedule()
 
 
+#: Seconds a message outlives its exchange's deadline (see the module docstring).
+TTL_SLACK = 5.0
+
+
+def expire_with_exchange(messages: Iterable[Message], timeout: float, now: Callable[[], float] = time.time) -> None:
+    """Set each message's TTL so that it expires ``timeout + TTL_SLACK`` s from now (its age included).
+
+    :param messages: messages about to be pushed; their metadata is changed in place.
+    :param timeout: the exchange's time-out in seconds (> 0).
+    """
+    for msg in messages:
+        msg.metadata.ttl = max(0.0, now() - msg.metadata.created_at) + float(timeout) + TTL_SLACK
+
+
 def send_and_receive(
     grid: object,
     messages: Iterable[Message],
@@ -68,7 +89,8 @@ def send_and_receive(
 
     Same contract as Flower's ``Grid.send_and_receive`` (replies in arrival order; the missing
     ones are simply absent; ``timeout=None`` waits for all), with :class:`PollSchedule`'s waits
-    instead of a fixed 3 s. The messages' ids are set by the push (in place), as Flower does.
+    instead of a fixed 3 s. The messages' ids are set by the push (in place), as Flower does;
+    with a ``timeout``, each message's TTL is set (in place) to end when the exchange gives up.
 
     :param grid: a Flower ``Grid`` (or any object with ``send_and_receive``).
     :param messages: the messages of this exchange.
@@ -83,6 +105,9 @@ def send_and_receive(
     pull = getattr(grid, "pull_messages", None)
     if push is None or pull is None:
         return list(grid.send_and_receive(messages, timeout=timeout))  # type: ignore[attr-defined]
+    messages = list(messages)
+    if timeout is not None:
+        expire_with_exchange(messages, timeout)
     pending = set(push(messages))
     total = len(pending)
     pushed = clock()

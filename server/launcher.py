@@ -695,12 +695,15 @@ def run_app(
 
 
 #: Third-party console lines that tell the user nothing actionable here (they stay in the run log):
-#: Flower's note on the simulated federation size (we always pass it) and Ray's FutureWarning
-#: about accelerator variables (we set GPU resources explicitly) with its ``warnings.warn(`` tail.
+#: Flower's note on the simulated federation size (we always pass it), Ray's FutureWarning about
+#: accelerator variables (we set GPU resources explicitly), torch 2.13's DeprecationWarning for
+#: ``torch.jit.script_method`` (raised inside torch's own compile path of the fused evaluation
+#: kernels, not by our code), each with its ``warnings.warn(`` tail.
 CONSOLE_NOISE = re.compile(
     r"default simulated SuperNodes changed|To change federation size, use the following command"
     r"|flwr federation simulation-config|Ray will no longer override accelerator visible devices"
-    r"|^\s*warnings\.warn\($"
+    r"|`torch\.jit\.script_method` is deprecated"
+    r"|^(\(\w+ pid=\d+\))?\s*warnings\.warn\($"  # a Ray worker's lines carry its name and pid
 )
 #: Lines a ``--quiet`` console still shows: problems, and the command's own summary lines.
 QUIET_KEEP = re.compile(r"WARNING|ERROR|Error|Traceback|Exception|^\[simskip-|best round|done in")

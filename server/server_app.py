@@ -115,6 +115,8 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
         patience=kge_config.patience,
         seed=kge_config.seed,
         transfer_dtype=settings.transfer_dtype,
+        aggregation=settings.aggregation,
+        aggregation_trim=settings.aggregation_trim,
     )
     log(INFO, "handshake: waiting for %s clients", settings.min_clients)
     vocabulary = strategy.handshake(grid, timeout=settings.round_timeout)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from server.aggregation import AggregationError, check_rule
+
 __all__ = [
     "KNOWN_NON_KGE_KEYS",
     "SETTINGS",
@@ -63,6 +65,11 @@ class FederationSettings:
     :param client_data_root: [client-data-root] in simulation, the folder holding one data
         folder per client, ``<root>/<partition-id>``; deployed clients take ``data-dir`` from
         node config instead.
+    :param aggregation: [aggregation] how a shared entity row is combined over the parties holding
+        it (and the SimSkip encoder weights over the parties): ``mean`` (FedE), ``median`` or
+        ``trimmed-mean`` (:mod:`server.aggregation`; rows with one or two holders get their mean).
+    :param aggregation_trim: [aggregation-trim] fraction of a row's holders cut from each end by
+        ``trimmed-mean`` (``floor(trim * holders)`` each side), in [0, 0.5).
     :param resume: [resume] continue the run in ``run-dir`` after its last checkpointed round
         (``server/checkpoint.py``); a missing, corrupt or mismatched checkpoint is an error,
         never a fresh start.
@@ -78,6 +85,8 @@ class FederationSettings:
     client_output_root: str = ""
     client_data_root: str = ""
     min_clients_timeout: float = 600.0
+    aggregation: str = "mean"
+    aggregation_trim: float = 0.25
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -95,6 +104,10 @@ class FederationSettings:
             raise SettingsError(f"round-timeout must be > 0, got {self.round_timeout}")
         if self.min_clients_timeout <= 0:
             raise SettingsError(f"min-clients-timeout must be > 0, got {self.min_clients_timeout}")
+        try:
+            check_rule(self.aggregation, self.aggregation_trim)
+        except AggregationError as err:
+            raise SettingsError(str(err)) from None
         if self.resume and not self.run_dir:
             raise SettingsError("resume = true needs run-dir (the folder of the run to continue)")
 

@@ -233,7 +233,8 @@ class SimSkipStrategy(FedAvg):
         if self.config.federate:
             try:
                 self.global_weights = {
-                    variant: fedavg_named([(u.weights[variant], u.num_rows) for _, u in sorted(updates.items())])
+                    variant: fedavg_named([(u.weights[variant], u.num_rows) for _, u in sorted(updates.items())],
+                                          self.kge.aggregation, self.kge.aggregation_trim)
                     for variant in self.variants
                 }
             except WeightsAggregationError as error:  # checked above: a bug of ours, not a client's

@@ -79,7 +79,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from server.aggregation import AggregationError, aggregate_rows, build_vocabulary
+from server.aggregation import AggregationError, aggregate_rows, build_vocabulary, check_rule
 from server.grid_io import send_and_receive
 
 __all__ = [
@@ -328,6 +328,9 @@ class FedEStrategy(FedAvg):
     :param seed: seed of the client sampling when ``fraction_train < 1``.
     :param transfer_dtype: dtype of the entity rows in messages (``float32`` or ``float16``);
         the table itself stays float32.
+    :param aggregation: per-row rule of FedE's averaging (and of the SimSkip phase's encoder
+        weights): ``mean``, ``median`` or ``trimmed-mean`` (:mod:`server.aggregation`).
+    :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     """
 
     def __init__(
@@ -341,6 +344,8 @@ class FedEStrategy(FedAvg):
         patience: int = 15,
         seed: int = 0,
         transfer_dtype: str = "float16",
+        aggregation: str = "mean",
+        aggregation_trim: float = 0.25,
     ) -> None:
         if setting not in ("fede", "isolation"):
             raise ValueError(f"FedEStrategy runs 'fede' or 'isolation', got {setting!r}")
@@ -355,6 +360,8 @@ class FedEStrategy(FedAvg):
             configrecord_key=CONFIG_KEY,
         )
         self.setting = setting
+        check_rule(aggregation, aggregation_trim)
+        self.aggregation, self.aggregation_trim = aggregation, float(aggregation_trim)
         self.transfer_dtype = np.dtype(transfer_dtype)
         if self.transfer_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise ValueError(f"transfer_dtype must be float32 or float16, got {transfer_dtype!r}")
@@ -826,7 +833,8 @@ class FedEStrategy(FedAvg):
             raise FederationError(f"round {server_round}: no client update survived; failures: {failures}")
         if self.setting == "fede":
             try:  # every update was checked above: an error here is a bug of ours, not a client's
-                self.table = aggregate_rows(self.table, [(ids, rows) for _, ids, rows in updates])
+                self.table = aggregate_rows(self.table, [(ids, rows) for _, ids, rows in updates],
+                                            self.aggregation, self.aggregation_trim)
             except AggregationError as err:
                 raise FederationError(f"round {server_round}: {err}") from err
         else:

@@ -151,8 +151,12 @@ def test_simulation_mode_end_to_end_on_kinships(tta: ModuleType, tmp_path: Path)
 @pytest.mark.slow
 def test_simulation_is_stopped_at_the_time_budget(tta: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "tta.json"
-    # long enough for the SuperLink and Ray to be up, far too short for 2 rounds
-    assert tta.main(_tiny_sim_args(tmp_path / "run", out, "--time-budget", "25")) == 0
+    # 25 s: long enough for the SuperLink and Ray to be up. The run itself cannot end first on any
+    # machine: 100,000 rounds with early stopping out of reach (a fast machine finished the 2-round
+    # run inside 25 s, and this test then saw stop_reason "finished")
+    args = _tiny_sim_args(tmp_path / "run", out, "--time-budget", "25", "--set", "patience=100000")
+    args[args.index("--rounds") + 1] = "100000"
+    assert tta.main(args) == 0
     report = json.loads(out.read_text())
     assert report["stop_reason"] == "time-budget" and 25 <= report["wall_seconds"] < 120
     assert report["returncode"] is not None and report["returncode"] != 0

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from server.grid_io import PollSchedule, send_and_receive
+from server.grid_io import TTL_SLACK, PollSchedule, expire_with_exchange, send_and_receive
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -80,6 +80,22 @@ def test_a_missing_reply_ends_the_exchange_at_the_timeout_with_the_others():
     assert clock.now == pytest.approx(2.0)  # the last wait is cut to the deadline
 
 
+def test_pushed_messages_expire_with_the_exchange_not_after_flowers_12_hours():
+    clock = Clock()
+    grid = PushPullGrid(clock, {1: 0.0, 2: 0.0})
+    messages = _messages([1, 2])
+    assert all(m.metadata.ttl == 12 * 3600 for m in messages)  # Flower's default
+    send_and_receive(grid, messages, timeout=23.0, sleep=clock.sleep, clock=clock)
+    assert [m.metadata.ttl for m in grid.inbox.values()] == [] and all(23.0 + TTL_SLACK <= m.metadata.ttl < 24.0 + TTL_SLACK for m in messages)
+    old = _messages([3])
+    created = old[0].metadata.created_at
+    expire_with_exchange(old, 10.0, now=lambda: created + 5.0)  # five seconds old at the push
+    assert old[0].metadata.ttl == pytest.approx(15.0 + TTL_SLACK)
+    untimed = _messages([4])
+    send_and_receive(PushPullGrid(clock, {4: 0.0}), untimed, timeout=None, sleep=clock.sleep, clock=clock)
+    assert untimed[0].metadata.ttl == 12 * 3600  # no time-out: Flower's TTL is left as it is
+
+
 def test_all_replies_at_once_need_one_pull_and_no_sleep():
     clock = Clock()
     grid = PushPullGrid(clock, {1: 0.0, 2: 0.0})
@@ -106,7 +122,10 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
 
     noise = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
              "/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
-             "override accelerator visible devices env var if num_gpus=0\n", "  warnings.warn(\n"]
+             "override accelerator visible devices env var if num_gpus=0\n", "  warnings.warn(\n",
+             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
+             "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n",
+             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n"]
     assert not any(console_line(line) for line in noise)
     progress = "\x1b[92mINFO \x1b[0m:      [round 3/10] 1.2s loss 0:2.1\n"
     problem = "\x1b[93mWARNING \x1b[0m:   parties ['1'] did not acknowledge the end of the run\n"

@@ -9,61 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from client import client_app, refinement_app
 from client.kge.models import initial_entity_table
 from client.kge.refinement import REFINED_VARIANT, load_run_configs, unpack_variants
 from server.simskip_strategy import DOWNSTREAM_TYPE, SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY, run_refinement_phase
 from server.strategy import FedEStrategy
 from server.weights import fedavg_named
+from tests.handler_grid import HandlerGrid
 
 KGE = {"embedding-dim": 8, "local-epochs": 1, "num-negs-per-pos": 4, "batch-size": 128, "eval-batch-size": 64,
        "learning-rate": 0.01, "eval-every": 1}
-HANDLERS = {
-    "query.entities": client_app.handshake,
-    "train": client_app.train,
-    "evaluate": client_app.validate,
-    "evaluate.test": client_app.test,
-    "query.finish": client_app.finish,
-    SIMSKIP_TRAIN_TYPE: refinement_app.simskip_train,
-    DOWNSTREAM_TYPE: refinement_app.downstream,
-}
-
-
 pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
-
-
-class HandlerGrid:
-    """Delivers messages to the real ClientApp handlers; records every message and reply.
-
-    :param tamper: ``tamper(msg, reply)`` may return a reply to use instead (or raise).
-    """
-
-    def __init__(self, contexts: dict[int, Context], tamper=None):
-        self.contexts = contexts
-        self.tamper = tamper
-        self.log: list[tuple[Message, Message]] = []
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            TaskIdentity.node_id = node
-            reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
-            if self.tamper is not None:
-                reply = self.tamper(msg, reply) or reply
-            self.log.append((msg, reply))
-            replies.append(reply)
-        return replies
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +253,6 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
     from server.checkpoint import load_checkpoint
     from server.server_app import run_federation
 
-    HANDLERS.setdefault("query.restore", client_app.restore)
     extra = {"simskip-federate": federate}
     reference = _server_run_config(data_root, tmp_path / "reference", tmp_path / "reference-clients", **extra)
     run_federation(HandlerGrid(_contexts(reference)), reference)

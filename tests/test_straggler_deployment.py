@@ -39,6 +39,12 @@ What really happens, and what is asserted:
   ``tests/test_failures.py``) is therefore not reached in a real deployment: its absence from
   the server log is asserted. That the straggler did finish round 2, late, is seen in its
   private checkpoint of round 2, written after the server closed round 2.
+* Messages expire with their exchange (:mod:`server.grid_io`: TTL = time-out + 5 s, i.e. round
+  2's message expires about 28 s after it was pushed, before the thaw at 28.5 s): the
+  straggler's late round-2 reply is then refused by the SuperLink, and its SuperNode survives
+  that refusal (it answers the next rounds, asserted below). Round 2 is still recorded as a
+  time-out, not as the SuperLink's "Message Unavailable" answer for an expired message (seen
+  when the TTL equalled the time-out: the two raced).
 * The SuperNode handles its messages one at a time, in order: after SIGCONT it finishes round
   2's stale message before it takes round 3's (already waiting on the SuperLink), so it must do
   two messages' work in what is left of round 3's timeout. On a quiet machine it does (~4 s a

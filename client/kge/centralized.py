@@ -301,9 +301,15 @@ def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device
     return result
 
 
+#: ``hook(client index, round, rows sent, rows trained) -> rows returned``: what a client returns
+#: instead of its trained rows (e.g. a poisoning party in :mod:`scripts.bench_poisoning`).
+UpdateHook = Callable[[int, int, np.ndarray, np.ndarray], np.ndarray]
+
+
 def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
                         device: torch.device | str | None = None, progress: Progress | None = None,
-                        out_dir: str | Path | None = None) -> dict[str, Any]:
+                        out_dir: str | Path | None = None, aggregation: str = "mean", aggregation_trim: float = 0.25,
+                        update_hook: UpdateHook | None = None) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
     Every round each client loads the server's rows of its entities, trains
@@ -313,7 +319,9 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
     test uses the best round's table and client states.
 
     Parameters and result as :func:`run_isolation`; with ``out_dir`` also the global
-    ``entity_embeddings.npy`` / ``entities.tsv``.
+    ``entity_embeddings.npy`` / ``entities.tsv``. ``aggregation`` / ``aggregation_trim``: the
+    per-row rule (:func:`server.aggregation.aggregate_rows`); ``update_hook``: replaces a
+    client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
     """
     from server.aggregation import aggregate_rows  # pure numpy
 
@@ -322,17 +330,24 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
     table = initial_entity_table(config, kg.num_entities, seed=config.seed)
     trainers = [LocalTrainer(client, config, device) for client in kg.clients]
     holders = [np.asarray(client.entity_ids, dtype=np.int64) for client in kg.clients]
-    state: dict[str, Any] = {"table": table}
+    state: dict[str, Any] = {"table": table, "round": 0}
 
     def send_rows() -> None:
         for trainer, ids in zip(trainers, holders):
             trainer.set_entity_embeddings(state["table"][ids])
 
+    def returned(index: int, ids: np.ndarray, trainer: LocalTrainer) -> np.ndarray:
+        rows = trainer.get_entity_embeddings()
+        if update_hook is None:
+            return rows
+        return np.asarray(update_hook(index, state["round"], state["table"][ids], rows), dtype=np.float32)
+
     def train_round() -> dict[str, list[float]]:
+        state["round"] += 1
         send_rows()
         losses = {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
-        updates = [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)]
-        state["table"] = aggregate_rows(state["table"], updates)
+        updates = [(ids, returned(k, ids, t)) for k, (t, ids) in enumerate(zip(trainers, holders))]
+        state["table"] = aggregate_rows(state["table"], updates, aggregation, aggregation_trim)
         send_rows()  # evaluation scores the aggregated rows, as the federation's clients would
         return losses
 

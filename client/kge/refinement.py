@@ -507,6 +507,8 @@ def run_refinement(
     config: RefinementConfig,
     *,
     on_round_end: Callable[[dict[str, Any]], None] | None = None,
+    aggregation: str = "mean",
+    aggregation_trim: float = 0.25,
 ) -> RefinementResult:
     """Run the whole SimSkip phase in this process (the same rounds Flower runs, without transport).
 
@@ -516,6 +518,9 @@ def run_refinement(
     :param rows_by_client: client name -> its entity rows (all of the same width).
     :param config: the phase config (``rounds >= 1``).
     :param on_round_end: receives each round's history dict.
+    :param aggregation: the rule of the encoder weights' average (``aggregation``,
+        :func:`server.weights.fedavg_named`), clients in name order as the strategy has them.
+    :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     """
     from server.weights import fedavg_named  # pure NumPy
 
@@ -536,7 +541,8 @@ def run_refinement(
         }
         if config.federate:
             averaged = {
-                variant: fedavg_named([(u.weights[variant], u.num_rows) for u in updates.values()])
+                variant: fedavg_named([(u.weights[variant], u.num_rows) for u in updates.values()],
+                                      aggregation, aggregation_trim)
                 for variant in config.variants()
             }
             current = {name: averaged for name in rows_by_client}
