@@ -48,13 +48,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of a written file: what ``open(path, "w")`` gives (mkstemp's 0600 would make
+#: results unreadable to the rest of a group). Read once, at import.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``; the data and then
-    the rename are fsynced, so after a power loss ``path`` holds the old or the new bytes."""
+    the rename are fsynced, so after a power loss ``path`` holds the old or the new bytes. The
+    file gets the permissions a plain ``open`` would give (:data:`FILE_MODE`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

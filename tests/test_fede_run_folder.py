@@ -67,3 +67,18 @@ def test_an_atomic_write_syncs_the_data_before_and_the_folder_after_the_rename(t
     assert events == ["fsync file", "replace", "fsync folder"]
     assert (tmp_path / "manifest.json").read_text() == "{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"], "no temporary file is left"
+
+
+def test_an_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path) -> None:
+    import os
+    import stat
+
+    from server.run_folder import atomic_write_text, emit_json
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    emit_json({"a": 1}, tmp_path / "report.json")
+    expected = stat.S_IMODE(os.stat(plain).st_mode)
+    assert stat.S_IMODE(os.stat(tmp_path / "atomic.txt").st_mode) == expected
+    assert stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode) == expected
