@@ -50,8 +50,8 @@ def to_ids(f: LabeledTripleFile, entity_to_id: Mapping[str, int], relation_to_id
             for kind, label, vocab in (("entity", h, entity_to_id), ("relation", r, relation_to_id),
                                        ("entity", t, entity_to_id)):
                 if label not in vocab:
-                    raise KGDataError(
-                        f"{f.path}:{int(f.lines[row])}: {kind} {label!r} is not in the vocabulary"
+                    raise KGDataError(  # [:120]: a huge label is quoted only in part
+                        f"{f.path}:{int(f.lines[row])}: {kind} {label[:120]!r} is not in the vocabulary"
                     ) from None
         raise
     return LocatedTriples(ids, str(f.path), f.lines)
@@ -70,7 +70,10 @@ def client_folders(root: Path) -> list[Path]:
 
     :raises KGDataError: when there is none, or the numbering has a gap.
     """
-    numbered = sorted((int(p.name), p) for p in Path(root).iterdir() if p.is_dir() and p.name.isdigit())
+    # isascii(): str.isdigit() also accepts "²" (int() refuses it) and "١" (read as 1); found by
+    # tests/test_loader_fuzz.py (a folder named "²" raised a bare ValueError).
+    numbered = sorted((int(p.name), p) for p in Path(root).iterdir()
+                      if p.is_dir() and p.name.isascii() and p.name.isdigit())
     if not numbered:
         raise KGDataError(f"{root}: no client folders 0/, 1/, ...")
     for expected, (number, path) in enumerate(numbered):

@@ -51,17 +51,23 @@ def read_openke_triples(path: Path, num_entities: int, num_relations: int) -> Lo
     try:
         # Fast path; on any problem, the slow scan below finds the offending line.
         hrt = np.array([text.split() for _, text in body], dtype=np.int64).reshape(len(body), 3)
-    except ValueError:
+    except (ValueError, OverflowError):  # numpy raises OverflowError for an id beyond int64
+        rows = []
         for number, text in body:
             parts = text.split()
             if len(parts) != 3:
                 raise KGDataError(f"{path}:{number}: expected 3 ids 'head tail relation', found {len(parts)} fields") from None
             for p in parts:
                 try:
-                    int(p)
-                except ValueError:
-                    raise KGDataError(f"{path}:{number}: {p!r} is not an integer id") from None
-        raise
+                    value = int(p)
+                except ValueError:  # [:80]: a huge field is quoted only in part
+                    raise KGDataError(f"{path}:{number}: {p[:80]!r} is not an integer id") from None
+                if not -(2**63) <= value < 2**63:
+                    raise KGDataError(f"{path}:{number}: id {p[:80]} is too large (not a 64-bit integer)") from None
+            rows.append([int(p) for p in parts])
+        # Every line checked: build the array from Python ints rather than re-raise numpy's error
+        # (found by tests/test_loader_fuzz.py: an id beyond int64 raised a bare OverflowError).
+        hrt = np.array(rows, dtype=np.int64).reshape(len(body), 3)
     numbers = np.asarray([n for n, _ in body], dtype=np.int64)
     for column, limit, kind in ((0, num_entities, "head entity"), (1, num_entities, "tail entity"),
                                 (2, num_relations, "relation")):
