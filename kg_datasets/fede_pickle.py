@@ -28,7 +28,28 @@ _ALLOWED_GLOBALS = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    # Pickle protocols 0-2 have no bytes opcode: an array's data is rebuilt as
+    # _codecs.encode(text, "latin1"), so without this a valid protocol-2 FedE pickle was refused
+    # (found by tests/test_loader_fuzz.py). It turns a str into bytes and calls nothing else.
+    ("_codecs", "encode"),
+    # Protocol 5 (Python 3.14's default) rebuilds an array with numpy's _frombuffer(buffer, dtype,
+    # shape, order): a view of bytes already in the file (found by tests/test_loader_fuzz.py).
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
+
+
+def _empty_bytes(*args):
+    """``bytes()`` as protocols 0-2 write an empty array's data; never ``bytes(n)``, which would
+    allocate n bytes."""
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments")
+    return b""
+
+
+#: Callables resolved to a restricted stand-in (Python 3 writes ``bytes`` as ``__builtin__.bytes``
+#: in protocols 0-2).
+_STAND_INS = {("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
 _ARRAY_KEYS = ("edge_index", "edge_type", "edge_index_ori", "edge_type_ori")
 
 
@@ -40,6 +61,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module: str, name: str):
+        if (module, name) in _STAND_INS:
+            return _STAND_INS[module, name]
         if (module, name) not in _ALLOWED_GLOBALS:
             raise KGDataError(
                 f"{self._path}: refusing to unpickle {module}.{name} (only numpy arrays and plain "
@@ -60,12 +83,19 @@ def safe_load_pickle(path: Path) -> object:
         data = path.read_bytes()
     except OSError as exc:
         raise KGDataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    stream = io.BytesIO(data)
     try:
-        return _NumpyOnlyUnpickler(io.BytesIO(data), path).load()
+        obj = _NumpyOnlyUnpickler(stream, path).load()
     except KGDataError:
         raise
     except Exception as exc:  # pickle raises many types on corrupt input
-        raise KGDataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+        raise KGDataError(f"{path}: not a readable pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
+    # load() stops at the first STOP opcode: bytes after it (a second pickle appended, a corrupt
+    # tail) would be silently ignored (found by tests/test_loader_fuzz.py).
+    if stream.tell() != len(data):
+        raise KGDataError(f"{path}: {len(data) - stream.tell()} trailing byte(s) after the pickle (corrupt or "
+                          f"concatenated file)")
+    return obj
 
 
 def _check_relabelling(local: np.ndarray, original: np.ndarray, where: str) -> None:
@@ -99,7 +129,10 @@ def read_fede_pickle(path: Path) -> tuple[dict[str, int], dict[str, int], list[d
             part = client[name]
             if not isinstance(part, dict) or not set(_ARRAY_KEYS) <= set(part):
                 raise KGDataError(f"{where}: expected a dict with keys {list(_ARRAY_KEYS)}")
-            arrays = {key: np.asarray(part[key]) for key in _ARRAY_KEYS}
+            try:
+                arrays = {key: np.asarray(part[key]) for key in _ARRAY_KEYS}
+            except (ValueError, TypeError) as exc:  # e.g. ragged nested lists (found by tests/test_loader_fuzz.py)
+                raise KGDataError(f"{where}: not an array of ids ({str(exc)[:200]})") from None
             for key, arr in arrays.items():
                 if not np.issubdtype(arr.dtype, np.integer):
                     raise KGDataError(f"{where}: {key} has dtype {arr.dtype}, expected integers")

@@ -120,8 +120,9 @@ def _checked_local_vocabulary(path: Path, kind: str, train_labels: set[str]) -> 
     """A client's written local vocabulary, which must list exactly its train labels."""
     vocab = read_vocabulary_file(path)
     if set(vocab) != train_labels:
-        extra = sorted(set(vocab) - train_labels)[:3]
-        missing = sorted(train_labels - set(vocab))[:3]
+        # [:120]: a huge label is quoted only in part
+        extra = [label[:120] for label in sorted(set(vocab) - train_labels)[:3]]
+        missing = [label[:120] for label in sorted(train_labels - set(vocab))[:3]]
         raise KGDataError(f"{path}: lists {len(vocab)} {kind} labels but train.txt holds {len(train_labels)} "
                           f"(not in train: {extra}; missing: {missing})")
     return vocab

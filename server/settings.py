@@ -100,9 +100,10 @@ class FederationSettings:
             raise SettingsError(f"min-clients must be >= 1, got {self.min_clients}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
             raise SettingsError(f"transfer-dtype must be one of {TRANSFER_DTYPES}, got {self.transfer_dtype!r}")
-        if self.round_timeout <= 0:
+        # "not > 0" rather than "<= 0": NaN fails too (found by tests/test_loader_fuzz.py)
+        if not self.round_timeout > 0:
             raise SettingsError(f"round-timeout must be > 0, got {self.round_timeout}")
-        if self.min_clients_timeout <= 0:
+        if not self.min_clients_timeout > 0:
             raise SettingsError(f"min-clients-timeout must be > 0, got {self.min_clients_timeout}")
         try:
             check_rule(self.aggregation, self.aggregation_trim)
@@ -124,18 +125,26 @@ class FederationSettings:
                 continue
             value = run_config[key]
             default = field.default
+            # The value must have the field's type, as KGEConfig requires (an int may be an integral
+            # float, a float an int). Converting instead accepted any type: bool("false") is True,
+            # str(0) a path, int(inf) an OverflowError (found by tests/test_loader_fuzz.py).
             try:
                 if isinstance(default, bool):
-                    value = bool(value)
+                    if not isinstance(value, bool):
+                        raise TypeError
+                elif isinstance(value, bool):  # bool is an int subclass, but never a number here
+                    raise TypeError
                 elif isinstance(default, int):
-                    if isinstance(value, float) and not value.is_integer():
+                    if not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
                         raise TypeError
                     value = int(value)
                 elif isinstance(default, float):
+                    if not isinstance(value, (int, float)):
+                        raise TypeError
                     value = float(value)
-                else:
-                    value = str(value)
-            except (TypeError, ValueError):
+                elif not isinstance(value, str):
+                    raise TypeError
+            except (TypeError, ValueError, OverflowError):
                 raise SettingsError(
                     f"run-config key {key!r}: expected {type(default).__name__}, got {value!r}"
                 ) from None
