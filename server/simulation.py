@@ -70,11 +70,14 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {item!r}")
+        # Found by tests/test_loader_fuzz.py: tomllib raises a bare ValueError (an integer of over
+        # 4,300 digits) or RecursionError (deeply nested arrays) besides TOMLDecodeError, and
+        # "3\nw = 1" parsed as 3, dropping the rest. A value is TOML only when it is the whole text.
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        values[key.strip()] = value
+            document = tomllib.loads(f"v = {raw}")
+        except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
+            document = {}
+        values[key.strip()] = document["v"] if document.keys() == {"v"} else raw
     return values
 
 
