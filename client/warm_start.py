@@ -42,6 +42,8 @@ __all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStarter", "WarmStartError", "se
 
 #: Environment variable telling the shim where the starter listens.
 SOCKET_ENV = "SIMSKIP_WARM_SOCKET"
+#: Set to a folder to write a cProfile file per forked ClientApp process (profiling only).
+PROFILE_ENV = "SIMSKIP_PROFILE_CLIENTAPP"
 #: What the forked child runs (``module:function``): Flower's ClientApp process entry point.
 DEFAULT_TARGET = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"
 #: Third-party modules imported once in the starter (the cost every cold ClientApp pays).
@@ -210,11 +212,23 @@ def _run_child(request: dict, fds: list[int], target: str) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        profile_dir = os.environ.get(PROFILE_ENV)
+        profiler = None
+        if profile_dir:  # a developer's switch: one cProfile file per ClientApp process
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             _resolve(target)()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                Path(profile_dir).mkdir(parents=True, exist_ok=True)
+                profiler.dump_stats(str(Path(profile_dir) / f"clientapp-{os.getpid()}.prof"))
     except BaseException:  # noqa: BLE001 - the child must report, then leave through os._exit
         import traceback
 
