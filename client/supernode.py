@@ -46,6 +46,9 @@ def main() -> int:
         print("[simskip-client] note: Flower's SuperNode loop changed; keeping its own idle poll", file=sys.stderr)
     else:
         start_client_internal.time = patched_time()
+    from server.grid_io import shorten_object_pull_backoff
+
+    shorten_object_pull_backoff()
     sys.argv[0] = "flower-supernode"
     return flower_supernode() or 0
 

@@ -155,3 +155,34 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
     assert lines == ["downstream: 1 of 3 clients done after 10 s, about 20 s left",
                      "downstream: 1 of 3 clients done after 26 s, about 52 s left",
                      "downstream: 3 of 3 clients done after 30 s"]
+
+
+def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from server.grid_io import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
+
+    monkeypatch.setattr(inflatable_utils.pull_objects, "__kwdefaults__",
+                        dict(inflatable_utils.pull_objects.__kwdefaults__))
+    assert shorten_object_pull_backoff() is True
+    defaults = inflatable_utils.pull_objects.__kwdefaults__
+    assert (defaults["initial_backoff"], defaults["backoff_cap"]) == OBJECT_PULL_BACKOFF
+    # and the pull still works: an object unavailable twice is fetched on the third try
+    tries = {"n": 0}
+
+    def pull(object_id: str) -> bytes:
+        tries["n"] += 1
+        if tries["n"] < 3:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert inflatable_utils.pull_objects(["a"], pull) == {"a": b"content"} and tries["n"] == 3
+
+
+def test_a_flower_without_the_backoff_defaults_is_left_alone(monkeypatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from server.grid_io import shorten_object_pull_backoff
+
+    monkeypatch.setattr(inflatable_utils, "pull_objects", lambda object_ids, pull_object_fn: {})
+    assert shorten_object_pull_backoff() is False

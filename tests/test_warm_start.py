@@ -22,12 +22,16 @@ from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
 from server.launcher import stop_process
 
 PROBE = '''
-import json, os, sys, time
+import gc, json, os, sys, time
 def main():
     out, mode = sys.argv[1], sys.argv[2]
+    pulls = sys.modules.get("flwr.supercore.inflatable.inflatable_utils")
     with open(out, "w") as f:
         json.dump({"argv": sys.argv, "cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "pid": os.getpid(),
-                   "project_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("client", "server"))}, f)
+                   "project_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("client", "server")),
+                   "frozen_objects": gc.get_freeze_count(),
+                   "pull_backoff": None if pulls is None else [pulls.pull_objects.__kwdefaults__["initial_backoff"],
+                                                               pulls.pull_objects.__kwdefaults__["backoff_cap"]]}, f)
     print("hello from the child", flush=True)
     if mode == "sleep":
         time.sleep(60)
@@ -73,6 +77,8 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     assert seen["argv"][1:] == [str(out), "3"]
     assert seen["cwd"] == str(workdir) and seen["probe"] == "x"
     assert seen["project_loaded"] == [], "Flower must import the app bundle's modules, not the starter's"
+    assert seen["frozen_objects"] > 0, "the starter froze its imports' objects before forking"
+    assert seen["pull_backoff"] == [0.02, 0.5], "the child inherits the short object-pull backoff"
     assert seen["pid"] != proc.pid
     assert proc.poll() is None, "the starter serves the next message too"
     again = subprocess.run([str(_shim(tmp_path)), str(out), "0"], cwd=workdir, capture_output=True, text=True,
