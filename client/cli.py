@@ -71,6 +71,10 @@ def _check_folder(folder: Path, partition_id: int) -> Any:
     return load_client_folder(folder, client_id=partition_id)
 
 
+#: Seconds between the end-of-run notice and stopping the SuperNode (its reply is still in flight).
+FINISH_GRACE_SECONDS = 2.0
+
+
 def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet: bool,
             interval: float = 0.25) -> int | None:
     """Print the party's new ``party.log`` lines while the SuperNode runs.
@@ -103,6 +107,9 @@ def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet
             if status == "completed" and not stay:
                 print(f"[simskip-client] the server's run finished ({finished.get('run-dir') or 'no run folder'}); "
                       "stopping this party (--stay keeps it up)", flush=True)
+                # federation.json is written before the ClientApp replies: let the acknowledgement
+                # (ClientApp -> SuperNode -> SuperLink) leave before the SuperNode is stopped
+                time.sleep(FINISH_GRACE_SECONDS)
                 return None
             print(f"[simskip-client] the server's run ended: {status}"
                   + (f" ({finished['reason']})" if finished.get("reason") else "")

@@ -160,13 +160,14 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
 def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
-    from server.grid_io import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
+    from server.grid_io import OBJECT_PULL_BACKOFF, OBJECT_PULL_MAX_SECONDS, shorten_object_pull_backoff
 
     monkeypatch.setattr(inflatable_utils.pull_objects, "__kwdefaults__",
                         dict(inflatable_utils.pull_objects.__kwdefaults__))
     assert shorten_object_pull_backoff() is True
     defaults = inflatable_utils.pull_objects.__kwdefaults__
     assert (defaults["initial_backoff"], defaults["backoff_cap"]) == OBJECT_PULL_BACKOFF
+    assert defaults["max_time"] == OBJECT_PULL_MAX_SECONDS and defaults["max_tries_per_object"] is None
     # and the pull still works: an object unavailable twice is fetched on the third try
     tries = {"n": 0}
 
