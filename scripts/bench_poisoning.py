@@ -95,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     kg = load_federated(args.dataset, num_clients=args.clients, seed=0)
     attacker = str(kg.clients[args.attacker].client_id)
     runs: list[dict[str, Any]] = []
+
+    def report(done: bool) -> dict[str, Any]:
+        return {
+            "dataset": args.dataset, "clients": args.clients, "rounds": args.rounds, "attacker": attacker,
+            "scale": args.scale, "trim": args.trim, "kge": config.to_run_config(),
+            "torch_threads": torch.get_num_threads(),
+            "holders_per_entity": np.bincount(np.bincount(np.concatenate([c.entity_ids for c in kg.clients]))).tolist(),
+            "load_average_before": load_before, "runs": runs, "load_average_after": list(os.getloadavg()),
+            **({} if done else {"partial": True}),
+        }
+
     for attack in args.attacks:
         for rule in args.rules:
             started = time.perf_counter()
@@ -115,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(row)
             print(f"{attack:>9} {rule:>12}: honest valid {row['honest_valid_mrr']:.4f} test {row['honest_test_mrr']:.4f} "
                   f"(best round {row['best_round']}), {row['wall_seconds']:.1f}s", file=sys.stderr, flush=True)
-    emit_json({
-        "dataset": args.dataset, "clients": args.clients, "rounds": args.rounds, "attacker": attacker,
-        "scale": args.scale, "trim": args.trim, "kge": config.to_run_config(), "torch_threads": torch.get_num_threads(),
-        "holders_per_entity": np.bincount(np.bincount(np.concatenate([c.entity_ids for c in kg.clients]))).tolist(),
-        "load_average_before": load_before, "runs": runs, "load_average_after": list(os.getloadavg()),
-    }, args.out)
+            if args.out is not None:  # what is measured survives a stop
+                emit_json(report(False), args.out)
+    emit_json(report(True), args.out)
     return 0
 
 

@@ -5,7 +5,8 @@ While round 2 trains, party 1's SuperNode (and everything in its process group) 
 Flower answers for the dead node once its heartbeat expires, so round 2 completes with the two
 others and records the failure. The party is restarted with the same data and output folder: its
 new SuperNode (new node id, empty state) is re-registered by client id at the start of round 3,
-restores its private state of round 1 from its own checkpoint and trains again. The run ends
+restores its newest private state from its own checkpoint (round 1, or round 2 if it had
+trained round 2 before the kill) and trains again. The run ends
 with exit 0 and test metrics from all three parties. Every process is stopped here, by PID.
 """
 
@@ -60,7 +61,11 @@ def test_a_party_killed_mid_round_is_left_out_then_rejoins(tmp_path):
     assert any(f.startswith("1: ") for f in rows[1]["failures"]), rows[1]
     assert set(rows[2]["train"]) == {"0", "1", "2"}, "the restarted party took part again"
     assert re.search(r"rejoin: client 1 is back as node \d+", log)
-    assert "client 1 restored its private state of round 1" in log
+    # its newest checkpoint: round 1, or round 2 when the kill came after it had trained round 2
+    # (and saved that round's state) but before its reply was counted; which one depends on speed
+    restored = re.search(r"client 1 restored its private state of round (\d+)", log)
+    assert restored, log[-4000:]
+    assert int(restored.group(1)) in (1, 2), restored.group(0)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert set(final["test"]) == {"0", "1", "2"} and final["missing_clients"] == []
     assert all(p.poll() is not None for p in federation.processes)
