@@ -349,6 +349,29 @@ def restore(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({METRICS_KEY: MetricRecord({"restored-round": restored})}), reply_to=msg)
 
 
+#: Fault drills and process tests: ``"ROUND:DIR"`` makes this party's training message of server
+#: round ROUND write ``DIR/round-ROUND.holding`` and wait (at most :data:`HOLD_MAX_SECONDS`) until
+#: ``DIR/round-ROUND.release`` exists, so a test can kill or freeze the party while it is
+#: certainly inside that round, on a machine of any speed.
+HOLD_TRAIN_ENV = "SIMSKIP_HOLD_TRAIN"
+HOLD_MAX_SECONDS = 600.0
+
+
+def _hold_if_asked(server_round: int) -> None:
+    import os
+
+    spec = os.environ.get(HOLD_TRAIN_ENV, "")
+    held_round, sep, folder = spec.partition(":")
+    if not sep or not held_round.isdigit() or int(held_round) != server_round:
+        return
+    hold = Path(folder)
+    hold.mkdir(parents=True, exist_ok=True)
+    (hold / f"round-{server_round}.holding").write_text(str(os.getpid()))
+    deadline = time.monotonic() + HOLD_MAX_SECONDS
+    while not (hold / f"round-{server_round}.release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the server's rows, train ``local-epochs`` epochs, return the rows and the count."""
@@ -356,6 +379,7 @@ def train(msg: Message, context: Context) -> Message:
     graph, config, name = _setup(context)
     cfg = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
     server_round = int(cfg.get("server-round", 0))
+    _hold_if_asked(server_round)
     federation_id = str(cfg.get("federation-id", ""))
     out = _output_dir(context, name)
     if PRIVATE_CURRENT not in context.state.array_records and server_round > 1:

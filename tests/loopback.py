@@ -61,10 +61,10 @@ class Loopback:
         load_federated(dataset, num_clients=num_clients, partition="relation", seed=0).write(self.data)
         return self.data
 
-    def _start(self, command: list[str], log: str) -> subprocess.Popen:
+    def _start(self, command: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.folder / log, "wb") as out:  # the child keeps its own descriptor
-            proc = subprocess.Popen(command, env=ENV, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(command, env={**ENV, **(env or {})}, cwd=self.folder, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
         return proc
 
@@ -77,12 +77,13 @@ class Loopback:
             command += ["--set", item]
         return self._start(command, "server.log")
 
-    def client(self, k: int, attempt: int | None = None) -> subprocess.Popen:
+    def client(self, k: int, attempt: int | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
         """``simskip-client --insecure`` of party ``k`` (data ``data/<k>``, output ``party<k>/``);
-        ``attempt`` names a restart's log ``party<k>-<attempt>.log``."""
+        ``attempt`` names a restart's log ``party<k>-<attempt>.log``; ``env`` adds variables
+        (e.g. ``client.client_app.HOLD_TRAIN_ENV``)."""
         command = [script("simskip-client"), "--server", f"127.0.0.1:{self.port}", "--data", str(self.data / str(k)),
                    "--insecure", "--output-dir", str(self.folder / f"party{k}")]
-        return self._start(command, f"party{k}.log" if attempt is None else f"party{k}-{attempt}.log")
+        return self._start(command, f"party{k}.log" if attempt is None else f"party{k}-{attempt}.log", env)
 
     def log(self, name: str = "server.log") -> str:
         """The text of a log in the folder (``""`` while it does not exist)."""

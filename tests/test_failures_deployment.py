@@ -5,8 +5,9 @@ While round 2 trains, party 1's SuperNode (and everything in its process group) 
 Flower answers for the dead node once its heartbeat expires, so round 2 completes with the two
 others and records the failure. The party is restarted with the same data and output folder: its
 new SuperNode (new node id, empty state) is re-registered by client id at the start of round 3,
-restores its newest private state from its own checkpoint (round 1, or round 2 if it had
-trained round 2 before the kill) and trains again. The run ends
+restores its private state of round 1 from its own checkpoint and trains again. Party 1's round-2
+training is held (``client.client_app.HOLD_TRAIN_ENV``) until the kill, so the kill lands inside
+round 2 on a machine of any speed. The run ends
 with exit 0 and test metrics from all three parties. Every process is stopped here, by PID.
 """
 
@@ -21,6 +22,8 @@ import time
 import pytest
 from loopback import Loopback, wait_for
 
+from client.client_app import HOLD_TRAIN_ENV
+
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3",
         "simskip-rounds=0", "min-clients-timeout=300.0", "round-timeout=300.0"]
 
@@ -34,12 +37,16 @@ def test_a_party_killed_mid_round_is_left_out_then_rejoins(tmp_path):
     with Loopback(tmp_path) as federation:
         federation.write_data("Kinships", 3)
         server = federation.server("--min-clients", "3", "--rounds", "3", sets=TINY)
-        parties = [federation.client(k, attempt=0) for k in range(3)]
+        hold = tmp_path / "hold1"  # party 1's round-2 training waits there until it is killed
+        parties = [federation.client(k, attempt=0, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None)
+                   for k in range(3)]
         try:
             supernode_pid = int(wait_for(tmp_path / "party1-0.log", r"SuperNode pid (\d+)", deadline, server).group(1))
-            wait_for(tmp_path / "server.log", r"configure_train: round 2", deadline, server)
-            time.sleep(0.5)  # round 2 is under way (a warm ClientApp trains a tiny round in about a second)
-            os.killpg(supernode_pid, signal.SIGKILL)  # the SuperNode, its SuperExec and its ClientApp
+            while not (hold / "round-2.holding").exists():  # round 2 is certainly under way for party 1
+                assert server.poll() is None and time.monotonic() < deadline, federation.log()[-4000:]
+                time.sleep(0.1)
+            os.killpg(supernode_pid, signal.SIGKILL)  # the SuperNode and its SuperExec; the held ClientApp
+            # (forked by the warm starter) goes with simskip-client's clean-up
             parties[1].wait(timeout=60)  # simskip-client exits when its SuperNode dies
             federation.client(1, attempt=1)
             while server.poll() is None and time.monotonic() < deadline:
@@ -47,6 +54,8 @@ def test_a_party_killed_mid_round_is_left_out_then_rejoins(tmp_path):
             log = federation.log()
             assert server.wait(timeout=60) == 0, log[-4000:]
         finally:
+            if hold.exists():  # a held ClientApp that outlived its party's clean-up ends too
+                (hold / "round-2.release").write_text("")
             if supernode_pid is not None:
                 try:
                     os.killpg(supernode_pid, signal.SIGKILL)
@@ -61,11 +70,9 @@ def test_a_party_killed_mid_round_is_left_out_then_rejoins(tmp_path):
     assert any(f.startswith("1: ") for f in rows[1]["failures"]), rows[1]
     assert set(rows[2]["train"]) == {"0", "1", "2"}, "the restarted party took part again"
     assert re.search(r"rejoin: client 1 is back as node \d+", log)
-    # its newest checkpoint: round 1, or round 2 when the kill came after it had trained round 2
-    # (and saved that round's state) but before its reply was counted; which one depends on speed
     restored = re.search(r"client 1 restored its private state of round (\d+)", log)
     assert restored, log[-4000:]
-    assert int(restored.group(1)) in (1, 2), restored.group(0)
+    assert restored.group(0).endswith("round 1"), "party 1 was killed inside round 2, before saving it"
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert set(final["test"]) == {"0", "1", "2"} and final["missing_clients"] == []
     assert all(p.poll() is not None for p in federation.processes)
