@@ -3,9 +3,9 @@
 simskip-server plus 3 simskip-client processes (Kinships partitioned by relation, a tiny model,
 4 rounds, validation at the last, ``round-timeout`` = :data:`ROUND_TIMEOUT` s). The parties start
 first and the server once their warm starters are ready, so no exchange waits on a cold
-torch/PyKEEN import (the short round timeout also bounds the handshake). Half a second after
-party 1's ClientApp process for round 2 is seen (it is loading or training then, seconds from its
-reply), party 1 is frozen: SIGSTOP to every descendant of its ``simskip-client`` (SuperNode,
+torch/PyKEEN import (the short round timeout also bounds the handshake). While party 1's
+ClientApp process for round 2 is held inside its training handler (``SIMSKIP_HOLD_TRAIN``, so
+the freeze lands inside round 2 on a machine of any speed), party 1 is frozen: SIGSTOP to every descendant of its ``simskip-client`` (SuperNode,
 SuperExec, the ``flwr-clientapp`` shim, the warm starter and the ClientApp it forked; the forked
 ClientApp hangs under the warm starter, not under the SuperNode, so the SuperNode's tree alone
 would leave it training). After :data:`STOP_SECONDS` s (past the round timeout) it gets SIGCONT.
@@ -27,8 +27,8 @@ What really happens, and what is asserted:
     (it sends one as it starts) goes back to pending 30 s after the claim and is started again
     in a second ClientApp process, the first failing with "Runtime task-token authentication
     failed" / "401 Unauthorized" (seen with a 30 s stop begun as the ClientApp process
-    appeared; the reply still came, from the second process). The half second before the
-    freeze lets that first heartbeat out, and 0.5 + :data:`STOP_SECONDS` stays below 30 s.
+    appeared; the reply still came, from the second process). The hold comes after that first
+    heartbeat, and :data:`STOP_SECONDS` stays below 30 s.
 
   So the failure is Flower's timeout, not its "Node Unavailable" reply, and no rejoin happens:
   the node keeps its node id and its registration (both asserted).
@@ -64,11 +64,11 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from loopback import Loopback, wait_for
 
+from client.client_app import HOLD_TRAIN_ENV
 from server.launcher import process_tree
 
 #: Seconds the server waits for one exchange's replies (run config ``round-timeout``); a party
@@ -82,21 +82,6 @@ ROUNDS = 4
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", f"eval-every={ROUNDS}",
         "simskip-rounds=0", "min-clients-timeout=300.0", f"round-timeout={ROUND_TIMEOUT}"]
 TIMEOUT_FAILURE = f"1: timeout (no reply within {ROUND_TIMEOUT:g} s)"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _clientapp_started_since(party: subprocess.Popen, since: float) -> bool:
-    """Whether a ``flwr-clientapp`` process (the shim, or Flower's own when cold) of ``party`` runs
-    that started at or after ``since`` (``CLOCK_BOOTTIME`` seconds, the clock of ``/proc``'s start
-    times): the previous round's ClientApp may still be exiting."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    return any("flwr-clientapp" in _cmdline(pid) and start / ticks >= since for pid, start in process_tree(party.pid))
 
 
 def _freeze(party: subprocess.Popen, frozen: dict[int, int]) -> None:
@@ -138,22 +123,25 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
     with Loopback(tmp_path) as federation:
         federation.write_data("Kinships", 3)
         try:
-            parties = [federation.client(k) for k in range(3)]  # their SuperNodes retry until the server listens
+            hold = tmp_path / "hold1"  # party 1's round-2 training waits there until it is frozen
+            parties = [federation.client(k, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None)
+                       for k in range(3)]  # their SuperNodes retry until the server listens
             straggler = parties[1]
             for k, party in enumerate(parties):
                 wait_for(tmp_path / f"party{k}" / "warm_start.log", r"\[warm-start\] ready", deadline, party)
             server = federation.server("--min-clients", "3", "--rounds", str(ROUNDS), sets=TINY)
             wait_for(tmp_path / "server.log", r"configure_train: round 2", deadline, server, poll=0.1)
             timeline = {"round 2 sent": time.time()}
-            # Freeze it while its round-2 ClientApp runs (at the latest 5 s after round 2 was sent).
-            round_2_sent = time.clock_gettime(time.CLOCK_BOOTTIME) - 0.5  # its ClientApp starts after this
-            seen_by = time.monotonic() + 5
-            while not _clientapp_started_since(straggler, round_2_sent) and time.monotonic() < seen_by:
+            # Its round-2 ClientApp is inside the training handler (its first task heartbeat went
+            # out as it started), held there on a machine of any speed: freeze it, then release
+            # the hold, which it sees once thawed.
+            while not (hold / "round-2.holding").exists():
+                assert server.poll() is None and time.monotonic() < deadline, federation.log()[-4000:]
                 time.sleep(0.05)
-            timeline["ClientApp seen"] = time.time()
-            time.sleep(0.5)  # its first task heartbeat goes out (module docstring)
+            timeline["ClientApp holding"] = time.time()
             _freeze(straggler, frozen)
             timeline["frozen"] = time.time()
+            (hold / "round-2.release").write_text("")
             assert frozen, "party 1 has no process to freeze"
             assert not late_checkpoint.exists(), "party 1 finished round 2 before it was frozen"
             time.sleep(STOP_SECONDS)
