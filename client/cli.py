@@ -71,6 +71,8 @@ def _check_folder(folder: Path, partition_id: int) -> Any:
     return load_client_folder(folder, client_id=partition_id)
 
 
+#: SuperNode starts on a port of our choosing that another process bound first (then a new port).
+PORT_ATTEMPTS = 3
 #: Seconds between the end-of-run notice and stopping the SuperNode (its reply is still in flight).
 FINISH_GRACE_SECONDS = 2.0
 
@@ -174,30 +176,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (WarmStartError, OSError) as err:  # slower, never fatal: Flower's cold start
                 print(f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
                       file=sys.stderr, flush=True)
-        log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
-        launched = time.time()
-        supernode = launcher.start_supernode(
-            output_dir / ".flwr",
-            superlink=args.server,
-            node_config=node_config,
-            clientappio_port=port,
-            insecure=args.insecure,
-            root_certificates=root_certificates,
-            auth_private_key=auth_key,
-            max_wait_time=args.max_wait_time,
-            log_path=log_path,
-            extra_env=extra_env,
-        )
-        print(f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
-              f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
-              flush=True)
-        code = _follow(supernode, output_dir, since=launched, stay=args.stay, quiet=args.quiet)
-        if code is None:  # the run is over: the SuperNode is stopped in `finally`
-            return 0
-        if code != 0:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
+            launched = time.time()
+            supernode = launcher.start_supernode(
+                output_dir / ".flwr",
+                superlink=args.server,
+                node_config=node_config,
+                clientappio_port=port,
+                insecure=args.insecure,
+                root_certificates=root_certificates,
+                auth_private_key=auth_key,
+                max_wait_time=args.max_wait_time,
+                log_path=log_path,
+                extra_env=extra_env,
+            )
+            print(f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
+                  f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
+                  flush=True)
+            code = _follow(supernode, output_dir, since=launched, stay=args.stay, quiet=args.quiet)
+            if code is None:  # the run is over: the SuperNode is stopped in `finally`
+                return 0
             with open(log_path, "rb") as handle:
                 handle.seek(log_start)
                 text = handle.read().decode("utf-8", errors="replace")
+            # free_port() only says the port was free when asked: another process (a party started
+            # at the same moment on this machine) may bind it first. A port we chose is chosen again.
+            if code != 0 and args.port is None and "address already in use" in text and attempt < PORT_ATTEMPTS:
+                old_port, port = port, launcher.free_port()
+                print(f"[simskip-client] port {old_port} was taken before the SuperNode bound it; "
+                      f"retrying on {port}", file=sys.stderr, flush=True)
+                continue
+            break
+        if code != 0:
             print("[simskip-client] error: " + launcher.explain_supernode_exit(
                 text, returncode=code, server=args.server, root_certificates=root_certificates,
                 auth_private_key=auth_key, log_path=log_path), file=sys.stderr)
