@@ -7,7 +7,12 @@ import uuid
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from server.grid_io import TTL_SLACK, PollSchedule, expire_with_exchange, send_and_receive
+from server.grid_io import (
+    TTL_SLACK,
+    PollSchedule,
+    expire_with_exchange,
+    send_and_receive,
+)
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -160,7 +165,11 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
 def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
-    from server.grid_io import OBJECT_PULL_BACKOFF, OBJECT_PULL_MAX_SECONDS, shorten_object_pull_backoff
+    from server.grid_io import (
+        OBJECT_PULL_BACKOFF,
+        OBJECT_PULL_MAX_SECONDS,
+        shorten_object_pull_backoff,
+    )
 
     monkeypatch.setattr(inflatable_utils.pull_objects, "__kwdefaults__",
                         dict(inflatable_utils.pull_objects.__kwdefaults__))
