@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pykeen.triples import TriplesFactory
 
-from kg_datasets.errors import KGDataError, KGDataWarning, UnseenTripleError
+from kg_datasets.errors import KGDataError, KGDataWarning, UnseenTripleError, clip
 from kg_datasets.model import ClientGraph, FederatedKG
 from kg_datasets.triples import LocatedTriples, encode_triples, labels_in_id_order
 
@@ -57,13 +57,12 @@ def _describe_unseen(row: np.ndarray, train_entities: np.ndarray, train_relation
     """Which parts of one (h, r, t) global-id row are missing from train, by label."""
     h, r, t = (int(x) for x in row)
     missing = []
-    # [:120]: a huge label is quoted only in part (tests/test_loader_fuzz.py: 100k-character messages)
     if not np.isin(h, train_entities):
-        missing.append(f"head entity {entity_labels[h][:120]!r}")
+        missing.append(f"head entity {clip(entity_labels[h])!r}")
     if not np.isin(r, train_relations):
-        missing.append(f"relation {relation_labels[r][:120]!r}")
+        missing.append(f"relation {clip(relation_labels[r])!r}")
     if not np.isin(t, train_entities) and t != h:  # a self-loop's entity is named once
-        missing.append(f"tail entity {entity_labels[t][:120]!r}")
+        missing.append(f"tail entity {clip(entity_labels[t])!r}")
     return " and ".join(missing)
 
 

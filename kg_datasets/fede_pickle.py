@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kg_datasets.errors import KGDataError
+from kg_datasets.errors import KGDataError, clip
 from kg_datasets.triples import SPLITS, LocatedTriples
 
 # Globals a numpy-array pickle needs (lists, dicts and tuples need no global); anything else
@@ -89,7 +89,7 @@ def safe_load_pickle(path: Path) -> object:
     except KGDataError:
         raise
     except Exception as exc:  # pickle raises many types on corrupt input
-        raise KGDataError(f"{path}: not a readable pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise KGDataError(f"{path}: not a readable pickle ({type(exc).__name__}: {clip(str(exc), 200)})") from None
     # load() stops at the first STOP opcode: bytes after it (a second pickle appended, a corrupt
     # tail) would be silently ignored (found by tests/test_loader_fuzz.py).
     if stream.tell() != len(data):
@@ -132,7 +132,7 @@ def read_fede_pickle(path: Path) -> tuple[dict[str, int], dict[str, int], list[d
             try:
                 arrays = {key: np.asarray(part[key]) for key in _ARRAY_KEYS}
             except (ValueError, TypeError) as exc:  # e.g. ragged nested lists (found by tests/test_loader_fuzz.py)
-                raise KGDataError(f"{where}: not an array of ids ({str(exc)[:200]})") from None
+                raise KGDataError(f"{where}: not an array of ids ({clip(str(exc), 200)})") from None
             for key, arr in arrays.items():
                 if not np.issubdtype(arr.dtype, np.integer):
                     raise KGDataError(f"{where}: {key} has dtype {arr.dtype}, expected integers")

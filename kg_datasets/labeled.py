@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kg_datasets.errors import KGDataError
+from kg_datasets.errors import KGDataError, clip
 from kg_datasets.textio import LabeledTripleFile, read_labeled_triples, read_lines, vocabulary_records
 from kg_datasets.triples import SPLITS, LocatedTriples
 
@@ -50,8 +50,8 @@ def to_ids(f: LabeledTripleFile, entity_to_id: Mapping[str, int], relation_to_id
             for kind, label, vocab in (("entity", h, entity_to_id), ("relation", r, relation_to_id),
                                        ("entity", t, entity_to_id)):
                 if label not in vocab:
-                    raise KGDataError(  # [:120]: a huge label is quoted only in part
-                        f"{f.path}:{int(f.lines[row])}: {kind} {label[:120]!r} is not in the vocabulary"
+                    raise KGDataError(
+                        f"{f.path}:{int(f.lines[row])}: {kind} {clip(label)!r} is not in the vocabulary"
                     ) from None
         raise
     return LocatedTriples(ids, str(f.path), f.lines)
@@ -120,9 +120,8 @@ def _checked_local_vocabulary(path: Path, kind: str, train_labels: set[str]) -> 
     """A client's written local vocabulary, which must list exactly its train labels."""
     vocab = read_vocabulary_file(path)
     if set(vocab) != train_labels:
-        # [:120]: a huge label is quoted only in part
-        extra = [label[:120] for label in sorted(set(vocab) - train_labels)[:3]]
-        missing = [label[:120] for label in sorted(train_labels - set(vocab))[:3]]
+        extra = [clip(label) for label in sorted(set(vocab) - train_labels)[:3]]
+        missing = [clip(label) for label in sorted(train_labels - set(vocab))[:3]]
         raise KGDataError(f"{path}: lists {len(vocab)} {kind} labels but train.txt holds {len(train_labels)} "
                           f"(not in train: {extra}; missing: {missing})")
     return vocab

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kg_datasets.errors import KGDataError
+from kg_datasets.errors import KGDataError, clip
 from kg_datasets.textio import parse_count_header, read_lines, vocabulary_records
 from kg_datasets.triples import SPLITS, LocatedTriples
 
@@ -57,14 +57,16 @@ def read_openke_triples(path: Path, num_entities: int, num_relations: int) -> Lo
             parts = text.split()
             if len(parts) != 3:
                 raise KGDataError(f"{path}:{number}: expected 3 ids 'head tail relation', found {len(parts)} fields") from None
+            row = []
             for p in parts:
                 try:
                     value = int(p)
-                except ValueError:  # [:80]: a huge field is quoted only in part
-                    raise KGDataError(f"{path}:{number}: {p[:80]!r} is not an integer id") from None
+                except ValueError:
+                    raise KGDataError(f"{path}:{number}: {clip(p, 80)!r} is not an integer id") from None
                 if not -(2**63) <= value < 2**63:
-                    raise KGDataError(f"{path}:{number}: id {p[:80]} is too large (not a 64-bit integer)") from None
-            rows.append([int(p) for p in parts])
+                    raise KGDataError(f"{path}:{number}: id {clip(p, 80)} is too large (not a 64-bit integer)") from None
+                row.append(value)
+            rows.append(row)
         # Every line checked: build the array from Python ints rather than re-raise numpy's error
         # (found by tests/test_loader_fuzz.py: an id beyond int64 raised a bare OverflowError).
         hrt = np.array(rows, dtype=np.int64).reshape(len(body), 3)

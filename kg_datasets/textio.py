@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kg_datasets.errors import KGDataError
+from kg_datasets.errors import KGDataError, clip
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -135,11 +135,11 @@ def read_labeled_triples(path: Path) -> LabeledTripleFile:
         if len(parts) != 3:
             raise KGDataError(
                 f"{path}:{number}: expected 3 tab-separated columns (head, relation, tail), "
-                f"found {len(parts)}: {line[:120]!r}"
+                f"found {len(parts)}: {clip(line)!r}"
             )
         if not (parts[0] and parts[1] and parts[2]):
             column = ("head", "relation", "tail")[[bool(p) for p in parts].index(False)]
-            raise KGDataError(f"{path}:{number}: empty {column} label: {line[:120]!r}")
+            raise KGDataError(f"{path}:{number}: empty {column} label: {clip(line)!r}")
         heads.append(parts[0])
         relations.append(parts[1])
         tails.append(parts[2])
@@ -168,14 +168,14 @@ def vocabulary_records(
         if len(parts) != 2 and split_on_spaces:
             parts = line.split()
         if len(parts) != 2:
-            raise KGDataError(f"{path}:{number}: expected 'label<TAB>id', found {len(parts)} columns: {line[:120]!r}")
+            raise KGDataError(f"{path}:{number}: expected 'label<TAB>id', found {len(parts)} columns: {clip(line)!r}")
         label, raw = parts
         try:
             index = int(raw)
         except ValueError:  # also a number of over 4,300 digits (Python's int() limit)
-            raise KGDataError(f"{path}:{number}: id {raw[:80]!r} is not an integer") from None
-        if label in labels:  # [:120]: quote a huge field only in part (as for the lines above)
-            raise KGDataError(f"{path}:{number}: label {label[:120]!r} listed twice")
+            raise KGDataError(f"{path}:{number}: id {clip(raw, 80)!r} is not an integer") from None
+        if label in labels:
+            raise KGDataError(f"{path}:{number}: label {clip(label)!r} listed twice")
         if index in line_of_id:
             raise KGDataError(f"{path}:{number}: id {index} already given on line {line_of_id[index]}")
         labels.add(label)
@@ -194,7 +194,7 @@ def parse_count_header(path: Path, lines: list[tuple[int, str]]) -> int:
     try:
         count = int(text.strip())
     except ValueError:
-        raise KGDataError(f"{path}:{number}: expected the number of records, found {text[:80]!r}") from None
+        raise KGDataError(f"{path}:{number}: expected the number of records, found {clip(text, 80)!r}") from None
     if count < 0:
         raise KGDataError(f"{path}:{number}: negative count {count}")
     return count

@@ -55,9 +55,9 @@ def poisoner(attack: str, attacker: int, scale: float, seed: int):
 
 def honest_mean(per_client: dict[str, dict[str, float]], attacker: str, key: str = "mrr") -> float:
     """``key`` averaged over the honest clients, each weighted by its ``num_triples``."""
-    honest = [m for name, m in per_client.items() if name != attacker]
-    total = sum(float(m["num_triples"]) for m in honest)
-    return sum(float(m[key]) * float(m["num_triples"]) for m in honest) / total
+    from client.kge.evaluation import weighted_overall
+
+    return weighted_overall([m for name, m in per_client.items() if name != attacker])[key]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ def fedavg_named(updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int |
     reference = list(updates[0][0])
     sums = [np.zeros(np.shape(array), dtype=np.float64) for _, array in reference]
     total = 0.0
+    checked: list[list[np.ndarray]] = []  # each update's arrays in the reference's order
     for index, (weights, count) in enumerate(updates):
         count = float(count)
         if not np.isfinite(count) or count <= 0:
@@ -67,13 +68,15 @@ def fedavg_named(updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int |
             if not np.isfinite(array).all():
                 raise WeightsAggregationError(f"update {index}: {name} holds NaN or infinite values")
             sums[position] += count * array.astype(np.float64)
+        checked.append([np.asarray(array) for _, array in weights])
         total += count
     if rule != "mean" and len(updates) >= 3:
         counts = np.asarray([len(updates)])
         return [
-            (name, robust_aggregate(np.stack([np.asarray(dict(w)[name], dtype=np.float64).reshape(-1) for w, _ in updates])[None],
+            (name, robust_aggregate(np.stack([np.asarray(arrays[position], dtype=np.float64).reshape(-1)
+                                              for arrays in checked])[None],
                                     counts, rule, trim)[0].reshape(np.shape(ref_array)).astype(np.asarray(ref_array).dtype))
-            for name, ref_array in reference
+            for position, (name, ref_array) in enumerate(reference)
         ]
     return [
         (name, (summed / total).astype(np.asarray(ref_array).dtype))
