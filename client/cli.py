@@ -160,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     supernode = starter = None
     log_path = output_dir / "supernode.log"
     # Flower's SuperExec looks for a new ClientApp task once a second by default: every message
-    # would wait half a second on average before its process even starts.
-    extra_env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+    # would wait half a second on average before its process even starts. The look is a local RPC
+    # to this party's own SuperNode; 0.05 s measured 0.05 s a round better than 0.2 s on UMLS.
+    extra_env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"}
     if args.threads is not None:
         extra_env["OMP_NUM_THREADS"] = str(args.threads)
     try:

@@ -4,10 +4,18 @@ Flower 1.42's SuperNode asks the SuperLink for a message, and when there is none
 fixed 3 s (``flwr.supernode.start_client_internal``, the ``time.sleep(3)`` of its pull loop)
 before asking again. Every message of a round therefore waited 1.5 s on average, 3 s at worst,
 before the party even saw it; with a train and a valid exchange per round that was most of a
-loopback round's framework overhead (8 s a round on UMLS against about 1 s of training). Flower
-has no setting for it, so this entry point runs Flower's own SuperNode command unchanged except
-for that one idle wait, shortened to :data:`IDLE_POLL_SECONDS` (one cheap pull RPC per interval
-while idle). Every other sleep of the module is left as it is.
+loopback round's framework overhead (8 s a round on UMLS against about 1 s of training).
+
+Once it has handed a message to its ClientApp, the same loop checks its own in-memory node state
+for the reply every 0.5 s (``_push_messages``: ``time.sleep(0.5)``, also while a reply's objects
+are still being stored), so a finished reply sat there 0.25 s on average before it was pushed,
+and the round waited for the slowest of its parties: about 0.37 s a round with three.
+
+Flower has no setting for either, so this entry point runs Flower's own SuperNode command
+unchanged except for those two waits: the idle wait shortened to :data:`IDLE_POLL_SECONDS` (one
+cheap pull RPC to the SuperLink per interval while idle), the reply wait to
+:data:`REPLY_POLL_SECONDS` (a local lookup, no RPC). Every other sleep of the module is left as
+it is.
 
 Usage is ``flower-supernode``'s: ``python -m client.supernode --superlink HOST:PORT ...``.
 """
@@ -18,19 +26,24 @@ import sys
 import time
 from types import SimpleNamespace
 
-__all__ = ["IDLE_POLL_SECONDS", "FLOWER_IDLE_SECONDS", "patched_time", "main"]
+__all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "patched_time", "main"]
 
 #: Flower's idle wait between two pulls that found no message (seconds).
 FLOWER_IDLE_SECONDS = 3
 #: Ours.
 IDLE_POLL_SECONDS = 0.2
+#: Flower's wait between two looks at its node state for the ClientApp's reply (seconds).
+FLOWER_REPLY_SECONDS = 0.5
+#: Ours.
+REPLY_POLL_SECONDS = 0.02
 
 
 def patched_time() -> SimpleNamespace:
-    """A stand-in for the ``time`` module whose ``sleep`` shortens only Flower's idle wait."""
+    """A stand-in for the ``time`` module whose ``sleep`` shortens only Flower's idle and reply waits."""
+    shortened = {FLOWER_IDLE_SECONDS: IDLE_POLL_SECONDS, FLOWER_REPLY_SECONDS: REPLY_POLL_SECONDS}
 
     def sleep(seconds: float) -> None:
-        time.sleep(IDLE_POLL_SECONDS if seconds == FLOWER_IDLE_SECONDS else seconds)
+        time.sleep(shortened.get(seconds, seconds))
 
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("__")}
     return SimpleNamespace(**{**names, "sleep": sleep})

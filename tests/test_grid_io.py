@@ -171,12 +171,16 @@ def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
         shorten_object_pull_backoff,
     )
 
-    monkeypatch.setattr(inflatable_utils.pull_objects, "__kwdefaults__",
-                        dict(inflatable_utils.pull_objects.__kwdefaults__))
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    for function in functions:
+        monkeypatch.setattr(function, "__kwdefaults__", dict(function.__kwdefaults__))
     assert shorten_object_pull_backoff() is True
-    defaults = inflatable_utils.pull_objects.__kwdefaults__
-    assert (defaults["initial_backoff"], defaults["backoff_cap"]) == OBJECT_PULL_BACKOFF
-    assert defaults["max_time"] == OBJECT_PULL_MAX_SECONDS and defaults["max_tries_per_object"] is None
+    # both: the ClientApp process pulls through pull_and_inflate_object_from_tree, which passes
+    # its own defaults on to pull_objects
+    for function in functions:
+        defaults = function.__kwdefaults__
+        assert (defaults["initial_backoff"], defaults["backoff_cap"]) == OBJECT_PULL_BACKOFF
+        assert defaults["max_time"] == OBJECT_PULL_MAX_SECONDS and defaults["max_tries_per_object"] is None
     # and the pull still works: an object unavailable twice is fetched on the third try
     tries = {"n": 0}
 

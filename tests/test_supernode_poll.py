@@ -1,4 +1,4 @@
-"""The SuperNode entry point shortens only Flower's 3 s idle wait (client/supernode.py)."""
+"""The SuperNode entry point shortens only Flower's 3 s idle wait and 0.5 s reply wait (client/supernode.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import time
 from client import supernode
 
 
-def test_only_the_idle_wait_is_shortened(monkeypatch):
+def test_only_the_idle_and_reply_waits_are_shortened(monkeypatch):
     waits = []
     monkeypatch.setattr(time, "sleep", waits.append)
     shim = supernode.patched_time()
     shim.sleep(supernode.FLOWER_IDLE_SECONDS)
-    shim.sleep(0.5)
-    assert waits == [supernode.IDLE_POLL_SECONDS, 0.5]
+    shim.sleep(supernode.FLOWER_REPLY_SECONDS)
+    shim.sleep(1.0)
+    shim.sleep(0.25)
+    assert waits == [supernode.IDLE_POLL_SECONDS, supernode.REPLY_POLL_SECONDS, 1.0, 0.25]
     assert shim.time is time.time and shim.monotonic is time.monotonic
 
 
@@ -24,4 +26,7 @@ def test_flowers_pull_loop_still_waits_through_its_time_module():
     from flwr.supernode import start_client_internal
 
     assert start_client_internal.time is time
-    assert f"time.sleep({supernode.FLOWER_IDLE_SECONDS})" in inspect.getsource(start_client_internal)
+    source = inspect.getsource(start_client_internal)
+    assert f"time.sleep({supernode.FLOWER_IDLE_SECONDS})" in source
+    # the reply wait of _push_messages (and of its object-content loop)
+    assert source.count(f"time.sleep({supernode.FLOWER_REPLY_SECONDS})") == 2
