@@ -26,7 +26,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-__all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "patched_time", "main"]
+__all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "main", "patched_time"]
 
 #: Flower's idle wait between two pulls that found no message (seconds).
 FLOWER_IDLE_SECONDS = 3
