@@ -173,11 +173,13 @@ def run_deployment(
             handle.close()
 
 
-def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int) -> None:
+def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int,
+            concurrent_clients: int | None = None) -> None:
     from server.simulation import run_simulation
 
     num_clients = len([p for p in data.iterdir() if p.is_dir() and p.name.isdigit()])
-    run_simulation(str(data), num_clients=num_clients, run_dir=run_dir, rounds=rounds, overrides=overrides)
+    run_simulation(str(data), num_clients=num_clients, run_dir=run_dir, rounds=rounds, overrides=overrides,
+                   concurrent_clients=concurrent_clients)
 
 
 def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) -> dict[str, Any]:
@@ -193,6 +195,9 @@ def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) ->
             "round": row["round"],
             "train_phase_seconds": row["train_phase_seconds"],
             "local_training_seconds": round(training, 3),
+            # all clients' training: on fewer cores than clients the round cannot take less than
+            # this divided by the cores, whatever the framework does
+            "local_training_seconds_sum": round(sum(m["train-seconds"] for m in row["train"].values()), 3),
             "aggregation_seconds": row["aggregation_seconds"],
             "framework_overhead_seconds": row["overhead_seconds"],
             "framework_overhead_fraction": round(row["overhead_seconds"] / row["train_phase_seconds"], 4),
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--client-threads", type=int, default=1,
                         help="torch threads per deployed ClientApp process (0: torch's default)")
+    parser.add_argument("--concurrent-clients", type=int, default=None,
+                        help="sim: clients training at once (simskip-sim --concurrent-clients; default all)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where runs go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_epochs is not None:
         overrides["local-epochs"] = args.local_epochs
 
+    load_at_start = round(os.getloadavg()[0], 2)
     results = []
     modes = ["sim", "deploy"] if args.mode == "both" else [args.mode]
     for mode in modes:
@@ -260,14 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             if mode == "sim":
-                run_sim(data, run_dir, overrides, args.rounds)
+                run_sim(data, run_dir, overrides, args.rounds, concurrent_clients=args.concurrent_clients)
             else:
                 run_deployment(data, run_dir, overrides, args.rounds, client_threads=args.client_threads or None,
                                cold_start=mode == "deploy-cold")
         finally:
             peaks = poller.stop()
         results.append(summarize(run_dir, mode, time.perf_counter() - started, peaks))
-    report = {"data": str(args.data), "max_triples": args.max_triples, "results": results}
+    report = {"data": str(args.data), "max_triples": args.max_triples, "concurrent_clients": args.concurrent_clients,
+              "cpu_count": os.cpu_count(), "load_average_1min_at_start": load_at_start, "results": results}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.simulation import main as sim_main
-from server.simulation import parse_set_options
+from server.simulation import parse_set_options, ray_num_cpus
 
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256"]
 
@@ -19,6 +19,23 @@ def test_parse_set_options_reads_toml_values():
         "a": 1, "b": 0.5, "c": True, "d": "RotatE", "e": "x y"}
     with pytest.raises(ValueError, match="key=value"):
         parse_set_options(["novalue"])
+
+
+def test_ray_gets_room_for_every_client_by_default():
+    # 3 clients: 3 actors whatever the machine's cores (Flower makes one actor per client CPUs)
+    assert ray_num_cpus(3) == 3
+    assert ray_num_cpus(3, num_cpus_per_client=2) == 6
+    assert ray_num_cpus(10, concurrent_clients=4) == 4
+    assert ray_num_cpus(3, concurrent_clients=8) == 3  # never more actors than clients
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ray_num_cpus(3, concurrent_clients=0)
+
+
+def test_concurrent_clients_below_one_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sim_main(["--dataset", "UMLS", "--run-dir", str(tmp_path / "r"), "--concurrent-clients", "0"])
+    assert exit_info.value.code == 2 and "--concurrent-clients must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_unknown_key_fails_before_anything_starts(tmp_path, capsys):
