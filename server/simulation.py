@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import signal
 import sys
 import time
@@ -45,6 +46,8 @@ __all__ = [
     "check_run_config",
     "main",
     "add_preset_option",
+    "auto_gpus_per_client",
+    "cuda_gpu_visible",
     "parse_set_options",
     "ray_num_cpus",
     "run_config_overrides",
@@ -188,7 +191,7 @@ def run_simulation(
     partition: str = "relation",
     partition_seed: int = 0,
     num_cpus_per_client: int = 1,
-    num_gpus_per_client: float = 0.0,
+    num_gpus_per_client: float | None = None,
     concurrent_clients: int | None = None,
     timeout: float | None = None,
     quiet: bool = False,
@@ -202,7 +205,8 @@ def run_simulation(
     :param rounds: ``num-server-rounds``.
     :param setting: ``fede``, ``isolation`` or ``collection``.
     :param overrides: further run-config values (kebab-case keys).
-    :param num_cpus_per_client: / num_gpus_per_client: Ray resources of one virtual client.
+    :param num_cpus_per_client: / num_gpus_per_client: Ray resources of one virtual client
+        (GPUs: ``None`` shares a visible CUDA GPU among the clients, see :func:`auto_gpus_per_client`).
     :param concurrent_clients: virtual clients that train at the same time (see
         :func:`ray_num_cpus`; ``None``: all of them).
     :param quiet: print only problems and summary lines (the run log keeps everything).
@@ -245,7 +249,7 @@ def _run_flower(
     *,
     num_clients: int,
     num_cpus_per_client: int,
-    num_gpus_per_client: float,
+    num_gpus_per_client: float | None,
     concurrent_clients: int | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -256,6 +260,11 @@ def _run_flower(
     """
     from server import launcher, signals
 
+    if num_gpus_per_client is None:
+        num_gpus_per_client = auto_gpus_per_client(num_clients, concurrent_clients)
+        if num_gpus_per_client:
+            print(f"[simskip-sim] CUDA GPU found: each client gets {num_gpus_per_client:.3g} of it "
+                  "(--num-gpus-per-client to change, 0 for CPU only)", flush=True)
     flwr_home = run_dir / ".flwr"
     port = launcher.free_port()
     superlink = None
@@ -307,6 +316,34 @@ def ray_num_cpus(num_clients: int, num_cpus_per_client: int = 1, concurrent_clie
     return min(concurrent, num_clients) * num_cpus_per_client
 
 
+def cuda_gpu_visible() -> bool:
+    """Whether this process can train on a CUDA GPU (torch is imported only where a GPU device exists)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no NVIDIA device: skip torch's import (1-2 s)
+        return False
+    import torch  # heavy, and only on a machine with an NVIDIA device
+
+    return bool(torch.cuda.is_available())
+
+
+def auto_gpus_per_client(num_clients: int, concurrent_clients: int | None = None,
+                         gpu_visible: bool | None = None) -> float:
+    """Ray GPUs per virtual client when none are asked for: one visible GPU shared by the clients
+    that train at once (1/3 each for 3), none without a GPU.
+
+    Ray runs a client that asks for no GPU with ``CUDA_VISIBLE_DEVICES`` empty, so without a share
+    a GPU machine would train on its CPU.
+
+    :param gpu_visible: the answer of :func:`cuda_gpu_visible` (looked up when ``None``).
+    """
+    if not (cuda_gpu_visible() if gpu_visible is None else gpu_visible):
+        return 0.0
+    concurrent = num_clients if concurrent_clients is None else min(concurrent_clients, num_clients)
+    return 1.0 / max(1, concurrent)
+
+
 class ResumeError(RuntimeError):
     """A run folder cannot be resumed: no readable ``config.json``, no data folders, wrong setting."""
 
@@ -346,7 +383,7 @@ def resume_simulation(
     rounds: int | None = None,
     overrides: dict[str, Any] | None = None,
     num_cpus_per_client: int = 1,
-    num_gpus_per_client: float = 0.0,
+    num_gpus_per_client: float | None = None,
     concurrent_clients: int | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -404,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run-config override, e.g. --set model=RotatE (repeatable)")
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--num-cpus-per-client", type=int, default=1)
-    parser.add_argument("--num-gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--num-gpus-per-client", type=float, default=None,
+                        help="Ray GPUs per client, fractional (default: a visible CUDA GPU shared by the clients "
+                             "that train at once, else 0)")
     parser.add_argument("--concurrent-clients", type=int, default=None, metavar="N",
                         help="virtual clients training at the same time (default: all; each holds its model in memory)")
     parser.add_argument("--quiet", action="store_true",

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from server.simulation import auto_gpus_per_client, parse_set_options, ray_num_cpus
 from server.simulation import main as sim_main
-from server.simulation import parse_set_options, ray_num_cpus
 
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256"]
 
@@ -29,6 +29,22 @@ def test_ray_gets_room_for_every_client_by_default():
     assert ray_num_cpus(3, concurrent_clients=8) == 3  # never more actors than clients
     with pytest.raises(ValueError, match="must be >= 1"):
         ray_num_cpus(3, concurrent_clients=0)
+
+
+def test_a_visible_gpu_is_shared_by_the_clients_that_train_at_once():
+    assert auto_gpus_per_client(3, gpu_visible=False) == 0.0
+    assert auto_gpus_per_client(3, gpu_visible=True) == pytest.approx(1 / 3)
+    assert auto_gpus_per_client(10, concurrent_clients=4, gpu_visible=True) == 0.25
+    assert auto_gpus_per_client(2, concurrent_clients=8, gpu_visible=True) == 0.5
+
+
+def test_no_gpu_is_seen_where_cuda_is_hidden(monkeypatch):
+    from server.simulation import cuda_gpu_visible
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert cuda_gpu_visible() is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert cuda_gpu_visible() is False
 
 
 def test_concurrent_clients_below_one_is_refused(tmp_path, capsys):
