@@ -12,8 +12,12 @@ the ServerApp), ``clients`` are Ray's ``ray::ClientAppActor`` workers (each serv
 virtual clients), ``other`` is the rest (SuperLink, Ray's daemons, this command's driver).
 
 Output (JSON, ``--out`` or stdout): per round the largest sample of the server's RSS, of each
-client worker's RSS, and the recorded peaks; ``growth``: ``(value[last] - value[2]) / value[2]``
-for each measure (round 1 includes start-up and the handshake, hence round 2 as the base).
+client worker's RSS, and the recorded peaks; ``growth``: ``(value[late] - value[early]) / value[early]``
+for each measure, where ``early`` is the first round from 2 on with a sample and ``late`` the last
+one (round 1 includes start-up and the handshake, hence round 2 as the base). Both are looked for
+within the first and last quarter of the rounds (``growth_rounds`` says which were compared): a
+tiny round can end between two samples, more often the faster the machine, and the figure must
+not depend on that.
 
 Example::
 
@@ -124,10 +128,23 @@ class TreeSampler(threading.Thread):
 
 
 # ----------------------------------------------------------------------------- measurement
-def _growth(series: dict[int, float], base_round: int, last_round: int) -> float | None:
-    if base_round not in series or last_round not in series or series[base_round] <= 0:
+def _compared_rounds(series: dict[int, float], base_round: int, last_round: int) -> tuple[int, int] | None:
+    """(early, late): the first sampled round in the first quarter of ``base_round..last_round``
+    and the last sampled one in the last quarter; ``None`` when either quarter has no sample."""
+    window = max(1, (last_round - base_round + 1) // 4)
+    early = [r for r in series if base_round <= r < base_round + window]
+    late = [r for r in series if last_round - window < r <= last_round]
+    if not early or not late:
         return None
-    return (series[last_round] - series[base_round]) / series[base_round]
+    return min(early), max(late)
+
+
+def _growth(series: dict[int, float], base_round: int, last_round: int) -> float | None:
+    rounds = _compared_rounds(series, base_round, last_round)
+    if rounds is None or series[rounds[0]] <= 0:
+        return None
+    early, late = rounds
+    return (series[late] - series[early]) / series[early]
 
 
 def _stop_tree(proc: subprocess.Popen, pids: Sequence[int]) -> None:
@@ -225,7 +242,7 @@ def measure_memory(
     last = max((int(row["round"]) for row in rows), default=0)
     base = 2
     worker_growth = {str(pid): _growth(series, base, last) for pid, series in client_current.items()
-                     if base in series and last in series}
+                     if _compared_rounds(series, base, last) is not None}
     return {
         "benchmark": "memory",
         "dataset": dataset,
@@ -237,6 +254,13 @@ def measure_memory(
         "wall_seconds": round(wall, 1),
         "base_round": base,
         "last_round": last,
+        "growth_rounds": {
+            "server_current": _compared_rounds(server_current, base, last),
+            "client_workers_current": {str(pid): _compared_rounds(series, base, last)
+                                       for pid, series in client_current.items()},
+            "server_peak_recorded": _compared_rounds(server_peak, base, last),
+            "client_peak_recorded": _compared_rounds(client_peak, base, last),
+        },
         "growth": {
             "server_current": _growth(server_current, base, last),
             "client_workers_current": worker_growth,

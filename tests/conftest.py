@@ -49,3 +49,13 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, the README's command) the ``long`` process
+    tests run one after another on one worker: each starts a SuperLink, SuperNodes or a Ray
+    cluster and keeps both cores busy for minutes, and two at once only lengthen both. The other
+    worker runs everything else meanwhile (unit tests, the short simulations)."""
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(pytest.mark.xdist_group("long-processes"))

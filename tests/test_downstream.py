@@ -35,10 +35,20 @@ def run_dir(tmp_path_factory):
     return folder, result
 
 
-def test_refine_only_writes_every_row_and_file(run_dir) -> None:
-    folder, fede = run_dir
+@pytest.fixture(scope="module")
+def refined(run_dir):
+    """The SimSkip phase and the downstream protocols run once on ``run_dir`` (every test that reads
+    their files asks for this: under pytest-xdist the tests of a module may run on different workers,
+    so none may rely on another test having run first)."""
+    folder, _ = run_dir
     lines: list[str] = []
     written = refine_run_folder(folder, device="cpu", log=lines.append)
+    return lines, written
+
+
+def test_refine_only_writes_every_row_and_file(run_dir, refined) -> None:
+    folder, fede = run_dir
+    lines, written = refined
     assert {"json", "csv", "md", "simskip_loss", "refined_vs_unrefined"} <= set(written)
     results = json.loads((folder / "results.json").read_text())
     labels = ["as-trained", "relation-refit:trained", "adapter", "finetune"]
@@ -78,7 +88,7 @@ def test_refine_only_writes_every_row_and_file(run_dir) -> None:
     assert (folder / "downstream_rr.npz").is_file()
 
 
-def test_report_regenerates_from_the_run_folder_files(run_dir) -> None:
+def test_report_regenerates_from_the_run_folder_files(run_dir, refined) -> None:
     from server.report import write_report
 
     folder, _ = run_dir
@@ -97,10 +107,19 @@ def test_refine_only_errors_name_the_problem(tmp_path, run_dir, capsys) -> None:
     assert "config.json" in capsys.readouterr().err
 
 
-def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, capsys) -> None:
+def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, tmp_path, capsys) -> None:
+    import shutil
+
     from server.simulation import main as sim_main
 
-    folder, _ = run_dir
+    # a copy: this run rewrites results.json with other protocols, which the shared folder's
+    # readers must not see
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["run_config"]["client-data-root"] = str(folder / "data")
+    config["run_config"]["client-output-root"] = str(folder / "clients")
+    (folder / "config.json").write_text(json.dumps(config))
     assert sim_main(["--refine-only", str(folder), "--set", "simskip-rounds=1", "--set", "simskip-no-skip-ablation=false",
                      "--set", 'downstream-protocols="as-trained,relation-refit"', "--set", 'refit-init="trained,fresh"',
                      "--set", "downstream-seeds=2"]) == 0

@@ -3,7 +3,8 @@
 Runs ``scripts/bench_memory.py``'s measurement: Kinships, 3 clients, 20 tiny rounds in
 simulation, the current RSS of the server (``flwr-simulation``) and of each Ray client worker
 sampled from ``/proc`` while each round runs, plus the peaks the run itself records. Growth
-from round 2 (round 1 includes start-up) to round 20 must stay under 10 % for each.
+from an early round (the first sampled of rounds 2-5; round 1 includes start-up) to a late one
+(the last sampled of rounds 17-20) must stay under 10 % for each.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def test_rss_is_flat_over_20_rounds(tmp_path):
     report = _bench_memory().measure_memory(tmp_path / "run", rounds=20, dataset="Kinships", clients=3)
     assert report["rounds_run"] == 20 and report["base_round"] == 2 and report["last_round"] == 20
     growth = report["growth"]
-    assert growth["server_current"] is not None, "the server process was never sampled"
-    assert growth["client_workers_current"], "no client worker was sampled in both round 2 and round 20"
+    assert growth["server_current"] is not None, (
+        f"the server process was not sampled in both rounds 2-5 and 17-20: {report['growth_rounds']}")
+    assert growth["client_workers_current"], "no client worker was sampled in both rounds 2-5 and 17-20"
     checks = {"server_current": growth["server_current"], "server_peak_recorded": growth["server_peak_recorded"],
               "client_peak_recorded": growth["client_peak_recorded"],
               **{f"client_worker_{pid}": g for pid, g in growth["client_workers_current"].items()}}
