@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from client import launcher
+
 __all__ = ["build_parser", "main"]
 
 
@@ -125,7 +127,6 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-client``; returns the exit status."""
-    from server import launcher
 
     args = build_parser().parse_args(argv)
     if args.insecure == (args.root_certificates is not None):

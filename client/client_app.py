@@ -42,10 +42,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.party_log import note, write_finished
 
 __all__ = ["app", "ClientCheckpointError", "ClientSetupError"]
@@ -205,7 +214,6 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
     """
     import io
 
-    from server.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 
     # Model tensors other than the shared entity rows ("model/..."), not optimizer moments.
     relation_arrays = {
@@ -242,7 +250,6 @@ def save_private_checkpoint(out: Path, server_round: int, federation_id: str, pr
     :param kind: the file-name prefix: ``round`` (KGE phase) or ``simskip`` (the local-only
         SimSkip ablation's own encoder weights).
     """
-    from server.run_folder import atomic_write_bytes
 
     arrays = {key: private[key].numpy() for key in private}
     arrays[META_FEDERATION] = np.asarray(federation_id)

@@ -21,7 +21,15 @@ import time
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.logger import log
 
 from client.client_app import (
@@ -37,6 +45,7 @@ from client.client_app import (
     load_private_checkpoint,
     save_private_checkpoint,
 )
+from client.kge.run_folder import save_npy_atomic
 from client.party_log import note
 
 __all__ = ["downstream", "simskip_train"]
@@ -135,7 +144,6 @@ def downstream(msg: Message, context: Context) -> Message:
     from client.kge.comparison import evaluate_client_rows
     from client.kge.protocols import relations_fit
     from client.kge.refinement import transform_rows
-    from server.run_folder import save_npy_atomic
 
     started = time.perf_counter()
     kge_config, refinement = _configs(context)

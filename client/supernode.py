@@ -26,6 +26,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+from client.object_pulls import shorten_object_pull_backoff
+
 __all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "main", "patched_time"]
 
 #: Flower's idle wait between two pulls that found no message (seconds).
@@ -59,7 +61,6 @@ def main() -> int:
         print("[simskip-client] note: Flower's SuperNode loop changed; keeping its own idle poll", file=sys.stderr)
     else:
         start_client_internal.time = patched_time()
-    from server.grid_io import shorten_object_pull_backoff
 
     shorten_object_pull_backoff()
     sys.argv[0] = "flower-supernode"

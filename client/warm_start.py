@@ -28,8 +28,8 @@ import importlib
 import json
 import os
 import select
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +37,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from client.launcher import (
+    stop_process,  # stops the whole process tree, SIGKILL after timeout
+)
+from client.object_pulls import shorten_object_pull_backoff
 
 __all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStarter", "WarmStartError", "serve", "start_warm_starter", "write_shim"]
 
@@ -146,8 +151,6 @@ class WarmStarter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the starter and any ClientApp it forked (by PID), and remove its folder."""
-        from server.launcher import stop_process  # stops the whole process tree, SIGKILL after timeout
-
         stop_process(self.process, timeout=timeout)
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -271,8 +274,6 @@ def serve(
         torch.set_num_threads(threads)
     _resolve(target)  # fail here, not in every child
     # Flower's object pulls: 20 ms first retry, not 1 s (the children inherit the patched function)
-    from server.grid_io import shorten_object_pull_backoff
-
     shorten_object_pull_backoff()
     # The imports' ~400k objects go to the permanent generation once, here: PyKEEN's per-epoch
     # gc.collect() in each forked child then skips them (0.38 s of a UMLS message otherwise), and

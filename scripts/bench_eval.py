@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` to ``path`` atomically (the run folder's writer: temp file, fsync, rename)."""
-    from server.run_folder import atomic_write_text
+    from client.kge.run_folder import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 

@@ -18,7 +18,7 @@ have passed, or at the target with ``--stop-at-target``.
 Mode ``in-process``: FedE without Flower, in one process. Every round
 each client loads the server's rows of its entities, trains ``local-epochs`` epochs with its
 :class:`client.kge.training.LocalTrainer` (any registered ``training-loop``), returns its rows,
-and the server averages each row over its holders (:func:`server.aggregation.aggregate_rows`);
+and the server averages each row over its holders (:func:`client.kge.aggregation.aggregate_rows`);
 relations and optimizer state stay private. Clients run one after another, so on a machine with
 C cores the wall time of a round's training is the *sum* over clients, not the maximum a
 simulation with parallel clients would see; both figures are reported. There is no framework
@@ -70,7 +70,7 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     from client.kge.models import initial_entity_table
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
-    from server.aggregation import aggregate_rows
+    from client.kge.aggregation import aggregate_rows
 
     torch.set_num_threads(args.threads)
     config = KGEConfig.from_run_config({**preset(args.preset), **parse_overrides(args.set)})
@@ -299,7 +299,7 @@ def run_simulation_mode(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Launch ``simskip-sim``, follow its metrics until done / budget / target; return (report, status)."""
     import subprocess
 
-    from server.launcher import process_tree, stop_process
+    from client.launcher import process_tree, stop_process
 
     run_dir = (args.run_dir or PROJECT_ROOT / "runs" / time.strftime("tta-%Y%m%d-%H%M%S", time.gmtime())).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +380,7 @@ def _report_progress(record: dict[str, Any]) -> None:
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` to ``path`` atomically (the run folder's writer: temp file, fsync, rename)."""
-    from server.run_folder import atomic_write_text
+    from client.kge.run_folder import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 

@@ -71,7 +71,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    from server.run_folder import atomic_write_text
+    from client.kge.run_folder import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
@@ -84,8 +84,8 @@ def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds
     from client.kge.config import KGEConfig
     from client.kge.refinement import REFINEMENT_KEYS
     from kg_datasets import load_federated
-    from server.run_folder import RunFolder
-    from server.settings import KNOWN_NON_KGE_KEYS
+    from client.kge.run_folder import RunFolder
+    from client.kge.settings import KNOWN_NON_KGE_KEYS
 
     run_config = {**sets, "model": model, "setting": setting, "num-server-rounds": rounds,
                   "client-data-root": str(folder / "data"), "client-output-root": str(folder / "clients")}
@@ -174,7 +174,7 @@ def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, 
 def assemble(out: Path) -> dict[str, Path]:
     """Collect every finished cell under ``out`` into ``grid.{json,csv,md}``."""
     from client.kge.comparison import ROWS
-    from server.run_folder import atomic_write_text
+    from client.kge.run_folder import atomic_write_text
 
     cells = sorted(
         (c for c in (_read_json(p) for p in out.glob(f"*/*/*/{CELL_FILE}")) if c and c.get("status") == "done"),

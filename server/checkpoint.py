@@ -12,7 +12,7 @@ Layout under ``<run_dir>/checkpoint/``:
     model-defining run-config values with their sha256, and the sha256 and size of the
     vocabulary (the global entity labels).
 
-Crash safety: both files go through a temporary file + ``os.replace`` (:mod:`server.run_folder`),
+Crash safety: both files go through a temporary file + ``os.replace`` (:mod:`client.kge.run_folder`),
 npz first, manifest second, then older npz files are removed. A crash before the manifest is
 replaced leaves the previous manifest and the npz it names intact; a missing or altered npz is
 detected by its sha256. Nothing is ever silently started afresh: :func:`load_checkpoint` raises
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from server.run_folder import atomic_write_bytes, atomic_write_text
+from client.kge.run_folder import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -145,7 +145,9 @@ def _resolved(run_config: Mapping[str, Any]) -> dict[str, Any]:
     not by spelling: the owners (FederationSettings, KGEConfig, RefinementConfig) resolve them.
     Keys no owner knows (e.g. ``dataset``) are kept as given.
     """
-    from client.kge.refinement import load_run_configs  # the one place that knows every owner
+    from client.kge.refinement import (
+        load_run_configs,  # the one place that knows every owner
+    )
 
     settings, kge, refinement = load_run_configs(run_config)
     resolved = dict(run_config)

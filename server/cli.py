@@ -31,6 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from client import launcher
+from client.kge.run_folder import atomic_write_text
+from client.launcher import TLSFiles
 from server import signals
 
 __all__ = [
@@ -102,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tls(args: argparse.Namespace, connect_host: str) -> Any:
-    from server.launcher import TLSFiles
 
     given = [args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile]
     if args.insecure:
@@ -152,14 +154,13 @@ def run_server(
     """Run one federation behind a SuperLink; return the run folder.
 
     :param run_config: run-config overrides (``run-dir`` is set here).
-    :param tls: :class:`server.launcher.TLSFiles`, or ``None`` for an insecure SuperLink.
-    :param authorized_keys: :class:`server.launcher.AuthorizedKey` of each party allowed to join;
+    :param tls: :class:`client.launcher.TLSFiles`, or ``None`` for an insecure SuperLink.
+    :param authorized_keys: :class:`client.launcher.AuthorizedKey` of each party allowed to join;
         non-empty turns Flower's SuperNode authentication on (needs ``tls``).
     :param on_start: called with the resolved run folder before any process starts.
     :param quiet: print only problems and summary lines (the run log keeps everything).
-    :raises server.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.launcher.FlowerProcessError: when the run did not complete.
     """
-    from server import launcher
     from server.simulation import check_run_config
 
     run_dir = run_dir.resolve()
@@ -269,7 +270,6 @@ def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -
 
 def write_partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -> Path:
     """Write :func:`partial_results` to ``RUN_DIR/partial_results.json`` atomically; return its path."""
-    from server.run_folder import atomic_write_text
 
     path = Path(run_dir) / PARTIAL_RESULTS
     payload = partial_results(run_dir, signum, resume_command)
@@ -326,7 +326,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> Path:
         # inside run_command: a bad certificate, a bad --set or a missing config.json
         # (server.simulation.ResumeError) is a one-line error, exit 1
-        from server import launcher
 
         tls = _tls(args, _connect_host(args.host))
         keys = launcher.read_authorized_keys(args.auth_public_keys) if args.auth_public_keys is not None else ()

@@ -37,8 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
-from server.run_folder import atomic_write_text, save_npy_atomic
+from client.kge.run_folder import atomic_write_text, save_npy_atomic
+from server.report import (
+    DOWNSTREAM_FILE,
+    RANKS_FILE,
+    SIMSKIP_METRICS_FILE,
+    save_ranks,
+    write_report,
+)
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
 
@@ -127,7 +133,7 @@ def refine_run_folder(
     from client.kge.config import KGEConfig
     from client.kge.protocols import relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
-    from server.settings import FederationSettings
+    from client.kge.settings import FederationSettings
 
     run_dir = Path(run_dir).resolve()
     recorded = _read_json(run_dir / "config.json")

@@ -38,8 +38,8 @@ import numpy as np
 from client.kge.comparison import ROWS, DownstreamRecordError, check_record, rr_key
 from client.kge.evaluation import weighted_overall
 from client.kge.protocols import EVAL_PROTOCOLS
+from client.kge.run_folder import atomic_write_bytes, atomic_write_text
 from client.kge.significance import mean_std, paired_bootstrap, significant_gain
-from server.run_folder import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "COLUMNS",

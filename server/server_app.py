@@ -3,7 +3,7 @@
 (:func:`server.simskip_strategy.run_refinement_phase`).
 
 Configured from ``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``--run-config``
-overrides: federation keys are read by :class:`server.settings.FederationSettings`, KGE keys by
+overrides: federation keys are read by :class:`client.kge.settings.FederationSettings`, KGE keys by
 :class:`client.kge.config.KGEConfig`, refinement keys by
 :class:`client.kge.refinement.RefinementConfig` (unknown keys fail, naming them).
 """
@@ -22,10 +22,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from server.grid_io import shorten_object_pull_backoff
-from server.run_folder import FINAL_METRICS, RunFolder
-from server.settings import SettingsError
-from server.strategy import FedEResult, FedEStrategy, FederationError, RoundReport
+from client.kge.run_folder import (
+    FINAL_METRICS,
+    METRICS_JSONL,
+    RunFolder,
+    atomic_write_text,
+)
+from client.kge.settings import SettingsError
+from client.object_pulls import shorten_object_pull_backoff
+from server.strategy import FederationError, FedEResult, FedEStrategy, RoundReport
 
 __all__ = ["TIMING_KEYS", "app", "run_federation"]
 
@@ -57,7 +62,6 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
 def _trim_metrics(run_dir: Path, last_round: int) -> None:
     """Drop ``metrics.jsonl`` rows after ``last_round`` (written before the server died, but
     after its last checkpoint): the resumed run writes those rounds again."""
-    from server.run_folder import METRICS_JSONL, atomic_write_text
 
     path = run_dir / METRICS_JSONL
     if not path.exists():
@@ -135,7 +139,9 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noq
 def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_config: dict[str, Any], settings: Any,
                 kge_config: Any, refinement: Any, started: float) -> FedEResult:
     """Everything after the handshake: the KGE rounds (or a resume), the outputs, the SimSkip phase."""
-    from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
+    from client.kge.models import (
+        initial_entity_table,  # Flower-free, shared with the clients
+    )
 
     resume_from = None
     if settings.resume:

@@ -4,7 +4,7 @@ Runs after the KGE phase, on the clients registered by :class:`server.strategy.F
 (its handshake and best-round entity rows are reused). :class:`SimSkipStrategy` extends
 Flower's :class:`~flwr.serverapp.strategy.FedAvg`: like FedE, each client must receive its own
 entity rows, so ``configure_train`` is overridden; ``aggregate_train`` is FedAvg of the named
-encoder + head weights weighted by the number of rows (:func:`server.weights.fedavg_named`),
+encoder + head weights weighted by the number of rows (:func:`client.kge.weights.fedavg_named`),
 which Flower's ``aggregate_arrayrecords`` would do too but without the per-name checks.
 
 Message protocol:
@@ -43,12 +43,29 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from client.kge.refinement import RefinementConfig, RoundUpdate, initial_weights, pack_variants, round_record, unpack_variants
+from client.kge.refinement import (
+    RefinementConfig,
+    RoundUpdate,
+    initial_weights,
+    pack_variants,
+    round_record,
+    unpack_variants,
+)
+from client.kge.run_folder import atomic_write_text
+from client.kge.weights import WeightsAggregationError, fedavg_named
 from server.strategy import (
     CONFIG_KEY,
     ENTITY_ROWS_KEY,
@@ -58,7 +75,6 @@ from server.strategy import (
     FedEStrategy,
     UpdateRejectedError,
 )
-from server.weights import WeightsAggregationError, fedavg_named
 
 __all__ = [
     "DOWNSTREAM_TYPE",
@@ -407,7 +423,6 @@ def run_refinement_phase(  # noqa: PLR0913
 
     from server.downstream import write_downstream_and_report
     from server.report import SIMSKIP_METRICS_FILE
-    from server.run_folder import atomic_write_text
 
     strategy = SimSkipStrategy(kge, refinement, eval_protocol=str(getattr(kge_config, "eval_protocol", "standard")))
     if resume_from is not None:

@@ -39,7 +39,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from client import launcher
 from client.kge.config import PRESETS, preset
+from client.kge.run_folder import RunFolder
 
 __all__ = [
     "ResumeError",
@@ -141,7 +143,6 @@ def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: 
     :func:`client.kge.centralized.run_collection`.
     """
     from client.kge.centralized import run_collection as train_pooled
-    from server.run_folder import RunFolder
     from client.kge.refinement import load_run_configs
 
     settings, kge_config, refinement = load_run_configs(run_config)
@@ -210,7 +211,7 @@ def run_simulation(
     :param concurrent_clients: virtual clients that train at the same time (see
         :func:`ray_num_cpus`; ``None``: all of them).
     :param quiet: print only problems and summary lines (the run log keeps everything).
-    :raises server.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.launcher.FlowerProcessError: when the run did not complete.
     """
     from kg_datasets import load_federated
 
@@ -256,9 +257,9 @@ def _run_flower(
     """Start a simulation SuperLink, run the app with ``run_config`` on ``num_clients`` virtual
     nodes, stop the SuperLink by PID; return ``run_dir``.
 
-    :raises server.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.launcher.FlowerProcessError: when the run did not complete.
     """
-    from server import launcher, signals
+    from server import signals
 
     if num_gpus_per_client is None:
         num_gpus_per_client = auto_gpus_per_client(num_clients, concurrent_clients)
@@ -400,7 +401,7 @@ def resume_simulation(
     :raises ResumeError: the folder has no readable config, no data folders, or is a ``collection`` run.
     :raises server.checkpoint.CheckpointError: no checkpoint, a corrupt one (naming the file),
         or a changed model-defining setting (naming it).
-    :raises server.launcher.FlowerProcessError: when the resumed run did not complete.
+    :raises client.launcher.FlowerProcessError: when the resumed run did not complete.
     """
     from server.checkpoint import load_checkpoint
 

@@ -79,7 +79,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from server.aggregation import AggregationError, aggregate_rows, build_vocabulary, check_rule
+from client.kge.aggregation import (
+    AggregationError,
+    aggregate_rows,
+    build_vocabulary,
+    check_rule,
+)
 from server.grid_io import send_and_receive
 
 __all__ = [
@@ -329,7 +334,7 @@ class FedEStrategy(FedAvg):
     :param transfer_dtype: dtype of the entity rows in messages (``float32`` or ``float16``);
         the table itself stays float32.
     :param aggregation: per-row rule of FedE's averaging (and of the SimSkip phase's encoder
-        weights): ``mean``, ``median`` or ``trimmed-mean`` (:mod:`server.aggregation`).
+        weights): ``mean``, ``median`` or ``trimmed-mean`` (:mod:`client.kge.aggregation`).
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     """
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.launcher import free_port, stop_process
+from client.launcher import free_port, stop_process
 
 #: Flower's telemetry and update check off (no network here)
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregation import AggregationError, aggregate_rows, build_vocabulary
+from client.kge.aggregation import AggregationError, aggregate_rows, build_vocabulary
 
 
 def _reference_mean(table, updates):

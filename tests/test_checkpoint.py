@@ -17,7 +17,7 @@ from server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from server.run_folder import atomic_write_bytes
+from client.kge.run_folder import atomic_write_bytes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ["alice", "bob", "carol", "dave"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from server.aggregation import aggregate_rows
+from client.kge.aggregation import aggregate_rows
 from server.strategy import (
     CLIENT_INFO_KEY,
     CONFIG_KEY,
@@ -501,7 +501,7 @@ def test_validation_with_track_test_adds_prefixed_test_metrics(nations_folder, t
 
 
 def test_failure_settings_are_checked():
-    from server.settings import FederationSettings, SettingsError
+    from client.kge.settings import FederationSettings, SettingsError
 
     settings = FederationSettings.from_run_config({"min-clients-timeout": 30, "resume": True, "run-dir": "/x"})
     assert settings.min_clients_timeout == 30.0 and settings.resume is True

@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from client import client_app
 from client.kge.config import KGEConfig
 from client.kge.refinement import REFINEMENT_KEYS, RefinementConfig, load_run_configs
-from server.settings import KNOWN_NON_KGE_KEYS, FederationSettings, load_run_config
+from client.kge.settings import KNOWN_NON_KGE_KEYS, FederationSettings, load_run_config
 from tests.conftest import PROJECT_ROOT
 
 TINY = {"embedding-dim": 4, "local-epochs": 1, "num-negs-per-pos": 2, "batch-size": 64, "eval-batch-size": 64}

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from server import launcher
+from client import launcher
 
 
 def test_node_config_is_formatted_as_toml_values():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from server.run_folder import RunFolder
+from client.kge.run_folder import RunFolder
 
 
 def test_metrics_rows_go_to_jsonl_and_csv_with_the_union_of_columns(tmp_path):
@@ -48,7 +48,7 @@ def test_an_atomic_write_syncs_the_data_before_and_the_folder_after_the_rename(t
     import os
     import stat
 
-    from server import run_folder
+    from client.kge import run_folder
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -73,7 +73,7 @@ def test_an_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path) -> None:
     import os
     import stat
 
-    from server.run_folder import atomic_write_text, emit_json
+    from client.kge.run_folder import atomic_write_text, emit_json
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from server.aggregation import aggregate_rows
+from client.kge.aggregation import aggregate_rows
 from server.strategy import (
     CLIENT_INFO_KEY,
     CONFIG_KEY,

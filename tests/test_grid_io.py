@@ -123,7 +123,7 @@ def test_a_bad_schedule_is_refused(kwargs):
 
 
 def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summaries():
-    from server.launcher import console_line
+    from client.launcher import console_line
 
     noise = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
              "/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
@@ -165,7 +165,7 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
 def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
-    from server.grid_io import (
+    from client.object_pulls import (
         OBJECT_PULL_BACKOFF,
         OBJECT_PULL_MAX_SECONDS,
         shorten_object_pull_backoff,
@@ -196,7 +196,7 @@ def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
 def test_a_flower_without_the_backoff_defaults_is_left_alone(monkeypatch) -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
-    from server.grid_io import shorten_object_pull_backoff
+    from client.object_pulls import shorten_object_pull_backoff
 
     monkeypatch.setattr(inflatable_utils, "pull_objects", lambda object_ids, pull_object_fn: {})
     assert shorten_object_pull_backoff() is False

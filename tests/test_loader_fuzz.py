@@ -49,8 +49,8 @@ from kg_datasets.openke import read_openke_dictionary, read_openke_triples
 from kg_datasets.sources import FederatedTriples
 from kg_datasets.textio import read_labeled_triples
 from kg_datasets.triples import SPLITS
-from server.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
-from server.settings import FederationSettings, SettingsError
+from client.kge.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
+from client.kge.settings import FederationSettings, SettingsError
 from server.simulation import parse_set_options
 
 #: 500 examples per loader (the issue's floor); no deadline, so a slow machine never fails a test.

@@ -19,7 +19,7 @@ from client.kge.refinement import (
     transform_rows,
     unpack_variants,
 )
-from server.weights import WeightsAggregationError, fedavg_named
+from client.kge.weights import WeightsAggregationError, fedavg_named
 
 TINY = {"simskip-batch-size": 16, "simskip-hidden-dim": 8, "simskip-projection-dim": 4, "simskip-device": "cpu"}
 

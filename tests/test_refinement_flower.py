@@ -18,7 +18,7 @@ from client.kge.models import initial_entity_table
 from client.kge.refinement import REFINED_VARIANT, load_run_configs, unpack_variants
 from server.simskip_strategy import DOWNSTREAM_TYPE, SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY, run_refinement_phase
 from server.strategy import FedEStrategy
-from server.weights import fedavg_named
+from client.kge.weights import fedavg_named
 from tests.handler_grid import HandlerGrid
 
 KGE = {"embedding-dim": 8, "local-epochs": 1, "num-negs-per-pos": 4, "batch-size": 128, "eval-batch-size": 64,

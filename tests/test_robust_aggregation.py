@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from client.kge.models import initial_entity_table
 from client.kge.refinement import load_run_configs
-from server.aggregation import AGGREGATIONS, AggregationError, aggregate_rows
-from server.settings import FederationSettings, SettingsError
+from client.kge.aggregation import AGGREGATIONS, AggregationError, aggregate_rows
+from client.kge.settings import FederationSettings, SettingsError
 from server.strategy import ENTITY_ROWS_KEY, ROWS_ARRAY, FedEStrategy
-from server.weights import WeightsAggregationError, fedavg_named
+from client.kge.weights import WeightsAggregationError, fedavg_named
 from tests.handler_grid import HandlerGrid
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from server import launcher
+from client import launcher
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"

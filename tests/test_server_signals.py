@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from server import cli, launcher
+from client import launcher
+from server import cli
 from server.signals import SignalGate
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
-from server.launcher import stop_process
+from client.launcher import stop_process
 
 PROBE = '''
 import gc, json, os, sys, time
@@ -121,7 +121,7 @@ def test_write_shim_rejects_a_missing_real_command(tmp_path):
 
 
 def test_supernode_environment_puts_the_shim_first_on_path(tmp_path, monkeypatch):
-    from server import launcher
+    from client import launcher
 
     seen = {}
 

@@ -32,6 +32,7 @@ import torch
 from pykeen.models import Model
 from pykeen.triples import CoreTriplesFactory
 
+from client.kge.aggregation import aggregate_rows
 from client.kge.config import KGEConfig
 from client.kge.early_stopping import EarlyStopping
 from client.kge.evaluation import evaluate_client, weighted_overall
@@ -43,6 +44,7 @@ from client.kge.models import (
     relation_embeddings,
     seeded,
 )
+from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.kge.training import LocalTrainer, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -178,7 +180,6 @@ def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with
     """``clients/<k>/``: ``relation_embeddings.npz`` (model tensors besides the entity rows, by
     state-dict name), ``relations.tsv``, and with ``with_entities`` ``entity_embeddings.npy`` (local
     order) plus ``entities.tsv``; the same files a Flower party writes into its own folder."""
-    from server.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv  # pure numpy
 
     folder = out_dir / "clients" / str(client.client_id)
     entity_weight = entity_embedding(model)._embeddings.weight
@@ -314,16 +315,15 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
 
     Every round each client loads the server's rows of its entities, trains
     ``config.local_epochs`` epochs and returns them; each global row becomes the mean over the
-    clients holding it (:func:`server.aggregation.aggregate_rows`). All clients take part
+    clients holding it (:func:`client.kge.aggregation.aggregate_rows`). All clients take part
     every round; relation embeddings and optimizer state stay in each client's trainer. The
     test uses the best round's table and client states.
 
     Parameters and result as :func:`run_isolation`; with ``out_dir`` also the global
     ``entity_embeddings.npy`` / ``entities.tsv``. ``aggregation`` / ``aggregation_trim``: the
-    per-row rule (:func:`server.aggregation.aggregate_rows`); ``update_hook``: replaces a
+    per-row rule (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a
     client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
     """
-    from server.aggregation import aggregate_rows  # pure numpy
 
     _require_global_ids(kg)
     device = resolve_device(device)
@@ -368,7 +368,6 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
         snapshot=snapshot, restore=restore, progress=progress,
     )
     if out_dir is not None:
-        from server.run_folder import save_npy_atomic, write_labels_tsv  # pure numpy
 
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
         write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
@@ -408,7 +407,6 @@ def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, devic
         snapshot=snapshot, restore=restore, progress=progress,
     )
     if out_dir is not None:
-        from server.run_folder import save_npy_atomic, write_labels_tsv  # pure numpy
 
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", trainer.get_entity_embeddings())
         write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.run_folder import atomic_write_text
+
 __all__ = ["main"]
 
 SETTINGS = ("isolation", "fede", "collection")
@@ -74,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
-        from server.run_folder import atomic_write_text  # pure stdlib
 
         atomic_write_text(args.out, text + "\n")
     return 0

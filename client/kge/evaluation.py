@@ -50,8 +50,9 @@ from pykeen.typing import LABEL_HEAD, LABEL_TAIL
 from client.kge.candidate_scoring import fused_kernel, score_heads, score_tails
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kg_datasets import ClientGraph
     from pykeen.models import Model
+
+    from kg_datasets import ClientGraph
 
 __all__ = [
     "PROTOCOLS",

@@ -3,7 +3,7 @@
 After federated KGE training each client refines the entity rows it holds with
 :mod:`simskip_core` (contrastive training of a skip-connected encoder, Liu et al. ESWC 2024).
 With ``simskip-federate = true`` the server averages the encoder and projection-head weights
-over the clients (FedAvg weighted by the number of rows, :func:`server.weights.fedavg_named`)
+over the clients (FedAvg weighted by the number of rows, :func:`client.kge.weights.fedavg_named`)
 after every round of ``simskip-local-epochs`` epochs; with ``false`` each client keeps its own
 weights (the local-only ablation). The refined rows are ``f(rows)`` of the final encoder.
 
@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from client.kge.config import ConfigError
+from client.kge.settings import KNOWN_NON_KGE_KEYS, FederationSettings
+from client.kge.weights import fedavg_named
 from simskip_core import SimSkipConfig, SimSkipTrainer
 from simskip_core.errors import ConfigError as SimSkipConfigError
 
@@ -519,10 +521,9 @@ def run_refinement(
     :param config: the phase config (``rounds >= 1``).
     :param on_round_end: receives each round's history dict.
     :param aggregation: the rule of the encoder weights' average (``aggregation``,
-        :func:`server.weights.fedavg_named`), clients in name order as the strategy has them.
+        :func:`client.kge.weights.fedavg_named`), clients in name order as the strategy has them.
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     """
-    from server.weights import fedavg_named  # pure NumPy
 
     if not rows_by_client:
         raise RefinementInputError("no client rows to refine")
@@ -578,7 +579,7 @@ def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds:
 def load_run_configs(run_config: Mapping[str, Any]) -> tuple[Any, Any, RefinementConfig]:
     """Split a Flower run config into federation settings, KGE config and refinement config.
 
-    Like :func:`server.settings.load_run_config`, but the refinement keys
+    Like :func:`client.kge.settings.load_run_config`, but the refinement keys
     (:data:`REFINEMENT_KEYS`) are known too, so every key has exactly one owner and a misspelt
     one still fails.
 
@@ -586,7 +587,6 @@ def load_run_configs(run_config: Mapping[str, Any]) -> tuple[Any, Any, Refinemen
     :raises client.kge.config.ConfigError: naming an unknown key or a bad value.
     """
     from client.kge.config import KGEConfig
-    from server.settings import KNOWN_NON_KGE_KEYS, FederationSettings
 
     settings = FederationSettings.from_run_config(run_config)
     kge = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))

@@ -3,7 +3,7 @@
 Flower's FedAvg averages whole ``ArrayRecord``s; the SimSkip phase needs the same mean over
 ``[(name, array), ...]`` lists as :meth:`simskip_core.SimSkipTrainer.get_weights` exports them,
 checked name by name so a client with another encoder shape fails with a clear message instead
-of being broadcast into the average. The robust rules of :mod:`server.aggregation` (``median``,
+of being broadcast into the average. The robust rules of :mod:`client.kge.aggregation` (``median``,
 ``trimmed-mean``; run-config key ``aggregation``) apply entry by entry as well.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.aggregation import AggregationError, check_rule, robust_aggregate
+from client.kge.aggregation import AggregationError, check_rule, robust_aggregate
 
 __all__ = ["NamedArrays", "WeightsAggregationError", "fedavg_named"]
 

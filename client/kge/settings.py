@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from server.aggregation import AggregationError, check_rule
+from client.kge.aggregation import AggregationError, check_rule
 
 __all__ = [
     "KNOWN_NON_KGE_KEYS",
@@ -67,7 +67,7 @@ class FederationSettings:
         node config instead.
     :param aggregation: [aggregation] how a shared entity row is combined over the parties holding
         it (and the SimSkip encoder weights over the parties): ``mean`` (FedE), ``median`` or
-        ``trimmed-mean`` (:mod:`server.aggregation`; rows with one or two holders get their mean).
+        ``trimmed-mean`` (:mod:`client.kge.aggregation`; rows with one or two holders get their mean).
     :param aggregation_trim: [aggregation-trim] fraction of a row's holders cut from each end by
         ``trimmed-mean`` (``floor(trim * holders)`` each side), in [0, 0.5).
     :param resume: [resume] continue the run in ``run-dir`` after its last checkpointed round
@@ -165,7 +165,9 @@ def load_run_config(run_config: Mapping[str, Any]) -> tuple[FederationSettings, 
     :raises SettingsError: for a bad federation value.
     :raises client.kge.config.ConfigError: for an unknown key or a bad KGE value.
     """
-    from client.kge.config import KGEConfig  # Flower-free; imported lazily to keep this module light
+    from client.kge.config import (
+        KGEConfig,  # Flower-free; imported lazily to keep this module light
+    )
 
     return FederationSettings.from_run_config(run_config), KGEConfig.from_run_config(
         run_config, extra_known_keys=KNOWN_NON_KGE_KEYS
