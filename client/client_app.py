@@ -57,7 +57,7 @@ from flwr.common.logger import log
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.party_log import note, write_finished
 
-__all__ = ["app", "ClientCheckpointError", "ClientSetupError"]
+__all__ = ["ClientCheckpointError", "ClientSetupError", "app"]
 
 ENTITY_ROWS_KEY = "entity-rows"  # mirrors server.strategy (the server package is not shipped to clients' imports)
 ROWS_ARRAY = "rows"
@@ -281,7 +281,7 @@ def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except Exception as err:  # noqa: BLE001 - zip/npy errors of many kinds: name the file
+        except Exception as err:
             raise ClientCheckpointError(f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
         if str(arrays.pop(META_FEDERATION, "")) != federation_id:
             continue
@@ -347,7 +347,7 @@ def restore(msg: Message, context: Context) -> Message:
     Config: ``resume-round``, ``best-round``, ``federation-id``, ``strict``. Reply MetricRecord
     ``metrics`` = {``restored-round``: the checkpoint's round, -1 when started afresh}.
     """
-    _, numeric, name = _data_location(context)
+    _, _numeric, name = _data_location(context)
     cfg = msg.content.config_records[CONFIG_KEY]
     restored = _restore_private(
         context, name, _output_dir(context, name), str(cfg.get("federation-id", "")),

@@ -182,7 +182,7 @@ class TLSFiles:
                 f"server certificate {self.certfile} (issuer {cert.issuer.rfc4514_string()!r}) was not signed by "
                 f"the CA of {self.ca_certfile} ({ca.subject.rfc4514_string()!r}): {str(err) or 'the signature does not verify'}"
             ) from err
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for path, item in ((self.certfile, cert), (self.ca_certfile, ca)):
             if not item.not_valid_before_utc <= now <= item.not_valid_after_utc:
                 raise CredentialError(f"certificate {path} is not valid now (valid from {item.not_valid_before_utc} "
@@ -631,7 +631,7 @@ def write_connection(
 
 
 def _flwr(args: Sequence[str], flwr_home: Path, **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([_script("flwr"), *args], env=flower_env(flwr_home), cwd=str(PROJECT_ROOT), **kwargs)
+    return subprocess.run([_script("flwr"), *args], check=False, env=flower_env(flwr_home), cwd=str(PROJECT_ROOT), **kwargs)
 
 
 def run_app(

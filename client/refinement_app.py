@@ -113,7 +113,7 @@ def simskip_train(msg: Message, context: Context) -> Message:
     """One SimSkip round on this party's rows."""
     from client.kge.refinement import fit_round
 
-    kge_config, refinement = _configs(context)
+    _kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
     rows = _incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]

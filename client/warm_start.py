@@ -43,7 +43,7 @@ from client.launcher import (
 )
 from client.object_pulls import shorten_object_pull_backoff
 
-__all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStarter", "WarmStartError", "serve", "start_warm_starter", "write_shim"]
+__all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStartError", "WarmStarter", "serve", "start_warm_starter", "write_shim"]
 
 #: Environment variable telling the shim where the starter listens.
 SOCKET_ENV = "SIMSKIP_WARM_SOCKET"
@@ -310,8 +310,7 @@ def serve(
                 if sock is listener:
                     _accept(listener, children, target)
                     break  # ``children`` changed: select again
-                else:
-                    _relay_signal(sock, children)
+                _relay_signal(sock, children)
             _reap(children)
     finally:
         for pid in children:

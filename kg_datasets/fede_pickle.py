@@ -88,7 +88,7 @@ def safe_load_pickle(path: Path) -> object:
         obj = _NumpyOnlyUnpickler(stream, path).load()
     except KGDataError:
         raise
-    except Exception as exc:  # pickle raises many types on corrupt input
+    except Exception as exc:  # noqa: BLE001 - pickle raises many types on corrupt input
         raise KGDataError(f"{path}: not a readable pickle ({type(exc).__name__}: {clip(str(exc), 200)})") from None
     # load() stops at the first STOP opcode: bytes after it (a second pickle appended, a corrupt
     # tail) would be silently ignored (found by tests/test_loader_fuzz.py).
@@ -147,7 +147,7 @@ def read_fede_pickle(path: Path) -> tuple[dict[str, int], dict[str, int], list[d
         raw.append(splits)
     entity_orig = np.unique(np.concatenate([s[0].ravel() for c in raw for s in c.values()]))
     relation_orig = np.unique(np.concatenate([s[1] for c in raw for s in c.values()]))
-    if entity_orig.size and entity_orig[0] < 0 or relation_orig.size and relation_orig[0] < 0:
+    if (entity_orig.size and entity_orig[0] < 0) or (relation_orig.size and relation_orig[0] < 0):
         raise KGDataError(f"{path}: negative ids")
     entity_to_id = {str(g): i for i, g in enumerate(entity_orig.tolist())}
     relation_to_id = {str(g): i for i, g in enumerate(relation_orig.tolist())}

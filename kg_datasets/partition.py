@@ -82,7 +82,7 @@ def fede_relation_partition(pooled: np.ndarray, relation_labels: Sequence[str], 
     present = np.unique(pooled[:, 1])
     relations = sorted(present.tolist(), key=lambda r: relation_labels[r])
     num_relations = len(relations)
-    per_client = int(round(num_relations / num_clients))
+    per_client = round(num_relations / num_clients)
     if num_clients > num_relations or per_client * (num_clients - 1) >= num_relations:
         raise KGDataError(
             f"cannot partition {num_relations} relations over {num_clients} clients by relation "

@@ -86,10 +86,10 @@ def split_stats(graph: KGSplit) -> dict[str, Any]:
 def format_federated_stats(stats: dict[str, Any]) -> str:
     """A human-readable table of :func:`federated_stats` output."""
     lines = [
-        f"{stats['name']}: {stats['num_clients']} clients, {stats['num_entities']} entities, "
-        f"{stats['num_relations']} relations",
-        f"{'client':>6} {'train':>9} {'valid':>8} {'test':>8} {'entities':>9} {'relations':>9} "
-        f"{'dropped v/t':>12} {'dup t/v/t':>12}",
+        (f"{stats['name']}: {stats['num_clients']} clients, {stats['num_entities']} entities, "
+        f"{stats['num_relations']} relations"),
+        (f"{'client':>6} {'train':>9} {'valid':>8} {'test':>8} {'entities':>9} {'relations':>9} "
+        f"{'dropped v/t':>12} {'dup t/v/t':>12}"),
     ]
     for c in stats["clients"]:
         dropped = f"{c['dropped_unseen']['valid']}/{c['dropped_unseen']['test']}"
@@ -112,10 +112,10 @@ def format_federated_stats(stats: dict[str, Any]) -> str:
 def format_split_stats(stats: dict[str, Any]) -> str:
     """A human-readable summary of :func:`split_stats` output."""
     return "\n".join([
-        f"{stats['name']}: {stats['num_entities']:,} entities ({stats['train_entities']:,} in train), "
-        f"{stats['num_relations']:,} relations",
+        (f"{stats['name']}: {stats['num_entities']:,} entities ({stats['train_entities']:,} in train), "
+        f"{stats['num_relations']:,} relations"),
         f"  train {stats['train']:,}  valid {stats['valid']:,}  test {stats['test']:,}",
-        f"  valid/test triples with an entity or relation unseen in train: "
-        f"{stats['unseen_in_train']['valid']:,} / {stats['unseen_in_train']['test']:,}",
+        (f"  valid/test triples with an entity or relation unseen in train: "
+        f"{stats['unseen_in_train']['valid']:,} / {stats['unseen_in_train']['test']:,}"),
         "  duplicate triples train/valid/test: " + "/".join(str(stats["duplicates"][s]) for s in SPLITS),
     ])

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from client.kge.config import KGEConfig
     from client.kge.protocols import DOWNSTREAM_PROTOCOLS, protocol_labels, relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
-    from server.downstream import load_client_inputs
     from client.kge.run_folder import emit_json
+    from server.downstream import load_client_inputs
     from server.simulation import parse_set_options
 
     recorded = json.loads((args.run_dir / "config.json").read_text(encoding="utf-8"))

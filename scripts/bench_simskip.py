@@ -92,7 +92,7 @@ def digits_splits(val_seed: int = 1) -> dict[str, np.ndarray]:
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
     X_sub, X_val, y_sub, y_val = train_test_split(X_train, y_train, test_size=0.25, random_state=val_seed, stratify=y_train)
-    return dict(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, X_sub=X_sub, y_sub=y_sub, X_val=X_val, y_val=y_val)
+    return {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test, "X_sub": X_sub, "y_sub": y_sub, "X_val": X_val, "y_val": y_val}
 
 
 def probe_accuracy(X_fit: np.ndarray, y_fit: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray) -> float:

@@ -66,11 +66,11 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from client.kge.aggregation import aggregate_rows
     from client.kge.config import KGEConfig, parse_overrides, preset
     from client.kge.models import initial_entity_table
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
-    from client.kge.aggregation import aggregate_rows
 
     torch.set_num_threads(args.threads)
     config = KGEConfig.from_run_config({**preset(args.preset), **parse_overrides(args.set)})

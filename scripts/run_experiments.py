@@ -83,9 +83,9 @@ def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds
     from client.kge import centralized
     from client.kge.config import KGEConfig
     from client.kge.refinement import REFINEMENT_KEYS
-    from kg_datasets import load_federated
     from client.kge.run_folder import RunFolder
     from client.kge.settings import KNOWN_NON_KGE_KEYS
+    from kg_datasets import load_federated
 
     run_config = {**sets, "model": model, "setting": setting, "num-server-rounds": rounds,
                   "client-data-root": str(folder / "data"), "client-output-root": str(folder / "clients")}

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.kge.centralized import run_fede_in_process
     from client.kge.config import KGEConfig
-    from kg_datasets import load_federated
     from client.kge.run_folder import emit_json
+    from kg_datasets import load_federated
     from server.simulation import parse_set_options
 
     if args.threads:

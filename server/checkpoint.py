@@ -179,7 +179,7 @@ def _values_equal(old: Any, new: Any) -> bool:
 def save_checkpoint(
     run_dir: str | Path,
     *,
-    round: int,  # noqa: A002 - the contract's name
+    round: int,
     arrays: Mapping[str, np.ndarray],
     state: Mapping[str, Any],
     run_config: Mapping[str, Any],

@@ -136,7 +136,7 @@ def _fresh_database(flwr_home: Path) -> Path:
     first = flwr_home / "superlink.db"
     if not first.exists():
         return first
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-%f")
     return flwr_home / f"superlink-{stamp}.db"
 
 
@@ -252,7 +252,7 @@ def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -
         "status": "interrupted",
         "signal": signal.Signals(signum).name,
         "exit_code": 128 + signum,
-        "interrupted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "interrupted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),
         "rounds_planned": planned,
         "last_completed_round": last_round,

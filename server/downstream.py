@@ -213,17 +213,17 @@ def write_downstream_and_report(
     settings = refinement.search_settings()
     notes = [
         f"KGE: {kge_config.model}, dim {kge_config.embedding_dim}, setting {setting}",
-        f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
+        (f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
         f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; "
         f"{'scale-aware (rows standardized by their RMS)' if refinement.simskip.standardize else 'NOT scale-aware'}; "
-        f"{refinement.downstream_seeds} seed(s)",
-        f"Refined rows: x + alpha (f(x) - x), the search setting ({len(settings)}: {settings}) and alpha "
+        f"{refinement.downstream_seeds} seed(s)"),
+        (f"Refined rows: x + alpha (f(x) - x), the search setting ({len(settings)}: {settings}) and alpha "
         f"({[a for a in refinement.gate_grid if a > 0]}) chosen per client and protocol on VALID MRR "
         f"({kge_config.eval_protocol} protocol); perturbed: the unrefined rows moved in random directions by the refined "
-        "rows' per-row displacement",
-        f"Protocols {protocol_labels(refinement.downstream_protocols, refinement.refit_init)}; trained ones stop after "
+        "rows' per-row displacement"),
+        (f"Protocols {protocol_labels(refinement.downstream_protocols, refinement.refit_init)}; trained ones stop after "
         f"{refinement.downstream_patience} checks without a better valid MRR, at most {refinement.refit_epochs} epochs; "
-        "same seed, relation init and budget for every row",
+        "same seed, relation init and budget for every row"),
         "SimSkip displacement (raw encoder output, mean ||f(x) - x|| / ||x||): " + "; ".join(
             f"client {name}: " + ", ".join(f"{variant} {value:.4f}" for variant, value in record.get("simskip_displacement", {}).items())
             for name, record in clients.items()),

@@ -47,8 +47,8 @@ __all__ = [
     "GAIN_BASELINE",
     "OVERALL",
     "RANKS_FILE",
-    "ReportInputError",
     "SIMSKIP_METRICS_FILE",
+    "ReportInputError",
     "build_results_table",
     "load_jsonl",
     "load_ranks",
@@ -267,11 +267,11 @@ def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str
     if notes:
         lines.append("")
     lines += [
-        "Metrics are filtered and realistic-rank; `standard`: head+tail, all entities, Hits@1/3/10; "
+        ("Metrics are filtered and realistic-rank; `standard`: head+tail, all entities, Hits@1/3/10; "
         "`fede`: tail only, candidates = the client's train entities, Hits@1/5/10. `overall` weights clients by "
         "test triples. Cells: mean ± std over seeds. Gain rows: (row - unrefined) x 100, in points. "
         "Intervals: 95 % paired bootstrap over test triples of the MRR gain (points). A refined gain is "
-        "significant (**gain**) only when it beats both `unrefined` and `perturbed` with intervals above 0.",
+        "significant (**gain**) only when it beats both `unrefined` and `perturbed` with intervals above 0."),
         "",
     ]
     for label, entry in table["protocols"].items():
@@ -298,8 +298,8 @@ def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str
                 if comparison == f"refined-{GAIN_BASELINE}" and client in entry["verdict"]:
                     verdict = " / ".join(f"**{v}**" if v == "gain" else v for v in entry["verdict"][client].values())
                 lines.append(f"| {client} | {comparison} | " + " | ".join(parts) + f" | {verdict} |")
-        lines += ["", "Displacement of the refined rows, mean ||f(x) - x|| / ||x|| (perturbed: the same by construction); "
-                  "the refined setting chosen on valid:", ""]
+        lines += ["", ("Displacement of the refined rows, mean ||f(x) - x|| / ||x|| (perturbed: the same by construction); "
+                  "the refined setting chosen on valid:"), ""]
         for client in table["clients"][:-1]:
             moved = _fmt(entry["displacement"]["refined"][client]) if "refined" in entry["displacement"] else "-"
             chosen = entry["selection"].get(client, {}).get("chosen", {})

@@ -84,7 +84,7 @@ def _load_checkpoint(run_dir: str, run_config: dict[str, Any], vocabulary: list[
         raise
 
 
-def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:  # noqa: PLR0915
+def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     """Run one FedE / Isolation federation and write its run folder.
 
     After every completed round ``metrics.jsonl`` gets the round's row and then the checkpoint

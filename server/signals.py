@@ -66,7 +66,7 @@ _active = SignalGate()
 def installed(prog: str, interrupt: Callable[[int], BaseException]) -> Iterator[SignalGate]:
     """Install a fresh :class:`SignalGate` for SIGINT / SIGTERM; restore the previous handlers after
     (commands may run in-process, e.g. in tests)."""
-    global _active
+    global _active  # noqa: PLW0603 - the process has one signal gate at a time
     gate, saved = SignalGate(prog, interrupt), _active
     previous = {signum: signal.signal(signum, gate.handler) for signum in HANDLED}
     _active = gate

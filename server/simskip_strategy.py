@@ -389,7 +389,7 @@ def _in_order(weights: NamedArrays, reference: NamedArrays) -> NamedArrays:
     return [(name, by_name[name]) for name, _ in reference]
 
 
-def run_refinement_phase(  # noqa: PLR0913
+def run_refinement_phase(
     grid: Grid,
     kge: FedEStrategy,
     *,

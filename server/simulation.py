@@ -45,17 +45,17 @@ from client.kge.run_folder import RunFolder
 
 __all__ = [
     "ResumeError",
-    "check_run_config",
-    "main",
     "add_preset_option",
     "auto_gpus_per_client",
+    "check_run_config",
     "cuda_gpu_visible",
+    "main",
     "parse_set_options",
     "ray_num_cpus",
-    "run_config_overrides",
     "resume_run_config",
     "resume_simulation",
     "run_command",
+    "run_config_overrides",
     "run_simulation",
 ]
 
@@ -105,7 +105,7 @@ def add_preset_option(parser: argparse.ArgumentParser) -> None:
 
 def default_run_dir() -> Path:
     """``runs/<UTC timestamp>`` under the current directory."""
-    return Path("runs") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def check_run_config(run_config: dict[str, Any]) -> None:

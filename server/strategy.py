@@ -746,7 +746,7 @@ class FedEStrategy(FedAvg):
         nodes = sorted(n for n in self.clients if n in connected)
         if not nodes:
             raise FederationError("no registered client is connected")
-        size = max(1, int(round(len(nodes) * self.fraction_train)))
+        size = max(1, round(len(nodes) * self.fraction_train))
         if size < len(nodes):
             # sample client ids, not node ids: a node id changes when a client rejoins
             names = sorted(self.clients[n].client_id for n in nodes)
@@ -942,7 +942,7 @@ class FedEStrategy(FedAvg):
         self.loop = LoopState(**values)
 
     # ------------------------------------------------------------------ loop
-    def start(  # noqa: PLR0913, PLR0915 - FedAvg's signature plus FedE's hooks
+    def start(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
@@ -1000,7 +1000,7 @@ class FedEStrategy(FedAvg):
         result.stopped_early = self.loop.stopped_early
         return self.final_test(grid, result, evaluate_config, timeout)
 
-    def _run_round(  # noqa: PLR0913
+    def _run_round(
         self, grid: Grid, current_round: int, num_rounds: int, timeout: float,
         train_config: ConfigRecord, evaluate_config: ConfigRecord, result: FedEResult,
     ) -> RoundReport:

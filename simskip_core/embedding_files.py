@@ -21,7 +21,7 @@ import torch
 
 from .errors import EmbeddingFileError
 
-__all__ = ["EmbeddingTable", "read_embeddings", "write_embeddings", "write_atomic", "SUFFIXES"]
+__all__ = ["SUFFIXES", "EmbeddingTable", "read_embeddings", "write_atomic", "write_embeddings"]
 
 
 @dataclass

@@ -197,7 +197,7 @@ class SimSkipTrainer:
         self.head.train()
         losses: list[float] = []
         bar = tqdm(range(epochs), desc="simskip", unit="epoch", disable=not cfg.progress, leave=False)
-        for epoch in bar:
+        for _epoch in bar:
             start = time.perf_counter()
             order = torch.randperm(n, generator=self._shuffle_generator).to(self.device)
             total = 0.0

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from client.launcher import free_port, stop_process
 
@@ -90,7 +91,7 @@ class Loopback:
         path = self.folder / name
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def __enter__(self) -> Loopback:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client.kge.run_folder import atomic_write_bytes
 from server.checkpoint import (
     HARMLESS_KEYS,
     MODEL_DEFINING_KEYS,
@@ -17,7 +18,6 @@ from server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from client.kge.run_folder import atomic_write_bytes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ["alice", "bob", "carol", "dave"]

@@ -16,9 +16,9 @@ from client.kge.config import KGEConfig
 from client.kge.evaluation import evaluate_client_protocols
 from client.kge.protocols import (
     DownstreamBudget,
-    as_trained_trainer,
     ProtocolRun,
     UnknownDownstreamProtocolError,
+    as_trained_trainer,
     protocol_labels,
     run_protocol,
 )

@@ -29,10 +29,10 @@ def _brute_force_ranks(model, triples, known, side, candidates):
             batch = torch.tensor([[h, r, t]])
             if side == "tail":
                 scores = model.score_t(batch[:, :2])[0]
-                true, corrupt = t, lambda c: (h, r, c)
+                true, corrupt = t, lambda c, h=h, r=r: (h, r, c)
             else:
                 scores = model.score_h(batch[:, 1:])[0]
-                true, corrupt = h, lambda c: (c, r, t)
+                true, corrupt = h, lambda c, r=r, t=t: (c, r, t)
             true_score = float(scores[true])
             greater = equal = 0
             for c in candidates:

@@ -23,8 +23,8 @@ from server.strategy import (
     CONFIG_KEY,
     ENTITY_ROWS_KEY,
     METRICS_KEY,
-    FedEStrategy,
     FederationError,
+    FedEStrategy,
     RoundReport,
 )
 
@@ -135,8 +135,8 @@ def _federation(clients: dict[int, FakeClient] | None = None, **kwargs):
 
 def _expected(table, vocabulary, names):
     """The FedE mean of one round in which exactly the clients ``names`` were aggregated."""
-    updates = [(np.array([vocabulary.index(l) for l in LABELS[n]]),
-                table[[vocabulary.index(l) for l in LABELS[n]]] + DELTAS[n]) for n in names]
+    updates = [(np.array([vocabulary.index(label) for label in LABELS[n]]),
+                table[[vocabulary.index(label) for label in LABELS[n]]] + DELTAS[n]) for n in names]
     return aggregate_rows(table, updates)
 
 
@@ -243,7 +243,7 @@ def test_a_dead_node_is_recorded_by_client_id_and_the_round_completes():
 
 
 def test_a_restarted_client_rejoins_under_its_new_node_id_and_impostors_are_refused():
-    strategy, grid, vocabulary, table = _federation(min_clients=2)
+    strategy, grid, _vocabulary, table = _federation(min_clients=2)
     reports = []
 
     def kill_and_restart(report: RoundReport) -> None:
@@ -269,7 +269,7 @@ def test_a_restarted_client_rejoins_under_its_new_node_id_and_impostors_are_refu
 
 # ---------------------------------------------------------------- item 2: too few clients
 def test_too_few_clients_at_the_start_of_a_round_fail_after_the_timeout():
-    strategy, grid, vocabulary, table = _federation(min_clients=2, min_clients_timeout=0.3)
+    strategy, grid, _vocabulary, table = _federation(min_clients=2, min_clients_timeout=0.3)
     done = []
 
     def all_but_one_die(report: RoundReport) -> None:
@@ -282,7 +282,7 @@ def test_too_few_clients_at_the_start_of_a_round_fail_after_the_timeout():
 
 
 def test_a_round_without_any_surviving_update_fails():
-    strategy, grid, vocabulary, table = _federation()
+    strategy, grid, _vocabulary, table = _federation()
     grid.dead = {11, 12, 13}
     with pytest.raises(FederationError, match="round 1: no client update survived"):
         _start(strategy, grid, table, num_rounds=1)
@@ -291,11 +291,11 @@ def test_a_round_without_any_surviving_update_fails():
 # ---------------------------------------------------------------- item 4: resume (strategy side)
 def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_run():
     kwargs = {"eval_every": 1, "patience": 2, "fraction_train": 0.67, "seed": 5}  # sampling: RNG state matters
-    strategy, grid, vocabulary, table = _federation(**kwargs)
+    strategy, grid, _vocabulary, table = _federation(**kwargs)
     uninterrupted = _start(strategy, grid, table, num_rounds=5)
     full_table = strategy.table.copy()
 
-    strategy, grid, vocabulary, table = _federation(**kwargs)
+    strategy, grid, _vocabulary, table = _federation(**kwargs)
     saved = {}
 
     def checkpoint_then_die(report: RoundReport) -> None:
@@ -310,7 +310,7 @@ def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_ru
 
     # a fresh server and fresh SuperNodes (new node ids) continue after round 2
     clients = {31: FakeClient("0"), 32: FakeClient("1"), 33: FakeClient("2")}
-    strategy, grid, vocabulary, table = _federation(clients, **kwargs)
+    strategy, grid, _vocabulary, table = _federation(clients, **kwargs)
     resumed = _start(strategy, grid, table, num_rounds=5, resume_from=(arrays, state))
     for client in clients.values():
         assert client.restores[0]["resume-round"] == 2 and client.restores[0]["strict"] is True
@@ -321,7 +321,7 @@ def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_ru
 
 
 def test_a_checkpoint_of_other_clients_is_refused():
-    strategy, grid, vocabulary, table = _federation()
+    strategy, grid, _vocabulary, table = _federation()
     _start(strategy, grid, table, num_rounds=1)
     state, arrays = strategy.checkpoint_state(), strategy.checkpoint_arrays()
     state["clients"] = ["0", "1", "7"]
@@ -332,7 +332,7 @@ def test_a_checkpoint_of_other_clients_is_refused():
 
 # ---------------------------------------------------------------- item 7 support: tracked test metrics
 def test_tracked_test_metrics_stay_out_of_the_validation_overall():
-    strategy, grid, vocabulary, table = _federation(eval_every=1)
+    strategy, grid, _vocabulary, table = _federation(eval_every=1)
     for client in grid.clients.values():
         client.extra_metrics = {"test-mrr": 0.9, "test-num_triples": 2 * len(client.labels)}
     result = _start(strategy, grid, table, num_rounds=1)

@@ -54,7 +54,7 @@ def test_stop_process_ends_the_process_group(tmp_path):
     try:
         launcher.stop_process(proc, timeout=5)
         assert proc.poll() is not None
-        alive = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        alive = subprocess.run(["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True).stdout.split()
         assert alive == []
     finally:
         if proc.poll() is None:
@@ -133,7 +133,7 @@ def pki_files(tmp_path):
 
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
     ca = tmp_path / "ca.crt"

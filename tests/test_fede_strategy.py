@@ -14,8 +14,8 @@ from server.strategy import (
     CONFIG_KEY,
     ENTITY_ROWS_KEY,
     METRICS_KEY,
-    FedEStrategy,
     FederationError,
+    FedEStrategy,
 )
 
 DIM = 3
@@ -99,8 +99,8 @@ def test_handshake_builds_vocabulary_and_each_client_gets_only_its_rows_in_local
 def test_fede_round_sets_each_row_to_the_mean_of_its_holders():
     strategy, grid, clients, vocabulary, table = _federation(eval_every=10, transfer_dtype="float32")
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
-    updates = [(np.array([vocabulary.index(l) for l in c.labels]),
-                table[[vocabulary.index(l) for l in c.labels]] + c.delta) for c in clients.values()]
+    updates = [(np.array([vocabulary.index(label) for label in c.labels]),
+                table[[vocabulary.index(label) for label in c.labels]] + c.delta) for c in clients.values()]
     np.testing.assert_allclose(strategy.table, aggregate_rows(table, updates))
     # "a" is held by clients 0 (+1) and 1 (+10); "c" only by client 0; "e" only by client 2
     np.testing.assert_allclose(strategy.table[0], table[0] + 5.5)
@@ -115,7 +115,7 @@ def test_isolation_gives_every_client_back_its_own_rows():
     strategy, grid, clients, vocabulary, table = _federation(setting="isolation", eval_every=10)
     strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2)
     for node, client in clients.items():
-        own = table[[vocabulary.index(l) for l in client.labels]]
+        own = table[[vocabulary.index(label) for label in client.labels]]
         kinds = [(kind, rows) for kind, _, rows in client.received]
         assert kinds[1][0] == "train"
         np.testing.assert_array_equal(kinds[1][1], own + client.delta)  # round 2 starts from its own rows
@@ -123,7 +123,7 @@ def test_isolation_gives_every_client_back_its_own_rows():
 
 
 def test_validation_schedule_early_stopping_and_test_on_the_best_round():
-    strategy, grid, clients, vocabulary, table = _federation(eval_every=2, patience=2)
+    strategy, grid, clients, _vocabulary, table = _federation(eval_every=2, patience=2)
     for client in clients.values():
         client.mrr_by_round = {2: 0.2, 4: 0.5, 6: 0.4, 8: 0.3, 10: 0.9}
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=10)
@@ -144,7 +144,7 @@ def test_validation_schedule_early_stopping_and_test_on_the_best_round():
 
 
 def test_a_failed_client_is_left_out_of_the_round_and_recorded():
-    strategy, grid, clients, vocabulary, table = _federation(eval_every=10)
+    strategy, grid, clients, _vocabulary, table = _federation(eval_every=10)
     clients[12].fail_train_rounds = {1}
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
     # "a" is now averaged over client 0 alone, "d" (only client 1) unchanged
@@ -154,7 +154,7 @@ def test_a_failed_client_is_left_out_of_the_round_and_recorded():
 
 
 def test_a_round_whose_only_update_has_the_wrong_shape_fails_naming_it():
-    strategy, grid, clients, vocabulary, table = _federation()
+    strategy, grid, _clients, _vocabulary, table = _federation()
     strategy.set_table(table)
     msg = next(iter(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)))
     bad = Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(np.zeros((1, DIM), np.float32))}),
@@ -169,7 +169,7 @@ def test_start_before_handshake_is_an_error():
 
 
 def test_float16_transfer_halves_the_bytes_and_keeps_the_table_float32():
-    strategy, grid, clients, vocabulary, table = _federation(eval_every=10, transfer_dtype="float16")
+    strategy, grid, clients, _vocabulary, table = _federation(eval_every=10, transfer_dtype="float16")
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
     kind, _, rows = clients[11].received[0]
     assert kind == "train" and rows.dtype == np.float16

@@ -126,10 +126,10 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
     from client.launcher import console_line
 
     noise = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
-             "/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
-             "override accelerator visible devices env var if num_gpus=0\n", "  warnings.warn(\n",
-             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
-             "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n",
+             ("/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
+             "override accelerator visible devices env var if num_gpus=0\n"), "  warnings.warn(\n",
+             ("\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
+             "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n"),
              "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n"]
     assert not any(console_line(line) for line in noise)
     progress = "\x1b[92mINFO \x1b[0m:      [round 3/10] 1.2s loss 0:2.1\n"

@@ -16,7 +16,7 @@ def reference_fede_split(pooled: list[tuple[str, str, str]], num_clients: int, s
     rng = np.random.RandomState(seed)
     relations = sorted({r for _, r, _ in pooled})
     relations = [relations[i] for i in rng.permutation(len(relations))]
-    m = int(round(len(relations) / num_clients))
+    m = round(len(relations) / num_clients)
     owner = {}
     for k in range(num_clients):
         for r in (relations[k * m:(k + 1) * m] if k < num_clients - 1 else relations[k * m:]):

@@ -160,7 +160,7 @@ def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
     config = KGEConfig(eval_every=2, patience=2)
     result = _run_rounds(
         setting="isolation", config=config, rounds=20, client_ids=[0], train_round=train_round,
-        evaluate=evaluate, snapshot=lambda: dict(weights), restore=lambda snap: weights.update(snap),
+        evaluate=evaluate, snapshot=lambda: dict(weights), restore=weights.update,
         progress=lambda line: None,
     )
     # checks at rounds 2, 4, 6, 8: two without improvement after round 4 -> stop at 8

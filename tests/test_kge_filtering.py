@@ -25,8 +25,9 @@ def test_matches_a_python_set_reference() -> None:
 
 
 def test_is_a_pykeen_filterer_by_name() -> None:
-    import client.kge.training  # noqa: F401  (registers the name)
     from pykeen.sampling.filtering import filterer_resolver
+
+    import client.kge.training  # noqa: F401  (registers the name)
 
     assert filterer_resolver.lookup("sortedkey") is SortedKeyFilterer
     made = filterer_resolver.make("sortedkey", mapped_triples=torch.tensor([[0, 0, 1]]))

@@ -42,6 +42,8 @@ from hypothesis import strategies as st
 from client.kge.config import KNOWN_NON_KGE_KEYS as KGE_SKIPPED_KEYS
 from client.kge.config import ConfigError, KGEConfig, parse_overrides
 from client.kge.refinement import RefinementConfig, load_run_configs
+from client.kge.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
+from client.kge.settings import FederationSettings, SettingsError
 from kg_datasets import KGDataError, KGDataWarning, load_client_folder, load_source
 from kg_datasets.fede_pickle import read_fede_pickle
 from kg_datasets.labeled import read_vocabulary_file
@@ -49,8 +51,6 @@ from kg_datasets.openke import read_openke_dictionary, read_openke_triples
 from kg_datasets.sources import FederatedTriples
 from kg_datasets.textio import read_labeled_triples
 from kg_datasets.triples import SPLITS
-from client.kge.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
-from client.kge.settings import FederationSettings, SettingsError
 from server.simulation import parse_set_options
 
 #: 500 examples per loader (the issue's floor); no deadline, so a slow machine never fails a test.

@@ -16,9 +16,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from client.kge.models import initial_entity_table
 from client.kge.refinement import REFINED_VARIANT, load_run_configs, unpack_variants
+from client.kge.weights import fedavg_named
 from server.simskip_strategy import DOWNSTREAM_TYPE, SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY, run_refinement_phase
 from server.strategy import FedEStrategy
-from client.kge.weights import fedavg_named
 from tests.handler_grid import HandlerGrid
 
 KGE = {"embedding-dim": 8, "local-epochs": 1, "num-negs-per-pos": 4, "batch-size": 128, "eval-batch-size": 64,
@@ -67,7 +67,7 @@ def _cell(records, label, row, client, protocol="standard", seed="0"):
 
 
 def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_path) -> None:
-    grid, result, records, refinement = _run(data_root, tmp_path)
+    grid, result, records, _refinement = _run(data_root, tmp_path)
     assert set(records) == {"0", "1"}
     assert records["0"]["protocol_order"] == ["as-trained", "relation-refit:trained", "adapter", "finetune"]
     # the as-trained protocol's unrefined row == the KGE phase's own final test (best round's state)
@@ -260,7 +260,7 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
     def die_in_round_3(msg, reply):
         if msg.metadata.message_type == SIMSKIP_TRAIN_TYPE and _round_of(msg) == 3:
             raise Interrupted
-        return None
+        return
 
     config = _server_run_config(data_root, tmp_path / "run", tmp_path / "clients", **extra)
     with pytest.raises(Interrupted):

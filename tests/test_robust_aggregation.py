@@ -11,12 +11,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.kge.aggregation import AGGREGATIONS, AggregationError, aggregate_rows
 from client.kge.models import initial_entity_table
 from client.kge.refinement import load_run_configs
-from client.kge.aggregation import AGGREGATIONS, AggregationError, aggregate_rows
 from client.kge.settings import FederationSettings, SettingsError
-from server.strategy import ENTITY_ROWS_KEY, ROWS_ARRAY, FedEStrategy
 from client.kge.weights import WeightsAggregationError, fedavg_named
+from server.strategy import ENTITY_ROWS_KEY, ROWS_ARRAY, FedEStrategy
 from tests.handler_grid import HandlerGrid
 
 
@@ -132,12 +132,12 @@ def kinships_root(tmp_path_factory):
 def _poison(msg, reply):
     """The attacker replaces its trained rows by large random ones every round (finite in float16)."""
     if msg.metadata.message_type != "train" or msg.metadata.dst_node_id != ATTACKER or reply.has_error():
-        return None
+        return
     record = reply.content.array_records[ENTITY_ROWS_KEY]
     rows = record[ROWS_ARRAY].numpy()
     noise = np.random.default_rng(int(msg.content.config_records["config"]["server-round"])).normal(size=rows.shape)
     record[ROWS_ARRAY] = Array((noise * 50.0).astype(rows.dtype))  # unit-norm rows: ~300x a coordinate
-    return None
+    return
 
 
 def _federate(root, tmp_path, rule, tamper, rounds=8):

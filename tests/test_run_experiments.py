@@ -10,7 +10,6 @@ import importlib.util
 import json
 
 import pytest
-
 from conftest import PROJECT_ROOT
 
 

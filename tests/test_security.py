@@ -282,7 +282,7 @@ def test_tls_and_node_auth_registered_parties_train_and_strangers_are_refused(pk
 
     processes: list[subprocess.Popen] = []
     try:
-        server = subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),
+        server = subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - the child's log
                                   stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(server)
         # the keys are registered before this line: parties may connect from now on

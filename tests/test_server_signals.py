@@ -130,10 +130,9 @@ def test_main_restores_the_signal_handlers(tmp_path, captured_run):
 def test_a_signal_during_a_process_start_is_raised_when_the_start_is_done():
     gate = SignalGate("simskip-server", cli.ServerInterrupted)
     started = []
-    with pytest.raises(cli.ServerInterrupted) as interrupt:
-        with gate.deferred():
-            gate.handler(signal.SIGTERM, None)  # arrives between fork and the Popen assignment
-            started.append("superlink")  # the start still completes: its caller can stop it
+    with pytest.raises(cli.ServerInterrupted) as interrupt, gate.deferred():
+        gate.handler(signal.SIGTERM, None)  # arrives between fork and the Popen assignment
+        started.append("superlink")  # the start still completes: its caller can stop it
     assert started == ["superlink"] and interrupt.value.exit_code == 143
     gate.handler(signal.SIGINT, None)  # a second signal during the shutdown: printed, not raised
 
@@ -222,7 +221,7 @@ def test_sigterm_after_round_1_exits_143_with_partial_results_and_no_process_lef
             processes.append(subprocess.Popen(
                 [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(k)),
                  "--insecure", "--output-dir", str(tmp_path / f"party{k}")],
-                env=ENV, cwd=tmp_path, stdout=open(tmp_path / f"party{k}.log", "wb"), stderr=subprocess.STDOUT,
+                env=ENV, cwd=tmp_path, stdout=open(tmp_path / f"party{k}.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                 start_new_session=True))
         _wait_until(lambda: metrics.exists() and metrics.read_text().strip() != "", server, 420,
                     "round 1 never completed", log)
@@ -300,7 +299,7 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
         resumed_log = tmp_path / "resumed.log"
         resumed = subprocess.Popen(
             [_script("simskip-server"), "--resume", str(run_dir), "--insecure", "--port", str(port)],
-            env=ENV, cwd=tmp_path, stdout=open(resumed_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=ENV, cwd=tmp_path, stdout=open(resumed_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
         processes += [resumed, *start_clients("resumed")]
         assert resumed.wait(timeout=600) == 0, resumed_log.read_text(errors="replace")[-3000:]
     finally:

@@ -105,7 +105,7 @@ def test_bad_inputs_give_exit_status_2(tmp_path, capsys, X) -> None:
         ([tmp_path / "ok.npy", tmp_path / "o.npy", "--set", "temprature=1"], "unknown config key 'temprature'"),
     ]
     for argv, message in cases:
-        status, summary, err = run_cli(capsys, *argv, *FAST)
+        status, _summary, err = run_cli(capsys, *argv, *FAST)
         assert status == 2 and message in err, (argv, err)
 
 

@@ -146,7 +146,7 @@ def _mutate(weights, index, *, name=None, array=None):
         (lambda w: _mutate(w, 0, array=w[0][1].tolist()), "numpy array"),
         (lambda w: w[:-1], "missing \\['head.mlp.3.bias'\\]"),
         (lambda w: [w[1], w[0], *w[2:]], "entry 0"),
-        (lambda w: dict(w), "ordered list"),
+        (dict, "ordered list"),
         (lambda w: [np.zeros(3)] + w[1:], "not a \\(name, array\\) pair"),
     ],
 )

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
 from client.launcher import stop_process
+from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
 
 PROBE = '''
 import gc, json, os, sys, time
@@ -69,7 +69,7 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     out = tmp_path / "seen.json"
-    done = subprocess.run([str(_shim(tmp_path)), str(out), "3"], cwd=workdir, capture_output=True, text=True,
+    done = subprocess.run([str(_shim(tmp_path)), str(out), "3"], check=False, cwd=workdir, capture_output=True, text=True,
                           env={**os.environ, SOCKET_ENV: str(sock), "PROBE": "x"}, timeout=60)
     assert done.returncode == 3, done.stderr
     assert "hello from the child" in done.stdout  # the child wrote to the shim's own stdout
@@ -81,7 +81,7 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     assert seen["pull_backoff"] == [0.02, 0.5], "the child inherits the short object-pull backoff"
     assert seen["pid"] != proc.pid
     assert proc.poll() is None, "the starter serves the next message too"
-    again = subprocess.run([str(_shim(tmp_path)), str(out), "0"], cwd=workdir, capture_output=True, text=True,
+    again = subprocess.run([str(_shim(tmp_path)), str(out), "0"], check=False, cwd=workdir, capture_output=True, text=True,
                            env={**os.environ, SOCKET_ENV: str(sock)}, timeout=60)
     assert again.returncode == 0 and json.loads(out.read_text())["pid"] != seen["pid"]
 
@@ -108,10 +108,10 @@ def test_sigterm_to_the_shim_reaches_the_child(tmp_path, starter):
 
 def test_shim_falls_back_to_the_real_command_without_a_starter(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
-    done = subprocess.run([str(_shim(tmp_path)), "--token", "abc"], capture_output=True, text=True, env=env, timeout=30)
+    done = subprocess.run([str(_shim(tmp_path)), "--token", "abc"], check=False, capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "--token abc"  # /bin/echo ran instead
     env[SOCKET_ENV] = str(tmp_path / "no-such-socket")
-    done = subprocess.run([str(_shim(tmp_path)), "x"], capture_output=True, text=True, env=env, timeout=30)
+    done = subprocess.run([str(_shim(tmp_path)), "x"], check=False, capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "x"
 
 

@@ -33,9 +33,9 @@ __all__ = [
     "AGGREGATIONS",
     "AggregationError",
     "aggregate_rows",
+    "build_vocabulary",
     "check_rule",
     "robust_aggregate",
-    "build_vocabulary",
 ]
 
 #: Per-row aggregation rules (run-config key ``aggregation``).
@@ -217,5 +217,5 @@ def build_vocabulary(
             raise AggregationError(f"client {index}: duplicate entity label {duplicate!r}")
     vocabulary = sorted(set().union(*per_client)) if per_client else []
     position = {label: i for i, label in enumerate(vocabulary)}
-    index_arrays = [np.fromiter((position[l] for l in labels), dtype=np.int64, count=len(labels)) for labels in per_client]
+    index_arrays = [np.fromiter((position[label] for label in labels), dtype=np.int64, count=len(labels)) for labels in per_client]
     return vocabulary, index_arrays

@@ -30,10 +30,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
-    "PRESETS",
-    "KGEConfig",
-    "ConfigError",
     "KNOWN_NON_KGE_KEYS",
+    "PRESETS",
+    "ConfigError",
+    "KGEConfig",
     "parse_overrides",
     "preset",
     "to_kebab",

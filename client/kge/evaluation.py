@@ -178,7 +178,7 @@ def evaluate_protocols(
     for spec in specs:
         restrict = None
         if spec.restrict_to_train_entities and candidate_entities is not None:
-            restrict = torch.as_tensor(sorted(set(int(e) for e in candidate_entities)), dtype=torch.long)
+            restrict = torch.as_tensor(sorted({int(e) for e in candidate_entities}), dtype=torch.long)
             if restrict.numel() == 0 or int(restrict[0]) < 0 or int(restrict[-1]) >= model.num_entities:
                 raise ValueError(
                     f"candidate_entities must be non-empty ids in [0, {model.num_entities}) of the model"
@@ -244,7 +244,7 @@ class FusedRankEvaluator(RankBasedEvaluator):
     and finalization are PyKEEN's.
     """
 
-    def process_scores_(  # noqa: D102 - same contract as the parent's
+    def process_scores_(
         self,
         hrt_batch: torch.Tensor,
         target: str,

@@ -58,7 +58,7 @@ class SortedKeyFilterer(Filterer):
         position = torch.searchsorted(keys, encoded).clamp_max(keys.numel() - 1)
         return inside & (keys[position] == encoded)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"num_keys={self.keys.numel()}, num_entities={self.num_entities}, num_relations={self.num_relations}"
 
 

@@ -54,8 +54,8 @@ from simskip_core import SimSkipConfig, SimSkipTrainer
 from simskip_core.errors import ConfigError as SimSkipConfigError
 
 __all__ = [
-    "NO_SKIP_VARIANT",
     "DEFAULT_GATE_GRID",
+    "NO_SKIP_VARIANT",
     "REFINED_VARIANT",
     "REFINEMENT_KEYS",
     "RefinementConfig",
@@ -67,9 +67,9 @@ __all__ = [
     "fit_round",
     "initial_weights",
     "load_run_configs",
+    "pack_variants",
     "parse_gate_grid",
     "round_record",
-    "pack_variants",
     "run_refinement",
     "transform_rows",
     "unpack_variants",
@@ -127,7 +127,7 @@ def parse_gate_grid(value: Any) -> tuple[float, ...]:
     for item in items:
         try:
             if isinstance(item, bool):
-                raise ValueError
+                raise TypeError  # float(True) is 1.0: a bool is not a number here
             alpha = float(item)
         except (TypeError, ValueError):
             raise RefinementConfigError(f"{_GATE_GRID_KEY}: {item!r} is not a number (in {value!r})") from None
@@ -532,7 +532,7 @@ def run_refinement(
         raise RefinementInputError(f"clients' entity rows differ in width or are not 2-D: {widths}")
     dim = next(iter(widths.values()))
     start = initial_weights(int(dim), config)
-    current = {name: start for name in rows_by_client}
+    current = dict.fromkeys(rows_by_client, start)
     history = []
     for server_round in range(1, config.rounds + 1):
         started = time.perf_counter()
@@ -546,7 +546,7 @@ def run_refinement(
                                       aggregation, aggregation_trim)
                 for variant in config.variants()
             }
-            current = {name: averaged for name in rows_by_client}
+            current = dict.fromkeys(rows_by_client, averaged)
         else:
             current = {name: update.weights for name, update in updates.items()}
         record = round_record(server_round, updates, time.perf_counter() - started)

@@ -70,7 +70,7 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
         self.filtered = filtered
         self._filterer: SortedKeyFilterer | None = None
 
-    def _create_training_data_loader(  # noqa: D102
+    def _create_training_data_loader(
         self, triples_factory: CoreTriplesFactory, *, sampler: str | None, batch_size: int, drop_last: bool,
         **kwargs: Any,
     ) -> DataLoader:
@@ -85,10 +85,10 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
                           batch_size=None, **kwargs)
 
     @staticmethod
-    def _get_batch_size(batch: torch.Tensor) -> int:  # noqa: D102
+    def _get_batch_size(batch: torch.Tensor) -> int:
         return int(batch.shape[0])
 
-    def _process_batch(  # noqa: D102
+    def _process_batch(
         self, batch: torch.Tensor, start: int, stop: int, label_smoothing: float = 0.0,
         slice_size: int | None = None,
     ) -> torch.Tensor:

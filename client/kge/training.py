@@ -82,7 +82,7 @@ class TrainableGraph(Protocol):
     train: CoreTriplesFactory
 
     @property
-    def num_entities(self) -> int: ...  # noqa: D102
+    def num_entities(self) -> int: ...
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -105,15 +105,15 @@ class TrainingRegime:
 
     def train_kwargs(self, config: KGEConfig, device: torch.device) -> dict[str, Any]:
         """Keyword arguments for ``TrainingLoop.train`` common to every call."""
-        return dict(
-            batch_size=config.batch_size,  # always explicit: the automatic search is slow on CPU
-            use_tqdm=False,
-            num_workers=0,
-            pin_memory=device.type == "cuda",
+        return {
+            "batch_size": config.batch_size,  # always explicit: the automatic search is slow on CPU
+            "use_tqdm": False,
+            "num_workers": 0,
+            "pin_memory": device.type == "cuda",
             # PyKEEN creates its checkpoint folder on every call (under the home directory by
             # default); no checkpoint is written without a name, so point it at the temp folder
-            checkpoint_directory=tempfile.gettempdir(),
-        )
+            "checkpoint_directory": tempfile.gettempdir(),
+        }
 
 
 def negative_sampler_kwargs(config: KGEConfig) -> dict[str, Any]:
@@ -129,11 +129,11 @@ def negative_sampler_kwargs(config: KGEConfig) -> dict[str, Any]:
             f"negative-sampler {config.negative_sampler!r} is not one of "
             f"{sorted(negative_sampler_resolver.lookup_dict)}"
         ) from None
-    kwargs: dict[str, Any] = dict(
-        num_negs_per_pos=config.num_negs_per_pos,
-        filtered=config.filtered_negatives,
-        filterer=config.filterer if config.filtered_negatives else None,
-    )
+    kwargs: dict[str, Any] = {
+        "num_negs_per_pos": config.num_negs_per_pos,
+        "filtered": config.filtered_negatives,
+        "filterer": config.filterer if config.filtered_negatives else None,
+    }
     if "corruption_scheme" in inspect.signature(sampler_cls.__init__).parameters:
         kwargs["corruption_scheme"] = config.corruption_sides
     elif config.corruption_scheme != KGEConfig.corruption_scheme:
@@ -144,14 +144,14 @@ def negative_sampler_kwargs(config: KGEConfig) -> dict[str, Any]:
 class SLCWARegime(TrainingRegime):
     """PyKEEN's sLCWA loop: sampled negatives (FedE's regime)."""
 
-    def build_loop(  # noqa: D102
+    def build_loop(
         self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
     ) -> TrainingLoop:
         return SLCWATrainingLoop(
             model=model,
             triples_factory=triples_factory,
             optimizer=config.optimizer,
-            optimizer_kwargs=dict(lr=config.learning_rate),
+            optimizer_kwargs={"lr": config.learning_rate},
             negative_sampler=config.negative_sampler,
             negative_sampler_kwargs=negative_sampler_kwargs(config),
             # the sub-batch/slice search probes memory with extra forward passes; batch is fixed
@@ -167,7 +167,7 @@ class SharedNegativesRegime(TrainingRegime):
     positive through a distance matrix / matrix product: ~10x less work per batch on CPU.
     """
 
-    def build_loop(  # noqa: D102
+    def build_loop(
         self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
     ) -> TrainingLoop:
         from client.kge.shared_negatives import SharedNegativesTrainingLoop
@@ -183,7 +183,7 @@ class SharedNegativesRegime(TrainingRegime):
             model=model,
             triples_factory=triples_factory,
             optimizer=config.optimizer,
-            optimizer_kwargs=dict(lr=config.learning_rate),
+            optimizer_kwargs={"lr": config.learning_rate},
             corruption_sides=config.corruption_sides,
             num_negs_per_pos=config.num_negs_per_pos,
             filtered=config.filtered_negatives,
@@ -226,7 +226,7 @@ def _freeze_import_heap() -> None:
     done), ``gc.freeze()`` makes later collections scan only what was created since. Memory that
     becomes garbage later is still collected.
     """
-    global _HEAP_FROZEN
+    global _HEAP_FROZEN  # noqa: PLW0603 - one flag per process: the heap is frozen once
     if not _HEAP_FROZEN:
         gc.freeze()
         _HEAP_FROZEN = True
