@@ -173,16 +173,10 @@ def _setup(context: Context) -> tuple[Any, Any, str]:
     return graph, kge_config, name
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _trainer(graph: Any, config: Any, context: Context, private_key: str | None) -> Any:
     from client.kge.training import LocalTrainer
 
-    trainer = LocalTrainer(graph, config, device=_device())
+    trainer = LocalTrainer(graph, config, device=None)  # CUDA when present (client.kge.training.resolve_device)
     if private_key is not None and private_key in context.state.array_records:
         record = context.state.array_records[private_key]
         trainer.set_private_state({key: record[key].numpy() for key in record})

@@ -37,7 +37,6 @@ from client.client_app import (
     METRICS_KEY,
     PRIVATE_CURRENT,
     PRIVATE_SNAPSHOT,
-    _device,
     _incoming_rows,
     _output_dir,
     app,
@@ -167,7 +166,7 @@ def downstream(msg: Message, context: Context) -> Message:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
     result, ranks = evaluate_client_rows(graph, kge_config, rows, refined, refinement, relation_state=relation_state,
-                                         device=_device(), log=lambda line: (log(INFO, "%s", line), note(out, line)))
+                                         device=None, log=lambda line: (log(INFO, "%s", line), note(out, line)))
     note(out, f"downstream evaluation done in {time.perf_counter() - started:.1f}s")
     content = RecordDict({
         METRICS_KEY: MetricRecord({"client-seconds": time.perf_counter() - started}),

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))  # the project's packages, also without an installed checkout
 
 #: A KGE configuration whose rounds take about a second on 2 CPU cores: the point is to run
 #: many rounds, not to train well.

@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 DEFAULT_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
 DEFAULT_DATASETS = ("../shared/data/FB15k-237-Fed3", "../shared/data/FB15k-237-R10-FedLU")

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
 
 
 def _grid(items: list[str]) -> list[dict[str, object]]:

@@ -134,7 +134,7 @@ def run_command(prog: str, run: Callable[[], Path]) -> int:
     return 0
 
 
-def run_collection(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: Any) -> Path:
+def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: Any) -> Path:
     """Centralized training on the pooled triples (no Flower), evaluated per client.
 
     Writes the same run-folder files as a federated run: ``config.json``, ``metrics.jsonl`` /
@@ -229,7 +229,7 @@ def run_simulation(
     print(f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
           f"{kg.num_relations} relations -> {run_dir}", flush=True)
     if setting == "collection":
-        return run_collection(str(dataset), run_dir, run_config, kg)
+        return run_collection_setting(str(dataset), run_dir, run_config, kg)
 
     data_root = run_dir / "data"
     if not data_root.exists():

@@ -392,10 +392,6 @@ class FedEStrategy(FedAvg):
         # where failures outside a KGE round go (see collecting_failures)
         self._failure_sink: list[str] | None = None
 
-    @property
-    def _best_round(self) -> int:
-        return self.loop.best_round
-
     def client_name(self, node_id: int) -> str:
         """The client id of a registered node, else ``"node <id>"``."""
         info = self.clients.get(node_id)
@@ -872,9 +868,6 @@ class FedEStrategy(FedAvg):
                 continue
             per_client[name] = {k: float(v) for k, v in record.items()}
         return dict(sorted(per_client.items()))
-
-    def _metrics_from(self, replies: Iterable[Message]) -> dict[str, dict[str, float]]:
-        return self._metrics_attributed([(m.metadata.src_node_id, m) for m in replies], "validation")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Overall validation metrics weighted by each client's number of triples."""

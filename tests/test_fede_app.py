@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from client import client_app
 from client.kge.config import KGEConfig
 from client.kge.refinement import REFINEMENT_KEYS, RefinementConfig, load_run_configs
-from client.kge.settings import KNOWN_NON_KGE_KEYS, FederationSettings, load_run_config
+from client.kge.settings import KNOWN_NON_KGE_KEYS, FederationSettings
 from tests.conftest import PROJECT_ROOT
 
 TINY = {"embedding-dim": 4, "local-epochs": 1, "num-negs-per-pos": 2, "batch-size": 64, "eval-batch-size": 64}
@@ -39,7 +39,7 @@ def test_pyproject_app_config_lists_every_key_with_the_code_defaults():
 
 def test_unknown_run_config_key_fails_naming_it():
     with pytest.raises(ValueError, match="locl-epochs"):
-        load_run_config({"locl-epochs": 3})
+        load_run_configs({"locl-epochs": 3})
 
 
 @pytest.fixture(scope="module")

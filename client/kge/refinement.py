@@ -579,9 +579,8 @@ def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds:
 def load_run_configs(run_config: Mapping[str, Any]) -> tuple[Any, Any, RefinementConfig]:
     """Split a Flower run config into federation settings, KGE config and refinement config.
 
-    Like :func:`client.kge.settings.load_run_config`, but the refinement keys
-    (:data:`REFINEMENT_KEYS`) are known too, so every key has exactly one owner and a misspelt
-    one still fails.
+    Every key has exactly one owner (:class:`client.kge.settings.FederationSettings`,
+    :class:`client.kge.config.KGEConfig`, :data:`REFINEMENT_KEYS`), so a misspelt one fails.
 
     :returns: ``(FederationSettings, KGEConfig, RefinementConfig)``.
     :raises client.kge.config.ConfigError: naming an unknown key or a bad value.

@@ -2,7 +2,7 @@
 
 The KGE hyper-parameters belong to :class:`client.kge.config.KGEConfig`; it ignores exactly the
 keys listed in its own ``KNOWN_NON_KGE_KEYS`` plus :data:`KNOWN_NON_KGE_KEYS` here (passed
-as ``extra_known_keys``, see :func:`load_run_config`) and rejects any other unknown key, while
+as ``extra_known_keys``, see :func:`client.kge.refinement.load_run_configs`) and rejects any other unknown key, while
 :meth:`FederationSettings.from_run_config` reads only these keys. Together they make every
 key of a run config known to exactly one owner, so a misspelt key fails loudly.
 """
@@ -20,7 +20,6 @@ __all__ = [
     "SETTINGS",
     "FederationSettings",
     "SettingsError",
-    "load_run_config",
 ]
 
 #: dtypes entity rows may travel in.
@@ -156,19 +155,3 @@ class FederationSettings:
 KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
     field.name.replace("_", "-") for field in fields(FederationSettings)
 )
-
-
-def load_run_config(run_config: Mapping[str, Any]) -> tuple[FederationSettings, Any]:
-    """Split a Flower run config into federation settings and the KGE config.
-
-    :returns: ``(FederationSettings, client.kge.config.KGEConfig)``.
-    :raises SettingsError: for a bad federation value.
-    :raises client.kge.config.ConfigError: for an unknown key or a bad KGE value.
-    """
-    from client.kge.config import (
-        KGEConfig,  # Flower-free; imported lazily to keep this module light
-    )
-
-    return FederationSettings.from_run_config(run_config), KGEConfig.from_run_config(
-        run_config, extra_known_keys=KNOWN_NON_KGE_KEYS
-    )

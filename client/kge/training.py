@@ -36,6 +36,7 @@ from pykeen.triples import CoreTriplesFactory
 from client.kge import filtering
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.models import build_model, entity_embedding, seeded
+from simskip_core import resolve_device as resolve_named_device
 
 __all__ = [
     "EmbeddingShapeError",
@@ -86,10 +87,12 @@ class TrainableGraph(Protocol):
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``None`` or ``"auto"``: CUDA when present, else CPU; otherwise that device.
+
+    The rule is :func:`simskip_core.resolve_device`'s (one rule for KGE and SimSkip): asking for
+    CUDA where there is none fails with its named error instead of later inside torch.
+    """
+    return resolve_named_device("auto" if device is None else str(device))
 
 
 class TrainingRegime:

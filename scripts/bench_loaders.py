@@ -7,7 +7,7 @@ under 30 s on a 2-core machine. Reports wall and CPU seconds and the peak reside
 
 Usage::
 
-    python -m kg_datasets.bench [--shared ../shared/data] [--repeat 3]
+    python scripts/bench_loaders.py [--shared ../shared/data] [--repeat 3]
 """
 
 from __future__ import annotations

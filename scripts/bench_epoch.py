@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    python -m client.kge.bench_epoch --data ../shared/data/FB15k-237-Fed3 --client 0 --epochs 1
+    python scripts/bench_epoch.py --data ../shared/data/FB15k-237-Fed3 --client 0 --epochs 1
 
 Any KGE run-config key can be overridden with ``--set key=value`` (e.g. ``--set model=RotatE``).
 The figures are the wall and CPU time of ``LocalTrainer.train`` only (data loading and model

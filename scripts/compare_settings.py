@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    python -m client.kge.compare_settings --dataset Kinships --clients 3 --rounds 20 \\
+    python scripts/compare_settings.py --dataset Kinships --clients 3 --rounds 20 \\
         --set model=DistMult --set eval-every=5 --out results.json
 
 FedE here is :func:`client.kge.centralized.run_fede_in_process` (the same protocol as the Flower
