@@ -4,7 +4,7 @@ One party holds one data folder (``train.txt``/``valid.txt``/``test.txt``, label
 triples never leave it: the server learns only its entity labels (handshake) and the entity
 rows it trains. Relation embeddings and optimizer state stay in ``context.state``.
 The SimSkip phase's handlers (``train.simskip``, ``evaluate.downstream``) are registered on the
-same ``app`` by :mod:`client.refinement_app`.
+same ``app`` by :mod:`client.refinement_app`; :mod:`client.app` puts the two together.
 
 Where the data is (in this order):
 
@@ -112,7 +112,7 @@ def _data_location(context: Context) -> tuple[Path, int, str]:
     return folder, numeric, name
 
 
-def _output_dir(context: Context, name: str) -> Path | None:
+def output_dir(context: Context, name: str) -> Path | None:
     if "output-dir" in context.node_config:
         return Path(str(context.node_config["output-dir"])).expanduser().resolve()
     root = context.run_config.get("client-output-root")
@@ -190,7 +190,7 @@ def _store_private(context: Context, key: str, trainer: Any) -> None:
     )
 
 
-def _incoming_rows(msg: Message, graph: Any) -> np.ndarray:
+def incoming_rows(msg: Message, graph: Any) -> np.ndarray:
     rows = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().astype(np.float32, copy=False)
     if rows.ndim != 2 or rows.shape[0] != graph.num_entities:
         raise ClientSetupError(
@@ -344,7 +344,7 @@ def restore(msg: Message, context: Context) -> Message:
     _, _numeric, name = _data_location(context)
     cfg = msg.content.config_records[CONFIG_KEY]
     restored = _restore_private(
-        context, name, _output_dir(context, name), str(cfg.get("federation-id", "")),
+        context, name, output_dir(context, name), str(cfg.get("federation-id", "")),
         int(cfg["resume-round"]), best_round=int(cfg.get("best-round", 0)), strict=bool(cfg.get("strict", False)),
     )
     return Message(content=RecordDict({METRICS_KEY: MetricRecord({"restored-round": restored})}), reply_to=msg)
@@ -382,12 +382,12 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(cfg.get("server-round", 0))
     _hold_if_asked(server_round)
     federation_id = str(cfg.get("federation-id", ""))
-    out = _output_dir(context, name)
+    out = output_dir(context, name)
     if PRIVATE_CURRENT not in context.state.array_records and server_round > 1:
         # state gone (a restarted SuperNode that missed query.restore): rebuild it
         _restore_private(context, name, out, federation_id, server_round - 1, best_round=0, strict=False)
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
-    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    trainer.set_entity_embeddings(incoming_rows(msg, graph))
     train_started = time.perf_counter()
     losses = trainer.train(config.local_epochs)
     train_seconds = time.perf_counter() - train_started
@@ -434,7 +434,7 @@ def validate(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG_KEY]
     server_round, best_round = int(cfg["server-round"]), int(cfg.get("best-round", 0))
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
-    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    trainer.set_entity_embeddings(incoming_rows(msg, graph))
     metrics = trainer.evaluate("valid", config.eval_protocol)
     if getattr(config, "track_test", False):
         # same state, same protocol; reported apart ("test-" prefix), never used for selection
@@ -444,7 +444,7 @@ def validate(msg: Message, context: Context) -> Message:
     keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}
     for key in [k for k in context.state.array_records if k.startswith("private-round-") and k not in keep]:
         del context.state[key]
-    note(_output_dir(context, name), f"round {server_round}: valid MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
+    note(output_dir(context, name), f"round {server_round}: valid MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
 
 
@@ -456,9 +456,9 @@ def test(msg: Message, context: Context) -> Message:
     best_round = int(cfg["best-round"])
     snapshot = PRIVATE_SNAPSHOT.format(best_round)
     trainer = _trainer(graph, config, context, snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT)
-    trainer.set_entity_embeddings(_incoming_rows(msg, graph))
+    trainer.set_entity_embeddings(incoming_rows(msg, graph))
     metrics = trainer.evaluate("test", config.eval_protocol)
-    out = _output_dir(context, name)
+    out = output_dir(context, name)
     if out is not None:
         _write_private_outputs(trainer, graph, out)
     note(out, f"test with round {best_round}'s rows: MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
@@ -471,14 +471,10 @@ def finish(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
     record = {key: cfg[key] for key in ("status", "reason", "federation-id", "run-dir") if key in cfg}
     try:
-        out = _output_dir(context, _data_location(context)[2])
+        out = output_dir(context, _data_location(context)[2])
     except ClientSetupError:  # nowhere to write: the reply still tells the server it was heard
         out = None
     note(out, f"federation finished: {record.get('status', '?')}" + (f" ({record['reason']})" if record.get("reason") else ""))
     write_finished(out, record)
     return Message(content=RecordDict({CONFIG_KEY: ConfigRecord({"acknowledged": 1})}), reply_to=msg)
 
-
-# The SimSkip phase's handlers (train.simskip, evaluate.downstream) live in their own module and
-# register themselves on ``app``; imported last because they import names from this module.
-from client import refinement_app  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The ClientApp's handlers of the SimSkip phase and the downstream evaluation.
 
-Registered on :data:`client.client_app.app` (imported at the end of that module), so one
+Registered on :data:`client.client_app.app` (:mod:`client.app` imports this module), so one
 ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
 
 ``train.simskip``: refine this party's entity rows for ``simskip-local-epochs`` epochs from the
@@ -37,11 +37,11 @@ from client.client_app import (
     METRICS_KEY,
     PRIVATE_CURRENT,
     PRIVATE_SNAPSHOT,
-    _incoming_rows,
-    _output_dir,
     app,
+    incoming_rows,
     load_graph,
     load_private_checkpoint,
+    output_dir,
     save_private_checkpoint,
 )
 from client.kge.run_folder import save_npy_atomic
@@ -114,10 +114,10 @@ def simskip_train(msg: Message, context: Context) -> Message:
 
     _kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
-    rows = _incoming_rows(msg, graph)
+    rows = incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
     server_round = int(cfg["server-round"])
-    out = _output_dir(context, name)
+    out = output_dir(context, name)
     start = _start_weights(msg, context, list(refinement.variants()), out, name, server_round)
     update = fit_round(rows, start, refinement, client_id=name, server_round=server_round)
     metrics = {"num-rows": update.num_rows, "simskip-seconds": float(update.seconds)}
@@ -147,9 +147,9 @@ def downstream(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
-    rows = _incoming_rows(msg, graph)
+    rows = incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
-    out = _output_dir(context, name)
+    out = output_dir(context, name)
     # the final encoders: the server's average, or (local-only) this party's own of the last round
     weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg["simskip-round"]) + 1)
     refined = transform_rows(rows, weights, refinement, client_id=name)

@@ -15,6 +15,7 @@ import numpy as np
 from pykeen.triples import TriplesFactory
 
 from kg_datasets.triples import LocatedTriples, labels_in_id_order
+from kg_datasets.writer import write_federated
 
 
 class _GlobalVocabularies:
@@ -138,6 +139,4 @@ class FederatedKG(_GlobalVocabularies):
         :param overwrite: replace an existing non-empty folder (otherwise an error).
         :return: the folder written.
         """
-        from kg_datasets.writer import write_federated
-
         return write_federated(self, Path(out_dir), overwrite=overwrite)

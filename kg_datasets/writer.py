@@ -6,13 +6,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kg_datasets.errors import KGDataError
 from kg_datasets.labeled import ENTITY_VOCAB_FILE, RELATION_VOCAB_FILE
-from kg_datasets.model import ClientGraph, FederatedKG
 from kg_datasets.triples import labels_in_id_order
+
+if TYPE_CHECKING:  # annotations only: model imports this module for FederatedKG.write
+    from kg_datasets.model import ClientGraph, FederatedKG
 
 
 def render_triples(mapped: np.ndarray, entity_labels: list[str], relation_labels: list[str]) -> bytes:

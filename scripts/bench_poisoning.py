@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from client.kge.config import KGEConfig
     from client.kge.run_folder import emit_json
     from kg_datasets import load_federated
-    from server.simulation import parse_set_options
+    from server.run_options import parse_set_options
 
     for rule in args.rules:
         check_rule(rule, args.trim)

@@ -386,7 +386,7 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, write the JSON report (atomically) and print it."""
-    from server.simulation import add_preset_option
+    from server.run_options import add_preset_option
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["simulation", "in-process"], default="simulation")

@@ -221,7 +221,7 @@ def _resolve_dataset(dataset: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    from server.simulation import add_preset_option
+    from server.run_options import add_preset_option
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="grid folder (one sub-folder per cell)")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid; returns the exit status (1 when a cell failed; the others still ran)."""
-    from server.simulation import run_config_overrides
+    from server.run_options import run_config_overrides
 
     args = build_parser().parse_args(argv)
     out = args.out.resolve()

@@ -30,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _grid(items: list[str]) -> list[dict[str, object]]:
-    from server.simulation import parse_set_options
+    from server.run_options import parse_set_options
 
     keys, values = [], []
     for item in items:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from client.kge.config import KGEConfig
     from client.kge.run_folder import emit_json
     from kg_datasets import load_federated
-    from server.simulation import parse_set_options
+    from server.run_options import parse_set_options
 
     if args.threads:
         torch.set_num_threads(args.threads)

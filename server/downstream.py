@@ -45,6 +45,7 @@ from server.report import (
     save_ranks,
     write_report,
 )
+from server.run_options import parse_set_options
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
 
@@ -240,7 +241,6 @@ def write_downstream_and_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.downstream RUN_DIR [--set KEY=VALUE ...]``; returns the exit status."""
-    from server.simulation import parse_set_options
 
     parser = argparse.ArgumentParser(prog="python -m server.downstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished KGE run")

@@ -28,110 +28,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import signal
 import sys
-import time
-import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from client import launcher
-from client.kge.config import PRESETS, preset
 from client.kge.run_folder import RunFolder
+from server import signals
+from server.partial_results import write_partial_results
+from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
 
 __all__ = [
     "ResumeError",
-    "add_preset_option",
     "auto_gpus_per_client",
-    "check_run_config",
     "cuda_gpu_visible",
     "main",
-    "parse_set_options",
     "ray_num_cpus",
     "resume_run_config",
     "resume_simulation",
-    "run_command",
-    "run_config_overrides",
     "run_simulation",
 ]
 
 #: Round budget of the default simulation; early stopping (patience 3 checks, one per round) ends
 #: the README's UMLS run well before it (round 12).
 DEFAULT_SIM_ROUNDS = 30
-
-
-def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["local-epochs=2", "model=RotatE"]`` -> ``{"local-epochs": 2, "model": "RotatE"}``.
-
-    Values are read as TOML (numbers, booleans, quoted strings); anything else is a string.
-
-    :raises ValueError: for an item without ``=``.
-    """
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        # Found by tests/test_loader_fuzz.py: tomllib raises a bare ValueError (an integer of over
-        # 4,300 digits) or RecursionError (deeply nested arrays) besides TOMLDecodeError, and
-        # "3\nw = 1" parsed as 3, dropping the rest. A value is TOML only when it is the whole text.
-        try:
-            document = tomllib.loads(f"v = {raw}")
-        except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
-            document = {}
-        values[key.strip()] = document["v"] if document.keys() == {"v"} else raw
-    return values
-
-
-def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[str, Any]:
-    """The command line's run-config values: preset ``preset_name`` first, then the ``--set`` items.
-
-    :raises client.kge.config.ConfigError: for an unknown preset.
-    :raises ValueError: for an item without ``=``.
-    """
-    return {**preset(preset_name), **parse_set_options(items)}
-
-
-def add_preset_option(parser: argparse.ArgumentParser) -> None:
-    """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values applied before --set (small-graph: the quick start's "
-                             "schedule; fede-paper: FedE's published schedule; client/kge/config.py)")
-
-
-def default_run_dir() -> Path:
-    """``runs/<UTC timestamp>`` under the current directory."""
-    return Path("runs") / dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-
-
-def check_run_config(run_config: dict[str, Any]) -> None:
-    """Fail before any process starts when a key is unknown (any phase) or a value is bad."""
-    from client.kge.refinement import load_run_configs
-
-    load_run_configs(run_config)
-
-
-def run_command(prog: str, run: Callable[[], Path]) -> int:
-    """The boundary of a command that runs ``run()`` (returning the run folder); returns the exit status.
-
-    0 after printing ``[prog] done in N s: RUN_DIR``; 130 on Ctrl-C; 1 on any other exception,
-    reported as ``[prog] error: Type: message`` on stderr. ``SystemExit`` passes through.
-    """
-    started = time.time()
-    try:
-        run_dir = run()
-    except KeyboardInterrupt:
-        print(f"[{prog}] interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
-        print(f"[{prog}] error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    print(f"[{prog}] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
-    return 0
 
 
 def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, Any], kg: Any) -> Path:
@@ -259,7 +183,6 @@ def _run_flower(
 
     :raises client.launcher.FlowerProcessError: when the run did not complete.
     """
-    from server import signals
 
     if num_gpus_per_client is None:
         num_gpus_per_client = auto_gpus_per_client(num_clients, concurrent_clients)
@@ -512,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet=args.quiet,
         )
 
-    from server import signals
 
     with signals.installed("simskip-sim", _interrupt):  # until the partial results are written
         try:
@@ -526,7 +448,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_interrupted(run_dir: Path, signum: int) -> None:
     """Write ``RUN_DIR/partial_results.json`` (as simskip-server does) and say how to resume."""
-    from server.cli import write_partial_results
 
     resume = ["simskip-sim", "--resume", str(run_dir)]
     name = signal.Signals(signum).name

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside
 
 def test_pyproject_app_config_lists_every_key_with_the_code_defaults():
     config = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert config["components"] == {"serverapp": "server.server_app:app", "clientapp": "client.client_app:app"}
+    assert config["components"] == {"serverapp": "server.server_app:app", "clientapp": "client.app:app"}
     app_config = config["config"]
     kge_defaults = KGEConfig().to_run_config()
     federation_defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FederationSettings)}

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from server.simulation import auto_gpus_per_client, parse_set_options, ray_num_cpus
+from server.run_options import parse_set_options
+from server.simulation import auto_gpus_per_client, ray_num_cpus
 from server.simulation import main as sim_main
 
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256"]

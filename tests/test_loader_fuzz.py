@@ -51,7 +51,7 @@ from kg_datasets.openke import read_openke_dictionary, read_openke_triples
 from kg_datasets.sources import FederatedTriples
 from kg_datasets.textio import read_labeled_triples
 from kg_datasets.triples import SPLITS
-from server.simulation import parse_set_options
+from server.run_options import parse_set_options
 
 #: 500 examples per loader (the issue's floor); no deadline, so a slow machine never fails a test.
 FUZZ = settings(

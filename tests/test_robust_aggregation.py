@@ -96,7 +96,7 @@ def test_an_unknown_rule_or_trim_is_refused() -> None:
 
 
 def test_an_unknown_rule_fails_before_any_process_starts() -> None:
-    from server.simulation import check_run_config
+    from server.run_options import check_run_config
 
     with pytest.raises(SettingsError, match="aggregation must be one of"):
         check_run_config({"aggregation": "krum"})

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from client import launcher
-from server import cli
+from server import cli, partial_results
 from server.signals import SignalGate
 
 
@@ -42,7 +42,7 @@ def test_partial_results_report_last_round_best_valid_checkpoint_and_resume(tmp_
     (tmp_path / "config.json").write_text(json.dumps({"run_config": {"num-server-rounds": 10}}))
     command = ["simskip-server", "--resume", str(tmp_path), "--insecure"]
 
-    path = cli.write_partial_results(tmp_path, signal.SIGTERM, command)
+    path = partial_results.write_partial_results(tmp_path, signal.SIGTERM, command)
 
     result = json.loads(path.read_text())
     assert path == tmp_path / "partial_results.json"
@@ -59,7 +59,7 @@ def test_partial_results_report_last_round_best_valid_checkpoint_and_resume(tmp_
 
 
 def test_partial_results_of_a_run_interrupted_before_any_round(tmp_path):
-    result = cli.partial_results(tmp_path, signal.SIGINT, ["simskip-server", "--resume", str(tmp_path)])
+    result = partial_results.partial_results(tmp_path, signal.SIGINT, ["simskip-server", "--resume", str(tmp_path)])
     assert result["signal"] == "SIGINT" and result["exit_code"] == 130
     assert result["last_completed_round"] == 0 and result["best_round"] is None
     assert result["checkpoint"] is None and result["resumable"] is False
@@ -254,7 +254,7 @@ def test_sigterm_after_round_1_exits_143_with_partial_results_and_no_process_lef
 
 
 def _resume_supported(run_dir: Path) -> bool:
-    from server.simulation import check_run_config
+    from server.run_options import check_run_config
 
     try:
         check_run_config({"resume": True, "run-dir": str(run_dir)})

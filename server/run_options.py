@@ -1,0 +1,92 @@
+"""The run options every command shares: ``--set`` values, ``--preset``, the run folder's name, the
+run-config check before anything starts, and the common exit path of a command.
+
+Used by ``simskip-sim`` (:mod:`server.simulation`), ``simskip-server`` (:mod:`server.cli`) and
+``--refine-only`` (:mod:`server.downstream`); it imports none of them, so they import one way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from client.kge.config import PRESETS, preset
+
+__all__ = ["add_preset_option", "check_run_config", "default_run_dir", "parse_set_options", "run_command",
+           "run_config_overrides"]
+
+
+def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["local-epochs=2", "model=RotatE"]`` -> ``{"local-epochs": 2, "model": "RotatE"}``.
+
+    Values are read as TOML (numbers, booleans, quoted strings); anything else is a string.
+
+    :raises ValueError: for an item without ``=``.
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        # Found by tests/test_loader_fuzz.py: tomllib raises a bare ValueError (an integer of over
+        # 4,300 digits) or RecursionError (deeply nested arrays) besides TOMLDecodeError, and
+        # "3\nw = 1" parsed as 3, dropping the rest. A value is TOML only when it is the whole text.
+        try:
+            document = tomllib.loads(f"v = {raw}")
+        except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
+            document = {}
+        values[key.strip()] = document["v"] if document.keys() == {"v"} else raw
+    return values
+
+
+def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[str, Any]:
+    """The command line's run-config values: preset ``preset_name`` first, then the ``--set`` items.
+
+    :raises client.kge.config.ConfigError: for an unknown preset.
+    :raises ValueError: for an item without ``=``.
+    """
+    return {**preset(preset_name), **parse_set_options(items)}
+
+
+def add_preset_option(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="named run-config values applied before --set (small-graph: the quick start's "
+                             "schedule; fede-paper: FedE's published schedule; client/kge/config.py)")
+
+
+def default_run_dir() -> Path:
+    """``runs/<UTC timestamp>`` under the current directory."""
+    return Path("runs") / dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def check_run_config(run_config: dict[str, Any]) -> None:
+    """Fail before any process starts when a key is unknown (any phase) or a value is bad."""
+    from client.kge.refinement import load_run_configs
+
+    load_run_configs(run_config)
+
+
+def run_command(prog: str, run: Callable[[], Path]) -> int:
+    """The boundary of a command that runs ``run()`` (returning the run folder); returns the exit status.
+
+    0 after printing ``[prog] done in N s: RUN_DIR``; 130 on Ctrl-C; 1 on any other exception,
+    reported as ``[prog] error: Type: message`` on stderr. ``SystemExit`` passes through.
+    """
+    started = time.time()
+    try:
+        run_dir = run()
+    except KeyboardInterrupt:
+        print(f"[{prog}] interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
+        print(f"[{prog}] error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"[{prog}] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
+    return 0
