@@ -703,6 +703,7 @@ CONSOLE_NOISE = re.compile(
     r"default simulated SuperNodes changed|To change federation size, use the following command"
     r"|flwr federation simulation-config|Ray will no longer override accelerator visible devices"
     r"|`torch\.jit\.script_method` is deprecated"
+    r"|Manually terminating ClientAppActor"  # Flower's WARNING for every actor at a simulation's normal end
     r"|^(\(\w+ pid=\d+\))?\s*warnings\.warn\($"  # a Ray worker's lines carry its name and pid
 )
 #: Lines a ``--quiet`` console still shows: problems, and the command's own summary lines.

@@ -130,8 +130,11 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
              "override accelerator visible devices env var if num_gpus=0\n"), "  warnings.warn(\n",
              ("\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
              "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n"),
-             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n"]
+             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n",
+             ("\x1b[36m(ClientAppActor pid=420)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually terminating "
+              "ClientAppActor\x1b[32m [repeated 2x across cluster]\x1b[0m\n")]
     assert not any(console_line(line) for line in noise)
+    assert not any(console_line(line, quiet=True) for line in noise)
     progress = "\x1b[92mINFO \x1b[0m:      [round 3/10] 1.2s loss 0:2.1\n"
     problem = "\x1b[93mWARNING \x1b[0m:   parties ['1'] did not acknowledge the end of the run\n"
     assert console_line(progress) and console_line(problem)
