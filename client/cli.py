@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client import launcher
+from client import credentials, launcher, pids
 
 __all__ = ["build_parser", "main"]
 
@@ -139,10 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     auth_key = args.auth_private_key.expanduser().resolve() if args.auth_private_key else None
     try:  # before anything starts: a wrong path is one line naming the file
         if root_certificates is not None:
-            launcher.check_pem_certificate(root_certificates, "root certificate file (--root-certificates)")
+            credentials.check_pem_certificate(root_certificates, "root certificate file (--root-certificates)")
         if auth_key is not None:
-            launcher.check_auth_private_key(auth_key)
-    except launcher.CredentialError as err:
+            credentials.check_auth_private_key(auth_key)
+    except credentials.CredentialError as err:
         print(f"[simskip-client] error: {err}", file=sys.stderr)
         return 1
     folder = args.data.expanduser().resolve()
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
         print(f"[simskip-client] error in {folder}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    port = args.port if args.port is not None else launcher.free_port()
+    port = args.port if args.port is not None else pids.free_port()
     node_config = {"data-dir": str(folder), "partition-id": partition_id, "output-dir": str(output_dir)}
     signal.signal(signal.SIGTERM, _terminate)
     supernode = starter = None
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # free_port() only says the port was free when asked: another process (a party started
             # at the same moment on this machine) may bind it first. A port we chose is chosen again.
             if code != 0 and args.port is None and "address already in use" in text and attempt < PORT_ATTEMPTS:
-                old_port, port = port, launcher.free_port()
+                old_port, port = port, pids.free_port()
                 print(f"[simskip-client] port {old_port} was taken before the SuperNode bound it; "
                       f"retrying on {port}", file=sys.stderr, flush=True)
                 continue
@@ -217,11 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except launcher.FlowerProcessError as err:
+    except pids.FlowerProcessError as err:
         print(f"[simskip-client] error: {err}", file=sys.stderr)
         return 1
     finally:
-        launcher.stop_process(supernode)
+        pids.stop_process(supernode)
         if starter is not None:  # after the SuperNode: no ClientApp can still be asking for a fork
             starter.close()
 

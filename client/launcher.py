@@ -1,4 +1,8 @@
-"""Start Flower's processes (SuperLink, SuperNode, ``flwr run``) for this app, by PID.
+"""Start Flower's processes (SuperLink, SuperNode, ``flwr run``) for this app, by PID, and read
+what they report (the run's status, the streamed log's console lines).
+
+Checks of TLS and authentication files are in :mod:`client.credentials`; finding and stopping
+process trees in :mod:`client.pids`.
 
 Shared by ``simskip-server`` (deployment), ``simskip-client`` and ``simskip-sim`` (simulation
 runtime of a SuperLink started with ``--simulation``). Flower's own state (``FLWR_HOME``: the
@@ -14,36 +18,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.credentials import AuthorizedKey, TLSFiles, check_auth_private_key, check_pem_certificate
+from client.pids import FlowerProcessError
+
 __all__ = [
     "PROJECT_ROOT",
-    "AuthorizedKey",
-    "CredentialError",
-    "FlowerProcessError",
-    "TLSFiles",
-    "check_auth_private_key",
-    "check_pem_certificate",
     "check_run_completed",
     "explain_supernode_exit",
     "flower_env",
-    "free_port",
-    "process_tree",
-    "read_authorized_keys",
     "register_supernodes",
     "run_app",
     "start_superlink",
     "start_supernode",
-    "stop_process",
-    "wait_for_health",
     "write_connection",
 ]
 
@@ -62,210 +55,6 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-class FlowerProcessError(RuntimeError):
-    """A Flower process failed to start, died, or the run did not complete."""
-
-
-class CredentialError(FlowerProcessError):
-    """A certificate or key file is missing, unreadable, malformed, or does not fit the others."""
-
-
-def _read_credential(path: Path, what: str) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise CredentialError(f"{what} not found: {path}")
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise CredentialError(f"{what} {path} is not readable: {err.strerror}") from err
-
-
-def check_pem_certificate(path: Path, what: str = "certificate file") -> Any:
-    """Load one PEM X.509 certificate (the first of the file) or raise naming the file.
-
-    :returns: the :class:`cryptography.x509.Certificate`.
-    :raises CredentialError: missing, unreadable, not PEM, or not a certificate.
-    """
-    from cryptography import x509
-
-    data = _read_credential(path, what)
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise CredentialError(f"{what} {path} is not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as err:
-        raise CredentialError(f"{what} {path} is not a valid PEM certificate: {err}") from err
-
-
-def _check_pem_private_key(path: Path, what: str = "private key file") -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    data = _read_credential(path, what)
-    if b"PRIVATE KEY-----" not in data:
-        raise CredentialError(f"{what} {path} is not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----' line)")
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as err:  # TypeError: the key is encrypted with a passphrase
-        raise CredentialError(f"{what} {path} cannot be loaded (a passphrase-protected key is not "
-                              f"supported): {err}") from err
-
-
-def _public_bytes(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _names_in_certificate(cert: Any) -> list[str]:
-    from cryptography import x509
-
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
-
-
-def _host_matches(host: str, names: Sequence[str]) -> bool:
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        address = None
-    for name in names:
-        if address is not None:
-            try:
-                if ipaddress.ip_address(name) == address:
-                    return True
-            except ValueError:
-                continue
-        elif name.lower() == host.lower() or (
-            name.startswith("*.") and host.lower().endswith(name[1:].lower()) and host.count(".") == name.count(".")
-        ):
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """Certificates for a TLS SuperLink (all three PEM paths)."""
-
-    ca_certfile: Path
-    certfile: Path
-    keyfile: Path
-
-    def check(self, host: str | None = None) -> None:
-        """Check the three files before any process starts.
-
-        Each must exist and be readable PEM; the key must belong to the certificate, the CA must
-        have issued it, and it must not be expired. With ``host``, the certificate's
-        subjectAltName must name it (the server's own ``flwr run`` connects to that address).
-
-        :raises CredentialError: naming the file and what is wrong with it.
-        """
-        import datetime as dt
-
-        from cryptography.exceptions import InvalidSignature
-
-        ca = check_pem_certificate(self.ca_certfile, "CA certificate file (--ssl-ca-certfile)")
-        cert = check_pem_certificate(self.certfile, "server certificate file (--ssl-certfile)")
-        key = _check_pem_private_key(self.keyfile, "server key file (--ssl-keyfile)")
-        if _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
-            raise CredentialError(f"server key file {self.keyfile} does not belong to the certificate {self.certfile}")
-        try:  # name and signature: two CAs may share a name
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature) as err:
-            raise CredentialError(
-                f"server certificate {self.certfile} (issuer {cert.issuer.rfc4514_string()!r}) was not signed by "
-                f"the CA of {self.ca_certfile} ({ca.subject.rfc4514_string()!r}): {str(err) or 'the signature does not verify'}"
-            ) from err
-        now = dt.datetime.now(dt.UTC)
-        for path, item in ((self.certfile, cert), (self.ca_certfile, ca)):
-            if not item.not_valid_before_utc <= now <= item.not_valid_after_utc:
-                raise CredentialError(f"certificate {path} is not valid now (valid from {item.not_valid_before_utc} "
-                                      f"to {item.not_valid_after_utc})")
-        if host is not None:
-            names = _names_in_certificate(cert)
-            if not _host_matches(host, names):
-                raise CredentialError(
-                    f"server certificate {self.certfile} does not name {host} in its subjectAltName "
-                    f"(it names {names or 'nothing'}); make one with scripts/make_certs.sh OUT_DIR {host} ...")
-
-
-def check_auth_private_key(path: Path) -> None:
-    """Check a SuperNode authentication key: an OpenSSH private key on a NIST EC curve.
-
-    Flower's ``flower-supernode --auth-supernode-private-key`` derives the public key from it.
-
-    :raises CredentialError: naming the file.
-    """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
-    data = _read_credential(path, "node authentication key (--auth-private-key)")
-    try:
-        key = load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise CredentialError(f"node authentication key {path} is not an unencrypted OpenSSH private key "
-                              f"(make one with: ssh-keygen -t ecdsa -b 384 -N '' -f {path}): {err}") from err
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CredentialError(f"node authentication key {path} is a {type(key).__name__}; Flower needs an EC key "
-                              f"(ssh-keygen -t ecdsa -b 384)")
-
-
-@dataclass(frozen=True)
-class AuthorizedKey:
-    """One party's public key as registered with the SuperLink.
-
-    :param text: the OpenSSH line ``ecdsa-sha2-nistp384 AAAA... [comment]``.
-    :param source: ``FILE:LINE`` it came from (for error messages and the node's name).
-    :param comment: the key's comment (e.g. ``party0``), or ``""``.
-    """
-
-    text: str
-    source: str
-    comment: str = ""
-
-
-def read_authorized_keys(path: Path) -> list[AuthorizedKey]:
-    """Read the parties' public keys: one OpenSSH public key per line, ``#`` comments and blank
-    lines skipped (e.g. ``cat party*.pub > parties.pub``).
-
-    Each key must be an EC key on a NIST curve (what ``flwr supernode register`` accepts).
-
-    :raises CredentialError: naming ``FILE:LINE`` of a malformed or duplicated key, or an empty file.
-    """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
-    data = _read_credential(path, "public key list (--auth-public-keys)")
-    keys: list[AuthorizedKey] = []
-    seen: dict[bytes, str] = {}
-    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        source = f"{path}:{number}"
-        try:
-            key = load_ssh_public_key(line.encode())
-        except (ValueError, UnsupportedAlgorithm) as err:
-            raise CredentialError(f"{source}: not an OpenSSH public key ({err})") from err
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise CredentialError(f"{source}: a {type(key).__name__}; Flower needs an EC key (ssh-keygen -t ecdsa -b 384)")
-        der = _public_bytes(key)
-        if der in seen:
-            raise CredentialError(f"{source}: the same key as {seen[der]}")
-        seen[der] = source
-        parts = line.split(maxsplit=2)
-        keys.append(AuthorizedKey(text=line, source=source, comment=parts[2] if len(parts) > 2 else ""))
-    if not keys:
-        raise CredentialError(f"public key list {path} holds no key")
-    return keys
 
 
 def register_supernodes(flwr_home: Path, keys: Sequence[AuthorizedKey], connection: str = CONNECTION_NAME) -> list[int]:
@@ -318,13 +107,6 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
 def _script(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_superlink(
@@ -501,110 +283,6 @@ def _popen(
     finally:
         if log_path is not None:
             out.close()
-
-
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """``(parent pid, state, start time)`` of ``pid`` from ``/proc`` (Linux), or None when gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    fields = raw[raw.rindex(")") + 2:].split()
-    return int(fields[1]), fields[0], int(fields[19])
-
-
-def process_tree(pid: int) -> list[tuple[int, int]]:
-    """``pid``'s descendants now, as ``(pid, start time)`` pairs (empty where ``/proc`` is absent).
-
-    Needed because Flower starts its SuperExec in a new session (outside the SuperLink's process
-    group) and the SuperExec starts the ServerApp / ClientApps: a process-group signal misses them.
-    The start time tells a reused PID from the original process.
-    """
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
-        stat = _proc_stat(int(entry.name))
-        if stat is not None:
-            children.setdefault(stat[0], []).append(int(entry.name))
-            starts[int(entry.name)] = stat[2]
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append((child, starts[child]))
-        todo.extend(children.get(child, []))
-    return found
-
-
-def _alive(pid: int, start: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[2] == start and stat[1] != "Z"
-
-
-def _signal_tree(leader: int, tree: Sequence[tuple[int, int]], signum: int) -> None:
-    try:
-        os.killpg(leader, signum)
-    except ProcessLookupError:
-        pass
-    for pid, start in tree:
-        if _alive(pid, start):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-
-def _leads_group(pid: int) -> bool:
-    try:
-        return os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return False
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    """Stop ``proc``, its process group and all its descendants, by PID.
-
-    SIGTERM first, so that a ServerApp can end its current file write (every file of the run
-    folder is written atomically, so even a SIGKILL leaves the last complete version); SIGKILL
-    to whatever still runs after ``timeout`` seconds.
-    """
-    if proc is None:
-        return
-    tree = process_tree(proc.pid)  # before the signal: orphans are re-parented and lost to the tree
-    if proc.poll() is not None:
-        tree = [(pid, start) for pid, start in tree if _alive(pid, start)]
-        if not tree:
-            return
-    _signal_tree(proc.pid, tree, signal.SIGTERM)
-    if proc.poll() is None and not _leads_group(proc.pid):  # started without a new session: killpg missed it
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not any(_alive(pid, start) for pid, start in tree):
-            break
-        time.sleep(0.1)
-    # the group too: children that outlived the leader share its group id
-    _signal_tree(proc.pid, tree, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.kill()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def wait_for_health(host: str, port: int, proc: subprocess.Popen, timeout: float = 60.0, tls: bool = False) -> None:
-    """Wait until the SuperLink answers on ``host:port`` (TCP accept), or raise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise FlowerProcessError(f"flower-superlink exited with code {proc.returncode} during start-up")
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise FlowerProcessError(f"flower-superlink did not listen on {host}:{port} within {timeout:.0f} s")
 
 
 def write_connection(

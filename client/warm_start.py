@@ -38,10 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.launcher import (
-    stop_process,  # stops the whole process tree, SIGKILL after timeout
-)
 from client.object_pulls import shorten_object_pull_backoff
+from client.pids import stop_process  # stops the whole process tree, SIGKILL after timeout
 
 __all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStartError", "WarmStarter", "serve", "start_warm_starter", "write_shim"]
 

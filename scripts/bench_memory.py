@@ -52,7 +52,7 @@ TINY_SETS = ("embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-ev
 # ----------------------------------------------------------------------------- /proc
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (by parent pid), as they are now."""
-    from client.launcher import process_tree as descendants  # (pid, start time) of each descendant
+    from client.pids import process_tree as descendants  # (pid, start time) of each descendant
 
     return [root, *(pid for pid, _ in descendants(root))]
 

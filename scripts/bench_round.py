@@ -133,7 +133,7 @@ def run_deployment(
         1 by default because all parties share this machine's cores here.
     :param cold_start: start every ClientApp process cold (``simskip-client --cold-start``).
     """
-    from client.launcher import free_port, stop_process
+    from client.pids import free_port, stop_process
 
     clients = sorted(p for p in data.iterdir() if p.is_dir() and p.name.isdigit())
     port = free_port()

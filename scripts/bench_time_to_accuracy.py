@@ -298,7 +298,7 @@ def run_simulation_mode(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Launch ``simskip-sim``, follow its metrics until done / budget / target; return (report, status)."""
     import subprocess
 
-    from client.launcher import process_tree, stop_process
+    from client.pids import process_tree, stop_process
 
     run_dir = (args.run_dir or PROJECT_ROOT / "runs" / time.strftime("tta-%Y%m%d-%H%M%S", time.gmtime())).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from client import launcher
-from client.launcher import TLSFiles
+from client import credentials, launcher, pids
+from client.credentials import TLSFiles
 from server import signals
 from server.partial_results import write_partial_results
 from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
@@ -149,12 +149,12 @@ def run_server(
     """Run one federation behind a SuperLink; return the run folder.
 
     :param run_config: run-config overrides (``run-dir`` is set here).
-    :param tls: :class:`client.launcher.TLSFiles`, or ``None`` for an insecure SuperLink.
-    :param authorized_keys: :class:`client.launcher.AuthorizedKey` of each party allowed to join;
+    :param tls: :class:`client.credentials.TLSFiles`, or ``None`` for an insecure SuperLink.
+    :param authorized_keys: :class:`client.credentials.AuthorizedKey` of each party allowed to join;
         non-empty turns Flower's SuperNode authentication on (needs ``tls``).
     :param on_start: called with the resolved run folder before any process starts.
     :param quiet: print only problems and summary lines (the run log keeps everything).
-    :raises client.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.pids.FlowerProcessError: when the run did not complete.
     """
 
     run_dir = run_dir.resolve()
@@ -173,7 +173,7 @@ def run_server(
                 log_path=run_dir / "logs" / "superlink.log",
             )
         connect_host = _connect_host(host)
-        launcher.wait_for_health(connect_host, port, superlink)
+        pids.wait_for_health(connect_host, port, superlink)
         launcher.write_connection(
             flwr_home, f"{connect_host}:{port}", insecure=tls is None,
             root_certificates=tls.ca_certfile if tls is not None else None,
@@ -185,7 +185,7 @@ def run_server(
         run_id, status = launcher.run_app(flwr_home, run_config, superlink=superlink,
                                           log_path=run_dir / "logs" / "run.log", quiet=quiet)
     finally:
-        launcher.stop_process(superlink, timeout=STOP_GRACE_SECONDS)
+        pids.stop_process(superlink, timeout=STOP_GRACE_SECONDS)
     launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (server.simulation.ResumeError) is a one-line error, exit 1
 
         tls = _tls(args, _connect_host(args.host))
-        keys = launcher.read_authorized_keys(args.auth_public_keys) if args.auth_public_keys is not None else ()
+        keys = credentials.read_authorized_keys(args.auth_public_keys) if args.auth_public_keys is not None else ()
         overrides = _overrides(args)
         if args.resume is not None:  # the same run config as simskip-sim --resume
             run_dir = args.resume.expanduser().resolve()

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client import launcher
+from client import launcher, pids
 from client.kge.run_folder import RunFolder
 from server import signals
 from server.partial_results import write_partial_results
@@ -135,7 +135,7 @@ def run_simulation(
     :param concurrent_clients: virtual clients that train at the same time (see
         :func:`ray_num_cpus`; ``None``: all of them).
     :param quiet: print only problems and summary lines (the run log keeps everything).
-    :raises client.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.pids.FlowerProcessError: when the run did not complete.
     """
     from kg_datasets import load_federated
 
@@ -181,7 +181,7 @@ def _run_flower(
     """Start a simulation SuperLink, run the app with ``run_config`` on ``num_clients`` virtual
     nodes, stop the SuperLink by PID; return ``run_dir``.
 
-    :raises client.launcher.FlowerProcessError: when the run did not complete.
+    :raises client.pids.FlowerProcessError: when the run did not complete.
     """
 
     if num_gpus_per_client is None:
@@ -190,14 +190,14 @@ def _run_flower(
             print(f"[simskip-sim] CUDA GPU found: each client gets {num_gpus_per_client:.3g} of it "
                   "(--num-gpus-per-client to change, 0 for CPU only)", flush=True)
     flwr_home = run_dir / ".flwr"
-    port = launcher.free_port()
+    port = pids.free_port()
     superlink = None
     try:
         with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
             superlink = launcher.start_superlink(
                 flwr_home, port=port, insecure=True, simulation=True, log_path=run_dir / "logs" / "superlink.log"
             )
-        launcher.wait_for_health("127.0.0.1", port, superlink)
+        pids.wait_for_health("127.0.0.1", port, superlink)
         launcher.write_connection(flwr_home, f"127.0.0.1:{port}", insecure=True)
         federation_config = {
             "num-supernodes": int(num_clients),
@@ -210,7 +210,7 @@ def _run_flower(
             log_path=run_dir / "logs" / "run.log", quiet=quiet,
         )
     finally:
-        launcher.stop_process(superlink)
+        pids.stop_process(superlink)
     launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
 
@@ -324,7 +324,7 @@ def resume_simulation(
     :raises ResumeError: the folder has no readable config, no data folders, or is a ``collection`` run.
     :raises server.checkpoint.CheckpointError: no checkpoint, a corrupt one (naming the file),
         or a changed model-defining setting (naming it).
-    :raises client.launcher.FlowerProcessError: when the resumed run did not complete.
+    :raises client.pids.FlowerProcessError: when the resumed run did not complete.
     """
     from server.checkpoint import load_checkpoint
 

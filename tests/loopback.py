@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from client.launcher import free_port, stop_process
+from client.pids import free_port, stop_process
 
 #: Flower's telemetry and update check off (no network here)
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

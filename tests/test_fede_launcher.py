@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from client import launcher
+from client import credentials, launcher, pids
 
 
 def test_node_config_is_formatted_as_toml_values():
@@ -39,12 +39,12 @@ def test_environment_turns_telemetry_off_and_keeps_flower_home_local(tmp_path):
 
 
 def test_superlink_needs_insecure_or_certificates(tmp_path):
-    with pytest.raises(launcher.FlowerProcessError, match="insecure"):
+    with pytest.raises(pids.FlowerProcessError, match="insecure"):
         launcher.start_superlink(tmp_path, port=1)
-    with pytest.raises(launcher.FlowerProcessError, match="not found"):
-        launcher.start_superlink(tmp_path, port=1, tls=launcher.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
-    with pytest.raises(launcher.CredentialError, match="not found: .*/a"):
-        launcher.start_superlink(tmp_path, port=1, tls=launcher.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+    with pytest.raises(pids.FlowerProcessError, match="not found"):
+        launcher.start_superlink(tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+    with pytest.raises(credentials.CredentialError, match="not found: .*/a"):
+        launcher.start_superlink(tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
 
 
 def test_stop_process_ends_the_process_group(tmp_path):
@@ -52,7 +52,7 @@ def test_stop_process_ends_the_process_group(tmp_path):
     code = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        launcher.stop_process(proc, timeout=5)
+        pids.stop_process(proc, timeout=5)
         assert proc.poll() is not None
         alive = subprocess.run(["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True).stdout.split()
         assert alive == []
@@ -77,32 +77,32 @@ def test_stop_process_also_ends_descendants_in_another_session(tmp_path):
             assert time.monotonic() < deadline, "the stand-in never started its child"
             time.sleep(0.05)
         grandchild = int(marker.read_text())
-        assert [pid for pid, _ in launcher.process_tree(proc.pid)] == [grandchild]
+        assert [pid for pid, _ in pids.process_tree(proc.pid)] == [grandchild]
         assert os.getpgid(grandchild) != os.getpgid(proc.pid), "the child runs in another process group"
-        launcher.stop_process(proc, timeout=5)
+        pids.stop_process(proc, timeout=5)
         assert proc.poll() is not None
         deadline = time.monotonic() + 5  # re-parented to init, which reaps it
-        while launcher._proc_stat(grandchild) is not None and time.monotonic() < deadline:
+        while pids._proc_stat(grandchild) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert launcher._proc_stat(grandchild) is None
+        assert pids._proc_stat(grandchild) is None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if grandchild is not None and launcher._proc_stat(grandchild) is not None:
+        if grandchild is not None and pids._proc_stat(grandchild) is not None:
             os.kill(grandchild, 9)
 
 
 def test_process_tree_tells_a_reused_pid_from_the_original():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (pid, start), = [(p, s) for p, s in launcher.process_tree(os.getpid()) if p == proc.pid]
-        assert launcher._alive(pid, start)
-        assert not launcher._alive(pid, start + 1), "another start time: another process"
+        (pid, start), = [(p, s) for p, s in pids.process_tree(os.getpid()) if p == proc.pid]
+        assert pids._alive(pid, start)
+        assert not pids._alive(pid, start + 1), "another start time: another process"
     finally:
         proc.kill()
         proc.wait()
-    assert not launcher._alive(pid, start)
+    assert not pids._alive(pid, start)
 
 
 def test_supernode_command_carries_tls_auth_key_and_retry_bounds(tmp_path, monkeypatch, pki_files):
@@ -116,7 +116,7 @@ def test_supernode_command_carries_tls_auth_key_and_retry_bounds(tmp_path, monke
     assert command[command.index("--auth-supernode-private-key") + 1] == str(pki_files["key"])
     assert command[command.index("--max-retries") + 1] == "3" and command[command.index("--max-wait-time") + 1] == "30.0"
     assert "--insecure" not in command
-    with pytest.raises(launcher.CredentialError, match="not a PEM certificate"):
+    with pytest.raises(credentials.CredentialError, match="not a PEM certificate"):
         launcher.start_supernode(tmp_path, superlink="h:1", node_config={}, clientappio_port=5,
                                  root_certificates=pki_files["key"])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from client import launcher
+from client import credentials, launcher, pids
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"
@@ -58,8 +58,8 @@ def pki(tmp_path_factory):
     return {"good": good, "other": other, "keys": keys, "root": root}
 
 
-def _tls(folder: Path, ca: Path | None = None) -> launcher.TLSFiles:
-    return launcher.TLSFiles(ca or folder / "ca.crt", folder / "server.crt", folder / "server.key")
+def _tls(folder: Path, ca: Path | None = None) -> credentials.TLSFiles:
+    return credentials.TLSFiles(ca or folder / "ca.crt", folder / "server.crt", folder / "server.key")
 
 
 # --- certificate files are checked before anything starts -------------------------------------
@@ -79,18 +79,18 @@ def test_make_certs_names_the_hosts_and_signs_with_the_ca(pki):
 
 def test_a_certificate_from_another_ca_is_refused_even_under_the_same_name(pki):
     # make_certs.sh gives both CAs the same subject: only the signature tells them apart
-    with pytest.raises(launcher.CredentialError, match="not signed by the CA of .*other/ca.crt"):
+    with pytest.raises(credentials.CredentialError, match="not signed by the CA of .*other/ca.crt"):
         _tls(pki["good"], ca=pki["other"] / "ca.crt").check()
 
 
 def test_a_key_of_another_certificate_is_refused(pki):
-    files = launcher.TLSFiles(pki["good"] / "ca.crt", pki["good"] / "server.crt", pki["other"] / "server.key")
-    with pytest.raises(launcher.CredentialError, match="does not belong to the certificate"):
+    files = credentials.TLSFiles(pki["good"] / "ca.crt", pki["good"] / "server.crt", pki["other"] / "server.key")
+    with pytest.raises(credentials.CredentialError, match="does not belong to the certificate"):
         files.check()
 
 
 def test_a_host_missing_from_the_certificate_is_named(pki):
-    with pytest.raises(launcher.CredentialError, match=r"does not name 10\.9\.8\.7 .*127\.0\.0\.1"):
+    with pytest.raises(credentials.CredentialError, match=r"does not name 10\.9\.8\.7 .*127\.0\.0\.1"):
         _tls(pki["good"]).check(host="10.9.8.7")
 
 
@@ -99,10 +99,10 @@ def test_missing_or_malformed_files_are_named(pki, tmp_path, which):
     folder = tmp_path / "certs"
     shutil.copytree(pki["good"], folder)
     (folder / which).unlink()
-    with pytest.raises(launcher.CredentialError, match=f"not found: .*{which}"):
+    with pytest.raises(credentials.CredentialError, match=f"not found: .*{which}"):
         _tls(folder).check()
     (folder / which).write_text("-----BEGIN SOMETHING-----\nnot base64 at all\n")
-    with pytest.raises(launcher.CredentialError, match=f"{which} is not a .*PEM"):
+    with pytest.raises(credentials.CredentialError, match=f"{which} is not a .*PEM"):
         _tls(folder).check()
 
 
@@ -136,7 +136,7 @@ def test_node_authentication_needs_tls(tmp_path, pki):
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", str(tmp_path / "run"), "--insecure", "--auth-public-keys", str(keys)])
     assert "needs TLS" in str(exit_info.value.code)
-    with pytest.raises(launcher.FlowerProcessError, match="needs TLS"):
+    with pytest.raises(pids.FlowerProcessError, match="needs TLS"):
         launcher.start_superlink(tmp_path, port=1, insecure=True, enable_supernode_auth=True)
 
 
@@ -159,7 +159,7 @@ def test_authorized_keys_are_read_one_per_line_with_comments(pki, tmp_path):
     lines = ["# parties of the federation", ""] + [Path(f"{k}.pub").read_text().strip() for k in pki["keys"][:2]]
     path = tmp_path / "parties.pub"
     path.write_text("\n".join(lines) + "\n")
-    keys = launcher.read_authorized_keys(path)
+    keys = credentials.read_authorized_keys(path)
     assert [k.comment for k in keys] == ["party0", "party1"]
     assert [k.source for k in keys] == [f"{path}:3", f"{path}:4"]
     assert keys[0].text == lines[2]
@@ -174,8 +174,8 @@ def test_malformed_or_duplicated_keys_name_file_and_line(pki, tmp_path, bad_line
     first = Path(f"{pki['keys'][0]}.pub").read_text().strip()
     path = tmp_path / "parties.pub"
     path.write_text(first + "\n" + (first if bad_line == "DUPLICATE" else bad_line) + "\n")
-    with pytest.raises(launcher.CredentialError, match=f"parties.pub:2: {message}"):
-        launcher.read_authorized_keys(path)
+    with pytest.raises(credentials.CredentialError, match=f"parties.pub:2: {message}"):
+        credentials.read_authorized_keys(path)
 
 
 def test_an_rsa_key_is_refused_because_flower_needs_ec(tmp_path):
@@ -186,12 +186,12 @@ def test_an_rsa_key_is_refused_because_flower_needs_ec(tmp_path):
     path = tmp_path / "rsa"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                        serialization.NoEncryption()))
-    with pytest.raises(launcher.CredentialError, match="Flower needs an EC key"):
-        launcher.check_auth_private_key(path)
+    with pytest.raises(credentials.CredentialError, match="Flower needs an EC key"):
+        credentials.check_auth_private_key(path)
     pub = tmp_path / "rsa.pub"
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    with pytest.raises(launcher.CredentialError, match="rsa.pub:1: .*Flower needs an EC key"):
-        launcher.read_authorized_keys(pub)
+    with pytest.raises(credentials.CredentialError, match="rsa.pub:1: .*Flower needs an EC key"):
+        credentials.read_authorized_keys(pub)
 
 
 # --- why a SuperNode ended: from Flower 1.42's own messages ----------------------------------
@@ -265,7 +265,7 @@ def test_tls_and_node_auth_registered_parties_train_and_strangers_are_refused(pk
     good, keys = pki["good"], pki["keys"]
     registered = tmp_path / "parties.pub"
     registered.write_text("".join(Path(f"{k}.pub").read_text() for k in keys[:2]))  # party 2 is not registered
-    run_dir, port = tmp_path / "run", launcher.free_port()
+    run_dir, port = tmp_path / "run", pids.free_port()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     server_cmd = [_script("simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--min-clients", "2",
                   "--rounds", "1", "--ssl-ca-certfile", str(good / "ca.crt"), "--ssl-certfile", str(good / "server.crt"),
@@ -312,7 +312,7 @@ def test_tls_and_node_auth_registered_parties_train_and_strangers_are_refused(pk
         assert server.wait(timeout=480) == 0, (tmp_path / "server.log").read_text(errors="replace")[-3000:]
     finally:
         for proc in reversed(processes):  # each stops its own SuperLink/SuperNode on SIGTERM
-            launcher.stop_process(proc, timeout=30)
+            pids.stop_process(proc, timeout=30)
 
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert set(final["test"]) == {"0", "1"}, "only the registered parties took part"

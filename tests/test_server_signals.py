@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from client import launcher
+from client import pids
 from server import cli, partial_results
 from server.signals import SignalGate
 
@@ -177,23 +177,23 @@ def _wait_until(condition, proc: subprocess.Popen, timeout: float, what: str, lo
 
 
 def _alive(tree: list[tuple[int, int]]) -> list[int]:
-    return [pid for pid, start in tree if launcher._alive(pid, start)]
+    return [pid for pid, start in tree if pids._alive(pid, start)]
 
 
 @pytest.mark.timeout(180)
 def test_sigint_while_waiting_for_parties_exits_130_and_stops_the_superlink(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "server.log"
-    server = _server(tmp_path, run_dir, launcher.free_port(), "--min-clients", "3", "--rounds", "2")
+    server = _server(tmp_path, run_dir, pids.free_port(), "--min-clients", "3", "--rounds", "2")
     tree: list[tuple[int, int]] = []
     try:
         _wait_until(lambda: "waiting for parties" in log.read_text(errors="replace"), server, 120,
                     "the server never waited for parties", log)
-        tree = launcher.process_tree(server.pid)  # SuperLink, its SuperExec, flwr run
+        tree = pids.process_tree(server.pid)  # SuperLink, its SuperExec, flwr run
         assert tree, "the server started its SuperLink as a child"
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 130, log.read_text(errors="replace")[-3000:]
     finally:
-        launcher.stop_process(server, timeout=30)
+        pids.stop_process(server, timeout=30)
     deadline = time.monotonic() + 10  # Flower's SuperExec notices its parent's end within 0.2 s
     while _alive(tree) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -210,7 +210,7 @@ def test_sigterm_after_round_1_exits_143_with_partial_results_and_no_process_lef
 
     data = tmp_path / "data"
     load_federated("Kinships", num_clients=3, partition="relation", seed=0).write(data)
-    run_dir, log, port = tmp_path / "run", tmp_path / "server.log", launcher.free_port()
+    run_dir, log, port = tmp_path / "run", tmp_path / "server.log", pids.free_port()
     metrics = run_dir / "metrics.jsonl"
     processes: list[subprocess.Popen] = []
     tree: list[tuple[int, int]] = []
@@ -225,12 +225,12 @@ def test_sigterm_after_round_1_exits_143_with_partial_results_and_no_process_lef
                 start_new_session=True))
         _wait_until(lambda: metrics.exists() and metrics.read_text().strip() != "", server, 420,
                     "round 1 never completed", log)
-        tree = launcher.process_tree(server.pid)  # SuperLink, SuperExec, ServerApp, flwr run
+        tree = pids.process_tree(server.pid)  # SuperLink, SuperExec, ServerApp, flwr run
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=90) == 143, log.read_text(errors="replace")[-3000:]
     finally:
         for proc in reversed(processes):  # the clients too: stopped here, by PID
-            launcher.stop_process(proc, timeout=30)
+            pids.stop_process(proc, timeout=30)
     deadline = time.monotonic() + 10
     while _alive(tree) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -273,7 +273,7 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
 
     data = tmp_path / "data"
     load_federated("Kinships", num_clients=3, partition="relation", seed=0).write(data)
-    run_dir, log, port = tmp_path / "run", tmp_path / "server.log", launcher.free_port()
+    run_dir, log, port = tmp_path / "run", tmp_path / "server.log", pids.free_port()
     metrics, manifest = run_dir / "metrics.jsonl", run_dir / "checkpoint" / "manifest.json"
 
     def start_clients(tag: str) -> list[subprocess.Popen]:
@@ -292,7 +292,7 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=90) == 143, log.read_text(errors="replace")[-3000:]
         for proc in processes:
-            launcher.stop_process(proc, timeout=30)
+            pids.stop_process(proc, timeout=30)
         done = json.loads((run_dir / "partial_results.json").read_text())["last_completed_round"]
         assert done == 1, "SIGTERM came after round 1 and before round 2 ended"
 
@@ -304,7 +304,7 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
         assert resumed.wait(timeout=600) == 0, resumed_log.read_text(errors="replace")[-3000:]
     finally:
         for proc in reversed(processes):
-            launcher.stop_process(proc, timeout=30)
+            pids.stop_process(proc, timeout=30)
 
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert final["rounds_run"] == 2 and set(final["test"]) == {"0", "1", "2"}

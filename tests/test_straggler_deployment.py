@@ -69,7 +69,7 @@ import pytest
 from loopback import Loopback, wait_for
 
 from client.client_app import HOLD_TRAIN_ENV
-from client.launcher import process_tree
+from client.pids import process_tree
 
 #: Seconds the server waits for one exchange's replies (run config ``round-timeout``); a party
 #: needs 3-6 s per message here (~11 s at load 8 on 2 cores), well inside it.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from client.launcher import stop_process
+from client.pids import stop_process
 from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
 
 PROBE = '''
