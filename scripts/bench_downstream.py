@@ -36,12 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from client.kge.comparison import evaluate_client_rows
-    from client.kge.config import KGEConfig
+    from client.kge.config import KGEConfig, parse_set_options
     from client.kge.protocols import DOWNSTREAM_PROTOCOLS, protocol_labels, relations_fit
     from client.kge.refinement import RefinementConfig, run_refinement
     from client.kge.run_folder import emit_json
     from server.downstream import load_client_inputs
-    from server.run_options import parse_set_options
 
     recorded = json.loads((args.run_dir / "config.json").read_text(encoding="utf-8"))
     run_config = {**recorded.get("run_config", {}), **parse_set_options(args.sets), "downstream-seeds": 1}

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from client.kge.config import KGEConfig, parse_overrides
+    from client.kge.config import KGEConfig, parse_set_options
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
 
-    config = KGEConfig.from_run_config(parse_overrides(args.set))
+    config = KGEConfig.from_run_config(parse_set_options(args.set))
 
     started = time.perf_counter()
     kg = load_federated(args.data, num_clients=args.num_clients)

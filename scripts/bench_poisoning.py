@@ -81,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.kge.aggregation import check_rule
     from client.kge.centralized import run_fede_in_process
-    from client.kge.config import KGEConfig
+    from client.kge.config import KGEConfig, parse_set_options
     from client.kge.run_folder import emit_json
     from kg_datasets import load_federated
-    from server.run_options import parse_set_options
 
     for rule in args.rules:
         check_rule(rule, args.trim)

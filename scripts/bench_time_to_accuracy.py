@@ -66,13 +66,13 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from client.kge.aggregation import aggregate_rows
-    from client.kge.config import KGEConfig, parse_overrides, preset
+    from client.kge.config import KGEConfig, parse_set_options, preset
     from client.kge.models import initial_entity_table
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
 
     torch.set_num_threads(args.threads)
-    config = KGEConfig.from_run_config({**preset(args.preset), **parse_overrides(args.set)})
+    config = KGEConfig.from_run_config({**preset(args.preset), **parse_set_options(args.set)})
     started = time.perf_counter()
     kg = load_federated(args.data, num_clients=args.num_clients)
     trainers = [LocalTrainer(client, config, device=args.device) for client in kg.clients]

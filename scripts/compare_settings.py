@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from client.kge import centralized
-    from client.kge.config import KGEConfig, parse_overrides
+    from client.kge.config import KGEConfig, parse_set_options
     from kg_datasets import load_federated
 
     settings = [name.strip() for name in args.settings.split(",") if name.strip()]
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {SETTINGS}")
-    config = KGEConfig.from_run_config(parse_overrides(args.set))
+    config = KGEConfig.from_run_config(parse_set_options(args.set))
     kg = load_federated(args.dataset, num_clients=args.clients, seed=args.partition_seed)
 
     runners = {

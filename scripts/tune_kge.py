@@ -30,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _grid(items: list[str]) -> list[dict[str, object]]:
-    from server.run_options import parse_set_options
+    from client.kge.config import parse_set_options
 
     keys, values = [], []
     for item in items:
@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from client.kge.centralized import run_fede_in_process
-    from client.kge.config import KGEConfig
+    from client.kge.config import KGEConfig, parse_set_options
     from client.kge.run_folder import emit_json
     from kg_datasets import load_federated
-    from server.run_options import parse_set_options
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from client.kge.config import parse_set_options
 from client.kge.run_folder import atomic_write_text, save_npy_atomic
 from server.report import (
     DOWNSTREAM_FILE,
@@ -45,7 +46,6 @@ from server.report import (
     save_ranks,
     write_report,
 )
-from server.run_options import parse_set_options
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
 

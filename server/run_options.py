@@ -1,4 +1,4 @@
-"""The run options every command shares: ``--set`` values, ``--preset``, the run folder's name, the
+"""The run options every command shares: ``--set`` values (:func:`client.kge.config.parse_set_options`), ``--preset``, the run folder's name, the
 run-config check before anything starts, and the common exit path of a command.
 
 Used by ``simskip-sim`` (:mod:`server.simulation`), ``simskip-server`` (:mod:`server.cli`) and
@@ -11,38 +11,13 @@ import argparse
 import datetime as dt
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from client.kge.config import PRESETS, preset
+from client.kge.config import PRESETS, parse_set_options, preset
 
-__all__ = ["add_preset_option", "check_run_config", "default_run_dir", "parse_set_options", "run_command",
-           "run_config_overrides"]
-
-
-def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["local-epochs=2", "model=RotatE"]`` -> ``{"local-epochs": 2, "model": "RotatE"}``.
-
-    Values are read as TOML (numbers, booleans, quoted strings); anything else is a string.
-
-    :raises ValueError: for an item without ``=``.
-    """
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        # Found by tests/test_loader_fuzz.py: tomllib raises a bare ValueError (an integer of over
-        # 4,300 digits) or RecursionError (deeply nested arrays) besides TOMLDecodeError, and
-        # "3\nw = 1" parsed as 3, dropping the rest. A value is TOML only when it is the whole text.
-        try:
-            document = tomllib.loads(f"v = {raw}")
-        except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
-            document = {}
-        values[key.strip()] = document["v"] if document.keys() == {"v"} else raw
-    return values
+__all__ = ["add_preset_option", "check_run_config", "default_run_dir", "run_command", "run_config_overrides"]
 
 
 def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[str, Any]:

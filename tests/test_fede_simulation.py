@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from server.run_options import parse_set_options
+from client.kge.config import parse_set_options
 from server.simulation import auto_gpus_per_client, ray_num_cpus
 from server.simulation import main as sim_main
 

@@ -66,13 +66,13 @@ def test_bad_values_fail_naming_the_key(key: str, value: object, match: str) -> 
 
 
 def test_command_line_overrides_parse_to_run_config_values() -> None:
-    from client.kge.config import parse_overrides
+    from client.kge.config import parse_set_options
 
-    parsed = parse_overrides(["model=RotatE", "local-epochs=2", "learning-rate=1e-2", "filtered-negatives=false"])
+    parsed = parse_set_options(["model=RotatE", "local-epochs=2", "learning-rate=1e-2", "filtered-negatives=false"])
     assert parsed == {"model": "RotatE", "local-epochs": 2, "learning-rate": 0.01, "filtered-negatives": False}
     assert KGEConfig.from_run_config(parsed).learning_rate == 0.01
     with pytest.raises(ConfigError, match="'epochs'"):
-        parse_overrides(["epochs"])
+        parse_set_options(["epochs"])
 
 
 def test_track_test_is_an_off_by_default_bool_key() -> None:

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.kge.config import KNOWN_NON_KGE_KEYS as KGE_SKIPPED_KEYS
-from client.kge.config import ConfigError, KGEConfig, parse_overrides
+from client.kge.config import ConfigError, KGEConfig, parse_set_options
 from client.kge.refinement import RefinementConfig, load_run_configs
 from client.kge.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
 from client.kge.settings import FederationSettings, SettingsError
@@ -51,7 +51,6 @@ from kg_datasets.openke import read_openke_dictionary, read_openke_triples
 from kg_datasets.sources import FederatedTriples
 from kg_datasets.textio import read_labeled_triples
 from kg_datasets.triples import SPLITS
-from server.run_options import parse_set_options
 
 #: 500 examples per loader (the issue's floor); no deadline, so a slow machine never fails a test.
 FUZZ = settings(
@@ -796,12 +795,12 @@ def _same(a, b) -> bool:
 @FUZZ
 @given(items=st.lists(ITEMS, max_size=6))
 def test_run_config(items):
-    """``parse_set_options`` then ``load_run_configs``: unknown keys and wrong types fail with the
-    named error (ValueError naming the item; ConfigError / SettingsError naming the key), and a
-    config that loads holds exactly the values given. Also the scripts' ``parse_overrides`` then
-    ``KGEConfig.from_run_config``."""
+    """``parse_set_options`` (the one ``--set`` parser) then ``KGEConfig.from_run_config`` and
+    ``load_run_configs``: unknown keys and wrong types fail with the named error (ConfigError naming
+    the item or the key; SettingsError naming the key), and a config that loads holds exactly the
+    values given, read as TOML."""
     malformed = [item for item in items if not item.partition("=")[1] or not item.partition("=")[0].strip()]
-    overrides, error = raised(lambda: parse_overrides(items))
+    overrides, error = raised(lambda: parse_set_options(items))
     if malformed:
         assert overrides is None and type(error) is ConfigError, f"{type(error).__name__}: {error}"
         assert repr(malformed[0]) in str(error)
@@ -816,7 +815,7 @@ def test_run_config(items):
 
     parsed, error = raised(lambda: parse_set_options(items))
     if malformed:
-        assert parsed is None and type(error) is ValueError, f"{type(error).__name__}: {error}"
+        assert parsed is None and type(error) is ConfigError, f"{type(error).__name__}: {error}"
         assert repr(malformed[0]) in str(error)
         return
     assert error is None, f"{type(error).__name__}: {error}"
