@@ -127,7 +127,6 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-client``; returns the exit status."""
-
     args = build_parser().parse_args(argv)
     if args.insecure == (args.root_certificates is not None):
         print("simskip-client: pass exactly one of --insecure or --root-certificates", file=sys.stderr)

@@ -42,15 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -208,7 +200,6 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
     """
     import io
 
-
     # Model tensors other than the shared entity rows ("model/..."), not optimizer moments.
     relation_arrays = {
         key.removeprefix("model/"): value
@@ -244,7 +235,6 @@ def save_private_checkpoint(out: Path, server_round: int, federation_id: str, pr
     :param kind: the file-name prefix: ``round`` (KGE phase) or ``simskip`` (the local-only
         SimSkip ablation's own encoder weights).
     """
-
     arrays = {key: private[key].numpy() for key in private}
     arrays[META_FEDERATION] = np.asarray(federation_id)
     arrays[META_ROUND] = np.asarray(int(server_round), dtype=np.int64)
@@ -275,7 +265,7 @@ def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except Exception as err:
+        except Exception as err:  # zip/npy errors of many kinds: name the file
             raise ClientCheckpointError(f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
         if str(arrays.pop(META_FEDERATION, "")) != federation_id:
             continue

@@ -145,9 +145,7 @@ def _resolved(run_config: Mapping[str, Any]) -> dict[str, Any]:
     not by spelling: the owners (FederationSettings, KGEConfig, RefinementConfig) resolve them.
     Keys no owner knows (e.g. ``dataset``) are kept as given.
     """
-    from client.kge.refinement import (
-        load_run_configs,  # the one place that knows every owner
-    )
+    from client.kge.refinement import load_run_configs  # the one place that knows every owner
 
     settings, kge, refinement = load_run_configs(run_config)
     resolved = dict(run_config)
@@ -179,7 +177,7 @@ def _values_equal(old: Any, new: Any) -> bool:
 def save_checkpoint(
     run_dir: str | Path,
     *,
-    round: int,
+    round: int,  # the contract's name (shadows the builtin here only)
     arrays: Mapping[str, np.ndarray],
     state: Mapping[str, Any],
     run_config: Mapping[str, Any],

@@ -70,7 +70,6 @@ class ServerInterrupted(BaseException):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-server`` argument parser."""
-
     parser = argparse.ArgumentParser(prog="simskip-server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -156,7 +155,6 @@ def run_server(
     :param quiet: print only problems and summary lines (the run log keeps everything).
     :raises client.pids.FlowerProcessError: when the run did not complete.
     """
-
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if on_start is not None:

@@ -39,13 +39,7 @@ import numpy as np
 
 from client.kge.config import parse_set_options
 from client.kge.run_folder import atomic_write_text, save_npy_atomic
-from server.report import (
-    DOWNSTREAM_FILE,
-    RANKS_FILE,
-    SIMSKIP_METRICS_FILE,
-    save_ranks,
-    write_report,
-)
+from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
 
@@ -241,7 +235,6 @@ def write_downstream_and_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.downstream RUN_DIR [--set KEY=VALUE ...]``; returns the exit status."""
-
     parser = argparse.ArgumentParser(prog="python -m server.downstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished KGE run")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -100,7 +100,6 @@ def partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -
 
 def write_partial_results(run_dir: Path, signum: int, resume_command: Sequence[str]) -> Path:
     """Write :func:`partial_results` to ``RUN_DIR/partial_results.json`` atomically; return its path."""
-
     path = Path(run_dir) / PARTIAL_RESULTS
     payload = partial_results(run_dir, signum, resume_command)
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -22,12 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from client.kge.run_folder import (
-    FINAL_METRICS,
-    METRICS_JSONL,
-    RunFolder,
-    atomic_write_text,
-)
+from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder, atomic_write_text
 from client.kge.settings import SettingsError
 from client.object_pulls import shorten_object_pull_backoff
 from server.strategy import FederationError, FedEResult, FedEStrategy, RoundReport
@@ -62,7 +57,6 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
 def _trim_metrics(run_dir: Path, last_round: int) -> None:
     """Drop ``metrics.jsonl`` rows after ``last_round`` (written before the server died, but
     after its last checkpoint): the resumed run writes those rounds again."""
-
     path = run_dir / METRICS_JSONL
     if not path.exists():
         return
@@ -139,9 +133,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
 def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_config: dict[str, Any], settings: Any,
                 kge_config: Any, refinement: Any, started: float) -> FedEResult:
     """Everything after the handshake: the KGE rounds (or a resume), the outputs, the SimSkip phase."""
-    from client.kge.models import (
-        initial_entity_table,  # Flower-free, shared with the clients
-    )
+    from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
 
     resume_from = None
     if settings.resume:

@@ -183,7 +183,6 @@ def _run_flower(
 
     :raises client.pids.FlowerProcessError: when the run did not complete.
     """
-
     if num_gpus_per_client is None:
         num_gpus_per_client = auto_gpus_per_client(num_clients, concurrent_clients)
         if num_gpus_per_client:
@@ -222,10 +221,10 @@ def ray_num_cpus(num_clients: int, num_cpus_per_client: int = 1, concurrent_clie
     the machine's cores by default: 16 actors for 3 clients on 16 cores (13 of them idle, each a
     process), 2 for 3 clients on 2 cores. In the second case the third client's message waits
     for the first free actor, and a round takes the sum of two clients' training on one core:
-    measured on FB15k-237-Fed3 (3 clients, 2 cores), the same rounds took the same wall time with
-    3 actors sharing the cores (33.6 s against 32.1 s), but the queue showed as 6.5-9.8 s of
-    "framework" per round (20-27 %) against 0.3-1.6 s (1-4 %) with all three running, and a
-    queued client starts its round timeout late. So by default every client gets an actor;
+    measured on FB15k-237-Fed3 (3 clients, 2 cores, ``results/bench_round/fed3-sim-*.json``), the
+    rounds took the same wall time with 3 actors sharing the cores (32.9-35.7 s against 32.7-36.4 s
+    with 2), but the queue showed as 7.4-9.3 s of "framework" per round (23-26 %) against
+    0.3-1.8 s (0.9-4.9 %) with all three running, and a queued client starts its round timeout late. So by default every client gets an actor;
     ``concurrent_clients`` lowers that where memory is short (each actor holds its client's model).
 
     :param num_clients: virtual clients in the federation.
@@ -264,8 +263,7 @@ def auto_gpus_per_client(num_clients: int, concurrent_clients: int | None = None
     """
     if not (cuda_gpu_visible() if gpu_visible is None else gpu_visible):
         return 0.0
-    concurrent = num_clients if concurrent_clients is None else min(concurrent_clients, num_clients)
-    return 1.0 / max(1, concurrent)
+    return 1.0 / ray_num_cpus(num_clients, 1, concurrent_clients)  # one actor per client that trains at once
 
 
 class ResumeError(RuntimeError):
@@ -435,7 +433,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet=args.quiet,
         )
 
-
     with signals.installed("simskip-sim", _interrupt):  # until the partial results are written
         try:
             return run_command("simskip-sim", run)
@@ -448,7 +445,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_interrupted(run_dir: Path, signum: int) -> None:
     """Write ``RUN_DIR/partial_results.json`` (as simskip-server does) and say how to resume."""
-
     resume = ["simskip-sim", "--resume", str(run_dir)]
     name = signal.Signals(signum).name
     if not (run_dir / "config.json").is_file():

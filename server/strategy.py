@@ -935,7 +935,7 @@ class FedEStrategy(FedAvg):
         self.loop = LoopState(**values)
 
     # ------------------------------------------------------------------ loop
-    def start(
+    def start(  # FedAvg's signature plus FedE's hooks
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,

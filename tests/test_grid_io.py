@@ -7,12 +7,7 @@ import uuid
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from server.grid_io import (
-    TTL_SLACK,
-    PollSchedule,
-    expire_with_exchange,
-    send_and_receive,
-)
+from server.grid_io import TTL_SLACK, PollSchedule, expire_with_exchange, send_and_receive
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -168,11 +163,7 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
 def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
-    from client.object_pulls import (
-        OBJECT_PULL_BACKOFF,
-        OBJECT_PULL_MAX_SECONDS,
-        shorten_object_pull_backoff,
-    )
+    from client.object_pulls import OBJECT_PULL_BACKOFF, OBJECT_PULL_MAX_SECONDS, shorten_object_pull_backoff
 
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     for function in functions:

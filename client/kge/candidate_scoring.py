@@ -41,12 +41,7 @@ from typing import Any
 
 import torch
 from pykeen.models import Model
-from pykeen.nn.modules import (
-    ComplExInteraction,
-    DistMultInteraction,
-    RotatEInteraction,
-    TransEInteraction,
-)
+from pykeen.nn.modules import ComplExInteraction, DistMultInteraction, RotatEInteraction, TransEInteraction
 
 __all__ = ["CandidateScorer", "FusedKernel", "fused_kernel", "fused_kernels_mode", "has_fast_path", "l1_distance",
            "score_heads", "score_tails"]

@@ -180,7 +180,6 @@ def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with
     """``clients/<k>/``: ``relation_embeddings.npz`` (model tensors besides the entity rows, by
     state-dict name), ``relations.tsv``, and with ``with_entities`` ``entity_embeddings.npy`` (local
     order) plus ``entities.tsv``; the same files a Flower party writes into its own folder."""
-
     folder = out_dir / "clients" / str(client.client_id)
     entity_weight = entity_embedding(model)._embeddings.weight
     arrays = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict(keep_vars=True).items()
@@ -324,7 +323,6 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
     per-row rule (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a
     client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
     """
-
     _require_global_ids(kg)
     device = resolve_device(device)
     table = initial_entity_table(config, kg.num_entities, seed=config.seed)

@@ -244,7 +244,7 @@ class FusedRankEvaluator(RankBasedEvaluator):
     and finalization are PyKEEN's.
     """
 
-    def process_scores_(
+    def process_scores_(  # same contract as the parent's
         self,
         hrt_batch: torch.Tensor,
         target: str,

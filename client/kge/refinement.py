@@ -524,7 +524,6 @@ def run_refinement(
         :func:`client.kge.weights.fedavg_named`), clients in name order as the strategy has them.
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     """
-
     if not rows_by_client:
         raise RefinementInputError("no client rows to refine")
     widths = {name: np.shape(rows)[1] if np.ndim(rows) == 2 else None for name, rows in rows_by_client.items()}

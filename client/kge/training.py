@@ -350,9 +350,7 @@ class LocalTrainer:
         :param protocol: ``"standard"`` or ``"fede"``; ``config.eval_protocol`` by default.
         :returns: see :func:`client.kge.evaluation.evaluate_link_prediction`.
         """
-        from client.kge.evaluation import (
-            evaluate_client,  # the evaluator imports nothing of ours
-        )
+        from client.kge.evaluation import evaluate_client  # the evaluator imports nothing of ours
 
         return evaluate_client(
             self.model,
