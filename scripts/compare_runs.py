@@ -23,7 +23,7 @@ from typing import Any
 FILES = ("final_metrics.json", "metrics.jsonl", "results.json")
 #: Keys whose values differ between two runs of the same code and seed.
 VOLATILE_KEYS = frozenset({"finished_at", "started_at", "interrupted_at", "title", "run_dir", "run-dir",
-                           "client-data-root", "client-output-root", "data", "path"})
+                           "client-data-root", "client-output-root"})
 
 
 def volatile(key: str) -> bool:
