@@ -117,8 +117,13 @@ class SimSkipConfig:
                 object.__setattr__(self, f.name, tuple(value))
                 value = tuple(value)
             if isinstance(value, int) and not isinstance(value, bool) and _base_type(hints[f.name]) is float:
-                object.__setattr__(self, f.name, float(value))
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # an int past 1.8e308 (TOML reads 0xfff... as one)
+                    raise ConfigError(
+                        f"config key {f.name!r}: expected float, got an integer too large for a float"
+                    ) from None
+                object.__setattr__(self, f.name, value)
             if not _matches(value, hints[f.name]):
                 raise ConfigError(f"config key {f.name!r}: expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})")
         self._check_ranges()

@@ -95,3 +95,16 @@ def test_project_run_config_parses_with_its_documented_defaults() -> None:
     config = KGEConfig.from_run_config({k: v for k, v in run_config.items() if k in kge_keys})
     assert config == KGEConfig()
     assert "track-test" in run_config
+
+
+def test_an_integer_too_large_for_a_float_is_a_config_error() -> None:
+    """TOML reads ``0xfff...`` as an int of any size; a float key named it a crash (OverflowError)
+    before, found by the CI run of tests/test_loader_fuzz.py."""
+    from client.kge.config import parse_set_options
+    from client.kge.settings import FederationSettings, SettingsError
+
+    huge = parse_set_options(["adversarial-temperature=0x" + "f" * 300, "aggregation-trim=" + "9" * 400])
+    with pytest.raises(ConfigError, match="adversarial-temperature must be float, got an integer too large"):
+        KGEConfig.from_run_config({"adversarial-temperature": huge["adversarial-temperature"]})
+    with pytest.raises(SettingsError, match="'aggregation-trim': expected float"):
+        FederationSettings.from_run_config({"aggregation-trim": huge["aggregation-trim"]})

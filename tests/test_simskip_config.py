@@ -80,3 +80,8 @@ def test_config_files_json_and_toml(tmp_path) -> None:
         load_config_file(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="broken.json: cannot read config"):
         load_config_file(tmp_path / "broken.json")
+
+
+def test_an_integer_too_large_for_a_float_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="'temperature': expected float, got an integer too large"):
+        SimSkipConfig.from_dict({"temperature": 16**300})

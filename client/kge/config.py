@@ -258,7 +258,12 @@ def _check_type(name: str, value: Any, type_name: str) -> None:
 def _coerce(key: str, value: Any, expected: type) -> Any:
     """Accept the lossless conversions TOML/CLI values need (int -> float, 3.0 -> 3)."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        # Found by tests/test_loader_fuzz.py in CI: TOML reads 0xfff... (any length) as an int, and
+        # float() of one past 1.8e308 raises OverflowError, which escaped as a crash, not a ConfigError.
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key} must be float, got an integer too large for a float ({str(value)[:20]}...)") from None
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
