@@ -1,7 +1,8 @@
-"""Processes by PID: a free port, the process tree of a command (``/proc``), stopping a whole tree
+"""Processes by PID: a free port, the process tree of a command, stopping a whole tree
 (SIGTERM, then SIGKILL after a grace period), waiting for a server to listen.
 
-Linux first (``/proc``); every process a command or a test starts is stopped through
+Process trees come from psutil, so this works where psutil does (Linux, macOS, the BSDs) and
+POSIX signals exist; every process a command or a test starts is stopped through
 :func:`stop_process`, by PID, with its descendants.
 """
 
@@ -13,7 +14,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from pathlib import Path
+
+import psutil
 
 __all__ = ["FlowerProcessError", "free_port", "process_tree", "stop_process", "wait_for_health"]
 
@@ -29,45 +31,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """``(parent pid, state, start time)`` of ``pid`` from ``/proc`` (Linux), or None when gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    fields = raw[raw.rindex(")") + 2:].split()
-    return int(fields[1]), fields[0], int(fields[19])
-
-
-def process_tree(pid: int) -> list[tuple[int, int]]:
-    """``pid``'s descendants now, as ``(pid, start time)`` pairs (empty where ``/proc`` is absent).
+def process_tree(pid: int) -> list[tuple[int, float]]:
+    """``pid``'s descendants now, as ``(pid, start time)`` pairs (empty when ``pid`` is gone).
 
     Needed because Flower starts its SuperExec in a new session (outside the SuperLink's process
     group) and the SuperExec starts the ServerApp / ClientApps: a process-group signal misses them.
-    The start time tells a reused PID from the original process.
+    The start time (psutil's ``create_time()``, as psutil itself tells processes apart) tells a
+    reused PID from the original process.
     """
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
-        stat = _proc_stat(int(entry.name))
-        if stat is not None:
-            children.setdefault(stat[0], []).append(int(entry.name))
-            starts[int(entry.name)] = stat[2]
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append((child, starts[child]))
-        todo.extend(children.get(child, []))
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:  # gone, or not ours to look at
+        return []
+    found = []
+    for child in children:
+        try:
+            found.append((child.pid, child.create_time()))
+        except psutil.Error:  # ended since the walk
+            continue
     return found
 
 
-def _alive(pid: int, start: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[2] == start and stat[1] != "Z"
+def _alive(pid: int, start: float) -> bool:
+    """Whether the process ``pid`` that started at ``start`` still runs (a zombie does not)."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == start and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except psutil.AccessDenied:  # it exists; only its state could not be read
+        return True
 
 
-def _signal_tree(leader: int, tree: Sequence[tuple[int, int]], signum: int) -> None:
+def _signal_tree(leader: int, tree: Sequence[tuple[int, float]], signum: int) -> None:
     try:
         os.killpg(leader, signum)
     except ProcessLookupError:
@@ -76,7 +72,7 @@ def _signal_tree(leader: int, tree: Sequence[tuple[int, int]], signum: int) -> N
         if _alive(pid, start):
             try:
                 os.kill(pid, signum)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):  # ended since, or the PID is someone else's now
                 pass
 
 

@@ -1,7 +1,7 @@
 """Memory over many simulated rounds: is the RSS of the server and of the clients flat?
 
 Runs ``simskip-sim`` (tiny KGE config by default) as a child process and samples, every
-``--sample-every`` seconds, the *current* resident set size (``VmRSS`` of ``/proc/<pid>/status``)
+``--sample-every`` seconds, the *current* resident set size (psutil's ``memory_info().rss``)
 of every process in its tree, attributing each sample to the round in progress (the number of
 rows in ``metrics.jsonl`` + 1). Why from the outside: the run's own metrics record only the peak
 RSS (``ru_maxrss``: ``server_peak_rss_mb`` in each ``metrics.jsonl`` row, ``peak-rss-mb`` in each
@@ -23,7 +23,7 @@ Example::
 
     python scripts/bench_memory.py --rounds 20 --dataset Kinships --out bench_memory.json
 
-Linux only (reads ``/proc``).
+Works where psutil does (Linux, macOS, the BSDs): process trees, RSS and command lines come from it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from client.kge.run_folder import JsonlFormatError, read_jsonl
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: A KGE configuration whose rounds take about a second on 2 CPU cores: the point is to run
@@ -49,7 +53,7 @@ TINY_SETS = ("embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-ev
              "patience=1000", "simskip-rounds=0")
 
 
-# ----------------------------------------------------------------------------- /proc
+# ----------------------------------------------------------------------------- processes
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (by parent pid), as they are now."""
     from client.pids import process_tree as descendants  # (pid, start time) of each descendant
@@ -58,23 +62,21 @@ def process_tree(root: int) -> list[int]:
 
 
 def rss_mb(pid: int) -> float | None:
-    """Current resident set size of ``pid`` in MiB (``VmRSS``); ``None`` when it is gone."""
+    """Current resident set size of ``pid`` in MiB; ``None`` when it is gone or a zombie (no memory left)."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.memory_info().rss / (1024.0 * 1024.0)
+    except psutil.Error:  # NoSuchProcess (ZombieProcess included) or AccessDenied
         return None
-    return None
 
 
 def role_of(pid: int) -> str:
     """``server``, ``clients`` or ``other`` from the process's command line."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return "other"
     if cmdline.startswith("ray::ClientAppActor"):
         return "clients"
@@ -84,9 +86,10 @@ def role_of(pid: int) -> str:
 
 
 def _rounds_done(metrics: Path) -> int:
+    """Rows in ``metrics`` so far; 0 while it cannot be read (the sampler thread must keep sampling)."""
     try:
-        return sum(1 for line in metrics.read_text().splitlines() if line.strip())
-    except OSError:
+        return len(read_jsonl(metrics))
+    except (OSError, JsonlFormatError):
         return 0
 
 
@@ -206,7 +209,7 @@ def measure_memory(
         reason = "timed out" if returncode is None else f"exited with {returncode}"
         raise RuntimeError(f"simulation {reason} after {wall:.0f} s; log {log_path}:\n{tail}")
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     per_round: list[dict[str, Any]] = []
     server_current: dict[int, float] = {}
     client_current: dict[int, dict[int, float]] = {}
@@ -280,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
                         help=f"run-config override (repeatable; default: {' '.join(TINY_SETS)})")
-    parser.add_argument("--sample-every", type=float, default=0.25, help="seconds between /proc samples")
+    parser.add_argument("--sample-every", type=float, default=0.25, help="seconds between RSS samples")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: stdout)")
     args = parser.parse_args(argv)
