@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.run_folder import read_jsonl
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "FB15k-237-Fed3"
@@ -183,7 +185,7 @@ def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int,
 
 def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) -> dict[str, Any]:
     config = json.loads((run_dir / "config.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     num_entities, width = config["num_entities"], config["entity_dim"]
     num_clients = len(config["clients"])
     full_broadcast = num_entities * width * 4 * num_clients  # FedE's public code, each direction

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from client.kge.run_folder import read_jsonl
+
 FILES = ("final_metrics.json", "metrics.jsonl", "results.json")
 #: Keys whose values differ between two runs of the same code and seed.
 VOLATILE_KEYS = frozenset({"finished_at", "started_at", "interrupted_at", "title", "run_dir", "run-dir",
@@ -60,11 +62,10 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 
 def load(path: Path) -> Any:
-    """A JSON file, or a JSON-lines file as a list."""
-    text = path.read_text(encoding="utf-8")
+    """A JSON file, or a JSON-lines file as a list (:func:`client.kge.run_folder.read_jsonl`)."""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+        return read_jsonl(path)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def compare(first: Path, second: Path, files: tuple[str, ...] = FILES) -> dict[str, Any]:

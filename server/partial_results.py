@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.kge.run_folder import atomic_write_text
+from client.kge.run_folder import JsonlFormatError, atomic_write_text, read_jsonl
 
 __all__ = ["PARTIAL_RESULTS", "partial_results", "write_partial_results"]
 
@@ -27,20 +27,15 @@ CHECKPOINT_MANIFEST = Path("checkpoint") / "manifest.json"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of ``path`` (a torn last line is skipped), or ``[]``."""
-    rows = []
+    """The complete rows of ``path`` (:func:`client.kge.run_folder.read_jsonl`), never an error: this runs
+    in a signal handler, where a corrupt or unreadable file must not stop the rest being reported, so a bad
+    line ends the rows (those before it are kept) and an unreadable file gives ``[]``."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+        return read_jsonl(path)
+    except JsonlFormatError as error:
+        return error.rows
+    except OSError:
+        return []
 
 
 def _read_json(path: Path) -> Any:

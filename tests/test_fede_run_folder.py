@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from client.kge.run_folder import RunFolder
+from client.kge.run_folder import JsonlFormatError, RunFolder, read_jsonl, write_jsonl
 
 
 def test_metrics_rows_go_to_jsonl_and_csv_with_the_union_of_columns(tmp_path):
@@ -82,3 +82,51 @@ def test_an_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path) -> None:
     expected = stat.S_IMODE(os.stat(plain).st_mode)
     assert stat.S_IMODE(os.stat(tmp_path / "atomic.txt").st_mode) == expected
     assert stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode) == expected
+
+
+# --- read_jsonl: the one reader of JSON-lines files ------------------------------------------
+
+def test_read_jsonl_skips_blank_lines_and_gives_nothing_for_a_missing_file(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"round": 1}\n\n   \n{"round": 2}\r\n\n')
+    assert read_jsonl(path) == [{"round": 1}, {"round": 2}]
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+    path.write_text("")
+    assert read_jsonl(path) == []
+
+
+@pytest.mark.parametrize("tail", [b'{"round": 3, "valid_ov', b'{"label": "caf\xc3', b'{"round": 3}'])
+def test_read_jsonl_skips_a_torn_last_line_but_keeps_a_complete_one_without_newline(tmp_path, tail) -> None:
+    # a writer killed mid-append leaves a last line without its newline, possibly inside a UTF-8 character
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"round": 1}\n{"round": 2, "note": "\xe2\x80\xa8"}\n' + tail)
+    rows = read_jsonl(path)
+    assert rows[:2] == [{"round": 1}, {"round": 2, "note": "\u2028"}]  # U+2028 does not split a line
+    assert rows[2:] == ([{"round": 3}] if tail == b'{"round": 3}' else [])
+
+
+@pytest.mark.parametrize(("content", "line", "reason"), [
+    ('{"round": 1}\n{not json\n{"round": 3}\n', 2, "malformed JSON line"),
+    ('{"round": 1}\n{"round": 2}\nnot json\n', 3, "malformed JSON line"),  # complete, so not torn
+    ('{"round": 1}\n[1, 2]\n', 2, "expected an object, got list"),
+    ('{"round": 1}\n7', 2, "expected an object, got int"),
+])
+def test_read_jsonl_names_file_and_line_of_a_bad_complete_line(tmp_path, content, line, reason) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(content)
+    with pytest.raises(JsonlFormatError, match=f"metrics.jsonl:{line}: .*{reason}") as caught:
+        read_jsonl(path)
+    assert caught.value.line == line and caught.value.path == path
+    assert caught.value.rows == [{"round": 1}] + ([{"round": 2}] if line == 3 else [])
+
+
+def test_read_jsonl_reads_back_what_the_run_folder_writes(tmp_path) -> None:
+    rows = [{"round": 1, "valid_overall": {"mrr": 0.1 + 0.2}}, {"round": 2, "train": {"0": {"loss": 1e-300}}}]
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    assert read_jsonl(tmp_path / "metrics.jsonl") == rows
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / "metrics.jsonl", "w") as handle:  # an earlier run, killed mid-append
+        handle.write('{"round": 1}\n{"round": 2, "tr')
+    reopened = RunFolder(tmp_path / "run")
+    reopened.append_metrics({"round": 2})
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [{"round": 1}, {"round": 2}]

@@ -58,6 +58,13 @@ def test_partial_results_report_last_round_best_valid_checkpoint_and_resume(tmp_
     assert not list(tmp_path.glob(".partial_results.json.*")), "written atomically: no temporary file left"
 
 
+def test_partial_results_keep_the_rows_before_a_corrupt_line(tmp_path):
+    # written from a signal handler: a corrupt metrics.jsonl must not stop the report
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1, "valid_overall": {"mrr": 0.2}}\n{broken\n{"round": 3}\n')
+    result = partial_results.partial_results(tmp_path, signal.SIGTERM, ["simskip-server"])
+    assert result["last_completed_round"] == 1 and result["best_round"] == 1
+
+
 def test_partial_results_of_a_run_interrupted_before_any_round(tmp_path):
     result = partial_results.partial_results(tmp_path, signal.SIGINT, ["simskip-server", "--resume", str(tmp_path)])
     assert result["signal"] == "SIGINT" and result["exit_code"] == 130

@@ -2,6 +2,8 @@
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``),
 so a crash mid-write never leaves a half-written file and nothing written before is lost.
+:func:`read_jsonl` is the project's one reader of JSON-lines files (``metrics.jsonl``,
+``simskip_metrics.jsonl``), for the run itself, the report, the resume and the scripts.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "JsonlFormatError",
     "RunFolder",
     "atomic_write_bytes",
     "atomic_write_text",
     "emit_json",
+    "read_jsonl",
     "save_npy_atomic",
+    "write_jsonl",
 ]
 
 CONFIG_FILE = "config.json"
@@ -106,6 +111,69 @@ def write_labels_tsv(path: Path, labels: Sequence[str], ids: Sequence[int] | Non
     atomic_write_text(path, "".join(f"{int(i)}\t{label}\n" for i, label in zip(ids, labels, strict=True)))
 
 
+class JsonlFormatError(ValueError):
+    """A complete line of a JSON-lines file is not a JSON object.
+
+    :param path: the file.
+    :param line: the line's number (1-based).
+    :param reason: what is wrong with it.
+    :param rows: the rows of the lines before it (what a caller that must not fail can still use).
+    """
+
+    def __init__(self, path: Path, line: int, reason: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"{path}:{line}: malformed JSON line: {reason}")
+        self.path = path
+        self.line = line
+        self.rows = rows
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file, one JSON object a line; ``[]`` when the file is missing.
+
+    Blank lines are skipped. A last line without its newline that does not parse is skipped too:
+    it is the torn tail of a row whose writer was killed mid-append (the run folder's own files are
+    written atomically, but a file may come from elsewhere or be read while a writer appends).
+    Every other line must be a JSON object: a bad one in the middle is corruption, not a torn
+    write, and skipping it would silently drop a round.
+
+    :param path: the file.
+    :returns: the rows, in file order.
+    :raises JsonlFormatError: naming the file and line of a complete line that is not valid UTF-8
+        or not a JSON object.
+    :raises OSError: when the file exists but cannot be read.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    # split on "\n" only (not str.splitlines): a JSON string may hold U+2028 and the like; and
+    # decode line by line, so a tail torn inside a multi-byte character is still only the tail
+    lines = data.split(b"\n")
+    torn_tail = lines.pop()  # b"" when the file ends with a newline
+    rows: list[dict[str, Any]] = []
+    for number, raw in enumerate([*lines, torn_tail], start=1):
+        complete = number <= len(lines)
+        try:
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
+            row = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            if not complete:
+                break
+            raise JsonlFormatError(path, number, str(error), rows) from None
+        if not isinstance(row, dict):
+            raise JsonlFormatError(path, number, f"expected an object, got {type(row).__name__}", rows)
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines (keys sorted) to ``path`` atomically; :func:`read_jsonl` reads them back."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
 def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts into ``a.b.c`` keys (for the CSV)."""
     flat: dict[str, Any] = {}
@@ -127,10 +195,8 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._rows: list[dict[str, Any]] = []
-        jsonl = self.path / METRICS_JSONL
-        if jsonl.exists():  # keep rows of an earlier, interrupted write of this run
-            self._rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        # keep rows of an earlier, interrupted write of this run
+        self._rows: list[dict[str, Any]] = read_jsonl(self.path / METRICS_JSONL)
 
     def write_json(self, name: str, payload: Any) -> Path:
         """Write ``payload`` as indented JSON to ``name`` (relative to the folder)."""
@@ -148,10 +214,7 @@ class RunFolder:
         :param row: nested mapping of JSON values; nested keys become ``a.b`` CSV columns.
         """
         self._rows.append(json.loads(json.dumps(dict(row), default=_json_default)))
-        atomic_write_text(
-            self.path / METRICS_JSONL,
-            "".join(json.dumps(r, sort_keys=True) + "\n" for r in self._rows),
-        )
+        write_jsonl(self.path / METRICS_JSONL, self._rows)
         flat_rows = [_flatten(r) for r in self._rows]
         columns: list[str] = []
         for flat in flat_rows:
