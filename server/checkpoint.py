@@ -21,9 +21,9 @@ setting (a changed model-defining key, with its old and new value; a different v
 
 Which run-config keys are model-defining: :data:`MODEL_DEFINING_KEYS`. The others,
 :data:`HARMLESS_KEYS`, are budgets a resume may raise (``num-server-rounds``, ``patience``,
-``simskip-rounds``), paths of outputs, timeouts, progress/log output and devices.
-``tests/test_checkpoint.py`` checks that every key of ``[tool.flwr.app.config]`` is in exactly
-one of the two sets, so a key added later has to be classified.
+``simskip-rounds``), paths of outputs, timeouts, progress output and devices. Both come from the
+run-config registry (:mod:`client.kge.run_config`), where every key is declared once with its class,
+so a key added later has to be classified.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from client.kge.run_config import HARMLESS_KEYS, MODEL_DEFINING_KEYS, load_run_configs
 from client.kge.run_folder import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -67,44 +68,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, or does not belong to this run's settings."""
-
-
-#: Run-config keys whose change makes a checkpoint invalid: they define the model, its data,
-#: its training or the validation that picks the best round. A resume with another value
-#: would continue a different experiment from this one's state, so it is refused.
-MODEL_DEFINING_KEYS: frozenset[str] = frozenset({
-    # the data: simulation reads <client-data-root>/<k>; deployment's identity is the vocabulary hash
-    "setting", "client-data-root", "dataset", "num-clients", "partition", "partition-seed", "data-dir",
-    # federation
-    "fraction-train", "transfer-dtype", "aggregation", "aggregation-trim",
-    # the KGE model and its local training (client/kge/config.py: KGEConfig)
-    "model", "embedding-dim", "local-epochs", "batch-size", "learning-rate", "optimizer",
-    "keep-optimizer-state", "num-negs-per-pos", "negative-sampler", "corruption-scheme",
-    "filtered-negatives", "filterer", "adversarial-temperature", "margin", "entity-constrainer",
-    "regularizer", "training-loop", "seed",
-    # validation: which round is "best" (eval-every: when, eval-protocol: what MRR is compared)
-    "eval-every", "eval-protocol",
-    # the SimSkip phase (client/kge/refinement.py: RefinementConfig) and the downstream evaluation
-    # (protocols, their budget and patience, seeds, the skip strengths and search settings chosen on valid)
-    "simskip-local-epochs", "simskip-federate", "simskip-no-skip-ablation", "refit-epochs",
-    "simskip-hidden-dim", "simskip-num-layers", "simskip-activation", "simskip-normalization",
-    "simskip-skip", "simskip-projection-dim", "simskip-projection-hidden-dim", "simskip-augmentations",
-    "simskip-mask-prob", "simskip-noise-std", "simskip-temperature", "simskip-lr", "simskip-weight-decay",
-    "simskip-batch-size", "simskip-seed", "simskip-gate-grid", "simskip-standardize", "simskip-search",
-    "downstream-protocols", "refit-init", "downstream-seeds", "downstream-patience",
-})
-
-#: Run-config keys a resume may change: budgets (raising the round budget or the patience
-#: continues the same run further), output paths, waiting times, progress and log output,
-#: extra reporting (``track-test``: test metrics logged, never used for a choice), devices and
-#: batch sizes of pure inference.
-HARMLESS_KEYS: frozenset[str] = frozenset({
-    "num-server-rounds", "num-rounds", "patience", "simskip-rounds",
-    "min-clients", "min-available-nodes", "min-train-nodes", "fraction-evaluate",
-    "round-timeout", "min-clients-timeout", "run-dir", "client-output-root", "resume",
-    "eval-batch-size", "simskip-transform-batch-size", "simskip-device", "simskip-progress",
-    "log-level", "track-test", "client-num-cpus", "client-num-gpus", "num-cpus", "num-gpus",
-})
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -145,8 +108,6 @@ def _resolved(run_config: Mapping[str, Any]) -> dict[str, Any]:
     not by spelling: the owners (FederationSettings, KGEConfig, RefinementConfig) resolve them.
     Keys no owner knows (e.g. ``dataset``) are kept as given.
     """
-    from client.kge.refinement import load_run_configs  # the one place that knows every owner
-
     settings, kge, refinement = load_run_configs(run_config)
     resolved = dict(run_config)
     resolved.update({f.name.replace("_", "-"): getattr(settings, f.name) for f in dataclasses.fields(settings)})

@@ -42,10 +42,12 @@ def default_run_dir() -> Path:
 
 
 def check_run_config(run_config: dict[str, Any]) -> None:
-    """Fail before any process starts when a key is unknown (any phase) or a value is bad."""
-    from client.kge.refinement import load_run_configs
+    """Fail before any process starts when a key is unknown (any phase), a value is bad or a named choice
+    is not one of its choices (:func:`client.kge.run_config.check_choices`)."""
+    from client.kge.run_config import check_choices, load_run_configs  # heavy (torch, pykeen): not for --help
 
     load_run_configs(run_config)
+    check_choices(run_config)
 
 
 def run_command(prog: str, run: Callable[[], Path]) -> int:

@@ -30,7 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS
+from client.kge.registry import OTHER_KEYS, ConfigError, Key, coerce, key_field, keys_of, type_ok
+from client.kge.settings import FEDERATION_KEYS
+
 __all__ = [
+    "KGE_KEYS",
     "KNOWN_NON_KGE_KEYS",
     "PRESETS",
     "ConfigError",
@@ -41,36 +46,11 @@ __all__ = [
     "to_snake",
 ]
 
-#: Run-config keys owned by the federation (Flower apps), not by KGE training. They are ignored by
-#: :meth:`KGEConfig.from_run_config`. The Flower engineer owns the content of this set.
+#: Run-config keys :meth:`KGEConfig.from_run_config` skips: those of the other owners in the registry
+#: (:mod:`client.kge.registry`: the federation's, the refinement phase's, and the keys no dataclass reads).
 KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
-    {
-        "setting",  # fede | isolation | collection
-        "num-server-rounds",
-        "num-rounds",
-        "fraction-train",
-        "fraction-evaluate",
-        "min-available-nodes",
-        "min-train-nodes",
-        "dataset",
-        "num-clients",
-        "partition",
-        "partition-seed",
-        "data-dir",
-        "run-dir",
-        "round-timeout",
-        "client-num-cpus",
-        "client-num-gpus",
-        "num-cpus",
-        "num-gpus",
-        "simskip-rounds",
-        "simskip-local-epochs",
-    }
+    key.name for key in (*OTHER_KEYS, *FEDERATION_KEYS, *REFINEMENT_REGISTRY_KEYS)
 )
-
-
-class ConfigError(ValueError):
-    """A run-config key is unknown, or a value has the wrong type or is out of range."""
 
 
 #: Named sets of run-config values (kebab-case), applied before ``--set`` overrides (see the
@@ -157,33 +137,45 @@ class KGEConfig:
         ``test-`` prefixed metric names (for time-to-accuracy curves; never used for choices).
     """
 
-    model: str = "TransE"
-    embedding_dim: int = 128
-    local_epochs: int = 3
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    keep_optimizer_state: bool = True
-    num_negs_per_pos: int = 256
-    negative_sampler: str = "basic"
-    corruption_scheme: str = "head,tail"
-    filtered_negatives: bool = True
-    filterer: str = "sortedkey"
-    adversarial_temperature: float = 1.0
-    margin: float = 10.0
-    entity_constrainer: str = "none"
-    regularizer: str = "none"
-    training_loop: str = "sharednegatives"
-    seed: int = 0
-    eval_every: int = 1
-    patience: int = 3
-    eval_protocol: str = "standard"
-    eval_batch_size: int = 256
-    track_test: bool = False
+    model: str = key_field("TransE", help="a PyKEEN model name (model_resolver)", model_defining=True)
+    embedding_dim: int = key_field(128, help="the model's embedding_dim", model_defining=True)
+    local_epochs: int = key_field(3, help="epochs each client trains per round", model_defining=True)
+    batch_size: int = key_field(512, help="positive triples per training batch", model_defining=True)
+    learning_rate: float = key_field(1e-3, help="the optimizer's learning rate", model_defining=True)
+    optimizer: str = key_field("adam", help="a torch optimizer name (class_resolver)", model_defining=True)
+    keep_optimizer_state: bool = key_field(True, help="keep each client's optimizer state across rounds",
+                                           model_defining=True)
+    num_negs_per_pos: int = key_field(256, help="negatives per positive triple", model_defining=True)
+    negative_sampler: str = key_field("basic", help="a PyKEEN negative sampler name", model_defining=True)
+    corruption_scheme: str = key_field("head,tail", help="sides the basic sampler corrupts", model_defining=True,
+                                       choices=("head", "relation", "tail"), multiple=True)
+    filtered_negatives: bool = key_field(True, help="drop sampled negatives that are train triples",
+                                         model_defining=True)
+    filterer: str = key_field("sortedkey", help="the filterer of filtered-negatives (PyKEEN filterer name)",
+                              model_defining=True)
+    adversarial_temperature: float = key_field(1.0, help="self-adversarial sampling temperature (alpha)",
+                                               model_defining=True)
+    margin: float = key_field(10.0, help="NSSA margin (gamma) of distance-based models", model_defining=True)
+    entity_constrainer: str = key_field("none", help="none, model-default or a PyKEEN constrainer name",
+                                        model_defining=True)
+    regularizer: str = key_field("none", help="none, model-default or a PyKEEN regularizer name", model_defining=True)
+    training_loop: str = key_field("sharednegatives", help="the local training regime (training_regime_resolver)",
+                                   model_defining=True)
+    seed: int = key_field(0, help="base random seed of the initial table and training", model_defining=True)
+    eval_every: int = key_field(1, help="validate every this many rounds", model_defining=True)
+    patience: int = key_field(3, help="stop after this many validations without a better MRR (a budget)",
+                              model_defining=False)
+    eval_protocol: str = key_field("standard", help="both sides (standard) or tail only (fede)", model_defining=True,
+                                   choices=("standard", "fede"))
+    eval_batch_size: int = key_field(256, help="triples scored at once during evaluation", model_defining=False)
+    track_test: bool = key_field(False, help="also evaluate test, under test- metric names (never used for choices)",
+                                 model_defining=False)
 
     def __post_init__(self) -> None:
-        for spec in fields(self):
-            _check_type(spec.name, getattr(self, spec.name), spec.type)
+        for key in KGE_KEYS:
+            value = getattr(self, to_snake(key.name))
+            if not type_ok(value, key.type):
+                raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})")
         for name in ("embedding_dim", "local_epochs", "batch_size", "num_negs_per_pos", "eval_every",
                      "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
@@ -227,8 +219,7 @@ class KGEConfig:
                 f"unknown run-config key(s) {unknown}; KGE keys are {sorted(own)}, "
                 f"known federation keys are {sorted(skip)}"
             )
-        values = {own[key]: _coerce(key, value, _field_type(cls, own[key]))
-                  for key, value in run_config.items() if key in own}
+        values = {own[key]: _coerce(KGE_KEY_BY_NAME[key], value) for key, value in run_config.items() if key in own}
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
@@ -240,33 +231,20 @@ class KGEConfig:
         return dataclasses.replace(self, **changes)
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+#: The KGE keys of the registry (declared on :class:`KGEConfig`'s fields).
+KGE_KEYS: tuple[Key, ...] = keys_of(KGEConfig, "kge")
+KGE_KEY_BY_NAME: dict[str, Key] = {key.name: key for key in KGE_KEYS}
 
 
-def _field_type(cls: type, name: str) -> type:
-    return _TYPES[next(spec.type for spec in fields(cls) if spec.name == name)]
-
-
-def _check_type(name: str, value: Any, type_name: str) -> None:
-    expected = _TYPES[type_name]
-    # bool is an int subclass: refuse it for numeric fields, and refuse ints for bool fields
-    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
-    if not ok:
-        raise ConfigError(f"{to_kebab(name)} must be {type_name}, got {value!r} ({type(value).__name__})")
-
-
-def _coerce(key: str, value: Any, expected: type) -> Any:
-    """Accept the lossless conversions TOML/CLI values need (int -> float, 3.0 -> 3)."""
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        # Found by tests/test_loader_fuzz.py in CI: TOML reads 0xfff... (any length) as an int, and
-        # float() of one past 1.8e308 raises OverflowError, which escaped as a crash, not a ConfigError.
-        try:
-            return float(value)
-        except OverflowError:
-            raise ConfigError(f"{key} must be float, got an integer too large for a float ({str(value)[:20]}...)") from None
-    if expected is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+def _coerce(key: Key, value: Any) -> Any:
+    """:func:`client.kge.registry.coerce` with the KGE owner's :class:`ConfigError`."""
+    try:
+        return coerce(value, key.type)
+    except OverflowError:
+        raise ConfigError(f"{key.name} must be float, got an integer too large for a float "
+                          f"({value.bit_length()} bits)") from None
+    except TypeError:
+        raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})") from None
 
 
 def parse_set_options(items: Sequence[str]) -> dict[str, Any]:

@@ -20,38 +20,33 @@ Variants: ``refined`` uses the configured encoder; every further search setting 
 seed, all side by side in the same rounds, so one run reports them all. Weights travel as one flat
 named list with ``<variant>/`` prefixes (:func:`pack_variants`).
 
-Run-config keys (kebab-case; :data:`REFINEMENT_KEYS` lists the phase's own ones):
-
-``simskip-rounds`` (int, 10; 0 skips the phase), ``simskip-local-epochs`` (int, 5),
-``simskip-federate`` (bool, true), ``simskip-no-skip-ablation`` (bool, false),
-``downstream-protocols`` (comma-separated names of :data:`client.kge.protocols.DOWNSTREAM_PROTOCOLS`,
-all four by default), ``refit-init`` (``trained`` and/or ``fresh``), ``refit-epochs`` (int, 5: the
-epoch cap of the trained protocols), ``downstream-patience`` (int, 1), ``downstream-seeds`` (int, 1),
-``simskip-gate-grid`` (comma-separated skip strengths in [0, 1], ``"0,0.25,1"``: the values > 0
-are candidates), ``simskip-search`` (``"none"`` or ``;``-separated SimSkip overrides), and
-``simskip-<field>`` for every :class:`simskip_core.SimSkipConfig` field except ``epochs``
-(e.g. ``simskip-lr``, ``simskip-standardize``, ``simskip-augmentations`` as a comma-separated
-string, ``simskip-hidden-dim = "none"``). Unknown ``simskip-*`` / ``refit-*`` / ``downstream-*``
-keys fail, naming them; so do unknown protocol names and search fields, when the config is read
-(before any process starts).
+The phase's configuration, :class:`RefinementConfig`, and its run-config keys are in
+:mod:`client.kge.refinement_config` (re-exported here); the whole run config is split by
+:func:`client.kge.run_config.load_run_configs` (re-exported here as well).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from client.kge.config import ConfigError
-from client.kge.settings import KNOWN_NON_KGE_KEYS, FederationSettings
+from client.kge.refinement_config import (
+    DEFAULT_GATE_GRID,
+    NO_SKIP_VARIANT,
+    REFINED_VARIANT,
+    REFINEMENT_KEYS,
+    RefinementConfig,
+    RefinementConfigError,
+    parse_gate_grid,
+)
+from client.kge.run_config import load_run_configs
 from client.kge.weights import fedavg_named
-from simskip_core import SimSkipConfig, SimSkipTrainer
-from simskip_core.errors import ConfigError as SimSkipConfigError
+from simskip_core import SimSkipTrainer
 
 __all__ = [
     "DEFAULT_GATE_GRID",
@@ -75,298 +70,11 @@ __all__ = [
     "unpack_variants",
 ]
 
-REFINED_VARIANT = "refined"
-NO_SKIP_VARIANT = "refined-no-skip"
-SIMSKIP_PREFIX = "simskip-"
-REFIT_PREFIX = "refit-"
-DOWNSTREAM_PREFIX = "downstream-"
-#: Every protocol of client.kge.protocols.DOWNSTREAM_PROTOCOLS, in table order.
-DEFAULT_DOWNSTREAM_PROTOCOLS: tuple[str, ...] = ("as-trained", "relation-refit", "adapter", "finetune")
-
 NamedArrays = list[tuple[str, np.ndarray]]
-
-
-class RefinementConfigError(ConfigError):
-    """A refinement run-config key is unknown or its value is bad."""
 
 
 class RefinementInputError(ValueError):
     """A client's entity rows cannot be refined (shape, dtype, non-finite, too few rows)."""
-
-
-# ----------------------------------------------------------------------------- config
-#: SimSkipConfig fields not settable through the run config: the epochs are rounds x local epochs.
-_NOT_PASSED_THROUGH = frozenset({"epochs"})
-
-#: Skip strengths alpha of the candidates x + alpha (f(x) - x) (1 = the raw SimSkip rows; 0, the
-#: unrefined rows themselves, is accepted and ignored: the table always holds them).
-DEFAULT_GATE_GRID: tuple[float, ...] = (0.0, 0.25, 1.0)
-_GATE_GRID_KEY = "simskip-gate-grid"
-
-
-def parse_gate_grid(value: Any) -> tuple[float, ...]:
-    """A ``simskip-gate-grid`` value -> the sorted, distinct skip strengths.
-
-    :param value: ``"0,0.25,0.5,1"``, a single number, or a sequence of numbers (a TOML array);
-        ``""`` / ``"none"`` / ``None`` give ``()``, which :class:`RefinementConfig` refuses (it
-        needs a strength > 0).
-    :raises RefinementConfigError: for a value that is not a number, not finite, or outside [0, 1].
-    """
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        text = value.strip()
-        items: list[Any] = [] if text.lower() in ("", "none") else [item.strip() for item in text.split(",")]
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        items = [value]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise RefinementConfigError(f"{_GATE_GRID_KEY} must be a comma-separated string of numbers, got {value!r}")
-    alphas = []
-    for item in items:
-        try:
-            if isinstance(item, bool):
-                raise TypeError  # float(True) is 1.0: a bool is not a number here
-            alpha = float(item)
-        except (TypeError, ValueError):
-            raise RefinementConfigError(f"{_GATE_GRID_KEY}: {item!r} is not a number (in {value!r})") from None
-        if not 0.0 <= alpha <= 1.0:  # NaN fails too
-            raise RefinementConfigError(f"{_GATE_GRID_KEY}: skip strength {item!r} is outside [0, 1] (in {value!r})")
-        alphas.append(alpha)
-    return tuple(sorted(set(alphas)))
-
-
-@dataclass(frozen=True)
-class RefinementConfig:
-    """The SimSkip phase and the downstream re-fit budget.
-
-    :param rounds: federated SimSkip rounds (``0``: no refinement phase).
-    :param local_epochs: SimSkip epochs each client trains per round.
-    :param federate: FedAvg the encoder + head weights each round; ``False`` is local-only.
-    :param no_skip_ablation: also train the no-skip encoder (reported as ``refined-no-skip``).
-    :param refit_epochs: the epoch cap of every trained downstream protocol (:mod:`client.kge.protocols`).
-    :param gate_grid: skip strengths ``alpha`` of the SimSkip candidates ``x + alpha (f(x) - x)``
-        (``simskip-gate-grid``); the values > 0 are candidates, chosen on valid with the search
-        settings (:mod:`client.kge.comparison`). Any form :func:`parse_gate_grid` accepts.
-    :param search: SimSkip settings to choose from on valid (``simskip-search``: alternatives
-        separated by ``;``, each a comma-separated list of ``field=value`` overrides of the
-        SimSkip config, e.g. ``"lr=1e-3;lr=1e-4,temperature=0.1"``); empty: the config alone.
-        Each setting trains its own encoder, side by side, in the same rounds.
-    :param downstream_protocols: the protocols of :data:`client.kge.protocols.DOWNSTREAM_PROTOCOLS`
-        every row goes through (``downstream-protocols``, comma-separated).
-    :param refit_init: where ``relation-refit`` starts its relations: ``trained`` and/or ``fresh``.
-    :param downstream_seeds: seeds ``j``: SimSkip (``simskip-seed + j``), the perturbation and
-        the trained protocols (``seed + j``) are repeated for each; rows are reported as mean +- std.
-    :param downstream_patience: checks (one per epoch) without a better valid score before a
-        trained protocol stops; ``refit_epochs`` caps its epochs.
-    :param simskip: the SimSkip hyperparameters (``epochs`` is ignored: see ``local_epochs``).
-    """
-
-    rounds: int = 10
-    local_epochs: int = 5
-    federate: bool = True
-    no_skip_ablation: bool = False
-    refit_epochs: int = 5
-    gate_grid: tuple[float, ...] = DEFAULT_GATE_GRID
-    search: tuple[tuple[tuple[str, str], ...], ...] = ()
-    downstream_protocols: tuple[str, ...] = DEFAULT_DOWNSTREAM_PROTOCOLS
-    refit_init: tuple[str, ...] = ("trained",)
-    downstream_seeds: int = 1
-    downstream_patience: int = 1
-    simskip: SimSkipConfig = field(default_factory=SimSkipConfig)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gate_grid", parse_gate_grid(self.gate_grid))  # frozen: normalize in place
-        object.__setattr__(self, "search", parse_search(self.search, self.simskip))
-        object.__setattr__(self, "downstream_protocols", _names(self.downstream_protocols, "downstream-protocols"))
-        object.__setattr__(self, "refit_init", _names(self.refit_init, "refit-init"))
-        from client.kge.protocols import UnknownDownstreamProtocolError, protocol_labels
-
-        try:  # named choices fail here, before any process starts
-            protocol_labels(self.downstream_protocols, self.refit_init)
-        except UnknownDownstreamProtocolError as error:
-            raise RefinementConfigError(str(error)) from None
-        if not any(alpha > 0 for alpha in self.gate_grid):
-            raise RefinementConfigError(f"{_GATE_GRID_KEY} needs a skip strength > 0 (the refined candidates), got {self.gate_grid}")
-        for name in ("downstream_seeds", "downstream_patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RefinementConfigError(f"{_key(name)} must be an int >= 1, got {value!r}")
-        for name in ("rounds", "local_epochs", "refit_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise RefinementConfigError(f"{_key(name)} must be an int >= 0, got {value!r}")
-        if self.local_epochs < 1:
-            raise RefinementConfigError(f"simskip-local-epochs must be >= 1, got {self.local_epochs}")
-        for name in ("federate", "no_skip_ablation"):
-            if not isinstance(getattr(self, name), bool):
-                raise RefinementConfigError(f"{_key(name)} must be a bool, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> RefinementConfig:
-        """Read the phase's keys from a kebab-case run config; other keys are ignored.
-
-        :raises RefinementConfigError: naming unknown ``simskip-*`` / ``refit-*`` keys or bad values.
-        """
-        own = {_key(f.name): f.name for f in dataclasses.fields(cls) if f.name != "simskip"}
-        passthrough = {
-            SIMSKIP_PREFIX + f.name.replace("_", "-"): f.name
-            for f in dataclasses.fields(SimSkipConfig)
-            if f.name not in _NOT_PASSED_THROUGH
-        }
-        unknown = sorted(
-            key for key in run_config
-            if key.startswith((SIMSKIP_PREFIX, REFIT_PREFIX, DOWNSTREAM_PREFIX)) and key not in own and key not in passthrough
-        )
-        if unknown:
-            raise RefinementConfigError(
-                f"unknown refinement key(s) {unknown}; known: {sorted(own) + sorted(passthrough)}"
-            )
-        values: dict[str, Any] = {}
-        for key, name in own.items():
-            if key in run_config:
-                value = run_config[key]
-                if isinstance(value, float) and value.is_integer() and name in _INT_FIELDS:
-                    value = int(value)
-                values[name] = value
-        overrides = [f"{passthrough[key]}={_as_text(value)}" for key, value in run_config.items() if key in passthrough]
-        try:
-            values["simskip"] = SimSkipConfig().with_overrides(overrides)
-        except SimSkipConfigError as error:
-            raise RefinementConfigError(f"simskip run config: {error}") from None
-        return cls(**values)
-
-    def to_run_config(self) -> dict[str, Any]:
-        """The config as kebab-case run-config entries (``augmentations`` comma-joined, ``None`` as ``"none"``)."""
-        entries: dict[str, Any] = {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "simskip"}
-        entries[_GATE_GRID_KEY] = ",".join(_alpha_text(alpha) for alpha in self.gate_grid)
-        entries["simskip-search"] = search_text(self.search)
-        entries["downstream-protocols"] = ",".join(self.downstream_protocols)
-        entries["refit-init"] = ",".join(self.refit_init)
-        for name, value in self.simskip.to_dict().items():
-            if name in _NOT_PASSED_THROUGH:
-                continue
-            entries[SIMSKIP_PREFIX + name.replace("_", "-")] = _as_text(value) if value is None or isinstance(value, list) else value
-        return entries
-
-    @property
-    def main_variant(self) -> str:
-        """The variant the configured encoder trains (``refined``, or ``refined-no-skip`` when ``simskip-skip = false``)."""
-        return next(iter(self.variants()))
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the SimSkip phase runs (``rounds > 0``)."""
-        return self.rounds > 0
-
-    def search_settings(self) -> list[dict[str, Any]]:
-        """The search settings as override dicts (``[{}]``: the config alone)."""
-        return [dict(setting) for setting in self.search] or [{}]
-
-    def candidates(self) -> list[tuple[int, float]]:
-        """The SimSkip candidates chosen from on valid: (search setting index, skip strength > 0)."""
-        return [(k, alpha) for k in range(len(self.search_settings())) for alpha in self.gate_grid if alpha > 0]
-
-    @staticmethod
-    def variant_name(base: str, setting: int, seed: int) -> str:
-        """Name of the encoder of search setting ``setting`` and seed index ``seed``; ``base`` for (0, 0)."""
-        return base if (setting, seed) == (0, 0) else f"{base}@{setting}.{seed}"
-
-    def variants(self) -> dict[str, SimSkipConfig]:
-        """Variant name -> its SimSkip config, in report order: every search setting x seed
-        (:meth:`variant_name`), then the no-skip ablation per seed."""
-        main = REFINED_VARIANT if self.simskip.skip else NO_SKIP_VARIANT
-        variants = {}
-        for setting, overrides in enumerate(self.search_settings()):
-            for seed in range(self.downstream_seeds):
-                variants[self.variant_name(main, setting, seed)] = self.simskip.with_overrides(
-                    [f"{key}={value}" for key, value in overrides.items()]).replace(seed=self.simskip.seed + seed)
-        if self.no_skip_ablation and self.simskip.skip:
-            for seed in range(self.downstream_seeds):
-                variants[self.variant_name(NO_SKIP_VARIANT, 0, seed)] = self.simskip.replace(
-                    skip=False, seed=self.simskip.seed + seed)
-        return variants
-
-
-def _key(name: str) -> str:
-    """Run-config key of a :class:`RefinementConfig` field."""
-    return ("" if name.startswith(("refit", "downstream")) else SIMSKIP_PREFIX) + name.replace("_", "-")
-
-
-_INT_FIELDS = frozenset({"rounds", "local_epochs", "refit_epochs", "downstream_seeds", "downstream_patience"})
-
-
-def _names(value: Any, key: str) -> tuple[str, ...]:
-    """A comma-separated string (or a list) of names -> a tuple of distinct names, in order."""
-    if isinstance(value, str):
-        items = [item.strip() for item in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = [str(item).strip() for item in value]
-    else:
-        raise RefinementConfigError(f"{key} must be a comma-separated string of names, got {value!r}")
-    return tuple(dict.fromkeys(item for item in items if item))
-
-
-def parse_search(value: Any, base: SimSkipConfig | None = None) -> tuple[tuple[tuple[str, str], ...], ...]:
-    """A ``simskip-search`` value -> the settings as tuples of ``(field, value text)`` overrides.
-
-    ``"lr=1e-3;lr=1e-4,temperature=0.1"``: two settings. ``""`` / ``"none"``: the config alone.
-    Each override is checked against :class:`SimSkipConfig` now (unknown field, bad value,
-    ``epochs`` / ``seed`` which the phase sets itself), so a typo fails before anything starts.
-
-    :raises RefinementConfigError: naming the setting and the problem.
-    """
-    if isinstance(value, tuple) and all(isinstance(s, tuple) for s in value):
-        settings = [tuple((str(k), str(v)) for k, v in setting) for setting in value]
-    elif isinstance(value, str):
-        text = value.strip()
-        settings = []
-        if text.lower() not in ("", "none"):
-            for part in text.split(";"):
-                pairs = []
-                for item in (i.strip() for i in part.split(",")):
-                    key, sep, val = item.partition("=")
-                    if not sep or not key.strip():
-                        raise RefinementConfigError(f"simskip-search: {item!r} in {part!r} is not field=value")
-                    pairs.append((key.strip().replace("-", "_"), val.strip()))
-                settings.append(tuple(pairs))
-    else:
-        raise RefinementConfigError(f"simskip-search must be a string like 'lr=1e-3;lr=1e-4', got {value!r}")
-    base = base or SimSkipConfig()
-    for setting in settings:
-        for key, _ in setting:
-            if key in ("epochs", "seed"):
-                raise RefinementConfigError(f"simskip-search: {key!r} is set by the phase (rounds x local epochs; seeds), not searchable")
-        try:
-            base.with_overrides([f"{k}={v}" for k, v in setting])
-        except SimSkipConfigError as error:
-            raise RefinementConfigError(f"simskip-search setting {search_text((setting,))!r}: {error}") from None
-    return tuple(settings)
-
-
-def search_text(search: Sequence[Sequence[tuple[str, str]]]) -> str:
-    """Inverse of :func:`parse_search` (``"none"`` for no search)."""
-    return ";".join(",".join(f"{k}={v}" for k, v in setting) for setting in search) or "none"
-
-
-def _alpha_text(alpha: float) -> str:
-    """Shortest text that reads back as the same float (``0``, ``0.25``, ``1``)."""
-    return repr(float(alpha)).removesuffix(".0")
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-#: The phase's own keys with their defaults (what ``pyproject.toml``'s run config must list).
-REFINEMENT_KEYS: dict[str, Any] = RefinementConfig().to_run_config()
 
 
 # ----------------------------------------------------------------------------- weights
@@ -573,19 +281,3 @@ def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds:
         "seconds": round(float(seconds), 4),
     }
 
-
-# ----------------------------------------------------------------------------- whole run config
-def load_run_configs(run_config: Mapping[str, Any]) -> tuple[Any, Any, RefinementConfig]:
-    """Split a Flower run config into federation settings, KGE config and refinement config.
-
-    Every key has exactly one owner (:class:`client.kge.settings.FederationSettings`,
-    :class:`client.kge.config.KGEConfig`, :data:`REFINEMENT_KEYS`), so a misspelt one fails.
-
-    :returns: ``(FederationSettings, KGEConfig, RefinementConfig)``.
-    :raises client.kge.config.ConfigError: naming an unknown key or a bad value.
-    """
-    from client.kge.config import KGEConfig
-
-    settings = FederationSettings.from_run_config(run_config)
-    kge = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
-    return settings, kge, RefinementConfig.from_run_config(run_config)

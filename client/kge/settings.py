@@ -1,10 +1,10 @@
 """The federation's own run-config keys (everything that is not a KGE hyper-parameter).
 
-The KGE hyper-parameters belong to :class:`client.kge.config.KGEConfig`; it ignores exactly the
-keys listed in its own ``KNOWN_NON_KGE_KEYS`` plus :data:`KNOWN_NON_KGE_KEYS` here (passed
-as ``extra_known_keys``, see :func:`client.kge.refinement.load_run_configs`) and rejects any other unknown key, while
-:meth:`FederationSettings.from_run_config` reads only these keys. Together they make every
-key of a run config known to exactly one owner, so a misspelt key fails loudly.
+The KGE hyper-parameters belong to :class:`client.kge.config.KGEConfig`; it ignores the keys of
+the other owners (its ``KNOWN_NON_KGE_KEYS``, which include :data:`KNOWN_NON_KGE_KEYS` here) and
+rejects any other unknown key, while :meth:`FederationSettings.from_run_config` reads only these
+keys. Each key is declared once, on its field (:func:`client.kge.registry.key_field`); the whole
+registry is :data:`client.kge.run_config.REGISTRY`, so a misspelt key fails loudly.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from client.kge.aggregation import AggregationError, check_rule
+from client.kge.aggregation import AGGREGATIONS, AggregationError, check_rule
+from client.kge.registry import Key, coerce, key_field, keys_of
 
 __all__ = [
+    "FEDERATION_KEYS",
     "KNOWN_NON_KGE_KEYS",
     "SETTINGS",
     "FederationSettings",
@@ -74,19 +76,27 @@ class FederationSettings:
         never a fresh start.
     """
 
-    num_server_rounds: int = 100
-    setting: str = "fede"
-    fraction_train: float = 1.0
-    min_clients: int = 2
-    transfer_dtype: str = "float16"
-    round_timeout: float = 3600.0
-    run_dir: str = ""
-    client_output_root: str = ""
-    client_data_root: str = ""
-    min_clients_timeout: float = 600.0
-    aggregation: str = "mean"
-    aggregation_trim: float = 0.25
-    resume: bool = False
+    num_server_rounds: int = key_field(100, help="maximum number of FedE rounds (a budget)", model_defining=False)
+    setting: str = key_field("fede", help="fede, isolation or collection", model_defining=True, choices=SETTINGS)
+    fraction_train: float = key_field(1.0, help="fraction of the registered clients sampled per round",
+                                      model_defining=True)
+    min_clients: int = key_field(2, help="clients that must be connected before the handshake", model_defining=False)
+    transfer_dtype: str = key_field("float16", help="dtype of the entity rows on the wire", model_defining=True,
+                                    choices=TRANSFER_DTYPES)
+    round_timeout: float = key_field(3600.0, help="seconds to wait for the replies of one exchange",
+                                     model_defining=False)
+    run_dir: str = key_field("", help="the server's output folder (empty: do not write)", model_defining=False)
+    client_output_root: str = key_field("", help="simulation: virtual client k writes under <root>/<k>",
+                                        model_defining=False)
+    client_data_root: str = key_field("", help="simulation: the folder of one data folder per client",
+                                      model_defining=True)
+    min_clients_timeout: float = key_field(600.0, help="seconds to wait for min-clients connected clients",
+                                           model_defining=False)
+    aggregation: str = key_field("mean", help="per-row rule over a shared entity's holders", model_defining=True,
+                                 choices=AGGREGATIONS)
+    aggregation_trim: float = key_field(0.25, help="fraction cut from each end by trimmed-mean", model_defining=True)
+    resume: bool = key_field(False, help="continue the run in run-dir after its last checkpointed round",
+                             model_defining=False)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -124,26 +134,12 @@ class FederationSettings:
                 continue
             value = run_config[key]
             default = field.default
-            # The value must have the field's type, as KGEConfig requires (an int may be an integral
-            # float, a float an int). Converting instead accepted any type: bool("false") is True,
-            # str(0) a path, int(inf) an OverflowError (found by tests/test_loader_fuzz.py).
+            # The value must have the field's type, as KGEConfig requires (the registry's one rule: an int
+            # may be an integral float, a float an int). Converting instead accepted any type: bool("false")
+            # is True, str(0) a path, int(inf) an OverflowError (found by tests/test_loader_fuzz.py).
             try:
-                if isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError
-                elif isinstance(value, bool):  # bool is an int subclass, but never a number here
-                    raise TypeError
-                elif isinstance(default, int):
-                    if not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-                        raise TypeError
-                    value = int(value)
-                elif isinstance(default, float):
-                    if not isinstance(value, (int, float)):
-                        raise TypeError
-                    value = float(value)
-                elif not isinstance(value, str):
-                    raise TypeError
-            except (TypeError, ValueError, OverflowError):
+                value = coerce(value, type(default))
+            except (TypeError, OverflowError):
                 raise SettingsError(
                     f"run-config key {key!r}: expected {type(default).__name__}, got {value!r}"
                 ) from None
@@ -151,7 +147,8 @@ class FederationSettings:
         return cls(**values)
 
 
+#: The federation's keys of the registry (declared on :class:`FederationSettings`'s fields).
+FEDERATION_KEYS: tuple[Key, ...] = keys_of(FederationSettings, "federation")
+
 #: Run-config keys owned by the federation (this module), not by ``KGEConfig``.
-KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
-    field.name.replace("_", "-") for field in fields(FederationSettings)
-)
+KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(key.name for key in FEDERATION_KEYS)
