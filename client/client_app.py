@@ -35,6 +35,7 @@ but ``context.state`` persists across them).
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from logging import INFO, WARNING
@@ -48,14 +49,20 @@ from flwr.common.logger import log
 
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.party_log import note, write_finished
+from client.protocol import (
+    CLIENT_INFO_KEY,
+    CONFIG_KEY,
+    ENTITIES_ACTION,
+    ENTITY_ROWS_KEY,
+    FINISH_ACTION,
+    METRICS_KEY,
+    RESTORE_ACTION,
+    ROWS_ARRAY,
+    TEST_ACTION,
+    TRACK_TEST_PREFIX,
+)
 
 __all__ = ["ClientCheckpointError", "ClientSetupError", "app"]
-
-ENTITY_ROWS_KEY = "entity-rows"  # mirrors server.strategy (the server package is not shipped to clients' imports)
-ROWS_ARRAY = "rows"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-CLIENT_INFO_KEY = "client"
 
 CACHE_ARRAYS = "kg-cache-triples"
 CACHE_VOCAB = "kg-cache-vocab"
@@ -118,7 +125,7 @@ def load_graph(context: Context) -> tuple[Any, str]:
     mapped id triples and labels in ``context.state``; later calls rebuild the PyKEEN factories
     from that cache without reading or mapping any text.
     """
-    import torch
+    import torch  # heavy (torch, pykeen): kept out of the app module's import
     from pykeen.triples import TriplesFactory
 
     from kg_datasets import ClientGraph, load_client_folder
@@ -158,7 +165,7 @@ def load_graph(context: Context) -> tuple[Any, str]:
 def _setup(context: Context) -> tuple[Any, Any, str]:
     """``(graph, KGEConfig, client name)``."""
     # the refinement keys (simskip-*, refit-*) are known too, so one run config serves both phases
-    from client.kge.refinement import load_run_configs
+    from client.kge.refinement import load_run_configs  # heavy (torch, pykeen)
 
     _, kge_config, _ = load_run_configs(context.run_config)
     graph, name = load_graph(context)
@@ -166,7 +173,7 @@ def _setup(context: Context) -> tuple[Any, Any, str]:
 
 
 def _trainer(graph: Any, config: Any, context: Context, private_key: str | None) -> Any:
-    from client.kge.training import LocalTrainer
+    from client.kge.training import LocalTrainer  # heavy (torch, pykeen)
 
     trainer = LocalTrainer(graph, config, device=None)  # CUDA when present (client.kge.training.resolve_device)
     if private_key is not None and private_key in context.state.array_records:
@@ -198,8 +205,6 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
     optimizer state left out), ``relations.tsv`` (local id<TAB>label), ``entity_embeddings.npy`` (local-id
     order) and ``entities.tsv``. These never go to the server.
     """
-    import io
-
     # Model tensors other than the shared entity rows ("model/..."), not optimizer moments.
     relation_arrays = {
         key.removeprefix("model/"): value
@@ -275,10 +280,10 @@ def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
 
 
 # ---------------------------------------------------------------------------- handlers
-@app.query("entities")
+@app.query(ENTITIES_ACTION)
 def handshake(msg: Message, context: Context) -> Message:
     """Reply with the party's entity labels (local-id order) and split sizes; no triples."""
-    from client.kge.models import entity_dim
+    from client.kge.models import entity_dim  # heavy (torch, pykeen)
 
     graph, config, name = _setup(context)
     info = ConfigRecord({
@@ -324,7 +329,7 @@ def _restore_private(context: Context, name: str, out: Path | None, federation_i
     return restored_round
 
 
-@app.query("restore")
+@app.query(RESTORE_ACTION)
 def restore(msg: Message, context: Context) -> Message:
     """Restore the private state the server names (after a resume, or after rejoining).
 
@@ -349,8 +354,6 @@ HOLD_MAX_SECONDS = 600.0
 
 
 def _hold_if_asked(server_round: int) -> None:
-    import os
-
     spec = os.environ.get(HOLD_TRAIN_ENV, "")
     held_round, sep, folder = spec.partition(":")
     if not sep or not held_round.isdigit() or int(held_round) != server_round:
@@ -404,7 +407,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def _peak_rss_mb() -> float:
     """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
-    import resource
+    import resource  # POSIX-only: imported where it is used, so the module loads on any platform
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -428,7 +431,7 @@ def validate(msg: Message, context: Context) -> Message:
     metrics = trainer.evaluate("valid", config.eval_protocol)
     if getattr(config, "track_test", False):
         # same state, same protocol; reported apart ("test-" prefix), never used for selection
-        metrics.update({f"test-{k}": v for k, v in trainer.evaluate("test", config.eval_protocol).items()})
+        metrics.update({f"{TRACK_TEST_PREFIX}{k}": v for k, v in trainer.evaluate("test", config.eval_protocol).items()})
     if PRIVATE_CURRENT in context.state.array_records:
         context.state[PRIVATE_SNAPSHOT.format(server_round)] = context.state.array_records[PRIVATE_CURRENT]
     keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}
@@ -438,7 +441,7 @@ def validate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
 
 
-@app.evaluate("test")
+@app.evaluate(TEST_ACTION)
 def test(msg: Message, context: Context) -> Message:
     """Test with the best round's rows and private state; write the private outputs."""
     graph, config, name = _setup(context)
@@ -455,7 +458,7 @@ def test(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
 
 
-@app.query("finish")
+@app.query(FINISH_ACTION)
 def finish(msg: Message, context: Context) -> Message:
     """The server's run is over: write ``federation.json`` (``simskip-client`` exits on it) and reply."""
     cfg = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())

@@ -17,6 +17,7 @@ output folder (``refined/<variant>.npy``) when it has one.
 
 from __future__ import annotations
 
+import json
 import time
 from logging import INFO
 
@@ -25,8 +26,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.logger import log
 
 from client.client_app import (
-    CONFIG_KEY,
-    METRICS_KEY,
     PRIVATE_CURRENT,
     PRIVATE_SNAPSHOT,
     app,
@@ -38,20 +37,26 @@ from client.client_app import (
 )
 from client.kge.run_folder import save_npy_atomic
 from client.party_log import note
+from client.protocol import (
+    CONFIG_KEY,
+    DOWNSTREAM_ACTION,
+    DOWNSTREAM_RANKS,
+    DOWNSTREAM_RECORD,
+    METRICS_KEY,
+    SIMSKIP_ACTION,
+    WEIGHTS_KEY,
+)
 
 __all__ = ["downstream", "simskip_train"]
 
-WEIGHTS_KEY = "simskip-weights"  # mirrors server.simskip_strategy
 OWN_WEIGHTS = "simskip-own-weights"
-DOWNSTREAM_RECORD = "downstream"  # mirrors server.simskip_strategy
-DOWNSTREAM_RANKS = "downstream-rr"
 OWN_ROUND = "simskip-own-round"
 #: private checkpoint prefix of the local-only ablation's own weights (<output>/checkpoint/simskip-<r>.npz)
 OWN_CHECKPOINT = "simskip"
 
 
 def _configs(context: Context):
-    from client.kge.refinement import load_run_configs
+    from client.kge.refinement import load_run_configs  # heavy (torch, pykeen): SimSkip messages only
 
     _, kge_config, refinement = load_run_configs(context.run_config)
     return kge_config, refinement
@@ -80,7 +85,7 @@ def _own_weights(context: Context, out, federation_id: str, before_round: int, n
 
 def _start_weights(msg: Message, context: Context, variants: list[str], out, name: str, before_round: int):
     """The message's weights, else (local-only after round 1) this party's own (:func:`_own_weights`)."""
-    from client.kge.refinement import RefinementInputError, unpack_variants
+    from client.kge.refinement import RefinementInputError, unpack_variants  # heavy (torch, pykeen)
 
     record = msg.content.array_records.get(WEIGHTS_KEY)
     if record is None:
@@ -94,15 +99,15 @@ def _start_weights(msg: Message, context: Context, variants: list[str], out, nam
 
 
 def _weights_record(weights) -> ArrayRecord:
-    from client.kge.refinement import pack_variants
+    from client.kge.refinement import pack_variants  # heavy (torch, pykeen)
 
     return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in pack_variants(weights)})
 
 
-@app.train("simskip")
+@app.train(SIMSKIP_ACTION)
 def simskip_train(msg: Message, context: Context) -> Message:
     """One SimSkip round on this party's rows."""
-    from client.kge.refinement import fit_round
+    from client.kge.refinement import fit_round  # heavy (torch, pykeen)
 
     _kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
@@ -127,12 +132,10 @@ def simskip_train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate("downstream")
+@app.evaluate(DOWNSTREAM_ACTION)
 def downstream(msg: Message, context: Context) -> Message:
     """Refine with the final encoders, run every downstream protocol on every row, rank the test split."""
-    import json
-
-    from client.kge.comparison import evaluate_client_rows
+    from client.kge.comparison import evaluate_client_rows  # heavy (torch, pykeen): SimSkip messages only
     from client.kge.protocols import relations_fit
     from client.kge.refinement import transform_rows
 

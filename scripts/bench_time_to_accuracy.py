@@ -49,25 +49,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.run_folder import JsonlFormatError, read_jsonl
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "FB15k-237-Fed3"
 
 
-def _overall(per_client: list[dict[str, float]]) -> dict[str, float]:
-    from client.kge.evaluation import weighted_overall
-
-    return weighted_overall(per_client)
-
-
 def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
-    """Run FedE rounds in this process and return the report."""
+    """Run FedE rounds in this process (:class:`client.kge.round_engine.RoundEngine`, no early
+    stopping: the budget is ``--rounds`` / ``--time-budget`` / ``--target``) and return the report."""
+    # torch and the KGE library load only in this mode (simulation mode runs them in a subprocess)
     import numpy as np
     import torch
 
     from client.kge.aggregation import aggregate_rows
     from client.kge.config import KGEConfig, parse_set_options, preset
+    from client.kge.evaluation import weighted_overall
     from client.kge.models import initial_entity_table
+    from client.kge.round_engine import RoundEngine
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated
 
@@ -77,56 +77,78 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     kg = load_federated(args.data, num_clients=args.num_clients)
     trainers = [LocalTrainer(client, config, device=args.device) for client in kg.clients]
     holders = [np.asarray(client.entity_ids, dtype=np.int64) for client in kg.clients]
-    table = initial_entity_table(config, kg.num_entities, seed=config.seed)
     setup_seconds = time.perf_counter() - started
 
-    rounds: list[dict[str, Any]] = []
-    reached_at: float | None = None
-    clock, cpu_clock = time.perf_counter(), time.process_time()
-    for server_round in range(1, args.rounds + 1):
-        record: dict[str, Any] = {"round": server_round}
-        client_seconds, losses = [], {}
-        for trainer, ids in zip(trainers, holders):
-            trainer.set_entity_embeddings(table[ids])
+    class Steps:
+        """The in-process round's steps; one ``record`` per round."""
+
+        def __init__(self) -> None:
+            self.table = initial_entity_table(config, kg.num_entities, seed=config.seed)
+            self.rounds: list[dict[str, Any]] = []
+            self.reached_at: float | None = None
+            self.record: dict[str, Any] = {}
+            self.clock, self.cpu_clock = time.perf_counter(), time.process_time()
+
+        def train(self, server_round: int) -> None:
+            self.record = {"round": server_round}
+            client_seconds, losses = [], {}
+            for trainer, ids in zip(trainers, holders):
+                trainer.set_entity_embeddings(self.table[ids])
+                begin = time.perf_counter()
+                losses[str(trainer.graph.client_id)] = trainer.train(config.local_epochs)
+                client_seconds.append(time.perf_counter() - begin)
+            self.record.update(local_training_seconds=sum(client_seconds),
+                               local_training_seconds_per_client=client_seconds,
+                               local_training_seconds_max_client=max(client_seconds),
+                               framework_seconds=0.0, losses=losses)
+
+        def aggregate(self, server_round: int, updates: None) -> None:
             begin = time.perf_counter()
-            losses[str(trainer.graph.client_id)] = trainer.train(config.local_epochs)
-            client_seconds.append(time.perf_counter() - begin)
-        begin = time.perf_counter()
-        table = aggregate_rows(table, [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)])
-        for trainer, ids in zip(trainers, holders):
-            trainer.set_entity_embeddings(table[ids])
-        record["aggregation_seconds"] = time.perf_counter() - begin
-        record["local_training_seconds"] = sum(client_seconds)
-        record["local_training_seconds_per_client"] = client_seconds
-        record["local_training_seconds_max_client"] = max(client_seconds)
-        record["framework_seconds"] = 0.0
-        record["losses"] = losses
-        if server_round % config.eval_every == 0 or server_round == args.rounds:
+            self.table = aggregate_rows(self.table, [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)])
+            for trainer, ids in zip(trainers, holders):
+                trainer.set_entity_embeddings(self.table[ids])
+            self.record["aggregation_seconds"] = time.perf_counter() - begin
+
+        def validate(self, server_round: int) -> float:
             begin = time.perf_counter()
             for split in ("valid", "test"):
                 per_client = [t.evaluate(split, config.eval_protocol) for t in trainers]
-                record[split] = {"overall": _overall(per_client), "per_client": per_client}
-            record["evaluation_seconds"] = time.perf_counter() - begin
-        record["elapsed_seconds"] = time.perf_counter() - clock
-        # CPU seconds of this process (all threads): comparable across machine load, unlike wall time
-        record["cpu_seconds"] = time.process_time() - cpu_clock
-        record["timestamp"] = time.time()
-        record["load_average_1min"] = os.getloadavg()[0]
-        rounds.append(record)
-        if args.out is not None:  # keep what is measured if the run is stopped early
-            _write_json(args.out, {"mode": "in-process", "partial": True, "config": config.to_run_config(),
-                                   "setup_seconds": setup_seconds, "rounds": rounds})
-        print(json.dumps({k: record[k] for k in ("round", "elapsed_seconds")}
-                         | {s: record[s]["overall"]["mrr"] for s in ("valid", "test") if s in record}),
-              file=sys.stderr, flush=True)
-        if "test" in record and args.target is not None and reached_at is None \
-                and record["test"]["overall"]["mrr"] >= args.target:
-            reached_at = record["elapsed_seconds"]
-            if args.stop_at_target:
-                break
-        if record["elapsed_seconds"] >= args.time_budget:
-            break
+                self.record[split] = {"overall": weighted_overall(per_client), "per_client": per_client}
+            self.record["evaluation_seconds"] = time.perf_counter() - begin
+            return self.record["valid"]["overall"]["mrr"]
 
+        def keep_best(self, server_round: int) -> None:  # never called: no early stopping here
+            pass
+
+        def end_round(self, server_round: int, validated: bool, stop: bool) -> bool:
+            record = self.record
+            # The old order of the record's keys is kept (the committed JSON files are read by key).
+            record = {key: record[key] for key in ("round", "aggregation_seconds", "local_training_seconds",
+                                                   "local_training_seconds_per_client",
+                                                   "local_training_seconds_max_client", "framework_seconds",
+                                                   "losses", "valid", "test", "evaluation_seconds") if key in record}
+            record["elapsed_seconds"] = time.perf_counter() - self.clock
+            # CPU seconds of this process (all threads): comparable across machine load, unlike wall time
+            record["cpu_seconds"] = time.process_time() - self.cpu_clock
+            record["timestamp"] = time.time()
+            record["load_average_1min"] = os.getloadavg()[0]
+            self.rounds.append(record)
+            if args.out is not None:  # keep what is measured if the run is stopped early
+                _write_json(args.out, {"mode": "in-process", "partial": True, "config": config.to_run_config(),
+                                       "setup_seconds": setup_seconds, "rounds": self.rounds})
+            print(json.dumps({k: record[k] for k in ("round", "elapsed_seconds")}
+                             | {s: record[s]["overall"]["mrr"] for s in ("valid", "test") if s in record}),
+                  file=sys.stderr, flush=True)
+            if "test" in record and args.target is not None and self.reached_at is None \
+                    and record["test"]["overall"]["mrr"] >= args.target:
+                self.reached_at = record["elapsed_seconds"]
+                if args.stop_at_target:
+                    return True
+            return record["elapsed_seconds"] >= args.time_budget
+
+    steps = Steps()
+    RoundEngine(num_rounds=args.rounds, eval_every=config.eval_every).run(steps)
+    rounds, reached_at = steps.rounds, steps.reached_at
     evaluated = [r for r in rounds if "valid" in r]
     best = max(evaluated, key=lambda r: r["valid"]["overall"]["mrr"]) if evaluated else None
     return {
@@ -161,25 +183,19 @@ class MetricsFormatError(ValueError):
 
 
 def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a run folder's ``metrics.jsonl`` (none while it does not exist yet).
+    """The rows of a run folder's ``metrics.jsonl`` (none while it does not exist yet), read by
+    the project's one JSON-lines reader (:func:`client.kge.run_folder.read_jsonl`).
 
-    The run folder rewrites the file atomically (temp file + rename), so a read sees a whole version.
-
-    :raises MetricsFormatError: for a line that is not a JSON object, naming file and line.
+    :raises MetricsFormatError: for a line that is not a JSON object or a row without ``round``,
+        naming file and line.
     """
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MetricsFormatError(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "round" not in row:
-            raise MetricsFormatError(f"{path}:{number}: a metrics row must be an object with a 'round'")
-        rows.append(row)
+    try:
+        rows = read_jsonl(path)
+    except JsonlFormatError as error:
+        raise MetricsFormatError(str(error)) from None
+    for number, row in enumerate(rows, start=1):
+        if "round" not in row:
+            raise MetricsFormatError(f"{path}: row {number}: a metrics row must be an object with a 'round'")
     return rows
 
 

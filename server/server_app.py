@@ -22,10 +22,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder, atomic_write_text
+from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder, read_jsonl, write_jsonl
 from client.kge.settings import SettingsError
 from client.object_pulls import shorten_object_pull_backoff
-from server.strategy import FederationError, FedEResult, FedEStrategy, RoundReport
+from server.records import FederationError, FedEResult, RoundReport
+from server.strategy import FedEStrategy
 
 __all__ = ["TIMING_KEYS", "app", "run_federation"]
 
@@ -58,18 +59,16 @@ def _trim_metrics(run_dir: Path, last_round: int) -> None:
     """Drop ``metrics.jsonl`` rows after ``last_round`` (written before the server died, but
     after its last checkpoint): the resumed run writes those rounds again."""
     path = run_dir / METRICS_JSONL
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if int(json.loads(line)["round"]) <= last_round]
-    if len(kept) != len(lines):
-        log(INFO, "resume: dropping %s metrics rows after round %s", len(lines) - len(kept), last_round)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    rows = read_jsonl(path)
+    kept = [row for row in rows if int(row["round"]) <= last_round]
+    if len(kept) != len(rows):
+        log(INFO, "resume: dropping %s metrics rows after round %s", len(rows) - len(kept), last_round)
+        write_jsonl(path, kept)  # as RunFolder writes them, so the kept rows' bytes stay the same
 
 
 def _load_checkpoint(run_dir: str, run_config: dict[str, Any], vocabulary: list[str] | None = None) -> tuple:
     """R2's :func:`server.checkpoint.load_checkpoint`, its errors logged before they propagate."""
-    from server.checkpoint import CheckpointError, load_checkpoint
+    from server.checkpoint import CheckpointError, load_checkpoint  # heavy (torch, pykeen): resumed runs only
 
     try:
         return load_checkpoint(run_dir, run_config=run_config, vocabulary=vocabulary)
@@ -97,7 +96,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     :raises FederationError: when the handshake fails, too few clients stay connected, a round
         gets no usable update, or test metrics are missing.
     """
-    from client.kge.refinement import load_run_configs  # knows the refinement keys too
+    from client.kge.refinement import load_run_configs  # heavy (torch, pykeen); knows the refinement keys too
 
     started = time.time()
     settings, kge_config, refinement = load_run_configs(run_config)
@@ -124,16 +123,16 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         result = _run_phases(grid, strategy, vocabulary, run_config, settings, kge_config, refinement, started)
     except Exception as err:
         # the parties stay up (a resumed run can use them) but their operators learn why
-        strategy.finish(grid, "failed", f"{type(err).__name__}: {err}", settings.run_dir)
+        strategy.members.finish(grid, "failed", f"{type(err).__name__}: {err}", settings.run_dir)
         raise
-    strategy.finish(grid, "completed", "", settings.run_dir)
+    strategy.members.finish(grid, "completed", "", settings.run_dir)
     return result
 
 
 def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_config: dict[str, Any], settings: Any,
                 kge_config: Any, refinement: Any, started: float) -> FedEResult:
     """Everything after the handshake: the KGE rounds (or a resume), the outputs, the SimSkip phase."""
-    from client.kge.models import initial_entity_table  # Flower-free, shared with the clients
+    from client.kge.models import initial_entity_table  # heavy (torch, pykeen); Flower-free, shared with the clients
 
     resume_from = None
     if settings.resume:
@@ -171,10 +170,10 @@ def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_c
             if folder is None:
                 return
             folder.append_metrics(report.as_dict())  # first the metrics, then the checkpoint naming that round
-            from server.checkpoint import save_checkpoint
+            from server.checkpoint import save_checkpoint  # heavy (torch, pykeen): not at app load
 
-            save_checkpoint(folder.path, round=report.round, arrays=strategy.checkpoint_arrays(),
-                            state=strategy.checkpoint_state(), run_config=run_config, vocabulary=vocabulary)
+            save_checkpoint(folder.path, round=report.round, arrays=strategy.state.checkpoint_arrays(),
+                            state=strategy.state.checkpoint_state(), run_config=run_config, vocabulary=vocabulary)
 
         result = strategy.start(
             grid,
@@ -189,7 +188,7 @@ def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_c
         _write_kge_outputs(strategy, result, settings, folder, vocabulary, started)
     if refinement.enabled:
         # after final_metrics.json is written: a failure here loses nothing of the KGE phase
-        from server.simskip_strategy import run_refinement_phase
+        from server.simskip_strategy import run_refinement_phase  # heavy (torch, pykeen): SimSkip phase only
 
         simskip_resume = resume_from if resume_from is not None and resume_from[1].get("phase") == "simskip" else None
         run_refinement_phase(
@@ -204,12 +203,12 @@ def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_c
 
 def _simskip_checkpointer(strategy: FedEStrategy, folder: RunFolder, run_config: dict[str, Any], vocabulary: list[str]):
     """Saves the KGE phase's final state plus the SimSkip strategy's after every SimSkip round."""
-    from server.checkpoint import save_checkpoint
+    from server.checkpoint import save_checkpoint  # heavy (torch, pykeen): SimSkip phase only
 
     def save(simskip: Any) -> None:
         save_checkpoint(folder.path, round=strategy.loop.round, step=simskip.round,
-                        arrays={**strategy.checkpoint_arrays(), **simskip.checkpoint_arrays()},
-                        state={**strategy.checkpoint_state(), **simskip.checkpoint_state()},
+                        arrays={**strategy.state.checkpoint_arrays(), **simskip.checkpoint_arrays()},
+                        state={**strategy.state.checkpoint_state(), **simskip.checkpoint_state()},
                         run_config=run_config, vocabulary=vocabulary)
 
     return save
@@ -221,11 +220,11 @@ def _write_kge_outputs(strategy: FedEStrategy, result: FedEResult, settings: Any
     payload = _final_payload(strategy, result, settings, started)
     if folder is not None:
         if settings.setting == "fede":
-            folder.write_entity_embeddings(strategy.table, vocabulary)
+            folder.write_entity_embeddings(strategy.state.table, vocabulary)
         else:  # isolation: one table per client, rows in its local order, with their global ids
             for node_id, info in strategy.clients.items():
                 folder.write_entity_embeddings(
-                    _scatter(strategy.client_rows[node_id], info.global_ids, len(vocabulary)),
+                    _scatter(strategy.state.client_rows[node_id], info.global_ids, len(vocabulary)),
                     vocabulary,
                     name=f"_client{info.client_id}",
                 )
@@ -238,11 +237,11 @@ def _resume_after_kge_phase(grid: Grid, strategy: FedEStrategy, resume_from: tup
                             settings: Any) -> FedEResult:
     """The KGE phase had finished: restore its best state on server and clients, skip to SimSkip."""
     final = json.loads((folder.path / FINAL_METRICS).read_text())
-    strategy.restore_checkpoint(*resume_from)
-    strategy.use_best()
+    strategy.state.restore_checkpoint(*resume_from)
+    strategy.state.use_best()
     log(INFO, "resume: the KGE phase had finished (best round %s); going on with the SimSkip phase",
         strategy.loop.best_round)
-    strategy.restore_clients(grid, sorted(strategy.clients), settings.round_timeout, strict=True)
+    strategy.members.restore_clients(grid, sorted(strategy.clients), settings.round_timeout, strict=True)
     return FedEResult(
         best_round=int(final["best_round"]),
         best_valid=dict(final.get("best_valid_overall", {})),

@@ -36,18 +36,22 @@ checkpointed weights, so a resumed run ends with the same weights as an uninterr
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from client.kge.comparison import DownstreamRecordError, check_record
+from client.kge.protocols import protocol_labels
 from client.kge.refinement import (
     RefinementConfig,
     RoundUpdate,
@@ -58,15 +62,21 @@ from client.kge.refinement import (
 )
 from client.kge.run_folder import atomic_write_text
 from client.kge.weights import WeightsAggregationError, fedavg_named
-from server.strategy import (
+from client.protocol import (
     CONFIG_KEY,
+    DOWNSTREAM_RANKS,
+    DOWNSTREAM_RECORD,
+    DOWNSTREAM_TYPE,
     ENTITY_ROWS_KEY,
     METRICS_KEY,
     ROWS_ARRAY,
-    FederationError,
-    FedEStrategy,
-    UpdateRejectedError,
+    SIMSKIP_TRAIN_TYPE,
+    WEIGHTS_KEY,
 )
+from server.downstream import write_downstream_and_report
+from server.records import FederationError, UpdateRejectedError
+from server.report import SIMSKIP_METRICS_FILE
+from server.strategy import FedEStrategy
 
 __all__ = [
     "DOWNSTREAM_TYPE",
@@ -77,13 +87,8 @@ __all__ = [
     "run_refinement_phase",
 ]
 
-WEIGHTS_KEY = "simskip-weights"
-DOWNSTREAM_RECORD = "downstream"
-DOWNSTREAM_RANKS = "downstream-rr"
 #: prefix of the SimSkip weights among the server checkpoint's arrays
 CHECKPOINT_PREFIX = "simskip/"
-SIMSKIP_TRAIN_TYPE = f"{MessageType.TRAIN}.simskip"
-DOWNSTREAM_TYPE = f"{MessageType.EVALUATE}.downstream"
 NamedArrays = list[tuple[str, np.ndarray]]
 
 
@@ -96,9 +101,10 @@ class SimSkipStrategy(FedAvg):
     (``round-timeout``) or sends an unusable update (:meth:`check_update`) is left out of that
     round and recorded in the round's ``failures``; the others are averaged.
 
-    :param kge: the finished KGE strategy: its registered clients, ``entity_dim``,
-        ``rows_for(node_id)`` (the best round's rows), :meth:`~server.strategy.FedEStrategy.exchange`
-        and :meth:`~server.strategy.FedEStrategy.await_clients` are used.
+    :param kge: the finished KGE strategy: its membership component (:attr:`members`, the same
+        :class:`~server.membership.Membership`: registered clients, exchange, waits, failure
+        records), its state's ``rows_for(node_id)`` (the best round's rows), its loop state and
+        aggregation rule are used.
     :param config: the refinement phase config.
     :param eval_protocol: the run's ``eval-protocol`` (the valid score of the downstream choices).
     """
@@ -114,12 +120,13 @@ class SimSkipStrategy(FedAvg):
             arrayrecord_key=WEIGHTS_KEY,
             configrecord_key=CONFIG_KEY,
         )
-        if kge.entity_dim is None or not kge.clients:
+        if kge.members.entity_dim is None or not kge.clients:
             raise FederationError("the SimSkip phase needs a KGE strategy that ran its handshake")
         self.kge = kge
+        self.members = kge.members
         self.config = config
         self.variants = list(config.variants())
-        self.global_weights = initial_weights(int(kge.entity_dim), config)
+        self.global_weights = initial_weights(int(kge.members.entity_dim), config)
         #: the last completed SimSkip round (a resumed run continues after it)
         self.round = 0
         #: client id -> rows refined in the last round (also the FedAvg weights)
@@ -159,7 +166,7 @@ class SimSkipStrategy(FedAvg):
     # ------------------------------------------------------------------ messages
     def _message(self, node_id: int, message_type: str, config: Mapping[str, Any], with_weights: bool) -> Message:
         content = RecordDict({
-            ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(self.kge.rows_for(node_id), dtype=np.float32))}),
+            ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(self.kge.state.rows_for(node_id), dtype=np.float32))}),
             CONFIG_KEY: ConfigRecord({**dict(config), "federate": self.config.federate,
                                       "federation-id": self.kge.loop.federation_id}),
         })
@@ -169,11 +176,11 @@ class SimSkipStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """One ``train.simskip`` message per connected registered client, with its rows (and the
-        weights); waits for ``min-clients`` of them (:meth:`FedEStrategy.await_clients`)."""
+        weights); waits for ``min-clients`` of them (:meth:`Membership.await_clients`)."""
         with_weights = self.config.federate or server_round == 1
         return [
             self._message(node, SIMSKIP_TRAIN_TYPE, {**dict(config), "server-round": server_round}, with_weights)
-            for node in self.kge.await_clients(grid, f"SimSkip round {server_round}")
+            for node in self.members.await_clients(grid, f"SimSkip round {server_round}")
         ]
 
     def check_update(self, node_id: int, msg: Message) -> RoundUpdate:
@@ -185,7 +192,7 @@ class SimSkipStrategy(FedAvg):
         """
         if msg.has_error():
             raise UpdateRejectedError(msg.error.reason)
-        info = self.kge.clients.get(node_id)
+        info = self.members.clients.get(node_id)
         if info is None:
             raise UpdateRejectedError("reply from an unregistered node")
         metrics = msg.content.metric_records.get(METRICS_KEY)
@@ -223,18 +230,18 @@ class SimSkipStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg of the usable updates' weights (federated) and the round's loss record.
 
-        A rejected update is logged and recorded (:meth:`FedEStrategy.record_failure`); the others go on.
+        A rejected update is logged and recorded (:meth:`Membership.record_failure`); the others go on.
 
         :raises FederationError: when no update survived.
         """
         updates: dict[str, RoundUpdate] = {}
         rejected = []
         for node_id, msg in replies:
-            name = self.kge.client_name(node_id)
+            name = self.members.client_name(node_id)
             try:
                 updates[name] = self.check_update(node_id, msg)
             except UpdateRejectedError as error:
-                rejected.append(self.kge.record_failure(
+                rejected.append(self.members.record_failure(
                     name, str(error) if msg.has_error() else f"update rejected: {error}", "simskip"))
         if not updates:
             raise FederationError(f"SimSkip round {server_round}: no client update survived; failures: {rejected}")
@@ -273,9 +280,9 @@ class SimSkipStrategy(FedAvg):
         """
         for server_round in range(self.round + 1, self.config.rounds + 1):
             started = time.perf_counter()
-            with self.kge.collecting_failures() as failures:
+            with self.members.collecting_failures() as failures:
                 messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
-                self.aggregate_attributed(server_round, self.kge.exchange(grid, messages, timeout, phase="simskip"))
+                self.aggregate_attributed(server_round, self.members.exchange(grid, messages, timeout, phase="simskip"))
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
             record["failures"] = failures
             self.history.append(record)
@@ -289,7 +296,7 @@ class SimSkipStrategy(FedAvg):
 
     def downstream(self, grid: Grid, *, best_round: int, timeout: float = 3600.0) -> dict[str, dict[str, Any]]:
         """The downstream evaluation on every registered client; a client that fails or times
-        out is asked once more after :meth:`FedEStrategy.await_clients` (it may have rejoined).
+        out is asked once more after :meth:`Membership.await_clients` (it may have rejoined).
 
         :returns: ``{client: record}`` (:func:`client.kge.comparison.evaluate_client_rows`); the
             per-triple reciprocal ranks are in :attr:`ranks`, the clients still without a
@@ -298,19 +305,19 @@ class SimSkipStrategy(FedAvg):
         config = {"best-round": int(best_round), "simskip-round": self.round}
         records: dict[str, dict[str, Any]] = {}
         self.ranks = {}
-        expected = {info.client_id for info in self.kge.clients.values()}
+        expected = {info.client_id for info in self.members.clients.values()}
         self.missing = {}
         for attempt in (1, 2):
-            with self.kge.collecting_failures() as failures:
-                nodes = self.kge.clients_for_last_step(grid, "downstream evaluation")
+            with self.members.collecting_failures() as failures:
+                nodes = self.members.clients_for_last_step(grid, "downstream evaluation")
                 messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
-                            for node in nodes if self.kge.client_name(node) not in records]
-                for node, msg in self.kge.exchange(grid, messages, timeout, phase="downstream", progress=True):
-                    name = self.kge.client_name(node)
+                            for node in nodes if self.members.client_name(node) not in records]
+                for node, msg in self.members.exchange(grid, messages, timeout, phase="downstream", progress=True):
+                    name = self.members.client_name(node)
                     try:
                         records[name], self.ranks[name] = parse_downstream_reply(msg, self.config)
                     except UpdateRejectedError as error:
-                        self.kge.record_failure(name, str(error), "downstream")
+                        self.members.record_failure(name, str(error), "downstream")
             self.missing = {name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
                             for name in sorted(expected - set(records))}
             if not self.missing:
@@ -330,11 +337,6 @@ def parse_downstream_reply(
     :param config: the run's refinement config (its protocol labels and seeds are expected).
     :raises UpdateRejectedError: for an error reply or anything malformed, naming it.
     """
-    import json
-
-    from client.kge.comparison import DownstreamRecordError, check_record
-    from client.kge.protocols import protocol_labels
-
     if msg.has_error():
         raise UpdateRejectedError(msg.error.reason)
     if DOWNSTREAM_RECORD not in msg.content.config_records or DOWNSTREAM_RANKS not in msg.content.array_records:
@@ -410,12 +412,6 @@ def run_refinement_phase(
     :raises FederationError: when a round fails, or after writing the results of the others
         when clients have no downstream result.
     """
-    import json
-    from pathlib import Path
-
-    from server.downstream import write_downstream_and_report
-    from server.report import SIMSKIP_METRICS_FILE
-
     strategy = SimSkipStrategy(kge, refinement, eval_protocol=str(getattr(kge_config, "eval_protocol", "standard")))
     if resume_from is not None:
         strategy.restore_checkpoint(*resume_from)

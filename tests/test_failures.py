@@ -18,15 +18,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from client.kge.aggregation import aggregate_rows
-from server.strategy import (
-    CLIENT_INFO_KEY,
-    CONFIG_KEY,
-    ENTITY_ROWS_KEY,
-    METRICS_KEY,
-    FederationError,
-    FedEStrategy,
-    RoundReport,
-)
+from client.protocol import CLIENT_INFO_KEY, CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY
+from server.records import FederationError, RoundReport
+from server.strategy import FedEStrategy
 
 DIM = 3
 SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID: the source of Flower's own error replies
@@ -186,7 +180,7 @@ def test_a_bad_update_is_rejected_for_that_client_only(garbage, reason):
     strategy, grid, vocabulary, table = _federation()
     grid.clients[12].garbage = {1: garbage}
     result = _start(strategy, grid, table, num_rounds=1)
-    np.testing.assert_array_equal(strategy.table, _expected(table, vocabulary, ["0", "2"]))
+    np.testing.assert_array_equal(strategy.state.table, _expected(table, vocabulary, ["0", "2"]))
     failures = result.rounds[0].failures
     assert len(failures) == 1 and failures[0].startswith("1: update rejected: ") and reason in failures[0]
     assert set(result.rounds[0].train) == {"0", "2"}
@@ -194,7 +188,7 @@ def test_a_bad_update_is_rejected_for_that_client_only(garbage, reason):
 
 def test_a_reply_from_an_unregistered_node_is_rejected():
     strategy, grid, vocabulary, table = _federation()
-    strategy.set_table(table)
+    strategy.state.set_table(table)
     request = Message(RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=99, message_type="train")
     rows = np.zeros((2, DIM), np.float32)
     stranger = Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(rows)}),
@@ -202,7 +196,7 @@ def test_a_reply_from_an_unregistered_node_is_rejected():
     good = grid.clients[11].handle(next(m for m in strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
                                         if m.metadata.dst_node_id == 11))
     strategy.aggregate_train(1, [stranger, good])
-    np.testing.assert_array_equal(strategy.table, _expected(table, vocabulary, ["0"]))
+    np.testing.assert_array_equal(strategy.state.table, _expected(table, vocabulary, ["0"]))
     with pytest.raises(FederationError, match="no client update survived.*unregistered"):
         strategy.aggregate_train(2, [stranger])
 
@@ -215,7 +209,7 @@ def test_the_table_does_not_depend_on_the_order_of_the_replies():
         grid.reverse = reverse
         table = np.random.default_rng(3).normal(size=(len(vocabulary), DIM)).astype(np.float32)
         result = _start(strategy, grid, table, num_rounds=3)
-        tables.append((strategy.table.copy(), json.dumps(result.test, sort_keys=True)))
+        tables.append((strategy.state.table.copy(), json.dumps(result.test, sort_keys=True)))
     assert np.array_equal(tables[0][0], tables[1][0]) and tables[0][1] == tables[1][1]
 
 
@@ -229,7 +223,7 @@ def test_a_straggler_is_left_out_and_its_late_reply_never_reaches_a_later_round(
     after_round1 = _expected(table, vocabulary, ["0", "2"])
     # round 2: the straggler takes part again with its round-2 reply; its stale round-1 reply is dropped
     assert second.failures == [] and set(second.train) == {"0", "1", "2"}
-    np.testing.assert_array_equal(strategy.table, _expected(after_round1, vocabulary, ["0", "1", "2"]))
+    np.testing.assert_array_equal(strategy.state.table, _expected(after_round1, vocabulary, ["0", "1", "2"]))
 
 
 # ---------------------------------------------------------------- item 1: dead node, rejoin
@@ -239,7 +233,7 @@ def test_a_dead_node_is_recorded_by_client_id_and_the_round_completes():
     result = _start(strategy, grid, table, num_rounds=1)
     # the last round is validated too: the dead node is recorded in both phases, by its client id
     assert result.rounds[0].failures == ["1: Error: Node Unavailable", "1: validation: Error: Node Unavailable"]
-    np.testing.assert_array_equal(strategy.table, _expected(table, vocabulary, ["0", "2"]))
+    np.testing.assert_array_equal(strategy.state.table, _expected(table, vocabulary, ["0", "2"]))
 
 
 def test_a_restarted_client_rejoins_under_its_new_node_id_and_impostors_are_refused():
@@ -293,14 +287,14 @@ def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_ru
     kwargs = {"eval_every": 1, "patience": 2, "fraction_train": 0.67, "seed": 5}  # sampling: RNG state matters
     strategy, grid, _vocabulary, table = _federation(**kwargs)
     uninterrupted = _start(strategy, grid, table, num_rounds=5)
-    full_table = strategy.table.copy()
+    full_table = strategy.state.table.copy()
 
     strategy, grid, _vocabulary, table = _federation(**kwargs)
     saved = {}
 
     def checkpoint_then_die(report: RoundReport) -> None:
-        saved[report.round] = json.loads(json.dumps(strategy.checkpoint_state())), {
-            k: v.copy() for k, v in strategy.checkpoint_arrays().items()}
+        saved[report.round] = json.loads(json.dumps(strategy.state.checkpoint_state())), {
+            k: v.copy() for k, v in strategy.state.checkpoint_arrays().items()}
         if report.round == 2:
             raise KeyboardInterrupt  # the server dies after round 2's checkpoint
 
@@ -317,17 +311,17 @@ def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_ru
     assert [r.round for r in resumed.rounds] == [r.round for r in uninterrupted.rounds]
     assert resumed.best_round == uninterrupted.best_round and resumed.stopped_early == uninterrupted.stopped_early
     assert resumed.test == uninterrupted.test and resumed.test_overall == uninterrupted.test_overall
-    np.testing.assert_array_equal(strategy.table, full_table)
+    np.testing.assert_array_equal(strategy.state.table, full_table)
 
 
 def test_a_checkpoint_of_other_clients_is_refused():
     strategy, grid, _vocabulary, table = _federation()
     _start(strategy, grid, table, num_rounds=1)
-    state, arrays = strategy.checkpoint_state(), strategy.checkpoint_arrays()
+    state, arrays = strategy.state.checkpoint_state(), strategy.state.checkpoint_arrays()
     state["clients"] = ["0", "1", "7"]
     fresh, grid, _, _ = _federation()
     with pytest.raises(FederationError, match="clients"):
-        fresh.restore_checkpoint(arrays, state)
+        fresh.state.restore_checkpoint(arrays, state)
 
 
 # ---------------------------------------------------------------- item 7 support: tracked test metrics

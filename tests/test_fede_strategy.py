@@ -9,14 +9,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from client.kge.aggregation import aggregate_rows
-from server.strategy import (
-    CLIENT_INFO_KEY,
-    CONFIG_KEY,
-    ENTITY_ROWS_KEY,
-    METRICS_KEY,
-    FederationError,
-    FedEStrategy,
-)
+from client.protocol import CLIENT_INFO_KEY, CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY
+from server.records import FederationError
+from server.strategy import FedEStrategy
 
 DIM = 3
 
@@ -83,7 +78,7 @@ def _federation(setting="fede", **kwargs):
 def test_handshake_builds_vocabulary_and_each_client_gets_only_its_rows_in_local_order():
     strategy, grid, clients, vocabulary, table = _federation()
     assert vocabulary == ["a", "b", "c", "d", "e"]
-    strategy.set_table(table)
+    strategy.state.set_table(table)
     messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"local-epochs": 3}), grid))
     assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]
     for msg in messages:
@@ -101,11 +96,11 @@ def test_fede_round_sets_each_row_to_the_mean_of_its_holders():
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
     updates = [(np.array([vocabulary.index(label) for label in c.labels]),
                 table[[vocabulary.index(label) for label in c.labels]] + c.delta) for c in clients.values()]
-    np.testing.assert_allclose(strategy.table, aggregate_rows(table, updates))
+    np.testing.assert_allclose(strategy.state.table, aggregate_rows(table, updates))
     # "a" is held by clients 0 (+1) and 1 (+10); "c" only by client 0; "e" only by client 2
-    np.testing.assert_allclose(strategy.table[0], table[0] + 5.5)
-    np.testing.assert_array_equal(strategy.table[2], table[2] + 1.0)
-    np.testing.assert_array_equal(strategy.table[4], table[4] + 100.0)
+    np.testing.assert_allclose(strategy.state.table[0], table[0] + 5.5)
+    np.testing.assert_array_equal(strategy.state.table[2], table[2] + 1.0)
+    np.testing.assert_array_equal(strategy.state.table[4], table[4] + 100.0)
     report = result.rounds[0]
     assert report.bytes_sent == report.bytes_received == 7 * DIM * 4  # 3 + 2 + 2 rows, float32
     assert set(result.test) == {"0", "1", "2"}
@@ -119,7 +114,7 @@ def test_isolation_gives_every_client_back_its_own_rows():
         kinds = [(kind, rows) for kind, _, rows in client.received]
         assert kinds[1][0] == "train"
         np.testing.assert_array_equal(kinds[1][1], own + client.delta)  # round 2 starts from its own rows
-        np.testing.assert_array_equal(strategy.client_rows[node], own + 2 * client.delta)
+        np.testing.assert_array_equal(strategy.state.client_rows[node], own + 2 * client.delta)
 
 
 def test_validation_schedule_early_stopping_and_test_on_the_best_round():
@@ -148,14 +143,14 @@ def test_a_failed_client_is_left_out_of_the_round_and_recorded():
     clients[12].fail_train_rounds = {1}
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
     # "a" is now averaged over client 0 alone, "d" (only client 1) unchanged
-    np.testing.assert_array_equal(strategy.table[0], table[0] + 1.0)
-    np.testing.assert_array_equal(strategy.table[3], table[3])
+    np.testing.assert_array_equal(strategy.state.table[0], table[0] + 1.0)
+    np.testing.assert_array_equal(strategy.state.table[3], table[3])
     assert result.rounds[0].failures == ["1: party crashed"]
 
 
 def test_a_round_whose_only_update_has_the_wrong_shape_fails_naming_it():
     strategy, grid, _clients, _vocabulary, table = _federation()
-    strategy.set_table(table)
+    strategy.state.set_table(table)
     msg = next(iter(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)))
     bad = Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(np.zeros((1, DIM), np.float32))}),
                               METRICS_KEY: MetricRecord({"num-entities": 1})}), reply_to=msg)
@@ -174,9 +169,9 @@ def test_float16_transfer_halves_the_bytes_and_keeps_the_table_float32():
     kind, _, rows = clients[11].received[0]
     assert kind == "train" and rows.dtype == np.float16
     assert result.rounds[0].bytes_sent == 7 * DIM * 2
-    assert strategy.table.dtype == np.float32
+    assert strategy.state.table.dtype == np.float32
     # values this small are exact in float16, so the mean is exactly as in float32
-    np.testing.assert_allclose(strategy.table[0], table[0] + 5.5)
+    np.testing.assert_allclose(strategy.state.table[0], table[0] + 5.5)
 
 
 def test_handshake_gives_up_when_too_few_clients_connect():

@@ -138,7 +138,7 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
 
 
 def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkeypatch):
-    import server.strategy as strategy
+    import server.membership as membership
 
     clock = Clock()
     grid = PushPullGrid(clock, {1: 0.0, 2: 0.4, 3: 30.0})
@@ -148,8 +148,8 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
     assert polls[0] == (1, 3) and polls[-1] == (3, 3) and (2, 3) in polls
 
     lines = []
-    monkeypatch.setattr(strategy, "log", lambda level, fmt, *args: lines.append(fmt % args))
-    line = strategy._ProgressLine("downstream")
+    monkeypatch.setattr(membership, "log", lambda level, fmt, *args: lines.append(fmt % args))
+    line = membership._ProgressLine("downstream")
     line(0, 3, 1.0)   # nothing new, not yet 15 s: silent
     line(1, 3, 10.0)  # a reply: a line with an estimate
     line(1, 3, 20.0)  # nothing new for 10 s: silent

@@ -51,8 +51,51 @@ def test_early_stopping_counts_checks_without_improvement() -> None:
     assert stopper.should_stop and stopper.best_round == 15 and stopper.best_value == 0.2
     again = EarlyStopping.from_state(2, stopper.state())
     assert again.state() == stopper.state() and again.should_stop
-    with pytest.raises(ValueError, match="NaN at round 30"):
-        stopper.update(30, math.nan)
+    fresh = EarlyStopping(patience=2)
+    assert fresh.update(5, 0.1)
+    assert not fresh.update(10, math.nan) and fresh.checks_without_improvement == 1  # NaN: no improvement
+    assert not fresh.update(15, -math.inf) and fresh.should_stop and fresh.best_value == 0.1
+
+
+def test_round_engine_validates_on_schedule_keeps_the_best_and_stops_on_patience() -> None:
+    from client.kge.round_engine import RoundEngine
+
+    class Steps:
+        def __init__(self, values, budget_round=None):
+            self.values, self.budget_round, self.calls = values, budget_round, []
+
+        def train(self, r):
+            self.calls.append(("train", r))
+            return r * 10
+
+        def aggregate(self, r, updates):
+            self.calls.append(("aggregate", r, updates))
+
+        def validate(self, r):
+            self.calls.append(("validate", r))
+            return self.values[r]
+
+        def keep_best(self, r):
+            self.calls.append(("best", r))
+
+        def end_round(self, r, validated, stop):
+            self.calls.append(("end", r, validated, stop))
+            return r == self.budget_round
+
+    steps = Steps({2: 0.1, 4: 0.3, 6: 0.2, 8: math.nan, 9: 0.9})
+    engine = RoundEngine(num_rounds=9, eval_every=2, stopper=EarlyStopping(patience=2))
+    assert engine.run(steps) == 8 and engine.stopped_early and engine.stopper.best_round == 4
+    assert steps.calls[:5] == [("train", 1), ("aggregate", 1, 10), ("end", 1, False, False), ("train", 2),
+                               ("aggregate", 2, 20)]
+    assert [c[1] for c in steps.calls if c[0] == "best"] == [2, 4]
+    assert steps.calls[-1] == ("end", 8, True, True)
+    assert engine.run(Steps({}), first_round=9) == 8  # a stopped run runs no further round
+
+    last = Steps({3: 0.5})  # the last round is always validated; end_round may stop the loop early
+    assert RoundEngine(num_rounds=3, eval_every=5, stopper=EarlyStopping(patience=1)).run(last) == 3
+    assert ("validate", 3) in last.calls and ("best", 3) in last.calls
+    budget = Steps({}, budget_round=2)
+    assert RoundEngine(num_rounds=9, eval_every=5).run(budget) == 2 and ("validate", 2) not in budget.calls
 
 
 # --- collection: pooling and the per-client adapter ---------------------------------------------

@@ -49,7 +49,7 @@ def _run(data_root, tmp_path, **simskip):
                             train_config=ConfigRecord({"local-epochs": 1}))
     rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
                                 kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
-    assert strategy.finish(grid, "completed", "", str(tmp_path)) == [10, 11]  # as run_federation ends
+    assert strategy.members.finish(grid, "completed", "", str(tmp_path)) == [10, 11]  # as run_federation ends
     return grid, result, rows, refinement
 
 
@@ -109,8 +109,8 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
 
 def test_a_malformed_downstream_reply_is_refused_with_a_reason() -> None:
     from client.kge.comparison import rr_key
+    from server.records import UpdateRejectedError
     from server.simskip_strategy import parse_downstream_reply
-    from server.strategy import UpdateRejectedError
 
     config = load_run_configs({"downstream-protocols": "as-trained"})[2]
 
@@ -210,7 +210,7 @@ def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(da
 
 
 def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_root, tmp_path) -> None:
-    from server.strategy import FederationError
+    from server.records import FederationError
 
     def tamper(msg, reply):
         if msg.metadata.message_type == DOWNSTREAM_TYPE and msg.metadata.dst_node_id == 11:

@@ -16,7 +16,8 @@ from client.kge.models import initial_entity_table
 from client.kge.refinement import load_run_configs
 from client.kge.settings import FederationSettings, SettingsError
 from client.kge.weights import WeightsAggregationError, fedavg_named
-from server.strategy import ENTITY_ROWS_KEY, ROWS_ARRAY, FedEStrategy
+from client.protocol import ENTITY_ROWS_KEY, ROWS_ARRAY
+from server.strategy import FedEStrategy
 from tests.handler_grid import HandlerGrid
 
 
@@ -162,8 +163,8 @@ def test_the_median_protects_the_honest_clients_from_a_poisoning_party(kinships_
     clean_strategy, clean = _federate(kinships_root, tmp_path / "clean", "mean", None)
     mean_strategy, mean = _federate(kinships_root, tmp_path / "mean", "mean", _poison)
     median_strategy, median = _federate(kinships_root, tmp_path / "median", "median", _poison)
-    scale = float(np.abs(clean_strategy.table).max())
-    assert float(np.abs(mean_strategy.table).max()) > 10 * scale, "the mean lets one party move every shared row"
-    assert float(np.abs(median_strategy.table).max()) < 2 * scale
+    scale = float(np.abs(clean_strategy.state.table).max())
+    assert float(np.abs(mean_strategy.state.table).max()) > 10 * scale, "the mean lets one party move every shared row"
+    assert float(np.abs(median_strategy.state.table).max()) < 2 * scale
     print(f"honest test MRR: clean {clean:.4f}, poisoned mean {mean:.4f}, poisoned median {median:.4f}")
     assert median > mean + 0.05 and median > 0.7 * clean, (clean, mean, median)

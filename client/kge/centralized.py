@@ -23,7 +23,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from client.kge.models import (
     relation_embeddings,
     seeded,
 )
+from client.kge.round_engine import RoundEngine
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.kge.training import LocalTrainer, resolve_device
 
@@ -212,40 +213,26 @@ def _run_rounds(
     snapshot: Callable[[], Any],
     restore: Callable[[Any], None],
     progress: Progress | None,
+    aggregate: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``rounds`` rounds with validation, early stopping and a best-round test."""
+    """Train ``rounds`` rounds (:class:`~client.kge.round_engine.RoundEngine`) with validation,
+    early stopping and a best-round test.
+
+    :param train_round: one round of local training; returns the losses per client.
+    :param aggregate: FedE's step after training (``None``: nothing is shared).
+    :param evaluate: ``split -> per-client metrics``.
+    :param snapshot: / restore: keep the best round's state / load it for the test.
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    say = progress or logger.info
-    stopper = EarlyStopping(patience=config.patience)
-    history: list[dict[str, Any]] = []
-    best_snapshot = None
-    train_seconds = 0.0
-    last_round = 0
-    for round_number in range(1, rounds + 1):
-        started = time.perf_counter()
-        losses = train_round()
-        train_seconds += time.perf_counter() - started
-        last_round = round_number
-        entry: dict[str, Any] = {"round": round_number, "losses": losses}
-        # validate on the schedule, and always after the last round so its weights can win
-        if round_number % config.eval_every == 0 or round_number == rounds:
-            entry["valid"] = _per_client_report(evaluate("valid"), client_ids)
-            mrr = entry["valid"]["overall"]["mrr"]
-            if stopper.update(round_number, mrr):
-                best_snapshot = snapshot()
-            say(f"[{setting}] round {round_number}/{rounds}: valid MRR {mrr:.4f} (best {stopper.best_value:.4f} "
-                f"at round {stopper.best_round})")
-        else:
-            say(f"[{setting}] round {round_number}/{rounds}: mean loss "
-                f"{np.mean([values[-1] for values in losses.values() if values]):.4f}")
-        history.append(entry)
-        if stopper.should_stop:
-            say(f"[{setting}] early stop after round {round_number}")
-            break
-    restore(best_snapshot)
+    engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=EarlyStopping(config.patience))
+    steps = _InProcessSteps(setting, engine, client_ids, train_round, aggregate, evaluate, snapshot,
+                            progress or logger.info)
+    last_round = engine.run(steps)
+    stopper = engine.stopper
+    restore(steps.best_snapshot)
     test = _per_client_report(evaluate("test"), client_ids)
-    say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
+    steps.say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
     return {
         "setting": setting,
         "config": config.to_run_config(),
@@ -253,10 +240,60 @@ def _run_rounds(
         "rounds_trained": last_round,
         "best_round": stopper.best_round,
         "best_valid_mrr": stopper.best_value,
-        "train_seconds": train_seconds,
-        "history": history,
+        "train_seconds": steps.train_seconds,
+        "history": steps.history,
         "test": test,
     }
+
+
+@dataclass
+class _InProcessSteps:
+    """The :class:`~client.kge.round_engine.RoundSteps` of the in-process runners: every party in
+    this process, one history entry and one progress line per round."""
+
+    setting: str
+    engine: RoundEngine
+    client_ids: Sequence[int]
+    train_round: Callable[[], dict[str, list[float]]]
+    share: Callable[[], None] | None
+    evaluate: Callable[[str], list[dict[str, float]]]
+    snapshot: Callable[[], Any]
+    say: Progress
+    best_snapshot: Any = None
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    _started: float = 0.0
+    _entry: dict[str, Any] = field(default_factory=dict)
+
+    def train(self, round_number: int) -> None:
+        self._started = time.perf_counter()
+        self._entry = {"round": round_number, "losses": self.train_round()}
+
+    def aggregate(self, round_number: int, updates: None) -> None:
+        if self.share is not None:
+            self.share()
+        self.train_seconds += time.perf_counter() - self._started
+
+    def validate(self, round_number: int) -> float:
+        self._entry["valid"] = _per_client_report(self.evaluate("valid"), self.client_ids)
+        return self._entry["valid"]["overall"]["mrr"]
+
+    def keep_best(self, round_number: int) -> None:
+        self.best_snapshot = self.snapshot()
+
+    def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
+        rounds, stopper = self.engine.num_rounds, self.engine.stopper
+        if validated:
+            self.say(f"[{self.setting}] round {round_number}/{rounds}: valid MRR {self._entry['valid']['overall']['mrr']:.4f} "
+                     f"(best {stopper.best_value:.4f} at round {stopper.best_round})")
+        else:
+            losses = self._entry["losses"]
+            self.say(f"[{self.setting}] round {round_number}/{rounds}: mean loss "
+                     f"{np.mean([values[-1] for values in losses.values() if values]):.4f}")
+        self.history.append(self._entry)
+        if stop:
+            self.say(f"[{self.setting}] early stop after round {round_number}")
+        return False
 
 
 def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device: torch.device | str | None = None,
@@ -343,11 +380,12 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
     def train_round() -> dict[str, list[float]]:
         state["round"] += 1
         send_rows()
-        losses = {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
+        return {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
+
+    def aggregate() -> None:
         updates = [(ids, returned(k, ids, t)) for k, (t, ids) in enumerate(zip(trainers, holders))]
         state["table"] = aggregate_rows(state["table"], updates, aggregation, aggregation_trim)
         send_rows()  # evaluation scores the aggregated rows, as the federation's clients would
-        return losses
 
     def snapshot() -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
         return state["table"].copy(), [t.get_private_state() for t in trainers]
@@ -362,11 +400,10 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
 
     result = _run_rounds(
         setting="fede", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
-        train_round=train_round, evaluate=lambda split: [t.evaluate(split) for t in trainers],
+        train_round=train_round, aggregate=aggregate, evaluate=lambda split: [t.evaluate(split) for t in trainers],
         snapshot=snapshot, restore=restore, progress=progress,
     )
     if out_dir is not None:
-
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
         write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
         for trainer, client in zip(trainers, kg.clients):
@@ -405,7 +442,6 @@ def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, devic
         snapshot=snapshot, restore=restore, progress=progress,
     )
     if out_dir is not None:
-
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", trainer.get_entity_embeddings())
         write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
         for adapter, client in zip(adapters, kg.clients):

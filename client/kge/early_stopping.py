@@ -7,10 +7,13 @@ this small tracker is written here and shared by the baselines and the Flower se
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 __all__ = ["EarlyStopping"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,11 +37,15 @@ class EarlyStopping:
     def update(self, round_number: int, value: float) -> bool:
         """Record a check; returns whether it is the new best (callers then keep a snapshot).
 
-        :raises ValueError: for a NaN metric (a diverged model must not pass silently).
+        A NaN value (a diverged model) is a check
+        without improvement, logged as a warning: the run keeps its best round and stops after
+        ``patience`` such checks, so nothing computed before is lost. (The in-process runners
+        raised here before, while the Flower server counted it as no improvement: one rule now.)
         """
         if math.isnan(value):
-            raise ValueError(f"validation metric is NaN at round {round_number}")
-        if value > self.best_value + self.min_delta:
+            logger.warning("validation metric is NaN at round %s: counted as a check without improvement",
+                           round_number)
+        elif value > self.best_value + self.min_delta:
             self.best_value = float(value)
             self.best_round = int(round_number)
             self.checks_without_improvement = 0

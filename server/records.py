@@ -1,0 +1,200 @@
+"""What the FedE server records and raises: its errors, a registered client, one round's report,
+the loop state a checkpoint holds, the run's result, and the weighted mean of client metrics.
+
+Plain data (numpy and Flower's ``Result`` only): shared by the strategy's parts
+(:mod:`server.membership`, :mod:`server.fede_state`, :mod:`server.strategy`), the ServerApp and
+the SimSkip phase.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+from flwr.serverapp.strategy import Result
+
+from client.protocol import TRACK_TEST_PREFIX, WEIGHT_KEY
+
+__all__ = [
+    "ClientInfo",
+    "FedEResult",
+    "FederationError",
+    "LoopState",
+    "RoundReport",
+    "UpdateRejectedError",
+    "split_tracked_test",
+    "weighted_mean",
+]
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (handshake failed, too few clients, no update survived)."""
+
+
+class UpdateRejectedError(ValueError):
+    """One client's reply cannot be used this round (the message names why); the others go on."""
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows of one registered client.
+
+    :param node_id: Flower node id (changes when the client's SuperNode restarts).
+    :param client_id: the client's own name (its partition id or data folder name).
+    :param global_ids: int64 (n_k,), local entity id -> global entity id.
+    :param num_train: / num_valid / num_test: triple counts of its splits.
+    """
+
+    node_id: int
+    client_id: str
+    global_ids: np.ndarray
+    num_train: int
+    num_valid: int
+    num_test: int
+
+
+@dataclass
+class RoundReport:
+    """Everything measured in one round (one row of ``metrics.jsonl``).
+
+    Times in seconds. ``overhead_seconds`` is the training phase's wall time minus the slowest
+    client's local training and the server's aggregation: message transport, process start-up,
+    data and model set-up (framework overhead). Bytes count the entity-row payloads of the
+    training phase (``bytes_sent`` / ``bytes_received``) and of validation (``eval_bytes_sent``).
+    ``failures`` lists ``"<client>: <why>"`` for every client left out (train phase) and
+    ``"<client>: validation: <why>"`` for the validation phase. ``finished_at`` is the wall
+    clock (``time.time()``) when the round ended.
+
+    With ``track-test`` clients also report test metrics (``test-`` prefixed) in validation
+    replies: they are kept OUT of ``valid`` / ``valid_overall`` (which alone drive the best
+    round and early stopping) and go to ``test`` (per client, prefix removed) and
+    ``test_overall`` (weighted by each client's test ``num_triples``).
+    """
+
+    round: int
+    seconds: float = 0.0
+    train_phase_seconds: float = 0.0
+    aggregation_seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    bytes_sent: int = 0
+    eval_bytes_sent: int = 0
+    server_peak_rss_mb: float = 0.0
+    bytes_received: int = 0
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    valid: dict[str, dict[str, float]] | None = None
+    valid_overall: dict[str, float] | None = None
+    test: dict[str, dict[str, float]] | None = None
+    test_overall: dict[str, float] | None = None
+    best_round: int = 0
+    finished_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``valid`` keys only when this round was validated)."""
+        row: dict[str, Any] = {
+            "round": self.round,
+            "seconds": round(self.seconds, 4),
+            "train_phase_seconds": round(self.train_phase_seconds, 4),
+            "aggregation_seconds": round(self.aggregation_seconds, 6),
+            "evaluation_seconds": round(self.evaluation_seconds, 4),
+            "overhead_seconds": round(self.overhead_seconds, 4),
+            "bytes_sent": self.bytes_sent,
+            "eval_bytes_sent": self.eval_bytes_sent,
+            "bytes_received": self.bytes_received,
+            "train": self.train,
+            "best_round": self.best_round,
+            "server_peak_rss_mb": round(self.server_peak_rss_mb, 1),
+            "finished_at": round(self.finished_at, 3),
+        }
+        if self.failures:
+            row["failures"] = self.failures
+        if self.valid is not None:
+            row["valid"] = self.valid
+            row["valid_overall"] = self.valid_overall
+        if self.test is not None:
+            row["test"] = self.test
+            row["test_overall"] = self.test_overall
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> RoundReport:
+        """Rebuild a report from :meth:`as_dict`'s output (a resumed run's earlier rounds)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in row.items() if key in names})
+
+
+@dataclass
+class FedEResult(Result):
+    """Flower's :class:`Result` plus FedE's outcome.
+
+    :param best_round: the validated round with the highest overall MRR.
+    :param best_valid: its overall validation metrics.
+    :param test: per-client test metrics (client id -> metrics), from the best round's state.
+    :param test_overall: test metrics weighted by each client's test size.
+    :param stopped_early: whether patience ran out before ``num_rounds``.
+    :param rounds: the per-round reports (a resumed run's earlier rounds included).
+    """
+
+    best_round: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    test: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_overall: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    rounds: list[RoundReport] = field(default_factory=list)
+
+
+@dataclass
+class LoopState:
+    """FedE's loop state after the last completed round: what a checkpoint must hold.
+
+    The arrays (global table, best table, per-client rows) live on the strategy; this is the
+    rest. ``best_mrr`` is ``-inf`` before the first validation.
+
+    :param round: the last completed round (0: none).
+    :param best_mrr: the best overall validation MRR so far.
+    :param bad_checks: validations since the last improvement (early stopping).
+    :param best_round: the round of ``best_mrr`` (0: none yet).
+    :param best_valid: the overall validation metrics of ``best_round``.
+    :param stopped_early: patience ran out at ``round``.
+    :param federation_id: random id of this federation (kept across a resume): clients only
+        restore private checkpoints written for the same id.
+    :param reports: :meth:`RoundReport.as_dict` of every completed round.
+    """
+
+    round: int = 0
+    best_mrr: float = -math.inf
+    bad_checks: int = 0
+    best_round: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    federation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+
+def weighted_mean(per_client: Mapping[str, Mapping[str, float]], weight_key: str = WEIGHT_KEY) -> dict[str, float]:
+    """Average every metric over clients weighted by ``weight_key``; the weight is summed.
+
+    Clients are visited in sorted id order, so the float sums do not depend on reply order.
+
+    :param per_client: client id -> metrics (each holding ``weight_key``).
+    """
+    ordered = [per_client[name] for name in sorted(per_client)]
+    total = float(sum(m[weight_key] for m in ordered))
+    if total <= 0:
+        return {}
+    keys = sorted({k for m in ordered for k in m if k != weight_key})
+    overall = {key: float(sum(m[key] * m[weight_key] for m in ordered if key in m) / total) for key in keys}
+    overall[weight_key] = total
+    return overall
+
+
+def split_tracked_test(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(validation metrics, test metrics with the "test-" prefix removed)`` of one reply."""
+    valid = {k: v for k, v in metrics.items() if not k.startswith(TRACK_TEST_PREFIX)}
+    test = {k.removeprefix(TRACK_TEST_PREFIX): v for k, v in metrics.items() if k.startswith(TRACK_TEST_PREFIX)}
+    return valid, test
