@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from client import credentials, launcher, pids
+from client.party_log import PARTY_LOG, read_finished
+from client.warm_start import WarmStartError, start_warm_starter
 
 __all__ = ["build_parser", "main"]
 
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_folder(folder: Path, partition_id: int) -> Any:
-    from kg_datasets import load_client_folder
+    from kg_datasets import load_client_folder  # heavy (torch, pykeen): simskip-client --help runs without it
 
     return load_client_folder(folder, client_id=partition_id)
 
@@ -86,8 +88,6 @@ def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet
     :returns: the SuperNode's exit status when it ends by itself, ``None`` when the server's run
         completed (``federation.json`` newer than ``since``) and ``stay`` is off.
     """
-    from client.party_log import PARTY_LOG, read_finished
-
     log_file = output_dir / PARTY_LOG
     offset = log_file.stat().st_size if log_file.exists() else 0  # lines of earlier runs are not repeated
     announced = 0.0
@@ -167,8 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_env["OMP_NUM_THREADS"] = str(args.threads)
     try:
         if not args.cold_start:
-            from client.warm_start import WarmStartError, start_warm_starter
-
             # Flower starts one ClientApp process per message; forking it from a process that has
             # already imported torch and PyKEEN saves those seconds on every message.
             try:

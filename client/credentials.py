@@ -5,6 +5,8 @@ authorized SuperNode keys, and the key a party authenticates with.
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ def check_pem_certificate(path: Path, what: str = "certificate file") -> Any:
     :returns: the :class:`cryptography.x509.Certificate`.
     :raises CredentialError: missing, unreadable, not PEM, or not a certificate.
     """
-    from cryptography import x509
+    from cryptography import x509  # heavy (cryptography's hazmat): TLS / node-auth only
 
     data = _read_credential(path, what)
     if b"-----BEGIN CERTIFICATE-----" not in data:
@@ -48,7 +50,7 @@ def check_pem_certificate(path: Path, what: str = "certificate file") -> Any:
 
 
 def _check_pem_private_key(path: Path, what: str = "private key file") -> Any:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # heavy (cryptography's hazmat): TLS / node-auth only
 
     data = _read_credential(path, what)
     if b"PRIVATE KEY-----" not in data:
@@ -61,13 +63,13 @@ def _check_pem_private_key(path: Path, what: str = "private key file") -> Any:
 
 
 def _public_bytes(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # heavy (cryptography's hazmat): TLS / node-auth only
 
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _names_in_certificate(cert: Any) -> list[str]:
-    from cryptography import x509
+    from cryptography import x509  # heavy (cryptography's hazmat): TLS / node-auth only
 
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -77,8 +79,6 @@ def _names_in_certificate(cert: Any) -> list[str]:
 
 
 def _host_matches(host: str, names: Sequence[str]) -> bool:
-    import ipaddress
-
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -114,9 +114,7 @@ class TLSFiles:
 
         :raises CredentialError: naming the file and what is wrong with it.
         """
-        import datetime as dt
-
-        from cryptography.exceptions import InvalidSignature
+        from cryptography.exceptions import InvalidSignature  # heavy (cryptography's hazmat): TLS / node-auth only
 
         ca = check_pem_certificate(self.ca_certfile, "CA certificate file (--ssl-ca-certfile)")
         cert = check_pem_certificate(self.certfile, "server certificate file (--ssl-certfile)")
@@ -150,7 +148,7 @@ def check_auth_private_key(path: Path) -> None:
 
     :raises CredentialError: naming the file.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.exceptions import UnsupportedAlgorithm  # heavy (cryptography's hazmat): TLS / node-auth only
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
@@ -187,7 +185,7 @@ def read_authorized_keys(path: Path) -> list[AuthorizedKey]:
 
     :raises CredentialError: naming ``FILE:LINE`` of a malformed or duplicated key, or an empty file.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.exceptions import UnsupportedAlgorithm  # heavy (cryptography's hazmat): TLS / node-auth only
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 

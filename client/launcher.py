@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from client.credentials import AuthorizedKey, TLSFiles, check_auth_private_key, check_pem_certificate
 from client.pids import FlowerProcessError
 
@@ -222,8 +224,6 @@ def explain_supernode_exit(
     :param returncode: its exit status.
     :param server: the ``HOST:PORT`` it tried.
     """
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
     where = f" (log: {log_path})" if log_path is not None else ""
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
@@ -294,8 +294,6 @@ def write_connection(
     Kept out of the committed pyproject.toml: ``flwr run`` rewrites a pyproject holding
     federations, and each run has its own address.
     """
-    import tomli_w
-
     connection: dict[str, Any] = {"address": address}
     if insecure:
         connection["insecure"] = True
@@ -334,8 +332,6 @@ def run_app(
         :data:`CONSOLE_NOISE`; with ``quiet`` only problems and summary lines, :func:`console_line`).
     :raises FlowerProcessError: the submission failed or the SuperLink died.
     """
-    import tomli_w
-
     overrides = Path(flwr_home) / "run_config.toml"
     overrides.write_text(tomli_w.dumps(dict(run_config)))
     args = ["run", str(PROJECT_ROOT), connection, "--run-config", str(overrides), "--stream"]
@@ -417,8 +413,6 @@ def _toml_value(value: Any) -> str:
 
 
 def _parse_run_id(line: str) -> int | None:
-    import re
-
     match = re.search(r"run(?: id)?[: ]+(\d{6,})", line, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
 

@@ -41,7 +41,7 @@ def shorten_object_pull_backoff() -> bool:
     False, changing nothing, when Flower's functions no longer have them.
     """
     try:
-        from flwr.supercore.inflatable import inflatable_utils
+        from flwr.supercore.inflatable import inflatable_utils  # heavy (flwr): simskip-client imports this module
     except ImportError:
         return False
     functions = [getattr(inflatable_utils, name, None) for name in ("pull_objects", "pull_and_inflate_object_from_tree")]

@@ -26,6 +26,9 @@ import sys
 import time
 from types import SimpleNamespace
 
+from flwr.supernode import start_client_internal
+from flwr.supernode.cli import flower_supernode
+
 from client.object_pulls import shorten_object_pull_backoff
 
 __all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "main", "patched_time"]
@@ -53,9 +56,6 @@ def patched_time() -> SimpleNamespace:
 
 def main() -> int:
     """Run Flower's ``flower-supernode`` with the short idle poll; returns its exit status."""
-    from flwr.supernode import start_client_internal
-    from flwr.supernode.cli import flower_supernode
-
     if getattr(start_client_internal, "time", None) is not time:
         # a Flower whose pull loop no longer uses the module this way: run it as it is
         print("[simskip-client] note: Flower's SuperNode loop changed; keeping its own idle poll", file=sys.stderr)

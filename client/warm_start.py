@@ -24,6 +24,8 @@ calling thread and may leave locks held by the others.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
 import importlib
 import json
 import os
@@ -34,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,8 +229,6 @@ def _run_child(request: dict, fds: list[int], target: str) -> None:
         profile_dir = os.environ.get(PROFILE_ENV)
         profiler = None
         if profile_dir:  # a developer's switch: one cProfile file per ClientApp process
-            import cProfile
-
             profiler = cProfile.Profile()
             profiler.enable()
         try:
@@ -241,8 +242,6 @@ def _run_child(request: dict, fds: list[int], target: str) -> None:
                 Path(profile_dir).mkdir(parents=True, exist_ok=True)
                 profiler.dump_stats(str(Path(profile_dir) / f"clientapp-{os.getpid()}.prof"))
     except BaseException:  # noqa: BLE001 - the child must report, then leave through os._exit
-        import traceback
-
         traceback.print_exc()
     finally:
         sys.stdout.flush()
@@ -267,7 +266,7 @@ def serve(
     for name in preload:
         importlib.import_module(name)
     if threads is not None:
-        import torch
+        import torch  # heavy (torch): the launcher imports this module; only the warm starter needs torch
 
         torch.set_num_threads(threads)
     _resolve(target)  # fail here, not in every child
@@ -276,8 +275,6 @@ def serve(
     # The imports' ~400k objects go to the permanent generation once, here: PyKEEN's per-epoch
     # gc.collect() in each forked child then skips them (0.38 s of a UMLS message otherwise), and
     # the children's collections do not touch (copy) the parent's pages.
-    import gc
-
     gc.collect()
     gc.freeze()
 

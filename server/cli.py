@@ -36,6 +36,7 @@ from client.credentials import TLSFiles
 from server import signals
 from server.partial_results import write_partial_results
 from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
+from server.simulation import resume_run_config
 
 __all__ = [
     "ServerInterrupted",
@@ -225,8 +226,6 @@ def _interrupt(signum: int) -> ServerInterrupted:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``simskip-server``; returns the exit status."""
-    from server.simulation import resume_run_config
-
     args = build_parser().parse_args(argv)
     if args.resume is not None and args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
         print("simskip-server: --resume RUN_DIR continues in RUN_DIR; do not pass another --run-dir", file=sys.stderr)

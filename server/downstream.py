@@ -37,8 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from client.kge.config import parse_set_options
+from client.kge.comparison import evaluate_client_rows
+from client.kge.config import KGEConfig, parse_set_options
+from client.kge.protocols import protocol_labels, relations_fit
+from client.kge.refinement import RefinementConfig, run_refinement
 from client.kge.run_folder import atomic_write_text, save_npy_atomic
+from client.kge.settings import FederationSettings
+from kg_datasets import load_client_folder
 from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
@@ -72,8 +77,6 @@ def load_client_inputs(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str
 
     :raises RunFolderError: naming the missing or disagreeing file.
     """
-    from kg_datasets import load_client_folder
-
     data_root = Path(str(run_config.get("client-data-root") or run_dir / "data"))
     output_root = Path(str(run_config.get("client-output-root") or run_dir / "clients"))
     if not data_root.is_dir():
@@ -124,12 +127,6 @@ def refine_run_folder(
     :param device: training device of the downstream protocols (CUDA when present by default).
     :returns: the report's files.
     """
-    from client.kge.comparison import evaluate_client_rows
-    from client.kge.config import KGEConfig
-    from client.kge.protocols import relations_fit
-    from client.kge.refinement import RefinementConfig, run_refinement
-    from client.kge.settings import FederationSettings
-
     run_dir = Path(run_dir).resolve()
     recorded = _read_json(run_dir / "config.json")
     run_config = {**recorded.get("run_config", {}), **dict(overrides or {})}
@@ -193,8 +190,6 @@ def write_downstream_and_report(
     :param extra: more fields of ``downstream.json`` (timings, source, and ``missing_clients``:
         ``{client: reason}`` of clients without a result, named in the notes).
     """
-    from client.kge.protocols import protocol_labels
-
     run_dir = Path(run_dir)
     payload = {
         "clients": dict(clients),

@@ -66,8 +66,8 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
     metrics of the best round), and the embeddings written by
     :func:`client.kge.centralized.run_collection`.
     """
-    from client.kge.centralized import run_collection as train_pooled
-    from client.kge.refinement import load_run_configs
+    from client.kge.centralized import run_collection as train_pooled  # heavy (torch, pykeen): collection runs only
+    from client.kge.refinement import load_run_configs  # heavy (torch, pykeen), as above
 
     settings, kge_config, refinement = load_run_configs(run_config)
     folder = RunFolder(run_dir)
@@ -97,7 +97,7 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
     })
     if refinement.enabled:
         # no federation to run it through: the same phase in-process, from the folder just written
-        from server.downstream import refine_run_folder
+        from server.downstream import refine_run_folder  # heavy (torch, pykeen): refinement runs only
 
         if not (run_dir / "data").exists():
             kg.write(run_dir / "data")
@@ -137,7 +137,7 @@ def run_simulation(
     :param quiet: print only problems and summary lines (the run log keeps everything).
     :raises client.pids.FlowerProcessError: when the run did not complete.
     """
-    from kg_datasets import load_federated
+    from kg_datasets import load_federated  # heavy (torch, pykeen): simskip-sim --help runs without it
 
     run_dir = (run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def resume_simulation(
         or a changed model-defining setting (naming it).
     :raises client.pids.FlowerProcessError: when the resumed run did not complete.
     """
-    from server.checkpoint import load_checkpoint
+    from server.checkpoint import load_checkpoint  # heavy (torch, pykeen via client.kge.run_config): --resume only
 
     run_dir = Path(run_dir).resolve()
     run_config = resume_run_config(run_dir, rounds=rounds, overrides=overrides)
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrent_clients is not None and args.concurrent_clients < 1:
         parser.error(f"--concurrent-clients must be >= 1, got {args.concurrent_clients}")
     if args.refine_only is not None:
-        from server.downstream import main as refine_main
+        from server.downstream import main as refine_main  # heavy (torch, pykeen): --refine-only only
 
         return refine_main([str(args.refine_only), *(item for s in args.sets for item in ("--set", s))])
     if args.resume is not None:

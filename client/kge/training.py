@@ -35,7 +35,9 @@ from pykeen.triples import CoreTriplesFactory
 
 from client.kge import filtering
 from client.kge.config import ConfigError, KGEConfig
+from client.kge.evaluation import evaluate_client
 from client.kge.models import build_model, entity_embedding, seeded
+from client.kge.shared_negatives import SharedNegativesTrainingLoop
 from simskip_core import resolve_device as resolve_named_device
 
 __all__ = [
@@ -173,8 +175,6 @@ class SharedNegativesRegime(TrainingRegime):
     def build_loop(
         self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
     ) -> TrainingLoop:
-        from client.kge.shared_negatives import SharedNegativesTrainingLoop
-
         if config.negative_sampler != KGEConfig.negative_sampler:
             raise ConfigError(
                 f"training-loop 'sharednegatives' draws its own uniform negatives; "
@@ -350,8 +350,6 @@ class LocalTrainer:
         :param protocol: ``"standard"`` or ``"fede"``; ``config.eval_protocol`` by default.
         :returns: see :func:`client.kge.evaluation.evaluate_link_prediction`.
         """
-        from client.kge.evaluation import evaluate_client  # the evaluator imports nothing of ours
-
         return evaluate_client(
             self.model,
             self.graph,  # type: ignore[arg-type]
