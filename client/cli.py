@@ -41,31 +41,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simskip-client", description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, help="the SuperLink's HOST:PORT")
     parser.add_argument("--data", type=Path, required=True, help="this party's folder (train/valid/test.txt)")
-    parser.add_argument("--partition-id", type=int, default=None,
-                        help="this party's id (default: the folder name when it is a number, else 0)")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where the party writes its private outputs (default runs/client-<id>)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="the SuperNode's local ClientAppIo port (default: a free port)")
-    parser.add_argument("--max-wait-time", type=float, default=600.0,
-                        help="give up after this many seconds without reaching the server (default 600)")
+    parser.add_argument(
+        "--partition-id",
+        type=int,
+        default=None,
+        help="this party's id (default: the folder name when it is a number, else 0)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the party writes its private outputs (default runs/client-<id>)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="the SuperNode's local ClientAppIo port (default: a free port)"
+    )
+    parser.add_argument(
+        "--max-wait-time",
+        type=float,
+        default=600.0,
+        help="give up after this many seconds without reaching the server (default 600)",
+    )
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
     security.add_argument("--root-certificates", type=Path, help="CA certificate (PEM) of a TLS SuperLink")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of each ClientApp process (default: torch's; use 1 when several "
-                             "parties share one machine's cores)")
-    parser.add_argument("--cold-start", action="store_true",
-                        help="start every ClientApp process cold (Flower's default) instead of forking it from "
-                             "a pre-imported warm starter (see client/warm_start.py)")
-    parser.add_argument("--stay", action="store_true",
-                        help="keep the party up after the server's run has finished (for further runs); by "
-                             "default simskip-client exits 0 once the server says the run is complete")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of each ClientApp process (default: torch's; use 1 when several "
+        "parties share one machine's cores)",
+    )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="start every ClientApp process cold (Flower's default) instead of forking it from "
+        "a pre-imported warm starter (see client/warm_start.py)",
+    )
+    parser.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep the party up after the server's run has finished (for further runs); by "
+        "default simskip-client exits 0 once the server says the run is complete",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the rounds this party takes part in")
     auth = parser.add_argument_group("node authentication (a server started with --auth-public-keys)")
-    auth.add_argument("--auth-private-key", type=Path, default=None,
-                      help="this party's OpenSSH EC private key (ssh-keygen -t ecdsa -b 384); the server "
-                           "registers the matching .pub")
+    auth.add_argument(
+        "--auth-private-key",
+        type=Path,
+        default=None,
+        help="this party's OpenSSH EC private key (ssh-keygen -t ecdsa -b 384); the server registers the matching .pub",
+    )
     return parser
 
 
@@ -81,8 +107,9 @@ PORT_ATTEMPTS = 3
 FINISH_GRACE_SECONDS = 2.0
 
 
-def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet: bool,
-            interval: float = 0.25) -> int | None:
+def _follow(
+    supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet: bool, interval: float = 0.25
+) -> int | None:
     """Print the party's new ``party.log`` lines while the SuperNode runs.
 
     :returns: the SuperNode's exit status when it ends by itself, ``None`` when the server's run
@@ -109,15 +136,21 @@ def _follow(supernode: Any, output_dir: Path, *, since: float, stay: bool, quiet
             announced = finished["finished_at"]
             status = finished.get("status", "?")
             if status == "completed" and not stay:
-                print(f"[simskip-client] the server's run finished ({finished.get('run-dir') or 'no run folder'}); "
-                      "stopping this party (--stay keeps it up)", flush=True)
+                print(
+                    f"[simskip-client] the server's run finished ({finished.get('run-dir') or 'no run folder'}); "
+                    "stopping this party (--stay keeps it up)",
+                    flush=True,
+                )
                 # federation.json is written before the ClientApp replies: let the acknowledgement
                 # (ClientApp -> SuperNode -> SuperLink) leave before the SuperNode is stopped
                 time.sleep(FINISH_GRACE_SECONDS)
                 return None
-            print(f"[simskip-client] the server's run ended: {status}"
-                  + (f" ({finished['reason']})" if finished.get("reason") else "")
-                  + "; staying up for further runs (Ctrl-C stops this party)", flush=True)
+            print(
+                f"[simskip-client] the server's run ended: {status}"
+                + (f" ({finished['reason']})" if finished.get("reason") else "")
+                + "; staying up for further runs (Ctrl-C stops this party)",
+                flush=True,
+            )
         time.sleep(interval)
 
 
@@ -173,8 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 starter = start_warm_starter(threads=args.threads, log_path=output_dir / "warm_start.log")
                 extra_env.update(starter.env)
             except (WarmStartError, OSError) as err:  # slower, never fatal: Flower's cold start
-                print(f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for attempt in range(1, PORT_ATTEMPTS + 1):
             log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
             launched = time.time()
@@ -190,9 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_path=log_path,
                 extra_env=extra_env,
             )
-            print(f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
-                  f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
-                  flush=True)
+            print(
+                f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
+                f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
+                flush=True,
+            )
             code = _follow(supernode, output_dir, since=launched, stay=args.stay, quiet=args.quiet)
             if code is None:  # the run is over: the SuperNode is stopped in `finally`
                 return 0
@@ -203,14 +241,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             # at the same moment on this machine) may bind it first. A port we chose is chosen again.
             if code != 0 and args.port is None and "address already in use" in text and attempt < PORT_ATTEMPTS:
                 old_port, port = port, pids.free_port()
-                print(f"[simskip-client] port {old_port} was taken before the SuperNode bound it; "
-                      f"retrying on {port}", file=sys.stderr, flush=True)
+                print(
+                    f"[simskip-client] port {old_port} was taken before the SuperNode bound it; retrying on {port}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             break
         if code != 0:
-            print("[simskip-client] error: " + launcher.explain_supernode_exit(
-                text, returncode=code, server=args.server, root_certificates=root_certificates,
-                auth_private_key=auth_key, log_path=log_path), file=sys.stderr)
+            print(
+                "[simskip-client] error: "
+                + launcher.explain_supernode_exit(
+                    text,
+                    returncode=code,
+                    server=args.server,
+                    root_certificates=root_certificates,
+                    auth_private_key=auth_key,
+                    log_path=log_path,
+                ),
+                file=sys.stderr,
+            )
         return code
     except KeyboardInterrupt:
         return 130

@@ -153,12 +153,14 @@ def load_graph(context: Context) -> tuple[Any, str]:
     state[CACHE_ARRAYS] = ArrayRecord(
         {split: Array(tf.mapped_triples.numpy().astype(np.int64)) for split, tf in graph.factories().items()}
     )
-    state[CACHE_VOCAB] = ConfigRecord({
-        "data-dir": str(folder),
-        "client-name": name,
-        "entity-labels": graph.entity_labels,
-        "relation-labels": graph.relation_labels,
-    })
+    state[CACHE_VOCAB] = ConfigRecord(
+        {
+            "data-dir": str(folder),
+            "client-name": name,
+            "entity-labels": graph.entity_labels,
+            "relation-labels": graph.relation_labels,
+        }
+    )
     return graph, name
 
 
@@ -230,8 +232,14 @@ def _checkpoint_files(out: Path, kind: str = KGE_CHECKPOINT) -> list[tuple[int, 
     return sorted(found)
 
 
-def save_private_checkpoint(out: Path, server_round: int, federation_id: str, private: ArrayRecord,
-                            best_round: int = 0, kind: str = KGE_CHECKPOINT) -> Path:
+def save_private_checkpoint(
+    out: Path,
+    server_round: int,
+    federation_id: str,
+    private: ArrayRecord,
+    best_round: int = 0,
+    kind: str = KGE_CHECKPOINT,
+) -> Path:
     """Write ``private`` (the ``context.state`` record) as round ``server_round``'s checkpoint.
 
     Atomic (temporary file + ``os.replace``); then prunes all but the :data:`KEEP_NEWEST`
@@ -256,8 +264,9 @@ def save_private_checkpoint(out: Path, server_round: int, federation_id: str, pr
     return path
 
 
-def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
-                            kind: str = KGE_CHECKPOINT) -> tuple[int, ArrayRecord] | None:
+def load_private_checkpoint(
+    out: Path, federation_id: str, max_round: int, kind: str = KGE_CHECKPOINT
+) -> tuple[int, ArrayRecord] | None:
     """The newest checkpoint of ``kind`` of this federation with round <= ``max_round``, or ``None``.
 
     Checkpoints of another federation (an earlier run that used the same folder) are ignored.
@@ -271,7 +280,9 @@ def load_private_checkpoint(out: Path, federation_id: str, max_round: int,
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except Exception as err:  # zip/npy errors of many kinds: name the file
-            raise ClientCheckpointError(f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
+            raise ClientCheckpointError(
+                f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}"
+            ) from err
         if str(arrays.pop(META_FEDERATION, "")) != federation_id:
             continue
         arrays.pop(META_ROUND, None)
@@ -286,19 +297,22 @@ def handshake(msg: Message, context: Context) -> Message:
     from client.kge.models import entity_dim  # heavy (torch, pykeen)
 
     graph, config, name = _setup(context)
-    info = ConfigRecord({
-        "client-id": name,
-        "entity-labels": graph.entity_labels,
-        "num-train": int(graph.train.num_triples),
-        "num-valid": int(graph.valid.num_triples),
-        "num-test": int(graph.test.num_triples),
-        "entity-dim": int(entity_dim(config)),
-    })
+    info = ConfigRecord(
+        {
+            "client-id": name,
+            "entity-labels": graph.entity_labels,
+            "num-train": int(graph.train.num_triples),
+            "num-valid": int(graph.valid.num_triples),
+            "num-test": int(graph.test.num_triples),
+            "entity-dim": int(entity_dim(config)),
+        }
+    )
     return Message(content=RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
 
 
-def _restore_private(context: Context, name: str, out: Path | None, federation_id: str, resume_round: int,
-                     best_round: int, strict: bool) -> int:
+def _restore_private(
+    context: Context, name: str, out: Path | None, federation_id: str, resume_round: int, best_round: int, strict: bool
+) -> int:
     """Put the private state of ``resume_round`` (and of ``best_round``) back into ``context.state``.
 
     :returns: the round of the checkpoint restored, -1 when none (fresh state, logged).
@@ -314,8 +328,13 @@ def _restore_private(context: Context, name: str, out: Path | None, federation_i
     for key in [k for k in context.state.array_records if k.startswith("private-")]:
         del context.state[key]  # whatever is restored below replaces all of it
     if found is None:
-        log(WARNING, "client %s: no private checkpoint of round <= %s in %s: starting from a fresh "
-            "initialisation", name, resume_round, where)
+        log(
+            WARNING,
+            "client %s: no private checkpoint of round <= %s in %s: starting from a fresh initialisation",
+            name,
+            resume_round,
+            where,
+        )
         return -1
     restored_round, record = found
     context.state[PRIVATE_CURRENT] = record
@@ -339,8 +358,13 @@ def restore(msg: Message, context: Context) -> Message:
     _, _numeric, name = _data_location(context)
     cfg = msg.content.config_records[CONFIG_KEY]
     restored = _restore_private(
-        context, name, output_dir(context, name), str(cfg.get("federation-id", "")),
-        int(cfg["resume-round"]), best_round=int(cfg.get("best-round", 0)), strict=bool(cfg.get("strict", False)),
+        context,
+        name,
+        output_dir(context, name),
+        str(cfg.get("federation-id", "")),
+        int(cfg["resume-round"]),
+        best_round=int(cfg.get("best-round", 0)),
+        strict=bool(cfg.get("strict", False)),
     )
     return Message(content=RecordDict({METRICS_KEY: MetricRecord({"restored-round": restored})}), reply_to=msg)
 
@@ -386,21 +410,31 @@ def train(msg: Message, context: Context) -> Message:
     train_seconds = time.perf_counter() - train_started
     _store_private(context, PRIVATE_CURRENT, trainer)
     if out is not None and server_round > 0:
-        save_private_checkpoint(out, server_round, federation_id, context.state.array_records[PRIVATE_CURRENT],
-                                best_round=int(cfg.get("best-round", 0)))
-    note(out, f"round {server_round}: trained {config.local_epochs} epochs in {train_seconds:.1f}s"
-              + (f", loss {float(losses[-1]):.4f}" if len(losses) else ""))
+        save_private_checkpoint(
+            out,
+            server_round,
+            federation_id,
+            context.state.array_records[PRIVATE_CURRENT],
+            best_round=int(cfg.get("best-round", 0)),
+        )
+    note(
+        out,
+        f"round {server_round}: trained {config.local_epochs} epochs in {train_seconds:.1f}s"
+        + (f", loss {float(losses[-1]):.4f}" if len(losses) else ""),
+    )
     # Reply in the dtype the server sent (run config transfer-dtype): float16 halves the bytes.
     wire_dtype = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().dtype
     rows = np.ascontiguousarray(trainer.get_entity_embeddings().astype(wire_dtype, copy=False))
-    metrics = MetricRecord({
-        "num-entities": int(graph.num_entities),
-        "num-examples": int(graph.train.num_triples),
-        "train-loss": float(losses[-1]) if len(losses) else float("nan"),
-        "train-seconds": train_seconds,
-        "client-seconds": time.perf_counter() - started,
-        "peak-rss-mb": _peak_rss_mb(),
-    })
+    metrics = MetricRecord(
+        {
+            "num-entities": int(graph.num_entities),
+            "num-examples": int(graph.train.num_triples),
+            "train-loss": float(losses[-1]) if len(losses) else float("nan"),
+            "train-seconds": train_seconds,
+            "client-seconds": time.perf_counter() - started,
+            "peak-rss-mb": _peak_rss_mb(),
+        }
+    )
     content = RecordDict({ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(rows)}), METRICS_KEY: metrics})
     return Message(content=content, reply_to=msg)
 
@@ -431,13 +465,18 @@ def validate(msg: Message, context: Context) -> Message:
     metrics = trainer.evaluate("valid", config.eval_protocol)
     if getattr(config, "track_test", False):
         # same state, same protocol; reported apart ("test-" prefix), never used for selection
-        metrics.update({f"{TRACK_TEST_PREFIX}{k}": v for k, v in trainer.evaluate("test", config.eval_protocol).items()})
+        metrics.update(
+            {f"{TRACK_TEST_PREFIX}{k}": v for k, v in trainer.evaluate("test", config.eval_protocol).items()}
+        )
     if PRIVATE_CURRENT in context.state.array_records:
         context.state[PRIVATE_SNAPSHOT.format(server_round)] = context.state.array_records[PRIVATE_CURRENT]
     keep = {PRIVATE_SNAPSHOT.format(server_round), PRIVATE_SNAPSHOT.format(best_round)}
     for key in [k for k in context.state.array_records if k.startswith("private-round-") and k not in keep]:
         del context.state[key]
-    note(output_dir(context, name), f"round {server_round}: valid MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})")
+    note(
+        output_dir(context, name),
+        f"round {server_round}: valid MRR {float(metrics['mrr']):.4f} ({config.eval_protocol})",
+    )
     return Message(content=RecordDict({METRICS_KEY: _metrics_record(metrics)}), reply_to=msg)
 
 
@@ -467,7 +506,10 @@ def finish(msg: Message, context: Context) -> Message:
         out = output_dir(context, _data_location(context)[2])
     except ClientSetupError:  # nowhere to write: the reply still tells the server it was heard
         out = None
-    note(out, f"federation finished: {record.get('status', '?')}" + (f" ({record['reason']})" if record.get("reason") else ""))
+    note(
+        out,
+        f"federation finished: {record.get('status', '?')}"
+        + (f" ({record['reason']})" if record.get("reason") else ""),
+    )
     write_finished(out, record)
     return Message(content=RecordDict({CONFIG_KEY: ConfigRecord({"acknowledged": 1})}), reply_to=msg)
-

@@ -14,8 +14,14 @@ from typing import Any
 
 from client.pids import FlowerProcessError
 
-__all__ = ["AuthorizedKey", "CredentialError", "TLSFiles", "check_auth_private_key", "check_pem_certificate",
-           "read_authorized_keys"]
+__all__ = [
+    "AuthorizedKey",
+    "CredentialError",
+    "TLSFiles",
+    "check_auth_private_key",
+    "check_pem_certificate",
+    "read_authorized_keys",
+]
 
 
 class CredentialError(FlowerProcessError):
@@ -58,8 +64,9 @@ def _check_pem_private_key(path: Path, what: str = "private key file") -> Any:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:  # TypeError: the key is encrypted with a passphrase
-        raise CredentialError(f"{what} {path} cannot be loaded (a passphrase-protected key is not "
-                              f"supported): {err}") from err
+        raise CredentialError(
+            f"{what} {path} cannot be loaded (a passphrase-protected key is not supported): {err}"
+        ) from err
 
 
 def _public_bytes(key: Any) -> bytes:
@@ -131,14 +138,17 @@ class TLSFiles:
         now = dt.datetime.now(dt.UTC)
         for path, item in ((self.certfile, cert), (self.ca_certfile, ca)):
             if not item.not_valid_before_utc <= now <= item.not_valid_after_utc:
-                raise CredentialError(f"certificate {path} is not valid now (valid from {item.not_valid_before_utc} "
-                                      f"to {item.not_valid_after_utc})")
+                raise CredentialError(
+                    f"certificate {path} is not valid now (valid from {item.not_valid_before_utc} "
+                    f"to {item.not_valid_after_utc})"
+                )
         if host is not None:
             names = _names_in_certificate(cert)
             if not _host_matches(host, names):
                 raise CredentialError(
                     f"server certificate {self.certfile} does not name {host} in its subjectAltName "
-                    f"(it names {names or 'nothing'}); make one with scripts/make_certs.sh OUT_DIR {host} ...")
+                    f"(it names {names or 'nothing'}); make one with scripts/make_certs.sh OUT_DIR {host} ..."
+                )
 
 
 def check_auth_private_key(path: Path) -> None:
@@ -156,11 +166,15 @@ def check_auth_private_key(path: Path) -> None:
     try:
         key = load_ssh_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise CredentialError(f"node authentication key {path} is not an unencrypted OpenSSH private key "
-                              f"(make one with: ssh-keygen -t ecdsa -b 384 -N '' -f {path}): {err}") from err
+        raise CredentialError(
+            f"node authentication key {path} is not an unencrypted OpenSSH private key "
+            f"(make one with: ssh-keygen -t ecdsa -b 384 -N '' -f {path}): {err}"
+        ) from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CredentialError(f"node authentication key {path} is a {type(key).__name__}; Flower needs an EC key "
-                              f"(ssh-keygen -t ecdsa -b 384)")
+        raise CredentialError(
+            f"node authentication key {path} is a {type(key).__name__}; Flower needs an EC key "
+            f"(ssh-keygen -t ecdsa -b 384)"
+        )
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,9 @@ def read_authorized_keys(path: Path) -> list[AuthorizedKey]:
         except (ValueError, UnsupportedAlgorithm) as err:
             raise CredentialError(f"{source}: not an OpenSSH public key ({err})") from err
         if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise CredentialError(f"{source}: a {type(key).__name__}; Flower needs an EC key (ssh-keygen -t ecdsa -b 384)")
+            raise CredentialError(
+                f"{source}: a {type(key).__name__}; Flower needs an EC key (ssh-keygen -t ecdsa -b 384)"
+            )
         der = _public_bytes(key)
         if der in seen:
             raise CredentialError(f"{source}: the same key as {seen[der]}")

@@ -83,8 +83,10 @@ def register_supernodes(flwr_home: Path, keys: Sequence[AuthorizedKey], connecti
             answer = {}
         if done.returncode != 0 or not answer.get("success"):
             detail = (answer.get("error-message") or done.stderr or done.stdout).strip().splitlines()
-            raise FlowerProcessError(f"could not register the public key of {key.source}: "
-                                     f"{detail[-1] if detail else f'flwr exited with code {done.returncode}'}")
+            raise FlowerProcessError(
+                f"could not register the public key of {key.source}: "
+                f"{detail[-1] if detail else f'flwr exited with code {done.returncode}'}"
+            )
         node_ids.append(int(answer["node-id"]))
     return node_ids
 
@@ -147,16 +149,25 @@ def start_superlink(
     command = [
         _script("flower-superlink"),
         "--disable-runtime-dependency-installation",
-        "--host", host,
-        "--port", str(port),
-        "--database", str(database if database is not None else flwr_home / "superlink.db"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(database if database is not None else flwr_home / "superlink.db"),
     ]
     if insecure:
         command.append("--insecure")
     else:
         tls.check()
-        command += ["--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
-                    "--ssl-keyfile", str(tls.keyfile)]
+        command += [
+            "--ssl-ca-certfile",
+            str(tls.ca_certfile),
+            "--ssl-certfile",
+            str(tls.certfile),
+            "--ssl-keyfile",
+            str(tls.keyfile),
+        ]
     if simulation:
         command.append("--simulation")
     if enable_supernode_auth:
@@ -196,12 +207,19 @@ def start_supernode(
         raise FlowerProcessError("pass insecure=True or root certificates")
     command = [
         # Flower's flower-supernode with a 0.2 s instead of 3 s idle poll (client/supernode.py)
-        sys.executable, "-m", "client.supernode",
-        "--superlink", superlink,
-        "--port", str(clientappio_port),
-        "--node-config", format_node_config(node_config),
-        "--max-retries", str(int(max_retries)),
-        "--max-wait-time", str(float(max_wait_time)),
+        sys.executable,
+        "-m",
+        "client.supernode",
+        "--superlink",
+        superlink,
+        "--port",
+        str(clientappio_port),
+        "--node-config",
+        format_node_config(node_config),
+        "--max-retries",
+        str(int(max_retries)),
+        "--max-wait-time",
+        str(float(max_wait_time)),
     ]
     if insecure:
         command.append("--insecure")
@@ -215,8 +233,13 @@ def start_supernode(
 
 
 def explain_supernode_exit(
-    log_text: str, *, returncode: int, server: str, root_certificates: Path | None = None,
-    auth_private_key: Path | None = None, log_path: Path | None = None,
+    log_text: str,
+    *,
+    returncode: int,
+    server: str,
+    root_certificates: Path | None = None,
+    auth_private_key: Path | None = None,
+    log_path: Path | None = None,
 ) -> str:
     """One line saying why a SuperNode ended, from the tail of its log.
 
@@ -229,13 +252,17 @@ def explain_supernode_exit(
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
         reason = re.search(r"certificate verify failed: ([^\n(]+)", text)
         detail = f" ({reason.group(1).strip()})" if reason else ""
-        return (f"TLS handshake with {server} failed: the server's certificate is not trusted by the CA in "
-                f"{root_certificates}{detail}; pass the CA certificate that signed the server's certificate{where}")
+        return (
+            f"TLS handshake with {server} failed: the server's certificate is not trusted by the CA in "
+            f"{root_certificates}{detail}; pass the CA certificate that signed the server's certificate{where}"
+        )
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return f"TLS handshake with {server} failed: the server does not speak TLS (started with --insecure?){where}"
     if "[code: 2004]" in text or "Failed to activate SuperNode" in text:
-        return (f"{server} refused this party: the public key of {auth_private_key} is not registered with the "
-                f"server (its operator adds the .pub file to --auth-public-keys){where}")
+        return (
+            f"{server} refused this party: the public key of {auth_private_key} is not registered with the "
+            f"server (its operator adds the .pub file to --auth-public-keys){where}"
+        )
     if "[code: 2001]" in text:
         return f"{server} requires node authentication: pass --auth-private-key with a registered key{where}"
     if "Giving up reconnection" in text or "Failed to initialize the connection" in text:
@@ -277,8 +304,13 @@ def _popen(
         # A new session: the process and its children (ServerApp, ClientApps, Ray) share one
         # process group that stop_process can signal as a whole.
         return subprocess.Popen(
-            list(command), env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(flwr_home),
+            list(command),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(flwr_home),
         )
     finally:
         if log_path is not None:
@@ -286,7 +318,11 @@ def _popen(
 
 
 def write_connection(
-    flwr_home: Path, address: str, *, insecure: bool, root_certificates: Path | None = None,
+    flwr_home: Path,
+    address: str,
+    *,
+    insecure: bool,
+    root_certificates: Path | None = None,
     name: str = CONNECTION_NAME,
 ) -> str:
     """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection and return its name.
@@ -307,7 +343,9 @@ def write_connection(
 
 
 def _flwr(args: Sequence[str], flwr_home: Path, **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([_script("flwr"), *args], check=False, env=flower_env(flwr_home), cwd=str(PROJECT_ROOT), **kwargs)
+    return subprocess.run(
+        [_script("flwr"), *args], check=False, env=flower_env(flwr_home), cwd=str(PROJECT_ROOT), **kwargs
+    )
 
 
 def run_app(
@@ -338,8 +376,13 @@ def run_app(
     if federation_config:
         args += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
     proc = subprocess.Popen(
-        [_script("flwr"), *args], env=flower_env(flwr_home), cwd=str(PROJECT_ROOT),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        [_script("flwr"), *args],
+        env=flower_env(flwr_home),
+        cwd=str(PROJECT_ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     log_file = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
     run_id = None

@@ -44,7 +44,9 @@ def shorten_object_pull_backoff() -> bool:
         from flwr.supercore.inflatable import inflatable_utils  # heavy (flwr): simskip-client imports this module
     except ImportError:
         return False
-    functions = [getattr(inflatable_utils, name, None) for name in ("pull_objects", "pull_and_inflate_object_from_tree")]
+    functions = [
+        getattr(inflatable_utils, name, None) for name in ("pull_objects", "pull_and_inflate_object_from_tree")
+    ]
     keys = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
     all_defaults = [getattr(function, "__kwdefaults__", None) or {} for function in functions]
     if not all(keys <= defaults.keys() for defaults in all_defaults):

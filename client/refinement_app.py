@@ -93,8 +93,10 @@ def _start_weights(msg: Message, context: Context, variants: list[str], out, nam
         record = _own_weights(context, out, federation_id, before_round, name)
     if record is None:
         where = out / "checkpoint" if out is not None else "(no output folder)"
-        raise RefinementInputError(f"client {name}: no SimSkip weights before round {before_round}: the server sent "
-                                   f"none and this party kept none (context.state, {where})")
+        raise RefinementInputError(
+            f"client {name}: no SimSkip weights before round {before_round}: the server sent "
+            f"none and this party kept none (context.state, {where})"
+        )
     return unpack_variants([(key, record[key].numpy()) for key in record], variants)
 
 
@@ -160,12 +162,24 @@ def downstream(msg: Message, context: Context) -> Message:
     if out is not None:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)
-    result, ranks = evaluate_client_rows(graph, kge_config, rows, refined, refinement, relation_state=relation_state,
-                                         device=None, log=lambda line: (log(INFO, "%s", line), note(out, line)))
+    result, ranks = evaluate_client_rows(
+        graph,
+        kge_config,
+        rows,
+        refined,
+        refinement,
+        relation_state=relation_state,
+        device=None,
+        log=lambda line: (log(INFO, "%s", line), note(out, line)),
+    )
     note(out, f"downstream evaluation done in {time.perf_counter() - started:.1f}s")
-    content = RecordDict({
-        METRICS_KEY: MetricRecord({"client-seconds": time.perf_counter() - started}),
-        DOWNSTREAM_RECORD: ConfigRecord({"record": json.dumps(result)}),  # key order is the table order
-        DOWNSTREAM_RANKS: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float64)) for k, v in ranks.items()}),
-    })
+    content = RecordDict(
+        {
+            METRICS_KEY: MetricRecord({"client-seconds": time.perf_counter() - started}),
+            DOWNSTREAM_RECORD: ConfigRecord({"record": json.dumps(result)}),  # key order is the table order
+            DOWNSTREAM_RANKS: ArrayRecord(
+                {k: Array(np.ascontiguousarray(v, dtype=np.float64)) for k, v in ranks.items()}
+            ),
+        }
+    )
     return Message(content=content, reply_to=msg)

@@ -31,7 +31,14 @@ from flwr.supernode.cli import flower_supernode
 
 from client.object_pulls import shorten_object_pull_backoff
 
-__all__ = ["FLOWER_IDLE_SECONDS", "FLOWER_REPLY_SECONDS", "IDLE_POLL_SECONDS", "REPLY_POLL_SECONDS", "main", "patched_time"]
+__all__ = [
+    "FLOWER_IDLE_SECONDS",
+    "FLOWER_REPLY_SECONDS",
+    "IDLE_POLL_SECONDS",
+    "REPLY_POLL_SECONDS",
+    "main",
+    "patched_time",
+]
 
 #: Flower's idle wait between two pulls that found no message (seconds).
 FLOWER_IDLE_SECONDS = 3

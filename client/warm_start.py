@@ -44,7 +44,15 @@ from pathlib import Path
 from client.object_pulls import shorten_object_pull_backoff
 from client.pids import stop_process  # stops the whole process tree, SIGKILL after timeout
 
-__all__ = ["PRELOAD_MODULES", "SOCKET_ENV", "WarmStartError", "WarmStarter", "serve", "start_warm_starter", "write_shim"]
+__all__ = [
+    "PRELOAD_MODULES",
+    "SOCKET_ENV",
+    "WarmStartError",
+    "WarmStarter",
+    "serve",
+    "start_warm_starter",
+    "write_shim",
+]
 
 #: Environment variable telling the shim where the starter listens.
 SOCKET_ENV = "SIMSKIP_WARM_SOCKET"
@@ -76,7 +84,7 @@ PRELOAD_MODULES = (
     "packaging.requirements",
 )
 
-_SHIM = '''#!{python} -S
+_SHIM = """#!{python} -S
 # flwr-clientapp shim written by client/warm_start.py: run this ClientApp process in a child
 # forked from the warm starter at ${socket_env}; fall back to the real command when it is away.
 import json, os, signal, socket, sys
@@ -109,7 +117,7 @@ try:
 except (IndexError, ValueError):
     sys.stderr.write("flwr-clientapp shim: the warm starter closed without an exit code\\n")
     sys.exit(1)
-'''
+"""
 
 
 class WarmStartError(RuntimeError):
@@ -177,8 +185,13 @@ def start_warm_starter(*, threads: int | None = None, log_path: Path | None = No
             log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       cwd=str(Path(__file__).resolve().parents[1]))
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
         finally:
             if log_path is not None:
                 out.close()

@@ -44,16 +44,17 @@ class ClientTriples:
 def _unseen_mask(split: LocatedTriples, train_entities: np.ndarray, train_relations: np.ndarray) -> np.ndarray:
     """bool (n,): rows with an entity or relation absent from train."""
     ids = split.ids
-    seen = (
-        np.isin(ids[:, 0], train_entities)
-        & np.isin(ids[:, 2], train_entities)
-        & np.isin(ids[:, 1], train_relations)
-    )
+    seen = np.isin(ids[:, 0], train_entities) & np.isin(ids[:, 2], train_entities) & np.isin(ids[:, 1], train_relations)
     return ~seen
 
 
-def _describe_unseen(row: np.ndarray, train_entities: np.ndarray, train_relations: np.ndarray,
-                     entity_labels: Sequence[str], relation_labels: Sequence[str]) -> str:
+def _describe_unseen(
+    row: np.ndarray,
+    train_entities: np.ndarray,
+    train_relations: np.ndarray,
+    entity_labels: Sequence[str],
+    relation_labels: Sequence[str],
+) -> str:
     """Which parts of one (h, r, t) global-id row are missing from train, by label."""
     h, r, t = (int(x) for x in row)
     missing = []
@@ -66,7 +67,9 @@ def _describe_unseen(row: np.ndarray, train_entities: np.ndarray, train_relation
     return " and ".join(missing)
 
 
-def _report_duplicates(client_id: int, splits: Mapping[str, LocatedTriples], num_entities: int, num_relations: int) -> None:
+def _report_duplicates(
+    client_id: int, splits: Mapping[str, LocatedTriples], num_entities: int, num_relations: int
+) -> None:
     """Warn (KGDataWarning, naming file:line) about repeated triples within a split and about
     valid/test triples that also occur in train (or test in valid): data stays as it is."""
     keys = {name: encode_triples(s.ids, num_entities, num_relations) for name, s in splits.items()}
@@ -140,13 +143,15 @@ def build_client(
                 f"of this client hold an entity or relation unseen in its train "
                 f"(pass on_unseen='drop' to drop them)"
             )
-        logger.warning("client %d: dropped %d %s triple(s) unseen in train (first at %s)",
-                       client_id, count, name, split.where(row))
+        logger.warning(
+            "client %d: dropped %d %s triple(s) unseen in train (first at %s)", client_id, count, name, split.where(row)
+        )
         splits[name] = split.select(~unseen)
         dropped[name] = count
         if len(splits[name]) == 0:
-            raise KGDataError(f"{split.origin}: client {client_id} has no {name} triples left after dropping "
-                              f"{count} unseen in train")
+            raise KGDataError(
+                f"{split.origin}: client {client_id} has no {name} triples left after dropping {count} unseen in train"
+            )
 
     entity_to_id = {entity_labels[g]: i for i, g in enumerate(entity_ids.tolist())}
     relation_to_id = {relation_labels[g]: i for i, g in enumerate(relation_ids.tolist())}
@@ -190,8 +195,11 @@ def build_federated(
     relation_labels = labels_in_id_order(relation_to_id)
     for k, c in enumerate(clients):
         for split in (c.train, c.valid, c.test):
-            if len(split) and (split.ids.min() < 0 or split.ids[:, [0, 2]].max() >= len(entity_labels)
-                               or split.ids[:, 1].max() >= len(relation_labels)):
+            if len(split) and (
+                split.ids.min() < 0
+                or split.ids[:, [0, 2]].max() >= len(entity_labels)
+                or split.ids[:, 1].max() >= len(relation_labels)
+            ):
                 raise KGDataError(f"{split.origin}: client {k} has ids outside the global vocabularies")
     built = tuple(
         build_client(k, c, entity_labels, relation_labels, on_unseen=on_unseen) for k, c in enumerate(clients)

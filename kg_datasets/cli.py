@@ -26,21 +26,36 @@ from kg_datasets.stats import federated_stats, format_federated_stats, format_sp
 
 
 def _add_source_options(parser: argparse.ArgumentParser, *, clients_required: bool) -> None:
-    parser.add_argument("source", help="PyKEEN dataset name, labelled folder, OpenKE folder, "
-                                       "client folders (0/, 1/, ...) or FedE .pkl")
-    parser.add_argument("--clients", type=int, required=clients_required, default=None,
-                        help="clients to partition a single-graph source into")
-    parser.add_argument("--partition", choices=sorted(PARTITIONERS), default="relation",
-                        help="relation: FedE disjoint relations; triple: FedR-style random triples (default: relation)")
+    parser.add_argument(
+        "source", help="PyKEEN dataset name, labelled folder, OpenKE folder, client folders (0/, 1/, ...) or FedE .pkl"
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        required=clients_required,
+        default=None,
+        help="clients to partition a single-graph source into",
+    )
+    parser.add_argument(
+        "--partition",
+        choices=sorted(PARTITIONERS),
+        default="relation",
+        help="relation: FedE disjoint relations; triple: FedR-style random triples (default: relation)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="partition seed (default: 0)")
-    parser.add_argument("--on-unseen", choices=ON_UNSEEN_POLICIES, default="error",
-                        help="valid/test triples unseen in their client's train: error or drop (default: error)")
+    parser.add_argument(
+        "--on-unseen",
+        choices=ON_UNSEEN_POLICIES,
+        default="error",
+        help="valid/test triples unseen in their client's train: error or drop (default: error)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simskip-data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="simskip-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="print per-client statistics of a source")
     _add_source_options(stats, clients_required=False)
@@ -59,14 +74,14 @@ def _run_stats(args: argparse.Namespace) -> dict:
     loaded = load_source(args.source)
     if args.clients is None and isinstance(loaded, KGSplit):
         return {"kind": "graph", **split_stats(loaded)}
-    kg = federate(loaded, num_clients=args.clients, partition=args.partition, seed=args.seed,
-                  on_unseen=args.on_unseen)
+    kg = federate(loaded, num_clients=args.clients, partition=args.partition, seed=args.seed, on_unseen=args.on_unseen)
     return {"kind": "federated", **federated_stats(kg)}
 
 
 def _run_partition(args: argparse.Namespace) -> dict:
-    kg = load_federated(args.source, num_clients=args.clients, partition=args.partition, seed=args.seed,
-                        on_unseen=args.on_unseen)
+    kg = load_federated(
+        args.source, num_clients=args.clients, partition=args.partition, seed=args.seed, on_unseen=args.on_unseen
+    )
     out = kg.write(args.out, overwrite=args.overwrite)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     return {

@@ -69,7 +69,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 f"containers are allowed in a FedE pickle)"
             )
         if module.startswith("numpy.core."):
-            module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 moved numpy.core
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2 moved numpy.core
         return super().find_class(module, name)
 
 
@@ -93,8 +93,9 @@ def safe_load_pickle(path: Path) -> object:
     # load() stops at the first STOP opcode: bytes after it (a second pickle appended, a corrupt
     # tail) would be silently ignored (found by tests/test_loader_fuzz.py).
     if stream.tell() != len(data):
-        raise KGDataError(f"{path}: {len(data) - stream.tell()} trailing byte(s) after the pickle (corrupt or "
-                          f"concatenated file)")
+        raise KGDataError(
+            f"{path}: {len(data) - stream.tell()} trailing byte(s) after the pickle (corrupt or concatenated file)"
+        )
     return obj
 
 
@@ -155,8 +156,14 @@ def read_fede_pickle(path: Path) -> tuple[dict[str, int], dict[str, int], list[d
     for k, c in enumerate(raw):
         out = {}
         for name, (edge_index, edge_type) in c.items():
-            ids = np.stack([np.searchsorted(entity_orig, edge_index[0]), np.searchsorted(relation_orig, edge_type),
-                            np.searchsorted(entity_orig, edge_index[1])], axis=1)
+            ids = np.stack(
+                [
+                    np.searchsorted(entity_orig, edge_index[0]),
+                    np.searchsorted(relation_orig, edge_type),
+                    np.searchsorted(entity_orig, edge_index[1]),
+                ],
+                axis=1,
+            )
             out[name] = LocatedTriples(ids, f"{path} client {k} {name}")
         clients.append(out)
     return entity_to_id, relation_to_id, clients

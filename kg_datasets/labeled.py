@@ -47,8 +47,11 @@ def to_ids(f: LabeledTripleFile, entity_to_id: Mapping[str, int], relation_to_id
         ids[:, 2] = np.fromiter(map(entity_to_id.__getitem__, f.tails), dtype=np.int64, count=n)
     except KeyError:
         for row, (h, r, t) in enumerate(zip(f.heads, f.relations, f.tails)):
-            for kind, label, vocab in (("entity", h, entity_to_id), ("relation", r, relation_to_id),
-                                       ("entity", t, entity_to_id)):
+            for kind, label, vocab in (
+                ("entity", h, entity_to_id),
+                ("relation", r, relation_to_id),
+                ("entity", t, entity_to_id),
+            ):
                 if label not in vocab:
                     raise KGDataError(
                         f"{f.path}:{int(f.lines[row])}: {kind} {clip(label)!r} is not in the vocabulary"
@@ -72,8 +75,9 @@ def client_folders(root: Path) -> list[Path]:
     """
     # isascii(): str.isdigit() also accepts "²" (int() refuses it) and "١" (read as 1); found by
     # tests/test_loader_fuzz.py (a folder named "²" raised a bare ValueError).
-    numbered = sorted((int(p.name), p) for p in Path(root).iterdir()
-                      if p.is_dir() and p.name.isascii() and p.name.isdigit())
+    numbered = sorted(
+        (int(p.name), p) for p in Path(root).iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    )
     if not numbered:
         raise KGDataError(f"{root}: no client folders 0/, 1/, ...")
     for expected, (number, path) in enumerate(numbered):
@@ -122,8 +126,10 @@ def _checked_local_vocabulary(path: Path, kind: str, train_labels: set[str]) -> 
     if set(vocab) != train_labels:
         extra = [clip(label) for label in sorted(set(vocab) - train_labels)[:3]]
         missing = [clip(label) for label in sorted(train_labels - set(vocab))[:3]]
-        raise KGDataError(f"{path}: lists {len(vocab)} {kind} labels but train.txt holds {len(train_labels)} "
-                          f"(not in train: {extra}; missing: {missing})")
+        raise KGDataError(
+            f"{path}: lists {len(vocab)} {kind} labels but train.txt holds {len(train_labels)} "
+            f"(not in train: {extra}; missing: {missing})"
+        )
     return vocab
 
 
@@ -148,7 +154,7 @@ def local_vocabularies(folder: Path, files: Mapping[str, LabeledTripleFile]) -> 
     return entity_to_id, relation_to_id
 
 
-def split_files_to_ids(files: Mapping[str, LabeledTripleFile], entity_to_id: Mapping[str, int],
-                       relation_to_id: Mapping[str, int]) -> dict[str, LocatedTriples]:
+def split_files_to_ids(
+    files: Mapping[str, LabeledTripleFile], entity_to_id: Mapping[str, int], relation_to_id: Mapping[str, int]
+) -> dict[str, LocatedTriples]:
     return {name: to_ids(f, entity_to_id, relation_to_id) for name, f in files.items()}
-

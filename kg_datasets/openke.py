@@ -56,7 +56,9 @@ def read_openke_triples(path: Path, num_entities: int, num_relations: int) -> Lo
         for number, text in body:
             parts = text.split()
             if len(parts) != 3:
-                raise KGDataError(f"{path}:{number}: expected 3 ids 'head tail relation', found {len(parts)} fields") from None
+                raise KGDataError(
+                    f"{path}:{number}: expected 3 ids 'head tail relation', found {len(parts)} fields"
+                ) from None
             row = []
             for p in parts:
                 try:
@@ -64,20 +66,27 @@ def read_openke_triples(path: Path, num_entities: int, num_relations: int) -> Lo
                 except ValueError:
                     raise KGDataError(f"{path}:{number}: {clip(p, 80)!r} is not an integer id") from None
                 if not -(2**63) <= value < 2**63:
-                    raise KGDataError(f"{path}:{number}: id {clip(p, 80)} is too large (not a 64-bit integer)") from None
+                    raise KGDataError(
+                        f"{path}:{number}: id {clip(p, 80)} is too large (not a 64-bit integer)"
+                    ) from None
                 row.append(value)
             rows.append(row)
         # Every line checked: build the array from Python ints rather than re-raise numpy's error
         # (found by tests/test_loader_fuzz.py: an id beyond int64 raised a bare OverflowError).
         hrt = np.array(rows, dtype=np.int64).reshape(len(body), 3)
     numbers = np.asarray([n for n, _ in body], dtype=np.int64)
-    for column, limit, kind in ((0, num_entities, "head entity"), (1, num_entities, "tail entity"),
-                                (2, num_relations, "relation")):
+    for column, limit, kind in (
+        (0, num_entities, "head entity"),
+        (1, num_entities, "tail entity"),
+        (2, num_relations, "relation"),
+    ):
         bad = np.flatnonzero((hrt[:, column] < 0) | (hrt[:, column] >= limit))
         if bad.size:
             row = int(bad[0])
-            raise KGDataError(f"{path}:{int(numbers[row])}: {kind} id {int(hrt[row, column])} outside 0..{limit - 1} "
-                              f"({bad.size} such line(s))")
+            raise KGDataError(
+                f"{path}:{int(numbers[row])}: {kind} id {int(hrt[row, column])} outside 0..{limit - 1} "
+                f"({bad.size} such line(s))"
+            )
     if len(body) != count:
         raise KGDataError(f"{path}: header says {count} triples, found {len(body)}")
     if not body:

@@ -21,8 +21,9 @@ MIN_COUNT = 2
 Splits = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def heldout_split(triples: np.ndarray, rng: np.random.RandomState, *, fraction: float = HELDOUT_FRACTION,
-                  min_count: int = MIN_COUNT) -> Splits:
+def heldout_split(
+    triples: np.ndarray, rng: np.random.RandomState, *, fraction: float = HELDOUT_FRACTION, min_count: int = MIN_COUNT
+) -> Splits:
     """FedE's greedy held-out split of one client's triples into train/valid/test.
 
     Triples are visited in ``rng.permutation(n)`` order; a triple (h, r, t) moves to the held-out
@@ -63,8 +64,9 @@ def heldout_split(triples: np.ndarray, rng: np.random.RandomState, *, fraction: 
     return shuffled[~moved], shuffled[pool_idx[:half]], shuffled[pool_idx[half:]]
 
 
-def fede_relation_partition(pooled: np.ndarray, relation_labels: Sequence[str], num_clients: int,
-                            seed: int) -> list[Splits]:
+def fede_relation_partition(
+    pooled: np.ndarray, relation_labels: Sequence[str], num_clients: int, seed: int
+) -> list[Splits]:
     """FedE's relation partition: relations dealt out disjointly, then a held-out split per client.
 
     The relations present in ``pooled`` are sorted by label (Python string order) and reordered by
@@ -92,13 +94,14 @@ def fede_relation_partition(pooled: np.ndarray, relation_labels: Sequence[str], 
     client_of = np.full(len(relation_labels), -1, dtype=np.int64)
     for k in range(num_clients):
         stop = (k + 1) * per_client if k < num_clients - 1 else num_relations
-        client_of[relations[k * per_client:stop]] = k
+        client_of[relations[k * per_client : stop]] = k
     owner = client_of[pooled[:, 1]]
     return [heldout_split(pooled[owner == k], rng) for k in range(num_clients)]
 
 
-def random_triple_partition(pooled: np.ndarray, relation_labels: Sequence[str], num_clients: int,
-                            seed: int) -> list[Splits]:
+def random_triple_partition(
+    pooled: np.ndarray, relation_labels: Sequence[str], num_clients: int, seed: int
+) -> list[Splits]:
     """FedR-style random triple partition: clients share relations.
 
     The pooled triples are shuffled with ``rng.permutation`` and dealt round-robin (client k takes

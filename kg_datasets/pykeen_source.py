@@ -61,6 +61,11 @@ def load_pykeen_dataset(name: str) -> KGSplit:
         key: LocatedTriples(np.asarray(f.mapped_triples.numpy(), dtype=np.int64), f"PyKEEN {cls.__name__} {key}")
         for key, f in factories.items()
     }
-    return KGSplit(cls.__name__, dict(train.entity_to_id), dict(train.relation_to_id), splits["train"],
-                   splits["valid"], splits["test"])
-
+    return KGSplit(
+        cls.__name__,
+        dict(train.entity_to_id),
+        dict(train.relation_to_id),
+        splits["train"],
+        splits["valid"],
+        splits["test"],
+    )

@@ -109,7 +109,9 @@ def load_source(source: str | Path) -> Loaded:
     return load_pykeen_dataset(str(source))
 
 
-def partition_split(graph: KGSplit, *, num_clients: int, partition: str = "relation", seed: int = 0) -> tuple[ClientTriples, ...]:
+def partition_split(
+    graph: KGSplit, *, num_clients: int, partition: str = "relation", seed: int = 0
+) -> tuple[ClientTriples, ...]:
     """Partition one graph's pooled triples (train, valid, test in order) over ``num_clients``."""
     if num_clients < 1:
         raise KGDataError(f"num_clients must be >= 1, got {num_clients}")
@@ -117,13 +119,24 @@ def partition_split(graph: KGSplit, *, num_clients: int, partition: str = "relat
     parts = partitioner(graph.pooled(), labels_in_id_order(graph.relation_to_id), num_clients, seed)
     origin = f"{partition} partition of {graph.name} (seed {seed})"
     return tuple(
-        ClientTriples(*(LocatedTriples(ids, f"{origin}, client {k} {name}") for ids, name in zip(splits, ("train", "valid", "test"))))
+        ClientTriples(
+            *(
+                LocatedTriples(ids, f"{origin}, client {k} {name}")
+                for ids, name in zip(splits, ("train", "valid", "test"))
+            )
+        )
         for k, splits in enumerate(parts)
     )
 
 
-def load_federated(source: str | Path, *, num_clients: int | None = None, partition: str = "relation",
-                   seed: int = 0, on_unseen: str = "error") -> FederatedKG:
+def load_federated(
+    source: str | Path,
+    *,
+    num_clients: int | None = None,
+    partition: str = "relation",
+    seed: int = 0,
+    on_unseen: str = "error",
+) -> FederatedKG:
     """Load a federated knowledge graph.
 
     :param source: a PyKEEN dataset name (e.g. ``"UMLS"``), a labelled folder, an OpenKE folder,
@@ -137,23 +150,32 @@ def load_federated(source: str | Path, *, num_clients: int | None = None, partit
     """
     check_on_unseen(on_unseen)
     get_partitioner(partition)
-    return federate(load_source(source), num_clients=num_clients, partition=partition, seed=seed,
-                    on_unseen=on_unseen)
+    return federate(load_source(source), num_clients=num_clients, partition=partition, seed=seed, on_unseen=on_unseen)
 
 
-def federate(loaded: Loaded, *, num_clients: int | None = None, partition: str = "relation", seed: int = 0,
-             on_unseen: str = "error") -> FederatedKG:
+def federate(
+    loaded: Loaded,
+    *,
+    num_clients: int | None = None,
+    partition: str = "relation",
+    seed: int = 0,
+    on_unseen: str = "error",
+) -> FederatedKG:
     """Partition (a single graph) or take as it is (a federated source), then validate and build.
 
     Parameters as in :func:`load_federated`; ``loaded`` comes from :func:`load_source`.
     """
     if isinstance(loaded, KGSplit):
         if num_clients is None:
-            raise KGDataError(f"{loaded.name}: a single-graph source needs num_clients (how many clients to partition into)")
+            raise KGDataError(
+                f"{loaded.name}: a single-graph source needs num_clients (how many clients to partition into)"
+            )
         clients = partition_split(loaded, num_clients=num_clients, partition=partition, seed=seed)
         return build_federated(loaded.name, loaded.entity_to_id, loaded.relation_to_id, clients, on_unseen=on_unseen)
     if num_clients is not None and num_clients != len(loaded.clients):
-        raise KGDataError(f"{loaded.name}: holds {len(loaded.clients)} clients, but num_clients={num_clients} was asked")
+        raise KGDataError(
+            f"{loaded.name}: holds {len(loaded.clients)} clients, but num_clients={num_clients} was asked"
+        )
     return build_federated(loaded.name, loaded.entity_to_id, loaded.relation_to_id, loaded.clients, on_unseen=on_unseen)
 
 
@@ -175,8 +197,13 @@ def load_client_folder(path: str | Path, *, client_id: int = 0, on_unseen: str =
     files = read_split_files(path)
     entity_to_id, relation_to_id = local_vocabularies(path, files)
     s = split_files_to_ids(files, entity_to_id, relation_to_id)
-    client = build_client(client_id, ClientTriples(s["train"], s["valid"], s["test"]),
-                          labels_in_id_order(entity_to_id), labels_in_id_order(relation_to_id), on_unseen=on_unseen)
+    client = build_client(
+        client_id,
+        ClientTriples(s["train"], s["valid"], s["test"]),
+        labels_in_id_order(entity_to_id),
+        labels_in_id_order(relation_to_id),
+        on_unseen=on_unseen,
+    )
     # Train labels come first (ids 0..n-1), so this ad-hoc vocabulary's ids are the local ids:
     # drop the maps, which would only describe this folder's own numbering.
     return ClientGraph(client.client_id, client.train, client.valid, client.test, None, None, client.dropped_unseen)

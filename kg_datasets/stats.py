@@ -86,16 +86,22 @@ def split_stats(graph: KGSplit) -> dict[str, Any]:
 def format_federated_stats(stats: dict[str, Any]) -> str:
     """A human-readable table of :func:`federated_stats` output."""
     lines = [
-        (f"{stats['name']}: {stats['num_clients']} clients, {stats['num_entities']} entities, "
-        f"{stats['num_relations']} relations"),
-        (f"{'client':>6} {'train':>9} {'valid':>8} {'test':>8} {'entities':>9} {'relations':>9} "
-        f"{'dropped v/t':>12} {'dup t/v/t':>12}"),
+        (
+            f"{stats['name']}: {stats['num_clients']} clients, {stats['num_entities']} entities, "
+            f"{stats['num_relations']} relations"
+        ),
+        (
+            f"{'client':>6} {'train':>9} {'valid':>8} {'test':>8} {'entities':>9} {'relations':>9} "
+            f"{'dropped v/t':>12} {'dup t/v/t':>12}"
+        ),
     ]
     for c in stats["clients"]:
         dropped = f"{c['dropped_unseen']['valid']}/{c['dropped_unseen']['test']}"
         dup = "/".join(str(c["duplicates"][s]) for s in SPLITS)
-        lines.append(f"{c['client_id']:>6} {c['train']:>9,} {c['valid']:>8,} {c['test']:>8,} {c['entities']:>9,} "
-                     f"{c['relations']:>9,} {dropped:>12} {dup:>12}")
+        lines.append(
+            f"{c['client_id']:>6} {c['train']:>9,} {c['valid']:>8,} {c['test']:>8,} {c['entities']:>9,} "
+            f"{c['relations']:>9,} {dropped:>12} {dup:>12}"
+        )
     t = stats["totals"]
     lines.append(f"{'all':>6} {t['train']:>9,} {t['valid']:>8,} {t['test']:>8,}")
     for key, title in (("entity_sharing", "entities"), ("relation_sharing", "relations")):
@@ -111,11 +117,17 @@ def format_federated_stats(stats: dict[str, Any]) -> str:
 
 def format_split_stats(stats: dict[str, Any]) -> str:
     """A human-readable summary of :func:`split_stats` output."""
-    return "\n".join([
-        (f"{stats['name']}: {stats['num_entities']:,} entities ({stats['train_entities']:,} in train), "
-        f"{stats['num_relations']:,} relations"),
-        f"  train {stats['train']:,}  valid {stats['valid']:,}  test {stats['test']:,}",
-        (f"  valid/test triples with an entity or relation unseen in train: "
-        f"{stats['unseen_in_train']['valid']:,} / {stats['unseen_in_train']['test']:,}"),
-        "  duplicate triples train/valid/test: " + "/".join(str(stats["duplicates"][s]) for s in SPLITS),
-    ])
+    return "\n".join(
+        [
+            (
+                f"{stats['name']}: {stats['num_entities']:,} entities ({stats['train_entities']:,} in train), "
+                f"{stats['num_relations']:,} relations"
+            ),
+            f"  train {stats['train']:,}  valid {stats['valid']:,}  test {stats['test']:,}",
+            (
+                f"  valid/test triples with an entity or relation unseen in train: "
+                f"{stats['unseen_in_train']['valid']:,} / {stats['unseen_in_train']['test']:,}"
+            ),
+            "  duplicate triples train/valid/test: " + "/".join(str(stats["duplicates"][s]) for s in SPLITS),
+        ]
+    )

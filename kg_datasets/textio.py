@@ -34,14 +34,14 @@ def read_text(path: Path) -> str:
     if data.startswith(_UTF16_BOMS):
         raise KGDataError(f"{path}:1: file is UTF-16 (byte-order mark found); save it as UTF-8")
     if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise KGDataError(
-            f"{path}:{line}: undecodable bytes {data[exc.start:exc.end]!r} at byte column {column} "
+            f"{path}:{line}: undecodable bytes {data[exc.start : exc.end]!r} at byte column {column} "
             f"(the file must be UTF-8)"
         ) from None
     return text

@@ -66,4 +66,3 @@ def labels_in_id_order(label_to_id: Mapping[str, int]) -> list[str]:
     for label, index in label_to_id.items():
         labels[index] = label
     return labels
-

@@ -86,6 +86,3 @@ def write_federated(kg: FederatedKG, out_dir: Path, *, overwrite: bool = False) 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-

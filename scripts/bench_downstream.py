@@ -27,8 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished run folder (simskip-sim writes one)")
     parser.add_argument("--protocols", nargs="+", default=None, help="downstream protocols (default: all)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="refinement run-config value (repeatable), e.g. refit-epochs=3")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="refinement run-config value (repeatable), e.g. refit-epochs=3",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output file (default: stdout)")
     args = parser.parse_args(argv)
 
@@ -57,29 +63,48 @@ def main(argv: list[str] | None = None) -> int:
         refined = run_refinement({name: item["rows"] for name, item in inputs.items()}, base).refined
         simskip_seconds = round(time.perf_counter() - started, 3)
     report = {
-        "run_dir": str(args.run_dir), "model": kge_config.model, "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(), "load_average_before": list(os.getloadavg()),
-        "refinement": base.to_run_config(), "simskip_seconds": simskip_seconds, "protocols": {},
+        "run_dir": str(args.run_dir),
+        "model": kge_config.model,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": list(os.getloadavg()),
+        "refinement": base.to_run_config(),
+        "simskip_seconds": simskip_seconds,
+        "protocols": {},
     }
     names = args.protocols or list(DOWNSTREAM_PROTOCOLS)
     for name in names:
         for label in protocol_labels([name], base.refit_init):
-            config = RefinementConfig.from_run_config({**run_config, "downstream-protocols": name,
-                                                       "refit-init": label.partition(":")[2] or "trained"})
+            config = RefinementConfig.from_run_config(
+                {**run_config, "downstream-protocols": name, "refit-init": label.partition(":")[2] or "trained"}
+            )
             started = time.perf_counter()
             per_client = {}
             for client, item in inputs.items():
                 began = time.perf_counter()
-                record, _ = evaluate_client_rows(item["graph"], kge_config, item["rows"], refined[client], config,
-                                                 relation_state=item["relation_state"] if relations_fit(
-                                                     item["graph"], kge_config, item["relation_state"]) else None,
-                                                 log=lambda line: print(line, file=sys.stderr, flush=True))
+                record, _ = evaluate_client_rows(
+                    item["graph"],
+                    kge_config,
+                    item["rows"],
+                    refined[client],
+                    config,
+                    relation_state=item["relation_state"]
+                    if relations_fit(item["graph"], kge_config, item["relation_state"])
+                    else None,
+                    log=lambda line: print(line, file=sys.stderr, flush=True),
+                )
                 rows = record["protocols"].get(label, {}).get("seeds", {}).get("0", {})
-                per_client[client] = {"seconds": round(time.perf_counter() - began, 3),
-                                      "rows": {row: {"seconds": r["seconds"], "epochs": r["epochs"]} for row, r in rows.items()},
-                                      "candidates": len(config.candidates())}
+                per_client[client] = {
+                    "seconds": round(time.perf_counter() - began, 3),
+                    "rows": {row: {"seconds": r["seconds"], "epochs": r["epochs"]} for row, r in rows.items()},
+                    "candidates": len(config.candidates()),
+                }
             report["protocols"][label] = {"seconds": round(time.perf_counter() - started, 3), "clients": per_client}
-            print(f"[bench-downstream] {label}: {report['protocols'][label]['seconds']:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"[bench-downstream] {label}: {report['protocols'][label]['seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     report["load_average_after"] = list(os.getloadavg())
     emit_json(report, args.out)
     return 0

@@ -45,15 +45,18 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed_evaluation(models: list[Any], clients: list[Any], protocols: tuple[str, ...],
-                      batch_size: int) -> dict[str, Any]:
+def _timed_evaluation(
+    models: list[Any], clients: list[Any], protocols: tuple[str, ...], batch_size: int
+) -> dict[str, Any]:
     """Rank every client's test split with its model; wall/CPU seconds and overall metrics."""
     from client.kge.evaluation import evaluate_client_protocols, weighted_overall
 
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), _cpu_seconds()
-    per_client = [evaluate_client_protocols(model, client, split="test", protocols=protocols, batch_size=batch_size)
-                  for model, client in zip(models, clients)]
+    per_client = [
+        evaluate_client_protocols(model, client, split="test", protocols=protocols, batch_size=batch_size)
+        for model, client in zip(models, clients)
+    ]
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     triples = sum(int(client.test.mapped_triples.shape[0]) for client in clients)
     return {
@@ -81,7 +84,8 @@ def _pykeen_baseline(model: Any, client: Any, num_triples: int, batch_size: int)
     wall, cpu = time.perf_counter(), _cpu_seconds()
     with torch.no_grad():
         results = RankBasedEvaluator(filtered=True).evaluate(
-            model, test, batch_size=batch_size, use_tqdm=False, additional_filter_triples=filters)
+            model, test, batch_size=batch_size, use_tqdm=False, additional_filter_triples=filters
+        )
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     ours_wall, ours_cpu = time.perf_counter(), _cpu_seconds()
     ours = evaluate_protocols(model, test, filter_triples=filters, protocols=("standard",))["standard"]
@@ -130,18 +134,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             models = [build_model(config, client.train) for client in clients]
         begin = time.perf_counter()
         # a full-width batch of client 0's valid triples: the same shapes (and compiles) as the timed runs
-        evaluate_protocols(models[0], clients[0].valid.mapped_triples[:args.batch_size or DEFAULT_BATCH_SIZE],
-                           batch_size=args.batch_size)
+        evaluate_protocols(
+            models[0],
+            clients[0].valid.mapped_triples[: args.batch_size or DEFAULT_BATCH_SIZE],
+            batch_size=args.batch_size,
+        )
         entry: dict[str, Any] = {"warmup_seconds": time.perf_counter() - begin, "runs": {}}
         for protocols in runs:
-            entry["runs"]["+".join(protocols)] = measured = _timed_evaluation(models, clients, protocols,
-                                                                              args.batch_size)
-            print(json.dumps({"model": name, "protocols": protocols, "wall_seconds": round(measured["wall_seconds"], 2),
-                              "cpu_seconds": round(measured["cpu_seconds"], 2),
-                              "load": round(measured["load_average_1min_before"], 2)}), file=sys.stderr, flush=True)
+            entry["runs"]["+".join(protocols)] = measured = _timed_evaluation(
+                models, clients, protocols, args.batch_size
+            )
+            print(
+                json.dumps(
+                    {
+                        "model": name,
+                        "protocols": protocols,
+                        "wall_seconds": round(measured["wall_seconds"], 2),
+                        "cpu_seconds": round(measured["cpu_seconds"], 2),
+                        "load": round(measured["load_average_1min_before"], 2),
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
         if args.pykeen_baseline > 0:
-            entry["pykeen_baseline"] = _pykeen_baseline(models[0], clients[0], args.pykeen_baseline,
-                                                        args.batch_size or DEFAULT_BATCH_SIZE)
+            entry["pykeen_baseline"] = _pykeen_baseline(
+                models[0], clients[0], args.pykeen_baseline, args.batch_size or DEFAULT_BATCH_SIZE
+            )
         report["models"][name] = entry
         if args.out is not None:  # keep what is measured if a later model is interrupted
             _write_json(args.out, report | {"partial": True})
@@ -162,15 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clients", type=int, default=None, help="clients, for a single-graph source")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="PyKEEN model names")
     parser.add_argument("--embedding-dim", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="test triples scored at once (default: the evaluator's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="test triples scored at once (default: the evaluator's)"
+    )
     # 1 by default: with 2 threads on a loaded 2-core machine the compiled kernels' OpenMP threads
     # wait on each other (measured: TransE 40 s wall at load 3.5, 16.6 s with 1 thread)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--combined-only", action="store_true", help="time only both protocols in one pass")
-    parser.add_argument("--pykeen-baseline", type=int, default=0, metavar="N",
-                        help="also time PyKEEN's own evaluator (standard protocol) on client 0's first N test "
-                             "triples, next to ours on the same triples (slow: ~35 ms per triple on Fed3)")
+    parser.add_argument(
+        "--pykeen-baseline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time PyKEEN's own evaluator (standard protocol) on client 0's first N test "
+        "triples, next to ours on the same triples (slow: ~35 ms per triple on Fed3)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args(argv)
     report = run(args)

@@ -47,25 +47,35 @@ def _run(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
-                        help="the shared data folder (default: ../shared/data from the project root)")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data",
+        help="the shared data folder (default: ../shared/data from the project root)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per command (default 3)")
     args = parser.parse_args(argv)
     cli = [sys.executable, "-m", "kg_datasets.cli"]
     with tempfile.TemporaryDirectory(prefix="kg-bench-") as tmp:
         commands = {
             "stats_fb15k237_fed3": cli + ["stats", str(args.shared / "FB15k-237-Fed3")],
-            "partition_fb15k237_fede_c10": cli + ["partition", str(args.shared / "FB15k-237"),
-                                                  str(Path(tmp) / "fed10"), "--clients", "10", "--overwrite"],
+            "partition_fb15k237_fede_c10": cli
+            + ["partition", str(args.shared / "FB15k-237"), str(Path(tmp) / "fed10"), "--clients", "10", "--overwrite"],
         }
         results = {name: [_run(cmd) for _ in range(args.repeat)] for name, cmd in commands.items()}
     report = {
         "target_s": 30,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
         "results": {
-            name: {"runs": runs, "best_wall_s": min(r["wall_s"] for r in runs),
-                   "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+            name: {
+                "runs": runs,
+                "best_wall_s": min(r["wall_s"] for r in runs),
+                "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            }
             for name, runs in results.items()
         },
     }

@@ -49,8 +49,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: A KGE configuration whose rounds take about a second on 2 CPU cores: the point is to run
 #: many rounds, not to train well.
-TINY_SETS = ("embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256",
-             "patience=1000", "simskip-rounds=0")
+TINY_SETS = (
+    "embedding-dim=8",
+    "local-epochs=1",
+    "num-negs-per-pos=4",
+    "eval-every=1",
+    "batch-size=256",
+    "patience=1000",
+    "simskip-rounds=0",
+)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -185,15 +192,27 @@ def measure_memory(
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "server.simulation", "--dataset", dataset, "--clients", str(clients),
-               "--rounds", str(rounds), "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "server.simulation",
+        "--dataset",
+        dataset,
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in sets:
         command += ["--set", item]
     log_path = run_dir / "bench_memory.log"
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command, cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     sampler = TreeSampler(proc.pid, run_dir / "metrics.jsonl", interval=sample_every)
     sampler.start()
     try:
@@ -243,8 +262,11 @@ def measure_memory(
 
     last = max((int(row["round"]) for row in rows), default=0)
     base = 2
-    worker_growth = {str(pid): _growth(series, base, last) for pid, series in client_current.items()
-                     if _compared_rounds(series, base, last) is not None}
+    worker_growth = {
+        str(pid): _growth(series, base, last)
+        for pid, series in client_current.items()
+        if _compared_rounds(series, base, last) is not None
+    }
     return {
         "benchmark": "memory",
         "dataset": dataset,
@@ -258,8 +280,9 @@ def measure_memory(
         "last_round": last,
         "growth_rounds": {
             "server_current": _compared_rounds(server_current, base, last),
-            "client_workers_current": {str(pid): _compared_rounds(series, base, last)
-                                       for pid, series in client_current.items()},
+            "client_workers_current": {
+                str(pid): _compared_rounds(series, base, last) for pid, series in client_current.items()
+            },
             "server_peak_recorded": _compared_rounds(server_peak, base, last),
             "client_peak_recorded": _compared_rounds(client_peak, base, last),
         },
@@ -281,15 +304,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dataset", default="Kinships")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
-                        help=f"run-config override (repeatable; default: {' '.join(TINY_SETS)})")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help=f"run-config override (repeatable; default: {' '.join(TINY_SETS)})",
+    )
     parser.add_argument("--sample-every", type=float, default=0.25, help="seconds between RSS samples")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: stdout)")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-memory-")) / "run"
-    report = measure_memory(run_dir, rounds=args.rounds, dataset=args.dataset, clients=args.clients,
-                            sets=tuple(args.sets) if args.sets else TINY_SETS, sample_every=args.sample_every)
+    report = measure_memory(
+        run_dir,
+        rounds=args.rounds,
+        dataset=args.dataset,
+        clients=args.clients,
+        sets=tuple(args.sets) if args.sets else TINY_SETS,
+        sample_every=args.sample_every,
+    )
     text = json.dumps(report, indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)

@@ -67,12 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=30, help="round budget of every run")
     parser.add_argument("--rules", nargs="+", default=["mean", "median", "trimmed-mean"])
-    parser.add_argument("--trim", type=float, default=0.34, help="aggregation-trim of trimmed-mean (0.34: 1 of 3 each side)")
+    parser.add_argument(
+        "--trim", type=float, default=0.34, help="aggregation-trim of trimmed-mean (0.34: 1 of 3 each side)"
+    )
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--attacker", type=int, default=0, help="index of the poisoning client")
     parser.add_argument("--scale", type=float, default=10.0, help="attack strength (see above)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="KGE run-config values (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="KGE run-config values (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -97,23 +105,38 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(done: bool) -> dict[str, Any]:
         return {
-            "dataset": args.dataset, "clients": args.clients, "rounds": args.rounds, "attacker": attacker,
-            "scale": args.scale, "trim": args.trim, "kge": config.to_run_config(),
+            "dataset": args.dataset,
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "attacker": attacker,
+            "scale": args.scale,
+            "trim": args.trim,
+            "kge": config.to_run_config(),
             "torch_threads": torch.get_num_threads(),
             "holders_per_entity": np.bincount(np.bincount(np.concatenate([c.entity_ids for c in kg.clients]))).tolist(),
-            "load_average_before": load_before, "runs": runs, "load_average_after": list(os.getloadavg()),
+            "load_average_before": load_before,
+            "runs": runs,
+            "load_average_after": list(os.getloadavg()),
             **({} if done else {"partial": True}),
         }
 
     for attack in args.attacks:
         for rule in args.rules:
             started = time.perf_counter()
-            result = run_fede_in_process(kg, config, args.rounds, progress=lambda line: None, aggregation=rule,
-                                         aggregation_trim=args.trim,
-                                         update_hook=poisoner(attack, args.attacker, args.scale, config.seed))
+            result = run_fede_in_process(
+                kg,
+                config,
+                args.rounds,
+                progress=lambda line: None,
+                aggregation=rule,
+                aggregation_trim=args.trim,
+                update_hook=poisoner(attack, args.attacker, args.scale, config.seed),
+            )
             best = next(h for h in result["history"] if h["round"] == result["best_round"])
             row = {
-                "attack": attack, "rule": rule, "best_round": result["best_round"],
+                "attack": attack,
+                "rule": rule,
+                "best_round": result["best_round"],
                 "rounds_trained": result["rounds_trained"],
                 "honest_valid_mrr": round(honest_mean(best["valid"]["clients"], attacker), 4),
                 "honest_test_mrr": round(honest_mean(result["test"]["clients"], attacker), 4),
@@ -123,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
             runs.append(row)
-            print(f"{attack:>9} {rule:>12}: honest valid {row['honest_valid_mrr']:.4f} test {row['honest_test_mrr']:.4f} "
-                  f"(best round {row['best_round']}), {row['wall_seconds']:.1f}s", file=sys.stderr, flush=True)
+            print(
+                f"{attack:>9} {rule:>12}: honest valid {row['honest_valid_mrr']:.4f} test {row['honest_test_mrr']:.4f} "
+                f"(best round {row['best_round']}), {row['wall_seconds']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
             if args.out is not None:  # what is measured survives a stop
                 emit_json(report(False), args.out)
     emit_json(report(True), args.out)

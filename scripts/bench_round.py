@@ -126,7 +126,12 @@ def trimmed_copy(source: Path, out: Path, max_triples: int) -> Path:
 
 # ------------------------------------------------------------------------------ runs
 def run_deployment(
-    data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int, *, client_threads: int | None = 1,
+    data: Path,
+    run_dir: Path,
+    overrides: dict[str, Any],
+    rounds: int,
+    *,
+    client_threads: int | None = 1,
     cold_start: bool = False,
 ) -> None:
     """simskip-server + one simskip-client per client folder on loopback; all stopped by PID.
@@ -140,8 +145,18 @@ def run_deployment(
     clients = sorted(p for p in data.iterdir() if p.is_dir() and p.name.isdigit())
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    server_cmd = [str(bin_dir / "simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--insecure",
-                  "--min-clients", str(len(clients)), "--rounds", str(rounds)]
+    server_cmd = [
+        str(bin_dir / "simskip-server"),
+        "--run-dir",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--insecure",
+        "--min-clients",
+        str(len(clients)),
+        "--rounds",
+        str(rounds),
+    ]
     for key, value in overrides.items():
         server_cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else value}"]
     logs = run_dir.parent / f"{run_dir.name}-logs"
@@ -155,15 +170,30 @@ def run_deployment(
         return log_files[-1]
 
     try:
-        processes.append(subprocess.Popen(server_cmd, stdout=log_file("server.log"),
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                server_cmd, stdout=log_file("server.log"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
         for client in clients:
-            processes.append(subprocess.Popen(
-                [str(bin_dir / "simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(client),
-                 "--insecure", "--output-dir", str(run_dir.parent / f"{run_dir.name}-party{client.name}"),
-                 *client_flags],
-                stdout=log_file(f"party{client.name}.log"), stderr=subprocess.STDOUT,
-                start_new_session=True))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(bin_dir / "simskip-client"),
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--data",
+                        str(client),
+                        "--insecure",
+                        "--output-dir",
+                        str(run_dir.parent / f"{run_dir.name}-party{client.name}"),
+                        *client_flags,
+                    ],
+                    stdout=log_file(f"party{client.name}.log"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         code = processes[0].wait()
         if code != 0:
             raise RuntimeError(f"simskip-server exited {code}; see {logs / 'server.log'}")
@@ -174,13 +204,20 @@ def run_deployment(
             handle.close()
 
 
-def run_sim(data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int,
-            concurrent_clients: int | None = None) -> None:
+def run_sim(
+    data: Path, run_dir: Path, overrides: dict[str, Any], rounds: int, concurrent_clients: int | None = None
+) -> None:
     from server.simulation import run_simulation
 
     num_clients = len([p for p in data.iterdir() if p.is_dir() and p.name.isdigit()])
-    run_simulation(str(data), num_clients=num_clients, run_dir=run_dir, rounds=rounds, overrides=overrides,
-                   concurrent_clients=concurrent_clients)
+    run_simulation(
+        str(data),
+        num_clients=num_clients,
+        run_dir=run_dir,
+        rounds=rounds,
+        overrides=overrides,
+        concurrent_clients=concurrent_clients,
+    )
 
 
 def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) -> dict[str, Any]:
@@ -192,23 +229,27 @@ def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) ->
     rounds = []
     for row in rows:
         training = max(m["train-seconds"] for m in row["train"].values())
-        rounds.append({
-            "round": row["round"],
-            "train_phase_seconds": row["train_phase_seconds"],
-            "local_training_seconds": round(training, 3),
-            # all clients' training: on fewer cores than clients the round cannot take less than
-            # this divided by the cores, whatever the framework does
-            "local_training_seconds_sum": round(sum(m["train-seconds"] for m in row["train"].values()), 3),
-            "aggregation_seconds": row["aggregation_seconds"],
-            "framework_overhead_seconds": row["overhead_seconds"],
-            "framework_overhead_fraction": round(row["overhead_seconds"] / row["train_phase_seconds"], 4),
-            "validation_seconds": row["evaluation_seconds"],
-            "bytes_sent": row["bytes_sent"],
-            "bytes_received": row["bytes_received"],
-            "bytes_fraction_of_full_broadcast": round((row["bytes_sent"] + row["bytes_received"]) / (2 * full_broadcast), 4),
-            "client_peak_rss_mib": {cid: round(m.get("peak-rss-mb", 0.0), 1) for cid, m in row["train"].items()},
-            "server_app_peak_rss_mib": row.get("server_peak_rss_mb"),
-        })
+        rounds.append(
+            {
+                "round": row["round"],
+                "train_phase_seconds": row["train_phase_seconds"],
+                "local_training_seconds": round(training, 3),
+                # all clients' training: on fewer cores than clients the round cannot take less than
+                # this divided by the cores, whatever the framework does
+                "local_training_seconds_sum": round(sum(m["train-seconds"] for m in row["train"].values()), 3),
+                "aggregation_seconds": row["aggregation_seconds"],
+                "framework_overhead_seconds": row["overhead_seconds"],
+                "framework_overhead_fraction": round(row["overhead_seconds"] / row["train_phase_seconds"], 4),
+                "validation_seconds": row["evaluation_seconds"],
+                "bytes_sent": row["bytes_sent"],
+                "bytes_received": row["bytes_received"],
+                "bytes_fraction_of_full_broadcast": round(
+                    (row["bytes_sent"] + row["bytes_received"]) / (2 * full_broadcast), 4
+                ),
+                "client_peak_rss_mib": {cid: round(m.get("peak-rss-mb", 0.0), 1) for cid, m in row["train"].items()},
+                "server_app_peak_rss_mib": row.get("server_peak_rss_mb"),
+            }
+        )
     final = json.loads((run_dir / "final_metrics.json").read_text())
     return {
         "mode": mode,
@@ -228,18 +269,30 @@ def summarize(run_dir: Path, mode: str, wall: float, peaks: dict[str, float]) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of client folders 0/ 1/ ...")
-    parser.add_argument("--mode", choices=["sim", "deploy", "deploy-cold", "both"], default="both",
-                        help="deploy: warm-started ClientApp processes (simskip-client's default); "
-                             "deploy-cold: Flower's cold start per message; both: sim + deploy")
+    parser.add_argument(
+        "--mode",
+        choices=["sim", "deploy", "deploy-cold", "both"],
+        default="both",
+        help="deploy: warm-started ClientApp processes (simskip-client's default); "
+        "deploy-cold: Flower's cold start per message; both: sim + deploy",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default="TransE")
     parser.add_argument("--local-epochs", type=int, default=None, help="default: KGEConfig's (3)")
     parser.add_argument("--max-triples", type=int, default=None, help="keep this many train triples per client")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--client-threads", type=int, default=1,
-                        help="torch threads per deployed ClientApp process (0: torch's default)")
-    parser.add_argument("--concurrent-clients", type=int, default=None,
-                        help="sim: clients training at once (simskip-sim --concurrent-clients; default all)")
+    parser.add_argument(
+        "--client-threads",
+        type=int,
+        default=1,
+        help="torch threads per deployed ClientApp process (0: torch's default)",
+    )
+    parser.add_argument(
+        "--concurrent-clients",
+        type=int,
+        default=None,
+        help="sim: clients training at once (simskip-sim --concurrent-clients; default all)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="where runs go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
@@ -254,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_triples:
         data = trimmed_copy(data, work / "data-trimmed", args.max_triples)
     # KGE rounds only: no SimSkip phase unless asked for with --set simskip-rounds=N
-    overrides: dict[str, Any] = {"model": args.model, "eval-every": args.rounds + 1, "simskip-rounds": 0,
-                                 **parse_set_options(args.sets)}
+    overrides: dict[str, Any] = {
+        "model": args.model,
+        "eval-every": args.rounds + 1,
+        "simskip-rounds": 0,
+        **parse_set_options(args.sets),
+    }
     if args.local_epochs is not None:
         overrides["local-epochs"] = args.local_epochs
 
@@ -271,13 +328,25 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "sim":
                 run_sim(data, run_dir, overrides, args.rounds, concurrent_clients=args.concurrent_clients)
             else:
-                run_deployment(data, run_dir, overrides, args.rounds, client_threads=args.client_threads or None,
-                               cold_start=mode == "deploy-cold")
+                run_deployment(
+                    data,
+                    run_dir,
+                    overrides,
+                    args.rounds,
+                    client_threads=args.client_threads or None,
+                    cold_start=mode == "deploy-cold",
+                )
         finally:
             peaks = poller.stop()
         results.append(summarize(run_dir, mode, time.perf_counter() - started, peaks))
-    report = {"data": str(args.data), "max_triples": args.max_triples, "concurrent_clients": args.concurrent_clients,
-              "cpu_count": os.cpu_count(), "load_average_1min_at_start": load_at_start, "results": results}
+    report = {
+        "data": str(args.data),
+        "max_triples": args.max_triples,
+        "concurrent_clients": args.concurrent_clients,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": load_at_start,
+        "results": results,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

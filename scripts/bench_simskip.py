@@ -91,8 +91,19 @@ def digits_splits(val_seed: int = 1) -> dict[str, np.ndarray]:
 
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
-    X_sub, X_val, y_sub, y_val = train_test_split(X_train, y_train, test_size=0.25, random_state=val_seed, stratify=y_train)
-    return {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test, "X_sub": X_sub, "y_sub": y_sub, "X_val": X_val, "y_val": y_val}
+    X_sub, X_val, y_sub, y_val = train_test_split(
+        X_train, y_train, test_size=0.25, random_state=val_seed, stratify=y_train
+    )
+    return {
+        "X_train": X_train,
+        "y_train": y_train,
+        "X_test": X_test,
+        "y_test": y_test,
+        "X_sub": X_sub,
+        "y_sub": y_sub,
+        "X_val": X_val,
+        "y_val": y_val,
+    }
 
 
 def probe_accuracy(X_fit: np.ndarray, y_fit: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray) -> float:
@@ -135,15 +146,29 @@ def input_accuracy(X_fit, y_fit, X_eval, y_eval) -> float:
 
 SWEEP: list[dict[str, Any]] = [
     {},
-    {"epochs": 20}, {"epochs": 100}, {"epochs": 200},
-    {"lr": 3e-4}, {"lr": 3e-3},
-    {"temperature": 0.1}, {"temperature": 0.2}, {"temperature": 1.0},
-    {"mask_prob": 0.0}, {"mask_prob": 0.1}, {"mask_prob": 0.4},
-    {"noise_std": 0.0}, {"noise_std": 0.05}, {"noise_std": 0.3}, {"noise_std": 0.5},
-    {"hidden_dim": 256}, {"num_layers": 3},
-    {"projection_dim": 16}, {"projection_dim": 64},
-    {"batch_size": 128}, {"batch_size": 256},
-    {"weight_decay": 0.0}, {"weight_decay": 1e-4},
+    {"epochs": 20},
+    {"epochs": 100},
+    {"epochs": 200},
+    {"lr": 3e-4},
+    {"lr": 3e-3},
+    {"temperature": 0.1},
+    {"temperature": 0.2},
+    {"temperature": 1.0},
+    {"mask_prob": 0.0},
+    {"mask_prob": 0.1},
+    {"mask_prob": 0.4},
+    {"noise_std": 0.0},
+    {"noise_std": 0.05},
+    {"noise_std": 0.3},
+    {"noise_std": 0.5},
+    {"hidden_dim": 256},
+    {"num_layers": 3},
+    {"projection_dim": 16},
+    {"projection_dim": 64},
+    {"batch_size": 128},
+    {"batch_size": 256},
+    {"weight_decay": 0.0},
+    {"weight_decay": 1e-4},
     {"skip": False},
 ]
 
@@ -160,7 +185,14 @@ def bench_digits_sweep(args: argparse.Namespace) -> dict[str, Any]:
         # One accuracy per (validation split, seed): the mean smooths the +-1-sample noise of
         # a 337-row validation set.
         accs = [refined_accuracy(config.replace(seed=seed), *fit_val) for fit_val in fit_vals for seed in args.seeds]
-        results.append({"changes": changes, "val_acc_mean": float(np.mean(accs)), "val_acc_min": float(min(accs)), "val_accs": accs})
+        results.append(
+            {
+                "changes": changes,
+                "val_acc_mean": float(np.mean(accs)),
+                "val_acc_min": float(min(accs)),
+                "val_accs": accs,
+            }
+        )
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     input_accs = [input_accuracy(*fit_val) for fit_val in fit_vals]
     return {
@@ -203,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: SimSkipConfig's")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--val-splits", type=int, nargs="+", default=[1], help="random_state of each validation carve-out")
+    parser.add_argument(
+        "--val-splits", type=int, nargs="+", default=[1], help="random_state of each validation carve-out"
+    )
     parser.add_argument("--candidates", nargs="*", help="JSON dicts of config changes (digits-sweep)")
     args = parser.parse_args(argv)
     run = {"speed": bench_speed, "digits-sweep": bench_digits_sweep, "digits-test": bench_digits_test}[args.mode]

@@ -97,14 +97,19 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
                 begin = time.perf_counter()
                 losses[str(trainer.graph.client_id)] = trainer.train(config.local_epochs)
                 client_seconds.append(time.perf_counter() - begin)
-            self.record.update(local_training_seconds=sum(client_seconds),
-                               local_training_seconds_per_client=client_seconds,
-                               local_training_seconds_max_client=max(client_seconds),
-                               framework_seconds=0.0, losses=losses)
+            self.record.update(
+                local_training_seconds=sum(client_seconds),
+                local_training_seconds_per_client=client_seconds,
+                local_training_seconds_max_client=max(client_seconds),
+                framework_seconds=0.0,
+                losses=losses,
+            )
 
         def aggregate(self, server_round: int, updates: None) -> None:
             begin = time.perf_counter()
-            self.table = aggregate_rows(self.table, [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)])
+            self.table = aggregate_rows(
+                self.table, [(ids, t.get_entity_embeddings()) for t, ids in zip(trainers, holders)]
+            )
             for trainer, ids in zip(trainers, holders):
                 trainer.set_entity_embeddings(self.table[ids])
             self.record["aggregation_seconds"] = time.perf_counter() - begin
@@ -123,10 +128,22 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
         def end_round(self, server_round: int, validated: bool, stop: bool) -> bool:
             record = self.record
             # The old order of the record's keys is kept (the committed JSON files are read by key).
-            record = {key: record[key] for key in ("round", "aggregation_seconds", "local_training_seconds",
-                                                   "local_training_seconds_per_client",
-                                                   "local_training_seconds_max_client", "framework_seconds",
-                                                   "losses", "valid", "test", "evaluation_seconds") if key in record}
+            record = {
+                key: record[key]
+                for key in (
+                    "round",
+                    "aggregation_seconds",
+                    "local_training_seconds",
+                    "local_training_seconds_per_client",
+                    "local_training_seconds_max_client",
+                    "framework_seconds",
+                    "losses",
+                    "valid",
+                    "test",
+                    "evaluation_seconds",
+                )
+                if key in record
+            }
             record["elapsed_seconds"] = time.perf_counter() - self.clock
             # CPU seconds of this process (all threads): comparable across machine load, unlike wall time
             record["cpu_seconds"] = time.process_time() - self.cpu_clock
@@ -134,13 +151,30 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
             record["load_average_1min"] = os.getloadavg()[0]
             self.rounds.append(record)
             if args.out is not None:  # keep what is measured if the run is stopped early
-                _write_json(args.out, {"mode": "in-process", "partial": True, "config": config.to_run_config(),
-                                       "setup_seconds": setup_seconds, "rounds": self.rounds})
-            print(json.dumps({k: record[k] for k in ("round", "elapsed_seconds")}
-                             | {s: record[s]["overall"]["mrr"] for s in ("valid", "test") if s in record}),
-                  file=sys.stderr, flush=True)
-            if "test" in record and args.target is not None and self.reached_at is None \
-                    and record["test"]["overall"]["mrr"] >= args.target:
+                _write_json(
+                    args.out,
+                    {
+                        "mode": "in-process",
+                        "partial": True,
+                        "config": config.to_run_config(),
+                        "setup_seconds": setup_seconds,
+                        "rounds": self.rounds,
+                    },
+                )
+            print(
+                json.dumps(
+                    {k: record[k] for k in ("round", "elapsed_seconds")}
+                    | {s: record[s]["overall"]["mrr"] for s in ("valid", "test") if s in record}
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+            if (
+                "test" in record
+                and args.target is not None
+                and self.reached_at is None
+                and record["test"]["overall"]["mrr"] >= args.target
+            ):
                 self.reached_at = record["elapsed_seconds"]
                 if args.stop_at_target:
                     return True
@@ -201,23 +235,28 @@ def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
 
 def client_test_sizes(config: dict[str, Any]) -> dict[str, int]:
     """Client id -> test triples, from a run folder's ``config.json`` (``clients.<id>.num_test``)."""
-    return {str(cid): int(entry["num_test"]) for cid, entry in (config.get("clients") or {}).items()
-            if isinstance(entry, dict) and "num_test" in entry}
+    return {
+        str(cid): int(entry["num_test"])
+        for cid, entry in (config.get("clients") or {}).items()
+        if isinstance(entry, dict) and "num_test" in entry
+    }
 
 
 def weighted_test_mrr(test: dict[str, dict[str, float]], sizes: dict[str, int]) -> float | None:
     """Test MRR over the clients that reported, weighted by test size (``config.json``; else the
     reply's ``num_triples``); ``None`` without any test metrics."""
-    weights = {cid: float(sizes.get(cid, metrics.get("num_triples", 0))) for cid, metrics in test.items()
-               if "mrr" in metrics}
+    weights = {
+        cid: float(sizes.get(cid, metrics.get("num_triples", 0))) for cid, metrics in test.items() if "mrr" in metrics
+    }
     total = sum(weights.values())
     if total <= 0:
         return None
     return sum(weights[cid] * float(test[cid]["mrr"]) for cid in weights) / total
 
 
-def summarize_rounds(rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[str, int],
-                     target: float | None) -> dict[str, Any]:
+def summarize_rounds(
+    rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[str, int], target: float | None
+) -> dict[str, Any]:
     """Per-round records and the time-to-accuracy summary of ``metrics.jsonl`` rows.
 
     :param rows: rows of ``metrics.jsonl`` (:class:`server.strategy.RoundReport` dicts).
@@ -254,8 +293,9 @@ def summarize_rounds(rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[
         records.append(record)
 
     validated = [r for r in records if r["validated"]]
-    reached = next((r for r in validated if target is not None and r.get("test_mrr") is not None
-                    and r["test_mrr"] >= target), None)
+    reached = next(
+        (r for r in validated if target is not None and r.get("test_mrr") is not None and r["test_mrr"] >= target), None
+    )
     best = max(validated, key=lambda r: r["valid_mrr"], default=None)
     first = next((r for r in records if r["elapsed_seconds"] is not None), None)
 
@@ -273,8 +313,13 @@ def summarize_rounds(rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[
         "startup_seconds": first["elapsed_seconds"] - first["round_seconds"] if first else None,
         "totals": {
             phase: sum(r[phase] for r in records)
-            for phase in ("local_training_seconds_max_client", "local_training_seconds_sum", "framework_seconds",
-                          "aggregation_seconds", "evaluation_seconds")
+            for phase in (
+                "local_training_seconds_max_client",
+                "local_training_seconds_sum",
+                "framework_seconds",
+                "aggregation_seconds",
+                "evaluation_seconds",
+            )
         },
     }
 
@@ -282,10 +327,21 @@ def summarize_rounds(rows: list[dict[str, Any]], *, t0: float, test_sizes: dict[
 def simulation_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The ``simskip-sim`` command line of a time-to-accuracy run."""
     script = Path(sys.executable).with_name("simskip-sim")
-    command = [str(script)] if script.exists() else [
-        sys.executable, "-c", "import sys; from server.simulation import main; sys.exit(main(sys.argv[1:]))"]
-    command += ["--dataset", str(args.data), "--rounds", str(args.rounds), "--run-dir", str(run_dir),
-                "--num-cpus-per-client", str(args.num_cpus_per_client)]
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from server.simulation import main; sys.exit(main(sys.argv[1:]))"]
+    )
+    command += [
+        "--dataset",
+        str(args.data),
+        "--rounds",
+        str(args.rounds),
+        "--run-dir",
+        str(run_dir),
+        "--num-cpus-per-client",
+        str(args.num_cpus_per_client),
+    ]
     if args.num_clients is not None:
         command += ["--clients", str(args.num_clients)]
     if args.preset is not None:
@@ -320,27 +376,34 @@ def run_simulation_mode(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     run_dir.mkdir(parents=True, exist_ok=True)
     command = simulation_command(args, run_dir)
     log_path = run_dir / "bench_simulation.log"
-    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                        "RAY_USAGE_STATS_ENABLED": "0"}
-    base: dict[str, Any] = {"mode": "simulation", "data": str(args.data), "run_dir": str(run_dir),
-                            "command": command, "time_budget_seconds": args.time_budget, "cpu_count": os.cpu_count(),
-                            "load_average_1min_at_start": os.getloadavg()[0]}
+    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    base: dict[str, Any] = {
+        "mode": "simulation",
+        "data": str(args.data),
+        "run_dir": str(run_dir),
+        "command": command,
+        "time_budget_seconds": args.time_budget,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
     rows: list[dict[str, Any]] = []
     stop_reason = None
     seen = 0
     with log_path.open("wb") as log:
         t0 = time.time()
         # own session: the simulation and its Ray processes form one tree, stopped by PID below
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         base["t0"] = t0
         base["pid"] = process.pid
         try:
             while True:
                 finished = process.poll() is not None
                 rows = read_metrics_rows(run_dir / "metrics.jsonl")
-                summary = summarize_rounds(rows, t0=t0, test_sizes=client_test_sizes(_read_config(run_dir)),
-                                           target=args.target)
+                summary = summarize_rounds(
+                    rows, t0=t0, test_sizes=client_test_sizes(_read_config(run_dir)), target=args.target
+                )
                 if len(rows) > seen:
                     seen = len(rows)
                     _report_progress(summary["rounds"][-1])
@@ -372,17 +435,21 @@ def run_simulation_mode(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if validated and all(r.get("test_mrr") is None for r in validated):
         warnings.append("validated rounds carry no test metrics: does the ClientApp honour track-test?")
     failed = stop_reason is None and process.returncode != 0
-    report = base | {
-        "stop_reason": stop_reason or ("failed" if failed else "finished"),
-        "returncode": process.returncode,
-        "wall_seconds": wall,
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "eval_protocol": (config.get("kge") or {}).get("eval-protocol"),
-        "config": config.get("kge"),
-        "federation": config.get("federation"),
-        "test_sizes": client_test_sizes(config),
-        "warnings": warnings,
-    } | summary
+    report = (
+        base
+        | {
+            "stop_reason": stop_reason or ("failed" if failed else "finished"),
+            "returncode": process.returncode,
+            "wall_seconds": wall,
+            "load_average_1min_at_end": os.getloadavg()[0],
+            "eval_protocol": (config.get("kge") or {}).get("eval-protocol"),
+            "config": config.get("kge"),
+            "federation": config.get("federation"),
+            "test_sizes": client_test_sizes(config),
+            "warnings": warnings,
+        }
+        | summary
+    )
     if failed:
         report["simulation_log_tail"] = _log_tail(log_path)
     return report, (1 if failed else 0)
@@ -410,8 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clients", type=int, default=None, help="clients, for a single-graph source")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--time-budget", type=float, default=1500.0, help="stop after this many seconds")
-    parser.add_argument("--target", "--target-mrr", dest="target", type=float, default=FEDE_TARGET_MRR,
-                        help="test MRR whose first reach is reported (default: FedE's 0.356)")
+    parser.add_argument(
+        "--target",
+        "--target-mrr",
+        dest="target",
+        type=float,
+        default=FEDE_TARGET_MRR,
+        help="test MRR whose first reach is reported (default: FedE's 0.356)",
+    )
     parser.add_argument("--stop-at-target", action="store_true", help="stop once test MRR reaches --target")
     add_preset_option(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")

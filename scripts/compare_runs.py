@@ -24,8 +24,18 @@ from client.kge.run_folder import read_jsonl
 
 FILES = ("final_metrics.json", "metrics.jsonl", "results.json")
 #: Keys whose values differ between two runs of the same code and seed.
-VOLATILE_KEYS = frozenset({"finished_at", "started_at", "interrupted_at", "title", "run_dir", "run-dir",
-                           "client-data-root", "client-output-root"})
+VOLATILE_KEYS = frozenset(
+    {
+        "finished_at",
+        "started_at",
+        "interrupted_at",
+        "title",
+        "run_dir",
+        "run-dir",
+        "client-data-root",
+        "client-output-root",
+    }
+)
 
 
 def volatile(key: str) -> bool:
@@ -76,7 +86,10 @@ def compare(first: Path, second: Path, files: tuple[str, ...] = FILES) -> dict[s
         if not a.exists() and not b.exists():
             continue
         if not (a.exists() and b.exists()):
-            report["files"][name] = {"differences": 1, "first_differences": [f"only in {'first' if a.exists() else 'second'}"]}
+            report["files"][name] = {
+                "differences": 1,
+                "first_differences": [f"only in {'first' if a.exists() else 'second'}"],
+            }
             continue
         found = differences(stripped(load(a)), stripped(load(b)))
         report["files"][name] = {"differences": len(found), "first_differences": found[:10]}

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         "collection": centralized.run_collection,
     }
     report: dict[str, Any] = {
-        "dataset": args.dataset, "clients": kg.num_clients, "rounds": args.rounds,
+        "dataset": args.dataset,
+        "clients": kg.num_clients,
+        "rounds": args.rounds,
         "config": config.to_run_config(),
         "untrained": centralized.untrained_metrics(kg, config)["overall"],
     }
@@ -76,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
-
         atomic_write_text(args.out, text + "\n")
     return 0
 

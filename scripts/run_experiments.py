@@ -75,8 +75,9 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- KGE step
-def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any],
-                    num_clients: int | None) -> None:
+def _kge_in_process(
+    folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any], num_clients: int | None
+) -> None:
     """Train with the Flower-free runners and write the run-folder files refine-only reads."""
     from client.kge import centralized
     from client.kge.config import KGEConfig
@@ -85,17 +86,33 @@ def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds
     from client.kge.settings import KNOWN_NON_KGE_KEYS
     from kg_datasets import load_federated
 
-    run_config = {**sets, "model": model, "setting": setting, "num-server-rounds": rounds,
-                  "client-data-root": str(folder / "data"), "client-output-root": str(folder / "clients")}
+    run_config = {
+        **sets,
+        "model": model,
+        "setting": setting,
+        "num-server-rounds": rounds,
+        "client-data-root": str(folder / "data"),
+        "client-output-root": str(folder / "clients"),
+    }
     kge_config = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
     kg = load_federated(dataset, num_clients=num_clients if not Path(dataset).is_dir() else None)
     if not (folder / "data").exists():
         kg.write(folder / "data")
-    runner = {"isolation": centralized.run_isolation, "fede": centralized.run_fede_in_process,
-              "collection": centralized.run_collection}[setting]
+    runner = {
+        "isolation": centralized.run_isolation,
+        "fede": centralized.run_fede_in_process,
+        "collection": centralized.run_collection,
+    }[setting]
     run = RunFolder(folder)
-    run.write_config({"run_config": run_config, "kge": kge_config.to_run_config(), "dataset": dataset,
-                      "engine": "in-process", "num_entities": kg.num_entities})
+    run.write_config(
+        {
+            "run_config": run_config,
+            "kge": kge_config.to_run_config(),
+            "dataset": dataset,
+            "engine": "in-process",
+            "num_entities": kg.num_entities,
+        }
+    )
     result = runner(kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True))
     for entry in result["history"]:
         row = {"round": entry["round"], "train": {k: {"train-loss": v[-1]} for k, v in entry["losses"].items() if v}}
@@ -105,15 +122,39 @@ def _kge_in_process(folder: Path, dataset: str, model: str, setting: str, rounds
     run.write_final_metrics(result)
 
 
-def _kge_flower(folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any],
-                num_clients: int | None, timeout: float | None) -> None:
+def _kge_flower(
+    folder: Path,
+    dataset: str,
+    model: str,
+    setting: str,
+    rounds: int,
+    sets: Mapping[str, Any],
+    num_clients: int | None,
+    timeout: float | None,
+) -> None:
     """``simskip-sim`` in a subprocess (stopped by PID on interrupt or timeout)."""
-    command = [sys.executable, "-m", "server.simulation", "--dataset", dataset, "--setting", setting,
-               "--rounds", str(rounds), "--run-dir", str(folder), "--set", f"model={model}"]
+    command = [
+        sys.executable,
+        "-m",
+        "server.simulation",
+        "--dataset",
+        dataset,
+        "--setting",
+        setting,
+        "--rounds",
+        str(rounds),
+        "--run-dir",
+        str(folder),
+        "--set",
+        f"model={model}",
+    ]
     if num_clients is not None and not Path(dataset).is_dir():
         command += ["--clients", str(num_clients)]
     for key, value in sets.items():
-        command += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value}"]
+        command += [
+            "--set",
+            f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value}",
+        ]
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "cell.log"
     with log_path.open("ab") as log:
@@ -129,8 +170,18 @@ def _kge_flower(folder: Path, dataset: str, model: str, setting: str, rounds: in
 
 
 # ----------------------------------------------------------------------------- cells
-def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, sets: Mapping[str, Any],
-             engine: str = "flower", num_clients: int | None = 3, timeout: float | None = None) -> dict[str, Any]:
+def run_cell(
+    out: Path,
+    dataset: str,
+    model: str,
+    setting: str,
+    *,
+    rounds: int,
+    sets: Mapping[str, Any],
+    engine: str = "flower",
+    num_clients: int | None = 3,
+    timeout: float | None = None,
+) -> dict[str, Any]:
     """Run (or resume) one cell; returns its ``cell.json`` content."""
     folder = cell_dir(out, dataset, model, setting)
     state = _read_json(folder / CELL_FILE) or {}
@@ -138,8 +189,17 @@ def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, 
         print(f"[grid] {folder}: done, skipped", flush=True)
         return state
     folder.mkdir(parents=True, exist_ok=True)
-    state.update({"dataset": dataset, "model": model, "setting": setting, "rounds": rounds, "set": dict(sets),
-                  "engine": "in-process" if setting == "collection" else engine, "status": "running"})
+    state.update(
+        {
+            "dataset": dataset,
+            "model": model,
+            "setting": setting,
+            "rounds": rounds,
+            "set": dict(sets),
+            "engine": "in-process" if setting == "collection" else engine,
+            "status": "running",
+        }
+    )
     _write_json(folder / CELL_FILE, state)
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
@@ -157,15 +217,26 @@ def run_cell(out: Path, dataset: str, model: str, setting: str, *, rounds: int, 
         state["refine_seconds"] = round(time.perf_counter() - started, 1)
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     # per downstream protocol: the overall mean over seeds of every row and gain
-    state["overall"] = {label: {row: {c: v["mean"] for c, v in per_client["overall"].items()} for row, per_client in entry["rows"].items()}
-                        for label, entry in results["protocols"].items()}
-    state["gain_points"] = {label: {row: {c: v["mean"] for c, v in per_client["overall"].items()}
-                                    for row, per_client in entry["gain_points"].items()}
-                            for label, entry in results["protocols"].items()}
+    state["overall"] = {
+        label: {
+            row: {c: v["mean"] for c, v in per_client["overall"].items()} for row, per_client in entry["rows"].items()
+        }
+        for label, entry in results["protocols"].items()
+    }
+    state["gain_points"] = {
+        label: {
+            row: {c: v["mean"] for c, v in per_client["overall"].items()}
+            for row, per_client in entry["gain_points"].items()
+        }
+        for label, entry in results["protocols"].items()
+    }
     state["verdict"] = {label: entry["verdict"].get("overall", {}) for label, entry in results["protocols"].items()}
     state["status"] = "done"
     _write_json(folder / CELL_FILE, state)
-    print(f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)", flush=True)
+    print(
+        f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)",
+        flush=True,
+    )
     return state
 
 
@@ -176,35 +247,67 @@ def assemble(out: Path) -> dict[str, Path]:
 
     cells = sorted(
         (c for c in (_read_json(p) for p in out.glob(f"*/*/*/{CELL_FILE}")) if c and c.get("status") == "done"),
-        key=lambda c: (c["dataset"], DEFAULT_MODELS.index(c["model"]) if c["model"] in DEFAULT_MODELS else 99,
-                       DEFAULT_SETTINGS.index(c["setting"]) if c["setting"] in DEFAULT_SETTINGS else 99),
+        key=lambda c: (
+            c["dataset"],
+            DEFAULT_MODELS.index(c["model"]) if c["model"] in DEFAULT_MODELS else 99,
+            DEFAULT_SETTINGS.index(c["setting"]) if c["setting"] in DEFAULT_SETTINGS else 99,
+        ),
     )
     columns = ["dataset", "model", "setting", "protocol", "row", *GRID_COLUMNS, "run_seconds", "refine_seconds"]
     records = []
     for cell in cells:
-        base = {"dataset": Path(cell["dataset"]).name, "model": cell["model"], "setting": cell["setting"],
-                "run_seconds": cell.get("run_seconds", ""), "refine_seconds": cell.get("refine_seconds", "")}
+        base = {
+            "dataset": Path(cell["dataset"]).name,
+            "model": cell["model"],
+            "setting": cell["setting"],
+            "run_seconds": cell.get("run_seconds", ""),
+            "refine_seconds": cell.get("refine_seconds", ""),
+        }
         for label, overall in cell["overall"].items():
             for row in ROWS:
                 if row in overall:
-                    records.append({**base, "protocol": label, "row": row, **{c: overall[row][c] for c in GRID_COLUMNS}})
+                    records.append(
+                        {**base, "protocol": label, "row": row, **{c: overall[row][c] for c in GRID_COLUMNS}}
+                    )
             gains_of = cell["gain_points"][label]
             for row, gains in ((row, gains_of[row]) for row in ROWS if row in gains_of):
-                records.append({**base, "protocol": label, "row": f"gain {row} (pts)", **{c: gains[c] for c in GRID_COLUMNS}})
+                records.append(
+                    {**base, "protocol": label, "row": f"gain {row} (pts)", **{c: gains[c] for c in GRID_COLUMNS}}
+                )
     paths = {"json": out / "grid.json", "csv": out / "grid.csv", "md": out / "grid.md"}
-    atomic_write_text(paths["json"], json.dumps({"columns": columns, "records": records, "cells": cells}, indent=2) + "\n")
+    atomic_write_text(
+        paths["json"], json.dumps({"columns": columns, "records": records, "cells": cells}, indent=2) + "\n"
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
     atomic_write_text(paths["csv"], buffer.getvalue())
-    lines = ["# Refined vs unrefined federated entity embeddings (overall test, weighted by test triples)", "",
-             "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "# Refined vs unrefined federated entity embeddings (overall test, weighted by test triples)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     for record in records:
         points = record["row"].startswith("gain")
         cells_text = [f"{record[c]:+.2f}" if points else f"{record[c]:.4f}" for c in GRID_COLUMNS]
-        lines.append("| " + " | ".join([record["dataset"], record["model"], record["setting"], record["protocol"], record["row"], *cells_text,
-                                         str(record["run_seconds"]), str(record["refine_seconds"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    record["dataset"],
+                    record["model"],
+                    record["setting"],
+                    record["protocol"],
+                    record["row"],
+                    *cells_text,
+                    str(record["run_seconds"]),
+                    str(record["refine_seconds"]),
+                ]
+            )
+            + " |"
+        )
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     return paths
 
@@ -226,15 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="grid folder (one sub-folder per cell)")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
-                        help="data folders (relative to the project root) or PyKEEN names (Nations, UMLS, Kinships)")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DEFAULT_DATASETS),
+        help="data folders (relative to the project root) or PyKEEN names (Nations, UMLS, Kinships)",
+    )
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(DEFAULT_SETTINGS))
     parser.add_argument("--rounds", type=int, default=100, help="num-server-rounds of KGE training (default 100)")
     parser.add_argument("--clients", type=int, default=3, help="clients for a PyKEEN dataset name (default 3)")
     parser.add_argument("--engine", choices=["flower", "in-process"], default="flower")
     add_preset_option(parser)
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable",
+    )
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds one flower cell may run")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild grid.{md,csv,json}")
     return parser
@@ -254,8 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in args.models:
                 for setting in args.settings:
                     try:
-                        run_cell(out, dataset, model, setting, rounds=args.rounds, sets=sets,
-                                 engine=args.engine, num_clients=args.clients, timeout=args.cell_timeout)
+                        run_cell(
+                            out,
+                            dataset,
+                            model,
+                            setting,
+                            rounds=args.rounds,
+                            sets=sets,
+                            engine=args.engine,
+                            num_clients=args.clients,
+                            timeout=args.cell_timeout,
+                        )
                     except KeyboardInterrupt:
                         print("[grid] interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
                         return 130

@@ -49,12 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=40, help="round budget of every setting")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="run-config keys to vary")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="fixed run-config values (repeatable)")
-    parser.add_argument("--tolerance", type=float, default=0.005,
-                        help="valid MRR within this of the best counts as as good (default 0.005)")
-    parser.add_argument("--target-valid", type=float, default=None, metavar="MRR",
-                        help="choose the fewest train seconds to this valid MRR instead (time to accuracy)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed run-config values (repeatable)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="valid MRR within this of the best counts as as good (default 0.005)",
+    )
+    parser.add_argument(
+        "--target-valid",
+        type=float,
+        default=None,
+        metavar="MRR",
+        help="choose the fewest train seconds to this valid MRR instead (time to accuracy)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -80,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         curve = [round(h["valid"]["overall"]["mrr"], 4) for h in history]
         per_round = result["train_seconds"] / max(1, result["rounds_trained"])
         row = {
-            "setting": setting, "best_valid_mrr": round(result["best_valid_mrr"], 4), "best_round": result["best_round"],
-            "rounds_trained": result["rounds_trained"], "stopped_early": result["rounds_trained"] < args.rounds,
+            "setting": setting,
+            "best_valid_mrr": round(result["best_valid_mrr"], 4),
+            "best_round": result["best_round"],
+            "rounds_trained": result["rounds_trained"],
+            "stopped_early": result["rounds_trained"] < args.rounds,
             "train_seconds": round(result["train_seconds"], 2),
             "train_seconds_to_best": round(per_round * result["best_round"], 2),
-            "wall_seconds": round(time.perf_counter() - started, 2), "valid_curve": curve,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "valid_curve": curve,
         }
         if args.target_valid is not None:
             reached = [h["round"] for h in history if h["valid"]["overall"]["mrr"] >= args.target_valid]
@@ -106,10 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     config = KGEConfig.from_run_config({**fixed, **chosen["setting"]})
     tested = run_fede_in_process(kg, config, args.rounds, progress=lambda line: None)
     report = {
-        "dataset": args.dataset, "clients": args.clients, "rounds": args.rounds, "fixed": fixed, "grid": args.grid,
-        "tolerance": args.tolerance, "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
-        "rows": rows, "chosen": chosen["setting"],
-        "rule": rule, "target_valid": args.target_valid,
+        "dataset": args.dataset,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "fixed": fixed,
+        "grid": args.grid,
+        "tolerance": args.tolerance,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "rows": rows,
+        "chosen": chosen["setting"],
+        "rule": rule,
+        "target_valid": args.target_valid,
         "chosen_test": {"overall": tested["test"]["overall"], "best_round": tested["best_round"]},
         "load_average_after": list(os.getloadavg()),
     }

@@ -209,8 +209,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"corrupt checkpoint manifest {path}: {err}") from err
-    required = ("format_version", "round", "arrays_file", "arrays_sha256", "state", "model_config",
-                "model_config_sha256", "vocabulary_size", "vocabulary_sha256")
+    required = (
+        "format_version",
+        "round",
+        "arrays_file",
+        "arrays_sha256",
+        "state",
+        "model_config",
+        "model_config_sha256",
+        "vocabulary_size",
+        "vocabulary_sha256",
+    )
     if not isinstance(manifest, dict) or any(key not in manifest for key in required):
         missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
         raise CheckpointError(f"corrupt checkpoint manifest {path}: missing {missing}")
@@ -231,7 +240,8 @@ def _check_model_config(manifest: Mapping[str, Any], run_config: Mapping[str, An
     saved: dict[str, Any] = manifest["model_config"]
     current = model_defining_values(run_config)
     changed = [
-        key for key in sorted(set(saved) | set(current))
+        key
+        for key in sorted(set(saved) | set(current))
         if not _values_equal(saved.get(key, "<not set>"), current.get(key, "<not set>"))
     ]
     if changed:
@@ -301,6 +311,8 @@ def load_checkpoint(
     arrays = _read_arrays(arrays_path, str(manifest["arrays_sha256"]))
     expected_names = manifest.get("array_names")
     if expected_names is not None and sorted(arrays) != sorted(expected_names):
-        raise CheckpointError(f"corrupt checkpoint arrays {arrays_path}: holds {sorted(arrays)}, "
-                              f"the manifest lists {sorted(expected_names)}")
+        raise CheckpointError(
+            f"corrupt checkpoint arrays {arrays_path}: holds {sorted(arrays)}, "
+            f"the manifest lists {sorted(expected_names)}"
+        )
     return int(manifest["round"]), arrays, dict(manifest["state"])

@@ -73,29 +73,52 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-server`` argument parser."""
     parser = argparse.ArgumentParser(prog="simskip-server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue the interrupted run in RUN_DIR from its last checkpoint "
-                             "(its config.json, with --set/--rounds on top)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the interrupted run in RUN_DIR from its last checkpoint "
+        "(its config.json, with --set/--rounds on top)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
-    parser.add_argument("--quiet", action="store_true",
-                        help="print only warnings, errors and summary lines (logs/run.log keeps every line)")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings, errors and summary lines (logs/run.log keeps every line)",
+    )
     add_preset_option(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SuperLink port (default {DEFAULT_PORT})")
-    parser.add_argument("--min-clients", type=int, default=None,
-                        help="parties to wait for before round 1 (default: the run config's, 2)")
+    parser.add_argument(
+        "--min-clients",
+        type=int,
+        default=None,
+        help="parties to wait for before round 1 (default: the run config's, 2)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="num-server-rounds (default: pyproject's)")
     parser.add_argument("--setting", default=None, choices=["fede", "isolation"])
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="run-config override, e.g. --set model=RotatE (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config override, e.g. --set model=RotatE (repeatable)",
+    )
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
     security.add_argument("--ssl-ca-certfile", type=Path, help="CA certificate (PEM) that signed --ssl-certfile")
     security.add_argument("--ssl-certfile", type=Path, help="server certificate (PEM), its SAN naming the host")
     security.add_argument("--ssl-keyfile", type=Path, help="server private key (PEM)")
     auth = parser.add_argument_group("node authentication (needs TLS)")
-    auth.add_argument("--auth-public-keys", type=Path, default=None, metavar="FILE",
-                      help="only parties whose OpenSSH EC public key is in FILE (one per line) may join; "
-                           "Flower's SuperNode authentication")
+    auth.add_argument(
+        "--auth-public-keys",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only parties whose OpenSSH EC public key is in FILE (one per line) may join; "
+        "Flower's SuperNode authentication",
+    )
     return parser
 
 
@@ -106,8 +129,9 @@ def _tls(args: argparse.Namespace, connect_host: str) -> Any:
         if any(given):
             raise SystemExit("simskip-server: --insecure and certificate files are exclusive")
         if args.auth_public_keys is not None:
-            raise SystemExit("simskip-server: --auth-public-keys needs TLS (Flower refuses node "
-                             "authentication with --insecure)")
+            raise SystemExit(
+                "simskip-server: --auth-public-keys needs TLS (Flower refuses node authentication with --insecure)"
+            )
         return None
     if not all(given):
         raise SystemExit("simskip-server: pass --insecure, or all of --ssl-ca-certfile --ssl-certfile --ssl-keyfile")
@@ -167,22 +191,30 @@ def run_server(
     try:
         with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
             superlink = launcher.start_superlink(
-                flwr_home, host=host, port=port, insecure=tls is None, tls=tls,
-                enable_supernode_auth=bool(authorized_keys), database=_fresh_database(flwr_home),
+                flwr_home,
+                host=host,
+                port=port,
+                insecure=tls is None,
+                tls=tls,
+                enable_supernode_auth=bool(authorized_keys),
+                database=_fresh_database(flwr_home),
                 log_path=run_dir / "logs" / "superlink.log",
             )
         connect_host = _connect_host(host)
         pids.wait_for_health(connect_host, port, superlink)
         launcher.write_connection(
-            flwr_home, f"{connect_host}:{port}", insecure=tls is None,
+            flwr_home,
+            f"{connect_host}:{port}",
+            insecure=tls is None,
             root_certificates=tls.ca_certfile if tls is not None else None,
         )
         if authorized_keys:
             node_ids = launcher.register_supernodes(flwr_home, authorized_keys)
             print(f"[simskip-server] node authentication on: {len(node_ids)} registered public keys", flush=True)
         print(f"[simskip-server] SuperLink (pid {superlink.pid}) on {host}:{port}; waiting for parties", flush=True)
-        run_id, status = launcher.run_app(flwr_home, run_config, superlink=superlink,
-                                          log_path=run_dir / "logs" / "run.log", quiet=quiet)
+        run_id, status = launcher.run_app(
+            flwr_home, run_config, superlink=superlink, log_path=run_dir / "logs" / "run.log", quiet=quiet
+        )
     finally:
         pids.stop_process(superlink, timeout=STOP_GRACE_SECONDS)
     launcher.check_run_completed(run_id, status, run_dir)
@@ -195,8 +227,12 @@ def _resume_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     if args.insecure:
         command.append("--insecure")
     else:
-        for flag, value in (("--ssl-ca-certfile", args.ssl_ca_certfile), ("--ssl-certfile", args.ssl_certfile),
-                            ("--ssl-keyfile", args.ssl_keyfile), ("--auth-public-keys", args.auth_public_keys)):
+        for flag, value in (
+            ("--ssl-ca-certfile", args.ssl_ca_certfile),
+            ("--ssl-certfile", args.ssl_certfile),
+            ("--ssl-keyfile", args.ssl_keyfile),
+            ("--auth-public-keys", args.auth_public_keys),
+        ):
             if value is not None:
                 command += [flag, str(Path(value).expanduser().resolve())]
     if args.min_clients is not None:
@@ -244,9 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = resume_run_config(run_dir, overrides=overrides)
         else:
             run_dir = args.run_dir or default_run_dir()
-        return run_server(run_dir, host=args.host, port=args.port, run_config=overrides, tls=tls,
-                          authorized_keys=keys, on_start=lambda path: started.setdefault("run_dir", path),
-                          quiet=args.quiet)
+        return run_server(
+            run_dir,
+            host=args.host,
+            port=args.port,
+            run_config=overrides,
+            tls=tls,
+            authorized_keys=keys,
+            on_start=lambda path: started.setdefault("run_dir", path),
+            quiet=args.quiet,
+        )
 
     with signals.installed("simskip-server", _interrupt):  # until the partial results are written
         try:
@@ -260,11 +303,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume = _resume_command(args, run_dir)
             path = write_partial_results(run_dir, interrupt.signum, resume)
             summary = json.loads(path.read_text())
-            how = (f"resume with: {shlex.join(resume)}" if summary["resumable"]
-                   else "nothing to resume (interrupted before the parties joined)")
-            print(f"[simskip-server] {interrupt}: stopped after round {summary['last_completed_round']}; {path}; "
-                  f"{how}", file=sys.stderr, flush=True)
+            how = (
+                f"resume with: {shlex.join(resume)}"
+                if summary["resumable"]
+                else "nothing to resume (interrupted before the parties joined)"
+            )
+            print(
+                f"[simskip-server] {interrupt}: stopped after round {summary['last_completed_round']}; {path}; {how}",
+                file=sys.stderr,
+                flush=True,
+            )
             return interrupt.exit_code
+
 
 if __name__ == "__main__":
     sys.exit(main())

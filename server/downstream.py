@@ -93,23 +93,33 @@ def load_client_inputs(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str
             rows = np.load(own / "entity_embeddings.npy", allow_pickle=False)
             labels = _read_labels(own / "entities.tsv")
             if labels != graph.entity_labels:
-                raise RunFolderError(f"{own / 'entities.tsv'}: entity order differs from client {name}'s train entities")
+                raise RunFolderError(
+                    f"{own / 'entities.tsv'}: entity order differs from client {name}'s train entities"
+                )
         else:
             if global_table is None:
                 global_table = np.load(run_dir / "entity_embeddings.npy", allow_pickle=False)
                 global_index = {label: i for i, label in enumerate(_read_labels(run_dir / "entities.tsv"))}
             missing = [label for label in graph.entity_labels if label not in global_index]
             if missing:
-                raise RunFolderError(f"{run_dir / 'entities.tsv'}: lacks {len(missing)} entities of client {name}, e.g. {missing[0]!r}")
+                raise RunFolderError(
+                    f"{run_dir / 'entities.tsv'}: lacks {len(missing)} entities of client {name}, e.g. {missing[0]!r}"
+                )
             rows = global_table[[global_index[label] for label in graph.entity_labels]]
         if rows.shape[0] != graph.num_entities or not np.isfinite(rows).all():
-            raise RunFolderError(f"client {name}: entity rows of shape {rows.shape} (non-finite or not {graph.num_entities} rows)")
+            raise RunFolderError(
+                f"client {name}: entity rows of shape {rows.shape} (non-finite or not {graph.num_entities} rows)"
+            )
         relation_state = None
         npz = own / "relation_embeddings.npz"
         if npz.is_file():
             with np.load(npz, allow_pickle=False) as archive:
                 relation_state = {key: archive[key] for key in archive.files}
-        inputs[name] = {"graph": graph, "rows": np.ascontiguousarray(rows, dtype=np.float32), "relation_state": relation_state}
+        inputs[name] = {
+            "graph": graph,
+            "rows": np.ascontiguousarray(rows, dtype=np.float32),
+            "relation_state": relation_state,
+        }
     return inputs
 
 
@@ -141,12 +151,19 @@ def refine_run_folder(
     def on_round(record: dict[str, Any]) -> None:
         rows_log.append(json.dumps(record, sort_keys=True))
         atomic_write_text(run_dir / SIMSKIP_METRICS_FILE, "\n".join(rows_log) + "\n")
-        log(f"[simskip round {record['round']}/{refinement.rounds}] {record['seconds']:.1f}s loss "
-            + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()))
+        log(
+            f"[simskip round {record['round']}/{refinement.rounds}] {record['seconds']:.1f}s loss "
+            + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items())
+        )
 
     settings = FederationSettings.from_run_config(run_config)
-    result = run_refinement({name: item["rows"] for name, item in inputs.items()}, refinement, on_round_end=on_round,
-                            aggregation=settings.aggregation, aggregation_trim=settings.aggregation_trim)
+    result = run_refinement(
+        {name: item["rows"] for name, item in inputs.items()},
+        refinement,
+        on_round_end=on_round,
+        aggregation=settings.aggregation,
+        aggregation_trim=settings.aggregation_trim,
+    )
     simskip_seconds = time.perf_counter() - started
     for name, variants in result.refined.items():
         for variant, rows in variants.items():
@@ -161,12 +178,27 @@ def refine_run_folder(
             log(f"client {name}: its relations do not fit its model (pooled id space): no as-trained protocol")
             relation_state = None
         records[name], ranks[name] = evaluate_client_rows(
-            item["graph"], kge_config, item["rows"], result.refined[name], refinement,
-            relation_state=relation_state, device=device, log=lambda line: log(f"[downstream] {line}"))
+            item["graph"],
+            kge_config,
+            item["rows"],
+            result.refined[name],
+            refinement,
+            relation_state=relation_state,
+            device=device,
+            log=lambda line: log(f"[downstream] {line}"),
+        )
     return write_downstream_and_report(
-        run_dir, records, ranks, kge_config=kge_config, refinement=refinement, setting=str(run_config.get("setting", "?")),
-        extra={"simskip_seconds": round(simskip_seconds, 3),
-               "downstream_seconds": round(time.perf_counter() - started, 3), "source": "refine-only"},
+        run_dir,
+        records,
+        ranks,
+        kge_config=kge_config,
+        refinement=refinement,
+        setting=str(run_config.get("setting", "?")),
+        extra={
+            "simskip_seconds": round(simskip_seconds, 3),
+            "downstream_seconds": round(time.perf_counter() - started, 3),
+            "source": "refine-only",
+        },
     )
 
 
@@ -203,28 +235,39 @@ def write_downstream_and_report(
     settings = refinement.search_settings()
     notes = [
         f"KGE: {kge_config.model}, dim {kge_config.embedding_dim}, setting {setting}",
-        (f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
-        f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; "
-        f"{'scale-aware (rows standardized by their RMS)' if refinement.simskip.standardize else 'NOT scale-aware'}; "
-        f"{refinement.downstream_seeds} seed(s)"),
-        (f"Refined rows: x + alpha (f(x) - x), the search setting ({len(settings)}: {settings}) and alpha "
-        f"({[a for a in refinement.gate_grid if a > 0]}) chosen per client and protocol on VALID MRR "
-        f"({kge_config.eval_protocol} protocol); perturbed: the unrefined rows moved in random directions by the refined "
-        "rows' per-row displacement"),
-        (f"Protocols {protocol_labels(refinement.downstream_protocols, refinement.refit_init)}; trained ones stop after "
-        f"{refinement.downstream_patience} checks without a better valid MRR, at most {refinement.refit_epochs} epochs; "
-        "same seed, relation init and budget for every row"),
-        "SimSkip displacement (raw encoder output, mean ||f(x) - x|| / ||x||): " + "; ".join(
-            f"client {name}: " + ", ".join(f"{variant} {value:.4f}" for variant, value in record.get("simskip_displacement", {}).items())
-            for name, record in clients.items()),
+        (
+            f"SimSkip: {refinement.rounds} rounds x {refinement.local_epochs} local epochs, "
+            f"{'FedAvg of encoder+head' if refinement.federate else 'local-only'}; "
+            f"{'scale-aware (rows standardized by their RMS)' if refinement.simskip.standardize else 'NOT scale-aware'}; "
+            f"{refinement.downstream_seeds} seed(s)"
+        ),
+        (
+            f"Refined rows: x + alpha (f(x) - x), the search setting ({len(settings)}: {settings}) and alpha "
+            f"({[a for a in refinement.gate_grid if a > 0]}) chosen per client and protocol on VALID MRR "
+            f"({kge_config.eval_protocol} protocol); perturbed: the unrefined rows moved in random directions by the refined "
+            "rows' per-row displacement"
+        ),
+        (
+            f"Protocols {protocol_labels(refinement.downstream_protocols, refinement.refit_init)}; trained ones stop after "
+            f"{refinement.downstream_patience} checks without a better valid MRR, at most {refinement.refit_epochs} epochs; "
+            "same seed, relation init and budget for every row"
+        ),
+        "SimSkip displacement (raw encoder output, mean ||f(x) - x|| / ||x||): "
+        + "; ".join(
+            f"client {name}: "
+            + ", ".join(f"{variant} {value:.4f}" for variant, value in record.get("simskip_displacement", {}).items())
+            for name, record in clients.items()
+        ),
     ]
     skipped = {name: record.get("skipped") for name, record in clients.items() if record.get("skipped")}
     if skipped:
         notes.append(f"Skipped protocols: {skipped}")
     missing = dict((extra or {}).get("missing_clients") or {})
     if missing:
-        notes.append(f"INCOMPLETE: no downstream result from client(s) {sorted(missing)}; every row and the "
-                     f"overall column cover the other clients only ({missing})")
+        notes.append(
+            f"INCOMPLETE: no downstream result from client(s) {sorted(missing)}; every row and the "
+            f"overall column cover the other clients only ({missing})"
+        )
     return write_report(run_dir, notes=notes)
 
 
@@ -232,8 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.downstream RUN_DIR [--set KEY=VALUE ...]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m server.downstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished KGE run")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a simskip-* / refit-* run-config value (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a simskip-* / refit-* run-config value (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         written = refine_run_folder(args.run_dir, parse_set_options(args.sets))

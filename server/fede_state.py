@@ -87,12 +87,14 @@ class FedEState:
     def checkpoint_state(self) -> dict[str, Any]:
         """The loop's JSON state: :class:`LoopState`'s fields, the sampling RNG, setting, clients."""
         state = {f.name: getattr(self.loop, f.name) for f in fields(LoopState)}
-        state.update({
-            "phase": "fede",
-            "setting": self.setting,
-            "clients": sorted(info.client_id for info in self.members.clients.values()),
-            "rng": self.rng.bit_generator.state,
-        })
+        state.update(
+            {
+                "phase": "fede",
+                "setting": self.setting,
+                "clients": sorted(info.client_id for info in self.members.clients.values()),
+                "rng": self.rng.bit_generator.state,
+            }
+        )
         return state
 
     def restore_checkpoint(self, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
@@ -112,7 +114,9 @@ class FedEState:
         self.set_table(np.asarray(arrays["table"]))
         self.best_table = np.ascontiguousarray(arrays["best-table"], dtype=np.float32)
         if self.best_table.shape != self.table.shape:
-            raise FederationError(f"checkpoint best-table has shape {self.best_table.shape}, expected {self.table.shape}")
+            raise FederationError(
+                f"checkpoint best-table has shape {self.best_table.shape}, expected {self.table.shape}"
+            )
         self.best_rows = {}
         if self.setting == "isolation":
             for node, info in clients.items():

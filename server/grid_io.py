@@ -31,6 +31,7 @@ from flwr.app import Message
 
 __all__ = ["PollSchedule", "expire_with_exchange", "send_and_receive"]
 
+
 @dataclass(frozen=True)
 class PollSchedule:
     """When to pull: ``first_interval`` s after the push, then each wait ``growth`` times longer,

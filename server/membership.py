@@ -78,8 +78,14 @@ class Membership:
         back under a new node id (the owner of per-node state re-keys it).
     """
 
-    def __init__(self, *, min_clients: int, min_clients_timeout: float, loop_state: Callable[[], LoopState],
-                 on_rejoin: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        min_clients: int,
+        min_clients_timeout: float,
+        loop_state: Callable[[], LoopState],
+        on_rejoin: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.min_clients = int(min_clients)
         self.min_clients_timeout = float(min_clients_timeout)
         self.loop_state = loop_state
@@ -159,8 +165,11 @@ class Membership:
             if by_message_id and reply_to:
                 node = by_message_id.get(reply_to)
                 if node is None:
-                    log(WARNING, "dropped a reply to a message of another round (from node %s)",
-                        reply.metadata.src_node_id)
+                    log(
+                        WARNING,
+                        "dropped a reply to a message of another round (from node %s)",
+                        reply.metadata.src_node_id,
+                    )
                     continue
             else:
                 node = reply.metadata.src_node_id
@@ -177,8 +186,9 @@ class Membership:
         return sorted(attributed.items(), key=lambda pair: (self.client_name(pair[0]), pair[0]))
 
     # ------------------------------------------------------------------ end of the run
-    def finish(self, grid: Grid, status: str, reason: str = "", run_dir: str = "",
-               timeout: float = FINISH_TIMEOUT) -> list[int]:
+    def finish(
+        self, grid: Grid, status: str, reason: str = "", run_dir: str = "", timeout: float = FINISH_TIMEOUT
+    ) -> list[int]:
         """Tell every registered party that this run is over (``query.finish``).
 
         A party writes ``federation.json`` and its ``simskip-client`` exits 0 on ``completed``
@@ -189,9 +199,20 @@ class Membership:
         :param reason: one line for a failed run.
         :returns: the node ids that acknowledged.
         """
-        config = {"status": status, "reason": reason, "federation-id": self.loop_state().federation_id, "run-dir": run_dir}
-        messages = [Message(content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
-                            message_type=FINISH_TYPE, dst_node_id=node_id) for node_id in sorted(self.clients)]
+        config = {
+            "status": status,
+            "reason": reason,
+            "federation-id": self.loop_state().federation_id,
+            "run-dir": run_dir,
+        }
+        messages = [
+            Message(
+                content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
+                message_type=FINISH_TYPE,
+                dst_node_id=node_id,
+            )
+            for node_id in sorted(self.clients)
+        ]
         if not messages:
             return []
         with self.collecting_failures() as failures:  # not a round's failures: only logged
@@ -207,8 +228,11 @@ class Membership:
     # ------------------------------------------------------------------ handshake
     def _handshake_messages(self, node_ids: Iterable[int]) -> list[Message]:
         return [
-            Message(content=RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 0})}),
-                    message_type=HANDSHAKE_TYPE, dst_node_id=node_id)
+            Message(
+                content=RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 0})}),
+                message_type=HANDSHAKE_TYPE,
+                dst_node_id=node_id,
+            )
             for node_id in node_ids
         ]
 
@@ -242,9 +266,7 @@ class Membership:
         infos, labels = [], []
         for msg in replies:
             if msg.has_error():
-                raise FederationError(
-                    f"handshake: node {msg.metadata.src_node_id} failed: {msg.error.reason}"
-                )
+                raise FederationError(f"handshake: node {msg.metadata.src_node_id} failed: {msg.error.reason}")
             record = msg.content.config_records[CLIENT_INFO_KEY]
             infos.append((msg.metadata.src_node_id, record))
             labels.append(list(record["entity-labels"]))
@@ -315,8 +337,9 @@ class Membership:
                 self._refused_nodes.add(node)
                 continue
             del self.clients[known.node_id]
-            self.clients[node] = ClientInfo(node, known.client_id, known.global_ids, known.num_train,
-                                            known.num_valid, known.num_test)
+            self.clients[node] = ClientInfo(
+                node, known.client_id, known.global_ids, known.num_train, known.num_valid, known.num_test
+            )
             if self.on_rejoin is not None:
                 self.on_rejoin(known.node_id, node)
             by_client[known.client_id] = self.clients[node]
@@ -333,10 +356,22 @@ class Membership:
         :raises FederationError: in strict mode, when a client failed or did not answer.
         """
         loop = self.loop_state()
-        config = ConfigRecord({"resume-round": loop.round, "best-round": loop.best_round,
-                               "federation-id": loop.federation_id, "strict": strict})
-        messages = [Message(content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
-                            message_type=RESTORE_TYPE, dst_node_id=node) for node in node_ids]
+        config = ConfigRecord(
+            {
+                "resume-round": loop.round,
+                "best-round": loop.best_round,
+                "federation-id": loop.federation_id,
+                "strict": strict,
+            }
+        )
+        messages = [
+            Message(
+                content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
+                message_type=RESTORE_TYPE,
+                dst_node_id=node,
+            )
+            for node in node_ids
+        ]
         restored, failed, answered = {}, [], set()
         replies = self.exchange(grid, messages, timeout, phase="restore")
         for node, reply in replies:
@@ -391,8 +426,14 @@ class Membership:
                     f"not connected: {missing}"
                 )
             if last_logged != len(live):
-                log(WARNING, "%s: %s of %s required clients connected; waiting up to %g s",
-                    context, len(live), self.min_clients, self.min_clients_timeout)
+                log(
+                    WARNING,
+                    "%s: %s of %s required clients connected; waiting up to %g s",
+                    context,
+                    len(live),
+                    self.min_clients,
+                    self.min_clients_timeout,
+                )
                 last_logged = len(live)
             time.sleep(POLL_SECONDS)
 

@@ -65,25 +65,37 @@ def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str
     if notes:
         lines.append("")
     lines += [
-        ("Metrics are filtered and realistic-rank; `standard`: head+tail, all entities, Hits@1/3/10; "
-        "`fede`: tail only, candidates = the client's train entities, Hits@1/5/10. `overall` weights clients by "
-        "test triples. Cells: mean ± std over seeds. Gain rows: (row - unrefined) x 100, in points. "
-        "Intervals: 95 % paired bootstrap over test triples of the MRR gain (points). A refined gain is "
-        "significant (**gain**) only when it beats both `unrefined` and `perturbed` with intervals above 0."),
+        (
+            "Metrics are filtered and realistic-rank; `standard`: head+tail, all entities, Hits@1/3/10; "
+            "`fede`: tail only, candidates = the client's train entities, Hits@1/5/10. `overall` weights clients by "
+            "test triples. Cells: mean ± std over seeds. Gain rows: (row - unrefined) x 100, in points. "
+            "Intervals: 95 % paired bootstrap over test triples of the MRR gain (points). A refined gain is "
+            "significant (**gain**) only when it beats both `unrefined` and `perturbed` with intervals above 0."
+        ),
         "",
     ]
     for label, entry in table["protocols"].items():
         lines += [f"## Downstream protocol `{label}` (seeds {entry['seeds']})", ""]
         lines += [f"- NOTE: {note}" for note in entry["notes"]]
-        lines += ["| client | row | " + " | ".join(columns) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
+        lines += [
+            "| client | row | " + " | ".join(columns) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|",
+        ]
         for client in table["clients"]:
             name = f"{client} (n={table['num_test'][client]})"
             for row, per in entry["rows"].items():
                 lines.append(f"| {name} | {row} | " + " | ".join(_fmt(per[client][c]) for c in columns) + " |")
             for row, per in entry["gain_points"].items():
-                lines.append(f"| {name} | gain {row} (pts) | " + " | ".join(_fmt(per[client][c], True, 2) for c in columns) + " |")
-        lines += ["", "| client | comparison (MRR points) | standard: mean [95 % CI] | fede: mean [95 % CI] | verdict (standard / fede) |",
-                  "|---|---|---:|---:|---|"]
+                lines.append(
+                    f"| {name} | gain {row} (pts) | "
+                    + " | ".join(_fmt(per[client][c], True, 2) for c in columns)
+                    + " |"
+                )
+        lines += [
+            "",
+            "| client | comparison (MRR points) | standard: mean [95 % CI] | fede: mean [95 % CI] | verdict (standard / fede) |",
+            "|---|---|---:|---:|---|",
+        ]
         for client in table["clients"]:
             cell = entry["intervals"].get(client, {})
             comparisons = list(dict.fromkeys(key.split(":", 1)[1] for key in cell))
@@ -96,15 +108,23 @@ def _markdown(table: Mapping[str, Any], title: str, notes: Sequence[str]) -> str
                 if comparison == f"refined-{GAIN_BASELINE}" and client in entry["verdict"]:
                     verdict = " / ".join(f"**{v}**" if v == "gain" else v for v in entry["verdict"][client].values())
                 lines.append(f"| {client} | {comparison} | " + " | ".join(parts) + f" | {verdict} |")
-        lines += ["", ("Displacement of the refined rows, mean ||f(x) - x|| / ||x|| (perturbed: the same by construction); "
-                  "the refined setting chosen on valid:"), ""]
+        lines += [
+            "",
+            (
+                "Displacement of the refined rows, mean ||f(x) - x|| / ||x|| (perturbed: the same by construction); "
+                "the refined setting chosen on valid:"
+            ),
+            "",
+        ]
         for client in table["clients"][:-1]:
             moved = _fmt(entry["displacement"]["refined"][client]) if "refined" in entry["displacement"] else "-"
             chosen = entry["selection"].get(client, {}).get("chosen", {})
             prefers = entry["selection"].get(client, {}).get("valid_prefers_unrefined")
-            lines.append(f"- client {client}: displacement {moved}; chosen setting {chosen.get('setting')} "
-                         f"{chosen.get('overrides') or '(the config)'}, alpha {chosen.get('alpha')}"
-                         + ("; on valid the unrefined rows score at least as well" if prefers else ""))
+            lines.append(
+                f"- client {client}: displacement {moved}; chosen setting {chosen.get('setting')} "
+                f"{chosen.get('overrides') or '(the config)'}, alpha {chosen.get('alpha')}"
+                + ("; on valid the unrefined rows score at least as well" if prefers else "")
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -118,8 +138,16 @@ def _csv(table: Mapping[str, Any]) -> str:
             for kind, block in (("", entry["rows"]), ("gain:", entry["gain_points"])):
                 for row, per in block.items():
                     for statistic in ("mean", "std"):
-                        writer.writerow([label, client, f"{kind}{row}", table["num_test"][client], statistic,
-                                         *(repr(per[client][c][statistic]) for c in table["columns"])])
+                        writer.writerow(
+                            [
+                                label,
+                                client,
+                                f"{kind}{row}",
+                                table["num_test"][client],
+                                statistic,
+                                *(repr(per[client][c][statistic]) for c in table["columns"]),
+                            ]
+                        )
     return buffer.getvalue()
 
 
@@ -155,8 +183,14 @@ def write_results(
 def save_ranks(path: str | Path, ranks: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Write ``{client: {rr_key: array}}`` as one npz (``<client>|<rr_key>`` entries), atomically."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{f"{client}|{key}": np.asarray(values, dtype=np.float64)
-                                   for client, per in ranks.items() for key, values in per.items()})
+    np.savez_compressed(
+        buffer,
+        **{
+            f"{client}|{key}": np.asarray(values, dtype=np.float64)
+            for client, per in ranks.items()
+            for key, values in per.items()
+        },
+    )
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
@@ -212,8 +246,14 @@ def write_report(run_dir: str | Path, *, title: str | None = None, notes: Sequen
     if not isinstance(downstream, dict) or not isinstance(downstream.get("clients"), dict):
         raise ReportInputError(f"{source}: expected an object with a 'clients' object")
     extra = {k: v for k, v in downstream.items() if k != "clients"}
-    paths = write_results(run_dir, downstream["clients"], load_ranks(run_dir / RANKS_FILE),
-                          title=title or f"Results of {run_dir.name}", notes=notes, extra=extra)
+    paths = write_results(
+        run_dir,
+        downstream["clients"],
+        load_ranks(run_dir / RANKS_FILE),
+        title=title or f"Results of {run_dir.name}",
+        notes=notes,
+        extra=extra,
+    )
     table = json.loads(paths["json"].read_text(encoding="utf-8"))
     plots = write_plots(
         run_dir,

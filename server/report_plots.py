@@ -48,7 +48,13 @@ def write_plots(
     validated = [r for r in kge_rows if r.get("valid_overall")]
     if validated:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["round"] for r in validated], [r["valid_overall"]["mrr"] for r in validated], "o-", label="overall", linewidth=2)
+        ax.plot(
+            [r["round"] for r in validated],
+            [r["valid_overall"]["mrr"] for r in validated],
+            "o-",
+            label="overall",
+            linewidth=2,
+        )
         clients = sorted_clients(sorted({c for r in validated for c in (r.get("valid") or {})}))
         for client in clients:
             points = [(r["round"], r["valid"][client]["mrr"]) for r in validated if client in (r.get("valid") or {})]
@@ -63,10 +69,21 @@ def write_plots(
         variants = sorted({v for r in simskip_rows for v in r.get("simskip_loss_overall", {})})
         rounds = [r["round"] for r in simskip_rows]
         for variant in variants:
-            ax.plot(rounds, [r["simskip_loss_overall"].get(variant) for r in simskip_rows], "o-", linewidth=2, label=f"{variant} (overall)")
+            ax.plot(
+                rounds,
+                [r["simskip_loss_overall"].get(variant) for r in simskip_rows],
+                "o-",
+                linewidth=2,
+                label=f"{variant} (overall)",
+            )
             for client in sorted_clients(sorted({c for r in simskip_rows for c in r.get("simskip_loss", {})})):
-                ax.plot(rounds, [r["simskip_loss"].get(client, {}).get(variant) for r in simskip_rows], ":", alpha=0.6,
-                        label=f"{variant} client {client}")
+                ax.plot(
+                    rounds,
+                    [r["simskip_loss"].get(client, {}).get(variant) for r in simskip_rows],
+                    ":",
+                    alpha=0.6,
+                    label=f"{variant} client {client}",
+                )
         ax.set(xlabel="SimSkip round", ylabel="NT-Xent loss (last local epoch)", title="SimSkip loss per round")
         ax.legend(fontsize="small")
         _save_figure(fig, out / "simskip_loss.png")
@@ -74,15 +91,22 @@ def write_plots(
         written["simskip_loss"] = out / "simskip_loss.png"
     if table is not None and table.get("protocols"):
         labels = list(table["protocols"])
-        rows = [row for row in ROWS if row != GAIN_BASELINE
-                and any(row in table["protocols"][label]["rows"] for label in labels)]
+        rows = [
+            row
+            for row in ROWS
+            if row != GAIN_BASELINE and any(row in table["protocols"][label]["rows"] for label in labels)
+        ]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
         width = 0.8 / max(1, len(rows))
         for ax, protocol in zip(axes, ("standard", "fede"), strict=True):
             for index, row in enumerate(rows):
                 xs, means, errors = [], [], [[], []]
                 for position, label in enumerate(labels):
-                    interval = table["protocols"][label]["intervals"].get(OVERALL, {}).get(f"{protocol}.mrr:{row}-{GAIN_BASELINE}")
+                    interval = (
+                        table["protocols"][label]["intervals"]
+                        .get(OVERALL, {})
+                        .get(f"{protocol}.mrr:{row}-{GAIN_BASELINE}")
+                    )
                     if interval is not None:
                         xs.append(position + index * width)
                         means.append(interval["mean"])
@@ -90,9 +114,14 @@ def write_plots(
                         errors[1].append(interval["hi"] - interval["mean"])
                 ax.bar(xs, means, width, yerr=errors, capsize=2, label=row)
             ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(labels))], labels, rotation=20, fontsize="small")
-            ax.set(xlabel="downstream protocol", ylabel="overall test MRR gain over unrefined (points, 95 % CI)",
-                   title=f"{protocol} protocol")
+            ax.set_xticks(
+                [i + width * (len(rows) - 1) / 2 for i in range(len(labels))], labels, rotation=20, fontsize="small"
+            )
+            ax.set(
+                xlabel="downstream protocol",
+                ylabel="overall test MRR gain over unrefined (points, 95 % CI)",
+                title=f"{protocol} protocol",
+            )
         axes[0].legend(fontsize="small")
         _save_figure(fig, out / "refined_vs_unrefined.png")
         plt.close(fig)

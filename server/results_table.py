@@ -43,8 +43,14 @@ GAIN_BASELINE = "unrefined"
 OVERALL = "overall"
 #: (protocol, metric) columns, in table order.
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("standard", "mrr"), ("standard", "hits@1"), ("standard", "hits@3"), ("standard", "hits@10"),
-    ("fede", "mrr"), ("fede", "hits@1"), ("fede", "hits@5"), ("fede", "hits@10"),
+    ("standard", "mrr"),
+    ("standard", "hits@1"),
+    ("standard", "hits@3"),
+    ("standard", "hits@10"),
+    ("fede", "mrr"),
+    ("fede", "hits@1"),
+    ("fede", "hits@5"),
+    ("fede", "hits@10"),
 )
 WEIGHT_KEY = "num_triples"
 #: Valid MRR below as-trained by more than this (seed noise is about 0.007) flags a too-small budget.
@@ -91,6 +97,7 @@ def build_results_table(
             check_record(records[name], ranks.get(name, {}))
         except DownstreamRecordError as error:
             raise ReportInputError(f"client {name}: {error}") from None
+
     def order(record: Mapping[str, Any]) -> list[str]:
         found = list(record.get("protocols", {}))
         return [label for label in record.get("protocol_order", found) if label in found]
@@ -98,8 +105,10 @@ def build_results_table(
     labels = order(records[names[0]])
     for name in names:
         if order(records[name]) != labels:
-            raise ReportInputError(f"client {name} reports protocols {list(records[name].get('protocols', {}))}, "
-                                   f"client {names[0]} {labels}")
+            raise ReportInputError(
+                f"client {name} reports protocols {list(records[name].get('protocols', {}))}, "
+                f"client {names[0]} {labels}"
+            )
     if not labels:
         raise ReportInputError("no downstream protocol results to tabulate")
     num_test: dict[str, int] = {}
@@ -122,7 +131,9 @@ def build_results_table(
                     try:
                         overall[protocol] = weighted_overall([metrics[name][protocol] for name in names], WEIGHT_KEY)
                     except (KeyError, ValueError) as error:
-                        raise ReportInputError(f"{label}, row {row}: a client lacks {protocol} metrics ({error})") from None
+                        raise ReportInputError(
+                            f"{label}, row {row}: a client lacks {protocol} metrics ({error})"
+                        ) from None
                 for client in names + [OVERALL]:
                     source = overall if client == OVERALL else metrics[client]
                     cell = values[row].setdefault(client, {})
@@ -130,14 +141,24 @@ def build_results_table(
                         try:
                             cell.setdefault(column_name(protocol, metric), []).append(float(source[protocol][metric]))
                         except KeyError:
-                            raise ReportInputError(f"{label}, row {row}, client {client}: no {protocol} {metric}") from None
+                            raise ReportInputError(
+                                f"{label}, row {row}, client {client}: no {protocol} {metric}"
+                            ) from None
                     num_test[client] = int(source["standard"][WEIGHT_KEY])
-        table_rows = {row: {c: {col: _summary(v) for col, v in per.items()} for c, per in by_client.items()}
-                      for row, by_client in values.items()}
+        table_rows = {
+            row: {c: {col: _summary(v) for col, v in per.items()} for c, per in by_client.items()}
+            for row, by_client in values.items()
+        }
         gains = {
-            row: {c: {col: _summary([100.0 * (a - b) for a, b in zip(v, values[GAIN_BASELINE][c][col], strict=True)])
-                      for col, v in per.items()} for c, per in by_client.items()}
-            for row, by_client in values.items() if row != GAIN_BASELINE and GAIN_BASELINE in values
+            row: {
+                c: {
+                    col: _summary([100.0 * (a - b) for a, b in zip(v, values[GAIN_BASELINE][c][col], strict=True)])
+                    for col, v in per.items()
+                }
+                for c, per in by_client.items()
+            }
+            for row, by_client in values.items()
+            if row != GAIN_BASELINE and GAIN_BASELINE in values
         }
         intervals, verdict = _intervals(label, seeds, rows, names, ranks, num_test, bootstrap_seed, resamples)
         out[label] = {
@@ -147,21 +168,33 @@ def build_results_table(
             "intervals": intervals,
             "verdict": verdict,
             "displacement": {
-                row: {name: _summary([per_client[name]["seeds"][s][row].get("displacement", 0.0) for s in seeds]) for name in names}
-                for row in rows if row != GAIN_BASELINE
+                row: {
+                    name: _summary([per_client[name]["seeds"][s][row].get("displacement", 0.0) for s in seeds])
+                    for name in names
+                }
+                for row in rows
+                if row != GAIN_BASELINE
             },
-            "epochs": {row: {name: [per_client[name]["seeds"][s][row].get("epochs", 0) for s in seeds] for name in names}
-                       for row in rows},
-            "valid": {row: {name: _summary([per_client[name]["seeds"][s][row]["valid"] for s in seeds]) for name in names}
-                      for row in rows},
+            "epochs": {
+                row: {name: [per_client[name]["seeds"][s][row].get("epochs", 0) for s in seeds] for name in names}
+                for row in rows
+            },
+            "valid": {
+                row: {name: _summary([per_client[name]["seeds"][s][row]["valid"] for s in seeds]) for name in names}
+                for row in rows
+            },
             "selection": {name: per_client[name].get("selection", {}) for name in names},
             "seconds": {name: per_client[name].get("seconds") for name in names},
         }
     _budget_notes(out, labels, names)
-    return {"columns": [column_name(p, m) for p, m in COLUMNS], "clients": names + [OVERALL], "num_test": num_test,
-            "protocols": out,
-            # how far each encoder itself moved the rows (alpha 1), per client: mean ||f(x) - x|| / ||x||
-            "simskip_displacement": {name: records[name].get("simskip_displacement", {}) for name in names}}
+    return {
+        "columns": [column_name(p, m) for p, m in COLUMNS],
+        "clients": names + [OVERALL],
+        "num_test": num_test,
+        "protocols": out,
+        # how far each encoder itself moved the rows (alpha 1), per client: mean ||f(x) - x|| / ||x||
+        "simskip_displacement": {name: records[name].get("simskip_displacement", {}) for name in names},
+    }
 
 
 def _summary(per_seed: Sequence[float]) -> dict[str, Any]:
@@ -183,8 +216,14 @@ def _intervals(label, seeds, rows, names, ranks, num_test, seed, resamples):
         for name in names:
             diffs = []
             for row, base in comparisons:
-                d = np.mean([_ranks(ranks, name, label, s, row, protocol, num_test[name])
-                             - _ranks(ranks, name, label, s, base, protocol, num_test[name]) for s in seeds], axis=0)
+                d = np.mean(
+                    [
+                        _ranks(ranks, name, label, s, row, protocol, num_test[name])
+                        - _ranks(ranks, name, label, s, base, protocol, num_test[name])
+                        for s in seeds
+                    ],
+                    axis=0,
+                )
                 diffs.append(d * 100.0)
             per_client_diffs[name] = np.stack(diffs)
         groups = {**per_client_diffs, OVERALL: np.concatenate([per_client_diffs[n] for n in names], axis=1)}
@@ -195,7 +234,9 @@ def _intervals(label, seeds, rows, names, ranks, num_test, seed, resamples):
                 cell[f"{protocol}.mrr:{row}-{base}"] = dict(interval)
             if ("refined", "perturbed") in comparisons:
                 verdict.setdefault(client, {})[f"{protocol}.mrr"] = significant_gain(
-                    found[comparisons.index(("refined", GAIN_BASELINE))], found[comparisons.index(("refined", "perturbed"))])
+                    found[comparisons.index(("refined", GAIN_BASELINE))],
+                    found[comparisons.index(("refined", "perturbed"))],
+                )
     return intervals, verdict
 
 
@@ -206,7 +247,9 @@ def _ranks(ranks, client, label, seed, row, protocol, n) -> np.ndarray:
     except KeyError:
         raise ReportInputError(f"client {client}: no reciprocal ranks {key!r}") from None
     if values.shape != (n,) or not np.isfinite(values).all():
-        raise ReportInputError(f"client {client}: reciprocal ranks {key!r} of shape {values.shape}, expected ({n},) finite")
+        raise ReportInputError(
+            f"client {client}: reciprocal ranks {key!r} of shape {values.shape}, expected ({n},) finite"
+        )
     return values
 
 
@@ -218,9 +261,12 @@ def _budget_notes(out: dict[str, Any], labels: Sequence[str], names: Sequence[st
         notes = []
         entry = out[label]
         if reference is not None and label != "as-trained":
-            short = [n for n in names
-                     if entry["valid"][GAIN_BASELINE][n]["mean"] < reference[n]["mean"] - BUDGET_TOLERANCE]
+            short = [
+                n for n in names if entry["valid"][GAIN_BASELINE][n]["mean"] < reference[n]["mean"] - BUDGET_TOLERANCE
+            ]
             if short:
-                notes.append(f"budget too small: the unrefined row's valid MRR stays more than {BUDGET_TOLERANCE} below "
-                             f"as-trained on client(s) {short}")
+                notes.append(
+                    f"budget too small: the unrefined row's valid MRR stays more than {BUDGET_TOLERANCE} below "
+                    f"as-trained on client(s) {short}"
+                )
         entry["notes"] = notes

@@ -31,9 +31,13 @@ def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[
 
 def add_preset_option(parser: argparse.ArgumentParser) -> None:
     """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named run-config values applied before --set (small-graph: the quick start's "
-                             "schedule; fede-paper: FedE's published schedule; client/kge/config.py)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="named run-config values applied before --set (small-graph: the quick start's "
+        "schedule; fede-paper: FedE's published schedule; client/kge/config.py)",
+    )
 
 
 def default_run_dir() -> Path:

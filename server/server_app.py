@@ -101,7 +101,9 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     started = time.time()
     settings, kge_config, refinement = load_run_configs(run_config)
     if settings.setting == "collection":
-        raise SettingsError("setting 'collection' trains centrally without Flower: use simskip-sim --setting collection")
+        raise SettingsError(
+            "setting 'collection' trains centrally without Flower: use simskip-sim --setting collection"
+        )
     if settings.resume:  # fail fast on a missing/corrupt checkpoint or a changed setting, before waiting for clients
         _load_checkpoint(settings.run_dir, run_config)
 
@@ -129,8 +131,16 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
     return result
 
 
-def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_config: dict[str, Any], settings: Any,
-                kge_config: Any, refinement: Any, started: float) -> FedEResult:
+def _run_phases(
+    grid: Grid,
+    strategy: FedEStrategy,
+    vocabulary: list[str],
+    run_config: dict[str, Any],
+    settings: Any,
+    kge_config: Any,
+    refinement: Any,
+    started: float,
+) -> FedEResult:
     """Everything after the handshake: the KGE rounds (or a resume), the outputs, the SimSkip phase."""
     from client.kge.models import initial_entity_table  # heavy (torch, pykeen); Flower-free, shared with the clients
 
@@ -152,28 +162,37 @@ def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_c
     }
     log(INFO, "handshake: %s clients, %s entities in the union: %s", len(clients), len(vocabulary), clients)
     if folder is not None:
-        folder.write_config({
-            "federation": dataclasses.asdict(settings),
-            "kge": kge_config.to_run_config(),
-            "refinement": refinement.to_run_config(),
-            "run_config": dict(run_config),
-            "num_entities": len(vocabulary),
-            "entity_dim": int(table.shape[1]),
-            "clients": clients,
-            **({"resumed_from_round": checkpoint_round} if resume_from is not None else {}),
-        })
+        folder.write_config(
+            {
+                "federation": dataclasses.asdict(settings),
+                "kge": kge_config.to_run_config(),
+                "refinement": refinement.to_run_config(),
+                "run_config": dict(run_config),
+                "num_entities": len(vocabulary),
+                "entity_dim": int(table.shape[1]),
+                "clients": clients,
+                **({"resumed_from_round": checkpoint_round} if resume_from is not None else {}),
+            }
+        )
 
     if resume_from is not None and folder is not None and (folder.path / FINAL_METRICS).exists():
         result = _resume_after_kge_phase(grid, strategy, resume_from, folder, settings)
     else:
+
         def on_round_end(report: RoundReport) -> None:
             if folder is None:
                 return
             folder.append_metrics(report.as_dict())  # first the metrics, then the checkpoint naming that round
             from server.checkpoint import save_checkpoint  # heavy (torch, pykeen): not at app load
 
-            save_checkpoint(folder.path, round=report.round, arrays=strategy.state.checkpoint_arrays(),
-                            state=strategy.state.checkpoint_state(), run_config=run_config, vocabulary=vocabulary)
+            save_checkpoint(
+                folder.path,
+                round=report.round,
+                arrays=strategy.state.checkpoint_arrays(),
+                state=strategy.state.checkpoint_state(),
+                run_config=run_config,
+                vocabulary=vocabulary,
+            )
 
         result = strategy.start(
             grid,
@@ -192,10 +211,17 @@ def _run_phases(grid: Grid, strategy: FedEStrategy, vocabulary: list[str], run_c
 
         simskip_resume = resume_from if resume_from is not None and resume_from[1].get("phase") == "simskip" else None
         run_refinement_phase(
-            grid, strategy, best_round=result.best_round, refinement=refinement, kge_config=kge_config,
-            setting=settings.setting, run_dir=str(folder.path) if folder is not None else None,
+            grid,
+            strategy,
+            best_round=result.best_round,
+            refinement=refinement,
+            kge_config=kge_config,
+            setting=settings.setting,
+            run_dir=str(folder.path) if folder is not None else None,
             timeout=settings.round_timeout,
-            save_checkpoint=_simskip_checkpointer(strategy, folder, run_config, vocabulary) if folder is not None else None,
+            save_checkpoint=_simskip_checkpointer(strategy, folder, run_config, vocabulary)
+            if folder is not None
+            else None,
             resume_from=simskip_resume,
         )
     return result
@@ -206,16 +232,27 @@ def _simskip_checkpointer(strategy: FedEStrategy, folder: RunFolder, run_config:
     from server.checkpoint import save_checkpoint  # heavy (torch, pykeen): SimSkip phase only
 
     def save(simskip: Any) -> None:
-        save_checkpoint(folder.path, round=strategy.loop.round, step=simskip.round,
-                        arrays={**strategy.state.checkpoint_arrays(), **simskip.checkpoint_arrays()},
-                        state={**strategy.state.checkpoint_state(), **simskip.checkpoint_state()},
-                        run_config=run_config, vocabulary=vocabulary)
+        save_checkpoint(
+            folder.path,
+            round=strategy.loop.round,
+            step=simskip.round,
+            arrays={**strategy.state.checkpoint_arrays(), **simskip.checkpoint_arrays()},
+            state={**strategy.state.checkpoint_state(), **simskip.checkpoint_state()},
+            run_config=run_config,
+            vocabulary=vocabulary,
+        )
 
     return save
 
 
-def _write_kge_outputs(strategy: FedEStrategy, result: FedEResult, settings: Any, folder: RunFolder | None,
-                       vocabulary: list[str], started: float) -> None:
+def _write_kge_outputs(
+    strategy: FedEStrategy,
+    result: FedEResult,
+    settings: Any,
+    folder: RunFolder | None,
+    vocabulary: list[str],
+    started: float,
+) -> None:
     """Embeddings and ``final_metrics.json``; then fail if a client's test metrics are missing."""
     payload = _final_payload(strategy, result, settings, started)
     if folder is not None:
@@ -233,14 +270,18 @@ def _write_kge_outputs(strategy: FedEStrategy, result: FedEResult, settings: Any
         raise FederationError(f"no test metrics from clients {payload['missing_clients']}")
 
 
-def _resume_after_kge_phase(grid: Grid, strategy: FedEStrategy, resume_from: tuple, folder: RunFolder,
-                            settings: Any) -> FedEResult:
+def _resume_after_kge_phase(
+    grid: Grid, strategy: FedEStrategy, resume_from: tuple, folder: RunFolder, settings: Any
+) -> FedEResult:
     """The KGE phase had finished: restore its best state on server and clients, skip to SimSkip."""
     final = json.loads((folder.path / FINAL_METRICS).read_text())
     strategy.state.restore_checkpoint(*resume_from)
     strategy.state.use_best()
-    log(INFO, "resume: the KGE phase had finished (best round %s); going on with the SimSkip phase",
-        strategy.loop.best_round)
+    log(
+        INFO,
+        "resume: the KGE phase had finished (best round %s); going on with the SimSkip phase",
+        strategy.loop.best_round,
+    )
     strategy.members.restore_clients(grid, sorted(strategy.clients), settings.round_timeout, strict=True)
     return FedEResult(
         best_round=int(final["best_round"]),

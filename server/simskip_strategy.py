@@ -142,7 +142,10 @@ class SimSkipStrategy(FedAvg):
     # ------------------------------------------------------------------ checkpoint
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
         """The global encoder + head weights as ``simskip/<variant>/<name>`` arrays."""
-        return {f"{CHECKPOINT_PREFIX}{name}": np.ascontiguousarray(array) for name, array in pack_variants(self.global_weights)}
+        return {
+            f"{CHECKPOINT_PREFIX}{name}": np.ascontiguousarray(array)
+            for name, array in pack_variants(self.global_weights)
+        }
 
     def checkpoint_state(self) -> dict[str, Any]:
         """``phase`` = ``"simskip"``, the last completed round and the history rows."""
@@ -153,8 +156,11 @@ class SimSkipStrategy(FedAvg):
 
         :raises FederationError: when the checkpoint's weights do not fit this phase's encoder.
         """
-        flat = [(key.removeprefix(CHECKPOINT_PREFIX), np.asarray(array)) for key, array in arrays.items()
-                if key.startswith(CHECKPOINT_PREFIX)]
+        flat = [
+            (key.removeprefix(CHECKPOINT_PREFIX), np.asarray(array))
+            for key, array in arrays.items()
+            if key.startswith(CHECKPOINT_PREFIX)
+        ]
         try:
             weights = unpack_variants(flat, self.variants)
             self.global_weights = {v: _checked(weights[v], self.global_weights[v]) for v in self.variants}
@@ -165,16 +171,25 @@ class SimSkipStrategy(FedAvg):
 
     # ------------------------------------------------------------------ messages
     def _message(self, node_id: int, message_type: str, config: Mapping[str, Any], with_weights: bool) -> Message:
-        content = RecordDict({
-            ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(self.kge.state.rows_for(node_id), dtype=np.float32))}),
-            CONFIG_KEY: ConfigRecord({**dict(config), "federate": self.config.federate,
-                                      "federation-id": self.kge.loop.federation_id}),
-        })
+        content = RecordDict(
+            {
+                ENTITY_ROWS_KEY: ArrayRecord(
+                    {ROWS_ARRAY: Array(np.ascontiguousarray(self.kge.state.rows_for(node_id), dtype=np.float32))}
+                ),
+                CONFIG_KEY: ConfigRecord(
+                    {**dict(config), "federate": self.config.federate, "federation-id": self.kge.loop.federation_id}
+                ),
+            }
+        )
         if with_weights:
-            content[WEIGHTS_KEY] = ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in pack_variants(self.global_weights)})
+            content[WEIGHTS_KEY] = ArrayRecord(
+                {name: Array(np.ascontiguousarray(a)) for name, a in pack_variants(self.global_weights)}
+            )
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """One ``train.simskip`` message per connected registered client, with its rows (and the
         weights); waits for ``min-clients`` of them (:meth:`Membership.await_clients`)."""
         with_weights = self.config.federate or server_round == 1
@@ -241,15 +256,21 @@ class SimSkipStrategy(FedAvg):
             try:
                 updates[name] = self.check_update(node_id, msg)
             except UpdateRejectedError as error:
-                rejected.append(self.members.record_failure(
-                    name, str(error) if msg.has_error() else f"update rejected: {error}", "simskip"))
+                rejected.append(
+                    self.members.record_failure(
+                        name, str(error) if msg.has_error() else f"update rejected: {error}", "simskip"
+                    )
+                )
         if not updates:
             raise FederationError(f"SimSkip round {server_round}: no client update survived; failures: {rejected}")
         if self.config.federate:
             try:
                 self.global_weights = {
-                    variant: fedavg_named([(u.weights[variant], u.num_rows) for _, u in sorted(updates.items())],
-                                          self.kge.aggregation, self.kge.aggregation_trim)
+                    variant: fedavg_named(
+                        [(u.weights[variant], u.num_rows) for _, u in sorted(updates.items())],
+                        self.kge.aggregation,
+                        self.kge.aggregation_trim,
+                    )
                     for variant in self.variants
                 }
             except WeightsAggregationError as error:  # checked above: a bug of ours, not a client's
@@ -287,9 +308,15 @@ class SimSkipStrategy(FedAvg):
             record["failures"] = failures
             self.history.append(record)
             self.round = server_round
-            log(INFO, "[simskip round %s/%s] %.1fs loss %s%s", server_round, self.config.rounds, record["seconds"],
+            log(
+                INFO,
+                "[simskip round %s/%s] %.1fs loss %s%s",
+                server_round,
+                self.config.rounds,
+                record["seconds"],
                 " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items()),
-                f" | left out: {failures}" if failures else "")
+                f" | left out: {failures}" if failures else "",
+            )
             if on_round_end is not None:
                 on_round_end(record)
         return self.downstream(grid, best_round=best_round, timeout=timeout)
@@ -310,16 +337,21 @@ class SimSkipStrategy(FedAvg):
         for attempt in (1, 2):
             with self.members.collecting_failures() as failures:
                 nodes = self.members.clients_for_last_step(grid, "downstream evaluation")
-                messages = [self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
-                            for node in nodes if self.members.client_name(node) not in records]
+                messages = [
+                    self._message(node, DOWNSTREAM_TYPE, config, self.config.federate)
+                    for node in nodes
+                    if self.members.client_name(node) not in records
+                ]
                 for node, msg in self.members.exchange(grid, messages, timeout, phase="downstream", progress=True):
                     name = self.members.client_name(node)
                     try:
                         records[name], self.ranks[name] = parse_downstream_reply(msg, self.config)
                     except UpdateRejectedError as error:
                         self.members.record_failure(name, str(error), "downstream")
-            self.missing = {name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
-                            for name in sorted(expected - set(records))}
+            self.missing = {
+                name: next((f for f in reversed(failures) if f.startswith(f"{name}: ")), "not connected")
+                for name in sorted(expected - set(records))
+            }
             if not self.missing:
                 break
             if attempt == 1:
@@ -347,9 +379,12 @@ def parse_downstream_reply(
     except (KeyError, ValueError, TypeError, RecursionError) as error:  # JSONDecodeError is a ValueError
         raise UpdateRejectedError(f"malformed downstream reply: {type(error).__name__}: {error}") from None
     try:
-        check_record(record, ranks,
-                     labels=protocol_labels(config.downstream_protocols, config.refit_init) if config else None,
-                     seeds=config.downstream_seeds if config else None)
+        check_record(
+            record,
+            ranks,
+            labels=protocol_labels(config.downstream_protocols, config.refit_init) if config else None,
+            seeds=config.downstream_seeds if config else None,
+        )
     except DownstreamRecordError as error:
         raise UpdateRejectedError(f"downstream record: {error}") from None
     return record, ranks
@@ -435,12 +470,23 @@ def run_refinement_phase(
     if run_dir and rows:
         simskip_seconds = sum(r["seconds"] for r in strategy.history)
         write_downstream_and_report(
-            run_dir, rows, strategy.ranks, kge_config=kge_config, refinement=refinement, setting=setting,
-            extra={"source": "federated", "simskip_seconds": round(simskip_seconds, 3),
-                   "phase_seconds": round(time.perf_counter() - started, 3), "best_round": int(best_round),
-                   "missing_clients": strategy.missing},
+            run_dir,
+            rows,
+            strategy.ranks,
+            kge_config=kge_config,
+            refinement=refinement,
+            setting=setting,
+            extra={
+                "source": "federated",
+                "simskip_seconds": round(simskip_seconds, 3),
+                "phase_seconds": round(time.perf_counter() - started, 3),
+                "best_round": int(best_round),
+                "missing_clients": strategy.missing,
+            },
         )
     if strategy.missing:
-        raise FederationError(f"downstream evaluation: no result from clients {sorted(strategy.missing)} "
-                              f"({strategy.missing}); the others' results are in downstream.json")
+        raise FederationError(
+            f"downstream evaluation: no result from clients {sorted(strategy.missing)} "
+            f"({strategy.missing}); the others' results are in downstream.json"
+        )
     return rows

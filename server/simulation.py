@@ -71,11 +71,19 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
 
     settings, kge_config, refinement = load_run_configs(run_config)
     folder = RunFolder(run_dir)
-    folder.write_config({"federation": dataclasses.asdict(settings), "kge": kge_config.to_run_config(),
-                         "run_config": run_config, "dataset": dataset, "num_entities": kg.num_entities,
-                         "clients": {str(c.client_id): {"num_entities": c.num_entities} for c in kg.clients}})
-    results = train_pooled(kg, kge_config, settings.num_server_rounds, out_dir=run_dir,
-                           progress=lambda line: print(line, flush=True))
+    folder.write_config(
+        {
+            "federation": dataclasses.asdict(settings),
+            "kge": kge_config.to_run_config(),
+            "run_config": run_config,
+            "dataset": dataset,
+            "num_entities": kg.num_entities,
+            "clients": {str(c.client_id): {"num_entities": c.num_entities} for c in kg.clients},
+        }
+    )
+    results = train_pooled(
+        kg, kge_config, settings.num_server_rounds, out_dir=run_dir, progress=lambda line: print(line, flush=True)
+    )
     for entry in results["history"]:
         row = {"round": entry["round"], "train": {"pooled": {"train-loss": entry["losses"]["pooled"][-1]}}}
         if "valid" in entry:
@@ -83,18 +91,20 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
             row["valid_overall"] = entry["valid"]["overall"]
         folder.append_metrics(row)
     clients = sorted(results["test"]["clients"])
-    folder.write_final_metrics({
-        "setting": "collection",
-        "best_round": results["best_round"],
-        "rounds_run": results["rounds_trained"],
-        "stopped_early": results["rounds_trained"] < results["rounds_budget"],
-        "best_valid_overall": {"mrr": results["best_valid_mrr"]},
-        "test": results["test"]["clients"],
-        "test_overall": results["test"]["overall"],
-        "clients": clients,
-        "missing_clients": [],
-        "train_seconds": results["train_seconds"],
-    })
+    folder.write_final_metrics(
+        {
+            "setting": "collection",
+            "best_round": results["best_round"],
+            "rounds_run": results["rounds_trained"],
+            "stopped_early": results["rounds_trained"] < results["rounds_budget"],
+            "best_valid_overall": {"mrr": results["best_valid_mrr"]},
+            "test": results["test"]["clients"],
+            "test_overall": results["test"]["overall"],
+            "clients": clients,
+            "missing_clients": [],
+            "train_seconds": results["train_seconds"],
+        }
+    )
     if refinement.enabled:
         # no federation to run it through: the same phase in-process, from the folder just written
         from server.downstream import refine_run_folder  # heavy (torch, pykeen): refinement runs only
@@ -150,22 +160,34 @@ def run_simulation(
     check_run_config(run_config)
 
     kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
-    print(f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
-          f"{kg.num_relations} relations -> {run_dir}", flush=True)
+    print(
+        f"[simskip-sim] {kg.name}: {kg.num_clients} clients, {kg.num_entities} entities, "
+        f"{kg.num_relations} relations -> {run_dir}",
+        flush=True,
+    )
     if setting == "collection":
         return run_collection_setting(str(dataset), run_dir, run_config, kg)
 
     data_root = run_dir / "data"
     if not data_root.exists():
         kg.write(data_root)
-    run_config.update({
-        "client-data-root": str(data_root),
-        "client-output-root": str(run_dir / "clients"),
-        "min-clients": kg.num_clients,
-    })
+    run_config.update(
+        {
+            "client-data-root": str(data_root),
+            "client-output-root": str(run_dir / "clients"),
+            "min-clients": kg.num_clients,
+        }
+    )
     check_run_config(run_config)
-    return _run_flower(run_dir, run_config, num_clients=kg.num_clients, num_cpus_per_client=num_cpus_per_client,
-                       num_gpus_per_client=num_gpus_per_client, concurrent_clients=concurrent_clients, quiet=quiet)
+    return _run_flower(
+        run_dir,
+        run_config,
+        num_clients=kg.num_clients,
+        num_cpus_per_client=num_cpus_per_client,
+        num_gpus_per_client=num_gpus_per_client,
+        concurrent_clients=concurrent_clients,
+        quiet=quiet,
+    )
 
 
 def _run_flower(
@@ -186,8 +208,11 @@ def _run_flower(
     if num_gpus_per_client is None:
         num_gpus_per_client = auto_gpus_per_client(num_clients, concurrent_clients)
         if num_gpus_per_client:
-            print(f"[simskip-sim] CUDA GPU found: each client gets {num_gpus_per_client:.3g} of it "
-                  "(--num-gpus-per-client to change, 0 for CPU only)", flush=True)
+            print(
+                f"[simskip-sim] CUDA GPU found: each client gets {num_gpus_per_client:.3g} of it "
+                "(--num-gpus-per-client to change, 0 for CPU only)",
+                flush=True,
+            )
     flwr_home = run_dir / ".flwr"
     port = pids.free_port()
     superlink = None
@@ -205,8 +230,12 @@ def _run_flower(
             "init-args-num-cpus": ray_num_cpus(num_clients, num_cpus_per_client, concurrent_clients),
         }
         run_id, status = launcher.run_app(
-            flwr_home, run_config, federation_config=federation_config, superlink=superlink,
-            log_path=run_dir / "logs" / "run.log", quiet=quiet,
+            flwr_home,
+            run_config,
+            federation_config=federation_config,
+            superlink=superlink,
+            log_path=run_dir / "logs" / "run.log",
+            quiet=quiet,
         )
     finally:
         pids.stop_process(superlink)
@@ -234,8 +263,10 @@ def ray_num_cpus(num_clients: int, num_cpus_per_client: int = 1, concurrent_clie
     """
     concurrent = num_clients if concurrent_clients is None else concurrent_clients
     if min(num_clients, num_cpus_per_client, concurrent) < 1:
-        raise ValueError(f"clients, CPUs per client and concurrent clients must be >= 1, got "
-                         f"{num_clients}, {num_cpus_per_client}, {concurrent}")
+        raise ValueError(
+            f"clients, CPUs per client and concurrent clients must be >= 1, got "
+            f"{num_clients}, {num_cpus_per_client}, {concurrent}"
+        )
     return min(concurrent, num_clients) * num_cpus_per_client
 
 
@@ -251,8 +282,9 @@ def cuda_gpu_visible() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def auto_gpus_per_client(num_clients: int, concurrent_clients: int | None = None,
-                         gpu_visible: bool | None = None) -> float:
+def auto_gpus_per_client(
+    num_clients: int, concurrent_clients: int | None = None, gpu_visible: bool | None = None
+) -> float:
     """Ray GPUs per virtual client when none are asked for: one visible GPU shared by the clients
     that train at once (1/3 each for 3), none without a GPU.
 
@@ -341,10 +373,20 @@ def resume_simulation(
         raise ResumeError(f"no client data folders 0/ 1/ ... under {data_root}")
     check_run_config(run_config)
     round_done, _, _ = load_checkpoint(run_dir, run_config=run_config)  # fail before start-up, not after
-    print(f"[simskip-sim] resuming {run_dir} after round {round_done} of {run_config.get('num-server-rounds')}, "
-          f"{len(clients)} clients", flush=True)
-    return _run_flower(run_dir, run_config, num_clients=len(clients), num_cpus_per_client=num_cpus_per_client,
-                       num_gpus_per_client=num_gpus_per_client, concurrent_clients=concurrent_clients, quiet=quiet)
+    print(
+        f"[simskip-sim] resuming {run_dir} after round {round_done} of {run_config.get('num-server-rounds')}, "
+        f"{len(clients)} clients",
+        flush=True,
+    )
+    return _run_flower(
+        run_dir,
+        run_config,
+        num_clients=len(clients),
+        num_cpus_per_client=num_cpus_per_client,
+        num_gpus_per_client=num_gpus_per_client,
+        concurrent_clients=concurrent_clients,
+        quiet=quiet,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,28 +397,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=None, help="number of parties (default 3)")
     parser.add_argument("--partition", default=None, choices=["relation", "triple"], help="(default relation)")
     parser.add_argument("--partition-seed", type=int, default=None, help="(default 0)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS}; with --resume: the run's own)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS}; with --resume: the run's own)",
+    )
     parser.add_argument("--setting", default=None, choices=["fede", "isolation", "collection"], help="(default fede)")
     add_preset_option(parser)
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="run-config override, e.g. --set model=RotatE (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config override, e.g. --set model=RotatE (repeatable)",
+    )
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--num-cpus-per-client", type=int, default=1)
-    parser.add_argument("--num-gpus-per-client", type=float, default=None,
-                        help="Ray GPUs per client, fractional (default: a visible CUDA GPU shared by the clients "
-                             "that train at once, else 0)")
-    parser.add_argument("--concurrent-clients", type=int, default=None, metavar="N",
-                        help="virtual clients training at the same time (default: all; each holds its model in memory)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="print only warnings, errors and summary lines (logs/run.log keeps every line)")
-    parser.add_argument("--refine-only", type=Path, default=None, metavar="RUN_DIR",
-                        help="run only the SimSkip phase + downstream evaluation + report on a finished run "
-                             "folder (in-process; --set overrides simskip-*/refit-* values)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue an interrupted run after its last checkpointed round, with its own "
-                             "config.json and data (--rounds raises the budget; --set may change harmless keys "
-                             "only, a model-defining change is refused)")
+    parser.add_argument(
+        "--num-gpus-per-client",
+        type=float,
+        default=None,
+        help="Ray GPUs per client, fractional (default: a visible CUDA GPU shared by the clients "
+        "that train at once, else 0)",
+    )
+    parser.add_argument(
+        "--concurrent-clients",
+        type=int,
+        default=None,
+        metavar="N",
+        help="virtual clients training at the same time (default: all; each holds its model in memory)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings, errors and summary lines (logs/run.log keeps every line)",
+    )
+    parser.add_argument(
+        "--refine-only",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="run only the SimSkip phase + downstream evaluation + report on a finished run "
+        "folder (in-process; --set overrides simskip-*/refit-* values)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run after its last checkpointed round, with its own "
+        "config.json and data (--rounds raises the budget; --set may change harmless keys "
+        "only, a model-defining change is refused)",
+    )
     return parser
 
 
@@ -456,8 +530,11 @@ def _report_interrupted(run_dir: Path, signum: int) -> None:
     except Exception as err:  # noqa: BLE001 - the run is stopped already; report, do not mask the exit status
         print(f"[simskip-sim] {name}: could not write partial results: {err}", file=sys.stderr, flush=True)
         return
-    print(f"[simskip-sim] {name}: stopped after round {rounds}; {path}; resume with: {' '.join(resume)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[simskip-sim] {name}: stopped after round {rounds}; {path}; resume with: {' '.join(resume)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

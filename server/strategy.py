@@ -149,8 +149,9 @@ class FedEStrategy(FedAvg):
             raise ValueError(f"transfer_dtype must be float32 or float16, got {transfer_dtype!r}")
         self.eval_every = eval_every
         self.patience = patience
-        self.members = Membership(min_clients=min_clients, min_clients_timeout=min_clients_timeout,
-                                  loop_state=lambda: self.state.loop)
+        self.members = Membership(
+            min_clients=min_clients, min_clients_timeout=min_clients_timeout, loop_state=lambda: self.state.loop
+        )
         self.state = FedEState(self.members, setting, seed)
         self.members.on_rejoin = self.state.rejoined
         self._last_eval: dict[str, dict[str, float]] = {}
@@ -182,10 +183,12 @@ class FedEStrategy(FedAvg):
                 report.bytes_sent += rows.nbytes
             elif report is not None:
                 report.eval_bytes_sent += rows.nbytes
-            content = RecordDict({
-                ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(rows))}),
-                CONFIG_KEY: ConfigRecord(dict(config)),
-            })
+            content = RecordDict(
+                {
+                    ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(rows))}),
+                    CONFIG_KEY: ConfigRecord(dict(config)),
+                }
+            )
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node_id))
         return messages
 
@@ -206,8 +209,14 @@ class FedEStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One ``train`` message per sampled client, carrying only its rows."""
-        config = ConfigRecord({**dict(config), "server-round": server_round, "best-round": self.loop.best_round,
-                               "federation-id": self.loop.federation_id})
+        config = ConfigRecord(
+            {
+                **dict(config),
+                "server-round": server_round,
+                "best-round": self.loop.best_round,
+                "federation-id": self.loop.federation_id,
+            }
+        )
         nodes = self.sample_train_nodes(grid)
         log(INFO, "configure_train: round %s, %s of %s clients", server_round, len(nodes), len(self.clients))
         return self._messages(nodes, config, MessageType.TRAIN)
@@ -241,8 +250,9 @@ class FedEStrategy(FedAvg):
             try:
                 rows, metrics = check_rows_update(self.clients.get(node_id), members.entity_dim, msg)
             except UpdateRejectedError as err:
-                rejected.append(members.record_failure(name, f"update rejected: {err}" if not msg.has_error()
-                                                       else str(err)))
+                rejected.append(
+                    members.record_failure(name, f"update rejected: {err}" if not msg.has_error() else str(err))
+                )
                 continue
             if report is not None:
                 report.bytes_received += rows.nbytes
@@ -253,8 +263,9 @@ class FedEStrategy(FedAvg):
             raise FederationError(f"round {server_round}: no client update survived; failures: {failures}")
         if self.setting == "fede":
             try:  # every update was checked above: an error here is a bug of ours, not a client's
-                self.state.table = aggregate_rows(self.state.table, [(ids, rows) for _, ids, rows in updates],
-                                                  self.aggregation, self.aggregation_trim)
+                self.state.table = aggregate_rows(
+                    self.state.table, [(ids, rows) for _, ids, rows in updates], self.aggregation, self.aggregation_trim
+                )
             except AggregationError as err:
                 raise FederationError(f"round {server_round}: {err}") from err
         else:
@@ -332,13 +343,27 @@ class FedEStrategy(FedAvg):
                     result.evaluate_metrics_clientapp[report.round] = MetricRecord(report.valid_overall)
 
         loop = self.loop
-        stopper = EarlyStopping.from_state(self.patience, {
-            "best_value": loop.best_mrr, "best_round": loop.best_round or None,
-            "checks_without_improvement": loop.bad_checks})
-        engine = RoundEngine(num_rounds=num_rounds, eval_every=self.eval_every, stopper=stopper,
-                             stopped_early=loop.stopped_early)
-        self._run = _RunContext(self, grid, engine, timeout, train_config or ConfigRecord(),
-                                evaluate_config or ConfigRecord(), result, on_round_end)
+        stopper = EarlyStopping.from_state(
+            self.patience,
+            {
+                "best_value": loop.best_mrr,
+                "best_round": loop.best_round or None,
+                "checks_without_improvement": loop.bad_checks,
+            },
+        )
+        engine = RoundEngine(
+            num_rounds=num_rounds, eval_every=self.eval_every, stopper=stopper, stopped_early=loop.stopped_early
+        )
+        self._run = _RunContext(
+            self,
+            grid,
+            engine,
+            timeout,
+            train_config or ConfigRecord(),
+            evaluate_config or ConfigRecord(),
+            result,
+            on_round_end,
+        )
         try:
             engine.run(self._run, first_round=loop.round + 1)
         finally:
@@ -359,8 +384,9 @@ class FedEStrategy(FedAvg):
         self.state.use_best()
         result.best_round = self.loop.best_round
         result.best_valid = dict(self.loop.best_valid)
-        config = ConfigRecord({**dict(evaluate_config or {}), "server-round": self.loop.best_round,
-                               "best-round": self.loop.best_round})
+        config = ConfigRecord(
+            {**dict(evaluate_config or {}), "server-round": self.loop.best_round, "best-round": self.loop.best_round}
+        )
         replies = self.members.exchange(grid, self._messages(nodes, config, TEST_TYPE), timeout, phase="test")
         result.test = evaluation_metrics(self.members, replies, "test")
         missing = sorted({i.client_id for i in self.clients.values()} - set(result.test))
@@ -381,9 +407,17 @@ class _RunContext:
     """The :class:`~client.kge.round_engine.RoundSteps` of one :meth:`FedEStrategy.start`: a round's
     messages out and back, its report, and the loop state a checkpoint saves after it."""
 
-    def __init__(self, strategy: FedEStrategy, grid: Grid, engine: RoundEngine, timeout: float,
-                 train_config: ConfigRecord, evaluate_config: ConfigRecord, result: FedEResult,
-                 on_round_end: Callable[[RoundReport], None] | None) -> None:
+    def __init__(
+        self,
+        strategy: FedEStrategy,
+        grid: Grid,
+        engine: RoundEngine,
+        timeout: float,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+        result: FedEResult,
+        on_round_end: Callable[[RoundReport], None] | None,
+    ) -> None:
         self.strategy, self.grid, self.engine, self.timeout = strategy, grid, engine, timeout
         self.train_config, self.evaluate_config = train_config, evaluate_config
         self.result, self.on_round_end = result, on_round_end
@@ -414,7 +448,8 @@ class _RunContext:
         eval_started = time.perf_counter()
         messages = list(strategy.configure_evaluate(round_number, ArrayRecord(), self.evaluate_config, self.grid))
         overall = strategy._aggregate_evaluate_attributed(
-            strategy.members.exchange(self.grid, messages, self.timeout, phase="validation"))
+            strategy.members.exchange(self.grid, messages, self.timeout, phase="validation")
+        )
         del messages
         report.evaluation_seconds = time.perf_counter() - eval_started
         report.valid = strategy._last_eval

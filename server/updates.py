@@ -48,15 +48,17 @@ def check_rows_update(info: ClientInfo | None, entity_dim: int, msg: Message) ->
         raise UpdateRejectedError(f"rows of dtype {rows.dtype}, expected a float dtype")
     finite = np.isfinite(rows).all(axis=1)
     if not finite.all():
-        raise UpdateRejectedError(f"{int((~finite).sum())} rows hold NaN or Inf (first: local row "
-                                  f"{int(np.flatnonzero(~finite)[0])})")
+        raise UpdateRejectedError(
+            f"{int((~finite).sum())} rows hold NaN or Inf (first: local row {int(np.flatnonzero(~finite)[0])})"
+        )
     values = {k: float(v) for k, v in metrics.items()}
     values.setdefault("num-entities", float(expected[0]))
     return rows, values
 
 
-def evaluation_metrics(members: Membership, replies: Sequence[tuple[int, Message]],
-                       phase: str) -> dict[str, dict[str, float]]:
+def evaluation_metrics(
+    members: Membership, replies: Sequence[tuple[int, Message]], phase: str
+) -> dict[str, dict[str, float]]:
     """Client id -> metrics of the evaluation replies that hold them (with ``num_triples``), sorted
     by client id; an error reply or one without metrics is recorded as that client's failure."""
     per_client = {}

@@ -37,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", type=Path, help="embeddings: .npy, .pt, .tsv or .txt (n rows x d columns)")
     parser.add_argument("output", type=Path, help="refined embeddings; format by suffix (.npy, .pt, .tsv, .txt)")
     parser.add_argument("--config", type=Path, help="JSON or TOML file of SimSkipConfig keys")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (parsed by its type); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (parsed by its type); repeatable",
+    )
     parser.add_argument("--summary", type=Path, help="also write the JSON summary to this file")
     parser.add_argument("--load-weights", type=Path, help="start from weights saved by --save-weights (.npz)")
     parser.add_argument("--save-weights", type=Path, help="save encoder and head weights (.npz, ordered names)")
@@ -122,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simskip-refine: error: {exc}", file=sys.stderr)
         return 2
     if "mean_relative_displacement" in summary:
-        print(f"simskip-refine: mean relative displacement ||f(x) - x|| / ||x|| = "
-              f"{summary['mean_relative_displacement']:.6g} ({summary['output']})", file=sys.stderr)
+        print(
+            f"simskip-refine: mean relative displacement ||f(x) - x|| / ||x|| = "
+            f"{summary['mean_relative_displacement']:.6g} ({summary['output']})",
+            file=sys.stderr,
+        )
     if args.summary:
         _write_json(args.summary, summary)
     print(json.dumps(summary, indent=2))

@@ -125,7 +125,9 @@ class SimSkipConfig:
                     ) from None
                 object.__setattr__(self, f.name, value)
             if not _matches(value, hints[f.name]):
-                raise ConfigError(f"config key {f.name!r}: expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})")
+                raise ConfigError(
+                    f"config key {f.name!r}: expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})"
+                )
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -138,8 +140,14 @@ class SimSkipConfig:
         need(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}")
         need(self.normalization in NORMALIZATIONS, "normalization", f"one of {sorted(NORMALIZATIONS)}")
         need(self.projection_dim >= 1, "projection_dim", ">= 1")
-        need(self.projection_hidden_dim is None or self.projection_hidden_dim >= 1, "projection_hidden_dim", ">= 1 or None")
-        need(all(a in AUGMENTATIONS for a in self.augmentations), "augmentations", f"names from {sorted(AUGMENTATIONS)}")
+        need(
+            self.projection_hidden_dim is None or self.projection_hidden_dim >= 1,
+            "projection_hidden_dim",
+            ">= 1 or None",
+        )
+        need(
+            all(a in AUGMENTATIONS for a in self.augmentations), "augmentations", f"names from {sorted(AUGMENTATIONS)}"
+        )
         need(0.0 <= self.mask_prob < 1.0, "mask_prob", "in [0, 1)")
         need(self.noise_std >= 0.0, "noise_std", ">= 0")
         need(self.temperature > 0.0, "temperature", "> 0")
@@ -148,7 +156,11 @@ class SimSkipConfig:
         need(self.epochs >= 0, "epochs", ">= 0")
         need(self.batch_size >= 2, "batch_size", ">= 2 (a contrastive batch needs negatives)")
         need(self.transform_batch_size >= 1, "transform_batch_size", ">= 1")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", "auto, cpu, cuda or cuda:N")
+        need(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            "auto, cpu, cuda or cuda:N",
+        )
 
     # ----------------------------------------------------------------- construction
     @classmethod

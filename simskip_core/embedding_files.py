@@ -76,7 +76,9 @@ def _read_text(path: Path) -> EmbeddingTable:
                     if width == 0:
                         raise EmbeddingFileError("row has a label but no values", str(path), number)
                 elif len(fields) != width:
-                    raise EmbeddingFileError(f"row has {len(fields)} values, line {first_line} has {width}", str(path), number)
+                    raise EmbeddingFileError(
+                        f"row has {len(fields)} values, line {first_line} has {width}", str(path), number
+                    )
                 try:
                     row = [float(field) for field in fields]
                 except ValueError:
@@ -117,7 +119,12 @@ def _write_text(values: np.ndarray, labels: Sequence[str] | None, handle: Binary
         handle.write(("\t".join(fields) + "\n").encode("utf-8"))
 
 
-_READERS: dict[str, Callable[[Path], EmbeddingTable]] = {".npy": _read_npy, ".pt": _read_pt, ".tsv": _read_text, ".txt": _read_text}
+_READERS: dict[str, Callable[[Path], EmbeddingTable]] = {
+    ".npy": _read_npy,
+    ".pt": _read_pt,
+    ".tsv": _read_text,
+    ".txt": _read_text,
+}
 _WRITERS: dict[str, Callable[[np.ndarray, Sequence[str] | None, BinaryIO], None]] = {
     ".npy": lambda values, labels, handle: np.save(handle, values, allow_pickle=False),
     ".pt": lambda values, labels, handle: torch.save(torch.from_numpy(np.ascontiguousarray(values)), handle),

@@ -113,7 +113,9 @@ class ProjectionHead(nn.Module):
     :param activation: key of :data:`ACTIVATIONS`.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, projection_dim: int, num_layers: int = 2, activation: str = "relu") -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, projection_dim: int, num_layers: int = 2, activation: str = "relu"
+    ) -> None:
         super().__init__()
         # No normalization in the head, as in SimCLR's: it only shapes the loss geometry.
         self.mlp = build_mlp(dim, hidden_dim, projection_dim, num_layers, activation, "none")

@@ -24,7 +24,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     :raises ValueError: if the shapes differ, are not 2-D, or the temperature is not positive.
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"nt_xent_loss needs two 2-D batches of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent_loss needs two 2-D batches of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if not temperature > 0:
         raise ValueError(f"nt_xent_loss needs temperature > 0, got {temperature}")
     batch = z1.shape[0]

@@ -191,7 +191,9 @@ class SimSkipTrainer:
             values = values / scale  # standardized units: g, head and augmentations see z = x / s
         # Noise is relative to the per-feature std of the whole matrix, computed once per fit.
         feature_std = values.std(dim=0, unbiased=False)
-        augment = build_augmentation(cfg.augmentations, mask_prob=cfg.mask_prob, noise_std=cfg.noise_std, feature_std=feature_std)
+        augment = build_augmentation(
+            cfg.augmentations, mask_prob=cfg.mask_prob, noise_std=cfg.noise_std, feature_std=feature_std
+        )
         num_batches = max(1, math.ceil(n / cfg.batch_size))
         self.encoder.train()
         self.head.train()
@@ -240,7 +242,9 @@ class SimSkipTrainer:
         self.encoder.eval()
         chunks = [
             (self.encoder(chunk) if scale is None else self.encoder.forward_scaled(chunk, scale)).cpu()
-            for chunk in (part.to(self.device) for part in torch.split(prepared.values, self.config.transform_batch_size))
+            for chunk in (
+                part.to(self.device) for part in torch.split(prepared.values, self.config.transform_batch_size)
+            )
         ]
         return restore_embeddings(torch.cat(chunks).numpy(), prepared)
 
@@ -271,10 +275,14 @@ class SimSkipTrainer:
         """
         expected = self.get_weights()
         if isinstance(named_arrays, (str, bytes, Mapping)) or not isinstance(named_arrays, Sequence):
-            raise WeightsMismatchError(f"weights must be an ordered list of (name, array) pairs, got {type(named_arrays).__name__}")
+            raise WeightsMismatchError(
+                f"weights must be an ordered list of (name, array) pairs, got {type(named_arrays).__name__}"
+            )
         for position, entry in enumerate(named_arrays):
             if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise WeightsMismatchError(f"weights entry {position} is not a (name, array) pair: {type(entry).__name__}")
+                raise WeightsMismatchError(
+                    f"weights entry {position} is not a (name, array) pair: {type(entry).__name__}"
+                )
         names = [name for name, _ in named_arrays]
         expected_names = [name for name, _ in expected]
         if len(names) != len(expected_names):
@@ -287,11 +295,17 @@ class SimSkipTrainer:
             if name != want_name:
                 raise WeightsMismatchError(f"weights entry {position} is named {name!r}, expected {want_name!r}")
             if not isinstance(array, np.ndarray):
-                raise WeightsMismatchError(f"weights entry {position} ({name}) is a {type(array).__name__}, expected a numpy array")
+                raise WeightsMismatchError(
+                    f"weights entry {position} ({name}) is a {type(array).__name__}, expected a numpy array"
+                )
             if array.shape != want.shape:
-                raise WeightsMismatchError(f"weights entry {position} ({name}) has shape {array.shape}, expected {want.shape}")
+                raise WeightsMismatchError(
+                    f"weights entry {position} ({name}) has shape {array.shape}, expected {want.shape}"
+                )
             if array.dtype != want.dtype:
-                raise WeightsMismatchError(f"weights entry {position} ({name}) has dtype {array.dtype}, expected {want.dtype}")
+                raise WeightsMismatchError(
+                    f"weights entry {position} ({name}) has dtype {array.dtype}, expected {want.dtype}"
+                )
             if not np.isfinite(array).all():
                 raise WeightsMismatchError(f"weights entry {position} ({name}) holds NaN or Inf values")
         arrays = iter(array for _, array in named_arrays)

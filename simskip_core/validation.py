@@ -55,7 +55,9 @@ def check_matrix(X: Any, *, name: str = "X") -> np.ndarray:
     if array.dtype.kind not in "fiuc":
         raise EmbeddingInputError(f"{name} must hold real or complex numbers, got dtype {array.dtype}")
     if array.ndim != 2:
-        hint = " (for a single feature use X.reshape(-1, 1), for a single row X.reshape(1, -1))" if array.ndim == 1 else ""
+        hint = (
+            " (for a single feature use X.reshape(-1, 1), for a single row X.reshape(1, -1))" if array.ndim == 1 else ""
+        )
         raise EmbeddingInputError(f"{name} must be a 2-D matrix n x d, got shape {array.shape}{hint}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise EmbeddingInputError(f"{name} is empty: shape {array.shape}, need at least one row and one column")
@@ -79,14 +81,18 @@ def prepare_embeddings(X: Any, *, name: str = "X", expected_dim: int | None = No
     array = check_matrix(X, name=name)
     is_complex = array.dtype.kind == "c"
     if is_complex:
-        values = torch.view_as_real(torch.from_numpy(np.ascontiguousarray(array, dtype=np.complex64))).reshape(array.shape[0], -1)
+        values = torch.view_as_real(torch.from_numpy(np.ascontiguousarray(array, dtype=np.complex64))).reshape(
+            array.shape[0], -1
+        )
         dtype = array.dtype
     else:
         values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         dtype = array.dtype if array.dtype.kind == "f" else np.dtype(np.float32)
     if expected_dim is not None and values.shape[1] != expected_dim:
         kind = f" (complex width {array.shape[1]} -> {values.shape[1]} real columns)" if is_complex else ""
-        raise EmbeddingInputError(f"{name} has {values.shape[1]} columns{kind}, but the encoder was built for {expected_dim}")
+        raise EmbeddingInputError(
+            f"{name} has {values.shape[1]} columns{kind}, but the encoder was built for {expected_dim}"
+        )
     return PreparedEmbeddings(values=values, is_complex=is_complex, dtype=dtype)
 
 

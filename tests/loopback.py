@@ -64,16 +64,29 @@ class Loopback:
 
     def _start(self, command: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.folder / log, "wb") as out:  # the child keeps its own descriptor
-            proc = subprocess.Popen(command, env={**ENV, **(env or {})}, cwd=self.folder, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                env={**ENV, **(env or {})},
+                cwd=self.folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(proc)
         return proc
 
     def server(self, *args: str, sets: list[str] | tuple[str, ...] = ()) -> subprocess.Popen:
         """``simskip-server --insecure`` on this federation's port and run folder, plus ``args``
         and ``--set`` of each of ``sets``."""
-        command = [script("simskip-server"), "--run-dir", str(self.run_dir), "--port", str(self.port), "--insecure",
-                   *args]
+        command = [
+            script("simskip-server"),
+            "--run-dir",
+            str(self.run_dir),
+            "--port",
+            str(self.port),
+            "--insecure",
+            *args,
+        ]
         for item in sets:
             command += ["--set", item]
         return self._start(command, "server.log")
@@ -82,8 +95,16 @@ class Loopback:
         """``simskip-client --insecure`` of party ``k`` (data ``data/<k>``, output ``party<k>/``);
         ``attempt`` names a restart's log ``party<k>-<attempt>.log``; ``env`` adds variables
         (e.g. ``client.client_app.HOLD_TRAIN_ENV``)."""
-        command = [script("simskip-client"), "--server", f"127.0.0.1:{self.port}", "--data", str(self.data / str(k)),
-                   "--insecure", "--output-dir", str(self.folder / f"party{k}")]
+        command = [
+            script("simskip-client"),
+            "--server",
+            f"127.0.0.1:{self.port}",
+            "--data",
+            str(self.data / str(k)),
+            "--insecure",
+            "--output-dir",
+            str(self.folder / f"party{k}"),
+        ]
         return self._start(command, f"party{k}.log" if attempt is None else f"party{k}-{attempt}.log", env)
 
     def log(self, name: str = "server.log") -> str:

@@ -31,9 +31,15 @@ def tta() -> ModuleType:
 
 
 def _row(number: int, finished_at: float, valid: float | None = None, test: dict | None = None) -> dict:
-    row = {"round": number, "seconds": 10.0, "overhead_seconds": 2.0, "aggregation_seconds": 0.5,
-           "evaluation_seconds": 3.0 if valid is not None else 0.0, "finished_at": finished_at,
-           "train": {"0": {"train-seconds": 4.0}, "1": {"train-seconds": 6.0}}}
+    row = {
+        "round": number,
+        "seconds": 10.0,
+        "overhead_seconds": 2.0,
+        "aggregation_seconds": 0.5,
+        "evaluation_seconds": 3.0 if valid is not None else 0.0,
+        "finished_at": finished_at,
+        "train": {"0": {"train-seconds": 4.0}, "1": {"train-seconds": 6.0}},
+    }
     if valid is not None:
         row["valid_overall"] = {"mrr": valid, "num_triples": 30}
         row["valid"] = {}
@@ -53,8 +59,9 @@ def test_summary_weights_test_mrr_by_config_sizes_and_finds_target(tta: ModuleTy
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))  # order on disk does not matter
     config = {"clients": {"0": {"num_test": 300}, "1": {"num_test": 100}}}
-    summary = tta.summarize_rounds(tta.read_metrics_rows(path), t0=t0, test_sizes=tta.client_test_sizes(config),
-                                   target=0.35)
+    summary = tta.summarize_rounds(
+        tta.read_metrics_rows(path), t0=t0, test_sizes=tta.client_test_sizes(config), target=0.35
+    )
 
     records = summary["rounds"]
     assert [r["round"] for r in records] == [1, 2, 3, 4]
@@ -63,8 +70,12 @@ def test_summary_weights_test_mrr_by_config_sizes_and_finds_target(tta: ModuleTy
     # weights come from config.json (300 / 100), not from the replies' num_triples (1 / 1)
     assert records[1]["test_mrr"] == pytest.approx((300 * 0.2 + 100 * 0.5) / 400)  # 0.275: below target
     assert records[3]["test_mrr"] == pytest.approx(0.4)
-    assert summary["time_to_target"] == {"round": 4, "elapsed_seconds": 60.0, "valid_mrr": 0.28,
-                                         "test_mrr": pytest.approx(0.4)}
+    assert summary["time_to_target"] == {
+        "round": 4,
+        "elapsed_seconds": 60.0,
+        "valid_mrr": 0.28,
+        "test_mrr": pytest.approx(0.4),
+    }
     # the best valid round is round 2 even though round 4 reached the test target
     assert summary["time_to_best_valid"]["round"] == 2
     assert summary["time_to_best_valid"]["elapsed_seconds"] == 40.0
@@ -89,8 +100,9 @@ def test_malformed_metrics_line_is_named(tta: ModuleType, tmp_path: Path) -> Non
 
 
 def test_simulation_command_turns_test_tracking_on(tta: ModuleType, tmp_path: Path) -> None:
-    args = tta.argparse.Namespace(data="Kinships", rounds=3, num_cpus_per_client=1, num_clients=2,
-                                  set=["model=RotatE"], preset="fede-paper")
+    args = tta.argparse.Namespace(
+        data="Kinships", rounds=3, num_cpus_per_client=1, num_clients=2, set=["model=RotatE"], preset="fede-paper"
+    )
     command = tta.simulation_command(args, tmp_path)
     sets = [command[i + 1] for i, item in enumerate(command) if item == "--set"]
     assert sets == ["track-test=true", "simskip-rounds=0", "model=RotatE"]
@@ -101,10 +113,35 @@ def test_simulation_command_turns_test_tracking_on(tta: ModuleType, tmp_path: Pa
 
 
 def _tiny_sim_args(run_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["--mode", "simulation", "--data", "Kinships", "--num-clients", "2", "--rounds", "2",
-            "--run-dir", str(run_dir), "--out", str(out), "--poll-seconds", "0.5",
-            "--set", "embedding-dim=8", "--set", "num-negs-per-pos=4", "--set", "batch-size=256",
-            "--set", "local-epochs=1", "--set", "eval-every=1", "--set", "eval-protocol=fede", *extra]
+    return [
+        "--mode",
+        "simulation",
+        "--data",
+        "Kinships",
+        "--num-clients",
+        "2",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--poll-seconds",
+        "0.5",
+        "--set",
+        "embedding-dim=8",
+        "--set",
+        "num-negs-per-pos=4",
+        "--set",
+        "batch-size=256",
+        "--set",
+        "local-epochs=1",
+        "--set",
+        "eval-every=1",
+        "--set",
+        "eval-protocol=fede",
+        *extra,
+    ]
 
 
 def _running(pid: int) -> bool:
@@ -169,9 +206,28 @@ def test_simulation_is_stopped_at_the_time_budget(tta: ModuleType, tmp_path: Pat
 def test_bench_eval_reports_each_model_and_protocol(tmp_path: Path) -> None:
     bench_eval = _load("bench_eval")
     out = tmp_path / "eval.json"
-    assert bench_eval.main(["--data", "Nations", "--num-clients", "2", "--models", "TransE", "DistMult",
-                            "--embedding-dim", "8", "--threads", "1", "--pykeen-baseline", "20",
-                            "--out", str(out)]) == 0
+    assert (
+        bench_eval.main(
+            [
+                "--data",
+                "Nations",
+                "--num-clients",
+                "2",
+                "--models",
+                "TransE",
+                "DistMult",
+                "--embedding-dim",
+                "8",
+                "--threads",
+                "1",
+                "--pykeen-baseline",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["num_clients"] == 2 and set(report["models"]) == {"TransE", "DistMult"}
     for entry in report["models"].values():

@@ -39,8 +39,14 @@ def _arrays(seed: int = 0) -> dict[str, np.ndarray]:
 def _state() -> dict:
     rng = np.random.default_rng(11)
     rng.standard_normal(5)
-    return {"best_round": 2, "best_mrr": -float("inf"), "bad_checks": 1, "rng": rng.bit_generator.state,
-            "history": [0.1, 0.25], "stopped": False}
+    return {
+        "best_round": 2,
+        "best_mrr": -float("inf"),
+        "bad_checks": 1,
+        "rng": rng.bit_generator.state,
+        "history": [0.1, 0.25],
+        "stopped": False,
+    }
 
 
 @pytest.fixture
@@ -66,8 +72,9 @@ def test_round_trip_is_bit_exact(run_dir):
 
 
 def test_the_latest_round_wins_and_older_arrays_are_removed(run_dir):
-    save_checkpoint(run_dir, round=3, arrays=_arrays(1), state={"best_round": 3}, run_config=RUN_CONFIG,
-                    vocabulary=VOCAB)
+    save_checkpoint(
+        run_dir, round=3, arrays=_arrays(1), state={"best_round": 3}, run_config=RUN_CONFIG, vocabulary=VOCAB
+    )
     round_, arrays, state = load_checkpoint(run_dir, run_config=RUN_CONFIG)
     assert round_ == 3 and state == {"best_round": 3}
     assert np.array_equal(arrays["entity-table"], _arrays(1)["entity-table"])
@@ -127,8 +134,9 @@ def test_a_tampered_manifest_hash_is_detected(run_dir):
         load_checkpoint(run_dir, run_config={**RUN_CONFIG, "model": "RotatE"})
 
 
-@pytest.mark.parametrize(("key", "value"), [("model", "RotatE"), ("embedding-dim", 16),
-                                            ("client-data-root", "/elsewhere"), ("seed", 4)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("model", "RotatE"), ("embedding-dim", 16), ("client-data-root", "/elsewhere"), ("seed", 4)]
+)
 def test_a_changed_model_defining_setting_is_refused_naming_it(run_dir, key, value):
     with pytest.raises(CheckpointError, match=rf"{key}: checkpoint .*, now {value!r}") as info:
         load_checkpoint(run_dir, run_config={**RUN_CONFIG, key: value}, vocabulary=VOCAB)
@@ -136,9 +144,17 @@ def test_a_changed_model_defining_setting_is_refused_naming_it(run_dir, key, val
 
 
 def test_harmless_changes_and_spelling_of_defaults_are_accepted(run_dir):
-    changed = {**RUN_CONFIG, "num-server-rounds": 40, "round-timeout": 5.0, "eval-batch-size": 64,
-               "simskip-progress": True, "patience": 3, "run-dir": "/moved",
-               "learning-rate": 0.001, "margin": 10}  # defaults written out (10 == 10.0) are no change
+    changed = {
+        **RUN_CONFIG,
+        "num-server-rounds": 40,
+        "round-timeout": 5.0,
+        "eval-batch-size": 64,
+        "simskip-progress": True,
+        "patience": 3,
+        "run-dir": "/moved",
+        "learning-rate": 0.001,
+        "margin": 10,
+    }  # defaults written out (10 == 10.0) are no change
     round_, _, _ = load_checkpoint(run_dir, run_config=changed, vocabulary=VOCAB)
     assert round_ == 2
 
@@ -161,8 +177,9 @@ def test_no_checkpoint(tmp_path):
 
 def test_unsaveable_input_writes_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="pickles"):
-        save_checkpoint(tmp_path, round=1, arrays={"x": np.array([object()])}, state={}, run_config=RUN_CONFIG,
-                        vocabulary=VOCAB)
+        save_checkpoint(
+            tmp_path, round=1, arrays={"x": np.array([object()])}, state={}, run_config=RUN_CONFIG, vocabulary=VOCAB
+        )
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path, round=1, arrays={}, state={"x": object()}, run_config=RUN_CONFIG, vocabulary=VOCAB)
     assert not has_checkpoint(tmp_path)

@@ -17,10 +17,15 @@ def _compare_runs():
 
 def _run_folder(folder, mrr: float, seconds: float, title: str):
     folder.mkdir()
-    (folder / "final_metrics.json").write_text(json.dumps(
-        {"best_round": 2, "test": {"overall": {"mrr": mrr}}, "wall_seconds": seconds, "run_dir": str(folder)}))
-    rows = [{"round": r, "seconds": seconds * r, "valid_overall": {"mrr": mrr - 0.1 / r}, "server_peak_rss_mb": 400 + r}
-            for r in (1, 2)]
+    (folder / "final_metrics.json").write_text(
+        json.dumps(
+            {"best_round": 2, "test": {"overall": {"mrr": mrr}}, "wall_seconds": seconds, "run_dir": str(folder)}
+        )
+    )
+    rows = [
+        {"round": r, "seconds": seconds * r, "valid_overall": {"mrr": mrr - 0.1 / r}, "server_peak_rss_mb": 400 + r}
+        for r in (1, 2)
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "results.json").write_text(json.dumps({"title": title, "protocols": {"as-trained": {"gain": 0.01}}}))
 

@@ -12,9 +12,17 @@ import time
 import pytest
 from loopback import Loopback
 
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3",
-        # one short SimSkip round and re-fit: the refinement phase runs through deployment too
-        "simskip-rounds=1", "simskip-local-epochs=1", "refit-epochs=1"]
+TINY = [
+    "embedding-dim=8",
+    "local-epochs=1",
+    "num-negs-per-pos=4",
+    "batch-size=512",
+    "eval-every=3",
+    # one short SimSkip round and re-fit: the refinement phase runs through deployment too
+    "simskip-rounds=1",
+    "simskip-local-epochs=1",
+    "refit-epochs=1",
+]
 
 
 @pytest.mark.slow  # ~2-3 minutes on 2 cores: a fresh ClientApp process (torch + PyKEEN import) per message

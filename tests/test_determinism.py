@@ -25,17 +25,39 @@ import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256",
-        "seed=7", "simskip-rounds=2", "simskip-local-epochs=1", "refit-epochs=2", "simskip-gate-grid=0,1"]
+TINY = [
+    "embedding-dim=8",
+    "local-epochs=1",
+    "num-negs-per-pos=4",
+    "eval-every=1",
+    "batch-size=256",
+    "seed=7",
+    "simskip-rounds=2",
+    "simskip-local-epochs=1",
+    "refit-epochs=2",
+    "simskip-gate-grid=0,1",
+]
 
 #: Keys holding seconds measured by a clock (durations, ``finished_at``, a timestamp, and
 #: ``final_metrics.json``'s ``timing`` group, see ``server.server_app.TIMING_KEYS``): they differ
 #: between any two runs.
-WALL_CLOCK_KEYS = frozenset({
-    "timing", "seconds", "train_seconds", "train_phase_seconds", "aggregation_seconds", "evaluation_seconds",
-    "overhead_seconds", "train-seconds", "client-seconds", "eval-seconds", "finished_at",
-    "simskip_seconds", "phase_seconds",
-})
+WALL_CLOCK_KEYS = frozenset(
+    {
+        "timing",
+        "seconds",
+        "train_seconds",
+        "train_phase_seconds",
+        "aggregation_seconds",
+        "evaluation_seconds",
+        "overhead_seconds",
+        "train-seconds",
+        "client-seconds",
+        "eval-seconds",
+        "finished_at",
+        "simskip_seconds",
+        "phase_seconds",
+    }
+)
 #: ``results.json``'s title names the run folder, which differs by construction.
 RUN_NAME_KEYS = frozenset({"title"})
 #: Keys holding the processes' peak memory: a property of the machine and the process, not of the run.
@@ -52,12 +74,25 @@ def _without(value: Any, dropped: frozenset[str]) -> Any:
 
 
 def _simulate(run_dir: Path, log: Path) -> None:
-    command = [sys.executable, "-m", "server.simulation", "--dataset", "Kinships", "--clients", "3",
-               "--rounds", "3", "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "server.simulation",
+        "--dataset",
+        "Kinships",
+        "--clients",
+        "3",
+        "--rounds",
+        "3",
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in TINY:
         command += ["--set", item]
     with open(log, "wb") as handle:
-        done = subprocess.run(command, check=False, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+        done = subprocess.run(
+            command, check=False, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=600
+        )
     assert done.returncode == 0, log.read_text()[-3000:]
 
 
@@ -79,13 +114,17 @@ def test_the_same_seed_twice_gives_identical_final_metrics(tmp_path):
     assert json.dumps(final[0], sort_keys=True) == json.dumps(final[1], sort_keys=True)
     assert final[0]["test_overall"]["mrr"] > 0
 
-    rows = [[_without(json.loads(line), dropped) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            for run in (first, second)]
+    rows = [
+        [_without(json.loads(line), dropped) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (first, second)
+    ]
     assert [r["round"] for r in rows[0]] == [1, 2, 3]
     assert json.dumps(rows[0], sort_keys=True) == json.dumps(rows[1], sort_keys=True)
 
-    simskip = [[_without(json.loads(line), dropped) for line in (run / "simskip_metrics.jsonl").read_text().splitlines()]
-               for run in (first, second)]
+    simskip = [
+        [_without(json.loads(line), dropped) for line in (run / "simskip_metrics.jsonl").read_text().splitlines()]
+        for run in (first, second)
+    ]
     assert [r["round"] for r in simskip[0]] == [1, 2]
     assert json.dumps(simskip[0], sort_keys=True) == json.dumps(simskip[1], sort_keys=True)
     for name in ("downstream.json", "results.json"):

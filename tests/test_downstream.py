@@ -15,8 +15,13 @@ from client.kge.config import KGEConfig
 from server.downstream import RunFolderError, main, refine_run_folder
 
 SIMSKIP = {
-    "simskip-rounds": 2, "simskip-local-epochs": 1, "simskip-batch-size": 16, "simskip-hidden-dim": 8,
-    "simskip-projection-dim": 4, "simskip-no-skip-ablation": True, "refit-epochs": 2,
+    "simskip-rounds": 2,
+    "simskip-local-epochs": 1,
+    "simskip-batch-size": 16,
+    "simskip-hidden-dim": 8,
+    "simskip-projection-dim": 4,
+    "simskip-no-skip-ablation": True,
+    "refit-epochs": 2,
 }
 
 
@@ -30,7 +35,12 @@ def run_dir(tmp_path_factory):
     kg.write(folder / "data")
     config = KGEConfig(embedding_dim=8, batch_size=128, num_negs_per_pos=4, learning_rate=1e-2, eval_every=1)
     result = run_fede_in_process(kg, config, 2, device="cpu", out_dir=folder, progress=lambda line: None)
-    run_config = {"setting": "fede", "client-data-root": str(folder / "data"), "client-output-root": str(folder / "clients"), **SIMSKIP}
+    run_config = {
+        "setting": "fede",
+        "client-data-root": str(folder / "data"),
+        "client-output-root": str(folder / "clients"),
+        **SIMSKIP,
+    }
     (folder / "config.json").write_text(json.dumps({"run_config": run_config, "kge": config.to_run_config()}))
     return folder, result
 
@@ -59,8 +69,11 @@ def test_refine_only_writes_every_row_and_file(run_dir, refined) -> None:
         assert list(entry["rows"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
         assert set(entry["gain_points"]) == {"refined", "perturbed", "refined-no-skip"}
         for client in results["clients"]:
-            assert set(entry["intervals"][client]) == {f"{p}.mrr:{c}" for p in ("standard", "fede") for c in (
-                "refined-unrefined", "refined-perturbed", "perturbed-unrefined", "refined-no-skip-unrefined")}
+            assert set(entry["intervals"][client]) == {
+                f"{p}.mrr:{c}"
+                for p in ("standard", "fede")
+                for c in ("refined-unrefined", "refined-perturbed", "perturbed-unrefined", "refined-no-skip-unrefined")
+            }
             assert entry["verdict"][client]["standard.mrr"] in ("gain", "loss", "none")
         for client in ("0", "1"):
             refined = entry["displacement"]["refined"][client]["mean"]
@@ -74,7 +87,9 @@ def test_refine_only_writes_every_row_and_file(run_dir, refined) -> None:
     # (unrefined, 2 candidates, perturbed, no-skip, for the 3 trained protocols), and the report
     # names the displacement
     assert sum("[downstream] client" in line and "test MRR" in line for line in lines) == 2 * 4 * 4
-    assert sum("[downstream] client" in line and "after" in line and "epochs (best" in line for line in lines) == 2 * 3 * 5
+    assert (
+        sum("[downstream] client" in line and "after" in line and "epochs (best" in line for line in lines) == 2 * 3 * 5
+    )
     md = (folder / "results.md").read_text()
     assert "SimSkip displacement" in md and "## Downstream protocol `finetune`" in md
     simskip = [json.loads(line) for line in (folder / "simskip_metrics.jsonl").read_text().splitlines()]
@@ -120,9 +135,25 @@ def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, tmp_path,
     config["run_config"]["client-data-root"] = str(folder / "data")
     config["run_config"]["client-output-root"] = str(folder / "clients")
     (folder / "config.json").write_text(json.dumps(config))
-    assert sim_main(["--refine-only", str(folder), "--set", "simskip-rounds=1", "--set", "simskip-no-skip-ablation=false",
-                     "--set", 'downstream-protocols="as-trained,relation-refit"', "--set", 'refit-init="trained,fresh"',
-                     "--set", "downstream-seeds=2"]) == 0
+    assert (
+        sim_main(
+            [
+                "--refine-only",
+                str(folder),
+                "--set",
+                "simskip-rounds=1",
+                "--set",
+                "simskip-no-skip-ablation=false",
+                "--set",
+                'downstream-protocols="as-trained,relation-refit"',
+                "--set",
+                'refit-init="trained,fresh"',
+                "--set",
+                "downstream-seeds=2",
+            ]
+        )
+        == 0
+    )
     results = json.loads((folder / "results.json").read_text())
     assert list(results["protocols"]) == ["as-trained", "relation-refit:trained", "relation-refit:fresh"]
     assert list(results["protocols"]["as-trained"]["rows"]) == ["unrefined", "refined", "perturbed"]
@@ -145,7 +176,12 @@ def test_bench_downstream_times_each_protocol_on_the_folder(run_dir, tmp_path) -
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    assert bench.main([str(folder), "--protocols", "as-trained", "relation-refit", "--set", "refit-epochs=1", "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [str(folder), "--protocols", "as-trained", "relation-refit", "--set", "refit-epochs=1", "--out", str(out)]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert list(report["protocols"]) == ["as-trained", "relation-refit:trained"]
     for entry in report["protocols"].values():

@@ -36,7 +36,9 @@ def client():
 
 
 def small(**changes: object) -> KGEConfig:
-    return KGEConfig(model="DistMult", embedding_dim=8, batch_size=128, num_negs_per_pos=4, learning_rate=5e-2).replace(**changes)
+    return KGEConfig(model="DistMult", embedding_dim=8, batch_size=128, num_negs_per_pos=4, learning_rate=5e-2).replace(
+        **changes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +63,32 @@ def test_skip_strength_rows_endpoints_are_bit_identical_and_midpoints_interpolat
         skip_strength_rows(x, f[:, :3], 0.5)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0,0.25,0.5,1", (0.0, 0.25, 0.5, 1.0)), (" 1, 0 ,0.5,0.5", (0.0, 0.5, 1.0)),
-                                                 ("none", ()), ([0, 0.1], (0.0, 0.1))])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0,0.25,0.5,1", (0.0, 0.25, 0.5, 1.0)),
+        (" 1, 0 ,0.5,0.5", (0.0, 0.5, 1.0)),
+        ("none", ()),
+        ([0, 0.1], (0.0, 0.1)),
+    ],
+)
 def test_gate_grid_parsing(value, expected) -> None:
     assert parse_gate_grid(value) == expected
 
 
 @pytest.mark.parametrize(
     ("key", "value", "match"),
-    [("downstream-protocols", "as-trained,bogus", "unknown protocol 'bogus'"),
-     ("downstream-protocols", "", "empty"),
-     ("refit-init", "warm", "unknown init 'warm'"),
-     ("simskip-search", "lr=1e-3;tempreature=0.1", "unknown config key 'tempreature'"),
-     ("simskip-search", "epochs=3", "set by the phase"),
-     ("simskip-search", "lr", "not field=value"),
-     ("simskip-gate-grid", "none", "skip strength > 0"),
-     ("downstream-seeds", 0, ">= 1"),
-     ("downstream-typo", 1, "unknown refinement key")],
+    [
+        ("downstream-protocols", "as-trained,bogus", "unknown protocol 'bogus'"),
+        ("downstream-protocols", "", "empty"),
+        ("refit-init", "warm", "unknown init 'warm'"),
+        ("simskip-search", "lr=1e-3;tempreature=0.1", "unknown config key 'tempreature'"),
+        ("simskip-search", "epochs=3", "set by the phase"),
+        ("simskip-search", "lr", "not field=value"),
+        ("simskip-gate-grid", "none", "skip strength > 0"),
+        ("downstream-seeds", 0, ">= 1"),
+        ("downstream-typo", 1, "unknown refinement key"),
+    ],
 )
 def test_bad_downstream_keys_fail_when_the_config_is_read(key, value, match) -> None:
     with pytest.raises(RefinementConfigError, match=match):
@@ -85,17 +96,33 @@ def test_bad_downstream_keys_fail_when_the_config_is_read(key, value, match) -> 
 
 
 def test_search_and_seeds_become_variants_trained_side_by_side() -> None:
-    config = RefinementConfig.from_run_config({"simskip-search": "lr=1e-3;temperature=0.1", "downstream-seeds": 2,
-                                               "simskip-no-skip-ablation": True, "simskip-seed": 5})
+    config = RefinementConfig.from_run_config(
+        {
+            "simskip-search": "lr=1e-3;temperature=0.1",
+            "downstream-seeds": 2,
+            "simskip-no-skip-ablation": True,
+            "simskip-seed": 5,
+        }
+    )
     variants = config.variants()
-    assert list(variants) == ["refined", "refined@0.1", "refined@1.0", "refined@1.1", "refined-no-skip", "refined-no-skip@0.1"]
+    assert list(variants) == [
+        "refined",
+        "refined@0.1",
+        "refined@1.0",
+        "refined@1.1",
+        "refined-no-skip",
+        "refined-no-skip@0.1",
+    ]
     assert [variants[v].seed for v in variants] == [5, 6, 5, 6, 5, 6]
     assert variants["refined@0.1"].lr == 1e-3 and variants["refined@1.0"].temperature == 0.1
     assert not variants["refined-no-skip@0.1"].skip
     assert config.candidates() == [(k, a) for k in (0, 1) for a in (0.25, 1.0)]  # the default grid 0, 0.25, 1
     assert RefinementConfig.from_run_config(config.to_run_config()) == config
     assert protocol_labels(["as-trained", "relation-refit"], ["trained", "fresh"]) == [
-        "as-trained", "relation-refit:trained", "relation-refit:fresh"]
+        "as-trained",
+        "relation-refit:trained",
+        "relation-refit:fresh",
+    ]
     with pytest.raises(UnknownDownstreamProtocolError):
         protocol_labels(["nope"])
 
@@ -112,7 +139,9 @@ def test_as_trained_is_the_kge_model_itself(client, trained) -> None:
     assert metrics == {p: reference.evaluate("test", p) for p in ("standard", "fede")}
     for protocol in ("standard", "fede"):  # each triple's reciprocal rank averages to the MRR
         assert ranks[protocol].shape == (client.test.num_triples,)
-        assert float(ranks[protocol].mean()) == pytest.approx(metrics[protocol]["mrr"], abs=1e-6)  # PyKEEN averages in float32
+        assert float(ranks[protocol].mean()) == pytest.approx(
+            metrics[protocol]["mrr"], abs=1e-6
+        )  # PyKEEN averages in float32
     with pytest.raises(RuntimeError, match="already tested"):
         run.test()
     for label in ("as-trained", "relation-refit:trained"):
@@ -125,7 +154,9 @@ def test_frozen_protocols_keep_rows_bit_identical_and_keep_the_best_valid_state(
     config, rows, relations = trained
     # not unit-norm rows and a TransE-like constrainer setting must not rewrite them
     rows = rows * np.linspace(0.5, 2.0, rows.shape[0], dtype=np.float32)[:, None]
-    run = run_protocol(label, client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=4, patience=2))
+    run = run_protocol(
+        label, client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=4, patience=2)
+    )
     assert run.trainer is not None
     np.testing.assert_array_equal(run.trainer.get_entity_embeddings(), rows)
     assert 1 <= run.epochs <= 4 and len(run.curve) == run.epochs + 1
@@ -143,7 +174,9 @@ def test_adapter_starts_as_the_identity_and_learns_a_map(client, trained) -> Non
     assert at_start.valid == pytest.approx(as_trained.valid, abs=1e-6)
     from client.kge.models import entity_embedding
 
-    run = run_protocol("adapter", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=3, patience=3))
+    run = run_protocol(
+        "adapter", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=3, patience=3)
+    )
     adapted = entity_embedding(run.trainer.model)._embeddings
     trained_params = [p for group in run.trainer.loop.optimizer.param_groups for p in group["params"]]
     assert any(p is adapted.map for p in trained_params), "the map is trained"
@@ -161,14 +194,18 @@ def test_every_protocol_from_the_trained_relations_starts_exactly_where_as_train
     start = run_protocol(label, client, config, rows, relation_state=relations, budget=DownstreamBudget(0, 1))
     assert start.curve[0] == as_trained.valid
     budget = DownstreamBudget(max_epochs=2, patience=2)
-    reused = run_protocol(label, client, config, rows, relation_state=relations, budget=budget, start_valid=as_trained.valid)
+    reused = run_protocol(
+        label, client, config, rows, relation_state=relations, budget=budget, start_valid=as_trained.valid
+    )
     computed = run_protocol(label, client, config, rows, relation_state=relations, budget=budget)
     assert reused.curve == computed.curve and reused.best_epoch == computed.best_epoch
 
 
 def test_finetune_moves_the_rows(client, trained) -> None:
     config, rows, relations = trained
-    run = run_protocol("finetune", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=2, patience=2))
+    run = run_protocol(
+        "finetune", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=2, patience=2)
+    )
     if run.best_epoch > 0:
         assert not np.array_equal(run.trainer.get_entity_embeddings(), rows)
     else:  # best state is the start: rows restored exactly
@@ -176,13 +213,23 @@ def test_finetune_moves_the_rows(client, trained) -> None:
 
 
 # --- the comparison -------------------------------------------------------------------------------
-def test_comparison_tests_only_after_every_choice_and_perturbs_by_the_refined_displacement(client, trained, monkeypatch) -> None:
+def test_comparison_tests_only_after_every_choice_and_perturbs_by_the_refined_displacement(
+    client, trained, monkeypatch
+) -> None:
     config, rows, relations = trained
-    refinement = RefinementConfig.from_run_config({
-        "downstream-protocols": "as-trained,relation-refit", "downstream-seeds": 2, "refit-epochs": 1,
-        "simskip-gate-grid": "0,0.5,1", "simskip-search": "lr=1e-3;lr=1e-2"})
+    refinement = RefinementConfig.from_run_config(
+        {
+            "downstream-protocols": "as-trained,relation-refit",
+            "downstream-seeds": 2,
+            "refit-epochs": 1,
+            "simskip-gate-grid": "0,0.5,1",
+            "simskip-search": "lr=1e-3;lr=1e-2",
+        }
+    )
     rng = np.random.default_rng(0)
-    refined = {name: (rows + 0.3 * rng.standard_normal(rows.shape)).astype(np.float32) for name in refinement.variants()}
+    refined = {
+        name: (rows + 0.3 * rng.standard_normal(rows.shape)).astype(np.float32) for name in refinement.variants()
+    }
     events: list[str] = []
     original_run, original_test = run_protocol, ProtocolRun.test
 
@@ -269,7 +316,20 @@ def test_simskip_sim_refuses_an_unknown_protocol_before_anything_starts(tmp_path
     from server.simulation import main as sim_main
 
     run_dir = tmp_path / "run"
-    assert sim_main(["--dataset", "Nations", "--clients", "2", "--run-dir", str(run_dir),
-                     "--set", 'downstream-protocols="as-trained,bogus"']) == 1
+    assert (
+        sim_main(
+            [
+                "--dataset",
+                "Nations",
+                "--clients",
+                "2",
+                "--run-dir",
+                str(run_dir),
+                "--set",
+                'downstream-protocols="as-trained,bogus"',
+            ]
+        )
+        == 1
+    )
     assert "unknown protocol 'bogus'" in capsys.readouterr().err
     assert not (run_dir / ".flwr").exists(), "no SuperLink was started"

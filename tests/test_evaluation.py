@@ -92,9 +92,7 @@ def test_fede_protocol_restricts_candidates_and_predicts_tails_only(nations):
     ]
     known = torch.cat(filters)
 
-    got = evaluate_link_prediction(
-        model, test, filter_triples=filters, protocol="fede", candidate_entities=candidates
-    )
+    got = evaluate_link_prediction(model, test, filter_triples=filters, protocol="fede", candidate_entities=candidates)
     want = _expected(_brute_force_ranks(model, test, known, "tail", candidates), (1, 5, 10))
     assert set(got) == {"mrr", "hits@1", "hits@5", "hits@10", "num_triples"}
     for key, value in want.items():
@@ -102,9 +100,7 @@ def test_fede_protocol_restricts_candidates_and_predicts_tails_only(nations):
 
     # the restriction matters: ranking against every entity gives another result
     unrestricted = evaluate_link_prediction(model, test, filter_triples=filters, protocol="fede")
-    want_all = _expected(
-        _brute_force_ranks(model, test, known, "tail", range(nations.num_entities)), (1, 5, 10)
-    )
+    want_all = _expected(_brute_force_ranks(model, test, known, "tail", range(nations.num_entities)), (1, 5, 10))
     assert unrestricted["mrr"] == pytest.approx(want_all["mrr"], abs=1e-6)
     assert unrestricted["mrr"] != pytest.approx(got["mrr"], abs=1e-6)
 
@@ -192,8 +188,9 @@ def test_fused_evaluation_equals_eager_evaluation(nations, monkeypatch, model_cl
     results = {}
     for mode in ("never", "always"):
         monkeypatch.setenv("SIMSKIP_FUSED_KERNELS", mode)
-        results[mode] = evaluate_link_prediction(model, test, filter_triples=filters, protocol="standard",
-                                                 batch_size=16)
+        results[mode] = evaluate_link_prediction(
+            model, test, filter_triples=filters, protocol="standard", batch_size=16
+        )
     assert results["always"] == results["never"]
 
 

@@ -51,15 +51,24 @@ class FakeClient:
         config = dict(msg.content.config_records[CONFIG_KEY])
         self.received.append((kind, config))
         if kind == "query.entities":
-            info = ConfigRecord({"client-id": self.name, "entity-labels": self.labels, "num-train": 10,
-                                 "num-valid": len(self.labels), "num-test": 2 * len(self.labels), "entity-dim": DIM})
+            info = ConfigRecord(
+                {
+                    "client-id": self.name,
+                    "entity-labels": self.labels,
+                    "num-train": 10,
+                    "num-valid": len(self.labels),
+                    "num-test": 2 * len(self.labels),
+                    "entity-dim": DIM,
+                }
+            )
             return Message(RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
         if kind == "query.finish":
             return Message(RecordDict({CONFIG_KEY: ConfigRecord({"acknowledged": 1})}), reply_to=msg)
         if kind == "query.restore":
             self.restores.append(config)
-            return Message(RecordDict({METRICS_KEY: MetricRecord({"restored-round": int(config["resume-round"])})}),
-                           reply_to=msg)
+            return Message(
+                RecordDict({METRICS_KEY: MetricRecord({"restored-round": int(config["resume-round"])})}), reply_to=msg
+            )
         rows = msg.content.array_records[ENTITY_ROWS_KEY]["rows"].numpy()
         if kind == "train":
             out = (rows + self.delta).astype(np.float32)
@@ -129,8 +138,13 @@ def _federation(clients: dict[int, FakeClient] | None = None, **kwargs):
 
 def _expected(table, vocabulary, names):
     """The FedE mean of one round in which exactly the clients ``names`` were aggregated."""
-    updates = [(np.array([vocabulary.index(label) for label in LABELS[n]]),
-                table[[vocabulary.index(label) for label in LABELS[n]]] + DELTAS[n]) for n in names]
+    updates = [
+        (
+            np.array([vocabulary.index(label) for label in LABELS[n]]),
+            table[[vocabulary.index(label) for label in LABELS[n]]] + DELTAS[n],
+        )
+        for n in names
+    ]
     return aggregate_rows(table, updates)
 
 
@@ -155,6 +169,7 @@ def _with_value(value):
         rows[1, 2] = value
         content[ENTITY_ROWS_KEY] = ArrayRecord({"rows": Array(rows)})
         return content
+
     return bad
 
 
@@ -162,6 +177,7 @@ def _without(key):
     def bad(content, rows):
         del content[key]
         return content
+
     return bad
 
 
@@ -191,10 +207,17 @@ def test_a_reply_from_an_unregistered_node_is_rejected():
     strategy.state.set_table(table)
     request = Message(RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=99, message_type="train")
     rows = np.zeros((2, DIM), np.float32)
-    stranger = Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(rows)}),
-                                   METRICS_KEY: MetricRecord({"num-entities": 2})}), reply_to=request)
-    good = grid.clients[11].handle(next(m for m in strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
-                                        if m.metadata.dst_node_id == 11))
+    stranger = Message(
+        RecordDict(
+            {ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(rows)}), METRICS_KEY: MetricRecord({"num-entities": 2})}
+        ),
+        reply_to=request,
+    )
+    good = grid.clients[11].handle(
+        next(
+            m for m in strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid) if m.metadata.dst_node_id == 11
+        )
+    )
     strategy.aggregate_train(1, [stranger, good])
     np.testing.assert_array_equal(strategy.state.table, _expected(table, vocabulary, ["0"]))
     with pytest.raises(FederationError, match="no client update survived.*unregistered"):
@@ -293,8 +316,10 @@ def test_resume_from_the_loop_state_gives_the_same_result_as_an_uninterrupted_ru
     saved = {}
 
     def checkpoint_then_die(report: RoundReport) -> None:
-        saved[report.round] = json.loads(json.dumps(strategy.state.checkpoint_state())), {
-            k: v.copy() for k, v in strategy.state.checkpoint_arrays().items()}
+        saved[report.round] = (
+            json.loads(json.dumps(strategy.state.checkpoint_state())),
+            {k: v.copy() for k, v in strategy.state.checkpoint_arrays().items()},
+        )
         if report.round == 2:
             raise KeyboardInterrupt  # the server dies after round 2's checkpoint
 
@@ -339,9 +364,18 @@ def test_tracked_test_metrics_stay_out_of_the_validation_overall():
 
 # ---------------------------------------------------------------- the ServerApp: on disk, resume
 def _run_config(run_dir, **extra):
-    return {"embedding-dim": DIM, "num-server-rounds": 4, "eval-every": 1, "patience": 10, "min-clients": 3,
-            "simskip-rounds": 0, "run-dir": str(run_dir), "min-clients-timeout": 0.3, "round-timeout": 5.0,
-            **extra}
+    return {
+        "embedding-dim": DIM,
+        "num-server-rounds": 4,
+        "eval-every": 1,
+        "patience": 10,
+        "min-clients": 3,
+        "simskip-rounds": 0,
+        "run-dir": str(run_dir),
+        "min-clients-timeout": 0.3,
+        "round-timeout": 5.0,
+        **extra,
+    }
 
 
 def _clients(first_node: int) -> dict[int, FakeClient]:
@@ -361,7 +395,10 @@ def test_server_app_keeps_every_round_on_disk_and_a_resume_ends_like_an_uninterr
     full = FakeGrid(_clients(10))
     run_federation(full, _run_config(tmp_path / "full"))
     notices = [m for m in full.sent if m.metadata.message_type == "query.finish"]  # after everything else
-    assert sorted(m.metadata.dst_node_id for m in notices) == sorted(full.clients) and full.sent[-len(notices):] == notices
+    assert (
+        sorted(m.metadata.dst_node_id for m in notices) == sorted(full.clients)
+        and full.sent[-len(notices) :] == notices
+    )
     assert {m.content.config_records[CONFIG_KEY]["status"] for m in notices} == {"completed"}
 
     grid = FakeGrid(_clients(20))
@@ -370,8 +407,10 @@ def test_server_app_keeps_every_round_on_disk_and_a_resume_ends_like_an_uninterr
 
     def die_after_round_2(messages, *, timeout=None):
         messages = list(messages)
-        if any(m.metadata.message_type == "train" and m.content.config_records[CONFIG_KEY]["server-round"] == 3
-               for m in messages):
+        if any(
+            m.metadata.message_type == "train" and m.content.config_records[CONFIG_KEY]["server-round"] == 3
+            for m in messages
+        ):
             grid.gone = set(grid.clients)  # every client dies as round 3 starts training
             rounds_done.append(2)
         return original(messages, timeout=timeout)
@@ -392,7 +431,14 @@ def test_server_app_keeps_every_round_on_disk_and_a_resume_ends_like_an_uninterr
     assert _final(interrupted) == _final(tmp_path / "full")
     full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     resumed_rows = (interrupted / "metrics.jsonl").read_text().splitlines()
-    strip = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k and k not in {"finished_at", "server_peak_rss_mb"}}  # noqa: E731
+
+    def strip(line):
+        return {
+            k: v
+            for k, v in json.loads(line).items()
+            if "seconds" not in k and k not in {"finished_at", "server_peak_rss_mb"}
+        }
+
     assert [strip(r) for r in resumed_rows] == [strip(r) for r in full_rows]
 
 
@@ -420,8 +466,13 @@ def nations_folder(tmp_path_factory):
 def _party(data_root, out_root):
     from flwr.app import Context
 
-    return Context(run_id=1, node_id=5, node_config={"partition-id": 0}, state=RecordDict(),
-                   run_config={**TINY_KGE, "client-data-root": str(data_root), "client-output-root": str(out_root)})
+    return Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 0},
+        state=RecordDict(),
+        run_config={**TINY_KGE, "client-data-root": str(data_root), "client-output-root": str(out_root)},
+    )
 
 
 def _to_party(message_type, rows=None, **config):
@@ -434,16 +485,25 @@ def _to_party(message_type, rows=None, **config):
 def _train(context, rows, server_round, best_round=0, federation="F"):
     from client import client_app
 
-    reply = client_app.train(_to_party("train", rows, **{"server-round": server_round, "best-round": best_round,
-                                                           "federation-id": federation}), context)
+    reply = client_app.train(
+        _to_party(
+            "train", rows, **{"server-round": server_round, "best-round": best_round, "federation-id": federation}
+        ),
+        context,
+    )
     return reply.content.array_records[ENTITY_ROWS_KEY]["rows"].numpy()
 
 
 def _restore(context, resume_round, best_round=0, strict=True, federation="F"):
     from client import client_app
 
-    reply = client_app.restore(_to_party("query.restore", **{"resume-round": resume_round, "best-round": best_round,
-                                                             "federation-id": federation, "strict": strict}), context)
+    reply = client_app.restore(
+        _to_party(
+            "query.restore",
+            **{"resume-round": resume_round, "best-round": best_round, "federation-id": federation, "strict": strict},
+        ),
+        context,
+    )
     return int(reply.content.metric_records[METRICS_KEY]["restored-round"])
 
 
@@ -471,7 +531,9 @@ def test_a_party_restored_from_its_checkpoint_trains_exactly_like_one_that_never
     # strict (resume): a missing checkpoint is an error naming the folder; a rejoin starts afresh
     with pytest.raises(client_app.ClientCheckpointError, match=r"round <= 0 .* in .*checkpoint"):
         _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=0)
-    assert _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=2, strict=False, federation="other") == -1
+    assert (
+        _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=2, strict=False, federation="other") == -1
+    )
 
     # a truncated checkpoint is reported by name
     path = tmp_path / "crashed" / "0" / "checkpoint" / "round-000002.npz"

@@ -24,8 +24,16 @@ from loopback import Loopback, wait_for
 
 from client.client_app import HOLD_TRAIN_ENV
 
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=3",
-        "simskip-rounds=0", "min-clients-timeout=300.0", "round-timeout=300.0"]
+TINY = [
+    "embedding-dim=8",
+    "local-epochs=1",
+    "num-negs-per-pos=4",
+    "batch-size=512",
+    "eval-every=3",
+    "simskip-rounds=0",
+    "min-clients-timeout=300.0",
+    "round-timeout=300.0",
+]
 
 
 @pytest.mark.long
@@ -38,8 +46,9 @@ def test_a_party_killed_mid_round_is_left_out_then_rejoins(tmp_path):
         federation.write_data("Kinships", 3)
         server = federation.server("--min-clients", "3", "--rounds", "3", sets=TINY)
         hold = tmp_path / "hold1"  # party 1's round-2 training waits there until it is killed
-        parties = [federation.client(k, attempt=0, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None)
-                   for k in range(3)]
+        parties = [
+            federation.client(k, attempt=0, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None) for k in range(3)
+        ]
         try:
             supernode_pid = int(wait_for(tmp_path / "party1-0.log", r"SuperNode pid (\d+)", deadline, server).group(1))
             while not (hold / "round-2.holding").exists():  # round 2 is certainly under way for party 1

@@ -52,8 +52,13 @@ def nations_folder(tmp_path_factory):
 
 
 def _context(data_root, tmp_path, partition=0):
-    return Context(run_id=1, node_id=5, node_config={"partition-id": partition}, state=RecordDict(),
-                   run_config={**TINY, "client-data-root": str(data_root), "client-output-root": str(tmp_path)})
+    return Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": partition},
+        state=RecordDict(),
+        run_config={**TINY, "client-data-root": str(data_root), "client-output-root": str(tmp_path)},
+    )
 
 
 def _request(message_type, content):
@@ -61,8 +66,15 @@ def _request(message_type, content):
 
 
 def _rows_message(message_type, rows, **config):
-    return _request(message_type, RecordDict({client_app.ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(rows)}),
-                                              client_app.CONFIG_KEY: ConfigRecord(config)}))
+    return _request(
+        message_type,
+        RecordDict(
+            {
+                client_app.ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(rows)}),
+                client_app.CONFIG_KEY: ConfigRecord(config),
+            }
+        ),
+    )
 
 
 def test_client_handlers_train_validate_and_test_from_context_state(nations_folder, tmp_path, monkeypatch):

@@ -43,9 +43,13 @@ def test_superlink_needs_insecure_or_certificates(tmp_path):
     with pytest.raises(pids.FlowerProcessError, match="insecure"):
         launcher.start_superlink(tmp_path, port=1)
     with pytest.raises(pids.FlowerProcessError, match="not found"):
-        launcher.start_superlink(tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+        launcher.start_superlink(
+            tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c")
+        )
     with pytest.raises(credentials.CredentialError, match="not found: .*/a"):
-        launcher.start_superlink(tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+        launcher.start_superlink(
+            tmp_path, port=1, tls=credentials.TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c")
+        )
 
 
 def test_stop_process_ends_the_process_group(tmp_path):
@@ -55,7 +59,9 @@ def test_stop_process_ends_the_process_group(tmp_path):
     try:
         pids.stop_process(proc, timeout=5)
         assert proc.poll() is not None
-        alive = subprocess.run(["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True).stdout.split()
+        alive = subprocess.run(
+            ["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True
+        ).stdout.split()
         assert alive == []
     finally:
         if proc.poll() is None:
@@ -75,9 +81,11 @@ def test_stop_process_also_ends_descendants_in_another_session(tmp_path):
     # Flower's SuperLink starts its SuperExec with start_new_session=True, and the SuperExec starts
     # the ServerApp: a process-group signal misses both, stop_process must find them by PID
     marker = tmp_path / "grandchild.pid"
-    code = ("import subprocess,sys,time; "
-            "p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)'], start_new_session=True); "
-            f"open({str(marker)!r},'w').write(str(p.pid)); time.sleep(60)")
+    code = (
+        "import subprocess,sys,time; "
+        "p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)'], start_new_session=True); "
+        f"open({str(marker)!r},'w').write(str(p.pid)); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     grandchild = None
     try:
@@ -105,7 +113,7 @@ def test_stop_process_also_ends_descendants_in_another_session(tmp_path):
 def test_process_tree_tells_a_reused_pid_from_the_original():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (pid, start), = [(p, s) for p, s in pids.process_tree(os.getpid()) if p == proc.pid]
+        ((pid, start),) = [(p, s) for p, s in pids.process_tree(os.getpid()) if p == proc.pid]
         assert pids._alive(pid, start)
         assert not pids._alive(pid, start + 1), "another start time: another process"
     finally:
@@ -116,18 +124,30 @@ def test_process_tree_tells_a_reused_pid_from_the_original():
 
 def test_supernode_command_carries_tls_auth_key_and_retry_bounds(tmp_path, monkeypatch, pki_files):
     captured = {}
-    monkeypatch.setattr(launcher, "_popen", lambda command, home, log, extra_env=None: captured.setdefault("command", command))
-    launcher.start_supernode(tmp_path, superlink="h:1", node_config={"partition-id": 0}, clientappio_port=5,
-                             root_certificates=pki_files["ca"], auth_private_key=pki_files["key"],
-                             max_retries=3, max_wait_time=30)
+    monkeypatch.setattr(
+        launcher, "_popen", lambda command, home, log, extra_env=None: captured.setdefault("command", command)
+    )
+    launcher.start_supernode(
+        tmp_path,
+        superlink="h:1",
+        node_config={"partition-id": 0},
+        clientappio_port=5,
+        root_certificates=pki_files["ca"],
+        auth_private_key=pki_files["key"],
+        max_retries=3,
+        max_wait_time=30,
+    )
     command = captured["command"]
     assert command[command.index("--root-certificates") + 1] == str(pki_files["ca"])
     assert command[command.index("--auth-supernode-private-key") + 1] == str(pki_files["key"])
-    assert command[command.index("--max-retries") + 1] == "3" and command[command.index("--max-wait-time") + 1] == "30.0"
+    assert (
+        command[command.index("--max-retries") + 1] == "3" and command[command.index("--max-wait-time") + 1] == "30.0"
+    )
     assert "--insecure" not in command
     with pytest.raises(credentials.CredentialError, match="not a PEM certificate"):
-        launcher.start_supernode(tmp_path, superlink="h:1", node_config={}, clientappio_port=5,
-                                 root_certificates=pki_files["key"])
+        launcher.start_supernode(
+            tmp_path, superlink="h:1", node_config={}, clientappio_port=5, root_certificates=pki_files["key"]
+        )
 
 
 @pytest.fixture
@@ -143,11 +163,20 @@ def pki_files(tmp_path):
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     ca = tmp_path / "ca.crt"
     ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     node_key = tmp_path / "node"
-    node_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))
+    node_key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     return {"ca": ca, "key": node_key}

@@ -86,6 +86,7 @@ def test_an_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path) -> None:
 
 # --- read_jsonl: the one reader of JSON-lines files ------------------------------------------
 
+
 def test_read_jsonl_skips_blank_lines_and_gives_nothing_for_a_missing_file(tmp_path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"round": 1}\n\n   \n{"round": 2}\r\n\n')
@@ -105,12 +106,15 @@ def test_read_jsonl_skips_a_torn_last_line_but_keeps_a_complete_one_without_newl
     assert rows[2:] == ([{"round": 3}] if tail == b'{"round": 3}' else [])
 
 
-@pytest.mark.parametrize(("content", "line", "reason"), [
-    ('{"round": 1}\n{not json\n{"round": 3}\n', 2, "malformed JSON line"),
-    ('{"round": 1}\n{"round": 2}\nnot json\n', 3, "malformed JSON line"),  # complete, so not torn
-    ('{"round": 1}\n[1, 2]\n', 2, "expected an object, got list"),
-    ('{"round": 1}\n7', 2, "expected an object, got int"),
-])
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        ('{"round": 1}\n{not json\n{"round": 3}\n', 2, "malformed JSON line"),
+        ('{"round": 1}\n{"round": 2}\nnot json\n', 3, "malformed JSON line"),  # complete, so not torn
+        ('{"round": 1}\n[1, 2]\n', 2, "expected an object, got list"),
+        ('{"round": 1}\n7', 2, "expected an object, got int"),
+    ],
+)
 def test_read_jsonl_names_file_and_line_of_a_bad_complete_line(tmp_path, content, line, reason) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text(content)

@@ -17,7 +17,12 @@ TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1
 
 def test_parse_set_options_reads_toml_values():
     assert parse_set_options(["a=1", "b=0.5", "c=true", "d=RotatE", 'e="x y"']) == {
-        "a": 1, "b": 0.5, "c": True, "d": "RotatE", "e": "x y"}
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": "RotatE",
+        "e": "x y",
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_set_options(["novalue"])
 
@@ -103,8 +108,18 @@ def test_simulation_writes_a_complete_run_folder(tmp_path):
 
 def test_collection_setting_writes_the_same_run_folder_files(tmp_path):
     run_dir = tmp_path / "collection"
-    args = ["--dataset", "Nations", "--clients", "2", "--rounds", "2", "--setting", "collection",
-            "--run-dir", str(run_dir)]
+    args = [
+        "--dataset",
+        "Nations",
+        "--clients",
+        "2",
+        "--rounds",
+        "2",
+        "--setting",
+        "collection",
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in TINY + REFINE_TINY:
         args += ["--set", item]
     assert sim_main(args) == 0
@@ -123,10 +138,24 @@ def test_collection_setting_writes_the_same_run_folder_files(tmp_path):
     assert not (run_dir / ".flwr").exists(), "collection trains without Flower"
 
 
-REFINE_TINY = ["simskip-rounds=2", "simskip-local-epochs=1", "simskip-batch-size=64", "simskip-hidden-dim=16",
-               "simskip-no-skip-ablation=true", "refit-epochs=1"]
-RESULT_COLUMNS = ["standard.mrr", "standard.hits@1", "standard.hits@3", "standard.hits@10",
-                  "fede.mrr", "fede.hits@1", "fede.hits@5", "fede.hits@10"]
+REFINE_TINY = [
+    "simskip-rounds=2",
+    "simskip-local-epochs=1",
+    "simskip-batch-size=64",
+    "simskip-hidden-dim=16",
+    "simskip-no-skip-ablation=true",
+    "refit-epochs=1",
+]
+RESULT_COLUMNS = [
+    "standard.mrr",
+    "standard.hits@1",
+    "standard.hits@3",
+    "standard.hits@10",
+    "fede.mrr",
+    "fede.hits@1",
+    "fede.hits@5",
+    "fede.hits@10",
+]
 
 
 @pytest.mark.slow  # ~1-2 min on 2 cores: Ray start-up, 2 KGE rounds, 2 SimSkip rounds, 3 re-fits per client

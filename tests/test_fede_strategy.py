@@ -32,8 +32,16 @@ class FakeClient:
         kind = msg.metadata.message_type
         config = dict(msg.content.config_records[CONFIG_KEY])
         if kind == "query.entities":
-            info = ConfigRecord({"client-id": self.name, "entity-labels": self.labels, "num-train": 10,
-                                 "num-valid": len(self.labels), "num-test": 2 * len(self.labels), "entity-dim": DIM})
+            info = ConfigRecord(
+                {
+                    "client-id": self.name,
+                    "entity-labels": self.labels,
+                    "num-train": 10,
+                    "num-valid": len(self.labels),
+                    "num-test": 2 * len(self.labels),
+                    "entity-dim": DIM,
+                }
+            )
             return Message(RecordDict({CLIENT_INFO_KEY: info}), reply_to=msg)
         rows = msg.content.array_records[ENTITY_ROWS_KEY]["rows"].numpy()
         self.received.append((kind, config, rows.copy()))
@@ -42,8 +50,9 @@ class FakeClient:
                 return Message(Error(code=1, reason="party crashed"), reply_to=msg)
             out = (rows + self.delta).astype(np.float32)
             metrics = MetricRecord({"num-entities": len(self.labels), "train-loss": 1.0, "train-seconds": 0.0})
-            return Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(out)}), METRICS_KEY: metrics}),
-                           reply_to=msg)
+            return Message(
+                RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(out)}), METRICS_KEY: metrics}), reply_to=msg
+            )
         mrr = self.mrr_by_round.get(config["server-round"], 0.1)
         metrics = MetricRecord({"mrr": mrr, "num_triples": len(self.labels)})
         return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
@@ -94,8 +103,13 @@ def test_handshake_builds_vocabulary_and_each_client_gets_only_its_rows_in_local
 def test_fede_round_sets_each_row_to_the_mean_of_its_holders():
     strategy, grid, clients, vocabulary, table = _federation(eval_every=10, transfer_dtype="float32")
     result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1)
-    updates = [(np.array([vocabulary.index(label) for label in c.labels]),
-                table[[vocabulary.index(label) for label in c.labels]] + c.delta) for c in clients.values()]
+    updates = [
+        (
+            np.array([vocabulary.index(label) for label in c.labels]),
+            table[[vocabulary.index(label) for label in c.labels]] + c.delta,
+        )
+        for c in clients.values()
+    ]
     np.testing.assert_allclose(strategy.state.table, aggregate_rows(table, updates))
     # "a" is held by clients 0 (+1) and 1 (+10); "c" only by client 0; "e" only by client 2
     np.testing.assert_allclose(strategy.state.table[0], table[0] + 5.5)
@@ -152,8 +166,15 @@ def test_a_round_whose_only_update_has_the_wrong_shape_fails_naming_it():
     strategy, grid, _clients, _vocabulary, table = _federation()
     strategy.state.set_table(table)
     msg = next(iter(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)))
-    bad = Message(RecordDict({ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(np.zeros((1, DIM), np.float32))}),
-                              METRICS_KEY: MetricRecord({"num-entities": 1})}), reply_to=msg)
+    bad = Message(
+        RecordDict(
+            {
+                ENTITY_ROWS_KEY: ArrayRecord({"rows": Array(np.zeros((1, DIM), np.float32))}),
+                METRICS_KEY: MetricRecord({"num-entities": 1}),
+            }
+        ),
+        reply_to=msg,
+    )
     with pytest.raises(FederationError, match="no client update survived.*shape"):
         strategy.aggregate_train(1, [bad])
 

@@ -49,7 +49,9 @@ class PushPullGrid:
         for message_id in list(message_ids):
             message = self.inbox.get(message_id)
             if message is not None and self.clock.now >= self.ready_at[message.metadata.dst_node_id]:
-                out.append(Message(RecordDict({"c": ConfigRecord({"node": message.metadata.dst_node_id})}), reply_to=message))
+                out.append(
+                    Message(RecordDict({"c": ConfigRecord({"node": message.metadata.dst_node_id})}), reply_to=message)
+                )
                 del self.inbox[message_id]
         return out
 
@@ -58,7 +60,9 @@ class PushPullGrid:
 
 
 def _messages(nodes):
-    return [Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=node, message_type="train") for node in nodes]
+    return [
+        Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=node, message_type="train") for node in nodes
+    ]
 
 
 def test_replies_are_collected_as_soon_as_the_schedule_reaches_them():
@@ -86,7 +90,9 @@ def test_pushed_messages_expire_with_the_exchange_not_after_flowers_12_hours():
     messages = _messages([1, 2])
     assert all(m.metadata.ttl == 12 * 3600 for m in messages)  # Flower's default
     send_and_receive(grid, messages, timeout=23.0, sleep=clock.sleep, clock=clock)
-    assert [m.metadata.ttl for m in grid.inbox.values()] == [] and all(23.0 + TTL_SLACK <= m.metadata.ttl < 24.0 + TTL_SLACK for m in messages)
+    assert [m.metadata.ttl for m in grid.inbox.values()] == [] and all(
+        23.0 + TTL_SLACK <= m.metadata.ttl < 24.0 + TTL_SLACK for m in messages
+    )
     old = _messages([3])
     created = old[0].metadata.created_at
     expire_with_exchange(old, 10.0, now=lambda: created + 5.0)  # five seconds old at the push
@@ -120,14 +126,23 @@ def test_a_bad_schedule_is_refused(kwargs):
 def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summaries():
     from client.launcher import console_line
 
-    noise = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
-             ("/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
-             "override accelerator visible devices env var if num_gpus=0\n"), "  warnings.warn(\n",
-             ("\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
-             "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n"),
-             "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n",
-             ("\x1b[36m(ClientAppActor pid=420)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually terminating "
-              "ClientAppActor\x1b[32m [repeated 2x across cluster]\x1b[0m\n")]
+    noise = [
+        "\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
+        (
+            "/x/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer "
+            "override accelerator visible devices env var if num_gpus=0\n"
+        ),
+        "  warnings.warn(\n",
+        (
+            "\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
+            "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n"
+        ),
+        "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n",
+        (
+            "\x1b[36m(ClientAppActor pid=420)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually terminating "
+            "ClientAppActor\x1b[32m [repeated 2x across cluster]\x1b[0m\n"
+        ),
+    ]
     assert not any(console_line(line) for line in noise)
     assert not any(console_line(line, quiet=True) for line in noise)
     progress = "\x1b[92mINFO \x1b[0m:      [round 3/10] 1.2s loss 0:2.1\n"
@@ -143,21 +158,29 @@ def test_progress_is_reported_after_each_pull_and_estimates_the_time_left(monkey
     clock = Clock()
     grid = PushPullGrid(clock, {1: 0.0, 2: 0.4, 3: 30.0})
     polls = []
-    send_and_receive(grid, _messages([1, 2, 3]), timeout=60, sleep=clock.sleep, clock=clock,
-                     on_poll=lambda done, total, elapsed: polls.append((done, total)))
+    send_and_receive(
+        grid,
+        _messages([1, 2, 3]),
+        timeout=60,
+        sleep=clock.sleep,
+        clock=clock,
+        on_poll=lambda done, total, elapsed: polls.append((done, total)),
+    )
     assert polls[0] == (1, 3) and polls[-1] == (3, 3) and (2, 3) in polls
 
     lines = []
     monkeypatch.setattr(membership, "log", lambda level, fmt, *args: lines.append(fmt % args))
     line = membership._ProgressLine("downstream")
-    line(0, 3, 1.0)   # nothing new, not yet 15 s: silent
+    line(0, 3, 1.0)  # nothing new, not yet 15 s: silent
     line(1, 3, 10.0)  # a reply: a line with an estimate
     line(1, 3, 20.0)  # nothing new for 10 s: silent
     line(1, 3, 26.0)  # 16 s of silence: a line
     line(3, 3, 30.0)
-    assert lines == ["downstream: 1 of 3 clients done after 10 s, about 20 s left",
-                     "downstream: 1 of 3 clients done after 26 s, about 52 s left",
-                     "downstream: 3 of 3 clients done after 30 s"]
+    assert lines == [
+        "downstream: 1 of 3 clients done after 10 s, about 20 s left",
+        "downstream: 1 of 3 clients done after 26 s, about 52 s left",
+        "downstream: 3 of 3 clients done after 30 s",
+    ]
 
 
 def test_object_pulls_retry_after_the_short_backoff(monkeypatch) -> None:

@@ -21,7 +21,10 @@ def test_stats_json_matches_the_loaded_federation(capsys):
     assert stats["num_clients"] == 3 and stats["num_entities"] == kg.num_entities
     for row, client in zip(stats["clients"], kg.clients, strict=True):
         assert (row["train"], row["valid"], row["test"]) == (
-            client.train.num_triples, client.valid.num_triples, client.test.num_triples)
+            client.train.num_triples,
+            client.valid.num_triples,
+            client.test.num_triples,
+        )
         assert row["entities"] == client.num_entities and row["relations"] == client.num_relations
     # sharing histogram: entities held by exactly k clients, computed independently here
     holders = {}

@@ -101,7 +101,9 @@ def test_duplicates_are_reported_with_file_and_line():
     with pytest.warns(KGDataWarning) as record:
         client = load_client_folder(FIXTURES / "duplicates")
     messages = [str(w.message) for w in record]
-    assert any(re.search(r"duplicates/train\.txt:6: duplicate triple; client 0 train holds 1 repeated", m) for m in messages)
+    assert any(
+        re.search(r"duplicates/train\.txt:6: duplicate triple; client 0 train holds 1 repeated", m) for m in messages
+    )
     assert any(re.search(r"duplicates/test\.txt:2: triple also in train", m) for m in messages)
     assert client.train.num_triples == 6  # reported, not removed
 
@@ -149,7 +151,9 @@ def _fede_client(rng: np.random.Generator, n: int, num_entities: int, num_relati
 def test_pickle_with_a_function_call_is_refused(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps([{"train": _CallsFunction()}]))
-    with pytest.raises(KGDataError, match=r"evil\.pkl: refusing to unpickle posix\.getpid|evil\.pkl: refusing to unpickle os\.getpid"):
+    with pytest.raises(
+        KGDataError, match=r"evil\.pkl: refusing to unpickle posix\.getpid|evil\.pkl: refusing to unpickle os\.getpid"
+    ):
         read_fede_pickle(path)
 
 
@@ -169,7 +173,9 @@ def test_pickle_with_inconsistent_local_ids_is_named(tmp_path):
     clients[1]["train"]["edge_index"][0, 0] = clients[1]["train"]["edge_index"].max() + 1
     path = tmp_path / "ids.pkl"
     path.write_bytes(pickle.dumps(clients))
-    with pytest.raises(KGDataError, match=r"ids\.pkl: client 1, train, edge_index: global id \d+ maps to several local ids"):
+    with pytest.raises(
+        KGDataError, match=r"ids\.pkl: client 1, train, edge_index: global id \d+ maps to several local ids"
+    ):
         read_fede_pickle(path)
 
 
@@ -193,11 +199,15 @@ def test_pickle_round_trip_keeps_global_ids(tmp_path):
         assert tails == clients[k]["train"]["edge_index_ori"][1].tolist()
 
 
-@pytest.mark.parametrize(("name", "entities", "relations"), [("Nations", 14, 55), ("Kinships", 104, 25), ("UMLS", 135, 46)])
+@pytest.mark.parametrize(
+    ("name", "entities", "relations"), [("Nations", 14, 55), ("Kinships", 104, 25), ("UMLS", 135, 46)]
+)
 def test_bundled_pykeen_datasets_load_offline(name, entities, relations):
     kg = load_federated(name, num_clients=2, seed=0)
     assert (kg.num_entities, kg.num_relations) == (entities, relations)
-    assert sum(c.train.num_triples + c.valid.num_triples + c.test.num_triples for c in kg.clients) == len(load_source(name).pooled())
+    assert sum(c.train.num_triples + c.valid.num_triples + c.test.num_triples for c in kg.clients) == len(
+        load_source(name).pooled()
+    )
 
 
 def test_other_pykeen_dataset_offline_names_the_cache_file(monkeypatch):
@@ -208,5 +218,8 @@ def test_other_pykeen_dataset_offline_names_the_cache_file(monkeypatch):
         raise DownloadError("urllib", url, path, OSError("network is unreachable"))
 
     monkeypatch.setattr(base, "download", offline)  # offline even where a network exists
-    with pytest.raises(DatasetUnavailableError, match=r"'FB15k237' is not available offline: download https://\S+FB15K-237\.2\.zip and place it at \S+/fb15k237/FB15K-237\.2\.zip"):
+    with pytest.raises(
+        DatasetUnavailableError,
+        match=r"'FB15k237' is not available offline: download https://\S+FB15K-237\.2\.zip and place it at \S+/fb15k237/FB15K-237\.2\.zip",
+    ):
         load_federated("FB15k237", num_clients=3)

@@ -19,7 +19,7 @@ def reference_fede_split(pooled: list[tuple[str, str, str]], num_clients: int, s
     m = round(len(relations) / num_clients)
     owner = {}
     for k in range(num_clients):
-        for r in (relations[k * m:(k + 1) * m] if k < num_clients - 1 else relations[k * m:]):
+        for r in relations[k * m : (k + 1) * m] if k < num_clients - 1 else relations[k * m :]:
             owner[r] = k
     out = []
     for k in range(num_clients):
@@ -41,7 +41,7 @@ def reference_fede_split(pooled: list[tuple[str, str, str]], num_clients: int, s
                 pool.append((h, r, t))
                 moved.add(i)
         train = [tr for i, tr in enumerate(shuffled) if i not in moved]
-        out.append((train, pool[: len(pool) // 2], pool[len(pool) // 2:]))
+        out.append((train, pool[: len(pool) // 2], pool[len(pool) // 2 :]))
     return out
 
 
@@ -81,11 +81,17 @@ def check_federation(kg: FederatedKG, pooled: np.ndarray, *, disjoint_relations:
         assert set(np.unique(train[:, [0, 2]]).tolist()) == set(range(client.num_entities))
         assert set(np.unique(train[:, 1]).tolist()) == set(range(client.num_relations))
         for factory in client.factories().values():
-            assert factory.entity_to_id is client.train.entity_to_id or factory.entity_to_id == client.train.entity_to_id
+            assert (
+                factory.entity_to_id is client.train.entity_to_id or factory.entity_to_id == client.train.entity_to_id
+            )
             local = factory.mapped_triples.numpy()
             assert local[:, [0, 2]].max() < client.num_entities and local[:, 1].max() < client.num_relations
-            rows.append(np.stack([client.entity_ids[local[:, 0]], client.relation_ids[local[:, 1]],
-                                  client.entity_ids[local[:, 2]]], axis=1))
+            rows.append(
+                np.stack(
+                    [client.entity_ids[local[:, 0]], client.relation_ids[local[:, 1]], client.entity_ids[local[:, 2]]],
+                    axis=1,
+                )
+            )
         relation_sets.append(set(client.relation_ids.tolist()))
         # global labels agree with local labels
         global_labels = {i: e for e, i in kg.entity_to_id.items()}
@@ -166,8 +172,10 @@ def write_openke(folder, graph, rng) -> None:
     folder.mkdir()
     ent_perm = rng.permutation(graph.num_entities)
     rel_perm = rng.permutation(graph.num_relations)
-    for fname, mapping, perm in (("entity2id.txt", graph.entity_to_id, ent_perm),
-                                 ("relation2id.txt", graph.relation_to_id, rel_perm)):
+    for fname, mapping, perm in (
+        ("entity2id.txt", graph.entity_to_id, ent_perm),
+        ("relation2id.txt", graph.relation_to_id, rel_perm),
+    ):
         lines = [f"{label}\t{perm[i]}" for label, i in mapping.items()]
         (folder / fname).write_text(f"{len(lines)}\r\n" + "".join(f"{x}\r\n" for x in lines))
     for name in ("train", "valid", "test"):

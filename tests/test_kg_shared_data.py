@@ -45,7 +45,9 @@ def test_fb15k237_tsv_and_openke_agree(shared_data, fb15k237):
 def global_rows(client) -> np.ndarray:
     """All of a client's triples (train, valid, test) as global ids (n, 3)."""
     local = np.concatenate([f.mapped_triples.numpy() for f in client.factories().values()])
-    return np.stack([client.entity_ids[local[:, 0]], client.relation_ids[local[:, 1]], client.entity_ids[local[:, 2]]], 1)
+    return np.stack(
+        [client.entity_ids[local[:, 0]], client.relation_ids[local[:, 1]], client.entity_ids[local[:, 2]]], 1
+    )
 
 
 def triple_keys(rows: np.ndarray) -> np.ndarray:
@@ -90,7 +92,11 @@ def test_fede_partition_of_fb15k237(fb15k237, num_clients):
 
 
 def _digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_fede_partition_is_deterministic(fb15k237, tmp_path):
@@ -117,7 +123,13 @@ def test_fede_pickle_fixture(shared_data):
         kg = load_federated(shared_data / "DDB14-FedR-fixture" / "DDB14-Fed3.pkl")
     messages = [str(w.message) for w in record]
     assert any(re.match(r".*DDB14-Fed3\.pkl client 0 train, row \d+: duplicate triple", m) for m in messages)
-    assert any(re.match(r".*DDB14-Fed3\.pkl client 0 test, row \d+: triple also in train; client 0 has 1139 test row\(s\) \(986 distinct", m) for m in messages)
+    assert any(
+        re.match(
+            r".*DDB14-Fed3\.pkl client 0 test, row \d+: triple also in train; client 0 has 1139 test row\(s\) \(986 distinct",
+            m,
+        )
+        for m in messages
+    )
     counts = [(c.train.num_triples, c.valid.num_triples, c.test.num_triples) for c in kg.clients]
     assert counts == [(11_883, 1_485, 1_486), (11_883, 1_485, 1_486), (11_882, 1_485, 1_486)]
     assert [c.num_relations for c in kg.clients] == [12, 13, 14]

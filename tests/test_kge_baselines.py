@@ -33,8 +33,15 @@ def kinships():
 
 
 def fast(model: str = "DistMult", **changes: object) -> KGEConfig:
-    return KGEConfig(model=model, embedding_dim=16, batch_size=512, num_negs_per_pos=8, learning_rate=0.02,
-                     local_epochs=3, eval_every=2).replace(**changes)
+    return KGEConfig(
+        model=model,
+        embedding_dim=16,
+        batch_size=512,
+        num_negs_per_pos=8,
+        learning_rate=0.02,
+        local_epochs=3,
+        eval_every=2,
+    ).replace(**changes)
 
 
 # --- early stopping (pure) ---------------------------------------------------------------------
@@ -85,8 +92,13 @@ def test_round_engine_validates_on_schedule_keeps_the_best_and_stops_on_patience
     steps = Steps({2: 0.1, 4: 0.3, 6: 0.2, 8: math.nan, 9: 0.9})
     engine = RoundEngine(num_rounds=9, eval_every=2, stopper=EarlyStopping(patience=2))
     assert engine.run(steps) == 8 and engine.stopped_early and engine.stopper.best_round == 4
-    assert steps.calls[:5] == [("train", 1), ("aggregate", 1, 10), ("end", 1, False, False), ("train", 2),
-                               ("aggregate", 2, 20)]
+    assert steps.calls[:5] == [
+        ("train", 1),
+        ("aggregate", 1, 10),
+        ("end", 1, False, False),
+        ("train", 2),
+        ("aggregate", 2, 20),
+    ]
     assert [c[1] for c in steps.calls if c[0] == "best"] == [2, 4]
     assert steps.calls[-1] == ("end", 8, True, True)
     assert engine.run(Steps({}), first_round=9) == 8  # a stopped run runs no further round
@@ -108,7 +120,7 @@ def test_pooling_maps_every_client_triple_to_global_ids(kinships) -> None:
     assert pooled.train.num_relations == sum(c.num_relations for c in kinships.clients)
     start = 0
     for client, offset in zip(kinships.clients, pooled.relation_offsets):
-        rows = pooled.train.mapped_triples[start:start + client.train.num_triples].numpy()
+        rows = pooled.train.mapped_triples[start : start + client.train.num_triples].numpy()
         start += client.train.num_triples
         assert rows[:, 1].min() >= offset and rows[:, 1].max() < offset + client.num_relations
         # reference: the client's labelled triples through the global vocabularies
@@ -202,8 +214,14 @@ def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
 
     config = KGEConfig(eval_every=2, patience=2)
     result = _run_rounds(
-        setting="isolation", config=config, rounds=20, client_ids=[0], train_round=train_round,
-        evaluate=evaluate, snapshot=lambda: dict(weights), restore=weights.update,
+        setting="isolation",
+        config=config,
+        rounds=20,
+        client_ids=[0],
+        train_round=train_round,
+        evaluate=evaluate,
+        snapshot=lambda: dict(weights),
+        restore=weights.update,
         progress=lambda line: None,
     )
     # checks at rounds 2, 4, 6, 8: two without improvement after round 4 -> stop at 8

@@ -14,8 +14,9 @@ def test_matches_a_python_set_reference() -> None:
     known[:, 1] %= 4
     filterer = SortedKeyFilterer(known)
     # candidates: half drawn from the known triples, half random, some ids beyond the table
-    queries = torch.cat([known[torch.randperm(400, generator=generator)[:200]],
-                         torch.randint(0, 35, (300, 3), generator=generator)])
+    queries = torch.cat(
+        [known[torch.randperm(400, generator=generator)[:200]], torch.randint(0, 35, (300, 3), generator=generator)]
+    )
     queries = queries.view(25, 20, 3)
     reference = {tuple(t) for t in known.tolist()}
     expected = torch.tensor([tuple(t) in reference for t in queries.view(-1, 3).tolist()]).view(25, 20)

@@ -29,13 +29,24 @@ def nations() -> SimpleNamespace:
     from pykeen.datasets import Nations
 
     dataset = Nations()
-    return SimpleNamespace(client_id=0, train=dataset.training, valid=dataset.validation, test=dataset.testing,
-                           num_entities=dataset.training.num_entities)
+    return SimpleNamespace(
+        client_id=0,
+        train=dataset.training,
+        valid=dataset.validation,
+        test=dataset.testing,
+        num_entities=dataset.training.num_entities,
+    )
 
 
 def shared(model: str = "TransE", **changes: object) -> KGEConfig:
-    return KGEConfig(model=model, embedding_dim=8, batch_size=256, num_negs_per_pos=8, learning_rate=1e-2,
-                     training_loop="sharednegatives").replace(**changes)
+    return KGEConfig(
+        model=model,
+        embedding_dim=8,
+        batch_size=256,
+        num_negs_per_pos=8,
+        learning_rate=1e-2,
+        training_loop="sharednegatives",
+    ).replace(**changes)
 
 
 def _model(name: str, nations: SimpleNamespace, **kwargs: object):
@@ -46,18 +57,35 @@ def _model(name: str, nations: SimpleNamespace, **kwargs: object):
 # --- candidate scoring ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [("TransE", {}), ("TransE", {"scoring_fct_norm": 2}),
-                                              ("RotatE", {}), ("DistMult", {}), ("ComplEx", {}), ("TransH", {})])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("TransE", {}),
+        ("TransE", {"scoring_fct_norm": 2}),
+        ("RotatE", {}),
+        ("DistMult", {}),
+        ("ComplEx", {}),
+        ("TransH", {}),
+    ],
+)
 def test_candidate_scores_equal_pykeen(nations: SimpleNamespace, name: str, kwargs: dict) -> None:
     model = _model(name, nations, **kwargs)
     assert has_fast_path(model) == (name != "TransH")  # TransH exercises the fallback
     triples = nations.train.mapped_triples[:9]
     candidates = torch.tensor([0, 3, 3, 13, 5])
     with torch.no_grad():
-        torch.testing.assert_close(score_tails(model, triples[:, :2], candidates),
-                                   model.score_t(triples[:, :2], tails=candidates), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(score_heads(model, triples[:, 1:], candidates),
-                                   model.score_h(triples[:, 1:], heads=candidates), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            score_tails(model, triples[:, :2], candidates),
+            model.score_t(triples[:, :2], tails=candidates),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            score_heads(model, triples[:, 1:], candidates),
+            model.score_h(triples[:, 1:], heads=candidates),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 # --- the regime -------------------------------------------------------------------------------
@@ -139,11 +167,17 @@ def test_fast_evaluation_equals_pykeen_evaluate(nations: SimpleNamespace, name: 
     test = nations.test.mapped_triples
     filters = [nations.train.mapped_triples, nations.valid.mapped_triples]
     candidates = sorted(set(test[:, 2].tolist()) | {0, 1, 2})  # a strict subset of the 14 entities
-    got = evaluate_link_prediction(model, test, filter_triples=filters, protocol=protocol,
-                                   candidate_entities=candidates, batch_size=7)
+    got = evaluate_link_prediction(
+        model, test, filter_triples=filters, protocol=protocol, candidate_entities=candidates, batch_size=7
+    )
     side, targets = ("both", ("head", "tail")) if protocol == "standard" else ("tail", ("tail",))
     results = RankBasedEvaluator(filtered=True).evaluate(
-        model, test, batch_size=7, use_tqdm=False, additional_filter_triples=filters, targets=targets,
+        model,
+        test,
+        batch_size=7,
+        use_tqdm=False,
+        additional_filter_triples=filters,
+        targets=targets,
         restrict_entities_to=torch.tensor(candidates) if protocol == "fede" else None,
         do_time_consuming_checks=False,
     )
@@ -174,9 +208,28 @@ def test_time_to_accuracy_script_reports_rounds(tmp_path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "tta.json"
-    args = ["--mode", "in-process", "--data", "Nations", "--num-clients", "2", "--rounds", "2", "--out", str(out),
-            "--set", "training-loop=sharednegatives", "--set", "embedding-dim=8", "--set", "eval-every=1",
-            "--set", "num-negs-per-pos=8", "--set", "eval-protocol=fede"]
+    args = [
+        "--mode",
+        "in-process",
+        "--data",
+        "Nations",
+        "--num-clients",
+        "2",
+        "--rounds",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "training-loop=sharednegatives",
+        "--set",
+        "embedding-dim=8",
+        "--set",
+        "eval-every=1",
+        "--set",
+        "num-negs-per-pos=8",
+        "--set",
+        "eval-protocol=fede",
+    ]
     assert module.main(args) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == "in-process" and not report.get("partial")

@@ -107,7 +107,8 @@ def test_corruption_scheme_reaches_the_sampler(nations: SimpleNamespace) -> None
 
     config = small(corruption_scheme="tail", num_negs_per_pos=32)
     sampler = negative_sampler_resolver.make(
-        config.negative_sampler, pos_kwargs=negative_sampler_kwargs(config),
+        config.negative_sampler,
+        pos_kwargs=negative_sampler_kwargs(config),
         mapped_triples=nations.train.mapped_triples,
     )
     positives = nations.train.mapped_triples[:64]

@@ -161,7 +161,9 @@ def ref_openke_triples(data: bytes, num_entities: int, num_relations: int) -> li
         if not all(-(2**63) <= v < 2**63 for v in (h, t, r)):
             raise Bad({number})
         rows.append((number, h, r, t))
-    out_of_range = {n for n, h, r, t in rows if not (0 <= h < num_entities and 0 <= t < num_entities and 0 <= r < num_relations)}
+    out_of_range = {
+        n for n, h, r, t in rows if not (0 <= h < num_entities and 0 <= t < num_entities and 0 <= r < num_relations)
+    }
     if out_of_range:
         raise Bad(out_of_range)
     if len(rows) != count or not rows:
@@ -183,7 +185,9 @@ def assert_names_file(error: Exception, path: Path, bad: Bad | None = None) -> N
         if bad.lines is None:
             assert line is None, f"reference: a file-level problem; loader: {message[:300]}"
         else:
-            assert line is not None and int(line.group(1)) in bad.lines, f"reference: lines {sorted(bad.lines)[:5]}; loader: {message[:300]}"
+            assert line is not None and int(line.group(1)) in bad.lines, (
+                f"reference: lines {sorted(bad.lines)[:5]}; loader: {message[:300]}"
+            )
 
 
 def assert_dense(mapping) -> None:
@@ -219,8 +223,28 @@ LABELS = st.one_of(
 HUGE_VALUES = st.sampled_from(["x", "9", "é", " ", "\t"]).map(lambda c: c * HUGE)
 #: What a single field (label, id or count) can be replaced by.
 FIELDS = st.one_of(
-    st.sampled_from(["", " ", "-1", "-0", "+1", "1.5", "1e3", "nan", "0x1", "\u0663", "\u00b2", "1_0", "\x00",
-                     "\ufeff", "\u2028", "\x85", "a b", "9" * 5000]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "-1",
+            "-0",
+            "+1",
+            "1.5",
+            "1e3",
+            "nan",
+            "0x1",
+            "\u0663",
+            "\u00b2",
+            "1_0",
+            "\x00",
+            "\ufeff",
+            "\u2028",
+            "\x85",
+            "a b",
+            "9" * 5000,
+        ]
+    ),
     st.integers(-3, 12).map(str),
     st.integers(2**62, 2**70).map(str),
     st.text(max_size=10),
@@ -233,9 +257,26 @@ GARBAGE_LINES = st.one_of(
     st.text(" \t\x0b\x0c\xa0\u3000\x85", min_size=1, max_size=6).map(lambda s: s.encode("utf-8")),
 )
 #: Ids and counts at the edges: negative, at a count, at and beyond int32 / int64.
-NUMBERS = st.one_of(st.integers(-2, 12), st.sampled_from([-(2**63) - 1, -(2**63), 2**31, 2**63 - 1, 2**63, 2**64, 10**20]))
-MUTATIONS = ("none", "random", "truncate", "flip", "replace_line", "insert_line", "delete_line", "duplicate_line",
-             "field", "field", "number", "number", "encoding", "line_endings", "append")
+NUMBERS = st.one_of(
+    st.integers(-2, 12), st.sampled_from([-(2**63) - 1, -(2**63), 2**31, 2**63 - 1, 2**63, 2**64, 10**20])
+)
+MUTATIONS = (
+    "none",
+    "random",
+    "truncate",
+    "flip",
+    "replace_line",
+    "insert_line",
+    "delete_line",
+    "duplicate_line",
+    "field",
+    "field",
+    "number",
+    "number",
+    "encoding",
+    "line_endings",
+    "append",
+)
 
 
 @st.composite
@@ -256,7 +297,7 @@ def mutated(draw, data: bytes) -> bytes:
         if not data:
             return draw(st.binary(min_size=1, max_size=1))
         pos = draw(st.integers(0, len(data) - 1))
-        return data[:pos] + bytes([draw(st.integers(0, 255))]) + data[pos + 1:]
+        return data[:pos] + bytes([draw(st.integers(0, 255))]) + data[pos + 1 :]
     if kind == "encoding":
         codec = draw(st.sampled_from(["latin-1", "cp1252", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"]))
         return data.decode("utf-8").encode(codec, errors="replace")
@@ -341,17 +382,27 @@ def test_labeled_tsv_file_and_folder(graph, target, data):
         labels = sorted({x for name in SPLITS for _, h, _, t in refs[name][0] for x in (h, t)})
         assert split.entity_to_id == {label: i for i, label in enumerate(labels)}
         assert_dense(split.relation_to_id)
-        entity, relation = sorted(split.entity_to_id, key=split.entity_to_id.get), sorted(split.relation_to_id, key=split.relation_to_id.get)
+        entity, relation = (
+            sorted(split.entity_to_id, key=split.entity_to_id.get),
+            sorted(split.relation_to_id, key=split.relation_to_id.get),
+        )
         for name in SPLITS:
             located = getattr(split, name)
             assert located.ids.shape == (len(refs[name][0]), 3) and located.ids.dtype == np.int64
-            assert [(n, entity[h], relation[r], entity[t]) for n, (h, r, t) in zip(located.lines.tolist(), located.ids.tolist())] == refs[name][0]
+            assert [
+                (n, entity[h], relation[r], entity[t])
+                for n, (h, r, t) in zip(located.lines.tolist(), located.ids.tolist())
+            ] == refs[name][0]
 
 
 # ----------------------------------------------------------------------------- vocabularies
 @FUZZ
-@given(labels=st.lists(LABELS, min_size=0, max_size=8, unique=True), openke=st.booleans(),
-       shuffle=st.randoms(use_true_random=False), data=st.data())
+@given(
+    labels=st.lists(LABELS, min_size=0, max_size=8, unique=True),
+    openke=st.booleans(),
+    shuffle=st.randoms(use_true_random=False),
+    data=st.data(),
+)
 def test_vocabulary_files(labels, openke, shuffle, data):
     """``read_vocabulary_file`` (``label<TAB>id``, dense ids) and ``read_openke_dictionary``
     (a count header first; a space may separate label and id)."""
@@ -388,12 +439,15 @@ def test_openke_folder(graph, target, data):
     e_id = {e: i for i, e in enumerate(entities)}
     r_id = {r: i for i, r in enumerate(relations)}
     contents = {
-        "entity2id.txt": f"{len(e_id)}\r\n".encode() + tsv(e_id.items()).replace(b"\n", b"\r\n"),  # CRLF, as the real ones
+        "entity2id.txt": f"{len(e_id)}\r\n".encode()
+        + tsv(e_id.items()).replace(b"\n", b"\r\n"),  # CRLF, as the real ones
         "relation2id.txt": f"{len(r_id)}\n".encode() + tsv(r_id.items()),
     }
     for name, rows in graph.items():
         body = [(e_id[h], e_id[t], r_id[r]) for h, r, t in rows]
-        contents[f"{name}2id.txt"] = f"{len(body)}\n".encode() + " ".join(f"{h} {t} {r}\n" for h, t, r in body).replace("\n ", "\n").encode()
+        contents[f"{name}2id.txt"] = (
+            f"{len(body)}\n".encode() + " ".join(f"{h} {t} {r}\n" for h, t, r in body).replace("\n ", "\n").encode()
+        )
     contents[target] = data.draw(mutated(contents[target]), label="file")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "openke"
@@ -420,8 +474,12 @@ def test_openke_folder(graph, target, data):
         if name in ("entity2id.txt", "relation2id.txt"):
             references[name] = verdict(ref_vocabulary, contents[name], openke=True)
         else:
-            references[name] = verdict(ref_openke_triples, contents[name], len(references["entity2id.txt"][0]),
-                                       len(references["relation2id.txt"][0]))
+            references[name] = verdict(
+                ref_openke_triples,
+                contents[name],
+                len(references["entity2id.txt"][0]),
+                len(references["relation2id.txt"][0]),
+            )
         if references[name][1] is not None:
             assert loaded is None
             assert_names_file(error, paths[name], references[name][1])
@@ -442,8 +500,12 @@ ODD_FOLDERS = ("\u00b2", "\u0661", "\uff11", "00", "01", "-1", "2", "5", "x", " 
 
 
 @FUZZ
-@given(clients=st.lists(graphs(), min_size=1, max_size=3), vocabularies=st.sampled_from(["none", "sorted", "shuffled"]),
-       shuffle=st.randoms(use_true_random=False), data=st.data())
+@given(
+    clients=st.lists(graphs(), min_size=1, max_size=3),
+    vocabularies=st.sampled_from(["none", "sorted", "shuffled"]),
+    shuffle=st.randoms(use_true_random=False),
+    data=st.data(),
+)
 def test_client_folder_root(clients, vocabularies, shuffle, data):
     """``load_source`` on a folder of client folders ``0/ 1/ ...``, with or without the global
     ``entity_to_id.tsv`` / ``relation_to_id.tsv``: one file broken, missing or a folder, or an
@@ -506,10 +568,16 @@ def test_client_folder_root(clients, vocabularies, shuffle, data):
             if bad is not None:
                 assert_names_file(error, paths[file], bad)
                 return
-        missing = {(name, n) for name, (rows, _) in triple_refs.items() for n, h, r, t in rows
-                   if not ({h, t} <= set(vocab["entity_to_id.tsv"]) and r in vocab["relation_to_id.tsv"])}
+        missing = {
+            (name, n)
+            for name, (rows, _) in triple_refs.items()
+            for n, h, r, t in rows
+            if not ({h, t} <= set(vocab["entity_to_id.tsv"]) and r in vocab["relation_to_id.tsv"])
+        }
         if missing:
-            assert error is not None and any(str(error).startswith(f"{paths[name]}:{n}: ") for name, n in missing), error
+            assert error is not None and any(str(error).startswith(f"{paths[name]}:{n}: ") for name, n in missing), (
+                error
+            )
             return
     assert error is None, f"{type(error).__name__}: {error}"
     assert isinstance(loaded, FederatedTriples) and len(loaded.clients) == len(clients)
@@ -523,11 +591,19 @@ def test_client_folder_root(clients, vocabularies, shuffle, data):
         for split in SPLITS:
             located = getattr(client, split)
             assert located.ids.ndim == 2 and located.ids.shape[1] == 3 and located.ids.dtype == np.int64
-            assert [(n, entity[h], relation[r], entity[t]) for n, (h, r, t) in zip(located.lines.tolist(), located.ids.tolist())] == triple_refs[f"{k}/{split}.txt"][0]
+            assert [
+                (n, entity[h], relation[r], entity[t])
+                for n, (h, r, t) in zip(located.lines.tolist(), located.ids.tolist())
+            ] == triple_refs[f"{k}/{split}.txt"][0]
 
 
 @FUZZ
-@given(graph=graphs(seen_only=True), local_vocabularies=st.booleans(), shuffle=st.randoms(use_true_random=False), data=st.data())
+@given(
+    graph=graphs(seen_only=True),
+    local_vocabularies=st.booleans(),
+    shuffle=st.randoms(use_true_random=False),
+    data=st.data(),
+)
 def test_client_folder(graph, local_vocabularies, shuffle, data):
     """``load_client_folder`` (one party's folder, local vocabularies when written) with one file
     broken or missing; the graph it returns is complete or there is none."""
@@ -567,7 +643,10 @@ def test_client_folder(graph, local_vocabularies, shuffle, data):
     expected_e = {e: i for i, e in enumerate(train_entities)}
     expected_r = {r: i for i, r in enumerate(train_relations)}
     if local_vocabularies:  # either file present: both are read, and must list train's labels
-        for file, labels, kind in (("entity_to_id.tsv", train_entities, "entity"), ("relation_to_id.tsv", train_relations, "relation")):
+        for file, labels, kind in (
+            ("entity_to_id.tsv", train_entities, "entity"),
+            ("relation_to_id.tsv", train_relations, "relation"),
+        ):
             if file not in contents:
                 assert_names_file(error, paths[file])
                 return
@@ -582,8 +661,10 @@ def test_client_folder(graph, local_vocabularies, shuffle, data):
                 expected_e = vocab
             else:
                 expected_r = vocab
-    unseen = {split: {n for n, h, r, t in rows[split] if not ({h, t} <= set(train_entities) and r in train_relations)}
-              for split in ("valid", "test")}
+    unseen = {
+        split: {n for n, h, r, t in rows[split] if not ({h, t} <= set(train_entities) and r in train_relations)}
+        for split in ("valid", "test")
+    }
     for split in ("valid", "test"):
         if unseen[split]:
             assert client is None
@@ -621,8 +702,20 @@ FORBIDDEN = [
     _Reduce(np.frombuffer, b"\x00" * 8, "int64"),
     np.array([_Reduce(os.getpid)], dtype=object),
 ]
-BAD_VALUES = [None, "edge", 3, 1.5, [[0, 1], [2]], {"a": 1}, np.zeros((2, 2), dtype=np.float64), np.zeros((3, 2, 1), dtype=np.int64),
-              np.array([True, False]), np.array(["1", "2"]), np.array([2**64 - 1], dtype=np.uint64), np.empty((2, 0), dtype=np.int64)]
+BAD_VALUES = [
+    None,
+    "edge",
+    3,
+    1.5,
+    [[0, 1], [2]],
+    {"a": 1},
+    np.zeros((2, 2), dtype=np.float64),
+    np.zeros((3, 2, 1), dtype=np.int64),
+    np.array([True, False]),
+    np.array(["1", "2"]),
+    np.array([2**64 - 1], dtype=np.uint64),
+    np.empty((2, 0), dtype=np.int64),
+]
 
 
 @st.composite
@@ -633,7 +726,9 @@ def fede_clients(draw) -> list[dict]:
         client = {}
         for split in SPLITS:
             n = draw(st.integers(0 if split != "train" else 1, 6))
-            ori = np.array(draw(st.lists(st.integers(0, 40), min_size=2 * n, max_size=2 * n)), dtype=np.int64).reshape(2, n)
+            ori = np.array(draw(st.lists(st.integers(0, 40), min_size=2 * n, max_size=2 * n)), dtype=np.int64).reshape(
+                2, n
+            )
             rel = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)), dtype=np.int64)
             local = np.unique(ori, return_inverse=True)[1].reshape(2, n)
             local_rel = np.unique(rel, return_inverse=True)[1].reshape(n)
@@ -646,8 +741,25 @@ def fede_clients(draw) -> list[dict]:
 def fede_files(draw) -> tuple[str, object, bytes]:
     """``(kind, object or None, pickle bytes)``: a valid pickle, a broken structure, or broken bytes."""
     clients = draw(fede_clients())
-    kind = draw(st.sampled_from(["valid", "lists", "structure", "value", "relabel", "negative", "shape", "forbidden",
-                                 "truncate", "flip", "random", "append", "top"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "lists",
+                "structure",
+                "value",
+                "relabel",
+                "negative",
+                "shape",
+                "forbidden",
+                "truncate",
+                "flip",
+                "random",
+                "append",
+                "top",
+            ]
+        )
+    )
     k = draw(st.integers(0, len(clients) - 1))
     split = draw(st.sampled_from(SPLITS))
     key = draw(st.sampled_from(["edge_index", "edge_type", "edge_index_ori", "edge_type_ori"]))
@@ -679,12 +791,16 @@ def fede_files(draw) -> tuple[str, object, bytes]:
         raw = raw[: draw(st.integers(0, len(raw) - 1))]
     elif kind == "flip":
         pos = draw(st.integers(0, len(raw) - 1))
-        raw = raw[:pos] + bytes([draw(st.integers(0, 255))]) + raw[pos + 1:]
+        raw = raw[:pos] + bytes([draw(st.integers(0, 255))]) + raw[pos + 1 :]
     elif kind == "random":
         raw = draw(st.binary(max_size=300))
     elif kind == "append":
         raw += draw(st.binary(min_size=1, max_size=20))
-    return kind, (obj if kind in ("valid", "lists", "structure", "value", "relabel", "negative", "shape", "top") else None), raw
+    return (
+        kind,
+        (obj if kind in ("valid", "lists", "structure", "value", "relabel", "negative", "shape", "top") else None),
+        raw,
+    )
 
 
 def _original(value) -> np.ndarray:
@@ -746,7 +862,8 @@ TYPED_KEYS: dict[str, tuple[int, str, type]] = {
     **{f.name.replace("_", "-"): (1, f.name, _TYPE_NAMES[f.type]) for f in dataclasses.fields(KGEConfig)},
     **{f"simskip-{name.replace('_', '-')}": (2, name, int) for name in ("rounds", "local_epochs")},
     **{name.replace("_", "-"): (2, name, int) for name in ("refit_epochs", "downstream_seeds", "downstream_patience")},
-    "simskip-federate": (2, "federate", bool), "simskip-no-skip-ablation": (2, "no_skip_ablation", bool),
+    "simskip-federate": (2, "federate", bool),
+    "simskip-no-skip-ablation": (2, "no_skip_ablation", bool),
 }
 KNOWN_KEYS = sorted(set(TYPED_KEYS) | set(RefinementConfig().to_run_config()) | KGE_SKIPPED_KEYS | SETTINGS_KEYS)
 #: Raw ``--set`` values: TOML values of every type, bare words, and malformed or huge text.
@@ -754,16 +871,57 @@ RAW_VALUES = st.one_of(
     st.integers(-3, 2000).map(str),
     st.integers(2**63, 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),  # "nan", "inf", "1e+300": TOML floats too
-    st.sampled_from(["true", "false", "True", "yes", "0", "1.0", "3.0", "1e-3", "TransE", "RotatE", '"TransE"', "'fede'",
-                     "fede", "isolation", "float32", "median", "head,tail", "as-trained", "[1, 2]", '["a"]', "{a = 1}",
-                     "2020-01-01", "07:32:00", '""', "none", "0,0.25,1", "lr=1e-3;lr=1e-4", "3\nlocal-epochs = 9",
-                     "3 # comment", "1\n[table]", "[" * 3000 + "]" * 3000, "1" * 5000, "0x" + "f" * 5000, "x" * HUGE,
-                     '"' + "x" * HUGE + '"', "\x00", "\ufeff1", "=", "a=b"]),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "True",
+            "yes",
+            "0",
+            "1.0",
+            "3.0",
+            "1e-3",
+            "TransE",
+            "RotatE",
+            '"TransE"',
+            "'fede'",
+            "fede",
+            "isolation",
+            "float32",
+            "median",
+            "head,tail",
+            "as-trained",
+            "[1, 2]",
+            '["a"]',
+            "{a = 1}",
+            "2020-01-01",
+            "07:32:00",
+            '""',
+            "none",
+            "0,0.25,1",
+            "lr=1e-3;lr=1e-4",
+            "3\nlocal-epochs = 9",
+            "3 # comment",
+            "1\n[table]",
+            "[" * 3000 + "]" * 3000,
+            "1" * 5000,
+            "0x" + "f" * 5000,
+            "x" * HUGE,
+            '"' + "x" * HUGE + '"',
+            "\x00",
+            "\ufeff1",
+            "=",
+            "a=b",
+        ]
+    ),
     st.text(max_size=12),
 )
-KEYS = st.one_of(st.sampled_from(KNOWN_KEYS), st.sampled_from(KNOWN_KEYS).map(lambda k: f" {k} "),
-                 st.sampled_from(["locl-epochs", "simskip-typo", "refit-x", "downstream-y", "Model", "", " ", "x" * HUGE]),
-                 st.text(max_size=10))
+KEYS = st.one_of(
+    st.sampled_from(KNOWN_KEYS),
+    st.sampled_from(KNOWN_KEYS).map(lambda k: f" {k} "),
+    st.sampled_from(["locl-epochs", "simskip-typo", "refit-x", "downstream-y", "Model", "", " ", "x" * HUGE]),
+    st.text(max_size=10),
+)
 ITEMS = st.one_of(st.tuples(KEYS, RAW_VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"), st.text(max_size=20))
 
 
@@ -832,8 +990,11 @@ def test_run_config(items):
         assert configs is None
         assert isinstance(error, (ConfigError, SettingsError)), f"{type(error).__name__}: {error}"
         message = str(error)
-        names = {name for key in parsed  # the key, as given or quoted, or its field's name
-                 for name in (key, repr(key)[1:-1], key.replace("-", "_"), key.removeprefix("simskip-").replace("-", "_"))}
+        names = {
+            name
+            for key in parsed  # the key, as given or quoted, or its field's name
+            for name in (key, repr(key)[1:-1], key.replace("-", "_"), key.removeprefix("simskip-").replace("-", "_"))
+        }
         assert any(name in message for name in names), message[:300]
         return
     assert not unknown, f"unknown keys accepted: {unknown}"

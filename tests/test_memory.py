@@ -54,10 +54,14 @@ def test_rss_is_flat_over_20_rounds(tmp_path):
     assert report["rounds_run"] == 20 and report["base_round"] == 2 and report["last_round"] == 20
     growth = report["growth"]
     assert growth["server_current"] is not None, (
-        f"the server process was not sampled in both rounds 2-5 and 17-20: {report['growth_rounds']}")
+        f"the server process was not sampled in both rounds 2-5 and 17-20: {report['growth_rounds']}"
+    )
     assert growth["client_workers_current"], "no client worker was sampled in both rounds 2-5 and 17-20"
-    checks = {"server_current": growth["server_current"], "server_peak_recorded": growth["server_peak_recorded"],
-              "client_peak_recorded": growth["client_peak_recorded"],
-              **{f"client_worker_{pid}": g for pid, g in growth["client_workers_current"].items()}}
+    checks = {
+        "server_current": growth["server_current"],
+        "server_peak_recorded": growth["server_peak_recorded"],
+        "client_peak_recorded": growth["client_peak_recorded"],
+        **{f"client_worker_{pid}": g for pid, g in growth["client_workers_current"].items()},
+    }
     too_much = {name: g for name, g in checks.items() if g is None or g >= MAX_GROWTH}
     assert not too_much, f"RSS growth from round 2 to 20 >= {MAX_GROWTH:.0%}: {too_much}; report {report['per_round']}"

@@ -58,7 +58,9 @@ def test_the_follower_prints_new_lines_and_returns_when_the_run_completed(tmp_pa
 def test_a_failed_run_or_stay_keeps_the_party_up_until_its_supernode_ends(tmp_path, capsys):
     since = time.time()
     write_finished(tmp_path, {"status": "failed", "reason": "FederationError: no client update survived"})
-    assert _follow(FakeSuperNode(exit_after=3, code=7), tmp_path, since=since, stay=False, quiet=True, interval=0.0) == 7
+    assert (
+        _follow(FakeSuperNode(exit_after=3, code=7), tmp_path, since=since, stay=False, quiet=True, interval=0.0) == 7
+    )
     assert "staying up" in capsys.readouterr().out
     write_finished(tmp_path, {"status": "completed"})
     assert _follow(FakeSuperNode(exit_after=3, code=0), tmp_path, since=since, stay=True, quiet=True, interval=0.0) == 0

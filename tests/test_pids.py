@@ -48,8 +48,10 @@ def _parent_with_grandchild(marker: Path, ignore_sigterm: bool = False) -> subpr
     """
     ignore = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignore_sigterm else ""
     child = f"{ignore}import os,time; open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(120)"
-    parent = (f"{ignore}import subprocess,sys,time; "
-              f"subprocess.Popen([sys.executable,'-c',{child!r}], start_new_session=True); time.sleep(120)")
+    parent = (
+        f"{ignore}import subprocess,sys,time; "
+        f"subprocess.Popen([sys.executable,'-c',{child!r}], start_new_session=True); time.sleep(120)"
+    )
     return subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
 
 
@@ -102,10 +104,14 @@ def test_a_descendant_that_ignores_sigterm_is_killed_after_its_leader_ended(tmp_
     # the leader ends on SIGTERM at once; its child (another session) ignores SIGTERM and must still
     # be SIGKILLed: the tree is taken before the first signal, when the child is still a descendant
     marker = tmp_path / "grandchild.pid"
-    child = ("import os,signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-             f"open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(120)")
-    parent = (f"import subprocess,sys,time; subprocess.Popen([sys.executable,'-c',{child!r}], "
-              "start_new_session=True); time.sleep(120)")
+    child = (
+        "import os,signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    parent = (
+        f"import subprocess,sys,time; subprocess.Popen([sys.executable,'-c',{child!r}], "
+        "start_new_session=True); time.sleep(120)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     grandchild = None
     try:
@@ -120,7 +126,7 @@ def test_a_descendant_that_ignores_sigterm_is_killed_after_its_leader_ended(tmp_
 def test_alive_tells_a_zombie_and_a_reused_pid_from_the_original():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        (pid, start), = [(p, s) for p, s in pids.process_tree(os.getpid()) if p == proc.pid]
+        ((pid, start),) = [(p, s) for p, s in pids.process_tree(os.getpid()) if p == proc.pid]
         assert start == psutil.Process(pid).create_time()
         assert not pids._alive(pid, start + 1), "another start time: another process"
         # not reaped yet (no poll / wait): it stays a zombie, which is not alive

@@ -66,20 +66,28 @@ def test_fedavg_rejects_mismatched_updates(other, count, match) -> None:
 
 
 def test_config_reads_phase_keys_and_simskip_passthrough() -> None:
-    config = RefinementConfig.from_run_config({
-        "model": "TransE",  # other owners' keys are ignored here
-        "simskip-rounds": 3,
-        "simskip-local-epochs": 2,
-        "simskip-federate": False,
-        "simskip-no-skip-ablation": True,
-        "refit-epochs": 7,
-        "simskip-lr": 0.01,
-        "simskip-batch-size": 64,
-        "simskip-hidden-dim": "none",
-        "simskip-augmentations": "feature_mask",
-        "simskip-temperature": 1,
-    })
-    assert (config.rounds, config.local_epochs, config.federate, config.no_skip_ablation, config.refit_epochs) == (3, 2, False, True, 7)
+    config = RefinementConfig.from_run_config(
+        {
+            "model": "TransE",  # other owners' keys are ignored here
+            "simskip-rounds": 3,
+            "simskip-local-epochs": 2,
+            "simskip-federate": False,
+            "simskip-no-skip-ablation": True,
+            "refit-epochs": 7,
+            "simskip-lr": 0.01,
+            "simskip-batch-size": 64,
+            "simskip-hidden-dim": "none",
+            "simskip-augmentations": "feature_mask",
+            "simskip-temperature": 1,
+        }
+    )
+    assert (config.rounds, config.local_epochs, config.federate, config.no_skip_ablation, config.refit_epochs) == (
+        3,
+        2,
+        False,
+        True,
+        7,
+    )
     assert config.simskip.lr == 0.01 and config.simskip.batch_size == 64 and config.simskip.hidden_dim is None
     assert config.simskip.augmentations == ("feature_mask",) and config.simskip.temperature == 1.0
     assert list(config.variants()) == [REFINED_VARIANT, NO_SKIP_VARIANT]
@@ -108,7 +116,9 @@ def test_config_rejects_unknown_keys_and_bad_values(values, match) -> None:
 
 def test_default_keys_are_all_known() -> None:
     assert RefinementConfig.from_run_config(REFINEMENT_KEYS) == RefinementConfig()
-    assert {"simskip-rounds", "simskip-local-epochs", "simskip-federate", "simskip-skip", "refit-epochs"} <= set(REFINEMENT_KEYS)
+    assert {"simskip-rounds", "simskip-local-epochs", "simskip-federate", "simskip-skip", "refit-epochs"} <= set(
+        REFINEMENT_KEYS
+    )
 
 
 # --- client round and driver ----------------------------------------------------------------------
@@ -135,7 +145,10 @@ def test_fit_round_is_deterministic_and_trains() -> None:
     assert first.num_rows == 40 and len(first.losses[REFINED_VARIANT]) == 2
     for (_, a), (_, b) in zip(first.weights[REFINED_VARIANT], again.weights[REFINED_VARIANT], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, s) for (_, a), (_, s) in zip(first.weights[REFINED_VARIANT], start[REFINED_VARIANT], strict=True))
+    assert any(
+        not np.array_equal(a, s)
+        for (_, a), (_, s) in zip(first.weights[REFINED_VARIANT], start[REFINED_VARIANT], strict=True)
+    )
     assert first.losses != other_round.losses  # another round draws other views
 
 
@@ -159,11 +172,15 @@ def test_federated_driver_equals_a_manual_fedavg_reference() -> None:
     result = run_refinement(data, config)
     current = initial_weights(6, config)[REFINED_VARIANT]
     for server_round in (1, 2):
-        updates = {name: fit_round(x, {REFINED_VARIANT: current}, config, client_id=name, server_round=server_round)
-                   for name, x in data.items()}
+        updates = {
+            name: fit_round(x, {REFINED_VARIANT: current}, config, client_id=name, server_round=server_round)
+            for name, x in data.items()
+        }
         current = [
             (name, (30 * a + 10 * b) / 40)
-            for (name, a), (_, b) in zip(updates["0"].weights[REFINED_VARIANT], updates["1"].weights[REFINED_VARIANT], strict=True)
+            for (name, a), (_, b) in zip(
+                updates["0"].weights[REFINED_VARIANT], updates["1"].weights[REFINED_VARIANT], strict=True
+            )
         ]
     for (_, got), (_, want) in zip(result.weights["0"][REFINED_VARIANT], current, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -176,8 +193,15 @@ def test_federated_driver_equals_a_manual_fedavg_reference() -> None:
 
 
 def test_local_only_keeps_clients_apart_and_no_skip_variant_runs() -> None:
-    config = RefinementConfig.from_run_config({**TINY, "simskip-rounds": 2, "simskip-local-epochs": 1,
-                                              "simskip-federate": False, "simskip-no-skip-ablation": True})
+    config = RefinementConfig.from_run_config(
+        {
+            **TINY,
+            "simskip-rounds": 2,
+            "simskip-local-epochs": 1,
+            "simskip-federate": False,
+            "simskip-no-skip-ablation": True,
+        }
+    )
     result = run_refinement({"0": rows(20, seed=1), "1": rows(20, seed=2)}, config)
     w0, w1 = result.weights["0"][REFINED_VARIANT], result.weights["1"][REFINED_VARIANT]
     assert any(not np.allclose(a, b) for (_, a), (_, b) in zip(w0, w1, strict=True))

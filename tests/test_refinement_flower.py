@@ -21,8 +21,15 @@ from server.simskip_strategy import DOWNSTREAM_TYPE, SIMSKIP_TRAIN_TYPE, WEIGHTS
 from server.strategy import FedEStrategy
 from tests.handler_grid import HandlerGrid
 
-KGE = {"embedding-dim": 8, "local-epochs": 1, "num-negs-per-pos": 4, "batch-size": 128, "eval-batch-size": 64,
-       "learning-rate": 0.01, "eval-every": 1}
+KGE = {
+    "embedding-dim": 8,
+    "local-epochs": 1,
+    "num-negs-per-pos": 4,
+    "batch-size": 128,
+    "eval-batch-size": 64,
+    "learning-rate": 0.01,
+    "eval-every": 1,
+}
 pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
 
 
@@ -36,26 +43,49 @@ def data_root(tmp_path_factory):
 
 
 def _run(data_root, tmp_path, **simskip):
-    run_config = {**KGE, "client-data-root": str(data_root), "client-output-root": str(tmp_path / "clients"),
-                  "simskip-rounds": 2, "simskip-local-epochs": 1, "refit-epochs": 2, **simskip}
-    contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
-                                run_config=run_config) for k in (0, 1)}
+    run_config = {
+        **KGE,
+        "client-data-root": str(data_root),
+        "client-output-root": str(tmp_path / "clients"),
+        "simskip-rounds": 2,
+        "simskip-local-epochs": 1,
+        "refit-epochs": 2,
+        **simskip,
+    }
+    contexts = {
+        10 + k: Context(
+            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
+        )
+        for k in (0, 1)
+    }
     grid = HandlerGrid(contexts)
     _, kge_config, refinement = load_run_configs(run_config)
     strategy = FedEStrategy(min_clients=2, eval_every=1, patience=5)
     vocabulary = strategy.handshake(grid)
     table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2,
-                            train_config=ConfigRecord({"local-epochs": 1}))
-    rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
-                                kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+    result = strategy.start(
+        grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2, train_config=ConfigRecord({"local-epochs": 1})
+    )
+    rows = run_refinement_phase(
+        grid,
+        strategy,
+        best_round=result.best_round,
+        refinement=refinement,
+        kge_config=kge_config,
+        setting="fede",
+        run_dir=str(tmp_path),
+    )
     assert strategy.members.finish(grid, "completed", "", str(tmp_path)) == [10, 11]  # as run_federation ends
     return grid, result, rows, refinement
 
 
 def _simskip_messages(grid, server_round):
-    return [(m, r) for m, r in grid.log
-            if m.metadata.message_type == SIMSKIP_TRAIN_TYPE and m.content.config_records["config"]["server-round"] == server_round]
+    return [
+        (m, r)
+        for m, r in grid.log
+        if m.metadata.message_type == SIMSKIP_TRAIN_TYPE
+        and m.content.config_records["config"]["server-round"] == server_round
+    ]
 
 
 def _weights(record, variants=(REFINED_VARIANT,)):
@@ -75,10 +105,15 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
         assert _cell(records, "as-trained", "unrefined", client)["mrr"] == pytest.approx(metrics["mrr"], abs=1e-6)
     # round 2 starts every client from the row-weighted mean of the round-1 replies
     round1 = _simskip_messages(grid, 1)
-    expected = fedavg_named([
-        (_weights(reply.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT], int(reply.content.metric_records["metrics"]["num-rows"]))
-        for _, reply in round1
-    ])
+    expected = fedavg_named(
+        [
+            (
+                _weights(reply.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT],
+                int(reply.content.metric_records["metrics"]["num-rows"]),
+            )
+            for _, reply in round1
+        ]
+    )
     for msg, _ in _simskip_messages(grid, 2):
         got = dict(_weights(msg.content.array_records[WEIGHTS_KEY])[REFINED_VARIANT])
         for name, array in expected:
@@ -101,8 +136,14 @@ def test_federated_phase_averages_weights_and_writes_the_table(data_root, tmp_pa
     assert (tmp_path / "clients" / "0" / "refined" / "refined.npy").is_file()
     # the party's own progress lines and the end-of-run notice (simskip-client prints / exits on them)
     party = (tmp_path / "clients" / "0" / "party.log").read_text()
-    for line in ("round 1: trained 1 epochs", "valid MRR", "test with round", "SimSkip round 2",
-                 "downstream evaluation done", "federation finished: completed"):
+    for line in (
+        "round 1: trained 1 epochs",
+        "valid MRR",
+        "test with round",
+        "SimSkip round 2",
+        "downstream evaluation done",
+        "federation finished: completed",
+    ):
         assert line in party, line
     assert json.loads((tmp_path / "clients" / "0" / "federation.json").read_text())["status"] == "completed"
 
@@ -115,8 +156,12 @@ def test_a_malformed_downstream_reply_is_refused_with_a_reason() -> None:
     config = load_run_configs({"downstream-protocols": "as-trained"})[2]
 
     def reply(record, ranks):
-        content = RecordDict({"downstream": ConfigRecord({"record": record if isinstance(record, str) else json.dumps(record)}),
-                              "downstream-rr": ArrayRecord({k: Array(v) for k, v in ranks.items()})})
+        content = RecordDict(
+            {
+                "downstream": ConfigRecord({"record": record if isinstance(record, str) else json.dumps(record)}),
+                "downstream-rr": ArrayRecord({k: Array(v) for k, v in ranks.items()}),
+            }
+        )
         return Message(content=content, dst_node_id=1, message_type="evaluate")
 
     cell = {"test": {p: {"mrr": 0.5, "num_triples": 3} for p in ("standard", "fede")}, "valid": 0.5}
@@ -131,16 +176,29 @@ def test_a_malformed_downstream_reply_is_refused_with_a_reason() -> None:
         (good, {**ranks, key: np.full(3, np.nan)}, config, "outside"),
         (good, {**ranks, key: np.full(2, 0.5)}, config, "3 values"),
         (good, ranks, other, "not the run's"),
-        ({"protocols": {"as-trained": {"seeds": {"0": {"unrefined": {**cell, "valid": "x"}}}}}}, ranks, config, "valid score"),
+        (
+            {"protocols": {"as-trained": {"seeds": {"0": {"unrefined": {**cell, "valid": "x"}}}}}},
+            ranks,
+            config,
+            "valid score",
+        ),
     ]:
         with pytest.raises(UpdateRejectedError, match=match):
             parse_downstream_reply(reply(record, rr), cfg)
 
 
 def test_local_only_ablation_sends_no_encoder_after_round_one(data_root, tmp_path) -> None:
-    grid, _, records, _ = _run(data_root, tmp_path, **{"simskip-federate": False, "simskip-no-skip-ablation": True,
-                                                       "downstream-protocols": "as-trained"})
-    assert list(records["0"]["protocols"]["as-trained"]["seeds"]["0"]) == ["unrefined", "refined", "perturbed", "refined-no-skip"]
+    grid, _, records, _ = _run(
+        data_root,
+        tmp_path,
+        **{"simskip-federate": False, "simskip-no-skip-ablation": True, "downstream-protocols": "as-trained"},
+    )
+    assert list(records["0"]["protocols"]["as-trained"]["seeds"]["0"]) == [
+        "unrefined",
+        "refined",
+        "perturbed",
+        "refined-no-skip",
+    ]
     assert all(WEIGHTS_KEY in m.content.array_records for m, _ in _simskip_messages(grid, 1))
     for msg, reply in _simskip_messages(grid, 2):
         assert WEIGHTS_KEY not in msg.content.array_records and WEIGHTS_KEY not in reply.content.array_records
@@ -161,18 +219,31 @@ def _round_of(msg):
 
 def _trained_kge(data_root, tmp_path, grid_factory, **simskip):
     """Two KGE rounds through the real handlers; returns (grid, strategy, result, kge_config, refinement)."""
-    run_config = {**KGE, "client-data-root": str(data_root), "client-output-root": str(tmp_path / "clients"),
-                  "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", "refit-epochs": 1,
-                  "downstream-protocols": "as-trained,relation-refit", **simskip}
-    contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
-                                run_config=run_config) for k in (0, 1)}
+    run_config = {
+        **KGE,
+        "client-data-root": str(data_root),
+        "client-output-root": str(tmp_path / "clients"),
+        "simskip-rounds": 3,
+        "simskip-local-epochs": 1,
+        "simskip-gate-grid": "0,1",
+        "refit-epochs": 1,
+        "downstream-protocols": "as-trained,relation-refit",
+        **simskip,
+    }
+    contexts = {
+        10 + k: Context(
+            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
+        )
+        for k in (0, 1)
+    }
     grid = grid_factory(contexts)
     _, kge_config, refinement = load_run_configs(run_config)
     strategy = FedEStrategy(min_clients=1, min_clients_timeout=0.2, eval_every=1, patience=5)
     vocabulary = strategy.handshake(grid)
     table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2,
-                            train_config=ConfigRecord({"local-epochs": 1}))
+    result = strategy.start(
+        grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2, train_config=ConfigRecord({"local-epochs": 1})
+    )
     return grid, strategy, result, kge_config, refinement
 
 
@@ -189,8 +260,15 @@ def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(da
         return None
 
     grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: HandlerGrid(c, tamper))
-    rows = run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
-                                kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+    rows = run_refinement_phase(
+        grid,
+        strategy,
+        best_round=result.best_round,
+        refinement=refinement,
+        kge_config=kge_config,
+        setting="fede",
+        run_dir=str(tmp_path),
+    )
     history = [json.loads(line) for line in (tmp_path / "simskip_metrics.jsonl").read_text().splitlines()]
     assert [h["failures"] == [] for h in history] == [True, False, False]
     assert history[1]["failures"] == ["0: simskip: ClientApp crashed"] and set(history[1]["num_rows"]) == {"1"}
@@ -205,8 +283,11 @@ def test_a_failed_client_and_a_bad_update_are_left_out_of_their_simskip_round(da
     # the downstream evaluation has both clients, and the final encoder is finite
     assert set(rows) == {"0", "1"}
     downstream = [m for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
-    assert all(np.isfinite(m.content.array_records[WEIGHTS_KEY][k].numpy()).all()
-               for m in downstream for k in m.content.array_records[WEIGHTS_KEY])
+    assert all(
+        np.isfinite(m.content.array_records[WEIGHTS_KEY][k].numpy()).all()
+        for m in downstream
+        for k in m.content.array_records[WEIGHTS_KEY]
+    )
 
 
 def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_root, tmp_path) -> None:
@@ -217,12 +298,20 @@ def test_a_client_without_a_downstream_result_is_asked_again_then_reported(data_
             return _error_reply(msg, "out of memory")
         return None
 
-    grid, strategy, result, kge_config, refinement = _trained_kge(data_root, tmp_path, lambda c: HandlerGrid(c, tamper),
-                                                                  **{"simskip-rounds": 1})
+    grid, strategy, result, kge_config, refinement = _trained_kge(
+        data_root, tmp_path, lambda c: HandlerGrid(c, tamper), **{"simskip-rounds": 1}
+    )
     refinement = dataclasses.replace(refinement, rounds=1)
     with pytest.raises(FederationError, match=r"no result from clients \['1'\]"):
-        run_refinement_phase(grid, strategy, best_round=result.best_round, refinement=refinement,
-                             kge_config=kge_config, setting="fede", run_dir=str(tmp_path))
+        run_refinement_phase(
+            grid,
+            strategy,
+            best_round=result.best_round,
+            refinement=refinement,
+            kge_config=kge_config,
+            setting="fede",
+            run_dir=str(tmp_path),
+        )
     asked = [m.metadata.dst_node_id for m, _ in grid.log if m.metadata.message_type == DOWNSTREAM_TYPE]
     assert sorted(asked) == [10, 11, 11], "the failed client is asked once more, the other is not"
     # what was computed is kept, and says what is missing
@@ -237,14 +326,29 @@ class Interrupted(Exception):
 
 
 def _server_run_config(data_root, run_dir, clients_root, **extra):
-    return {**KGE, "client-data-root": str(data_root), "client-output-root": str(clients_root),
-            "run-dir": str(run_dir), "num-server-rounds": 2, "min-clients": 2, "min-clients-timeout": 0.2,
-            "simskip-rounds": 3, "simskip-local-epochs": 1, "simskip-gate-grid": "0,1", "refit-epochs": 1, **extra}
+    return {
+        **KGE,
+        "client-data-root": str(data_root),
+        "client-output-root": str(clients_root),
+        "run-dir": str(run_dir),
+        "num-server-rounds": 2,
+        "min-clients": 2,
+        "min-clients-timeout": 0.2,
+        "simskip-rounds": 3,
+        "simskip-local-epochs": 1,
+        "simskip-gate-grid": "0,1",
+        "refit-epochs": 1,
+        **extra,
+    }
 
 
 def _contexts(run_config):
-    return {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
-                            run_config=run_config) for k in (0, 1)}
+    return {
+        10 + k: Context(
+            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
+        )
+        for k in (0, 1)
+    }
 
 
 @pytest.mark.slow  # three server runs through the real handlers: ~1 min on 2 cores
@@ -278,7 +382,9 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
     assert [_round_of(m) for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE] == [3, 3]
     assert not [m for m in sent if m.metadata.message_type == "train"], "no KGE round is trained again"
     if not federate:  # round 3 starts from each party's own round-2 weights, read from its checkpoint
-        assert all(WEIGHTS_KEY not in m.content.array_records for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE)
+        assert all(
+            WEIGHTS_KEY not in m.content.array_records for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE
+        )
         assert (tmp_path / "clients" / "0" / "checkpoint" / "simskip-000002.npz").is_file()
 
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731

@@ -28,8 +28,14 @@ STANDARD = ("mrr", "hits@1", "hits@3", "hits@10")
 FEDE = ("mrr", "hits@1", "hits@5", "hits@10")
 N = {"0": 30, "1": 10}
 #: per (client, row): a base value; seed s adds 0.01 * s
-BASE = {("0", "unrefined"): 0.25, ("0", "refined"): 0.30, ("0", "perturbed"): 0.26,
-        ("1", "unrefined"): 0.45, ("1", "refined"): 0.44, ("1", "perturbed"): 0.45}
+BASE = {
+    ("0", "unrefined"): 0.25,
+    ("0", "refined"): 0.30,
+    ("0", "perturbed"): 0.26,
+    ("1", "unrefined"): 0.45,
+    ("1", "refined"): 0.44,
+    ("1", "perturbed"): 0.45,
+}
 
 
 def _ranks(mean: float, n: int, seed: int) -> np.ndarray:
@@ -48,17 +54,29 @@ def fixture(seeds=(0, 1), label="relation-refit:trained"):
             for row in ("unrefined", "refined", "perturbed"):
                 base = BASE[(client, row)] + 0.01 * seed
                 rows[row] = {
-                    "test": {"standard": {**{m: base + 0.01 * i for i, m in enumerate(STANDARD)}, "num_triples": n},
-                             "fede": {**{m: base + 0.1 + 0.01 * i for i, m in enumerate(FEDE)}, "num_triples": n}},
-                    "valid": base, "curve": [base], "best_epoch": 0, "epochs": 1, "seconds": 0.1, "init": "trained",
+                    "test": {
+                        "standard": {**{m: base + 0.01 * i for i, m in enumerate(STANDARD)}, "num_triples": n},
+                        "fede": {**{m: base + 0.1 + 0.01 * i for i, m in enumerate(FEDE)}, "num_triples": n},
+                    },
+                    "valid": base,
+                    "curve": [base],
+                    "best_epoch": 0,
+                    "epochs": 1,
+                    "seconds": 0.1,
+                    "init": "trained",
                     "displacement": 0.0 if row == "unrefined" else 0.2,
                 }
                 for protocol, offset in (("standard", 0.0), ("fede", 0.1)):
                     ranks.setdefault(client, {})[rr_key(label, seed, row, protocol)] = _ranks(
-                        base + offset, n, 100 * int(client) + 10 * seed + len(protocol))
+                        base + offset, n, 100 * int(client) + 10 * seed + len(protocol)
+                    )
             per_seed[str(seed)] = rows
-        clients[client] = {"protocols": {label: {"seeds": per_seed, "selection": {"chosen": {"setting": 0, "alpha": 1.0}}}},
-                           "protocol_order": [label], "skipped": {}, "simskip_displacement": {"refined": 0.2}}
+        clients[client] = {
+            "protocols": {label: {"seeds": per_seed, "selection": {"chosen": {"setting": 0, "alpha": 1.0}}}},
+            "protocol_order": [label],
+            "skipped": {},
+            "simskip_displacement": {"refined": 0.2},
+        }
     return clients, ranks
 
 
@@ -86,11 +104,17 @@ def test_intervals_are_the_paired_bootstrap_of_the_seed_averaged_rank_difference
     label = "relation-refit:trained"
 
     def diff(client, row, base):
-        return 100 * np.mean([ranks[client][rr_key(label, s, row, "standard")] - ranks[client][rr_key(label, s, base, "standard")]
-                              for s in (0, 1)], axis=0)
+        return 100 * np.mean(
+            [
+                ranks[client][rr_key(label, s, row, "standard")] - ranks[client][rr_key(label, s, base, "standard")]
+                for s in (0, 1)
+            ],
+            axis=0,
+        )
 
-    expected = paired_bootstrap(np.concatenate([diff("0", "refined", "unrefined"), diff("1", "refined", "unrefined")]),
-                                resamples=500, seed=3)
+    expected = paired_bootstrap(
+        np.concatenate([diff("0", "refined", "unrefined"), diff("1", "refined", "unrefined")]), resamples=500, seed=3
+    )
     got = entry["intervals"]["overall"]["standard.mrr:refined-unrefined"]
     assert got["lo"] == pytest.approx(expected["lo"]) and got["hi"] == pytest.approx(expected["hi"])
     assert got["mean"] == pytest.approx((30 * 5.0 + 10 * -1.0) / 40)
@@ -105,16 +129,32 @@ def test_intervals_are_the_paired_bootstrap_of_the_seed_averaged_rank_difference
         (lambda c, r: c.clear(), "no client results"),
         (lambda c, r: c["1"]["protocols"].clear(), "reports protocols"),
         (lambda c, r: c["1"]["protocols"]["relation-refit:trained"]["seeds"].pop("1"), "other seeds or rows"),
-        (lambda c, r: c["1"]["protocols"]["relation-refit:trained"]["seeds"].clear(), "client 1: relation-refit:trained: no seeds"),
-        (lambda c, r: c["0"]["protocols"]["relation-refit:trained"]["seeds"]["0"]["refined"]["test"]["fede"].pop("hits@5"),
-         "a client lacks fede metrics"),
-        (lambda c, r: r["0"].pop(rr_key("relation-refit:trained", 0, "refined", "fede")),
-         "client 0: reciprocal ranks 'relation-refit:trained/0/refined/fede': expected a float array of 30 values"),
-        (lambda c, r: r["1"].__setitem__(rr_key("relation-refit:trained", 0, "refined", "fede"), np.ones(3)),
-         "client 1: .* expected a float array of 10 values"),
-        (lambda c, r: r["1"].__setitem__(rr_key("relation-refit:trained", 0, "refined", "fede"), np.full(10, 2.0)),
-         "outside \\(0, 1\\]"),
-        (lambda c, r: c["0"]["protocols"]["relation-refit:trained"]["seeds"]["0"].__setitem__("bogus-row", {}), "not among"),
+        (
+            lambda c, r: c["1"]["protocols"]["relation-refit:trained"]["seeds"].clear(),
+            "client 1: relation-refit:trained: no seeds",
+        ),
+        (
+            lambda c, r: c["0"]["protocols"]["relation-refit:trained"]["seeds"]["0"]["refined"]["test"]["fede"].pop(
+                "hits@5"
+            ),
+            "a client lacks fede metrics",
+        ),
+        (
+            lambda c, r: r["0"].pop(rr_key("relation-refit:trained", 0, "refined", "fede")),
+            "client 0: reciprocal ranks 'relation-refit:trained/0/refined/fede': expected a float array of 30 values",
+        ),
+        (
+            lambda c, r: r["1"].__setitem__(rr_key("relation-refit:trained", 0, "refined", "fede"), np.ones(3)),
+            "client 1: .* expected a float array of 10 values",
+        ),
+        (
+            lambda c, r: r["1"].__setitem__(rr_key("relation-refit:trained", 0, "refined", "fede"), np.full(10, 2.0)),
+            "outside \\(0, 1\\]",
+        ),
+        (
+            lambda c, r: c["0"]["protocols"]["relation-refit:trained"]["seeds"]["0"].__setitem__("bogus-row", {}),
+            "not among",
+        ),
     ],
 )
 def test_bad_input_is_named(mutate, match) -> None:
@@ -144,12 +184,20 @@ def test_write_report_from_a_run_folder_writes_tables_and_plots(tmp_path) -> Non
     clients, ranks = fixture()
     (tmp_path / "downstream.json").write_text(json.dumps({"clients": clients, "setting": "fede"}))
     save_ranks(tmp_path / "downstream_rr.npz", ranks)
-    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"round": 1, "valid_overall": {"mrr": 0.1}, "valid": {"0": {"mrr": 0.1}, "1": {"mrr": 0.2}}},
-        {"round": 2, "valid_overall": {"mrr": 0.2}, "valid": {"0": {"mrr": 0.2}, "1": {"mrr": 0.3}}},
-    ]) + "\n")
-    (tmp_path / "simskip_metrics.jsonl").write_text(json.dumps(
-        {"round": 1, "simskip_loss_overall": {"refined": 3.0}, "simskip_loss": {"0": {"refined": 3.1}}}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"round": 1, "valid_overall": {"mrr": 0.1}, "valid": {"0": {"mrr": 0.1}, "1": {"mrr": 0.2}}},
+                {"round": 2, "valid_overall": {"mrr": 0.2}, "valid": {"0": {"mrr": 0.2}, "1": {"mrr": 0.3}}},
+            ]
+        )
+        + "\n"
+    )
+    (tmp_path / "simskip_metrics.jsonl").write_text(
+        json.dumps({"round": 1, "simskip_loss_overall": {"refined": 3.0}, "simskip_loss": {"0": {"refined": 3.1}}})
+        + "\n"
+    )
     written = write_report(tmp_path)
     assert {"json", "csv", "md", "valid_mrr", "simskip_loss", "refined_vs_unrefined"} <= set(written)
     for name in ("valid_mrr.png", "simskip_loss.png", "refined_vs_unrefined.png"):

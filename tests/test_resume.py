@@ -25,8 +25,7 @@ from server.checkpoint import save_checkpoint
 from server.simulation import main as sim_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256",
-        "simskip-rounds=0"]
+TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256", "simskip-rounds=0"]
 
 
 def _load_bench_memory():
@@ -44,12 +43,25 @@ def fake_run(tmp_path):
     run_dir = tmp_path / "run"
     for k in range(3):
         (run_dir / "data" / str(k)).mkdir(parents=True)
-    run_config = {"setting": "fede", "num-server-rounds": 4, "run-dir": str(run_dir), "model": "TransE",
-                  "embedding-dim": 8, "client-data-root": str(run_dir / "data"),
-                  "client-output-root": str(run_dir / "clients"), "min-clients": 3}
+    run_config = {
+        "setting": "fede",
+        "num-server-rounds": 4,
+        "run-dir": str(run_dir),
+        "model": "TransE",
+        "embedding-dim": 8,
+        "client-data-root": str(run_dir / "data"),
+        "client-output-root": str(run_dir / "clients"),
+        "min-clients": 3,
+    }
     (run_dir / "config.json").write_text(json.dumps({"run_config": run_config}))
-    save_checkpoint(run_dir, round=2, arrays={"entity-table": np.zeros((4, 8), np.float32)}, state={"best_round": 2},
-                    run_config=run_config, vocabulary=["a", "b", "c", "d"])
+    save_checkpoint(
+        run_dir,
+        round=2,
+        arrays={"entity-table": np.zeros((4, 8), np.float32)},
+        state={"best_round": 2},
+        run_config=run_config,
+        vocabulary=["a", "b", "c", "d"],
+    )
     return run_dir
 
 
@@ -128,7 +140,8 @@ def test_an_interrupted_simulation_writes_partial_results_naming_the_resume_comm
     from server.simulation import _report_interrupted
 
     (fake_run / "metrics.jsonl").write_text(
-        "".join(json.dumps({"round": r, "valid_overall": {"mrr": 0.1 * r}}) + "\n" for r in (1, 2)))
+        "".join(json.dumps({"round": r, "valid_overall": {"mrr": 0.1 * r}}) + "\n" for r in (1, 2))
+    )
     _report_interrupted(fake_run, signals.SIGTERM)
     partial = json.loads((fake_run / "partial_results.json").read_text())
     assert partial["exit_code"] == 143 and partial["last_completed_round"] == 2
@@ -147,7 +160,9 @@ def _sim_command(*args: str) -> list[str]:
 
 def _run(command: list[str], log: Path, timeout: float = 400) -> None:
     with open(log, "wb") as handle:
-        done = subprocess.run(command, check=False, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+        done = subprocess.run(
+            command, check=False, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout
+        )
     assert done.returncode == 0, log.read_text()[-3000:]
 
 
@@ -171,8 +186,9 @@ def _simskip_checkpoint_round(run_dir: Path) -> int:
     return int(state.get("simskip_round", 0)) if state.get("phase") == "simskip" else 0
 
 
-def _run_and_terminate_after_round(command: list[str], run_dir: Path, log: Path, after_round: int,
-                                   timeout: float = 400, reached=None) -> int:
+def _run_and_terminate_after_round(
+    command: list[str], run_dir: Path, log: Path, after_round: int, timeout: float = 400, reached=None
+) -> int:
     """Start ``command``; once round ``after_round`` is checkpointed (or ``reached()`` is true),
     SIGTERM it; return its exit code.
 
@@ -224,8 +240,9 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     _run(_sim_command(*rounds, "--run-dir", str(reference)), tmp_path / "uninterrupted.log")
 
-    code = _run_and_terminate_after_round(_sim_command(*rounds, "--run-dir", str(resumed)), resumed,
-                                          tmp_path / "killed.log", after_round=2)
+    code = _run_and_terminate_after_round(
+        _sim_command(*rounds, "--run-dir", str(resumed)), resumed, tmp_path / "killed.log", after_round=2
+    )
     assert code == 143, (tmp_path / "killed.log").read_text()[-3000:]
     assert not (resumed / "final_metrics.json").exists(), "stopped before the end"
     stopped_at = _checkpoint_round(resumed)
@@ -239,8 +256,10 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
     assert "model: checkpoint 'TransE', now 'DistMult'" in capsys.readouterr().err
 
     # accepted: a harmless change
-    _run([sys.executable, "-m", "server.simulation", "--resume", str(resumed), "--set", "round-timeout=900"],
-         tmp_path / "resumed.log")
+    _run(
+        [sys.executable, "-m", "server.simulation", "--resume", str(resumed), "--set", "round-timeout=900"],
+        tmp_path / "resumed.log",
+    )
     assert f"after round {stopped_at}" in (tmp_path / "resumed.log").read_text()
 
     expected = json.loads((reference / "final_metrics.json").read_text())
@@ -255,11 +274,15 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
     ref_rows, got_rows = _rows(reference), _rows(resumed)
     assert [r["round"] for r in got_rows] == [1, 2, 3, 4, 5, 6]
     for ref, row in zip(ref_rows, got_rows, strict=True):
-        _assert_close({c: m["train-loss"] for c, m in row["train"].items()},
-                      {c: m["train-loss"] for c, m in ref["train"].items()}, f"round {row['round']} train-loss")
+        _assert_close(
+            {c: m["train-loss"] for c, m in row["train"].items()},
+            {c: m["train-loss"] for c, m in ref["train"].items()},
+            f"round {row['round']} train-loss",
+        )
         _assert_close(row["valid_overall"], ref["valid_overall"], f"round {row['round']} valid_overall")
-    np.testing.assert_allclose(np.load(resumed / "entity_embeddings.npy"),
-                               np.load(reference / "entity_embeddings.npy"), atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(resumed / "entity_embeddings.npy"), np.load(reference / "entity_embeddings.npy"), atol=1e-6
+    )
     config = json.loads((resumed / "config.json").read_text())
     assert config["run_config"]["round-timeout"] == 900 and config["run_config"]["resume"] is True
 
@@ -270,14 +293,32 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
 def test_killed_in_the_simskip_phase_and_resumed_gives_the_uninterrupted_results(tmp_path):
     """SIGTERM after SimSkip round 2 of 3 (the KGE phase is done), then ``--resume``: the SimSkip
     phase continues after its checkpointed round; losses and downstream results match."""
-    args = ["--dataset", "Kinships", "--clients", "3", "--rounds", "2", "--set", "simskip-rounds=3",
-            "--set", "simskip-local-epochs=40", "--set", "refit-epochs=2", "--set", "simskip-gate-grid=0,1"]
+    args = [
+        "--dataset",
+        "Kinships",
+        "--clients",
+        "3",
+        "--rounds",
+        "2",
+        "--set",
+        "simskip-rounds=3",
+        "--set",
+        "simskip-local-epochs=40",
+        "--set",
+        "refit-epochs=2",
+        "--set",
+        "simskip-gate-grid=0,1",
+    ]
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     _run([*_sim_command(*args, "--run-dir", str(reference))], tmp_path / "uninterrupted.log")
 
-    code = _run_and_terminate_after_round(_sim_command(*args, "--run-dir", str(resumed)), resumed,
-                                          tmp_path / "killed.log", after_round=2,
-                                          reached=lambda: _simskip_checkpoint_round(resumed) >= 2)
+    code = _run_and_terminate_after_round(
+        _sim_command(*args, "--run-dir", str(resumed)),
+        resumed,
+        tmp_path / "killed.log",
+        after_round=2,
+        reached=lambda: _simskip_checkpoint_round(resumed) >= 2,
+    )
     assert code == 143, (tmp_path / "killed.log").read_text()[-3000:]
     assert (resumed / "final_metrics.json").exists() and not (resumed / "downstream.json").exists()
     stopped_at = _simskip_checkpoint_round(resumed)
@@ -298,11 +339,18 @@ def test_killed_in_the_simskip_phase_and_resumed_gives_the_uninterrupted_results
     assert [r["round"] for r in got] == [1, 2, 3]
     for g, w in zip(got, want, strict=True):
         _assert_close(g["simskip_loss"], w["simskip_loss"], f"simskip round {g['round']}", tol=1e-5)
+
     def downstream_test(run_dir):  # the test metrics of every (client, protocol, seed, row); no timings
         clients = json.loads((run_dir / "downstream.json").read_text())["clients"]
-        return {client: {label: {seed: {row: cell["test"] for row, cell in per_row.items()}
-                                 for seed, per_row in entry["seeds"].items()}
-                         for label, entry in record["protocols"].items()}
-                for client, record in clients.items()}
+        return {
+            client: {
+                label: {
+                    seed: {row: cell["test"] for row, cell in per_row.items()}
+                    for seed, per_row in entry["seeds"].items()
+                }
+                for label, entry in record["protocols"].items()
+            }
+            for client, record in clients.items()
+        }
 
     _assert_close(downstream_test(resumed), downstream_test(reference), "downstream rows")

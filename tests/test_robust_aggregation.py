@@ -34,7 +34,7 @@ def _reference(table, updates, rule, trim):
             out[row] = np.median(values, axis=0)
         else:
             cut = int(trim * len(values))
-            out[row] = np.sort(values, axis=0)[cut:len(values) - cut].mean(axis=0)
+            out[row] = np.sort(values, axis=0)[cut : len(values) - cut].mean(axis=0)
     return out.astype(table.dtype)
 
 
@@ -61,9 +61,11 @@ def test_every_rule_equals_the_per_row_reference(case, rule, trim) -> None:
 
 def test_rows_with_one_or_two_holders_get_their_mean_under_every_rule() -> None:
     table = np.zeros((3, 2), dtype=np.float32)
-    updates = [(np.array([0, 1, 2]), np.array([[1, 1], [2, 2], [3, 3]], dtype=np.float32)),
-               (np.array([1, 2]), np.array([[4, 4], [5, 5]], dtype=np.float32)),
-               (np.array([2]), np.array([[100, -100]], dtype=np.float32))]
+    updates = [
+        (np.array([0, 1, 2]), np.array([[1, 1], [2, 2], [3, 3]], dtype=np.float32)),
+        (np.array([1, 2]), np.array([[4, 4], [5, 5]], dtype=np.float32)),
+        (np.array([2]), np.array([[100, -100]], dtype=np.float32)),
+    ]
     for rule in AGGREGATIONS:
         got = aggregate_rows(table, updates, rule, 0.34)
         np.testing.assert_array_equal(got[0], [1, 1])  # one holder
@@ -104,9 +106,11 @@ def test_an_unknown_rule_fails_before_any_process_starts() -> None:
 
 
 def test_encoder_weights_median_is_unweighted_and_coordinate_wise() -> None:
-    updates = [([("w", np.array([0.0, 10.0])), ("b", np.array([1.0]))], 1),
-               ([("w", np.array([1.0, 20.0])), ("b", np.array([2.0]))], 1),
-               ([("w", np.array([1e9, -1e9])), ("b", np.array([3.0]))], 1000)]
+    updates = [
+        ([("w", np.array([0.0, 10.0])), ("b", np.array([1.0]))], 1),
+        ([("w", np.array([1.0, 20.0])), ("b", np.array([2.0]))], 1),
+        ([("w", np.array([1e9, -1e9])), ("b", np.array([3.0]))], 1000),
+    ]
     got = dict(fedavg_named(updates, "median"))
     np.testing.assert_array_equal(got["w"], [1.0, 10.0])
     np.testing.assert_array_equal(got["b"], [2.0])
@@ -116,8 +120,15 @@ def test_encoder_weights_median_is_unweighted_and_coordinate_wise() -> None:
 
 # ----------------------------------------------------------------------------- a poisoning party
 # learns Kinships in a few rounds (in-process: honest test MRR about 0.23 after 8, random is about 0.05)
-KGE = {"embedding-dim": 32, "local-epochs": 1, "num-negs-per-pos": 32, "batch-size": 128, "eval-batch-size": 128,
-       "learning-rate": 0.03, "eval-every": 1}
+KGE = {
+    "embedding-dim": 32,
+    "local-epochs": 1,
+    "num-negs-per-pos": 32,
+    "batch-size": 128,
+    "eval-batch-size": 128,
+    "learning-rate": 0.03,
+    "eval-every": 1,
+}
 ATTACKER = 10
 
 
@@ -143,15 +154,23 @@ def _poison(msg, reply):
 
 def _federate(root, tmp_path, rule, tamper, rounds=8):
     run_config = {**KGE, "client-data-root": str(root), "client-output-root": str(tmp_path / "clients")}
-    contexts = {10 + k: Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
-                                run_config=run_config) for k in range(3)}
+    contexts = {
+        10 + k: Context(
+            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
+        )
+        for k in range(3)
+    }
     _, kge_config, _ = load_run_configs(run_config)
     strategy = FedEStrategy(min_clients=3, eval_every=1, patience=rounds, aggregation=rule, aggregation_trim=0.34)
     grid = HandlerGrid(contexts, tamper)
     vocabulary = strategy.handshake(grid)
     table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=rounds,
-                            train_config=ConfigRecord({"local-epochs": 1}))
+    result = strategy.start(
+        grid,
+        ArrayRecord({"entity-table": Array(table)}),
+        num_rounds=rounds,
+        train_config=ConfigRecord({"local-epochs": 1}),
+    )
     honest = [name for name in result.test if name != "0"]
     weights = np.array([strategy.clients[10 + int(n)].num_test for n in honest], dtype=float)
     test = float(np.average([result.test[n]["mrr"] for n in honest], weights=weights))

@@ -22,11 +22,39 @@ def grid():
 
 
 ARGS = [
-    "--models", "TransE", "--datasets", "Nations", "--settings", "fede", "isolation", "--rounds", "1",
-    "--clients", "2", "--engine", "in-process",
-    "--set", "embedding-dim=8", "--set", "num-negs-per-pos=4", "--set", "batch-size=128", "--set", "eval-every=1",
-    "--set", "simskip-rounds=2", "--set", "simskip-local-epochs=1", "--set", "simskip-batch-size=16",
-    "--set", "simskip-hidden-dim=8", "--set", "refit-epochs=1", "--set", 'downstream-protocols="relation-refit"',
+    "--models",
+    "TransE",
+    "--datasets",
+    "Nations",
+    "--settings",
+    "fede",
+    "isolation",
+    "--rounds",
+    "1",
+    "--clients",
+    "2",
+    "--engine",
+    "in-process",
+    "--set",
+    "embedding-dim=8",
+    "--set",
+    "num-negs-per-pos=4",
+    "--set",
+    "batch-size=128",
+    "--set",
+    "eval-every=1",
+    "--set",
+    "simskip-rounds=2",
+    "--set",
+    "simskip-local-epochs=1",
+    "--set",
+    "simskip-batch-size=16",
+    "--set",
+    "simskip-hidden-dim=8",
+    "--set",
+    "refit-epochs=1",
+    "--set",
+    'downstream-protocols="relation-refit"',
 ]
 
 
@@ -41,9 +69,12 @@ def test_tiny_grid_runs_resumes_and_assembles(grid, tmp_path, monkeypatch) -> No
     # 2 cells x (unrefined, refined, perturbed, and the two gains) under the one protocol
     rows = ("unrefined", "refined", "perturbed", "gain refined (pts)", "gain perturbed (pts)")
     assert [(r["setting"], r["protocol"], r["row"]) for r in records] == [
-        (s, "relation-refit:trained", row) for s in ("isolation", "fede") for row in rows]
+        (s, "relation-refit:trained", row) for s in ("isolation", "fede") for row in rows
+    ]
     fede = cells["fede"]["overall"]["relation-refit:trained"]
-    assert float(records[-2]["standard.mrr"]) == pytest.approx(100 * (fede["refined"]["standard.mrr"] - fede["unrefined"]["standard.mrr"]))
+    assert float(records[-2]["standard.mrr"]) == pytest.approx(
+        100 * (fede["refined"]["standard.mrr"] - fede["unrefined"]["standard.mrr"])
+    )
     assert "| Nations | TransE | fede | relation-refit:trained | refined |" in (out / "grid.md").read_text()
 
     # resumable: a done cell is skipped; a cell with a finished KGE run redoes only the refinement

@@ -29,8 +29,13 @@ def _make_certs(folder: Path, *hosts: str) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not on PATH: cannot make test certificates")
     # 2048-bit keys: a test CA need not be strong, and 4096-bit generation takes seconds each
-    subprocess.run(["bash", str(MAKE_CERTS), str(folder), *hosts], check=True, capture_output=True,
-                   env={**os.environ, "KEY_BITS": "2048", "DAYS": "2"}, timeout=120)
+    subprocess.run(
+        ["bash", str(MAKE_CERTS), str(folder), *hosts],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "KEY_BITS": "2048", "DAYS": "2"},
+        timeout=120,
+    )
     return folder
 
 
@@ -40,8 +45,9 @@ def _make_node_key(path: Path, comment: str) -> Path:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     path.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     Path(f"{path}.pub").write_text(public.decode() + f" {comment}\n")
@@ -63,6 +69,7 @@ def _tls(folder: Path, ca: Path | None = None) -> credentials.TLSFiles:
 
 
 # --- certificate files are checked before anything starts -------------------------------------
+
 
 def test_make_certs_names_the_hosts_and_signs_with_the_ca(pki):
     from cryptography import x509
@@ -120,8 +127,20 @@ def test_server_names_a_missing_certificate_and_exits_1(pki, tmp_path, capsys):
     from server.cli import main
 
     run_dir = tmp_path / "run"
-    code = main(["--run-dir", str(run_dir), "--port", "1", "--ssl-ca-certfile", str(tmp_path / "nope.crt"),
-                 "--ssl-certfile", str(pki["good"] / "server.crt"), "--ssl-keyfile", str(pki["good"] / "server.key")])
+    code = main(
+        [
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            "1",
+            "--ssl-ca-certfile",
+            str(tmp_path / "nope.crt"),
+            "--ssl-certfile",
+            str(pki["good"] / "server.crt"),
+            "--ssl-keyfile",
+            str(pki["good"] / "server.key"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "nope.crt" in err and "not found" in err
@@ -146,14 +165,25 @@ def test_client_names_a_bad_root_certificate_or_key_before_connecting(pki, tmp_p
     data = tmp_path / "unused"  # the credentials are checked first: no data folder is read
     code = main(["--server", "127.0.0.1:1", "--data", str(data), "--root-certificates", str(tmp_path / "ca.crt")])
     assert code == 1 and "root certificate file (--root-certificates)" in capsys.readouterr().err
-    code = main(["--server", "127.0.0.1:1", "--data", str(data), "--root-certificates", str(pki["good"] / "ca.crt"),
-                 "--auth-private-key", f"{pki['keys'][0]}.pub"])
+    code = main(
+        [
+            "--server",
+            "127.0.0.1:1",
+            "--data",
+            str(data),
+            "--root-certificates",
+            str(pki["good"] / "ca.crt"),
+            "--auth-private-key",
+            f"{pki['keys'][0]}.pub",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "party0.pub is not an unencrypted OpenSSH private key" in err
     assert main(["--server", "h:1", "--data", str(data), "--insecure", "--auth-private-key", str(pki["keys"][0])]) == 2
 
 
 # --- the parties' public keys -------------------------------------------------------------------
+
 
 def test_authorized_keys_are_read_one_per_line_with_comments(pki, tmp_path):
     lines = ["# parties of the federation", ""] + [Path(f"{k}.pub").read_text().strip() for k in pki["keys"][:2]]
@@ -165,11 +195,14 @@ def test_authorized_keys_are_read_one_per_line_with_comments(pki, tmp_path):
     assert keys[0].text == lines[2]
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1hbGZvcm1lZA== x", "not an OpenSSH public key"),
-    ("ecdsa-sha2-nistp384 AAAA!!!", "not an OpenSSH public key"),
-    ("DUPLICATE", "the same key as .*:1"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1hbGZvcm1lZA== x", "not an OpenSSH public key"),
+        ("ecdsa-sha2-nistp384 AAAA!!!", "not an OpenSSH public key"),
+        ("DUPLICATE", "the same key as .*:1"),
+    ],
+)
 def test_malformed_or_duplicated_keys_name_file_and_line(pki, tmp_path, bad_line, message):
     first = Path(f"{pki['keys'][0]}.pub").read_text().strip()
     path = tmp_path / "parties.pub"
@@ -184,8 +217,9 @@ def test_an_rsa_key_is_refused_because_flower_needs_ec(tmp_path):
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     path = tmp_path / "rsa"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     with pytest.raises(credentials.CredentialError, match="Flower needs an EC key"):
         credentials.check_auth_private_key(path)
     pub = tmp_path / "rsa.pub"
@@ -236,8 +270,7 @@ def test_supernode_exit_is_explained_in_one_line_naming_server_and_file():
 
 # --- real processes: TLS + SuperNode authentication -------------------------------------------
 
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=1",
-        "simskip-rounds=0"]
+TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=1", "simskip-rounds=0"]
 
 
 def _script(name: str) -> str:
@@ -267,23 +300,63 @@ def test_tls_and_node_auth_registered_parties_train_and_strangers_are_refused(pk
     registered.write_text("".join(Path(f"{k}.pub").read_text() for k in keys[:2]))  # party 2 is not registered
     run_dir, port = tmp_path / "run", pids.free_port()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    server_cmd = [_script("simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--min-clients", "2",
-                  "--rounds", "1", "--ssl-ca-certfile", str(good / "ca.crt"), "--ssl-certfile", str(good / "server.crt"),
-                  "--ssl-keyfile", str(good / "server.key"), "--auth-public-keys", str(registered)]
+    server_cmd = [
+        _script("simskip-server"),
+        "--run-dir",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--min-clients",
+        "2",
+        "--rounds",
+        "1",
+        "--ssl-ca-certfile",
+        str(good / "ca.crt"),
+        "--ssl-certfile",
+        str(good / "server.crt"),
+        "--ssl-keyfile",
+        str(good / "server.key"),
+        "--auth-public-keys",
+        str(registered),
+    ]
     for item in TINY:
         server_cmd += ["--set", item]
 
     def client(name: str, partition: int, ca: Path, key: Path) -> subprocess.Popen:
-        cmd = [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(partition)),
-               "--root-certificates", str(ca), "--auth-private-key", str(key), "--output-dir", str(tmp_path / name),
-               "--max-wait-time", "60"]
-        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / f"{name}.log", "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            _script("simskip-client"),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data / str(partition)),
+            "--root-certificates",
+            str(ca),
+            "--auth-private-key",
+            str(key),
+            "--output-dir",
+            str(tmp_path / name),
+            "--max-wait-time",
+            "60",
+        ]
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=tmp_path,
+            stdout=open(tmp_path / f"{name}.log", "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     processes: list[subprocess.Popen] = []
     try:
-        server = subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - the child's log
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            server_cmd,
+            env=env,
+            cwd=tmp_path,
+            stdout=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - the child's log
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         processes.append(server)
         # the keys are registered before this line: parties may connect from now on
         _wait_for_text(tmp_path / "server.log", "waiting for parties", server, timeout=120)

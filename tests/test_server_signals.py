@@ -28,6 +28,7 @@ def _write_rows(path: Path, rows: list[dict], torn_tail: str = "") -> None:
 
 # --- partial results from the run folder -------------------------------------------------------
 
+
 def test_partial_results_report_last_round_best_valid_checkpoint_and_resume(tmp_path):
     rows = [
         {"round": 1, "best_round": 1, "valid_overall": {"mrr": 0.20}, "valid": {"0": {"mrr": 0.2}}},
@@ -74,6 +75,7 @@ def test_partial_results_of_a_run_interrupted_before_any_round(tmp_path):
 
 # --- simskip-server --resume RUN_DIR: argument handling (no process) ---------------------------
 
+
 @pytest.fixture
 def captured_run(monkeypatch):
     """Replace run_server with a recorder: main() runs up to the point of starting processes."""
@@ -91,14 +93,19 @@ def test_resume_reads_saved_run_config_and_applies_overrides(tmp_path, captured_
     saved = {"num-server-rounds": 5, "model": "TransE", "patience": 15, "run-dir": "/elsewhere/old", "min-clients": 3}
     (tmp_path / "config.json").write_text(json.dumps({"federation": {}, "run_config": saved}))
 
-    code = cli.main(["--resume", str(tmp_path), "--insecure", "--rounds", "8", "--set", "patience=3",
-                     "--port", "9999"])
+    code = cli.main(["--resume", str(tmp_path), "--insecure", "--rounds", "8", "--set", "patience=3", "--port", "9999"])
 
     assert code == 0 and len(captured_run) == 1
     call = captured_run[0]
     assert call["run_dir"] == tmp_path and call["port"] == 9999 and call["tls"] is None
-    assert call["run_config"] == {"num-server-rounds": 8, "model": "TransE", "patience": 3, "min-clients": 3,
-                                  "resume": True, "run-dir": str(tmp_path.resolve())}
+    assert call["run_config"] == {
+        "num-server-rounds": 8,
+        "model": "TransE",
+        "patience": 3,
+        "min-clients": 3,
+        "resume": True,
+        "run-dir": str(tmp_path.resolve()),
+    }
 
 
 def test_resume_keeps_saved_min_clients_unless_given(tmp_path, captured_run):
@@ -155,8 +162,7 @@ def test_a_signal_outside_a_start_is_raised_at_once_and_only_once():
 
 # --- real processes ------------------------------------------------------------------------------
 
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=1",
-        "simskip-rounds=0"]
+TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", "eval-every=1", "simskip-rounds=0"]
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
@@ -168,8 +174,14 @@ def _server(tmp_path: Path, run_dir: Path, port: int, *extra: str) -> subprocess
     cmd = [_script("simskip-server"), "--run-dir", str(run_dir), "--port", str(port), "--insecure", *extra]
     for item in TINY:
         cmd += ["--set", item]
-    return subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=open(tmp_path / "server.log", "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env=ENV,
+        cwd=tmp_path,
+        stdout=open(tmp_path / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_until(condition, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
@@ -193,8 +205,13 @@ def test_sigint_while_waiting_for_parties_exits_130_and_stops_the_superlink(tmp_
     server = _server(tmp_path, run_dir, pids.free_port(), "--min-clients", "3", "--rounds", "2")
     tree: list[tuple[int, int]] = []
     try:
-        _wait_until(lambda: "waiting for parties" in log.read_text(errors="replace"), server, 120,
-                    "the server never waited for parties", log)
+        _wait_until(
+            lambda: "waiting for parties" in log.read_text(errors="replace"),
+            server,
+            120,
+            "the server never waited for parties",
+            log,
+        )
         tree = pids.process_tree(server.pid)  # SuperLink, its SuperExec, flwr run
         assert tree, "the server started its SuperLink as a child"
         server.send_signal(signal.SIGINT)
@@ -225,13 +242,28 @@ def test_sigterm_after_round_1_exits_143_with_partial_results_and_no_process_lef
         server = _server(tmp_path, run_dir, port, "--min-clients", "3", "--rounds", "6")
         processes.append(server)
         for k in range(3):
-            processes.append(subprocess.Popen(
-                [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(k)),
-                 "--insecure", "--output-dir", str(tmp_path / f"party{k}")],
-                env=ENV, cwd=tmp_path, stdout=open(tmp_path / f"party{k}.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                start_new_session=True))
-        _wait_until(lambda: metrics.exists() and metrics.read_text().strip() != "", server, 420,
-                    "round 1 never completed", log)
+            processes.append(
+                subprocess.Popen(
+                    [
+                        _script("simskip-client"),
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--data",
+                        str(data / str(k)),
+                        "--insecure",
+                        "--output-dir",
+                        str(tmp_path / f"party{k}"),
+                    ],
+                    env=ENV,
+                    cwd=tmp_path,
+                    stdout=open(tmp_path / f"party{k}.log", "wb"),  # noqa: SIM115 - the child owns the log
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait_until(
+            lambda: metrics.exists() and metrics.read_text().strip() != "", server, 420, "round 1 never completed", log
+        )
         tree = pids.process_tree(server.pid)  # SuperLink, SuperExec, ServerApp, flwr run
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=90) == 143, log.read_text(errors="replace")[-3000:]
@@ -284,18 +316,38 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
     metrics, manifest = run_dir / "metrics.jsonl", run_dir / "checkpoint" / "manifest.json"
 
     def start_clients(tag: str) -> list[subprocess.Popen]:
-        return [subprocess.Popen(
-            [_script("simskip-client"), "--server", f"127.0.0.1:{port}", "--data", str(data / str(k)),
-             "--insecure", "--output-dir", str(tmp_path / f"party{k}")],
-            env=ENV, cwd=tmp_path, stdout=open(tmp_path / f"party{k}-{tag}.log", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True) for k in range(3)]
+        return [
+            subprocess.Popen(
+                [
+                    _script("simskip-client"),
+                    "--server",
+                    f"127.0.0.1:{port}",
+                    "--data",
+                    str(data / str(k)),
+                    "--insecure",
+                    "--output-dir",
+                    str(tmp_path / f"party{k}"),
+                ],
+                env=ENV,
+                cwd=tmp_path,
+                stdout=open(tmp_path / f"party{k}-{tag}.log", "wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for k in range(3)
+        ]
 
     processes: list[subprocess.Popen] = []
     try:
         server = _server(tmp_path, run_dir, port, "--min-clients", "3", "--rounds", "2")
         processes += [server, *start_clients("first")]
-        _wait_until(lambda: manifest.exists() and metrics.exists() and metrics.read_text().strip() != "", server, 420,
-                    "no checkpoint and metrics row after round 1", log)
+        _wait_until(
+            lambda: manifest.exists() and metrics.exists() and metrics.read_text().strip() != "",
+            server,
+            420,
+            "no checkpoint and metrics row after round 1",
+            log,
+        )
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=90) == 143, log.read_text(errors="replace")[-3000:]
         for proc in processes:
@@ -306,7 +358,12 @@ def test_sigterm_then_resume_finishes_the_planned_rounds(tmp_path):
         resumed_log = tmp_path / "resumed.log"
         resumed = subprocess.Popen(
             [_script("simskip-server"), "--resume", str(run_dir), "--insecure", "--port", str(port)],
-            env=ENV, cwd=tmp_path, stdout=open(resumed_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+            env=ENV,
+            cwd=tmp_path,
+            stdout=open(resumed_log, "wb"),  # noqa: SIM115 - the child owns the log
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         processes += [resumed, *start_clients("resumed")]
         assert resumed.wait(timeout=600) == 0, resumed_log.read_text(errors="replace")[-3000:]
     finally:

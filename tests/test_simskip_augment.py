@@ -37,22 +37,30 @@ def test_views_are_scale_equivariant() -> None:
     names = ("gaussian_noise", "feature_mask")
     small = build_augmentation(names, mask_prob=0.2, noise_std=0.3, feature_std=x.std(0, unbiased=False))(x, gen(1))
     big_x = 1000 * x
-    big = build_augmentation(names, mask_prob=0.2, noise_std=0.3, feature_std=big_x.std(0, unbiased=False))(big_x, gen(1))
+    big = build_augmentation(names, mask_prob=0.2, noise_std=0.3, feature_std=big_x.std(0, unbiased=False))(
+        big_x, gen(1)
+    )
     torch.testing.assert_close(big, 1000 * small, rtol=1e-4, atol=1e-3)
 
 
 def test_composition_order_matters_and_mask_last_leaves_exact_zeros() -> None:
     x = torch.randn(500, 10)
     std = x.std(0, unbiased=False)
-    noise_then_mask = build_augmentation(("gaussian_noise", "feature_mask"), mask_prob=0.5, noise_std=1.0, feature_std=std)(x, gen())
-    mask_then_noise = build_augmentation(("feature_mask", "gaussian_noise"), mask_prob=0.5, noise_std=1.0, feature_std=std)(x, gen())
+    noise_then_mask = build_augmentation(
+        ("gaussian_noise", "feature_mask"), mask_prob=0.5, noise_std=1.0, feature_std=std
+    )(x, gen())
+    mask_then_noise = build_augmentation(
+        ("feature_mask", "gaussian_noise"), mask_prob=0.5, noise_std=1.0, feature_std=std
+    )(x, gen())
     assert (noise_then_mask == 0).float().mean() > 0.4
     assert (mask_then_noise == 0).float().mean() < 0.01
 
 
 def test_same_generator_seed_same_view_and_empty_list_is_identity() -> None:
     x = torch.randn(20, 4)
-    aug = build_augmentation(("gaussian_noise", "feature_mask"), mask_prob=0.2, noise_std=0.1, feature_std=torch.ones(4))
+    aug = build_augmentation(
+        ("gaussian_noise", "feature_mask"), mask_prob=0.2, noise_std=0.1, feature_std=torch.ones(4)
+    )
     assert torch.equal(aug(x, gen(3)), aug(x, gen(3)))
     assert not torch.equal(aug(x, gen(3)), aug(x, gen(4)))
     assert torch.equal(build_augmentation((), mask_prob=0.2, noise_std=0.1, feature_std=torch.ones(4))(x, gen()), x)

@@ -64,13 +64,33 @@ def test_label_column_is_kept(tmp_path, capsys, X) -> None:
 def test_config_file_summary_file_and_weights(tmp_path, capsys, X) -> None:
     write_embeddings(tmp_path / "in.npy", X)
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 1, "batch_size": 8, "device": "cpu", "seed": 4}))
-    status, summary, _ = run_cli(capsys, tmp_path / "in.npy", tmp_path / "a.npy", "--config", tmp_path / "c.json",
-                                 "--set", "epochs=3", "--summary", tmp_path / "s.json", "--save-weights", tmp_path / "w.npz")
+    status, summary, _ = run_cli(
+        capsys,
+        tmp_path / "in.npy",
+        tmp_path / "a.npy",
+        "--config",
+        tmp_path / "c.json",
+        "--set",
+        "epochs=3",
+        "--summary",
+        tmp_path / "s.json",
+        "--save-weights",
+        tmp_path / "w.npz",
+    )
     assert status == 0 and len(summary["loss_per_epoch"]) == 3 and summary["config"]["seed"] == 4
     assert json.loads((tmp_path / "s.json").read_text()) == summary
     # Zero more epochs from the saved weights reproduces the refined matrix.
-    status, _, _ = run_cli(capsys, tmp_path / "in.npy", tmp_path / "b.npy", "--config", tmp_path / "c.json",
-                           "--set", "epochs=0", "--load-weights", tmp_path / "w.npz")
+    status, _, _ = run_cli(
+        capsys,
+        tmp_path / "in.npy",
+        tmp_path / "b.npy",
+        "--config",
+        tmp_path / "c.json",
+        "--set",
+        "epochs=0",
+        "--load-weights",
+        tmp_path / "w.npz",
+    )
     assert status == 0
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
@@ -113,7 +133,10 @@ def test_console_entry_point_runs_as_a_module(tmp_path, X) -> None:
     np.save(tmp_path / "in.npy", X)
     result = subprocess.run(
         [sys.executable, "-m", "simskip_core.cli", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), *FAST],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["loss_per_epoch"]) == 2
@@ -124,7 +147,9 @@ def test_reports_the_mean_relative_displacement_of_the_output(tmp_path, capsys, 
     status, summary, err = run_cli(capsys, tmp_path / "in.npy", tmp_path / "out.npy", *FAST)
     assert status == 0
     refined = np.load(tmp_path / "out.npy")
-    expected = float(np.mean(np.linalg.norm(refined.astype(np.float64) - X, axis=1) / np.linalg.norm(X.astype(np.float64), axis=1)))
+    expected = float(
+        np.mean(np.linalg.norm(refined.astype(np.float64) - X, axis=1) / np.linalg.norm(X.astype(np.float64), axis=1))
+    )
     assert summary["mean_relative_displacement"] == pytest.approx(expected, rel=1e-9)
     assert summary["scale"] == pytest.approx(float(np.sqrt(np.mean(X.astype(np.float64) ** 2))))
     lines = [line for line in err.splitlines() if "mean relative displacement" in line]

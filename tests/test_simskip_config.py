@@ -50,10 +50,23 @@ def test_to_dict_round_trips_through_json() -> None:
 
 def test_overrides_parse_by_field_type() -> None:
     config = SimSkipConfig().with_overrides(
-        ["epochs=12", "lr=3e-4", "skip=false", "hidden_dim=none", "projection_hidden_dim=64",
-         "augmentations=feature_mask, gaussian_noise", "device=cpu"]
+        [
+            "epochs=12",
+            "lr=3e-4",
+            "skip=false",
+            "hidden_dim=none",
+            "projection_hidden_dim=64",
+            "augmentations=feature_mask, gaussian_noise",
+            "device=cpu",
+        ]
     )
-    assert (config.epochs, config.lr, config.skip, config.hidden_dim, config.projection_hidden_dim) == (12, 3e-4, False, None, 64)
+    assert (config.epochs, config.lr, config.skip, config.hidden_dim, config.projection_hidden_dim) == (
+        12,
+        3e-4,
+        False,
+        None,
+        64,
+    )
     assert config.augmentations == ("feature_mask", "gaussian_noise")
     assert config.device == "cpu"
     assert SimSkipConfig().with_overrides(["augmentations="]).augmentations == ()
@@ -61,8 +74,12 @@ def test_overrides_parse_by_field_type() -> None:
 
 @pytest.mark.parametrize(
     ("assignment", "message"),
-    [("epochs=ten", "cannot parse 'ten' as int"), ("skip=maybe", "as bool"), ("epochs", "key=value"),
-     ("nope=1", "unknown config key 'nope'")],
+    [
+        ("epochs=ten", "cannot parse 'ten' as int"),
+        ("skip=maybe", "as bool"),
+        ("epochs", "key=value"),
+        ("nope=1", "unknown config key 'nope'"),
+    ],
 )
 def test_bad_overrides(assignment, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -71,7 +88,7 @@ def test_bad_overrides(assignment, message) -> None:
 
 def test_config_files_json_and_toml(tmp_path) -> None:
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 4, "augmentations": ["feature_mask"]}))
-    (tmp_path / "c.toml").write_text('epochs = 5\ntemperature = 0.2\n')
+    (tmp_path / "c.toml").write_text("epochs = 5\ntemperature = 0.2\n")
     (tmp_path / "bad.json").write_text('{"epochs": 4, "colour": 1}')
     (tmp_path / "broken.json").write_text('{"epochs": ')
     assert load_config_file(tmp_path / "c.json").epochs == 4

@@ -49,7 +49,8 @@ def test_gradient_flows_to_both_views() -> None:
 
 
 @pytest.mark.parametrize(
-    ("shape1", "shape2", "tau"), [((4, 3), (4, 2), 0.5), ((4,), (4,), 0.5), ((4, 3), (4, 3), 0.0), ((4, 3), (4, 3), -1.0)]
+    ("shape1", "shape2", "tau"),
+    [((4, 3), (4, 2), 0.5), ((4,), (4,), 0.5), ((4, 3), (4, 3), 0.0), ((4, 3), (4, 3), -1.0)],
 )
 def test_rejects_bad_shapes_and_temperature(shape1, shape2, tau) -> None:
     with pytest.raises(ValueError):

@@ -8,8 +8,21 @@ from pathlib import Path
 import simskip_core
 
 ALLOWED_TOP_LEVEL = {"torch", "numpy", "tqdm", "__future__"}
-STDLIB_USED = {"argparse", "collections", "dataclasses", "json", "math", "os", "pathlib", "sys", "tempfile", "time",
-               "tomllib", "types", "typing"}
+STDLIB_USED = {
+    "argparse",
+    "collections",
+    "dataclasses",
+    "json",
+    "math",
+    "os",
+    "pathlib",
+    "sys",
+    "tempfile",
+    "time",
+    "tomllib",
+    "types",
+    "typing",
+}
 
 
 def test_package_imports_only_torch_numpy_tqdm_and_stdlib() -> None:
@@ -31,6 +44,16 @@ def test_package_imports_only_torch_numpy_tqdm_and_stdlib() -> None:
 
 
 def test_public_api_is_exported() -> None:
-    for name in ["SimSkipConfig", "SimSkipTrainer", "refine", "nt_xent_loss", "SkipEncoder", "FeatureMasking",
-                 "GaussianNoise", "WeightsMismatchError", "EmbeddingInputError", "ConfigError"]:
+    for name in [
+        "SimSkipConfig",
+        "SimSkipTrainer",
+        "refine",
+        "nt_xent_loss",
+        "SkipEncoder",
+        "FeatureMasking",
+        "GaussianNoise",
+        "WeightsMismatchError",
+        "EmbeddingInputError",
+        "ConfigError",
+    ]:
         assert name in simskip_core.__all__ and hasattr(simskip_core, name)

@@ -115,7 +115,9 @@ def test_first_transform_fixes_the_scale_for_a_weights_only_trainer(X) -> None:
     assert client.scale == source.scale
     # The scale is not part of the weights: the names are exactly the module parameters.
     names = [name for name, _ in source.get_weights()]
-    assert names == [f"encoder.{k}" for k in source.encoder.state_dict()] + [f"head.{k}" for k in source.head.state_dict()]
+    assert names == [f"encoder.{k}" for k in source.encoder.state_dict()] + [
+        f"head.{k}" for k in source.head.state_dict()
+    ]
 
 
 def test_explicit_scale_is_used_and_validated(X) -> None:
@@ -157,7 +159,9 @@ def test_complex_input_is_standardized_through_its_real_pairs() -> None:
         out = refine(cZ, CONFIG)
         assert np.iscomplexobj(out) and out.shape == Z.shape
         assert rel_max_error(out, c * base) < OUTPUT_RTOL
-        assert mean_relative_displacement(cZ, out) == pytest.approx(mean_relative_displacement(Z, base), rel=DISPLACEMENT_RTOL)
+        assert mean_relative_displacement(cZ, out) == pytest.approx(
+            mean_relative_displacement(Z, base), rel=DISPLACEMENT_RTOL
+        )
     trainer = SimSkipTrainer(12, CONFIG)
     np.testing.assert_array_equal(trainer.transform(Z), Z)  # identity at init
     # The RMS over real pairs: sqrt(mean |z|^2 / 2).

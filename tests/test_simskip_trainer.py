@@ -168,7 +168,10 @@ def test_weights_of_another_width_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (np.array([[1.0, 2.0], [np.nan, 0.0], [1.0, np.inf]]), r"2 row\(s\) with NaN or Inf values \(0-based rows: 1, 2\)"),
+        (
+            np.array([[1.0, 2.0], [np.nan, 0.0], [1.0, np.inf]]),
+            r"2 row\(s\) with NaN or Inf values \(0-based rows: 1, 2\)",
+        ),
         (np.arange(5.0), "2-D matrix n x d, got shape \\(5,\\)"),
         (np.zeros((0, 4)), "empty"),
         (np.zeros((4, 0)), "empty"),

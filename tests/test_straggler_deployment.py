@@ -79,8 +79,16 @@ ROUND_TIMEOUT = 23
 STOP_SECONDS = 28
 ROUNDS = 4
 #: Kinships by relation, 3 parties; validation only at the last round.
-TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "batch-size=512", f"eval-every={ROUNDS}",
-        "simskip-rounds=0", "min-clients-timeout=300.0", f"round-timeout={ROUND_TIMEOUT}"]
+TINY = [
+    "embedding-dim=8",
+    "local-epochs=1",
+    "num-negs-per-pos=4",
+    "batch-size=512",
+    f"eval-every={ROUNDS}",
+    "simskip-rounds=0",
+    "min-clients-timeout=300.0",
+    f"round-timeout={ROUND_TIMEOUT}",
+]
 TIMEOUT_FAILURE = f"1: timeout (no reply within {ROUND_TIMEOUT:g} s)"
 
 
@@ -124,8 +132,9 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
         federation.write_data("Kinships", 3)
         try:
             hold = tmp_path / "hold1"  # party 1's round-2 training waits there until it is frozen
-            parties = [federation.client(k, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None)
-                       for k in range(3)]  # their SuperNodes retry until the server listens
+            parties = [
+                federation.client(k, env={HOLD_TRAIN_ENV: f"2:{hold}"} if k == 1 else None) for k in range(3)
+            ]  # their SuperNodes retry until the server listens
             straggler = parties[1]
             for k, party in enumerate(parties):
                 wait_for(tmp_path / f"party{k}" / "warm_start.log", r"\[warm-start\] ready", deadline, party)
@@ -151,8 +160,10 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
                 if late_written_at is None and late_checkpoint.exists():
                     late_written_at = timeline["round-2 checkpoint"] = late_checkpoint.stat().st_mtime
                 time.sleep(0.5)
-            print("timeline (s after round 2 was sent):",
-                  {k: round(v - timeline["round 2 sent"], 2) for k, v in timeline.items()})
+            print(
+                "timeline (s after round 2 was sent):",
+                {k: round(v - timeline["round 2 sent"], 2) for k, v in timeline.items()},
+            )
             log = federation.log()
             assert server.wait(timeout=60) == 0, log[-4000:]
         finally:
@@ -160,8 +171,13 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
     run_dir = federation.run_dir
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    print("rounds:", [(r["round"], round(r["finished_at"] - timeline["round 2 sent"], 2), sorted(r["train"]),
-                       r.get("failures")) for r in rows])
+    print(
+        "rounds:",
+        [
+            (r["round"], round(r["finished_at"] - timeline["round 2 sent"], 2), sorted(r["train"]), r.get("failures"))
+            for r in rows
+        ],
+    )
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert set(rows[0]["train"]) == {"0", "1", "2"} and "failures" not in rows[0], rows[0]
     # Round 2: closed at its timeout, without the frozen party, before it thawed.
@@ -173,9 +189,9 @@ def test_a_straggler_past_the_round_timeout_is_left_out_of_that_round_only(tmp_p
     # Back by round 4 at the latest; a round it misses before is its timeout alone; then all three throughout.
     back = next((r["round"] for r in rows[2:] if "1" in r["train"]), None)
     assert back in (3, 4), rows[2:]
-    for row in rows[2:back - 1]:
+    for row in rows[2 : back - 1]:
         assert set(row["train"]) == {"0", "2"} and row["failures"] == [TIMEOUT_FAILURE], row
-    for row in rows[back - 1:]:
+    for row in rows[back - 1 :]:
         assert set(row["train"]) == {"0", "1", "2"} and "failures" not in row, row
     assert set(rows[-1]["valid"]) == {"0", "1", "2"}, rows[-1]
     # Its node stayed registered (no heartbeat expiry), and no late reply reached the strategy.

@@ -21,7 +21,7 @@ import pytest
 from client.pids import stop_process
 from client.warm_start import SOCKET_ENV, WarmStartError, write_shim
 
-PROBE = '''
+PROBE = """
 import gc, json, os, sys, time
 def main():
     out, mode = sys.argv[1], sys.argv[2]
@@ -36,7 +36,7 @@ def main():
     if mode == "sleep":
         time.sleep(60)
     sys.exit(int(mode))
-'''
+"""
 
 
 @pytest.fixture
@@ -46,9 +46,22 @@ def starter(tmp_path):
     sock = sock_dir / "s"
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.warm_start", "--socket", str(sock), "--target", "warm_probe:main",
-         "--preload", "json"],
-        env=env, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "client.warm_start",
+            "--socket",
+            str(sock),
+            "--target",
+            "warm_probe:main",
+            "--preload",
+            "json",
+        ],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert "ready" in proc.stdout.readline()
@@ -69,8 +82,15 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     out = tmp_path / "seen.json"
-    done = subprocess.run([str(_shim(tmp_path)), str(out), "3"], check=False, cwd=workdir, capture_output=True, text=True,
-                          env={**os.environ, SOCKET_ENV: str(sock), "PROBE": "x"}, timeout=60)
+    done = subprocess.run(
+        [str(_shim(tmp_path)), str(out), "3"],
+        check=False,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, SOCKET_ENV: str(sock), "PROBE": "x"},
+        timeout=60,
+    )
     assert done.returncode == 3, done.stderr
     assert "hello from the child" in done.stdout  # the child wrote to the shim's own stdout
     seen = json.loads(out.read_text())
@@ -81,16 +101,24 @@ def test_shim_runs_the_command_in_a_forked_child(tmp_path, starter):
     assert seen["pull_backoff"] == [0.02, 0.5], "the child inherits the short object-pull backoff"
     assert seen["pid"] != proc.pid
     assert proc.poll() is None, "the starter serves the next message too"
-    again = subprocess.run([str(_shim(tmp_path)), str(out), "0"], check=False, cwd=workdir, capture_output=True, text=True,
-                           env={**os.environ, SOCKET_ENV: str(sock)}, timeout=60)
+    again = subprocess.run(
+        [str(_shim(tmp_path)), str(out), "0"],
+        check=False,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, SOCKET_ENV: str(sock)},
+        timeout=60,
+    )
     assert again.returncode == 0 and json.loads(out.read_text())["pid"] != seen["pid"]
 
 
 def test_sigterm_to_the_shim_reaches_the_child(tmp_path, starter):
     sock, _ = starter
     out = tmp_path / "seen.json"
-    shim = subprocess.Popen([str(_shim(tmp_path)), str(out), "sleep"], stdout=subprocess.DEVNULL,
-                            env={**os.environ, SOCKET_ENV: str(sock)})
+    shim = subprocess.Popen(
+        [str(_shim(tmp_path)), str(out), "sleep"], stdout=subprocess.DEVNULL, env={**os.environ, SOCKET_ENV: str(sock)}
+    )
     try:
         deadline = time.monotonic() + 30
         while not out.exists() and time.monotonic() < deadline:
@@ -108,7 +136,9 @@ def test_sigterm_to_the_shim_reaches_the_child(tmp_path, starter):
 
 def test_shim_falls_back_to_the_real_command_without_a_starter(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
-    done = subprocess.run([str(_shim(tmp_path)), "--token", "abc"], check=False, capture_output=True, text=True, env=env, timeout=30)
+    done = subprocess.run(
+        [str(_shim(tmp_path)), "--token", "abc"], check=False, capture_output=True, text=True, env=env, timeout=30
+    )
     assert done.returncode == 0 and done.stdout.strip() == "--token abc"  # /bin/echo ran instead
     env[SOCKET_ENV] = str(tmp_path / "no-such-socket")
     done = subprocess.run([str(_shim(tmp_path)), "x"], check=False, capture_output=True, text=True, env=env, timeout=30)
@@ -130,9 +160,14 @@ def test_supernode_environment_puts_the_shim_first_on_path(tmp_path, monkeypatch
             seen.update(env=env, command=command)
 
     monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
-    launcher.start_supernode(tmp_path / ".flwr", superlink="127.0.0.1:1", node_config={"partition-id": 0},
-                             clientappio_port=2, insecure=True,
-                             extra_env={"PATH": "/shim/bin", SOCKET_ENV: "/tmp/s", "OMP_NUM_THREADS": "1"})
+    launcher.start_supernode(
+        tmp_path / ".flwr",
+        superlink="127.0.0.1:1",
+        node_config={"partition-id": 0},
+        clientappio_port=2,
+        insecure=True,
+        extra_env={"PATH": "/shim/bin", SOCKET_ENV: "/tmp/s", "OMP_NUM_THREADS": "1"},
+    )
     path = seen["env"]["PATH"].split(os.pathsep)
     assert path[0] == "/shim/bin" and str(Path(sys.executable).parent) in path[1:]
     assert seen["env"][SOCKET_ENV] == "/tmp/s" and seen["env"]["OMP_NUM_THREADS"] == "1"

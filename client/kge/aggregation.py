@@ -48,9 +48,7 @@ class AggregationError(ValueError):
     """An update does not fit the global table (shape, ids, dtype or non-finite values)."""
 
 
-def _validate_update(
-    index: int, global_ids: np.ndarray, rows: np.ndarray, num_rows: int, width: int
-) -> None:
+def _validate_update(index: int, global_ids: np.ndarray, rows: np.ndarray, num_rows: int, width: int) -> None:
     """Raise :class:`AggregationError` naming update ``index`` when it does not fit."""
     if global_ids.ndim != 1:
         raise AggregationError(f"update {index}: global_ids must be 1-D, got shape {global_ids.shape}")
@@ -63,9 +61,7 @@ def _validate_update(
     if global_ids.size:
         low, high = int(global_ids.min()), int(global_ids.max())
         if low < 0 or high >= num_rows:
-            raise AggregationError(
-                f"update {index}: global id out of range [0, {num_rows}): min {low}, max {high}"
-            )
+            raise AggregationError(f"update {index}: global id out of range [0, {num_rows}): min {low}, max {high}")
         if np.unique(global_ids).size != global_ids.size:
             raise AggregationError(f"update {index}: global_ids contain duplicates")
     if not np.all(np.isfinite(rows)):
@@ -165,8 +161,9 @@ def aggregate_rows(
     return new_table
 
 
-def _robust_rows(table: np.ndarray, checked: Sequence[tuple[np.ndarray, np.ndarray]], counts: np.ndarray,
-                 rule: str, trim: float) -> None:
+def _robust_rows(
+    table: np.ndarray, checked: Sequence[tuple[np.ndarray, np.ndarray]], counts: np.ndarray, rule: str, trim: float
+) -> None:
     """Overwrite the rows held by three or more clients with ``rule`` over their holders, in place."""
     contested = np.flatnonzero(counts >= 3)
     if contested.size == 0:
@@ -217,5 +214,7 @@ def build_vocabulary(
             raise AggregationError(f"client {index}: duplicate entity label {duplicate!r}")
     vocabulary = sorted(set().union(*per_client)) if per_client else []
     position = {label: i for i, label in enumerate(vocabulary)}
-    index_arrays = [np.fromiter((position[label] for label in labels), dtype=np.int64, count=len(labels)) for labels in per_client]
+    index_arrays = [
+        np.fromiter((position[label] for label in labels), dtype=np.int64, count=len(labels)) for labels in per_client
+    ]
     return vocabulary, index_arrays

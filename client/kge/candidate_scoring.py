@@ -43,8 +43,16 @@ import torch
 from pykeen.models import Model
 from pykeen.nn.modules import ComplExInteraction, DistMultInteraction, RotatEInteraction, TransEInteraction
 
-__all__ = ["CandidateScorer", "FusedKernel", "fused_kernel", "fused_kernels_mode", "has_fast_path", "l1_distance",
-           "score_heads", "score_tails"]
+__all__ = [
+    "CandidateScorer",
+    "FusedKernel",
+    "fused_kernel",
+    "fused_kernels_mode",
+    "has_fast_path",
+    "l1_distance",
+    "score_heads",
+    "score_tails",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +105,9 @@ class FusedKernel:
     :param min_work: in ``auto`` mode, the least ``work`` of a call that uses the compiled version.
     """
 
-    def __init__(self, function: Callable[..., Any], eager: Callable[..., Any] | None = None,
-                 min_work: int = AUTO_MIN_WORK) -> None:
+    def __init__(
+        self, function: Callable[..., Any], eager: Callable[..., Any] | None = None, min_work: int = AUTO_MIN_WORK
+    ) -> None:
         self.function = function
         self.eager = eager or function
         self.min_work = min_work
@@ -127,13 +136,18 @@ class FusedKernel:
             return self._compiled(*tensors)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             self._failed = True
-            logger.warning("torch.compile of %s failed (%s: %s); using the eager version",
-                           getattr(self.function, "__name__", self.function), type(error).__name__, error)
+            logger.warning(
+                "torch.compile of %s failed (%s: %s); using the eager version",
+                getattr(self.function, "__name__", self.function),
+                type(error).__name__,
+                error,
+            )
             return self.eager(*tensors)
 
 
-def fused_kernel(eager: Callable[..., Any] | None = None,
-                 min_work: int = AUTO_MIN_WORK) -> Callable[[Callable[..., Any]], FusedKernel]:
+def fused_kernel(
+    eager: Callable[..., Any] | None = None, min_work: int = AUTO_MIN_WORK
+) -> Callable[[Callable[..., Any]], FusedKernel]:
     """Decorator form of :class:`FusedKernel`: ``@fused_kernel(eager=..., min_work=...)``."""
     return lambda function: FusedKernel(function, eager, min_work)
 
@@ -163,8 +177,8 @@ def l1_distance(query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return torch.cdist(query, candidates, p=1.0)
     out = torch.empty(query.shape[0], candidates.shape[0], dtype=query.dtype, device=query.device)
     for begin in range(0, candidates.shape[0], L1_TILE_ROWS):
-        tile = candidates[begin:begin + L1_TILE_ROWS].T.contiguous()
-        out[:, begin:begin + L1_TILE_ROWS] = _l1_tile(query, tile, work=work)
+        tile = candidates[begin : begin + L1_TILE_ROWS].T.contiguous()
+        out[:, begin : begin + L1_TILE_ROWS] = _l1_tile(query, tile, work=work)
     return out
 
 

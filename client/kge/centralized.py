@@ -131,8 +131,9 @@ class CollectionAdapter:
     :param device: where to score.
     """
 
-    def __init__(self, client: ClientGraph, relation_offset: int, config: KGEConfig,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self, client: ClientGraph, relation_offset: int, config: KGEConfig, device: torch.device | None = None
+    ) -> None:
         self.client = client
         with seeded(0):
             self.model = build_model(config, client.train, device)
@@ -163,8 +164,13 @@ class CollectionAdapter:
 
     def evaluate(self, central: Model, split: str, config: KGEConfig) -> dict[str, float]:
         """Metrics of the client's ``split`` under ``config.eval_protocol``."""
-        return evaluate_client(self.load_from(central), self.client, split=split, protocol=config.eval_protocol,
-                               batch_size=config.eval_batch_size)
+        return evaluate_client(
+            self.load_from(central),
+            self.client,
+            split=split,
+            protocol=config.eval_protocol,
+            batch_size=config.eval_batch_size,
+        )
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -183,8 +189,11 @@ def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with
     order) plus ``entities.tsv``; the same files a Flower party writes into its own folder."""
     folder = out_dir / "clients" / str(client.client_id)
     entity_weight = entity_embedding(model)._embeddings.weight
-    arrays = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict(keep_vars=True).items()
-              if tensor is not entity_weight}
+    arrays = {
+        name: tensor.detach().cpu().numpy()
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if tensor is not entity_weight
+    }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(folder / "relation_embeddings.npz", buffer.getvalue())
@@ -198,8 +207,10 @@ def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with
 
 
 def _per_client_report(metrics: Sequence[Mapping[str, float]], client_ids: Sequence[int]) -> dict[str, Any]:
-    return {"overall": weighted_overall(list(metrics)),
-            "clients": {str(cid): dict(m) for cid, m in zip(client_ids, metrics)}}
+    return {
+        "overall": weighted_overall(list(metrics)),
+        "clients": {str(cid): dict(m) for cid, m in zip(client_ids, metrics)},
+    }
 
 
 def _run_rounds(
@@ -226,8 +237,9 @@ def _run_rounds(
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=EarlyStopping(config.patience))
-    steps = _InProcessSteps(setting, engine, client_ids, train_round, aggregate, evaluate, snapshot,
-                            progress or logger.info)
+    steps = _InProcessSteps(
+        setting, engine, client_ids, train_round, aggregate, evaluate, snapshot, progress or logger.info
+    )
     last_round = engine.run(steps)
     stopper = engine.stopper
     restore(steps.best_snapshot)
@@ -284,20 +296,31 @@ class _InProcessSteps:
     def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
         rounds, stopper = self.engine.num_rounds, self.engine.stopper
         if validated:
-            self.say(f"[{self.setting}] round {round_number}/{rounds}: valid MRR {self._entry['valid']['overall']['mrr']:.4f} "
-                     f"(best {stopper.best_value:.4f} at round {stopper.best_round})")
+            self.say(
+                f"[{self.setting}] round {round_number}/{rounds}: valid MRR {self._entry['valid']['overall']['mrr']:.4f} "
+                f"(best {stopper.best_value:.4f} at round {stopper.best_round})"
+            )
         else:
             losses = self._entry["losses"]
-            self.say(f"[{self.setting}] round {round_number}/{rounds}: mean loss "
-                     f"{np.mean([values[-1] for values in losses.values() if values]):.4f}")
+            self.say(
+                f"[{self.setting}] round {round_number}/{rounds}: mean loss "
+                f"{np.mean([values[-1] for values in losses.values() if values]):.4f}"
+            )
         self.history.append(self._entry)
         if stop:
             self.say(f"[{self.setting}] early stop after round {round_number}")
         return False
 
 
-def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device: torch.device | str | None = None,
-                  progress: Progress | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+def run_isolation(
+    kg: FederatedKG,
+    config: KGEConfig,
+    num_rounds: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Each client trains alone for ``num_rounds`` rounds of ``config.local_epochs`` epochs.
 
     :param kg: the federated graph (clients with global ids).
@@ -328,9 +351,15 @@ def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device
             trainer.set_private_state(state)
 
     result = _run_rounds(
-        setting="isolation", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
-        train_round=train_round, evaluate=lambda split: [t.evaluate(split) for t in trainers],
-        snapshot=snapshot, restore=restore, progress=progress,
+        setting="isolation",
+        config=config,
+        rounds=num_rounds,
+        client_ids=[c.client_id for c in kg.clients],
+        train_round=train_round,
+        evaluate=lambda split: [t.evaluate(split) for t in trainers],
+        snapshot=snapshot,
+        restore=restore,
+        progress=progress,
     )
     if out_dir is not None:
         for trainer, client in zip(trainers, kg.clients):
@@ -343,10 +372,18 @@ def run_isolation(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device
 UpdateHook = Callable[[int, int, np.ndarray, np.ndarray], np.ndarray]
 
 
-def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
-                        device: torch.device | str | None = None, progress: Progress | None = None,
-                        out_dir: str | Path | None = None, aggregation: str = "mean", aggregation_trim: float = 0.25,
-                        update_hook: UpdateHook | None = None) -> dict[str, Any]:
+def run_fede_in_process(
+    kg: FederatedKG,
+    config: KGEConfig,
+    num_rounds: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+    aggregation: str = "mean",
+    aggregation_trim: float = 0.25,
+    update_hook: UpdateHook | None = None,
+) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
     Every round each client loads the server's rows of its entities, trains
@@ -399,9 +436,16 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
         send_rows()
 
     result = _run_rounds(
-        setting="fede", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
-        train_round=train_round, aggregate=aggregate, evaluate=lambda split: [t.evaluate(split) for t in trainers],
-        snapshot=snapshot, restore=restore, progress=progress,
+        setting="fede",
+        config=config,
+        rounds=num_rounds,
+        client_ids=[c.client_id for c in kg.clients],
+        train_round=train_round,
+        aggregate=aggregate,
+        evaluate=lambda split: [t.evaluate(split) for t in trainers],
+        snapshot=snapshot,
+        restore=restore,
+        progress=progress,
     )
     if out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
@@ -411,8 +455,15 @@ def run_fede_in_process(kg: FederatedKG, config: KGEConfig, num_rounds: int, *,
     return result
 
 
-def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, device: torch.device | str | None = None,
-                   progress: Progress | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+def run_collection(
+    kg: FederatedKG,
+    config: KGEConfig,
+    num_rounds: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Train one model on all clients' pooled triples; validate and test per client.
 
     Parameters and result as :func:`run_isolation`; one round is ``config.local_epochs`` epochs
@@ -425,8 +476,9 @@ def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, devic
     pooled = pool_clients(kg)
     trainer = LocalTrainer(pooled, config, device)
     trainer.set_entity_embeddings(initial_entity_table(config, kg.num_entities, seed=config.seed))
-    adapters = [CollectionAdapter(client, offset, config, device)
-                for client, offset in zip(kg.clients, pooled.relation_offsets)]
+    adapters = [
+        CollectionAdapter(client, offset, config, device) for client, offset in zip(kg.clients, pooled.relation_offsets)
+    ]
 
     def snapshot() -> dict[str, np.ndarray]:
         return trainer.get_private_state(include_entities=True)
@@ -436,10 +488,15 @@ def run_collection(kg: FederatedKG, config: KGEConfig, num_rounds: int, *, devic
             trainer.set_private_state(state)
 
     result = _run_rounds(
-        setting="collection", config=config, rounds=num_rounds, client_ids=[c.client_id for c in kg.clients],
+        setting="collection",
+        config=config,
+        rounds=num_rounds,
+        client_ids=[c.client_id for c in kg.clients],
         train_round=lambda: {"pooled": trainer.train(config.local_epochs)},
         evaluate=lambda split: [a.evaluate(trainer.model, split, config) for a in adapters],
-        snapshot=snapshot, restore=restore, progress=progress,
+        snapshot=snapshot,
+        restore=restore,
+        progress=progress,
     )
     if out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", trainer.get_entity_embeddings())

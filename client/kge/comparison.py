@@ -43,8 +43,15 @@ from client.kge.refinement import NO_SKIP_VARIANT, RefinementConfig, client_seed
 from client.kge.training import TrainableGraph
 from simskip_core import mean_relative_displacement, perturb_like
 
-__all__ = ["ROWS", "DownstreamRecordError", "SkipStrengthError", "check_record", "evaluate_client_rows", "rr_key",
-           "skip_strength_rows"]
+__all__ = [
+    "ROWS",
+    "DownstreamRecordError",
+    "SkipStrengthError",
+    "check_record",
+    "evaluate_client_rows",
+    "rr_key",
+    "skip_strength_rows",
+]
 
 #: Table rows, in report order.
 ROWS: tuple[str, ...] = ("unrefined", "refined", "perturbed", "refined-no-skip")
@@ -117,9 +124,12 @@ def evaluate_client_rows(
     seeds = range(refinement.downstream_seeds)
     main = refinement.main_variant
     record: dict[str, Any] = {
-        "protocols": {}, "skipped": {},
+        "protocols": {},
+        "skipped": {},
         # the raw encoder output of every variant (alpha 1): how far SimSkip itself moved the rows
-        "simskip_displacement": {variant: mean_relative_displacement(rows, values) for variant, values in refined.items()},
+        "simskip_displacement": {
+            variant: mean_relative_displacement(rows, values) for variant, values in refined.items()
+        },
         "protocol_order": labels,  # JSON objects may be re-sorted on the way; the table keeps this order
     }
     ranks: dict[str, np.ndarray] = {}
@@ -133,16 +143,27 @@ def evaluate_client_rows(
             continue
         started = time.perf_counter()
 
-        def run(these: np.ndarray, seed: int, what: str, _label: str = label, _trains: bool = protocol.trains) -> ProtocolRun:
+        def run(
+            these: np.ndarray, seed: int, what: str, _label: str = label, _trains: bool = protocol.trains
+        ) -> ProtocolRun:
             key = hashlib.sha1(these.tobytes()).digest()
-            result = run_protocol(_label, graph, config.replace(seed=config.seed + seed), these,
-                                  relation_state=relation_state, budget=budget, device=device,
-                                  start_valid=start_scores.get(key))
+            result = run_protocol(
+                _label,
+                graph,
+                config.replace(seed=config.seed + seed),
+                these,
+                relation_state=relation_state,
+                budget=budget,
+                device=device,
+                start_valid=start_scores.get(key),
+            )
             if result.init == "trained":
                 start_scores.setdefault(key, result.curve[0])
             if _trains:  # minutes per run on large graphs: say so as each one ends
-                say(f"client {name}: {_label} seed {seed} {what}: valid MRR {result.valid:.4f} after "
-                    f"{result.epochs} epochs (best {result.best_epoch}), {result.seconds:.1f}s")
+                say(
+                    f"client {name}: {_label} seed {seed} {what}: valid MRR {result.valid:.4f} after "
+                    f"{result.epochs} epochs (best {result.best_epoch}), {result.seconds:.1f}s"
+                )
             return result
 
         per_seed: dict[int, dict[str, ProtocolRun]] = {}
@@ -154,7 +175,9 @@ def evaluate_client_rows(
             per_seed[seed] = {"unrefined": unrefined}
             for setting, alpha in candidates:
                 these = skip_strength_rows(rows, refined[refinement.variant_name(main, setting, seed)], alpha)
-                candidate_runs[(seed, setting, alpha)] = result = run(these, seed, f"candidate setting {setting} alpha {alpha:g}")
+                candidate_runs[(seed, setting, alpha)] = result = run(
+                    these, seed, f"candidate setting {setting} alpha {alpha:g}"
+                )
                 scores[(setting, alpha)].append(result.valid)
         chosen = max(candidates, key=lambda c: (float(np.mean(scores[c])), -c[0], -c[1]))
         unrefined_valid = [per_seed[seed]["unrefined"].valid for seed in seeds]
@@ -164,8 +187,10 @@ def evaluate_client_rows(
             per_seed[seed]["refined"] = candidate_runs.pop((seed, setting, alpha))
             perturbed = perturb_like(rows, chosen_rows, seed=_perturb_seed(seed, name))
             per_seed[seed]["perturbed"] = run(perturbed, seed, "perturbed")
-            displacement[seed] = {"refined": mean_relative_displacement(rows, chosen_rows),
-                                  "perturbed": mean_relative_displacement(rows, perturbed)}
+            displacement[seed] = {
+                "refined": mean_relative_displacement(rows, chosen_rows),
+                "perturbed": mean_relative_displacement(rows, perturbed),
+            }
             no_skip = refinement.variant_name(NO_SKIP_VARIANT, 0, seed)
             if refinement.no_skip_ablation and refinement.simskip.skip and no_skip in refined:
                 per_seed[seed][NO_SKIP_VARIANT] = run(refined[no_skip], seed, NO_SKIP_VARIANT)
@@ -188,9 +213,11 @@ def evaluate_client_rows(
                 out[row] = summary
                 for eval_protocol, values in rr.items():
                     ranks[rr_key(label, seed, row, eval_protocol)] = values
-                say(f"client {name}: {label} seed {seed} {row}: valid MRR {summary['valid']:.4f}, "
+                say(
+                    f"client {name}: {label} seed {seed} {row}: valid MRR {summary['valid']:.4f}, "
                     f"test MRR {metrics['standard']['mrr']:.4f} (standard) {metrics['fede']['mrr']:.4f} (fede), "
-                    f"{summary['epochs']} epochs, {summary['seconds']:.1f}s")
+                    f"{summary['epochs']} epochs, {summary['seconds']:.1f}s"
+                )
             seeds_out[str(seed)] = out
         say(f"client {name}: {label} done in {time.perf_counter() - started:.1f}s")
         setting, alpha = chosen
@@ -212,8 +239,9 @@ def _perturb_seed(seed: int, client: Any) -> int:
     return int(np.random.SeedSequence([int(seed), client_seed_key(client), 7]).generate_state(1)[0])
 
 
-def check_record(record: Any, ranks: Mapping[str, Any], *, labels: Sequence[str] | None = None,
-                 seeds: int | None = None) -> None:
+def check_record(
+    record: Any, ranks: Mapping[str, Any], *, labels: Sequence[str] | None = None, seeds: int | None = None
+) -> None:
     """Check a record of :func:`evaluate_client_rows` and its reciprocal ranks before anything uses them.
 
     Checked: the structure (protocols -> seeds -> rows -> ``test`` metrics of both evaluation
@@ -226,6 +254,7 @@ def check_record(record: Any, ranks: Mapping[str, Any], *, labels: Sequence[str]
     :param seeds: the number of seeds the run asked for (``None``: not checked).
     :raises DownstreamRecordError: naming the first thing that is wrong.
     """
+
     def fail(what: str) -> None:
         raise DownstreamRecordError(what)
 
@@ -244,7 +273,9 @@ def check_record(record: Any, ranks: Mapping[str, Any], *, labels: Sequence[str]
             fail(f"{label}: seeds {sorted(per_seed)}, expected {list(range(seeds))}")
         for seed, rows in per_seed.items():
             if not isinstance(rows, Mapping) or "unrefined" not in rows or any(row not in ROWS for row in rows):
-                fail(f"{label}, seed {seed}: rows {list(rows) if isinstance(rows, Mapping) else rows!r} are not among {list(ROWS)}")
+                fail(
+                    f"{label}, seed {seed}: rows {list(rows) if isinstance(rows, Mapping) else rows!r} are not among {list(ROWS)}"
+                )
             for row, cell in rows.items():
                 where = f"{label}, seed {seed}, row {row}"
                 test = cell.get("test") if isinstance(cell, Mapping) else None
@@ -260,8 +291,12 @@ def check_record(record: Any, ranks: Mapping[str, Any], *, labels: Sequence[str]
                     key = rr_key(label, int(seed), row, protocol)
                     values = ranks.get(key)
                     array = np.asarray(values) if values is not None else None
-                    if array is None or array.ndim != 1 or array.shape[0] != n or not np.issubdtype(array.dtype, np.floating):
+                    if (
+                        array is None
+                        or array.ndim != 1
+                        or array.shape[0] != n
+                        or not np.issubdtype(array.dtype, np.floating)
+                    ):
                         fail(f"reciprocal ranks {key!r}: expected a float array of {n} values")
                     if not (np.isfinite(array).all() and (array > 0).all() and (array <= 1).all()):
                         fail(f"reciprocal ranks {key!r}: values outside (0, 1]")
-

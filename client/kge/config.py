@@ -58,8 +58,12 @@ KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "small-graph": {"local-epochs": 1, "batch-size": 128, "learning-rate": 1e-2},
     "fede-paper": {
-        "training-loop": "slcwa", "local-epochs": 3, "batch-size": 512, "learning-rate": 1e-3,
-        "eval-every": 5, "patience": 15,
+        "training-loop": "slcwa",
+        "local-epochs": 3,
+        "batch-size": 512,
+        "learning-rate": 1e-3,
+        "eval-every": 5,
+        "patience": 15,
     },
 }
 
@@ -143,41 +147,62 @@ class KGEConfig:
     batch_size: int = key_field(512, help="positive triples per training batch", model_defining=True)
     learning_rate: float = key_field(1e-3, help="the optimizer's learning rate", model_defining=True)
     optimizer: str = key_field("adam", help="a torch optimizer name (class_resolver)", model_defining=True)
-    keep_optimizer_state: bool = key_field(True, help="keep each client's optimizer state across rounds",
-                                           model_defining=True)
+    keep_optimizer_state: bool = key_field(
+        True, help="keep each client's optimizer state across rounds", model_defining=True
+    )
     num_negs_per_pos: int = key_field(256, help="negatives per positive triple", model_defining=True)
     negative_sampler: str = key_field("basic", help="a PyKEEN negative sampler name", model_defining=True)
-    corruption_scheme: str = key_field("head,tail", help="sides the basic sampler corrupts", model_defining=True,
-                                       choices=("head", "relation", "tail"), multiple=True)
-    filtered_negatives: bool = key_field(True, help="drop sampled negatives that are train triples",
-                                         model_defining=True)
-    filterer: str = key_field("sortedkey", help="the filterer of filtered-negatives (PyKEEN filterer name)",
-                              model_defining=True)
-    adversarial_temperature: float = key_field(1.0, help="self-adversarial sampling temperature (alpha)",
-                                               model_defining=True)
+    corruption_scheme: str = key_field(
+        "head,tail",
+        help="sides the basic sampler corrupts",
+        model_defining=True,
+        choices=("head", "relation", "tail"),
+        multiple=True,
+    )
+    filtered_negatives: bool = key_field(
+        True, help="drop sampled negatives that are train triples", model_defining=True
+    )
+    filterer: str = key_field(
+        "sortedkey", help="the filterer of filtered-negatives (PyKEEN filterer name)", model_defining=True
+    )
+    adversarial_temperature: float = key_field(
+        1.0, help="self-adversarial sampling temperature (alpha)", model_defining=True
+    )
     margin: float = key_field(10.0, help="NSSA margin (gamma) of distance-based models", model_defining=True)
-    entity_constrainer: str = key_field("none", help="none, model-default or a PyKEEN constrainer name",
-                                        model_defining=True)
+    entity_constrainer: str = key_field(
+        "none", help="none, model-default or a PyKEEN constrainer name", model_defining=True
+    )
     regularizer: str = key_field("none", help="none, model-default or a PyKEEN regularizer name", model_defining=True)
-    training_loop: str = key_field("sharednegatives", help="the local training regime (training_regime_resolver)",
-                                   model_defining=True)
+    training_loop: str = key_field(
+        "sharednegatives", help="the local training regime (training_regime_resolver)", model_defining=True
+    )
     seed: int = key_field(0, help="base random seed of the initial table and training", model_defining=True)
     eval_every: int = key_field(1, help="validate every this many rounds", model_defining=True)
-    patience: int = key_field(3, help="stop after this many validations without a better MRR (a budget)",
-                              model_defining=False)
-    eval_protocol: str = key_field("standard", help="both sides (standard) or tail only (fede)", model_defining=True,
-                                   choices=("standard", "fede"))
+    patience: int = key_field(
+        3, help="stop after this many validations without a better MRR (a budget)", model_defining=False
+    )
+    eval_protocol: str = key_field(
+        "standard", help="both sides (standard) or tail only (fede)", model_defining=True, choices=("standard", "fede")
+    )
     eval_batch_size: int = key_field(256, help="triples scored at once during evaluation", model_defining=False)
-    track_test: bool = key_field(False, help="also evaluate test, under test- metric names (never used for choices)",
-                                 model_defining=False)
+    track_test: bool = key_field(
+        False, help="also evaluate test, under test- metric names (never used for choices)", model_defining=False
+    )
 
     def __post_init__(self) -> None:
         for key in KGE_KEYS:
             value = getattr(self, to_snake(key.name))
             if not type_ok(value, key.type):
                 raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})")
-        for name in ("embedding_dim", "local_epochs", "batch_size", "num_negs_per_pos", "eval_every",
-                     "patience", "eval_batch_size"):
+        for name in (
+            "embedding_dim",
+            "local_epochs",
+            "batch_size",
+            "num_negs_per_pos",
+            "eval_every",
+            "patience",
+            "eval_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{to_kebab(name)} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -201,9 +226,7 @@ class KGEConfig:
         return tuple(side.strip() for side in self.corruption_scheme.split(",") if side.strip())
 
     @classmethod
-    def from_run_config(
-        cls, run_config: Mapping[str, Any], extra_known_keys: Iterable[str] = ()
-    ) -> KGEConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any], extra_known_keys: Iterable[str] = ()) -> KGEConfig:
         """Build a config from Flower's kebab-case run config.
 
         :param run_config: ``context.run_config`` or any mapping with kebab-case keys.
@@ -241,8 +264,9 @@ def _coerce(key: Key, value: Any) -> Any:
     try:
         return coerce(value, key.type)
     except OverflowError:
-        raise ConfigError(f"{key.name} must be float, got an integer too large for a float "
-                          f"({value.bit_length()} bits)") from None
+        raise ConfigError(
+            f"{key.name} must be float, got an integer too large for a float ({value.bit_length()} bits)"
+        ) from None
     except TypeError:
         raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})") from None
 

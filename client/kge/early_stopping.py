@@ -43,8 +43,7 @@ class EarlyStopping:
         raised here before, while the Flower server counted it as no improvement: one rule now.)
         """
         if math.isnan(value):
-            logger.warning("validation metric is NaN at round %s: counted as a check without improvement",
-                           round_number)
+            logger.warning("validation metric is NaN at round %s: counted as a check without improvement", round_number)
         elif value > self.best_value + self.min_delta:
             self.best_value = float(value)
             self.best_round = int(round_number)

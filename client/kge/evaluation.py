@@ -102,9 +102,7 @@ def _protocol(name: str) -> EvaluationProtocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise UnknownProtocolError(
-            f"unknown evaluation protocol {name!r}; choose one of {sorted(PROTOCOLS)}"
-        ) from None
+        raise UnknownProtocolError(f"unknown evaluation protocol {name!r}; choose one of {sorted(PROTOCOLS)}") from None
 
 
 def evaluate_link_prediction(
@@ -135,8 +133,13 @@ def evaluate_link_prediction(
         entities outside ``candidate_entities``.
     """
     return evaluate_protocols(
-        model, mapped_triples, filter_triples=filter_triples, protocols=(protocol,),
-        candidate_entities=candidate_entities, batch_size=batch_size, device=device,
+        model,
+        mapped_triples,
+        filter_triples=filter_triples,
+        protocols=(protocol,),
+        candidate_entities=candidate_entities,
+        batch_size=batch_size,
+        device=device,
     )[protocol]
 
 
@@ -180,9 +183,7 @@ def evaluate_protocols(
         if spec.restrict_to_train_entities and candidate_entities is not None:
             restrict = torch.as_tensor(sorted({int(e) for e in candidate_entities}), dtype=torch.long)
             if restrict.numel() == 0 or int(restrict[0]) < 0 or int(restrict[-1]) >= model.num_entities:
-                raise ValueError(
-                    f"candidate_entities must be non-empty ids in [0, {model.num_entities}) of the model"
-                )
+                raise ValueError(f"candidate_entities must be non-empty ids in [0, {model.num_entities}) of the model")
             outside = set(triples[:, 2].tolist()) - set(restrict.tolist())
             if outside:
                 raise ValueError(
@@ -201,16 +202,24 @@ def evaluate_protocols(
     was_training = model.training
     model.eval()
     try:
-        _rank_into(consumers, model, triples, filters, batch_size or DEFAULT_BATCH_SIZE,
-                   torch.device(device) if device is not None else None)
+        _rank_into(
+            consumers,
+            model,
+            triples,
+            filters,
+            batch_size or DEFAULT_BATCH_SIZE,
+            torch.device(device) if device is not None else None,
+        )
     finally:
         model.train(was_training)
     out: dict[str, dict[str, float]] = {}
     for name, spec, consumer in zip(protocols, specs, consumers):
         if reciprocal_ranks is not None:
             # the evaluator keeps each side's ranks batch by batch, in triple order (finalize clears them)
-            per_side = [1.0 / np.concatenate(consumer.evaluator.ranks[target, "realistic"]).astype(np.float64)
-                        for target in spec.targets]
+            per_side = [
+                1.0 / np.concatenate(consumer.evaluator.ranks[target, "realistic"]).astype(np.float64)
+                for target in spec.targets
+            ]
             reciprocal_ranks[name] = np.mean(per_side, axis=0)
         results = consumer.evaluator.finalize()
         metrics = {"mrr": float(results.get_metric(f"{spec.side}.realistic.inverse_harmonic_mean_rank"))}
@@ -256,8 +265,12 @@ class FusedRankEvaluator(RankBasedEvaluator):
             raise ValueError(f"{self.__class__.__name__} needs the true scores!")
         better, at_least, finite = _count_ranks(scores, true_scores.view(-1, 1), work=scores.numel())
         optimistic = better + 1
-        ranks = Ranks(optimistic=optimistic, pessimistic=at_least,
-                      realistic=(optimistic + at_least).float() * 0.5, number_of_options=finite)
+        ranks = Ranks(
+            optimistic=optimistic,
+            pessimistic=at_least,
+            realistic=(optimistic + at_least).float() * 0.5,
+            number_of_options=finite,
+        )
         self.num_entities = scores.shape[1]
         for rank_type, value in ranks.items():
             self.ranks[target, rank_type].append(value.detach().cpu().numpy())
@@ -325,7 +338,7 @@ def _rank_into(
             index = _KnownAnswers(known, target, model.num_relations)
             column = 2 if target == LABEL_TAIL else 0
             for begin in range(0, triples.shape[0], batch_size):
-                batch = triples[begin:begin + batch_size]
+                batch = triples[begin : begin + batch_size]
                 on_device = batch.to(device)
                 if target == LABEL_TAIL:
                     scores = score_tails(model, on_device[:, :2], candidates)
@@ -342,7 +355,9 @@ def _rank_into(
                         continue
                     keeps_all = consumer.restrict is None or consumer.restrict.numel() == scores.shape[1]
                     consumer.evaluator.process_scores_(
-                        hrt_batch=on_device, target=target, true_scores=true_scores.unsqueeze(-1),
+                        hrt_batch=on_device,
+                        target=target,
+                        true_scores=true_scores.unsqueeze(-1),
                         scores=scores if keeps_all else scores[:, consumer.restrict.to(device)],
                     )
 
@@ -389,8 +404,9 @@ def evaluate_client(
     :param device: see :func:`evaluate_link_prediction`.
     :returns: the metrics of :func:`evaluate_link_prediction`.
     """
-    return evaluate_client_protocols(model, client, split=split, protocols=(protocol,), batch_size=batch_size,
-                                     device=device)[protocol]
+    return evaluate_client_protocols(
+        model, client, split=split, protocols=(protocol,), batch_size=batch_size, device=device
+    )[protocol]
 
 
 def evaluate_client_protocols(

@@ -38,9 +38,7 @@ class SortedKeyFilterer(Filterer):
         self.num_entities = int(triples[:, [0, 2]].max()) + 1
         self.num_relations = int(triples[:, 1].max()) + 1
         if self.num_entities * self.num_entities * self.num_relations >= _MAX_KEYS:
-            raise ValueError(
-                f"{self.num_entities} entities x {self.num_relations} relations do not fit one int64 key"
-            )
+            raise ValueError(f"{self.num_entities} entities x {self.num_relations} relations do not fit one int64 key")
         self.register_buffer("keys", torch.unique(self._encode(triples)))  # unique() sorts
 
     def _encode(self, triples: torch.Tensor) -> torch.Tensor:
@@ -50,7 +48,8 @@ class SortedKeyFilterer(Filterer):
         """Whether each triple of ``batch`` (shape ``(*, 3)``) is a known triple; shape ``(*)``."""
         keys = self.keys.to(batch.device)
         inside = (
-            (batch[..., 0] < self.num_entities) & (batch[..., 2] < self.num_entities)
+            (batch[..., 0] < self.num_entities)
+            & (batch[..., 2] < self.num_entities)
             & (batch[..., 1] < self.num_relations)
         )
         query = torch.where(inside[..., None], batch, torch.zeros_like(batch))

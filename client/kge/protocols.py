@@ -135,16 +135,21 @@ def protocol_labels(names: Sequence[str], refit_inits: Sequence[str] = ("trained
     for name in names:
         if name not in DOWNSTREAM_PROTOCOLS:
             raise UnknownDownstreamProtocolError(
-                f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOLS)}")
+                f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOLS)}"
+            )
         if name == "relation-refit":
             for init in refit_inits:
                 if init not in REFIT_INITS:
-                    raise UnknownDownstreamProtocolError(f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}")
+                    raise UnknownDownstreamProtocolError(
+                        f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}"
+                    )
                 labels.append(f"relation-refit:{init}")
         else:
             labels.append(name)
     if not labels:
-        raise UnknownDownstreamProtocolError("downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOLS)))
+        raise UnknownDownstreamProtocolError(
+            "downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOLS))
+        )
     return list(dict.fromkeys(labels))
 
 
@@ -157,7 +162,10 @@ def _parse_label(label: str) -> tuple[DownstreamProtocol, str]:
 
 # ----------------------------------------------------------------------------- trained relations, frozen rows
 def as_trained_trainer(
-    graph: TrainableGraph, config: KGEConfig, relation_state: Mapping[str, np.ndarray], device: torch.device | str | None = None
+    graph: TrainableGraph,
+    config: KGEConfig,
+    relation_state: Mapping[str, np.ndarray],
+    device: torch.device | str | None = None,
 ) -> LocalTrainer:
     """A trainer holding the client's trained relation tensors (entity rows still to be set).
 
@@ -248,22 +256,36 @@ class ProtocolRun:
     init: str = "trained"
     trainer: LocalTrainer | None = None
 
-    def test(self, protocols: Sequence[str] = EVAL_PROTOCOLS) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    def test(
+        self, protocols: Sequence[str] = EVAL_PROTOCOLS
+    ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
         """Rank the test split: ``({protocol: metrics}, {protocol: per-triple reciprocal ranks})``."""
         if self.trainer is None:
             raise RuntimeError(f"{self.label}: this run was already tested (its model is released)")
         ranks: dict[str, np.ndarray] = {}
         trainer = self.trainer
-        metrics = evaluate_client_protocols(trainer.model, trainer.graph, split="test", protocols=protocols,  # type: ignore[arg-type]
-                                            batch_size=trainer.config.eval_batch_size, device=trainer.device,
-                                            reciprocal_ranks=ranks)
+        metrics = evaluate_client_protocols(
+            trainer.model,
+            trainer.graph,
+            split="test",
+            protocols=protocols,  # type: ignore[arg-type]
+            batch_size=trainer.config.eval_batch_size,
+            device=trainer.device,
+            reciprocal_ranks=ranks,
+        )
         self.trainer = None
         return metrics, ranks
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary (no model)."""
-        return {"valid": self.valid, "curve": [round(v, 6) for v in self.curve], "best_epoch": self.best_epoch,
-                "epochs": self.epochs, "seconds": round(self.seconds, 3), "init": self.init}
+        return {
+            "valid": self.valid,
+            "curve": [round(v, 6) for v in self.curve],
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 3),
+            "init": self.init,
+        }
 
 
 def run_protocol(
@@ -296,7 +318,9 @@ def run_protocol(
     protocol, init = _parse_label(label)
     if relation_state is None:
         if protocol.needs_trained_relations or label == "relation-refit:trained":
-            raise UnknownDownstreamProtocolError(f"client {graph.client_id}: {label} needs the client's trained relations")
+            raise UnknownDownstreamProtocolError(
+                f"client {graph.client_id}: {label} needs the client's trained relations"
+            )
         init = "fresh"
     started = time.perf_counter()
     if init == "trained":
@@ -310,15 +334,18 @@ def run_protocol(
         _attach_adapter(trainer)
     before = trainer.get_entity_embeddings() if protocol.frozen_rows else None
     try:
-        curve, best_epoch = _train_with_patience(trainer, budget if protocol.trains else DownstreamBudget(0, 1),
-                                                 start_valid if init == "trained" else None)
+        curve, best_epoch = _train_with_patience(
+            trainer, budget if protocol.trains else DownstreamBudget(0, 1), start_valid if init == "trained" else None
+        )
     except ValueError as error:  # a NaN valid score: say where
         raise ValueError(f"client {graph.client_id}, downstream protocol {label}: {error}") from error
     after = trainer.get_entity_embeddings() if before is not None else None
     if before is not None and not np.array_equal(before, after):
         moved = int(np.flatnonzero((before != after).any(axis=1))[0])
         raise FrozenRowsChangedError(f"client {graph.client_id}: entity row {moved} changed under {label}")
-    return ProtocolRun(label, max(curve), curve, best_epoch, len(curve) - 1, time.perf_counter() - started, init, trainer)
+    return ProtocolRun(
+        label, max(curve), curve, best_epoch, len(curve) - 1, time.perf_counter() - started, init, trainer
+    )
 
 
 def _valid_score(trainer: LocalTrainer) -> float:
@@ -326,8 +353,9 @@ def _valid_score(trainer: LocalTrainer) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def _train_with_patience(trainer: LocalTrainer, budget: DownstreamBudget,
-                         start_valid: float | None = None) -> tuple[list[float], int]:
+def _train_with_patience(
+    trainer: LocalTrainer, budget: DownstreamBudget, start_valid: float | None = None
+) -> tuple[list[float], int]:
     """Train one epoch at a time, check valid after each, keep the best state (epoch 0 included).
 
     The stopping rule is :class:`~client.kge.early_stopping.EarlyStopping`'s, the one the KGE

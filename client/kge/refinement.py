@@ -92,7 +92,9 @@ def unpack_variants(flat: Sequence[tuple[str, np.ndarray]], variants: Sequence[s
     for name, array in flat:
         variant, sep, rest = name.partition("/")
         if not sep or variant not in out:
-            raise RefinementInputError(f"weight entry {name!r} has no known variant prefix (expected one of {list(variants)})")
+            raise RefinementInputError(
+                f"weight entry {name!r} has no known variant prefix (expected one of {list(variants)})"
+            )
         out[variant].append((rest, array))
     missing = [variant for variant, named in out.items() if not named]
     if missing:
@@ -131,7 +133,9 @@ def _check_rows(rows: Any, client_id: str | int) -> np.ndarray:
         raise RefinementInputError(f"client {client_id}: entity rows dtype {rows.dtype} is not a real float type")
     bad = ~np.isfinite(rows).all(axis=1)
     if bad.any():
-        raise RefinementInputError(f"client {client_id}: entity row(s) {np.flatnonzero(bad)[:10].tolist()} hold NaN or inf")
+        raise RefinementInputError(
+            f"client {client_id}: entity row(s) {np.flatnonzero(bad)[:10].tolist()} hold NaN or inf"
+        )
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
@@ -184,7 +188,11 @@ def fit_round(
 
 
 def transform_rows(
-    rows: np.ndarray, weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], config: RefinementConfig, *, client_id: str | int = 0
+    rows: np.ndarray,
+    weights: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+    config: RefinementConfig,
+    *,
+    client_id: str | int = 0,
 ) -> dict[str, np.ndarray]:
     """The refined rows ``f(rows)`` of every variant's final encoder: float32, shape of ``rows``."""
     rows = _check_rows(rows, client_id)
@@ -249,8 +257,9 @@ def run_refinement(
         }
         if config.federate:
             averaged = {
-                variant: fedavg_named([(u.weights[variant], u.num_rows) for u in updates.values()],
-                                      aggregation, aggregation_trim)
+                variant: fedavg_named(
+                    [(u.weights[variant], u.num_rows) for u in updates.values()], aggregation, aggregation_trim
+                )
                 for variant in config.variants()
             }
             current = dict.fromkeys(rows_by_client, averaged)
@@ -260,17 +269,22 @@ def run_refinement(
         history.append(record)
         if on_round_end is not None:
             on_round_end(record)
-    refined = {name: transform_rows(rows, current[name], config, client_id=name) for name, rows in rows_by_client.items()}
+    refined = {
+        name: transform_rows(rows, current[name], config, client_id=name) for name, rows in rows_by_client.items()
+    }
     return RefinementResult(refined=refined, weights=current, history=history)
 
 
 def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds: float) -> dict[str, Any]:
     """The history row of one SimSkip round (shared by the in-process driver and the strategy)."""
-    per_client = {name: {variant: float(losses[-1]) for variant, losses in u.losses.items()} for name, u in updates.items()}
+    per_client = {
+        name: {variant: float(losses[-1]) for variant, losses in u.losses.items()} for name, u in updates.items()
+    }
     total = sum(u.num_rows for u in updates.values())
     variants = sorted({v for losses in per_client.values() for v in losses})
     overall = {
-        variant: sum(per_client[name][variant] * u.num_rows for name, u in updates.items()) / total for variant in variants
+        variant: sum(per_client[name][variant] * u.num_rows for name, u in updates.items()) / total
+        for variant in variants
     }
     return {
         "phase": "simskip",
@@ -280,4 +294,3 @@ def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds:
         "num_rows": {name: u.num_rows for name, u in updates.items()},
         "seconds": round(float(seconds), 4),
     }
-

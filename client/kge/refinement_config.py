@@ -65,7 +65,6 @@ class RefinementConfigError(ConfigError):
     """A refinement run-config key is unknown or its value is bad."""
 
 
-
 # ----------------------------------------------------------------------------- config
 #: SimSkipConfig fields not settable through the run config: the epochs are rounds x local epochs.
 _NOT_PASSED_THROUGH = frozenset({"epochs"})
@@ -135,29 +134,64 @@ class RefinementConfig:
     :param simskip: the SimSkip hyperparameters (``epochs`` is ignored: see ``local_epochs``).
     """
 
-    rounds: int = key_field(10, help="federated SimSkip rounds (0: no refinement phase; a budget)",
-                            key="simskip-rounds", model_defining=False)
-    local_epochs: int = key_field(5, help="SimSkip epochs each client trains per round", key="simskip-local-epochs",
-                                  model_defining=True)
-    federate: bool = key_field(True, help="FedAvg the encoder + head weights each round (false: local only)",
-                               key="simskip-federate", model_defining=True)
-    no_skip_ablation: bool = key_field(False, help="also train the no-skip encoder (refined-no-skip)",
-                                       key="simskip-no-skip-ablation", model_defining=True)
+    rounds: int = key_field(
+        10,
+        help="federated SimSkip rounds (0: no refinement phase; a budget)",
+        key="simskip-rounds",
+        model_defining=False,
+    )
+    local_epochs: int = key_field(
+        5, help="SimSkip epochs each client trains per round", key="simskip-local-epochs", model_defining=True
+    )
+    federate: bool = key_field(
+        True,
+        help="FedAvg the encoder + head weights each round (false: local only)",
+        key="simskip-federate",
+        model_defining=True,
+    )
+    no_skip_ablation: bool = key_field(
+        False,
+        help="also train the no-skip encoder (refined-no-skip)",
+        key="simskip-no-skip-ablation",
+        model_defining=True,
+    )
     refit_epochs: int = key_field(5, help="the epoch cap of every trained downstream protocol", model_defining=True)
-    gate_grid: tuple[float, ...] = key_field(DEFAULT_GATE_GRID, help="skip strengths of the SimSkip candidates",
-                                             key="simskip-gate-grid", model_defining=True, value_type=str)
+    gate_grid: tuple[float, ...] = key_field(
+        DEFAULT_GATE_GRID,
+        help="skip strengths of the SimSkip candidates",
+        key="simskip-gate-grid",
+        model_defining=True,
+        value_type=str,
+    )
     search: tuple[tuple[tuple[str, str], ...], ...] = key_field(
-        (), help="SimSkip settings chosen from on valid (';'-separated field=value lists)", key="simskip-search",
-        model_defining=True, value_type=str)
+        (),
+        help="SimSkip settings chosen from on valid (';'-separated field=value lists)",
+        key="simskip-search",
+        model_defining=True,
+        value_type=str,
+    )
     downstream_protocols: tuple[str, ...] = key_field(
-        DEFAULT_DOWNSTREAM_PROTOCOLS, help="the downstream protocols every row goes through", model_defining=True,
-        choices=DOWNSTREAM_PROTOCOL_NAMES, multiple=True, value_type=str)
-    refit_init: tuple[str, ...] = key_field(("trained",), help="where relation-refit starts its relations",
-                                            model_defining=True, choices=REFIT_INITS, multiple=True, value_type=str)
-    downstream_seeds: int = key_field(1, help="seeds of SimSkip, the perturbation and the trained protocols",
-                                      model_defining=True)
-    downstream_patience: int = key_field(1, help="checks without a better valid score before a protocol stops",
-                                         model_defining=True)
+        DEFAULT_DOWNSTREAM_PROTOCOLS,
+        help="the downstream protocols every row goes through",
+        model_defining=True,
+        choices=DOWNSTREAM_PROTOCOL_NAMES,
+        multiple=True,
+        value_type=str,
+    )
+    refit_init: tuple[str, ...] = key_field(
+        ("trained",),
+        help="where relation-refit starts its relations",
+        model_defining=True,
+        choices=REFIT_INITS,
+        multiple=True,
+        value_type=str,
+    )
+    downstream_seeds: int = key_field(
+        1, help="seeds of SimSkip, the perturbation and the trained protocols", model_defining=True
+    )
+    downstream_patience: int = key_field(
+        1, help="checks without a better valid score before a protocol stops", model_defining=True
+    )
     simskip: SimSkipConfig = dataclasses.field(default_factory=SimSkipConfig)
 
     def __post_init__(self) -> None:
@@ -165,9 +199,13 @@ class RefinementConfig:
         object.__setattr__(self, "search", parse_search(self.search, self.simskip))
         object.__setattr__(self, "downstream_protocols", _names(self.downstream_protocols, "downstream-protocols"))
         object.__setattr__(self, "refit_init", _names(self.refit_init, "refit-init"))
-        _check_protocols(self.downstream_protocols, self.refit_init)  # named choices fail here, before any process starts
+        _check_protocols(
+            self.downstream_protocols, self.refit_init
+        )  # named choices fail here, before any process starts
         if not any(alpha > 0 for alpha in self.gate_grid):
-            raise RefinementConfigError(f"{_GATE_GRID_KEY} needs a skip strength > 0 (the refined candidates), got {self.gate_grid}")
+            raise RefinementConfigError(
+                f"{_GATE_GRID_KEY} needs a skip strength > 0 (the refined candidates), got {self.gate_grid}"
+            )
         for name in ("downstream_seeds", "downstream_patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -195,8 +233,11 @@ class RefinementConfig:
             if f.name not in _NOT_PASSED_THROUGH
         }
         unknown = sorted(
-            key for key in run_config
-            if key.startswith((SIMSKIP_PREFIX, REFIT_PREFIX, DOWNSTREAM_PREFIX)) and key not in own and key not in passthrough
+            key
+            for key in run_config
+            if key.startswith((SIMSKIP_PREFIX, REFIT_PREFIX, DOWNSTREAM_PREFIX))
+            and key not in own
+            and key not in passthrough
         )
         if unknown:
             raise RefinementConfigError(
@@ -221,7 +262,9 @@ class RefinementConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         """The config as kebab-case run-config entries (``augmentations`` comma-joined, ``None`` as ``"none"``)."""
-        entries: dict[str, Any] = {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "simskip"}
+        entries: dict[str, Any] = {
+            _key(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "simskip"
+        }
         entries[_GATE_GRID_KEY] = ",".join(_alpha_text(alpha) for alpha in self.gate_grid)
         entries["simskip-search"] = search_text(self.search)
         entries["downstream-protocols"] = ",".join(self.downstream_protocols)
@@ -229,7 +272,9 @@ class RefinementConfig:
         for name, value in self.simskip.to_dict().items():
             if name in _NOT_PASSED_THROUGH:
                 continue
-            entries[SIMSKIP_PREFIX + name.replace("_", "-")] = _as_text(value) if value is None or isinstance(value, list) else value
+            entries[SIMSKIP_PREFIX + name.replace("_", "-")] = (
+                _as_text(value) if value is None or isinstance(value, list) else value
+            )
         return entries
 
     @property
@@ -263,18 +308,21 @@ class RefinementConfig:
         for setting, overrides in enumerate(self.search_settings()):
             for seed in range(self.downstream_seeds):
                 variants[self.variant_name(main, setting, seed)] = self.simskip.with_overrides(
-                    [f"{key}={value}" for key, value in overrides.items()]).replace(seed=self.simskip.seed + seed)
+                    [f"{key}={value}" for key, value in overrides.items()]
+                ).replace(seed=self.simskip.seed + seed)
         if self.no_skip_ablation and self.simskip.skip:
             for seed in range(self.downstream_seeds):
                 variants[self.variant_name(NO_SKIP_VARIANT, 0, seed)] = self.simskip.replace(
-                    skip=False, seed=self.simskip.seed + seed)
+                    skip=False, seed=self.simskip.seed + seed
+                )
         return variants
 
 
 #: Field name -> its run-config key (declared with the field).
 _FIELD_KEYS: dict[str, str] = {
     spec.name: spec.metadata["key"] or spec.name.replace("_", "-")
-    for spec in dataclasses.fields(RefinementConfig) if "help" in spec.metadata
+    for spec in dataclasses.fields(RefinementConfig)
+    if "help" in spec.metadata
 }
 
 
@@ -299,13 +347,16 @@ def _check_protocols(names: Sequence[str], refit_inits: Sequence[str]) -> None:
     for name in names:
         if name not in DOWNSTREAM_PROTOCOL_NAMES:
             raise RefinementConfigError(
-                f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOL_NAMES)}")
+                f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOL_NAMES)}"
+            )
         if name == "relation-refit":
             for init in refit_inits:
                 if init not in REFIT_INITS:
                     raise RefinementConfigError(f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}")
     if not names:
-        raise RefinementConfigError("downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOL_NAMES)))
+        raise RefinementConfigError(
+            "downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOL_NAMES))
+        )
 
 
 def _names(value: Any, key: str) -> tuple[str, ...]:
@@ -348,7 +399,9 @@ def parse_search(value: Any, base: SimSkipConfig | None = None) -> tuple[tuple[t
     for setting in settings:
         for key, _ in setting:
             if key in ("epochs", "seed"):
-                raise RefinementConfigError(f"simskip-search: {key!r} is set by the phase (rounds x local epochs; seeds), not searchable")
+                raise RefinementConfigError(
+                    f"simskip-search: {key!r} is set by the phase (rounds x local epochs; seeds), not searchable"
+                )
         try:
             base.with_overrides([f"{k}={v}" for k, v in setting])
         except SimSkipConfigError as error:
@@ -398,11 +451,23 @@ def _simskip_keys() -> tuple[Key, ...]:
         name = SIMSKIP_PREFIX + spec.name.replace("_", "-")
         default = REFINEMENT_KEYS[name]
         choices, multiple = _SIMSKIP_CHOICES.get(spec.name, (None, False))
-        keys.append(Key(name, "refinement", type(default), default,
-                        f"SimSkipConfig.{spec.name} (simskip_core/config.py)",
-                        spec.name not in _HARMLESS_SIMSKIP_FIELDS, choices, multiple))
+        keys.append(
+            Key(
+                name,
+                "refinement",
+                type(default),
+                default,
+                f"SimSkipConfig.{spec.name} (simskip_core/config.py)",
+                spec.name not in _HARMLESS_SIMSKIP_FIELDS,
+                choices,
+                multiple,
+            )
+        )
     return tuple(keys)
 
 
 #: The refinement phase's keys of the registry: :class:`RefinementConfig`'s fields, then the SimSkip ones.
-REFINEMENT_REGISTRY_KEYS: tuple[Key, ...] = (*keys_of(RefinementConfig, "refinement", REFINEMENT_KEYS), *_simskip_keys())
+REFINEMENT_REGISTRY_KEYS: tuple[Key, ...] = (
+    *keys_of(RefinementConfig, "refinement", REFINEMENT_KEYS),
+    *_simskip_keys(),
+)

@@ -98,8 +98,14 @@ def key_field(
     :param key: the run-config key when it is not the field's name in kebab-case.
     :param value_type: the type of the run-config value when it is not the field's type.
     """
-    metadata = {"help": help, "model_defining": model_defining, "choices": tuple(choices) if choices else None,
-                "multiple": multiple, "key": key, "value_type": value_type}
+    metadata = {
+        "help": help,
+        "model_defining": model_defining,
+        "choices": tuple(choices) if choices else None,
+        "multiple": multiple,
+        "key": key,
+        "value_type": value_type,
+    }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -119,8 +125,18 @@ def keys_of(cls: type, owner: str, defaults: Mapping[str, Any] | None = None) ->
         name = spec.metadata["key"] or spec.name.replace("_", "-")
         default = defaults[name] if defaults is not None else spec.default
         value_type = spec.metadata["value_type"] or (_TYPES[spec.type] if isinstance(spec.type, str) else spec.type)
-        keys.append(Key(name, owner, value_type, default, spec.metadata["help"],
-                        spec.metadata["model_defining"], spec.metadata["choices"], spec.metadata["multiple"]))
+        keys.append(
+            Key(
+                name,
+                owner,
+                value_type,
+                default,
+                spec.metadata["help"],
+                spec.metadata["model_defining"],
+                spec.metadata["choices"],
+                spec.metadata["multiple"],
+            )
+        )
     return tuple(keys)
 
 

@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 #: Every run-config key by name, in ``pyproject.toml``'s order (federation, KGE, refinement), then the others.
-REGISTRY: Mapping[str, Key] = {key.name: key for key in (*FEDERATION_KEYS, *KGE_KEYS, *REFINEMENT_REGISTRY_KEYS,
-                                                         *OTHER_KEYS)}
+REGISTRY: Mapping[str, Key] = {
+    key.name: key for key in (*FEDERATION_KEYS, *KGE_KEYS, *REFINEMENT_REGISTRY_KEYS, *OTHER_KEYS)
+}
 
 #: Keys whose change makes a checkpoint invalid: they define the model, its data, its training or the
 #: validation that picks the best round (:mod:`server.checkpoint`).

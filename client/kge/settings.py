@@ -78,25 +78,33 @@ class FederationSettings:
 
     num_server_rounds: int = key_field(100, help="maximum number of FedE rounds (a budget)", model_defining=False)
     setting: str = key_field("fede", help="fede, isolation or collection", model_defining=True, choices=SETTINGS)
-    fraction_train: float = key_field(1.0, help="fraction of the registered clients sampled per round",
-                                      model_defining=True)
+    fraction_train: float = key_field(
+        1.0, help="fraction of the registered clients sampled per round", model_defining=True
+    )
     min_clients: int = key_field(2, help="clients that must be connected before the handshake", model_defining=False)
-    transfer_dtype: str = key_field("float16", help="dtype of the entity rows on the wire", model_defining=True,
-                                    choices=TRANSFER_DTYPES)
-    round_timeout: float = key_field(3600.0, help="seconds to wait for the replies of one exchange",
-                                     model_defining=False)
+    transfer_dtype: str = key_field(
+        "float16", help="dtype of the entity rows on the wire", model_defining=True, choices=TRANSFER_DTYPES
+    )
+    round_timeout: float = key_field(
+        3600.0, help="seconds to wait for the replies of one exchange", model_defining=False
+    )
     run_dir: str = key_field("", help="the server's output folder (empty: do not write)", model_defining=False)
-    client_output_root: str = key_field("", help="simulation: virtual client k writes under <root>/<k>",
-                                        model_defining=False)
-    client_data_root: str = key_field("", help="simulation: the folder of one data folder per client",
-                                      model_defining=True)
-    min_clients_timeout: float = key_field(600.0, help="seconds to wait for min-clients connected clients",
-                                           model_defining=False)
-    aggregation: str = key_field("mean", help="per-row rule over a shared entity's holders", model_defining=True,
-                                 choices=AGGREGATIONS)
+    client_output_root: str = key_field(
+        "", help="simulation: virtual client k writes under <root>/<k>", model_defining=False
+    )
+    client_data_root: str = key_field(
+        "", help="simulation: the folder of one data folder per client", model_defining=True
+    )
+    min_clients_timeout: float = key_field(
+        600.0, help="seconds to wait for min-clients connected clients", model_defining=False
+    )
+    aggregation: str = key_field(
+        "mean", help="per-row rule over a shared entity's holders", model_defining=True, choices=AGGREGATIONS
+    )
     aggregation_trim: float = key_field(0.25, help="fraction cut from each end by trimmed-mean", model_defining=True)
-    resume: bool = key_field(False, help="continue the run in run-dir after its last checkpointed round",
-                             model_defining=False)
+    resume: bool = key_field(
+        False, help="continue the run in run-dir after its last checkpointed round", model_defining=False
+    )
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:

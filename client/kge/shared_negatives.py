@@ -59,8 +59,9 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
         ``optimizer``, ...).
     """
 
-    def __init__(self, *, corruption_sides: Sequence[str], num_negs_per_pos: int, filtered: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, corruption_sides: Sequence[str], num_negs_per_pos: int, filtered: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         unknown = set(corruption_sides) - set(SIDES)
         if not corruption_sides or unknown:
@@ -71,7 +72,12 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
         self._filterer: SortedKeyFilterer | None = None
 
     def _create_training_data_loader(
-        self, triples_factory: CoreTriplesFactory, *, sampler: str | None, batch_size: int, drop_last: bool,
+        self,
+        triples_factory: CoreTriplesFactory,
+        *,
+        sampler: str | None,
+        batch_size: int,
+        drop_last: bool,
         **kwargs: Any,
     ) -> DataLoader:
         if sampler is not None:
@@ -81,15 +87,20 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
         dataset = _PositiveBatches(triples_factory.mapped_triples)
         order = RandomSampler(dataset) if kwargs.pop("shuffle", True) else SequentialSampler(dataset)
         # one item = one batch of positions (the draws come from torch's global, seeded RNG)
-        return DataLoader(dataset, sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last),
-                          batch_size=None, **kwargs)
+        return DataLoader(
+            dataset, sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last), batch_size=None, **kwargs
+        )
 
     @staticmethod
     def _get_batch_size(batch: torch.Tensor) -> int:
         return int(batch.shape[0])
 
     def _process_batch(
-        self, batch: torch.Tensor, start: int, stop: int, label_smoothing: float = 0.0,
+        self,
+        batch: torch.Tensor,
+        start: int,
+        stop: int,
+        label_smoothing: float = 0.0,
         slice_size: int | None = None,
     ) -> torch.Tensor:
         if slice_size is not None:
@@ -103,13 +114,23 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
             if side == "tail":
                 scores = score_tails(model, positives[:, :2], candidates)
                 corrupted = torch.stack(
-                    [positives[:, 0, None].expand_as(scores), positives[:, 1, None].expand_as(scores),
-                     candidates[None, :].expand_as(scores)], dim=-1)
+                    [
+                        positives[:, 0, None].expand_as(scores),
+                        positives[:, 1, None].expand_as(scores),
+                        candidates[None, :].expand_as(scores),
+                    ],
+                    dim=-1,
+                )
             else:
                 scores = score_heads(model, positives[:, 1:], candidates)
                 corrupted = torch.stack(
-                    [candidates[None, :].expand_as(scores), positives[:, 1, None].expand_as(scores),
-                     positives[:, 2, None].expand_as(scores)], dim=-1)
+                    [
+                        candidates[None, :].expand_as(scores),
+                        positives[:, 1, None].expand_as(scores),
+                        positives[:, 2, None].expand_as(scores),
+                    ],
+                    dim=-1,
+                )
             negative_scores.append(scores)
             if self._filterer is not None:
                 keep.append(~self._filterer.contains(corrupted))

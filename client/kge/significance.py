@@ -66,11 +66,20 @@ def paired_bootstrap(
         # resample counts per triple, then one matrix product for every difference vector at once
         counts = np.bincount((index + np.arange(count, dtype=index.dtype)[:, None] * n).ravel(), minlength=count * n)
         counts = counts.reshape(count, n).astype(np.float64)
-        means[start:start + count] = counts @ d.T / n
+        means[start : start + count] = counts @ d.T / n
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail], axis=0)
-    out = [Interval(mean=float(d[i].mean()), lo=float(lo[i]), hi=float(hi[i]), n=int(n), resamples=int(resamples),
-                    confidence=float(confidence)) for i in range(m)]
+    out = [
+        Interval(
+            mean=float(d[i].mean()),
+            lo=float(lo[i]),
+            hi=float(hi[i]),
+            n=int(n),
+            resamples=int(resamples),
+            confidence=float(confidence),
+        )
+        for i in range(m)
+    ]
     return out[0] if single else out
 
 
@@ -79,7 +88,11 @@ def mean_std(values: Sequence[float]) -> dict[str, float | int]:
     array = np.asarray(list(values), dtype=np.float64)
     if array.size == 0:
         raise ValueError("no values")
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if array.size > 1 else 0.0, "n": int(array.size)}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        "n": int(array.size),
+    }
 
 
 def significant_gain(vs_unrefined: Interval, vs_perturbed: Interval) -> str:

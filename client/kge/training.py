@@ -149,9 +149,7 @@ def negative_sampler_kwargs(config: KGEConfig) -> dict[str, Any]:
 class SLCWARegime(TrainingRegime):
     """PyKEEN's sLCWA loop: sampled negatives (FedE's regime)."""
 
-    def build_loop(
-        self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
-    ) -> TrainingLoop:
+    def build_loop(self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig) -> TrainingLoop:
         return SLCWATrainingLoop(
             model=model,
             triples_factory=triples_factory,
@@ -172,9 +170,7 @@ class SharedNegativesRegime(TrainingRegime):
     positive through a distance matrix / matrix product: ~10x less work per batch on CPU.
     """
 
-    def build_loop(
-        self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig
-    ) -> TrainingLoop:
+    def build_loop(self, model: Model, triples_factory: CoreTriplesFactory, config: KGEConfig) -> TrainingLoop:
         if config.negative_sampler != KGEConfig.negative_sampler:
             raise ConfigError(
                 f"training-loop 'sharednegatives' draws its own uniform negatives; "
@@ -329,8 +325,7 @@ class LocalTrainer:
                     losses = self.loop.train(self.graph.train, num_epochs=total, continue_training=True, **kwargs)
                 else:
                     with _parameters_kept(self.model):
-                        losses = self.loop.train(self.graph.train, num_epochs=total, continue_training=False,
-                                                 **kwargs)
+                        losses = self.loop.train(self.graph.train, num_epochs=total, continue_training=False, **kwargs)
             except NonFiniteLossError as error:
                 raise TrainingDivergedError(
                     f"client {self.graph.client_id}: non-finite training loss in epochs "
@@ -362,8 +357,9 @@ class LocalTrainer:
     # --- private state ---------------------------------------------------------------------
 
     def _private_model_keys(self) -> list[str]:
-        entity_key = next(name for name, tensor in self.model.state_dict(keep_vars=True).items()
-                          if tensor is self._entity_weight)
+        entity_key = next(
+            name for name, tensor in self.model.state_dict(keep_vars=True).items() if tensor is self._entity_weight
+        )
         return [name for name in self.model.state_dict() if name != entity_key]
 
     def get_private_state(self, include_entities: bool = False) -> dict[str, np.ndarray]:
@@ -377,8 +373,9 @@ class LocalTrainer:
         :returns: numpy arrays (copies), ready for a Flower ``ArrayRecord``.
         """
         model_state = self.model.state_dict()
-        state = {MODEL_PREFIX + name: model_state[name].detach().cpu().numpy().copy()
-                 for name in self._private_model_keys()}
+        state = {
+            MODEL_PREFIX + name: model_state[name].detach().cpu().numpy().copy() for name in self._private_model_keys()
+        }
         if self.config.keep_optimizer_state:
             for index, param_state in self.loop.optimizer.state_dict()["state"].items():
                 for name, value in param_state.items():
@@ -406,7 +403,7 @@ class LocalTrainer:
             )
         new_model_state = {}
         for key in expected - {META_EPOCHS}:
-            name = key[len(MODEL_PREFIX):]
+            name = key[len(MODEL_PREFIX) :]
             value = np.asarray(state[key])
             if value.shape != tuple(model_state[name].shape):
                 raise PrivateStateError(
@@ -430,7 +427,7 @@ class LocalTrainer:
         params = [p for group in self.loop.optimizer.param_groups for p in group["params"]]
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key in keys:
-            index_text, _, name = key[len(OPTIMIZER_PREFIX):].partition("/")
+            index_text, _, name = key[len(OPTIMIZER_PREFIX) :].partition("/")
             if not index_text.isdigit() or int(index_text) >= len(params) or not name:
                 raise PrivateStateError(f"client {self.graph.client_id}: bad optimizer state key {key!r}")
             value = torch.as_tensor(np.asarray(state[key]))

@@ -24,8 +24,9 @@ class WeightsAggregationError(ValueError):
     """The updates cannot be averaged (no update, bad weight, names/shapes differ, NaN)."""
 
 
-def fedavg_named(updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int | float]], rule: str = "mean",
-                 trim: float = 0.0) -> NamedArrays:
+def fedavg_named(
+    updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int | float]], rule: str = "mean", trim: float = 0.0
+) -> NamedArrays:
     """Weighted mean of named weight lists: ``sum_k n_k * W_k / sum_k n_k``, entry by entry.
 
     :param updates: ``[(weights_k, n_k), ...]``; ``weights_k`` is an ordered list of
@@ -60,7 +61,9 @@ def fedavg_named(updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int |
         for position, ((name, array), (ref_name, ref_array)) in enumerate(zip(weights, reference, strict=True)):
             array = np.asarray(array)
             if name != ref_name:
-                raise WeightsAggregationError(f"update {index}: entry {position} is {name!r}, update 0 has {ref_name!r}")
+                raise WeightsAggregationError(
+                    f"update {index}: entry {position} is {name!r}, update 0 has {ref_name!r}"
+                )
             if array.shape != np.shape(ref_array):
                 raise WeightsAggregationError(
                     f"update {index}: {name} has shape {array.shape}, update 0 has {np.shape(ref_array)}"
@@ -73,9 +76,17 @@ def fedavg_named(updates: Sequence[tuple[Sequence[tuple[str, np.ndarray]], int |
     if rule != "mean" and len(updates) >= 3:
         counts = np.asarray([len(updates)])
         return [
-            (name, robust_aggregate(np.stack([np.asarray(arrays[position], dtype=np.float64).reshape(-1)
-                                              for arrays in checked])[None],
-                                    counts, rule, trim)[0].reshape(np.shape(ref_array)).astype(np.asarray(ref_array).dtype))
+            (
+                name,
+                robust_aggregate(
+                    np.stack([np.asarray(arrays[position], dtype=np.float64).reshape(-1) for arrays in checked])[None],
+                    counts,
+                    rule,
+                    trim,
+                )[0]
+                .reshape(np.shape(ref_array))
+                .astype(np.asarray(ref_array).dtype),
+            )
             for position, (name, ref_array) in enumerate(reference)
         ]
     return [
