@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import time
 from logging import INFO, WARNING
 from pathlib import Path
@@ -49,6 +48,12 @@ from flwr.common.logger import log
 
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.party_log import note, write_finished
+from client.private_checkpoint import (
+    CHECKPOINT_DIR,
+    ClientCheckpointError,
+    load_private_checkpoint,
+    save_private_checkpoint,
+)
 from client.protocol import (
     CLIENT_INFO_KEY,
     CONFIG_KEY,
@@ -69,24 +74,11 @@ CACHE_VOCAB = "kg-cache-vocab"
 PRIVATE_CURRENT = "private-current"
 PRIVATE_SNAPSHOT = "private-round-{}"
 
-CHECKPOINT_DIR = "checkpoint"
-#: file-name prefix of the KGE rounds' private checkpoints (the SimSkip phase's: ``simskip``)
-KGE_CHECKPOINT = "round"
-CHECKPOINT_FILE = "{}-{:06d}.npz"
-META_FEDERATION = "meta/federation-id"
-META_ROUND = "meta/round"
-#: newest train checkpoints kept (the server's checkpoint is at most one round behind a client's)
-KEEP_NEWEST = 2
-
 app = ClientApp()
 
 
 class ClientSetupError(RuntimeError):
     """The party's node/run config does not say where its data is, or the data does not fit."""
-
-
-class ClientCheckpointError(RuntimeError):
-    """A private checkpoint the server asked for is missing or unreadable (the file is named)."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -219,75 +211,6 @@ def _write_private_outputs(trainer: Any, graph: Any, out: Path) -> None:
     write_labels_tsv(out / "relations.tsv", graph.relation_labels)
     save_npy_atomic(out / "entity_embeddings.npy", trainer.get_entity_embeddings())
     write_labels_tsv(out / "entities.tsv", graph.entity_labels)
-
-
-# ---------------------------------------------------------------------------- private checkpoints
-def _checkpoint_files(out: Path, kind: str = KGE_CHECKPOINT) -> list[tuple[int, Path]]:
-    """``(round, path)`` of the party's checkpoints of ``kind``, oldest first."""
-    folder = out / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    pattern = re.compile(rf"^{re.escape(kind)}-(\d{{6}})\.npz$")
-    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := pattern.match(path.name))]
-    return sorted(found)
-
-
-def save_private_checkpoint(
-    out: Path,
-    server_round: int,
-    federation_id: str,
-    private: ArrayRecord,
-    best_round: int = 0,
-    kind: str = KGE_CHECKPOINT,
-) -> Path:
-    """Write ``private`` (the ``context.state`` record) as round ``server_round``'s checkpoint.
-
-    Atomic (temporary file + ``os.replace``); then prunes all but the :data:`KEEP_NEWEST`
-    newest and the newest one not after ``best_round``.
-
-    :param kind: the file-name prefix: ``round`` (KGE phase) or ``simskip`` (the local-only
-        SimSkip ablation's own encoder weights).
-    """
-    arrays = {key: private[key].numpy() for key in private}
-    arrays[META_FEDERATION] = np.asarray(federation_id)
-    arrays[META_ROUND] = np.asarray(int(server_round), dtype=np.int64)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path = out / CHECKPOINT_DIR / CHECKPOINT_FILE.format(kind, int(server_round))
-    atomic_write_bytes(path, buffer.getvalue())
-    files = _checkpoint_files(out, kind)
-    keep = {r for r, _ in files[-KEEP_NEWEST:]}
-    keep.add(max((r for r, _ in files if r <= best_round), default=-1))  # the best round's state
-    for other_round, other in files:
-        if other_round not in keep:
-            other.unlink(missing_ok=True)
-    return path
-
-
-def load_private_checkpoint(
-    out: Path, federation_id: str, max_round: int, kind: str = KGE_CHECKPOINT
-) -> tuple[int, ArrayRecord] | None:
-    """The newest checkpoint of ``kind`` of this federation with round <= ``max_round``, or ``None``.
-
-    Checkpoints of another federation (an earlier run that used the same folder) are ignored.
-
-    :raises ClientCheckpointError: for an unreadable (truncated, corrupt) file, naming it.
-    """
-    for file_round, path in reversed(_checkpoint_files(out, kind)):
-        if file_round > max_round:
-            continue
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as err:  # zip/npy errors of many kinds: name the file
-            raise ClientCheckpointError(
-                f"private checkpoint {path} is unreadable: {type(err).__name__}: {err}"
-            ) from err
-        if str(arrays.pop(META_FEDERATION, "")) != federation_id:
-            continue
-        arrays.pop(META_ROUND, None)
-        return file_round, ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in arrays.items()})
-    return None
 
 
 # ---------------------------------------------------------------------------- handlers

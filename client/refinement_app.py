@@ -31,12 +31,11 @@ from client.client_app import (
     app,
     incoming_rows,
     load_graph,
-    load_private_checkpoint,
     output_dir,
-    save_private_checkpoint,
 )
 from client.kge.run_folder import save_npy_atomic
 from client.party_log import note
+from client.private_checkpoint import load_private_checkpoint, save_private_checkpoint
 from client.protocol import (
     CONFIG_KEY,
     DOWNSTREAM_ACTION,

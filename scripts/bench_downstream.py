@@ -21,20 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+from client.kge.config import add_set_option
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement and write (or print) the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished run folder (simskip-sim writes one)")
     parser.add_argument("--protocols", nargs="+", default=None, help="downstream protocols (default: all)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="refinement run-config value (repeatable), e.g. refit-epochs=3",
-    )
+    add_set_option(parser, dest="sets", help="refinement run-config value (repeatable), e.g. refit-epochs=3")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file (default: stdout)")
     args = parser.parse_args(argv)
 

@@ -19,6 +19,8 @@ import resource
 import sys
 import time
 
+from client.kge.config import add_set_option
+
 __all__ = ["main"]
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="KGE run-config override")
+    add_set_option(parser, help="KGE run-config override")
     args = parser.parse_args(argv)
 
     import torch

@@ -43,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from client.kge.config import add_set_option
 from client.kge.run_folder import JsonlFormatError, read_jsonl
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -304,14 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dataset", default="Kinships")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help=f"run-config override (repeatable; default: {' '.join(TINY_SETS)})",
-    )
+    add_set_option(parser, dest="sets", help=f"run-config override (repeatable; default: {' '.join(TINY_SETS)})")
     parser.add_argument("--sample-every", type=float, default=0.25, help="seconds between RSS samples")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: stdout)")

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from client.kge.config import add_set_option
+
 ATTACKS = ("none", "random", "sign-flip")
 
 
@@ -73,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--attacker", type=int, default=0, help="index of the poisoning client")
     parser.add_argument("--scale", type=float, default=10.0, help="attack strength (see above)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="KGE run-config values (repeatable)",
-    )
+    add_set_option(parser, dest="sets", help="KGE run-config values (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.config import add_set_option
 from client.kge.run_folder import read_jsonl
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="TransE")
     parser.add_argument("--local-epochs", type=int, default=None, help="default: KGEConfig's (3)")
     parser.add_argument("--max-triples", type=int, default=None, help="keep this many train triples per client")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    add_set_option(parser, dest="sets")
     parser.add_argument(
         "--client-threads",
         type=int,

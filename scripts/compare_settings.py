@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.config import add_set_option
 from client.kge.run_folder import atomic_write_text
 
 __all__ = ["main"]
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, required=True, help="round budget of every setting")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="KGE run-config override")
+    add_set_option(parser, help="KGE run-config override")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (atomically)")
     args = parser.parse_args(argv)
 

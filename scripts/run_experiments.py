@@ -42,6 +42,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from client.kge.config import add_set_option
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
@@ -340,14 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=3, help="clients for a PyKEEN dataset name (default 3)")
     parser.add_argument("--engine", choices=["flower", "in-process"], default="flower")
     add_preset_option(parser)
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable",
-    )
+    add_set_option(parser, dest="sets", help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds one flower cell may run")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild grid.{md,csv,json}")
     return parser

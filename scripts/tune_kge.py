@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from client.kge.config import add_set_option
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=40, help="round budget of every setting")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="run-config keys to vary")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fixed run-config values (repeatable)",
-    )
+    add_set_option(parser, dest="sets", help="fixed run-config values (repeatable)")
     parser.add_argument(
         "--tolerance",
         type=float,

@@ -33,6 +33,7 @@ from typing import Any
 
 from client import credentials, launcher, pids
 from client.credentials import TLSFiles
+from client.kge.config import add_set_option
 from server import signals
 from server.partial_results import write_partial_results
 from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
@@ -97,14 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=None, help="num-server-rounds (default: pyproject's)")
     parser.add_argument("--setting", default=None, choices=["fede", "isolation"])
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-config override, e.g. --set model=RotatE (repeatable)",
-    )
+    add_set_option(parser, dest="sets", help="run-config override, e.g. --set model=RotatE (repeatable)")
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
     security.add_argument("--ssl-ca-certfile", type=Path, help="CA certificate (PEM) that signed --ssl-certfile")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from client.kge.comparison import evaluate_client_rows
-from client.kge.config import KGEConfig, parse_set_options
+from client.kge.config import KGEConfig, add_set_option, parse_set_options
 from client.kge.protocols import protocol_labels, relations_fit
 from client.kge.refinement import RefinementConfig, run_refinement
 from client.kge.run_folder import atomic_write_text, save_npy_atomic
@@ -275,14 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.downstream RUN_DIR [--set KEY=VALUE ...]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m server.downstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished KGE run")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a simskip-* / refit-* run-config value (repeatable)",
-    )
+    add_set_option(parser, dest="sets", help="override a simskip-* / refit-* run-config value (repeatable)")
     args = parser.parse_args(argv)
     try:
         written = refine_run_folder(args.run_dir, parse_set_options(args.sets))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,17 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from client import launcher, pids
+from client.kge.config import add_set_option
 from client.kge.run_folder import RunFolder
 from server import signals
 from server.partial_results import write_partial_results
 from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
+from server.sim_resources import auto_gpus_per_client, ray_num_cpus
 
 __all__ = [
     "ResumeError",
-    "auto_gpus_per_client",
-    "cuda_gpu_visible",
     "main",
-    "ray_num_cpus",
     "resume_run_config",
     "resume_simulation",
     "run_simulation",
@@ -150,14 +148,14 @@ def run_simulation(
     from kg_datasets import load_federated  # heavy (torch, pykeen): simskip-sim --help runs without it
 
     run_dir = (run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_config: dict[str, Any] = {
         "setting": setting,
         "num-server-rounds": int(rounds),
         "run-dir": str(run_dir),
         **(overrides or {}),
     }
-    check_run_config(run_config)
+    check_run_config(run_config)  # before anything is written: a bad value leaves no empty run folder
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
     print(
@@ -241,61 +239,6 @@ def _run_flower(
         pids.stop_process(superlink)
     launcher.check_run_completed(run_id, status, run_dir)
     return run_dir
-
-
-def ray_num_cpus(num_clients: int, num_cpus_per_client: int = 1, concurrent_clients: int | None = None) -> int:
-    """The CPU count Ray is told: room for ``concurrent_clients`` (default: every client) at once.
-
-    Flower's Ray backend starts one actor per ``num-cpus-per-client`` CPUs Ray sees, and Ray sees
-    the machine's cores by default: 16 actors for 3 clients on 16 cores (13 of them idle, each a
-    process), 2 for 3 clients on 2 cores. In the second case the third client's message waits
-    for the first free actor, and a round takes the sum of two clients' training on one core:
-    measured on FB15k-237-Fed3 (3 clients, 2 cores, ``results/bench_round/fed3-sim-*.json``), the
-    rounds took the same wall time with 3 actors sharing the cores (32.9-35.7 s against 32.7-36.4 s
-    with 2), but the queue showed as 7.4-9.3 s of "framework" per round (23-26 %) against
-    0.3-1.8 s (0.9-4.9 %) with all three running, and a queued client starts its round timeout late. So by default every client gets an actor;
-    ``concurrent_clients`` lowers that where memory is short (each actor holds its client's model).
-
-    :param num_clients: virtual clients in the federation.
-    :param num_cpus_per_client: Ray CPUs (torch threads) of one client.
-    :param concurrent_clients: clients that may train at once (>= 1; ``None``: ``num_clients``).
-    :raises ValueError: on a count below 1.
-    """
-    concurrent = num_clients if concurrent_clients is None else concurrent_clients
-    if min(num_clients, num_cpus_per_client, concurrent) < 1:
-        raise ValueError(
-            f"clients, CPUs per client and concurrent clients must be >= 1, got "
-            f"{num_clients}, {num_cpus_per_client}, {concurrent}"
-        )
-    return min(concurrent, num_clients) * num_cpus_per_client
-
-
-def cuda_gpu_visible() -> bool:
-    """Whether this process can train on a CUDA GPU (torch is imported only where a GPU device exists)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no NVIDIA device: skip torch's import (1-2 s)
-        return False
-    import torch  # heavy, and only on a machine with an NVIDIA device
-
-    return bool(torch.cuda.is_available())
-
-
-def auto_gpus_per_client(
-    num_clients: int, concurrent_clients: int | None = None, gpu_visible: bool | None = None
-) -> float:
-    """Ray GPUs per virtual client when none are asked for: one visible GPU shared by the clients
-    that train at once (1/3 each for 3), none without a GPU.
-
-    Ray runs a client that asks for no GPU with ``CUDA_VISIBLE_DEVICES`` empty, so without a share
-    a GPU machine would train on its CPU.
-
-    :param gpu_visible: the answer of :func:`cuda_gpu_visible` (looked up when ``None``).
-    """
-    if not (cuda_gpu_visible() if gpu_visible is None else gpu_visible):
-        return 0.0
-    return 1.0 / ray_num_cpus(num_clients, 1, concurrent_clients)  # one actor per client that trains at once
 
 
 class ResumeError(RuntimeError):
@@ -405,14 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--setting", default=None, choices=["fede", "isolation", "collection"], help="(default fede)")
     add_preset_option(parser)
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-config override, e.g. --set model=RotatE (repeatable)",
-    )
+    add_set_option(parser, dest="sets", help="run-config override, e.g. --set model=RotatE (repeatable)")
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument("--num-cpus-per-client", type=int, default=1)
     parser.add_argument(

@@ -56,7 +56,6 @@ Failure semantics (each recorded in the round's ``failures`` and logged, never f
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
@@ -71,7 +70,8 @@ from flwr.serverapp.strategy import FedAvg
 from client.kge.aggregation import AggregationError, aggregate_rows, check_rule
 from client.kge.early_stopping import EarlyStopping
 from client.kge.round_engine import RoundEngine
-from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY, TEST_TYPE, VALID_TYPE, WEIGHT_KEY
+from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY, TEST_TYPE, VALID_TYPE
+from server.fede_rounds import FedERoundSteps, format_metrics
 from server.fede_state import FedEState
 from server.membership import Membership
 from server.records import (
@@ -154,9 +154,10 @@ class FedEStrategy(FedAvg):
         )
         self.state = FedEState(self.members, setting, seed)
         self.members.on_rejoin = self.state.rejoined
-        self._last_eval: dict[str, dict[str, float]] = {}
-        self._last_test: dict[str, dict[str, float]] = {}
-        self._run: _RunContext | None = None
+        #: client id -> metrics of the last validation (with track-test, the test metrics go to last_test)
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self.last_test: dict[str, dict[str, float]] = {}
+        self._run: FedERoundSteps | None = None
 
     # The registered clients and the loop state are the parts' own; these read them.
     @property
@@ -286,15 +287,15 @@ class FedEStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Overall validation metrics weighted by each client's number of triples (FedAvg's hook;
-        :meth:`start` attributes replies by request and calls :meth:`_aggregate_evaluate_attributed`)."""
-        return self._aggregate_evaluate_attributed([(m.metadata.src_node_id, m) for m in replies])
+        :meth:`start` attributes replies by request and calls :meth:`aggregate_evaluate_attributed`)."""
+        return self.aggregate_evaluate_attributed([(m.metadata.src_node_id, m) for m in replies])
 
-    def _aggregate_evaluate_attributed(self, replies: Sequence[tuple[int, Message]]) -> MetricRecord | None:
+    def aggregate_evaluate_attributed(self, replies: Sequence[tuple[int, Message]]) -> MetricRecord | None:
         per_client = evaluation_metrics(self.members, replies, "validation")
         split = {name: split_tracked_test(m) for name, m in per_client.items()}
-        self._last_eval = {name: valid for name, (valid, _) in split.items()}
-        self._last_test = {name: test for name, (_, test) in split.items() if test}
-        overall = weighted_mean(self._last_eval)
+        self.last_eval = {name: valid for name, (valid, _) in split.items()}
+        self.last_test = {name: test for name, (_, test) in split.items() if test}
+        overall = weighted_mean(self.last_eval)
         return MetricRecord(overall) if overall else None
 
     # ------------------------------------------------------------------ loop
@@ -354,7 +355,7 @@ class FedEStrategy(FedAvg):
         engine = RoundEngine(
             num_rounds=num_rounds, eval_every=self.eval_every, stopper=stopper, stopped_early=loop.stopped_early
         )
-        self._run = _RunContext(
+        self._run = FedERoundSteps(
             self,
             grid,
             engine,
@@ -394,113 +395,10 @@ class FedEStrategy(FedAvg):
             log(WARNING, "no test metrics from clients %s", missing)
         result.test_overall = weighted_mean(result.test)
         result.arrays = ArrayRecord({"entity-table": Array(self.state.table)})
-        log(INFO, "best round %s; test overall %s", self.loop.best_round, _fmt(result.test_overall))
+        log(INFO, "best round %s; test overall %s", self.loop.best_round, format_metrics(result.test_overall))
         return result
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
         log(INFO, "\t├──> setting: %s, eval every %s rounds, patience %s", self.setting, self.eval_every, self.patience)
         super().summary()
-
-
-class _RunContext:
-    """The :class:`~client.kge.round_engine.RoundSteps` of one :meth:`FedEStrategy.start`: a round's
-    messages out and back, its report, and the loop state a checkpoint saves after it."""
-
-    def __init__(
-        self,
-        strategy: FedEStrategy,
-        grid: Grid,
-        engine: RoundEngine,
-        timeout: float,
-        train_config: ConfigRecord,
-        evaluate_config: ConfigRecord,
-        result: FedEResult,
-        on_round_end: Callable[[RoundReport], None] | None,
-    ) -> None:
-        self.strategy, self.grid, self.engine, self.timeout = strategy, grid, engine, timeout
-        self.train_config, self.evaluate_config = train_config, evaluate_config
-        self.result, self.on_round_end = result, on_round_end
-        self.started = 0.0
-        self.report = RoundReport(round=0)
-
-    def train(self, round_number: int) -> list[tuple[int, Message]]:
-        self.started = time.perf_counter()
-        strategy = self.strategy
-        strategy.members.report = self.report = RoundReport(round=round_number)
-        strategy.members.await_clients(self.grid, f"round {round_number}")
-        self.train_started = time.perf_counter()
-        messages = list(strategy.configure_train(round_number, ArrayRecord(), self.train_config, self.grid))
-        return strategy.members.exchange(self.grid, messages, self.timeout)
-
-    def aggregate(self, round_number: int, replies: list[tuple[int, Message]]) -> None:
-        report = self.report
-        _, train_metrics = self.strategy.aggregate_attributed(round_number, replies)
-        replies.clear()  # the payloads are not needed any more
-        report.train_phase_seconds = time.perf_counter() - self.train_started
-        slowest = max((m.get("train-seconds", 0.0) for m in report.train.values()), default=0.0)
-        report.overhead_seconds = max(0.0, report.train_phase_seconds - slowest - report.aggregation_seconds)
-        if train_metrics is not None:
-            self.result.train_metrics_clientapp[round_number] = train_metrics
-
-    def validate(self, round_number: int) -> float:
-        strategy, report = self.strategy, self.report
-        eval_started = time.perf_counter()
-        messages = list(strategy.configure_evaluate(round_number, ArrayRecord(), self.evaluate_config, self.grid))
-        overall = strategy._aggregate_evaluate_attributed(
-            strategy.members.exchange(self.grid, messages, self.timeout, phase="validation")
-        )
-        del messages
-        report.evaluation_seconds = time.perf_counter() - eval_started
-        report.valid = strategy._last_eval
-        report.valid_overall = dict(overall) if overall is not None else {}
-        if strategy._last_test:
-            report.test = strategy._last_test
-            report.test_overall = weighted_mean(strategy._last_test)
-        if overall is not None:
-            self.result.evaluate_metrics_clientapp[round_number] = overall
-        return float(report.valid_overall.get("mrr", -math.inf))
-
-    def keep_best(self, round_number: int) -> None:
-        loop = self.strategy.loop
-        loop.best_round, loop.best_valid = round_number, dict(self.report.valid_overall)
-        self.strategy.state.keep_best()
-
-    def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
-        strategy, report, loop, stopper = self.strategy, self.report, self.strategy.loop, self.engine.stopper
-        loop.best_mrr, loop.bad_checks = stopper.best_value, stopper.checks_without_improvement
-        report.best_round = loop.best_round
-        report.server_peak_rss_mb = _peak_rss_mb()
-        report.seconds = time.perf_counter() - self.started
-        report.finished_at = time.time()
-        _log_round(report, self.engine.num_rounds)
-        loop.round, loop.stopped_early = round_number, stop
-        loop.reports.append(report.as_dict())
-        strategy.members.report = None
-        self.result.rounds.append(report)
-        if self.on_round_end is not None:
-            self.on_round_end(report)
-        if stop:
-            log(INFO, "early stopping after round %s: %s checks without a better MRR", round_number, loop.bad_checks)
-        return False
-
-
-def _log_round(report: RoundReport, num_rounds: int) -> None:
-    losses = " ".join(f"{cid}:{m.get('train-loss', float('nan')):.4f}" for cid, m in sorted(report.train.items()))
-    line = f"[round {report.round}/{num_rounds}] {report.seconds:.1f}s loss {losses}"
-    if report.valid_overall:
-        line += f" | valid {_fmt(report.valid_overall)} (best round {report.best_round})"
-    if report.failures:
-        line += f" | left out: {report.failures}"
-    log(INFO, line)
-
-
-def _peak_rss_mb() -> float:
-    """This (ServerApp) process's peak resident set size in MiB (Linux: ru_maxrss in KiB)."""
-    import resource  # POSIX-only: imported where it is used, so the module loads on any platform
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _fmt(metrics: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k != WEIGHT_KEY)

@@ -508,7 +508,7 @@ def _restore(context, resume_round, best_round=0, strict=True, federation="F"):
 
 
 def test_a_party_restored_from_its_checkpoint_trains_exactly_like_one_that_never_stopped(nations_folder, tmp_path):
-    from client import client_app
+    from client.private_checkpoint import ClientCheckpointError
     from kg_datasets import load_client_folder
 
     n = load_client_folder(nations_folder / "0", client_id=0).num_entities
@@ -529,7 +529,7 @@ def test_a_party_restored_from_its_checkpoint_trains_exactly_like_one_that_never
     np.testing.assert_array_equal(_train(restarted, rows[2], 3), rows[3])
 
     # strict (resume): a missing checkpoint is an error naming the folder; a rejoin starts afresh
-    with pytest.raises(client_app.ClientCheckpointError, match=r"round <= 0 .* in .*checkpoint"):
+    with pytest.raises(ClientCheckpointError, match=r"round <= 0 .* in .*checkpoint"):
         _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=0)
     assert (
         _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=2, strict=False, federation="other") == -1
@@ -538,7 +538,7 @@ def test_a_party_restored_from_its_checkpoint_trains_exactly_like_one_that_never
     # a truncated checkpoint is reported by name
     path = tmp_path / "crashed" / "0" / "checkpoint" / "round-000002.npz"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(client_app.ClientCheckpointError, match="round-000002.npz"):
+    with pytest.raises(ClientCheckpointError, match="round-000002.npz"):
         _restore(_party(nations_folder, tmp_path / "crashed"), resume_round=2)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client.kge.config import parse_set_options
-from server.simulation import auto_gpus_per_client, ray_num_cpus
+from server.sim_resources import auto_gpus_per_client, ray_num_cpus
 from server.simulation import main as sim_main
 
 TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1", "batch-size=256"]
@@ -45,7 +45,7 @@ def test_a_visible_gpu_is_shared_by_the_clients_that_train_at_once():
 
 
 def test_no_gpu_is_seen_where_cuda_is_hidden(monkeypatch):
-    from server.simulation import cuda_gpu_visible
+    from server.sim_resources import cuda_gpu_visible
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert cuda_gpu_visible() is False

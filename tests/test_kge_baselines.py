@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from client.kge.centralized import (
-    CollectionAdapter,
-    pool_clients,
     run_collection,
     run_fede_in_process,
     run_isolation,
     untrained_metrics,
 )
+from client.kge.collection import CollectionAdapter, pool_clients
 from client.kge.config import KGEConfig
 from client.kge.early_stopping import EarlyStopping
 from client.kge.models import build_model, seeded

@@ -192,9 +192,15 @@ def test_resolver_spellings_and_defaults_pass():
     check_choices(app_config_defaults())
 
 
-def test_check_run_config_checks_choices_before_start():
+def test_check_run_config_checks_choices_before_start(tmp_path):
     with pytest.raises(ConfigError, match="key 'model': 'TransEE' is not one of"):
         check_run_config({"model": "TransEE"})
+    from server.simulation import run_simulation
+
+    # simskip-sim's entry: the error comes before the data is read, Ray starts or a folder is made
+    with pytest.raises(ConfigError, match="key 'optimizer': 'adamm' is not one of"):
+        run_simulation("Kinships", run_dir=tmp_path / "run", overrides={"optimizer": "adamm"})
+    assert not (tmp_path / "run").exists()
 
 
 def test_one_type_rule():

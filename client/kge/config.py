@@ -24,6 +24,7 @@ Presets (:data:`PRESETS`, ``--preset NAME`` on the commands, applied before ``--
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "PRESETS",
     "ConfigError",
     "KGEConfig",
+    "add_set_option",
     "parse_set_options",
     "preset",
     "to_kebab",
@@ -269,6 +271,21 @@ def _coerce(key: Key, value: Any) -> Any:
         ) from None
     except TypeError:
         raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})") from None
+
+
+def add_set_option(
+    parser: argparse.ArgumentParser, *, dest: str = "set", help: str = "run-config override", default: Any = None
+) -> None:
+    """Add the repeatable ``--set KEY=VALUE`` option every command and script has (read with
+    :func:`parse_set_options`).
+
+    :param dest: the attribute the values go to (a list of ``KEY=VALUE`` strings).
+    :param help: what the values set.
+    :param default: the list when the option is not given (``None``: an empty list).
+    """
+    parser.add_argument(
+        "--set", dest=dest, action="append", default=[] if default is None else default, metavar="KEY=VALUE", help=help
+    )
 
 
 def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
