@@ -31,45 +31,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def process_tree(pid: int) -> list[tuple[int, float]]:
-    """``pid``'s descendants now, as ``(pid, start time)`` pairs (empty when ``pid`` is gone).
+def process_tree(pid: int) -> list[tuple[int, psutil.Process]]:
+    """``pid``'s descendants now, as ``(pid, process)`` pairs (empty when ``pid`` is gone).
 
     Needed because Flower starts its SuperExec in a new session (outside the SuperLink's process
     group) and the SuperExec starts the ServerApp / ClientApps: a process-group signal misses them.
-    The start time (psutil's ``create_time()``, as psutil itself tells processes apart) tells a
-    reused PID from the original process.
+    The :class:`psutil.Process` tells a reused PID from the original: psutil identifies a process
+    by PID and its start time since boot (on Linux), which a change of the wall clock (NTP, a VM
+    resuming) does not move, unlike ``create_time()``.
     """
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        return [(child.pid, child) for child in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:  # gone, or not ours to look at
         return []
-    found = []
-    for child in children:
-        try:
-            found.append((child.pid, child.create_time()))
-        except psutil.Error:  # ended since the walk
-            continue
-    return found
 
 
-def _alive(pid: int, start: float) -> bool:
-    """Whether the process ``pid`` that started at ``start`` still runs (a zombie does not)."""
+def _alive(pid: int, process: psutil.Process) -> bool:
+    """Whether ``process`` (PID ``pid``, from :func:`process_tree`) still runs: not ended, its PID
+    not reused by another process, and not a zombie."""
     try:
-        process = psutil.Process(pid)
-        return process.create_time() == start and process.status() != psutil.STATUS_ZOMBIE
+        return process.pid == pid and process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:  # ZombieProcess included
         return False
     except psutil.AccessDenied:  # it exists; only its state could not be read
         return True
 
 
-def _signal_tree(leader: int, tree: Sequence[tuple[int, float]], signum: int) -> None:
+def _signal_tree(leader: int, tree: Sequence[tuple[int, psutil.Process]], signum: int) -> None:
     try:
         os.killpg(leader, signum)
     except ProcessLookupError:
         pass
-    for pid, start in tree:
-        if _alive(pid, start):
+    for pid, process in tree:
+        if _alive(pid, process):
             try:
                 os.kill(pid, signum)
             except (ProcessLookupError, PermissionError):  # ended since, or the PID is someone else's now
@@ -94,7 +88,7 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         return
     tree = process_tree(proc.pid)  # before the signal: orphans are re-parented and lost to the tree
     if proc.poll() is not None:
-        tree = [(pid, start) for pid, start in tree if _alive(pid, start)]
+        tree = [(pid, process) for pid, process in tree if _alive(pid, process)]
         if not tree:
             return
     _signal_tree(proc.pid, tree, signal.SIGTERM)
@@ -102,7 +96,7 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None and not any(_alive(pid, start) for pid, start in tree):
+        if proc.poll() is not None and not any(_alive(pid, process) for pid, process in tree):
             break
         time.sleep(0.1)
     # the group too: children that outlived the leader share its group id

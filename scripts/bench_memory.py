@@ -64,7 +64,7 @@ TINY_SETS = (
 # ----------------------------------------------------------------------------- processes
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (by parent pid), as they are now."""
-    from client.pids import process_tree as descendants  # (pid, start time) of each descendant
+    from client.pids import process_tree as descendants  # (pid, psutil.Process) of each descendant
 
     return [root, *(pid for pid, _ in descendants(root))]
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.kge.run_folder import JsonlFormatError, atomic_write_text, read_jsonl
+from client.kge.run_folder import atomic_write_text, read_jsonl
 
 __all__ = ["PARTIAL_RESULTS", "partial_results", "write_partial_results"]
 
@@ -29,11 +29,9 @@ CHECKPOINT_MANIFEST = Path("checkpoint") / "manifest.json"
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete rows of ``path`` (:func:`client.kge.run_folder.read_jsonl`), never an error: this runs
     in a signal handler, where a corrupt or unreadable file must not stop the rest being reported, so a bad
-    line ends the rows (those before it are kept) and an unreadable file gives ``[]``."""
+    line is skipped (the rows before and after it are kept) and an unreadable file gives ``[]``."""
     try:
-        return read_jsonl(path)
-    except JsonlFormatError as error:
-        return error.rows
+        return read_jsonl(path, skip_bad_lines=True)
     except OSError:
         return []
 

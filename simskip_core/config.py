@@ -18,7 +18,7 @@ from typing import Any
 
 from .augment import AUGMENTATIONS
 from .encoder import ACTIVATIONS, NORMALIZATIONS
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 __all__ = ["SimSkipConfig", "load_config_file", "read_config_mapping"]
 
@@ -126,14 +126,14 @@ class SimSkipConfig:
                 object.__setattr__(self, f.name, value)
             if not _matches(value, hints[f.name]):
                 raise ConfigError(
-                    f"config key {f.name!r}: expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})"
+                    f"config key {f.name!r}: expected {_type_name(hints[f.name])}, got {shown(value)} ({type(value).__name__})"
                 )
         self._check_ranges()
 
     def _check_ranges(self) -> None:
         def need(ok: bool, key: str, rule: str) -> None:
             if not ok:
-                raise ConfigError(f"config key {key!r} must be {rule}, got {getattr(self, key)!r}")
+                raise ConfigError(f"config key {key!r} must be {rule}, got {shown(getattr(self, key))}")
 
         need(self.hidden_dim is None or self.hidden_dim >= 1, "hidden_dim", ">= 1 or None")
         need(self.num_layers >= 1, "num_layers", ">= 1")

@@ -7,6 +7,21 @@ naturally catch (``ValueError`` for bad input, ``RuntimeError`` for a diverged r
 
 from __future__ import annotations
 
+from typing import Any
+
+#: Longest quoted value in an error message (a value may be megabytes of text).
+MAX_SHOWN = 200
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message: at most :data:`MAX_SHOWN` characters, and an integer too
+    long to print in decimal named by its size (``repr`` of an int of over 4,300 digits raises
+    ``ValueError``; TOML reads ``0xfff...`` of any length as one; found by tests/test_loader_fuzz.py)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
+
 
 class SimSkipError(Exception):
     """Base class of all errors raised by :mod:`simskip_core`."""

@@ -122,6 +122,9 @@ def test_read_jsonl_names_file_and_line_of_a_bad_complete_line(tmp_path, content
         read_jsonl(path)
     assert caught.value.line == line and caught.value.path == path
     assert caught.value.rows == [{"round": 1}] + ([{"round": 2}] if line == 3 else [])
+    # a reader that must report what it can skips the bad line and keeps the rows after it
+    kept = [{"round": 1}] + ([{"round": 2}] if line == 3 else []) + ([{"round": 3}] if '"round": 3' in content else [])
+    assert read_jsonl(path, skip_bad_lines=True) == kept
 
 
 def test_read_jsonl_reads_back_what_the_run_folder_writes(tmp_path) -> None:

@@ -108,3 +108,25 @@ def test_an_integer_too_large_for_a_float_is_a_config_error() -> None:
         KGEConfig.from_run_config({"adversarial-temperature": huge["adversarial-temperature"]})
     with pytest.raises(SettingsError, match="'aggregation-trim': expected float"):
         FederationSettings.from_run_config({"aggregation-trim": huge["aggregation-trim"]})
+
+
+def test_an_integer_too_long_to_print_is_named_by_its_size() -> None:
+    """``repr`` of an int of over 4,300 digits raises ValueError: every config error names such a
+    value by its size instead (found by tests/test_loader_fuzz.py, ``aggregation=0xfff...``)."""
+    from client.kge.refinement import load_run_configs
+    from client.kge.settings import SettingsError
+
+    huge = 16**4000  # 16,001 bits, 4,817 decimal digits
+    cases = {
+        "aggregation": (huge, -huge),
+        "model": (huge,),
+        "simskip-activation": (huge,),
+        "num-server-rounds": (-huge,),
+        "local-epochs": (-huge,),
+        "refit-epochs": (-huge,),
+    }
+    for key, values in cases.items():
+        for value in values:
+            with pytest.raises((ConfigError, SettingsError)) as caught:
+                load_run_configs({key: value})
+            assert "16001 bits" in str(caught.value), (key, str(caught.value)[:200])

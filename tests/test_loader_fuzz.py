@@ -969,7 +969,12 @@ def test_run_config(items):
         assert error is None or type(error) is ConfigError, f"{type(error).__name__}: {error}"
         for key, value in overrides.items():
             if kge is not None and key in TYPED_KEYS and TYPED_KEYS[key][0] == 1:
-                assert _type_ok(value, TYPED_KEYS[key][2]) and _same(getattr(kge, TYPED_KEYS[key][1]), value)
+                got = getattr(kge, TYPED_KEYS[key][1])
+                # a float field holds float(value): 2**63 + 1 becomes 9.223372036854776e18, which is
+                # not == the int (found at --hypothesis-seed=27; the check below already converted)
+                assert _type_ok(value, TYPED_KEYS[key][2]) and _same(
+                    got, float(value) if isinstance(got, float) else value
+                )
 
     parsed, error = raised(lambda: parse_set_options(items))
     if malformed:

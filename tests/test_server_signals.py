@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from client import pids
@@ -59,11 +60,11 @@ def test_partial_results_report_last_round_best_valid_checkpoint_and_resume(tmp_
     assert not list(tmp_path.glob(".partial_results.json.*")), "written atomically: no temporary file left"
 
 
-def test_partial_results_keep_the_rows_before_a_corrupt_line(tmp_path):
-    # written from a signal handler: a corrupt metrics.jsonl must not stop the report
+def test_partial_results_keep_the_rows_around_a_corrupt_line(tmp_path):
+    # written from a signal handler: a corrupt metrics.jsonl must not stop the report, nor lose a round
     (tmp_path / "metrics.jsonl").write_text('{"round": 1, "valid_overall": {"mrr": 0.2}}\n{broken\n{"round": 3}\n')
     result = partial_results.partial_results(tmp_path, signal.SIGTERM, ["simskip-server"])
-    assert result["last_completed_round"] == 1 and result["best_round"] == 1
+    assert result["last_completed_round"] == 3 and result["best_round"] == 1
 
 
 def test_partial_results_of_a_run_interrupted_before_any_round(tmp_path):
@@ -195,7 +196,7 @@ def _wait_until(condition, proc: subprocess.Popen, timeout: float, what: str, lo
     raise AssertionError(f"{what} (server exit {proc.poll()}):\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def _alive(tree: list[tuple[int, int]]) -> list[int]:
+def _alive(tree: list[tuple[int, psutil.Process]]) -> list[int]:
     return [pid for pid, start in tree if pids._alive(pid, start)]
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS
 from client.kge.registry import OTHER_KEYS, ConfigError, Key, coerce, key_field, keys_of, type_ok
 from client.kge.settings import FEDERATION_KEYS
+from simskip_core.errors import shown
 
 __all__ = [
     "KGE_KEYS",
@@ -195,7 +196,9 @@ class KGEConfig:
         for key in KGE_KEYS:
             value = getattr(self, to_snake(key.name))
             if not type_ok(value, key.type):
-                raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})")
+                raise ConfigError(
+                    f"{key.name} must be {key.type.__name__}, got {shown(value)} ({type(value).__name__})"
+                )
         for name in (
             "embedding_dim",
             "local_epochs",
@@ -206,21 +209,21 @@ class KGEConfig:
             "eval_batch_size",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{to_kebab(name)} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{to_kebab(name)} must be >= 1, got {shown(getattr(self, name))}")
         if not self.learning_rate > 0:
-            raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"learning-rate must be > 0, got {shown(self.learning_rate)}")
         if not self.adversarial_temperature >= 0:
-            raise ConfigError(f"adversarial-temperature must be >= 0, got {self.adversarial_temperature}")
+            raise ConfigError(f"adversarial-temperature must be >= 0, got {shown(self.adversarial_temperature)}")
         if not self.margin >= 0:
-            raise ConfigError(f"margin must be >= 0, got {self.margin}")
+            raise ConfigError(f"margin must be >= 0, got {shown(self.margin)}")
         sides = self.corruption_sides
         if not sides or not set(sides) <= {"head", "relation", "tail"} or len(set(sides)) != len(sides):
             raise ConfigError(
                 "corruption-scheme must be a comma-separated subset of head,relation,tail; "
-                f"got {self.corruption_scheme!r}"
+                f"got {shown(self.corruption_scheme)}"
             )
         if self.eval_protocol not in ("standard", "fede"):
-            raise ConfigError(f"eval-protocol must be 'standard' or 'fede', got {self.eval_protocol!r}")
+            raise ConfigError(f"eval-protocol must be 'standard' or 'fede', got {shown(self.eval_protocol)}")
 
     @property
     def corruption_sides(self) -> tuple[str, ...]:
@@ -270,7 +273,9 @@ def _coerce(key: Key, value: Any) -> Any:
             f"{key.name} must be float, got an integer too large for a float ({value.bit_length()} bits)"
         ) from None
     except TypeError:
-        raise ConfigError(f"{key.name} must be {key.type.__name__}, got {value!r} ({type(value).__name__})") from None
+        raise ConfigError(
+            f"{key.name} must be {key.type.__name__}, got {shown(value)} ({type(value).__name__})"
+        ) from None
 
 
 def add_set_option(

@@ -30,6 +30,7 @@ from simskip_core import SimSkipConfig
 from simskip_core.augment import AUGMENTATIONS
 from simskip_core.encoder import ACTIVATIONS, NORMALIZATIONS
 from simskip_core.errors import ConfigError as SimSkipConfigError
+from simskip_core.errors import shown
 
 __all__ = [
     "DEFAULT_DOWNSTREAM_PROTOCOLS",
@@ -93,7 +94,7 @@ def parse_gate_grid(value: Any) -> tuple[float, ...]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise RefinementConfigError(f"{_GATE_GRID_KEY} must be a comma-separated string of numbers, got {value!r}")
+        raise RefinementConfigError(f"{_GATE_GRID_KEY} must be a comma-separated string of numbers, got {shown(value)}")
     alphas = []
     for item in items:
         try:
@@ -101,9 +102,13 @@ def parse_gate_grid(value: Any) -> tuple[float, ...]:
                 raise TypeError  # float(True) is 1.0: a bool is not a number here
             alpha = float(item)
         except (TypeError, ValueError):
-            raise RefinementConfigError(f"{_GATE_GRID_KEY}: {item!r} is not a number (in {value!r})") from None
+            raise RefinementConfigError(
+                f"{_GATE_GRID_KEY}: {shown(item)} is not a number (in {shown(value)})"
+            ) from None
         if not 0.0 <= alpha <= 1.0:  # NaN fails too
-            raise RefinementConfigError(f"{_GATE_GRID_KEY}: skip strength {item!r} is outside [0, 1] (in {value!r})")
+            raise RefinementConfigError(
+                f"{_GATE_GRID_KEY}: skip strength {shown(item)} is outside [0, 1] (in {shown(value)})"
+            )
         alphas.append(alpha)
     return tuple(sorted(set(alphas)))
 
@@ -204,21 +209,21 @@ class RefinementConfig:
         )  # named choices fail here, before any process starts
         if not any(alpha > 0 for alpha in self.gate_grid):
             raise RefinementConfigError(
-                f"{_GATE_GRID_KEY} needs a skip strength > 0 (the refined candidates), got {self.gate_grid}"
+                f"{_GATE_GRID_KEY} needs a skip strength > 0 (the refined candidates), got {shown(self.gate_grid)}"
             )
         for name in ("downstream_seeds", "downstream_patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RefinementConfigError(f"{_key(name)} must be an int >= 1, got {value!r}")
+                raise RefinementConfigError(f"{_key(name)} must be an int >= 1, got {shown(value)}")
         for name in ("rounds", "local_epochs", "refit_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise RefinementConfigError(f"{_key(name)} must be an int >= 0, got {value!r}")
+                raise RefinementConfigError(f"{_key(name)} must be an int >= 0, got {shown(value)}")
         if self.local_epochs < 1:
-            raise RefinementConfigError(f"simskip-local-epochs must be >= 1, got {self.local_epochs}")
+            raise RefinementConfigError(f"simskip-local-epochs must be >= 1, got {shown(self.local_epochs)}")
         for name in ("federate", "no_skip_ablation"):
             if not isinstance(getattr(self, name), bool):
-                raise RefinementConfigError(f"{_key(name)} must be a bool, got {getattr(self, name)!r}")
+                raise RefinementConfigError(f"{_key(name)} must be a bool, got {shown(getattr(self, name))}")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RefinementConfig:
@@ -253,7 +258,9 @@ class RefinementConfig:
                     except TypeError:
                         pass
                 values[name] = value
-        overrides = [f"{passthrough[key]}={_as_text(value)}" for key, value in run_config.items() if key in passthrough]
+        overrides = [
+            f"{passthrough[key]}={_as_text(key, value)}" for key, value in run_config.items() if key in passthrough
+        ]
         try:
             values["simskip"] = SimSkipConfig().with_overrides(overrides)
         except SimSkipConfigError as error:
@@ -273,7 +280,7 @@ class RefinementConfig:
             if name in _NOT_PASSED_THROUGH:
                 continue
             entries[SIMSKIP_PREFIX + name.replace("_", "-")] = (
-                _as_text(value) if value is None or isinstance(value, list) else value
+                _as_text(name, value) if value is None or isinstance(value, list) else value
             )
         return entries
 
@@ -366,7 +373,7 @@ def _names(value: Any, key: str) -> tuple[str, ...]:
     elif isinstance(value, (list, tuple)):
         items = [str(item).strip() for item in value]
     else:
-        raise RefinementConfigError(f"{key} must be a comma-separated string of names, got {value!r}")
+        raise RefinementConfigError(f"{key} must be a comma-separated string of names, got {shown(value)}")
     return tuple(dict.fromkeys(item for item in items if item))
 
 
@@ -394,7 +401,7 @@ def parse_search(value: Any, base: SimSkipConfig | None = None) -> tuple[tuple[t
                     pairs.append((key.strip().replace("-", "_"), val.strip()))
                 settings.append(tuple(pairs))
     else:
-        raise RefinementConfigError(f"simskip-search must be a string like 'lr=1e-3;lr=1e-4', got {value!r}")
+        raise RefinementConfigError(f"simskip-search must be a string like 'lr=1e-3;lr=1e-4', got {shown(value)}")
     base = base or SimSkipConfig()
     for setting in settings:
         for key, _ in setting:
@@ -419,7 +426,11 @@ def _alpha_text(alpha: float) -> str:
     return repr(float(alpha)).removesuffix(".0")
 
 
-def _as_text(value: Any) -> str:
+def _as_text(key: str, value: Any) -> str:
+    """A pass-through value as the text SimSkipConfig.with_overrides parses by field type."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        # str() of an int of over 4,300 digits raises ValueError; no SimSkip setting is that large
+        raise RefinementConfigError(f"{key}: {shown(value)} is out of range")
     if value is None:
         return "none"
     if isinstance(value, bool):

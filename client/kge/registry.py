@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from typing import Any
 
+from simskip_core.errors import shown
+
 __all__ = [
     "OTHER_KEYS",
     "OWNERS",
@@ -161,7 +163,7 @@ def coerce(value: Any, expected: type) -> Any:
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not type_ok(value, expected):
-        raise TypeError(f"expected {expected.__name__}, got {value!r}")
+        raise TypeError(f"expected {expected.__name__}, got {shown(value)}")
     return value
 
 

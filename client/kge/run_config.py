@@ -29,6 +29,7 @@ from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS, RefinementCon
 from client.kge.registry import OTHER_KEYS, ConfigError, Key
 from client.kge.settings import FEDERATION_KEYS, FederationSettings
 from client.kge.training import training_regime_resolver
+from simskip_core.errors import shown
 
 __all__ = [
     "HARMLESS_KEYS",
@@ -87,7 +88,7 @@ def check_choices(run_config: Mapping[str, Any]) -> None:
                 resolver.lookup(value)
             except (KeyError, ValueError):
                 choices = ", ".join([*extra, *sorted(resolver.lookup_dict)])
-                raise ConfigError(f"key {name!r}: {value!r} is not one of {choices}") from None
+                raise ConfigError(f"key {name!r}: {shown(value)} is not one of {choices}") from None
 
 
 def load_run_configs(run_config: Mapping[str, Any]) -> tuple[FederationSettings, KGEConfig, RefinementConfig]:

@@ -127,7 +127,7 @@ class JsonlFormatError(ValueError):
         self.rows = rows
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file, one JSON object a line; ``[]`` when the file is missing.
 
     Blank lines are skipped. A last line without its newline that does not parse is skipped too:
@@ -137,9 +137,11 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     write, and skipping it would silently drop a round.
 
     :param path: the file.
+    :param skip_bad_lines: skip a bad complete line instead of raising (a reader that must report
+        what it can, such as the interrupted-run summary written from a signal handler).
     :returns: the rows, in file order.
     :raises JsonlFormatError: naming the file and line of a complete line that is not valid UTF-8
-        or not a JSON object.
+        or not a JSON object (unless ``skip_bad_lines``).
     :raises OSError: when the file exists but cannot be read.
     """
     path = Path(path)
@@ -162,8 +164,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             if not complete:
                 break
+            if skip_bad_lines:
+                continue
             raise JsonlFormatError(path, number, str(error), rows) from None
         if not isinstance(row, dict):
+            if skip_bad_lines:
+                continue
             raise JsonlFormatError(path, number, f"expected an object, got {type(row).__name__}", rows)
         rows.append(row)
     return rows

@@ -15,6 +15,7 @@ from typing import Any
 
 from client.kge.aggregation import AGGREGATIONS, AggregationError, check_rule
 from client.kge.registry import Key, coerce, key_field, keys_of
+from simskip_core.errors import shown
 
 __all__ = [
     "FEDERATION_KEYS",
@@ -108,20 +109,20 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
-            raise SettingsError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+            raise SettingsError(f"setting must be one of {SETTINGS}, got {shown(self.setting)}")
         if self.num_server_rounds < 1:
-            raise SettingsError(f"num-server-rounds must be >= 1, got {self.num_server_rounds}")
+            raise SettingsError(f"num-server-rounds must be >= 1, got {shown(self.num_server_rounds)}")
         if not 0.0 < self.fraction_train <= 1.0:
-            raise SettingsError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+            raise SettingsError(f"fraction-train must be in (0, 1], got {shown(self.fraction_train)}")
         if self.min_clients < 1:
-            raise SettingsError(f"min-clients must be >= 1, got {self.min_clients}")
+            raise SettingsError(f"min-clients must be >= 1, got {shown(self.min_clients)}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
-            raise SettingsError(f"transfer-dtype must be one of {TRANSFER_DTYPES}, got {self.transfer_dtype!r}")
+            raise SettingsError(f"transfer-dtype must be one of {TRANSFER_DTYPES}, got {shown(self.transfer_dtype)}")
         # "not > 0" rather than "<= 0": NaN fails too (found by tests/test_loader_fuzz.py)
         if not self.round_timeout > 0:
-            raise SettingsError(f"round-timeout must be > 0, got {self.round_timeout}")
+            raise SettingsError(f"round-timeout must be > 0, got {shown(self.round_timeout)}")
         if not self.min_clients_timeout > 0:
-            raise SettingsError(f"min-clients-timeout must be > 0, got {self.min_clients_timeout}")
+            raise SettingsError(f"min-clients-timeout must be > 0, got {shown(self.min_clients_timeout)}")
         try:
             check_rule(self.aggregation, self.aggregation_trim)
         except AggregationError as err:
@@ -149,7 +150,7 @@ class FederationSettings:
                 value = coerce(value, type(default))
             except (TypeError, OverflowError):
                 raise SettingsError(
-                    f"run-config key {key!r}: expected {type(default).__name__}, got {value!r}"
+                    f"run-config key {key!r}: expected {type(default).__name__}, got {shown(value)}"
                 ) from None
             values[field.name] = value
         return cls(**values)
