@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from logging import INFO, WARNING
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
@@ -205,14 +206,7 @@ class Membership:
             "federation-id": self.loop_state().federation_id,
             "run-dir": run_dir,
         }
-        messages = [
-            Message(
-                content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
-                message_type=FINISH_TYPE,
-                dst_node_id=node_id,
-            )
-            for node_id in sorted(self.clients)
-        ]
+        messages = _config_messages(sorted(self.clients), FINISH_TYPE, config)
         if not messages:
             return []
         with self.collecting_failures() as failures:  # not a round's failures: only logged
@@ -227,14 +221,7 @@ class Membership:
 
     # ------------------------------------------------------------------ handshake
     def _handshake_messages(self, node_ids: Iterable[int]) -> list[Message]:
-        return [
-            Message(
-                content=RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 0})}),
-                message_type=HANDSHAKE_TYPE,
-                dst_node_id=node_id,
-            )
-            for node_id in node_ids
-        ]
+        return _config_messages(node_ids, HANDSHAKE_TYPE, {"server-round": 0})
 
     def configure_handshake(self, grid: Grid, wait_timeout: float | None = None) -> list[Message]:
         """Wait for ``min_clients`` nodes (at most ``wait_timeout`` s) and ask each for its labels.
@@ -356,22 +343,13 @@ class Membership:
         :raises FederationError: in strict mode, when a client failed or did not answer.
         """
         loop = self.loop_state()
-        config = ConfigRecord(
-            {
-                "resume-round": loop.round,
-                "best-round": loop.best_round,
-                "federation-id": loop.federation_id,
-                "strict": strict,
-            }
-        )
-        messages = [
-            Message(
-                content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}),
-                message_type=RESTORE_TYPE,
-                dst_node_id=node,
-            )
-            for node in node_ids
-        ]
+        config = {
+            "resume-round": loop.round,
+            "best-round": loop.best_round,
+            "federation-id": loop.federation_id,
+            "strict": strict,
+        }
+        messages = _config_messages(node_ids, RESTORE_TYPE, config)
         restored, failed, answered = {}, [], set()
         replies = self.exchange(grid, messages, timeout, phase="restore")
         for node, reply in replies:
@@ -447,3 +425,13 @@ class Membership:
             log(WARNING, "%s; going on with the clients that are connected", err)
             connected = set(grid.get_node_ids())
             return sorted(n for n in self.clients if n in connected)
+
+
+def _config_messages(node_ids: Iterable[int], message_type: str, config: Mapping[str, Any]) -> list[Message]:
+    """One message of ``message_type`` per node, each with its own ConfigRecord ``config`` (no payload)."""
+    return [
+        Message(
+            content=RecordDict({CONFIG_KEY: ConfigRecord(dict(config))}), message_type=message_type, dst_node_id=node
+        )
+        for node in node_ids
+    ]

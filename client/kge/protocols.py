@@ -57,6 +57,7 @@ from client.kge.config import KGEConfig
 from client.kge.early_stopping import EarlyStopping
 from client.kge.evaluation import evaluate_client_protocols
 from client.kge.models import entity_embedding
+from client.kge.refinement_config import REFIT_INITS, check_protocol_names
 from client.kge.training import LocalTrainer, PrivateStateError, TrainableGraph
 
 __all__ = [
@@ -76,8 +77,6 @@ __all__ = [
 
 #: The link-prediction protocols every test evaluation reports (:mod:`client.kge.evaluation`).
 EVAL_PROTOCOLS: tuple[str, ...] = ("standard", "fede")
-#: Where ``relation-refit`` starts its relations.
-REFIT_INITS: tuple[str, ...] = ("trained", "fresh")
 
 
 class UnknownDownstreamProtocolError(ValueError):
@@ -129,27 +128,13 @@ DOWNSTREAM_PROTOCOLS: Mapping[str, DownstreamProtocol] = {
 def protocol_labels(names: Sequence[str], refit_inits: Sequence[str] = ("trained",)) -> list[str]:
     """The table's protocol labels: ``relation-refit`` expands to one label per ``refit-init``.
 
-    :raises UnknownDownstreamProtocolError: naming an unknown protocol or init, with the choices.
+    :raises UnknownDownstreamProtocolError: naming an unknown protocol or init, with the choices
+        (:func:`client.kge.refinement_config.check_protocol_names`).
     """
+    check_protocol_names(names, refit_inits, UnknownDownstreamProtocolError)
     labels: list[str] = []
     for name in names:
-        if name not in DOWNSTREAM_PROTOCOLS:
-            raise UnknownDownstreamProtocolError(
-                f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOLS)}"
-            )
-        if name == "relation-refit":
-            for init in refit_inits:
-                if init not in REFIT_INITS:
-                    raise UnknownDownstreamProtocolError(
-                        f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}"
-                    )
-                labels.append(f"relation-refit:{init}")
-        else:
-            labels.append(name)
-    if not labels:
-        raise UnknownDownstreamProtocolError(
-            "downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOLS))
-        )
+        labels += [f"relation-refit:{init}" for init in refit_inits] if name == "relation-refit" else [name]
     return list(dict.fromkeys(labels))
 
 

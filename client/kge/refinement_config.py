@@ -43,6 +43,7 @@ __all__ = [
     "REFIT_INITS",
     "RefinementConfig",
     "RefinementConfigError",
+    "check_protocol_names",
     "parse_gate_grid",
     "parse_search",
     "search_text",
@@ -204,7 +205,7 @@ class RefinementConfig:
         object.__setattr__(self, "search", parse_search(self.search, self.simskip))
         object.__setattr__(self, "downstream_protocols", _names(self.downstream_protocols, "downstream-protocols"))
         object.__setattr__(self, "refit_init", _names(self.refit_init, "refit-init"))
-        _check_protocols(
+        check_protocol_names(
             self.downstream_protocols, self.refit_init
         )  # named choices fail here, before any process starts
         if not any(alpha > 0 for alpha in self.gate_grid):
@@ -345,25 +346,26 @@ _TYPED_FIELDS: dict[str, type] = {
 }
 
 
-def _check_protocols(names: Sequence[str], refit_inits: Sequence[str]) -> None:
-    """The names check of :func:`client.kge.protocols.protocol_labels`, with its messages.
+def check_protocol_names(
+    names: Sequence[str], refit_inits: Sequence[str], error: type[ValueError] = RefinementConfigError
+) -> None:
+    """The one check of ``downstream-protocols`` / ``refit-init`` names (also used by
+    :func:`client.kge.protocols.protocol_labels`, with its own error class).
 
-    :raises RefinementConfigError: for an unknown protocol, an unknown ``refit-init`` of ``relation-refit``,
-        or no protocol.
+    :raises error: for an unknown protocol, an unknown ``refit-init`` of ``relation-refit``, or no
+        protocol, naming the choices.
     """
     for name in names:
         if name not in DOWNSTREAM_PROTOCOL_NAMES:
-            raise RefinementConfigError(
+            raise error(
                 f"downstream-protocols: unknown protocol {name!r}; choose from {sorted(DOWNSTREAM_PROTOCOL_NAMES)}"
             )
         if name == "relation-refit":
             for init in refit_inits:
                 if init not in REFIT_INITS:
-                    raise RefinementConfigError(f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}")
+                    raise error(f"refit-init: unknown init {init!r}; choose from {list(REFIT_INITS)}")
     if not names:
-        raise RefinementConfigError(
-            "downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOL_NAMES))
-        )
+        raise error("downstream-protocols is empty; choose from " + str(sorted(DOWNSTREAM_PROTOCOL_NAMES)))
 
 
 def _names(value: Any, key: str) -> tuple[str, ...]:
