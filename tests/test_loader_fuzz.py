@@ -53,8 +53,13 @@ from kg_datasets.textio import read_labeled_triples
 from kg_datasets.triples import SPLITS
 
 #: 500 examples per loader (the issue's floor); no deadline, so a slow machine never fails a test.
+#: The examples are the same on every run (derandomize): a CI run checks what was checked before
+#: it landed, instead of drawing new examples that may fail a change that did not touch the loaders
+#: (one did: session 8's submission). To explore new examples, set SIMSKIP_FUZZ_EXPLORE=1 and vary
+#: ``--hypothesis-seed``; every failure found that way becomes a fix and an explicit test.
 FUZZ = settings(
     max_examples=500,
+    derandomize=not os.environ.get("SIMSKIP_FUZZ_EXPLORE"),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
