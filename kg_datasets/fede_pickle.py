@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -53,12 +54,46 @@ _STAND_INS = {("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _em
 _ARRAY_KEYS = ("edge_index", "edge_type", "edge_index_ori", "edge_type_ori")
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only numpy array reconstruction and plain containers."""
+def _plain_dtype_state(state: object) -> bool:
+    """Whether ``state`` is what numpy pickles for a plain numeric dtype: ``(3, byte order, None,
+    None, None, -1, -1, 0)`` (no subarray, fields, names or custom size)."""
+    return (
+        type(state) is tuple
+        and len(state) == 8
+        and all(type(item) is int for item in (state[0], *state[5:]))
+        and state[0] == 3
+        and state[1] in ("<", ">", "|", "=")
+        and state[2:5] == (None, None, None)
+        and state[5:] == (-1, -1, 0)
+    )
+
+
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    """Unpickler that resolves only numpy array reconstruction and plain containers.
+
+    It is the pure-Python unpickler (``pickle._Unpickler``; the C one offers no hook per opcode)
+    so that BUILD can be checked: numpy's ``dtype.__setstate__`` crashes the interpreter
+    (segmentation fault) on a malformed state such as ``(3, '<', None, -1, -1, 0)``, found by
+    tests/test_loader_fuzz.py (``SIMSKIP_FUZZ_EXPLORE=1 --hypothesis-seed=402``). A dtype may only
+    get the state of a plain numeric dtype, which is all a FedE pickle holds. The files are small
+    numbers of opcodes around large byte strings, so the pure-Python loop costs little.
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, path: Path):
         super().__init__(file)
         self._path = path
+
+    def _load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.dtype) and not _plain_dtype_state(state):
+            raise KGDataError(
+                f"{self._path}: refusing a numpy dtype state other than a plain numeric one ({clip(repr(state), 120)})"
+            )
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module: str, name: str):
         if (module, name) in _STAND_INS:

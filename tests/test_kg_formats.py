@@ -157,6 +157,27 @@ def test_pickle_with_a_function_call_is_refused(tmp_path):
         read_fede_pickle(path)
 
 
+class _MalformedDtype:
+    """Pickles as ``np.dtype('i8')`` followed by BUILD with a state numpy cannot take."""
+
+    def __reduce__(self):
+        return (np.dtype, ("i8", False, True), (3, "<", None, -1, -1, 0))
+
+
+def test_pickle_with_a_malformed_dtype_state_is_refused_not_a_crash(tmp_path):
+    """numpy's dtype.__setstate__ segfaults on (3, '<', None, -1, -1, 0) (the usual 8-tuple less
+    two Nones): the loader refuses it with its named error (found by the loader fuzz test)."""
+    path = tmp_path / "dtype.pkl"
+    path.write_bytes(pickle.dumps([{"train": _MalformedDtype()}]))
+    with pytest.raises(KGDataError, match=r"dtype\.pkl: refusing a numpy dtype state other than a plain numeric one"):
+        read_fede_pickle(path)
+    rng = np.random.default_rng(0)  # big- and little-endian arrays of a real FedE file still load
+    clients = [_fede_client(rng, 50, 20, 3)]
+    clients[0]["valid"] = {key: value.astype(">i8") for key, value in clients[0]["valid"].items()}
+    path.write_bytes(pickle.dumps(clients, protocol=2))
+    assert len(read_fede_pickle(path)[2]) == 1
+
+
 def test_pickle_with_wrong_shape_is_named(tmp_path):
     rng = np.random.default_rng(0)
     clients = [_fede_client(rng, 50, 20, 3)]

@@ -826,7 +826,8 @@ def test_fede_pickle(file):
     if kind == "forbidden":
         assert got is None
         assert_names_file(error, path)
-        assert "refusing to unpickle" in str(error)
+        # the forbidden global, or an object dtype on the way to it (refused before its data is read)
+        assert "refusing to unpickle" in str(error) or "refusing a numpy dtype state" in str(error), str(error)[:300]
     if kind in ("valid", "lists"):
         assert error is None, f"{type(error).__name__}: {error}"
     if kind == "append":  # a valid pickle then more bytes: not all of the file would be read
