@@ -26,12 +26,15 @@ import gc, json, os, sys, time
 def main():
     out, mode = sys.argv[1], sys.argv[2]
     pulls = sys.modules.get("flwr.supercore.inflatable.inflatable_utils")
-    with open(out, "w") as f:
+    # written whole, then renamed: a test that sees the file may read it (it failed once in CI,
+    # reading the file between open() and the dump under load)
+    with open(out + ".tmp", "w") as f:
         json.dump({"argv": sys.argv, "cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "pid": os.getpid(),
                    "project_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("client", "server")),
                    "frozen_objects": gc.get_freeze_count(),
                    "pull_backoff": None if pulls is None else [pulls.pull_objects.__kwdefaults__["initial_backoff"],
                                                                pulls.pull_objects.__kwdefaults__["backoff_cap"]]}, f)
+    os.replace(out + ".tmp", out)
     print("hello from the child", flush=True)
     if mode == "sleep":
         time.sleep(60)
