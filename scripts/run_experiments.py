@@ -58,9 +58,59 @@ class GridError(RuntimeError):
     """A cell failed (its folder and log are named)."""
 
 
-def cell_dir(out: Path, dataset: str, model: str, setting: str) -> Path:
-    """``OUT/<dataset folder name>/<model>/<setting>``."""
-    return out / Path(dataset).name / model / setting
+def cell_dir(out: Path, dataset: str, model: str, setting: str, variant: str | None = None) -> Path:
+    """``OUT/<dataset folder name>/<model>/<setting>[-<variant>]``."""
+    return out / Path(dataset).name / model / (f"{setting}-{variant}" if variant else setting)
+
+
+def export_dir(export: Path, dataset: str, model: str, setting: str, variant: str | None = None) -> Path:
+    """Where a finished cell's ``cell.json`` and ``results.json`` are committed: the plain FedE cell at
+    ``EXPORT/<split>/<model>/``, any other at ``EXPORT/<split>/<model>/<variant or setting>/``."""
+    base = export / Path(dataset).name / model
+    if setting == "fede" and not variant:
+        return base
+    return base / (variant or setting)
+
+
+#: What ``refine_run_folder`` writes into a run folder besides ``server.report``'s named files: left
+#: out when a variant cell reuses the KGE run of the plain cell (everything else is hard-linked;
+#: the atomic writes replace files, never modify them in place).
+REFINE_OUTPUTS = ("refined", "results.json", "results.md", "results.csv")
+
+
+def _reuse_kge_run(source: Path, folder: Path) -> bool:
+    """Hard-link the finished KGE run ``source`` into the new cell ``folder`` (False if unfinished)."""
+    import os
+    import shutil
+
+    if not (source / "final_metrics.json").is_file() or (folder / "final_metrics.json").is_file():
+        return False
+    from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE
+
+    skip = {*REFINE_OUTPUTS, DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, CELL_FILE, "cell.log"}
+    shutil.copytree(
+        source,
+        folder,
+        copy_function=os.link,
+        ignore=lambda _dir, names: [n for n in names if n in skip],
+        dirs_exist_ok=True,
+    )
+    return True
+
+
+def _machine() -> dict[str, Any]:
+    """The device and load a cell ran under (for the wall times it reports)."""
+    import os
+
+    import torch
+
+    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -183,23 +233,39 @@ def run_cell(
     engine: str = "flower",
     num_clients: int | None = 3,
     timeout: float | None = None,
+    variant: str | None = None,
+    export: Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one cell; returns its ``cell.json`` content."""
-    folder = cell_dir(out, dataset, model, setting)
+    """Run (or resume) one cell; returns its ``cell.json`` content.
+
+    :param variant: a name for a cell with other ``sets`` than the plain one (folder
+        ``<setting>-<variant>``); it reuses the plain cell's finished KGE run when there is one,
+        so both compare SimSkip settings on the same federated rows.
+    :param export: copy the finished cell's ``cell.json`` and ``results.json`` to
+        :func:`export_dir` under this folder (the committed ``results/grid``).
+    """
+    folder = cell_dir(out, dataset, model, setting, variant)
     state = _read_json(folder / CELL_FILE) or {}
     if state.get("status") == "done":
         print(f"[grid] {folder}: done, skipped", flush=True)
+        _export(folder, export, dataset, model, setting, variant)
         return state
+    if variant and _reuse_kge_run(cell_dir(out, dataset, model, setting), folder):
+        plain = _read_json(cell_dir(out, dataset, model, setting) / CELL_FILE) or {}
+        state["run_seconds"] = plain.get("run_seconds")
+        state["kge_run_of"] = str(cell_dir(out, dataset, model, setting).relative_to(out))
     folder.mkdir(parents=True, exist_ok=True)
     state.update(
         {
             "dataset": dataset,
             "model": model,
             "setting": setting,
+            "variant": variant or ("simskip" if setting == "fede" else setting),
             "rounds": rounds,
             "set": dict(sets),
             "engine": "in-process" if setting == "collection" else engine,
             "status": "running",
+            "machine_at_start": _machine(),
         }
     )
     _write_json(folder / CELL_FILE, state)
@@ -217,6 +283,11 @@ def run_cell(
         started = time.perf_counter()
         refine_run_folder(folder, sets)
         state["refine_seconds"] = round(time.perf_counter() - started, 1)
+    state["machine_at_end"] = _machine()
+    state["device"] = state["machine_at_end"]["device"]
+    state["load_average"] = state["machine_at_start"]["load_average"]
+    final = _read_json(folder / "final_metrics.json") or {}
+    state["kge_rounds_run"], state["kge_best_round"] = final.get("rounds_run"), final.get("best_round")
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     # per downstream protocol: the overall mean over seeds of every row and gain
     state["overall"] = {
@@ -235,11 +306,24 @@ def run_cell(
     state["verdict"] = {label: entry["verdict"].get("overall", {}) for label, entry in results["protocols"].items()}
     state["status"] = "done"
     _write_json(folder / CELL_FILE, state)
+    _export(folder, export, dataset, model, setting, variant)
     print(
         f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)",
         flush=True,
     )
     return state
+
+
+def _export(folder: Path, export: Path | None, dataset: str, model: str, setting: str, variant: str | None) -> None:
+    """Copy a finished cell's ``cell.json`` and ``results.json`` to :func:`export_dir`."""
+    if export is None:
+        return
+    from client.kge.run_folder import atomic_write_text
+
+    target = export_dir(export, dataset, model, setting, variant)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (CELL_FILE, "results.json"):
+        atomic_write_text(target / name, (folder / name).read_text(encoding="utf-8"))
 
 
 def assemble(out: Path) -> dict[str, Path]:
@@ -261,7 +345,9 @@ def assemble(out: Path) -> dict[str, Path]:
         base = {
             "dataset": Path(cell["dataset"]).name,
             "model": cell["model"],
-            "setting": cell["setting"],
+            "setting": cell["setting"]
+            if cell.get("variant") in (None, "simskip", cell["setting"])
+            else f"{cell['setting']}-{cell['variant']}",
             "run_seconds": cell.get("run_seconds", ""),
             "refine_seconds": cell.get("refine_seconds", ""),
         }
@@ -343,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=["flower", "in-process"], default="flower")
     add_preset_option(parser)
     add_set_option(parser, dest="sets", help="run-config value for every cell (KGE, simskip-*, refit-*), repeatable")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="name of these --set values' cells (folder <setting>-<variant>); a fede variant reuses the plain cell's KGE run",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="copy each finished cell's cell.json and results.json here (e.g. results/grid: <split>/<model>/[<variant>/])",
+    )
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds one flower cell may run")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild grid.{md,csv,json}")
     return parser
@@ -372,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             engine=args.engine,
                             num_clients=args.clients,
                             timeout=args.cell_timeout,
+                            variant=args.variant,
+                            export=args.export.resolve() if args.export else None,
                         )
                     except KeyboardInterrupt:
                         print("[grid] interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
