@@ -7,7 +7,10 @@ ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
 round's starting weights (the server's average; in the local-only ablation the weights this
 party keeps in ``context.state`` and in its private checkpoint ``checkpoint/simskip-<r>.npz``,
 so a restarted party or a resumed server continues from them), reply with the weights
-(federated only) and the losses.
+(federated only) and the losses. Where ``simskip-augmentations`` names ``row_view``, the views
+come from this party's structure view (:mod:`client.kge.structure_view`): its own train triples,
+the rows and its trained relations of the ``best-round`` snapshot in ``context.state`` (as the
+downstream evaluation reads them); they never leave the party.
 ``evaluate.downstream``: transform the rows with the final encoders (every search setting and
 seed), then run every downstream protocol on the unrefined, refined (chosen on this party's
 valid split), perturbed and no-skip rows and rank the test split
@@ -99,6 +102,42 @@ def _start_weights(msg: Message, context: Context, variants: list[str], out, nam
     return unpack_variants([(key, record[key].numpy()) for key in record], variants)
 
 
+def _relation_record(context: Context, best_round: int):
+    """This party's model tensors (``model/...``, ``meta/...``) of KGE round ``best_round``: its
+    private snapshot in ``context.state``, else its current state; ``None`` when it has neither."""
+    snapshot = PRIVATE_SNAPSHOT.format(int(best_round))
+    key = snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT
+    if key not in context.state.array_records:
+        return None
+    record = context.state.array_records[key]
+    return {k: record[k].numpy() for k in record if k.startswith(("model/", "meta/"))}
+
+
+def _trained_relations(context: Context, graph, kge_config, best_round: int, name: str, unfit: str):
+    """This party's trained relation tensors of KGE round ``best_round`` (:func:`_relation_record`),
+    or ``None`` when it has none that fit its model (logged with ``unfit``, what is left out then)."""
+    from client.kge.protocols import relations_fit  # heavy (torch, pykeen)
+
+    relation_state = _relation_record(context, best_round)
+    if relation_state is None:
+        return None
+    if not relations_fit(graph, kge_config, relation_state):
+        log(INFO, "client %s: its relations do not fit its model: %s", name, unfit)
+        return None
+    return relation_state
+
+
+def _row_view(context: Context, graph, kge_config, refinement, rows, cfg):
+    """The structure view of this party's rows when ``simskip-augmentations`` names ``row_view``, else ``None``."""
+    if not refinement.uses_row_view:
+        return None
+    from client.kge.structure_view import client_structure_view  # heavy (torch, pykeen)
+
+    # client_structure_view fails naming the party when the tensors are missing or do not fit its model
+    relation_state = _relation_record(context, int(cfg.get("best-round", 0)))
+    return client_structure_view(graph, kge_config, rows, relation_state, mix=refinement.structure_mix)
+
+
 def _weights_record(weights) -> ArrayRecord:
     from client.kge.refinement import pack_variants  # heavy (torch, pykeen)
 
@@ -110,14 +149,15 @@ def simskip_train(msg: Message, context: Context) -> Message:
     """One SimSkip round on this party's rows."""
     from client.kge.refinement import fit_round  # heavy (torch, pykeen)
 
-    _kge_config, refinement = _configs(context)
+    kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
     rows = incoming_rows(msg, graph)
     cfg = msg.content.config_records[CONFIG_KEY]
     server_round = int(cfg["server-round"])
     out = output_dir(context, name)
     start = _start_weights(msg, context, list(refinement.variants()), out, name, server_round)
-    update = fit_round(rows, start, refinement, client_id=name, server_round=server_round)
+    row_view = _row_view(context, graph, kge_config, refinement, rows, cfg)
+    update = fit_round(rows, start, refinement, client_id=name, server_round=server_round, row_view=row_view)
     metrics = {"num-rows": update.num_rows, "simskip-seconds": float(update.seconds)}
     note(out, f"SimSkip round {server_round}: {len(update.losses)} encoder(s) trained in {float(update.seconds):.1f}s")
     metrics.update({f"loss/{variant}": float(losses[-1]) for variant, losses in update.losses.items()})
@@ -137,7 +177,6 @@ def simskip_train(msg: Message, context: Context) -> Message:
 def downstream(msg: Message, context: Context) -> Message:
     """Refine with the final encoders, run every downstream protocol on every row, rank the test split."""
     from client.kge.comparison import evaluate_client_rows  # heavy (torch, pykeen): SimSkip messages only
-    from client.kge.protocols import relations_fit
     from client.kge.refinement import transform_rows
 
     started = time.perf_counter()
@@ -149,15 +188,8 @@ def downstream(msg: Message, context: Context) -> Message:
     # the final encoders: the server's average, or (local-only) this party's own of the last round
     weights = _start_weights(msg, context, list(refinement.variants()), out, name, int(cfg["simskip-round"]) + 1)
     refined = transform_rows(rows, weights, refinement, client_id=name)
-    snapshot = PRIVATE_SNAPSHOT.format(int(cfg.get("best-round", 0)))
-    key = snapshot if snapshot in context.state.array_records else PRIVATE_CURRENT
-    relation_state = None
-    if key in context.state.array_records:
-        record = context.state.array_records[key]
-        relation_state = {k: record[k].numpy() for k in record if k.startswith(("model/", "meta/"))}
-        if not relations_fit(graph, kge_config, relation_state):
-            log(INFO, "client %s: its relations do not fit its model: no as-trained protocol", name)
-            relation_state = None
+    best_round = int(cfg.get("best-round", 0))
+    relation_state = _trained_relations(context, graph, kge_config, best_round, name, "no as-trained protocol")
     if out is not None:
         for variant, refined_rows in refined.items():
             save_npy_atomic(out / "refined" / f"{variant}.npy", refined_rows)

@@ -44,6 +44,7 @@ from client.kge.run_config import HARMLESS_KEYS, MODEL_DEFINING_KEYS, load_run_c
 from client.kge.run_folder import atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "ADDED_KEYS",
     "CHECKPOINT_DIR",
     "FORMAT_VERSION",
     "HARMLESS_KEYS",
@@ -64,6 +65,13 @@ ARRAYS_PATTERN = "state-r{:06d}.npz"
 #: the arrays of a checkpoint written after KGE round r, at step s of a later phase (SimSkip round s)
 STEP_ARRAYS_PATTERN = "state-r{:06d}-s{:06d}.npz"
 FORMAT_VERSION = 1
+
+
+#: Model-defining keys added after checkpoints of :data:`FORMAT_VERSION` were first written, with
+#: the value a checkpoint that lacks the key ran with: resuming it compares against that value
+#: instead of refusing the key as changed. ``simskip-structure-mix`` only acts where
+#: ``simskip-augmentations`` names ``row_view``, which no run before the key could name.
+ADDED_KEYS: dict[str, Any] = {"simskip-structure-mix": 0.5}
 
 
 class CheckpointError(RuntimeError):
@@ -237,7 +245,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _check_model_config(manifest: Mapping[str, Any], run_config: Mapping[str, Any], path: Path) -> None:
-    saved: dict[str, Any] = manifest["model_config"]
+    saved: dict[str, Any] = {**ADDED_KEYS, **manifest["model_config"]}
     current = model_defining_values(run_config)
     changed = [
         key

@@ -15,7 +15,8 @@ Inputs in ``RUN_DIR`` (as ``simskip-sim`` writes them):
   rows in local-id order (else the global ``entity_embeddings.npy`` + ``entities.tsv`` are used,
   e.g. for the collection setting), and ``relation_embeddings.npz`` (its trained relations,
   for the ``as-trained`` protocol and the trained-relation starts; left out when absent or not in
-  the client's id space).
+  the client's id space; and for the structure view when ``simskip-augmentations`` names
+  ``row_view``, :mod:`client.kge.structure_view`, which then fails naming the client without them).
 
 Outputs: ``simskip_metrics.jsonl`` (one row per SimSkip round), ``downstream.json`` (every
 client's record: per protocol, seed and row the test metrics, valid curve and displacement, and
@@ -43,6 +44,7 @@ from client.kge.protocols import protocol_labels, relations_fit
 from client.kge.refinement import RefinementConfig, run_refinement
 from client.kge.run_folder import atomic_write_text, save_npy_atomic
 from client.kge.settings import FederationSettings
+from client.kge.structure_view import StructureViewError, client_structure_view
 from kg_datasets import load_client_folder
 from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
 
@@ -163,6 +165,7 @@ def refine_run_folder(
         on_round_end=on_round,
         aggregation=settings.aggregation,
         aggregation_trim=settings.aggregation_trim,
+        row_views=_row_views(inputs, kge_config, refinement) if refinement.uses_row_view else None,
     )
     simskip_seconds = time.perf_counter() - started
     for name, variants in result.refined.items():
@@ -200,6 +203,27 @@ def refine_run_folder(
             "source": "refine-only",
         },
     )
+
+
+def _row_views(
+    inputs: Mapping[str, Mapping[str, Any]], kge_config: KGEConfig, refinement: RefinementConfig
+) -> dict[str, Any]:
+    """Each client's structure view (``simskip-augmentations`` names ``row_view``): its train
+    triples, its rows and its own trained relations (``relation_embeddings.npz``).
+
+    :raises RunFolderError: naming the client whose relations are missing or do not fit its model.
+    """
+    views = {}
+    for name, item in inputs.items():
+        try:
+            views[name] = client_structure_view(
+                item["graph"], kge_config, item["rows"], item["relation_state"], mix=refinement.structure_mix
+            )
+        except StructureViewError as error:
+            raise RunFolderError(
+                f"{error} (refine-only reads <client-output-root>/{name}/relation_embeddings.npz)"
+            ) from None
+    return views
 
 
 def write_downstream_and_report(

@@ -15,7 +15,8 @@ Message protocol:
     (federated: the current average, every round; local-only: the initial weights in round 1
     only, afterwards the client continues from its own weights, kept in ``context.state`` and
     in its private checkpoint, so no encoder leaves a client); ConfigRecord ``"config"``:
-    ``server-round``, ``federate``, ``federation-id``.
+    ``server-round``, ``best-round`` (the KGE round whose relations a client's structure view
+    uses, ``simskip-augmentations = "row_view,..."``), ``federate``, ``federation-id``.
     Reply: ArrayRecord ``"simskip-weights"`` (federated only) and MetricRecord ``"metrics"``:
     ``num-rows``, ``loss/<variant>`` (last local epoch), ``simskip-seconds``.
 ``evaluate.downstream`` (once per client)
@@ -302,7 +303,11 @@ class SimSkipStrategy(FedAvg):
         for server_round in range(self.round + 1, self.config.rounds + 1):
             started = time.perf_counter()
             with self.members.collecting_failures() as failures:
-                messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+                messages = list(
+                    self.configure_train(
+                        server_round, ArrayRecord(), ConfigRecord({"best-round": int(best_round)}), grid
+                    )
+                )
                 self.aggregate_attributed(server_round, self.members.exchange(grid, messages, timeout, phase="simskip"))
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
             record["failures"] = failures

@@ -10,13 +10,24 @@ Liu, Kim, Bansal, "Can Contrastive Learning Refine Embeddings", ESWC 2024. Pure 
     weights = trainer.get_weights()                          # [(name, np.ndarray), ...]
     mean_relative_displacement(X, refined)                   # mean ||f(x) - x|| / ||x||
     control = perturb_like(X, refined, seed=0)               # as far, in random directions
+    trainer.fit(X, row_view=provider)                        # augmentations ("row_view", ...): the
+                                                             # caller's view of each row, see augment
 
 By default (``SimSkipConfig.standardize``) the trainer works in units of the matrix's root mean
 square, so ``refine(c * X) == c * refine(X)``; before, how far rows moved depended on their
 absolute size (see :mod:`simskip_core.trainer`).
 """
 
-from .augment import AUGMENTATIONS, ComposedAugmentation, FeatureMasking, GaussianNoise, build_augmentation
+from .augment import (
+    AUGMENTATIONS,
+    ROW_VIEW,
+    ComposedAugmentation,
+    FeatureMasking,
+    GaussianNoise,
+    RowView,
+    RowViewProvider,
+    build_augmentation,
+)
 from .config import SimSkipConfig, load_config_file, read_config_mapping
 from .controls import mean_relative_displacement, perturb_like, relative_displacement
 from .embedding_files import EmbeddingTable, read_embeddings, write_embeddings
@@ -36,6 +47,7 @@ __all__ = [
     "ACTIVATIONS",
     "AUGMENTATIONS",
     "NORMALIZATIONS",
+    "ROW_VIEW",
     "ComposedAugmentation",
     "ConfigError",
     "EmbeddingFileError",
@@ -45,6 +57,8 @@ __all__ = [
     "GaussianNoise",
     "NamedArrays",
     "ProjectionHead",
+    "RowView",
+    "RowViewProvider",
     "SimSkipConfig",
     "SimSkipError",
     "SimSkipTrainer",

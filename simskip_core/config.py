@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .augment import AUGMENTATIONS
+from .augment import AUGMENTATIONS, ROW_VIEW
 from .encoder import ACTIVATIONS, NORMALIZATIONS
 from .errors import ConfigError, shown
 
@@ -68,7 +68,9 @@ class SimSkipConfig:
     Views and loss:
 
     :param augmentations: names of the augmentations, applied in this order to make each view;
-        an empty tuple disables augmentation (and makes the views identical).
+        an empty tuple disables augmentation (and makes the views identical). ``row_view`` (the
+        caller's view of each row, :class:`simskip_core.augment.RowView`) may appear only once and
+        first, and needs a provider passed to ``SimSkipTrainer.fit(X, row_view=...)``.
     :param mask_prob: probability of zeroing each coordinate (``feature_mask``), ``0 <= p < 1``.
     :param noise_std: noise std relative to the per-feature std of the fitted matrix
         (``gaussian_noise``); that std is computed once per ``fit`` on the full matrix (in
@@ -147,6 +149,11 @@ class SimSkipConfig:
         )
         need(
             all(a in AUGMENTATIONS for a in self.augmentations), "augmentations", f"names from {sorted(AUGMENTATIONS)}"
+        )
+        need(
+            ROW_VIEW not in self.augmentations[1:],
+            "augmentations",
+            f"a list with {ROW_VIEW!r} at most once and first (it replaces the batch by the caller's view)",
         )
         need(0.0 <= self.mask_prob < 1.0, "mask_prob", "in [0, 1)")
         need(self.noise_std >= 0.0, "noise_std", ">= 0")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import build_augmentation
+from .augment import RowViewProvider, build_augmentation
 from .config import SimSkipConfig
 from .encoder import ProjectionHead, SkipEncoder
 from .errors import ConfigError, EmbeddingInputError, TrainingDivergedError, WeightsMismatchError
@@ -168,13 +168,20 @@ class SimSkipTrainer:
         params = list(self.encoder.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-    def fit(self, X: Any, epochs: int | None = None) -> list[float]:
+    def fit(self, X: Any, epochs: int | None = None, *, row_view: RowViewProvider | None = None) -> list[float]:
         """Continue training from the current weights for ``epochs`` epochs.
 
         :param X: shape ``(n, dim)`` real (or ``(n, dim // 2)`` complex), ``n >= 2``, finite.
         :param epochs: number of epochs, default ``config.epochs``; ``0`` trains nothing.
+        :param row_view: the caller's view of the rows of ``X``, for the ``row_view`` augmentation
+            (required exactly when ``config.augmentations`` names it): ``row_view(index, generator)``
+            gets the batch's row indices into ``X`` (``LongTensor`` on :attr:`device`) and the
+            augmentation generator, and returns one view per row in the units of ``X`` (``(B, dim)``
+            real, or ``(B, dim // 2)`` complex); it is divided by :attr:`scale` like ``X``. It is
+            called once per view, before the other augmentations, drawing from the same generator.
         :return: mean loss of each epoch of this call (also appended to :attr:`history`).
-        :raises EmbeddingInputError: for malformed ``X`` or fewer than 2 rows.
+        :raises EmbeddingInputError: for malformed ``X``, fewer than 2 rows, or a view of the wrong shape.
+        :raises ConfigError: for ``row_view`` named without a provider, or a provider not named.
         :raises TrainingDivergedError: if the loss becomes non-finite (the bad step is not applied).
         """
         cfg = self.config
@@ -192,7 +199,12 @@ class SimSkipTrainer:
         # Noise is relative to the per-feature std of the whole matrix, computed once per fit.
         feature_std = values.std(dim=0, unbiased=False)
         augment = build_augmentation(
-            cfg.augmentations, mask_prob=cfg.mask_prob, noise_std=cfg.noise_std, feature_std=feature_std
+            cfg.augmentations,
+            mask_prob=cfg.mask_prob,
+            noise_std=cfg.noise_std,
+            feature_std=feature_std,
+            row_view=row_view,
+            scale=scale,
         )
         num_batches = max(1, math.ceil(n / cfg.batch_size))
         self.encoder.train()
@@ -206,7 +218,12 @@ class SimSkipTrainer:
             # Near-equal batches rather than a tiny remainder batch with too few negatives.
             for index in torch.tensor_split(order, num_batches):
                 batch = values[index]
-                views = torch.cat([augment(batch, self._augment_generator), augment(batch, self._augment_generator)])
+                views = torch.cat(
+                    [
+                        augment(batch, self._augment_generator, index=index),
+                        augment(batch, self._augment_generator, index=index),
+                    ]
+                )
                 projected = self.head(self.encoder(views))
                 loss = nt_xent_loss(projected[: len(index)], projected[len(index) :], cfg.temperature)
                 loss_value = float(loss.detach())
@@ -315,16 +332,20 @@ class SimSkipTrainer:
                     tensor.copy_(torch.from_numpy(next(arrays)))
 
 
-def refine(X: Any, config: SimSkipConfig | Mapping[str, Any] | None = None) -> np.ndarray:
+def refine(
+    X: Any, config: SimSkipConfig | Mapping[str, Any] | None = None, *, row_view: RowViewProvider | None = None
+) -> np.ndarray:
     """Refine embeddings with SimSkip in one call: train ``config.epochs`` epochs on ``X``, return ``f(X)``.
 
     :param X: shape ``(n, d)`` real (``n >= 2``), or ``(n, d)`` complex (refined as ``2d`` real columns).
     :param config: a :class:`SimSkipConfig`, a dict of its keys, or ``None`` for the defaults.
+    :param row_view: the caller's view of the rows, for a config naming ``row_view`` (see
+        :meth:`SimSkipTrainer.fit`).
     :return: refined embeddings, same shape and kind as ``X``. With ``epochs=0`` and the skip
         connection this is ``X`` itself (to float32 precision). With ``config.standardize``
         (the default) ``refine(c * X) == c * refine(X)`` for ``c > 0`` up to float rounding.
     """
     prepared = prepare_embeddings(X)
     trainer = SimSkipTrainer(prepared.values.shape[1], config)
-    trainer.fit(X)
+    trainer.fit(X, row_view=row_view)
     return trainer.transform(X)

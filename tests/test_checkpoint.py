@@ -159,6 +159,20 @@ def test_harmless_changes_and_spelling_of_defaults_are_accepted(run_dir):
     assert round_ == 2
 
 
+def test_a_checkpoint_written_before_a_key_was_added_resumes_with_its_old_value(run_dir):
+    from server.checkpoint import ADDED_KEYS, _canonical_json, _sha256
+
+    path = run_dir / "checkpoint" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key in ADDED_KEYS:
+        del manifest["model_config"][key]
+    manifest["model_config_sha256"] = _sha256(_canonical_json(manifest["model_config"]).encode())
+    path.write_text(json.dumps(manifest))
+    assert load_checkpoint(run_dir, run_config=RUN_CONFIG, vocabulary=VOCAB)[0] == 2
+    with pytest.raises(CheckpointError, match=r"simskip-structure-mix: checkpoint 0.5, now 0.7"):
+        load_checkpoint(run_dir, run_config={**RUN_CONFIG, "simskip-structure-mix": 0.7}, vocabulary=VOCAB)
+
+
 def test_a_different_vocabulary_is_refused(run_dir):
     for other in (VOCAB[:-1], list(reversed(VOCAB)), [*VOCAB[:-1], "eve"]):
         with pytest.raises(CheckpointError, match="vocabulary changed"):

@@ -870,6 +870,7 @@ TYPED_KEYS: dict[str, tuple[int, str, type]] = {
     **{name.replace("_", "-"): (2, name, int) for name in ("refit_epochs", "downstream_seeds", "downstream_patience")},
     "simskip-federate": (2, "federate", bool),
     "simskip-no-skip-ablation": (2, "no_skip_ablation", bool),
+    "simskip-structure-mix": (2, "structure_mix", float),
 }
 KNOWN_KEYS = sorted(set(TYPED_KEYS) | set(RefinementConfig().to_run_config()) | KGE_SKIPPED_KEYS | SETTINGS_KEYS)
 #: Raw ``--set`` values: TOML values of every type, bare words, and malformed or huge text.

@@ -78,6 +78,7 @@ LITERAL_MODEL_DEFINING = {
     "refit-init",
     "downstream-seeds",
     "downstream-patience",
+    "simskip-structure-mix",  # added with the structure view (client/kge/structure_view.py)
 }
 LITERAL_HARMLESS = {
     "num-server-rounds",

@@ -13,6 +13,12 @@ may run in a fresh process), and it is FedAvg's usual client: a fresh optimizer 
 The augmentation/shuffle seed is derived from (``simskip-seed``, client, round), so a replayed
 round is identical and clients/rounds draw different views.
 
+Structure view: where a variant's ``simskip-augmentations`` names ``row_view``, the caller
+passes the client's structure view (:func:`client.kge.structure_view.client_structure_view`,
+built in the client's process from its own train triples, rows and trained relations) as
+``row_view`` to :func:`fit_round` (``row_views`` per client to :func:`run_refinement`); the
+variants that do not name it train exactly as before.
+
 Variants: ``refined`` uses the configured encoder; every further search setting ``k``
 (``simskip-search``) and seed ``j`` (``downstream-seeds``) trains its own encoder
 ``refined@k.j`` (:meth:`RefinementConfig.variant_name`; SimSkip seed ``simskip-seed + j``), and with
@@ -46,7 +52,7 @@ from client.kge.refinement_config import (
 )
 from client.kge.run_config import load_run_configs
 from client.kge.weights import fedavg_named
-from simskip_core import SimSkipTrainer
+from simskip_core import ROW_VIEW, RowViewProvider, SimSkipTrainer
 
 __all__ = [
     "DEFAULT_GATE_GRID",
@@ -162,6 +168,7 @@ def fit_round(
     *,
     client_id: str | int,
     server_round: int,
+    row_view: RowViewProvider | None = None,
 ) -> RoundUpdate:
     """Train every variant ``config.local_epochs`` epochs on ``rows``, from ``start_weights``.
 
@@ -172,9 +179,17 @@ def fit_round(
     :param config: the phase config.
     :param client_id: seeds the views together with ``server_round``.
     :param server_round: 1-based round number.
-    :raises RefinementInputError: for bad rows or missing variants.
+    :param row_view: the client's view of its rows for the variants whose augmentations name
+        ``row_view`` (:func:`client.kge.structure_view.client_structure_view` of these ``rows``);
+        required exactly when :attr:`RefinementConfig.uses_row_view`, ignored by the other variants.
+    :raises RefinementInputError: for bad rows, missing variants, or ``row_view`` named without a view.
     """
     rows = _check_rows(rows, client_id)
+    if row_view is None and config.uses_row_view:
+        raise RefinementInputError(
+            f"client {client_id}: simskip-augmentations names {ROW_VIEW!r}, but no row view was given "
+            "(pass row_view=client.kge.structure_view.client_structure_view(...) of the client's rows)"
+        )
     started = time.perf_counter()
     weights, losses = {}, {}
     for variant, cfg in config.variants().items():
@@ -182,7 +197,8 @@ def fit_round(
             raise RefinementInputError(f"client {client_id}: no starting weights for variant {variant!r}")
         trainer = SimSkipTrainer(rows.shape[1], cfg.replace(seed=_round_seed(cfg.seed, client_id, server_round)))
         trainer.set_weights(list(start_weights[variant]))
-        losses[variant] = trainer.fit(rows, epochs=config.local_epochs)
+        view = row_view if ROW_VIEW in cfg.augmentations else None
+        losses[variant] = trainer.fit(rows, epochs=config.local_epochs, row_view=view)
         weights[variant] = trainer.get_weights()
     return RoundUpdate(weights, int(rows.shape[0]), losses, time.perf_counter() - started)
 
@@ -227,6 +243,7 @@ def run_refinement(
     on_round_end: Callable[[dict[str, Any]], None] | None = None,
     aggregation: str = "mean",
     aggregation_trim: float = 0.25,
+    row_views: Mapping[str, RowViewProvider] | None = None,
 ) -> RefinementResult:
     """Run the whole SimSkip phase in this process (the same rounds Flower runs, without transport).
 
@@ -239,6 +256,8 @@ def run_refinement(
     :param aggregation: the rule of the encoder weights' average (``aggregation``,
         :func:`client.kge.weights.fedavg_named`), clients in name order as the strategy has them.
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
+    :param row_views: client name -> its structure view (``row_view`` of :func:`fit_round`), where
+        the config names the ``row_view`` augmentation.
     """
     if not rows_by_client:
         raise RefinementInputError("no client rows to refine")
@@ -252,7 +271,14 @@ def run_refinement(
     for server_round in range(1, config.rounds + 1):
         started = time.perf_counter()
         updates = {
-            name: fit_round(rows, current[name], config, client_id=name, server_round=server_round)
+            name: fit_round(
+                rows,
+                current[name],
+                config,
+                client_id=name,
+                server_round=server_round,
+                row_view=(row_views or {}).get(name),
+            )
             for name, rows in rows_by_client.items()
         }
         if config.federate:

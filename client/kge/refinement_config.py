@@ -10,7 +10,10 @@ Run-config keys (kebab-case; :data:`REFINEMENT_KEYS` lists the phase's own ones)
 all four by default), ``refit-init`` (``trained`` and/or ``fresh``), ``refit-epochs`` (int, 5: the
 epoch cap of the trained protocols), ``downstream-patience`` (int, 1), ``downstream-seeds`` (int, 1),
 ``simskip-gate-grid`` (comma-separated skip strengths in [0, 1], ``"0,0.25,1"``: the values > 0
-are candidates), ``simskip-search`` (``"none"`` or ``;``-separated SimSkip overrides), and
+are candidates), ``simskip-search`` (``"none"`` or ``;``-separated SimSkip overrides),
+``simskip-structure-mix`` (float in [0, 1], 0.5: ``beta`` of the structure view
+``x + beta (evidence - x)`` that ``simskip-augmentations = "row_view,..."`` uses,
+:mod:`client.kge.structure_view`), and
 ``simskip-<field>`` for every :class:`simskip_core.SimSkipConfig` field except ``epochs``
 (e.g. ``simskip-lr``, ``simskip-standardize``, ``simskip-augmentations`` as a comma-separated
 string, ``simskip-hidden-dim = "none"``). Unknown ``simskip-*`` / ``refit-*`` / ``downstream-*``
@@ -27,7 +30,7 @@ from typing import Any
 
 from client.kge.registry import ConfigError, Key, coerce, key_field, keys_of
 from simskip_core import SimSkipConfig
-from simskip_core.augment import AUGMENTATIONS
+from simskip_core.augment import AUGMENTATIONS, ROW_VIEW
 from simskip_core.encoder import ACTIVATIONS, NORMALIZATIONS
 from simskip_core.errors import ConfigError as SimSkipConfigError
 from simskip_core.errors import shown
@@ -137,6 +140,9 @@ class RefinementConfig:
         the trained protocols (``seed + j``) are repeated for each; rows are reported as mean +- std.
     :param downstream_patience: checks (one per epoch) without a better valid score before a
         trained protocol stops; ``refit_epochs`` caps its epochs.
+    :param structure_mix: ``beta`` of the structure view ``x + beta (evidence - x)``
+        (``simskip-structure-mix``, in ``[0, 1]``), used only where a SimSkip config names the
+        ``row_view`` augmentation (:attr:`uses_row_view`; :mod:`client.kge.structure_view`).
     :param simskip: the SimSkip hyperparameters (``epochs`` is ignored: see ``local_epochs``).
     """
 
@@ -198,6 +204,12 @@ class RefinementConfig:
     downstream_patience: int = key_field(
         1, help="checks without a better valid score before a protocol stops", model_defining=True
     )
+    structure_mix: float = key_field(
+        0.5,
+        help="beta of the structure view x + beta (evidence - x) of simskip-augmentations row_view",
+        key="simskip-structure-mix",
+        model_defining=True,
+    )
     simskip: SimSkipConfig = dataclasses.field(default_factory=SimSkipConfig)
 
     def __post_init__(self) -> None:
@@ -225,6 +237,10 @@ class RefinementConfig:
         for name in ("federate", "no_skip_ablation"):
             if not isinstance(getattr(self, name), bool):
                 raise RefinementConfigError(f"{_key(name)} must be a bool, got {shown(getattr(self, name))}")
+        mix = self.structure_mix
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:  # NaN fails too
+            raise RefinementConfigError(f"{_key('structure_mix')} must be a number in [0, 1], got {shown(mix)}")
+        object.__setattr__(self, "structure_mix", float(mix))  # frozen: normalize in place (an int 0 / 1)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RefinementConfig:
@@ -256,7 +272,7 @@ class RefinementConfig:
                 if name in _TYPED_FIELDS:  # the registry's one type rule; a mismatch is reported by __post_init__
                     try:
                         value = coerce(value, _TYPED_FIELDS[name])
-                    except TypeError:
+                    except (TypeError, OverflowError):  # an int past 1.8e308 for a float key
                         pass
                 values[name] = value
         overrides = [
@@ -289,6 +305,12 @@ class RefinementConfig:
     def main_variant(self) -> str:
         """The variant the configured encoder trains (``refined``, or ``refined-no-skip`` when ``simskip-skip = false``)."""
         return next(iter(self.variants()))
+
+    @property
+    def uses_row_view(self) -> bool:
+        """Whether some variant's SimSkip config names the ``row_view`` augmentation, so the caller
+        must pass each client's structure view (:mod:`client.kge.structure_view`)."""
+        return any(ROW_VIEW in cfg.augmentations for cfg in self.variants().values())
 
     @property
     def enabled(self) -> bool:
@@ -343,6 +365,7 @@ def _key(name: str) -> str:
 _TYPED_FIELDS: dict[str, type] = {
     **dict.fromkeys(("rounds", "local_epochs", "refit_epochs", "downstream_seeds", "downstream_patience"), int),
     **dict.fromkeys(("federate", "no_skip_ablation"), bool),
+    "structure_mix": float,
 }
 
 
