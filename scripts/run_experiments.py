@@ -454,6 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = run_config_overrides(args.preset, args.sets)
     failed = []
     if not args.assemble_only:
+        # Every step's code is loaded now, once: a grid runs for hours, and a module edited under it
+        # must not be imported half-way (a cell once failed so: the KGE step's refinement module
+        # was the old one, the refine step's downstream module the new one).
+        import client.kge.centralized  # noqa: F401
+        import server.downstream  # noqa: F401
+
         for dataset in args.datasets:
             dataset = _resolve_dataset(dataset)
             for model in args.models:
