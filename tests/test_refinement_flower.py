@@ -12,14 +12,12 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from client.kge.models import initial_entity_table
 from client.kge.refinement import REFINED_VARIANT, load_run_configs, unpack_variants
 from client.kge.weights import fedavg_named
 from server.simskip_strategy import DOWNSTREAM_TYPE, SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY, run_refinement_phase
-from server.strategy import FedEStrategy
-from tests.handler_grid import HandlerGrid
+from tests.handler_grid import HandlerGrid, node_contexts, run_both_phases, train_fede
 
 KGE = {
     "embedding-dim": 8,
@@ -52,29 +50,7 @@ def _run(data_root, tmp_path, **simskip):
         "refit-epochs": 2,
         **simskip,
     }
-    contexts = {
-        10 + k: Context(
-            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
-        )
-        for k in (0, 1)
-    }
-    grid = HandlerGrid(contexts)
-    _, kge_config, refinement = load_run_configs(run_config)
-    strategy = FedEStrategy(min_clients=2, eval_every=1, patience=5)
-    vocabulary = strategy.handshake(grid)
-    table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(
-        grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2, train_config=ConfigRecord({"local-epochs": 1})
-    )
-    rows = run_refinement_phase(
-        grid,
-        strategy,
-        best_round=result.best_round,
-        refinement=refinement,
-        kge_config=kge_config,
-        setting="fede",
-        run_dir=str(tmp_path),
-    )
+    grid, strategy, result, rows, refinement = run_both_phases(run_config, tmp_path, kge_rounds=2)
     assert strategy.members.finish(grid, "completed", "", str(tmp_path)) == [10, 11]  # as run_federation ends
     return grid, result, rows, refinement
 
@@ -230,19 +206,9 @@ def _trained_kge(data_root, tmp_path, grid_factory, **simskip):
         "downstream-protocols": "as-trained,relation-refit",
         **simskip,
     }
-    contexts = {
-        10 + k: Context(
-            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
-        )
-        for k in (0, 1)
-    }
-    grid = grid_factory(contexts)
-    _, kge_config, refinement = load_run_configs(run_config)
-    strategy = FedEStrategy(min_clients=1, min_clients_timeout=0.2, eval_every=1, patience=5)
-    vocabulary = strategy.handshake(grid)
-    table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(
-        grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=2, train_config=ConfigRecord({"local-epochs": 1})
+    grid = grid_factory(node_contexts(run_config))
+    strategy, result, kge_config, refinement = train_fede(
+        grid, run_config, kge_rounds=2, min_clients=1, min_clients_timeout=0.2
     )
     return grid, strategy, result, kge_config, refinement
 
@@ -342,15 +308,6 @@ def _server_run_config(data_root, run_dir, clients_root, **extra):
     }
 
 
-def _contexts(run_config):
-    return {
-        10 + k: Context(
-            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
-        )
-        for k in (0, 1)
-    }
-
-
 @pytest.mark.slow  # three server runs through the real handlers: ~1 min on 2 cores
 @pytest.mark.parametrize("federate", [True, False], ids=["federated", "local-only"])
 def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, tmp_path, federate) -> None:
@@ -359,7 +316,7 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
 
     extra = {"simskip-federate": federate}
     reference = _server_run_config(data_root, tmp_path / "reference", tmp_path / "reference-clients", **extra)
-    run_federation(HandlerGrid(_contexts(reference)), reference)
+    run_federation(HandlerGrid(node_contexts(reference)), reference)
 
     def die_in_round_3(msg, reply):
         if msg.metadata.message_type == SIMSKIP_TRAIN_TYPE and _round_of(msg) == 3:
@@ -368,7 +325,7 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
 
     config = _server_run_config(data_root, tmp_path / "run", tmp_path / "clients", **extra)
     with pytest.raises(Interrupted):
-        run_federation(HandlerGrid(_contexts(config), die_in_round_3), config)
+        run_federation(HandlerGrid(node_contexts(config), die_in_round_3), config)
     _, arrays, state = load_checkpoint(tmp_path / "run", run_config=config)
     assert state["phase"] == "simskip" and state["simskip_round"] == 2
     assert any(name.startswith("simskip/") for name in arrays)
@@ -376,7 +333,7 @@ def test_the_simskip_phase_resumes_after_its_last_checkpointed_round(data_root, 
 
     # a new server process, parties with empty state (their own checkpoints on disk)
     resumed = {**config, "resume": True}
-    grid = HandlerGrid(_contexts(resumed))
+    grid = HandlerGrid(node_contexts(resumed))
     run_federation(grid, resumed)
     sent = [m for m, _ in grid.log]
     assert [_round_of(m) for m in sent if m.metadata.message_type == SIMSKIP_TRAIN_TYPE] == [3, 3]

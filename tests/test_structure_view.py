@@ -213,14 +213,9 @@ def test_refine_only_trains_with_the_structure_view(tmp_path, counted) -> None:
 
 @pytest.mark.usefixtures("task_identity")  # Flower messages outside a runtime
 def test_flower_client_trains_with_its_structure_view(tmp_path, counted) -> None:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
-
-    from client.kge.models import initial_entity_table
-    from client.kge.refinement import load_run_configs
     from kg_datasets import load_federated
-    from server.simskip_strategy import SIMSKIP_TRAIN_TYPE, run_refinement_phase
-    from server.strategy import FedEStrategy
-    from tests.handler_grid import HandlerGrid
+    from server.simskip_strategy import SIMSKIP_TRAIN_TYPE
+    from tests.handler_grid import run_both_phases
 
     load_federated("Nations", num_clients=2, seed=0).write(tmp_path / "data")
     run_config = {
@@ -235,29 +230,7 @@ def test_flower_client_trains_with_its_structure_view(tmp_path, counted) -> None
         "client-output-root": str(tmp_path / "clients"),
         **SIMSKIP,
     }
-    contexts = {
-        10 + k: Context(
-            run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(), run_config=run_config
-        )
-        for k in (0, 1)
-    }
-    grid = HandlerGrid(contexts)
-    _, kge_config, refinement = load_run_configs(run_config)
-    strategy = FedEStrategy(min_clients=2, eval_every=1, patience=5)
-    vocabulary = strategy.handshake(grid)
-    table = initial_entity_table(kge_config, len(vocabulary), seed=0)
-    result = strategy.start(
-        grid, ArrayRecord({"entity-table": Array(table)}), num_rounds=1, train_config=ConfigRecord({"local-epochs": 1})
-    )
-    records = run_refinement_phase(
-        grid,
-        strategy,
-        best_round=result.best_round,
-        refinement=refinement,
-        kge_config=kge_config,
-        setting="fede",
-        run_dir=str(tmp_path),
-    )
+    grid, _, result, records, _ = run_both_phases(run_config, tmp_path, kge_rounds=1)
     assert set(records) == {"0", "1"}
     train = [(m, r) for m, r in grid.log if m.metadata.message_type == SIMSKIP_TRAIN_TYPE]
     assert len(train) == 2
