@@ -8,7 +8,7 @@ Reads ``results/grid/<split>/<model>/`` as written by ``scripts/run_experiments.
 are absent or not ``done`` are listed as not run, never filled in.
 
     python scripts/grid_table.py                  # print the markdown
-    python scripts/grid_table.py --write-readme   # replace README.md's block (temp file + rename)
+    python scripts/grid_table.py --write-readme   # replace README.md's block (written atomically)
     python scripts/grid_table.py --check          # exit 1 when README.md's block is stale (CI)
 """
 
@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if new != text:
-        temporary = args.readme.with_name(f".{args.readme.name}.grid-table.tmp")
-        temporary.write_bytes(new.encode("utf-8"))
-        temporary.replace(args.readme)
+        from client.kge.run_folder import atomic_write_text  # the project's one atomic write
+
+        atomic_write_text(args.readme, new)
     print(f"grid_table: wrote the grid table into {args.readme}")
     return 0
 
