@@ -267,9 +267,13 @@ def run_cell(
             "set": dict(sets),
             "engine": "in-process" if setting == "collection" else engine,
             "status": "running",
-            "machine_at_start": _machine(),
         }
     )
+    # a resumed cell keeps its first start's machine facts and records each resume beside them
+    if "machine_at_start" in state:
+        state.setdefault("machine_at_resume", []).append(_machine())
+    else:
+        state["machine_at_start"] = _machine()
     _write_json(folder / CELL_FILE, state)
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
@@ -278,6 +282,7 @@ def run_cell(
         else:
             _kge_flower(folder, dataset, model, setting, rounds, sets, num_clients, timeout)
         state["run_seconds"] = round(time.perf_counter() - started, 1)
+        state["machine_after_kge"] = _machine()
         _write_json(folder / CELL_FILE, state)
     if not (folder / "results.json").is_file():
         from server.downstream import refine_run_folder

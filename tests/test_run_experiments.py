@@ -88,5 +88,10 @@ def test_tiny_grid_runs_resumes_and_assembles(grid, tmp_path, monkeypatch) -> No
     assert grid.main(["--out", "g", *ARGS]) == 0
     assert (fede_dir / "final_metrics.json").stat().st_mtime_ns == kge_stamp
     assert (out / "Nations" / "TransE" / "isolation" / "cell.json").stat().st_mtime_ns == iso_stamp
-    assert json.loads((fede_dir / "cell.json").read_text())["status"] == "done"
+    resumed = json.loads((fede_dir / "cell.json").read_text())
+    assert resumed["status"] == "done"
     assert (fede_dir / "results.json").is_file()
+    # the first start's machine facts survive the resume, which is recorded beside them
+    assert resumed["machine_at_start"] == state["machine_at_start"]
+    assert resumed["load_average"] == state["machine_at_start"]["load_average"]
+    assert len(resumed["machine_at_resume"]) == 1 and "machine_after_kge" in state
