@@ -203,11 +203,20 @@ def _load(value) -> str:
     return " / ".join(f"{float(v):.1f}" for v in values)
 
 
+def _rounds(cell: dict) -> str:
+    """``rounds run (best round)`` of the cell's KGE run, or a dash where the cell did not record them."""
+    run, best = cell.get("kge_rounds_run"), cell.get("kge_best_round")
+    return DASH if run is None else f"{run} ({DASH if best is None else best})"
+
+
 def _time_table(done: dict) -> list[str]:
-    """Per cell: ``run_seconds``, ``refine_seconds``, their sum, device, load; a total line."""
+    """Per cell: KGE rounds run (best), ``run_seconds``, ``refine_seconds``, their sum, device, load; a total line."""
     lines = [
-        "| split | model | cell | KGE run (min) | SimSkip + downstream (min) | total (min) | device | load average |",
-        "|---|---|---|---:|---:|---:|---|---|",
+        (
+            "| split | model | cell | KGE rounds (best) | KGE run (min) | SimSkip + downstream (min) | total (min)"
+            " | device | load average |"
+        ),
+        "|---|---|---|---:|---:|---:|---:|---|---|",
     ]
     sums = [0.0, 0.0]
     for key in sorted(done, key=_cell_key):
@@ -218,10 +227,11 @@ def _time_table(done: dict) -> list[str]:
         total = None if run is None and refine is None else (run or 0.0) + (refine or 0.0)
         times = f"{_minutes(run)} | {_minutes(refine)} | {_minutes(total)}"
         lines.append(
-            f"| {' | '.join(key)} | {times} | {cell.get('device') or DASH} | {_load(cell.get('load_average'))} |"
+            f"| {' | '.join(key)} | {_rounds(cell)} | {times} | {cell.get('device') or DASH}"
+            f" | {_load(cell.get('load_average'))} |"
         )
     times = f"{_minutes(sums[0])} | {_minutes(sums[1])} | {_minutes(sums[0] + sums[1])}"
-    lines.append(f"| **total** | | {len(done)} cells | {times} | | |")
+    lines.append(f"| **total** | | {len(done)} cells | | {times} | | |")
     return lines
 
 

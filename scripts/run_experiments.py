@@ -294,7 +294,9 @@ def run_cell(
     state["device"] = state["machine_at_end"]["device"]
     state["load_average"] = state["machine_at_start"]["load_average"]
     final = _read_json(folder / "final_metrics.json") or {}
-    state["kge_rounds_run"], state["kge_best_round"] = final.get("rounds_run"), final.get("best_round")
+    # the in-process runners write ``rounds_trained``, the Flower ServerApp ``rounds_run``
+    state["kge_rounds_run"] = final.get("rounds_trained", final.get("rounds_run"))
+    state["kge_best_round"] = final.get("best_round")
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     # per downstream protocol: the overall mean over seeds of every row and gain
     state["overall"] = {
