@@ -2,8 +2,8 @@
 
 For each client of a refined run folder (``refine_run_folder`` or a grid cell) it compares the
 client's unrefined rows ``x`` (as :func:`server.downstream.load_client_inputs` reads them) with every
-saved refined table ``refined/<k>/refined@<setting>.<seed>.npy`` (the encoder's output, before the
-gate alpha), and writes per table the mean of ``|f(x)| / |x|``, of ``cos(x, f(x))`` and of
+saved refined table ``refined/<k>/refined@<setting>.<seed>.npy`` (``refined.npy`` is setting 0,
+seed 0; the encoder's output, before the gate alpha), and writes per table the mean of ``|f(x)| / |x|``, of ``cos(x, f(x))`` and of
 ``|f(x) - x| / |x|``, the quantiles of both norms, and the correlation of the two norms across rows.
 
 Why it exists: a rescaling that is the same for every row leaves the ranks of bilinear models
