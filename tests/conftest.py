@@ -6,13 +6,24 @@ The real KG data of ``../shared/data`` (relative to the project root) is found t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (``scripts/`` is not a package), loaded afresh on each call."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Set before any test module imports PyKEEN or Flower: keep pystow's cache off the home
 # directory, and telemetry and update checks off.

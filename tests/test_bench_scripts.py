@@ -7,27 +7,18 @@ Kinships with a tiny config (marked slow) and check that the script stops the wh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def tta() -> ModuleType:
-    return _load("bench_time_to_accuracy")
+    return load_script("bench_time_to_accuracy")
 
 
 def _row(number: int, finished_at: float, valid: float | None = None, test: dict | None = None) -> dict:
@@ -204,7 +195,7 @@ def test_simulation_is_stopped_at_the_time_budget(tta: ModuleType, tmp_path: Pat
 
 
 def test_bench_eval_reports_each_model_and_protocol(tmp_path: Path) -> None:
-    bench_eval = _load("bench_eval")
+    bench_eval = load_script("bench_eval")
     out = tmp_path / "eval.json"
     assert (
         bench_eval.main(

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from conftest import PROJECT_ROOT
+from conftest import load_script
 
 
 def _compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs", PROJECT_ROOT / "scripts" / "compare_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_runs")
 
 
 def _run_folder(folder, mrr: float, seconds: float, title: str):

@@ -167,14 +167,10 @@ def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, tmp_path,
 
 
 def test_bench_downstream_times_each_protocol_on_the_folder(run_dir, tmp_path) -> None:
-    import importlib.util
-
-    from conftest import PROJECT_ROOT
+    from conftest import load_script
 
     folder, _ = run_dir
-    spec = importlib.util.spec_from_file_location("bench_downstream", PROJECT_ROOT / "scripts" / "bench_downstream.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_downstream")
     out = tmp_path / "bench.json"
     assert (
         bench.main(

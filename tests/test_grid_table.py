@@ -4,21 +4,17 @@ and keeps README.md's block in step with the committed grid."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, load_script
 
 FIXTURE = PROJECT_ROOT / "results" / "fed3-transe-search-all" / "results.json"
 SPLIT = "FB15k-237-Fed3"
 
 
 def _grid_table():
-    spec = importlib.util.spec_from_file_location("grid_table", PROJECT_ROOT / "scripts" / "grid_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("grid_table")
 
 
 gt = _grid_table()

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from pykeen.evaluation import RankBasedEvaluator
 from pykeen.models import model_resolver
 
@@ -199,14 +200,9 @@ def test_protocols_in_one_pass_equal_one_at_a_time(nations: SimpleNamespace) -> 
 
 
 def test_time_to_accuracy_script_reports_rounds(tmp_path) -> None:
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_time_to_accuracy.py"
-    spec = importlib.util.spec_from_file_location("bench_time_to_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_time_to_accuracy")
     out = tmp_path / "tta.json"
     args = [
         "--mode",

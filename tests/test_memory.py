@@ -9,7 +9,6 @@ from an early round (the first sampled of rounds 2-5; round 1 includes start-up)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,16 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_GROWTH = 0.10
 
 
 def _bench_memory():
-    spec = importlib.util.spec_from_file_location("bench_memory", PROJECT_ROOT / "scripts" / "bench_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_memory")
 
 
 def test_process_tree_and_rss_of_a_child():

@@ -9,7 +9,6 @@ metrics must agree within 1e-6.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from server.checkpoint import save_checkpoint
 from server.simulation import main as sim_main
@@ -30,10 +30,7 @@ TINY = ["embedding-dim=8", "local-epochs=1", "num-negs-per-pos=4", "eval-every=1
 
 def _load_bench_memory():
     """scripts/bench_memory.py (not a package): its /proc helpers find a run's process tree."""
-    spec = importlib.util.spec_from_file_location("bench_memory", PROJECT_ROOT / "scripts" / "bench_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_memory")
 
 
 # ----------------------------------------------------------------------------- fast: refusals

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def geometry():
-    spec = importlib.util.spec_from_file_location("row_geometry", PROJECT_ROOT / "scripts" / "row_geometry.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("row_geometry")
 
 
 def test_a_uniform_rescaling_keeps_direction(geometry) -> None:

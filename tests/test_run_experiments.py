@@ -6,19 +6,15 @@ In-process engine (no Ray), 2 KGE rounds and tiny SimSkip / re-fit budgets: abou
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def grid():
-    spec = importlib.util.spec_from_file_location("run_experiments", PROJECT_ROOT / "scripts" / "run_experiments.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_experiments")
 
 
 ARGS = [
