@@ -17,10 +17,11 @@ collection}). Each cell is one run folder ``OUT/<dataset>/<model>/<setting>/``:
 
 A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE run
 (``final_metrics.json``) but no results resumes at step 2. An interrupted cell restarts from
-its last finished step. At the end (and with ``--assemble-only``) the cells found are
-assembled into ``OUT/grid.{md,csv,json}``: one line per cell, overall test metrics of every
-row (FedE as trained, unrefined, refined, refined-no-skip) under both protocols, and the gain
-in points.
+its last finished step; with ``--engine in-process`` the KGE step itself resumes after its last
+finished round (``<cell>/checkpoint/``, removed once the step is done). At the end (and with
+``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
+cell, overall test metrics of every row (FedE as trained, unrefined, refined, refined-no-skip)
+under both protocols, and the gain in points.
 
 Example (one cell, FedE's defaults except the budget)::
 
@@ -137,6 +138,8 @@ def _kge_in_process(
     from client.kge.run_folder import RunFolder
     from client.kge.settings import KNOWN_NON_KGE_KEYS
     from kg_datasets import load_federated
+    from kg_datasets.triples import labels_in_id_order
+    from server.checkpoint import FolderCheckpoint
 
     run_config = {
         **sets,
@@ -165,13 +168,21 @@ def _kge_in_process(
             "num_entities": kg.num_entities,
         }
     )
-    result = runner(kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True))
+    # saved after every round: an interrupted cell resumes after its last finished round
+    checkpoint = FolderCheckpoint(folder, run_config, labels_in_id_order(kg.entity_to_id))
+    result = runner(
+        kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True), checkpoint=checkpoint
+    )
+    written = {row.get("round") for row in run.metrics_rows}  # rows an interrupted attempt wrote
     for entry in result["history"]:
+        if entry["round"] in written:
+            continue
         row = {"round": entry["round"], "train": {k: {"train-loss": v[-1]} for k, v in entry["losses"].items() if v}}
         if "valid" in entry:
             row["valid"], row["valid_overall"] = entry["valid"]["clients"], entry["valid"]["overall"]
         run.append_metrics(row)
     run.write_final_metrics(result)
+    checkpoint.remove()  # final_metrics.json and the embeddings hold what the cell needs now
 
 
 def _kge_flower(
@@ -281,7 +292,16 @@ def run_cell(
             _kge_in_process(folder, dataset, model, setting, rounds, sets, num_clients)
         else:
             _kge_flower(folder, dataset, model, setting, rounds, sets, num_clients, timeout)
-        state["run_seconds"] = round(time.perf_counter() - started, 1)
+        seconds = time.perf_counter() - started
+        final = _read_json(folder / "final_metrics.json") or {}
+        if final.get("resumed_after_round") is not None:  # add the rounds an interrupted attempt ran
+            state["kge_resumed_after_round"] = final["resumed_after_round"]
+            seconds += sum(
+                entry.get("seconds", 0.0)
+                for entry in final.get("history", [])
+                if entry["round"] <= final["resumed_after_round"]
+            )
+        state["run_seconds"] = round(seconds, 1)
         state["machine_after_kge"] = _machine()
         _write_json(folder / CELL_FILE, state)
     if not (folder / "results.json").is_file():
@@ -467,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # must not be imported half-way (a cell once failed so: the KGE step's refinement module
         # was the old one, the refine step's downstream module the new one).
         import client.kge.centralized  # noqa: F401
+        import server.checkpoint
         import server.downstream  # noqa: F401
 
         for dataset in args.datasets:

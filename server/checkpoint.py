@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import math
+import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_DEFINING_KEYS",
     "CheckpointError",
+    "FolderCheckpoint",
     "checkpoint_dir",
     "has_checkpoint",
     "load_checkpoint",
@@ -324,3 +326,43 @@ def load_checkpoint(
             f"the manifest lists {sorted(expected_names)}"
         )
     return int(manifest["round"]), arrays, dict(manifest["state"])
+
+
+# ----------------------------------------------------------------------------- in-process runs
+@dataclasses.dataclass
+class FolderCheckpoint:
+    """The checkpoint of an in-process run (:class:`client.kge.centralized.RoundCheckpoint`) in
+    ``<run_dir>/checkpoint/``: the same files, checks and errors as the Flower server's.
+
+    :param run_dir: the run folder.
+    :param run_config: the run's run config (its model-defining values must match on resume).
+    :param vocabulary: the global entity labels (global id = position).
+    """
+
+    run_dir: Path
+    run_config: Mapping[str, Any]
+    vocabulary: Sequence[str]
+
+    def load(self) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
+        """The saved state, or ``None`` when the folder has no checkpoint yet.
+
+        :raises CheckpointError: as :func:`load_checkpoint` (never silently starts afresh).
+        """
+        if not has_checkpoint(self.run_dir):
+            return None
+        return load_checkpoint(self.run_dir, run_config=self.run_config, vocabulary=self.vocabulary)
+
+    def save(self, round_number: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
+        """Replace the checkpoint with the state after ``round_number``."""
+        save_checkpoint(
+            self.run_dir,
+            round=round_number,
+            arrays=arrays,
+            state=state,
+            run_config=self.run_config,
+            vocabulary=self.vocabulary,
+        )
+
+    def remove(self) -> None:
+        """Delete ``<run_dir>/checkpoint/`` (once the run's outputs are written)."""
+        shutil.rmtree(checkpoint_dir(self.run_dir), ignore_errors=True)

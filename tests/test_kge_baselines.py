@@ -203,8 +203,8 @@ def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
     valid_mrr = {2: 0.30, 4: 0.50, 6: 0.45, 8: 0.40, 10: 0.90}
     weights = {"round": 0}
 
-    def train_round():
-        weights["round"] += 1
+    def train_round(round_number):
+        weights["round"] = round_number
         return {"0": [1.0 / weights["round"]]}
 
     def evaluate(split):
@@ -227,3 +227,52 @@ def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
     assert result["rounds_trained"] == 8 and result["best_round"] == 4
     assert result["test"]["overall"]["mrr"] == 4.0  # the restored weights are round 4's
     assert [e["round"] for e in result["history"] if "valid" in e] == [2, 4, 6, 8]
+
+
+# --- resume from the per-round checkpoint ---------------------------------------------------------
+
+
+class _Interrupt(Exception):
+    """Stands in for a killed process, raised from the progress line of one round."""
+
+
+@pytest.mark.parametrize(
+    ("runner", "model"), [(run_fede_in_process, "ComplEx"), (run_isolation, "DistMult"), (run_collection, "TransE")]
+)
+def test_an_interrupted_run_resumes_after_its_last_round_and_ends_as_an_uninterrupted_one(
+    kinships, tmp_path, runner, model
+) -> None:
+    """Stopped after round 2 of 3, a second call with the same checkpoint trains only round 3 and
+    reports exactly what one uninterrupted run reports (same best round, valid and test MRRs)."""
+    from kg_datasets.triples import labels_in_id_order
+    from server.checkpoint import CheckpointError, FolderCheckpoint
+
+    config = fast(model, local_epochs=1, eval_every=1)
+    vocabulary = labels_in_id_order(kinships.entity_to_id)
+
+    def checkpoint(folder, changed=None):
+        return FolderCheckpoint(tmp_path / folder, {**config.to_run_config(), **(changed or {})}, vocabulary)
+
+    whole = runner(kinships, config, 3, progress=lambda line: None, checkpoint=checkpoint("whole"))
+
+    def stop_after_round_2(line: str) -> None:
+        if "round 3/3" in line:
+            raise _Interrupt(line)
+
+    with pytest.raises(_Interrupt):
+        runner(kinships, config, 3, progress=stop_after_round_2, checkpoint=checkpoint("parts"))
+    lines: list[str] = []
+    resumed = runner(kinships, config, 3, progress=lines.append, checkpoint=checkpoint("parts"))
+
+    assert resumed["resumed_after_round"] == 2 and whole["resumed_after_round"] is None
+    assert lines[0].startswith(f"[{whole['setting']}] resumed after round 2")
+    assert sum("valid MRR" in line for line in lines) == 1  # only round 3 was trained again
+    assert [e["round"] for e in resumed["history"]] == [1, 2, 3]
+    assert [e["valid"]["overall"]["mrr"] for e in resumed["history"]] == [
+        e["valid"]["overall"]["mrr"] for e in whole["history"]
+    ]
+    assert resumed["best_round"] == whole["best_round"] and resumed["rounds_trained"] == 3
+    assert resumed["test"] == whole["test"]
+    # a checkpoint never resumes a run with another model-defining setting
+    with pytest.raises(CheckpointError, match="embedding-dim"):
+        runner(kinships, config, 3, progress=lambda line: None, checkpoint=checkpoint("parts", {"embedding-dim": 32}))

@@ -91,3 +91,43 @@ def test_tiny_grid_runs_resumes_and_assembles(grid, tmp_path, monkeypatch) -> No
     assert resumed["machine_at_start"] == state["machine_at_start"]
     assert resumed["load_average"] == state["machine_at_start"]["load_average"]
     assert len(resumed["machine_at_resume"]) == 1 and "machine_after_kge" in state
+
+
+class _Killed(Exception):
+    """Stands in for a process killed in the middle of a cell's KGE step."""
+
+
+def test_an_interrupted_in_process_kge_step_resumes_after_its_last_round(grid, tmp_path, monkeypatch) -> None:
+    """The fede cell dies in round 2 of 2; the rerun trains only round 2 (from the round-1
+    checkpoint), counts the earlier round in the cell's seconds and removes the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--out", "g", *ARGS]
+    args[args.index("--rounds") + 1] = "2"
+    args.remove("isolation")
+    lines: list[str] = []
+
+    def dies_in_round_2(*values: object, **kwargs: object) -> None:
+        line = " ".join(str(v) for v in values)
+        lines.append(line)
+        if line.startswith("[fede] round 2/2"):
+            raise _Killed(line)
+
+    monkeypatch.setattr(grid, "print", dies_in_round_2, raising=False)
+    assert grid.main(args) == 1  # a failed cell; the grid goes on with the others
+    assert any("FAILED" in line and "_Killed" in line for line in lines)
+    cell = tmp_path / "g" / "Nations" / "TransE" / "fede"
+    assert (cell / "checkpoint" / "manifest.json").is_file() and not (cell / "final_metrics.json").exists()
+    assert json.loads((cell / "checkpoint" / "manifest.json").read_text())["round"] == 1
+
+    lines.clear()
+    monkeypatch.setattr(grid, "print", lambda *values, **kwargs: lines.append(" ".join(map(str, values))))
+    assert grid.main(args) == 0
+    assert any(line.startswith("[fede] resumed after round 1") for line in lines)
+    assert not any(line.startswith("[fede] round 1/2") for line in lines)
+    state = json.loads((cell / "cell.json").read_text())
+    final = json.loads((cell / "final_metrics.json").read_text())
+    assert state["status"] == "done" and state["kge_resumed_after_round"] == 1
+    assert final["rounds_trained"] == 2 and [e["round"] for e in final["history"]] == [1, 2]
+    assert state["run_seconds"] >= final["history"][0]["seconds"] > 0
+    assert not (cell / "checkpoint").exists()
+    assert [row["round"] for row in map(json.loads, (cell / "metrics.jsonl").read_text().splitlines())] == [1, 2]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -43,11 +43,13 @@ from client.kge.models import (
 from client.kge.round_engine import RoundEngine
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
 from client.kge.training import LocalTrainer, resolve_device
+from kg_datasets.triples import labels_in_id_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from kg_datasets import ClientGraph, FederatedKG
 
 __all__ = [
+    "RoundCheckpoint",
     "run_collection",
     "run_fede_in_process",
     "run_isolation",
@@ -58,14 +60,47 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+
+class RoundCheckpoint(Protocol):
+    """Where an in-process run keeps the state after each finished round, to resume from it.
+
+    ``scripts/run_experiments.py`` backs it with :mod:`server.checkpoint` (manifest + npz,
+    written atomically, checked against the run config and the entity vocabulary); this module
+    only says what goes in: ``arrays`` (the runner's current state under ``now/``, the best
+    round's under ``best/``) and a JSON ``state`` (early stopping, history, seconds).
+    """
+
+    def load(self) -> tuple[int, Mapping[str, np.ndarray], Mapping[str, Any]] | None:
+        """``(last finished round, arrays, state)`` of an earlier run, or ``None`` to start afresh."""
+
+    def save(self, round_number: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
+        """Keep the state after ``round_number`` (replacing the previous one)."""
+
+
+def _flat_states(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-client private states as one flat ``client/<index>/<key>`` mapping (a snapshot)."""
+    return {f"client/{index}/{key}": value for index, state in enumerate(states) for key, value in state.items()}
+
+
+def _client_states(arrays: Mapping[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """The inverse of :func:`_flat_states` for ``count`` clients."""
+    states: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for name, value in arrays.items():
+        if name.startswith("client/"):
+            index, key = name[len("client/") :].split("/", 1)
+            states[int(index)][key] = value
+    return states
+
+
+def _with_prefix(arrays: Mapping[str, np.ndarray] | None, prefix: str) -> dict[str, np.ndarray]:
+    return {prefix + name: value for name, value in (arrays or {}).items()}
+
+
+def _under_prefix(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)}
+
+
 # --- outputs ---------------------------------------------------------------------------------------
-
-
-def _labels_in_id_order(vocabulary: Mapping[str, int]) -> list[str]:
-    labels = [""] * len(vocabulary)
-    for label, index in vocabulary.items():
-        labels[index] = label
-    return labels
 
 
 def _write_client_outputs(out_dir: Path, client: ClientGraph, model: Model, with_entities: bool) -> None:
@@ -104,30 +139,52 @@ def _run_rounds(
     config: KGEConfig,
     rounds: int,
     client_ids: Sequence[int],
-    train_round: Callable[[], dict[str, list[float]]],
+    train_round: Callable[[int], dict[str, list[float]]],
     evaluate: Callable[[str], list[dict[str, float]]],
-    snapshot: Callable[[], Any],
-    restore: Callable[[Any], None],
+    snapshot: Callable[[], dict[str, np.ndarray]],
+    restore: Callable[[Mapping[str, np.ndarray]], None],
     progress: Progress | None,
     aggregate: Callable[[], None] | None = None,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Train ``rounds`` rounds (:class:`~client.kge.round_engine.RoundEngine`) with validation,
     early stopping and a best-round test.
 
-    :param train_round: one round of local training; returns the losses per client.
+    :param train_round: one round of local training (given the round number); returns the losses
+        per client.
     :param aggregate: FedE's step after training (``None``: nothing is shared).
     :param evaluate: ``split -> per-client metrics``.
-    :param snapshot: / restore: keep the best round's state / load it for the test.
+    :param snapshot: / restore: the runner's whole state as named arrays (copies) / load it:
+        keeps the best round's state for the test, and with ``checkpoint`` the state to resume.
+    :param checkpoint: saved after every round; a run that finds one resumes after its round
+        (the trainers seed each epoch from the epochs done, so a resumed run trains the same
+        rounds as one that was never stopped).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=EarlyStopping(config.patience))
     steps = _InProcessSteps(
-        setting, engine, client_ids, train_round, aggregate, evaluate, snapshot, progress or logger.info
+        setting, engine, client_ids, train_round, aggregate, evaluate, snapshot, progress or logger.info, checkpoint
     )
-    last_round = engine.run(steps)
+    first_round, resumed_after = 1, None
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        done, arrays, state = saved
+        restore(_under_prefix(arrays, "now/"))
+        steps.best_snapshot = _under_prefix(arrays, "best/") or None
+        engine.stopper = EarlyStopping.from_state(config.patience, state["stopper"])
+        engine.stopped_early = bool(state["stopped_early"])
+        steps.history = list(state["history"])
+        steps.train_seconds = float(state["train_seconds"])
+        first_round, resumed_after = int(done) + 1, int(done)
+        steps.say(
+            f"[{setting}] resumed after round {done} (best {engine.stopper.best_value:.4f} at round "
+            f"{engine.stopper.best_round})"
+        )
+    last_round = engine.run(steps, first_round=first_round)
     stopper = engine.stopper
-    restore(steps.best_snapshot)
+    if steps.best_snapshot is not None:
+        restore(steps.best_snapshot)
     test = _per_client_report(evaluate("test"), client_ids)
     steps.say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
     return {
@@ -139,6 +196,7 @@ def _run_rounds(
         "best_valid_mrr": stopper.best_value,
         "train_seconds": steps.train_seconds,
         "history": steps.history,
+        "resumed_after_round": resumed_after,
         "test": test,
     }
 
@@ -146,17 +204,18 @@ def _run_rounds(
 @dataclass
 class _InProcessSteps:
     """The :class:`~client.kge.round_engine.RoundSteps` of the in-process runners: every party in
-    this process, one history entry and one progress line per round."""
+    this process, one history entry and one progress line per round, and a checkpoint after it."""
 
     setting: str
     engine: RoundEngine
     client_ids: Sequence[int]
-    train_round: Callable[[], dict[str, list[float]]]
+    train_round: Callable[[int], dict[str, list[float]]]
     share: Callable[[], None] | None
     evaluate: Callable[[str], list[dict[str, float]]]
-    snapshot: Callable[[], Any]
+    snapshot: Callable[[], dict[str, np.ndarray]]
     say: Progress
-    best_snapshot: Any = None
+    checkpoint: RoundCheckpoint | None = None
+    best_snapshot: dict[str, np.ndarray] | None = None
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     _started: float = 0.0
@@ -164,7 +223,7 @@ class _InProcessSteps:
 
     def train(self, round_number: int) -> None:
         self._started = time.perf_counter()
-        self._entry = {"round": round_number, "losses": self.train_round()}
+        self._entry = {"round": round_number, "losses": self.train_round(round_number)}
 
     def aggregate(self, round_number: int, updates: None) -> None:
         if self.share is not None:
@@ -191,9 +250,21 @@ class _InProcessSteps:
                 f"[{self.setting}] round {round_number}/{rounds}: mean loss "
                 f"{np.mean([values[-1] for values in losses.values() if values]):.4f}"
             )
+        self._entry["seconds"] = round(time.perf_counter() - self._started, 3)  # training + validation
         self.history.append(self._entry)
         if stop:
             self.say(f"[{self.setting}] early stop after round {round_number}")
+        if self.checkpoint is not None:
+            self.checkpoint.save(
+                round_number,
+                {**_with_prefix(self.snapshot(), "now/"), **_with_prefix(self.best_snapshot, "best/")},
+                {
+                    "stopper": stopper.state(),
+                    "stopped_early": stop,
+                    "history": self.history,
+                    "train_seconds": self.train_seconds,
+                },
+            )
         return False
 
 
@@ -205,6 +276,7 @@ def run_isolation(
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     out_dir: str | Path | None = None,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Each client trains alone for ``num_rounds`` rounds of ``config.local_epochs`` epochs.
 
@@ -215,6 +287,8 @@ def run_isolation(
     :param progress: called with one line per round (default: ``logging``).
     :param out_dir: if given, the best round's embeddings are written there (atomically):
         ``clients/<k>/{entity_embeddings.npy, entities.tsv, relation_embeddings.npz, relations.tsv}``.
+    :param checkpoint: saves the state after every round and resumes from it
+        (:class:`RoundCheckpoint`); ``None``: nothing is kept between processes.
     :returns: ``{"setting", "config", "rounds_trained", "best_round", "history", "test": {"overall",
         "clients": {id: metrics}}, ...}`` (JSON-able).
     """
@@ -225,14 +299,14 @@ def run_isolation(
     for trainer, client in zip(trainers, kg.clients):
         trainer.set_entity_embeddings(table[client.entity_ids])
 
-    def train_round() -> dict[str, list[float]]:
+    def train_round(round_number: int) -> dict[str, list[float]]:
         return {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
 
-    def snapshot() -> list[dict[str, np.ndarray]]:
-        return [t.get_private_state(include_entities=True) for t in trainers]
+    def snapshot() -> dict[str, np.ndarray]:
+        return _flat_states([t.get_private_state(include_entities=True) for t in trainers])
 
-    def restore(states: list[dict[str, np.ndarray]] | None) -> None:
-        for trainer, state in zip(trainers, states or []):
+    def restore(arrays: Mapping[str, np.ndarray]) -> None:
+        for trainer, state in zip(trainers, _client_states(arrays, len(trainers))):
             trainer.set_private_state(state)
 
     result = _run_rounds(
@@ -245,6 +319,7 @@ def run_isolation(
         snapshot=snapshot,
         restore=restore,
         progress=progress,
+        checkpoint=checkpoint,
     )
     if out_dir is not None:
         for trainer, client in zip(trainers, kg.clients):
@@ -268,6 +343,7 @@ def run_fede_in_process(
     aggregation: str = "mean",
     aggregation_trim: float = 0.25,
     update_hook: UpdateHook | None = None,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
@@ -299,8 +375,8 @@ def run_fede_in_process(
             return rows
         return np.asarray(update_hook(index, state["round"], state["table"][ids], rows), dtype=np.float32)
 
-    def train_round() -> dict[str, list[float]]:
-        state["round"] += 1
+    def train_round(round_number: int) -> dict[str, list[float]]:
+        state["round"] = round_number
         send_rows()
         return {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
 
@@ -309,14 +385,14 @@ def run_fede_in_process(
         state["table"] = aggregate_rows(state["table"], updates, aggregation, aggregation_trim)
         send_rows()  # evaluation scores the aggregated rows, as the federation's clients would
 
-    def snapshot() -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
-        return state["table"].copy(), [t.get_private_state() for t in trainers]
+    def snapshot() -> dict[str, np.ndarray]:
+        return {"table": state["table"].copy(), **_flat_states([t.get_private_state() for t in trainers])}
 
-    def restore(saved: tuple[np.ndarray, list[dict[str, np.ndarray]]] | None) -> None:
-        if saved is None:
-            return
-        state["table"] = saved[0]
-        for trainer, private in zip(trainers, saved[1]):
+    def restore(arrays: Mapping[str, np.ndarray]) -> None:
+        if arrays["table"].shape != state["table"].shape:
+            raise ValueError(f"saved entity table has shape {arrays['table'].shape}, expected {state['table'].shape}")
+        state["table"] = np.array(arrays["table"], dtype=state["table"].dtype)
+        for trainer, private in zip(trainers, _client_states(arrays, len(trainers))):
             trainer.set_private_state(private)
         send_rows()
 
@@ -331,10 +407,11 @@ def run_fede_in_process(
         snapshot=snapshot,
         restore=restore,
         progress=progress,
+        checkpoint=checkpoint,
     )
     if out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
-        write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
+        write_labels_tsv(Path(out_dir) / "entities.tsv", labels_in_id_order(kg.entity_to_id))
         for trainer, client in zip(trainers, kg.clients):
             _write_client_outputs(Path(out_dir), client, trainer.model, with_entities=False)
     return result
@@ -348,6 +425,7 @@ def run_collection(
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     out_dir: str | Path | None = None,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Train one model on all clients' pooled triples; validate and test per client.
 
@@ -368,24 +446,24 @@ def run_collection(
     def snapshot() -> dict[str, np.ndarray]:
         return trainer.get_private_state(include_entities=True)
 
-    def restore(state: dict[str, np.ndarray] | None) -> None:
-        if state is not None:
-            trainer.set_private_state(state)
+    def restore(state: Mapping[str, np.ndarray]) -> None:
+        trainer.set_private_state(state)
 
     result = _run_rounds(
         setting="collection",
         config=config,
         rounds=num_rounds,
         client_ids=[c.client_id for c in kg.clients],
-        train_round=lambda: {"pooled": trainer.train(config.local_epochs)},
+        train_round=lambda round_number: {"pooled": trainer.train(config.local_epochs)},
         evaluate=lambda split: [a.evaluate(trainer.model, split, config) for a in adapters],
         snapshot=snapshot,
         restore=restore,
         progress=progress,
+        checkpoint=checkpoint,
     )
     if out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", trainer.get_entity_embeddings())
-        write_labels_tsv(Path(out_dir) / "entities.tsv", _labels_in_id_order(kg.entity_to_id))
+        write_labels_tsv(Path(out_dir) / "entities.tsv", labels_in_id_order(kg.entity_to_id))
         for adapter, client in zip(adapters, kg.clients):
             _write_client_outputs(Path(out_dir), client, adapter.load_from(trainer.model), with_entities=False)
     return result
