@@ -33,10 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.kge.config import PAPER_MODELS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "FB15k-237-Fed3"
-MODELS = ("TransE", "DistMult", "ComplEx", "RotatE")
+MODELS = PAPER_MODELS
 
 
 def _cpu_seconds() -> float:

@@ -20,10 +20,12 @@ import json
 import sys
 from pathlib import Path
 
+from client.kge.config import PAPER_MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- grid-table:start -->", "<!-- grid-table:end -->"
 SPLITS = ("FB15k-237-Fed3", "FB15k-237-Fed5", "FB15k-237-Fed10", "FB15k-237-R10-FedLU")
-MODELS = ("TransE", "DistMult", "ComplEx", "RotatE")
+MODELS = PAPER_MODELS
 VARIANTS = ("simskip", "structure", "isolation", "collection")
 BASELINE_SPLITS = ("FB15k-237-Fed3",)  # isolation and collection run on this split only
 METRICS = tuple(f"standard.{m}" for m in ("mrr", "hits@1", "hits@3", "hits@10")) + tuple(

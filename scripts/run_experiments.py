@@ -43,11 +43,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from client.kge.config import add_set_option
+from client.kge.config import PAPER_MODELS, add_set_option
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
+DEFAULT_MODELS = PAPER_MODELS
 DEFAULT_DATASETS = ("../shared/data/FB15k-237-Fed3", "../shared/data/FB15k-237-R10-FedLU")
 DEFAULT_SETTINGS = ("isolation", "fede", "collection")
 CELL_FILE = "cell.json"

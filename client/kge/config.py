@@ -39,6 +39,7 @@ from simskip_core.errors import shown
 __all__ = [
     "KGE_KEYS",
     "KNOWN_NON_KGE_KEYS",
+    "PAPER_MODELS",
     "PRESETS",
     "ConfigError",
     "KGEConfig",
@@ -48,6 +49,10 @@ __all__ = [
     "to_kebab",
     "to_snake",
 ]
+
+#: The four models of FedE's paper (Chen et al., 2021), in its order: the grid's models, and the
+#: order of its table and of the benchmarks that compare models.
+PAPER_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
 
 #: Run-config keys :meth:`KGEConfig.from_run_config` skips: those of the other owners in the registry
 #: (:mod:`client.kge.registry`: the federation's, the refinement phase's, and the keys no dataclass reads).
