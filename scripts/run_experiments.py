@@ -17,8 +17,8 @@ collection}). Each cell is one run folder ``OUT/<dataset>/<model>/<setting>/``:
 
 A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE run
 (``final_metrics.json``) but no results resumes at step 2. An interrupted cell restarts from
-its last finished step; with ``--engine in-process`` the KGE step itself resumes after its last
-finished round (``<cell>/checkpoint/``, removed once the step is done). At the end (and with
+its last finished step; with ``--engine in-process`` (and always for collection) the KGE step
+itself resumes after its last finished round (``<cell>/checkpoint/``, removed once the step is done). At the end (and with
 ``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
 cell, overall test metrics of every row (FedE as trained, unrefined, refined, refined-no-skip)
 under both protocols, and the gain in points.
@@ -36,6 +36,7 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -82,13 +83,13 @@ REFINE_OUTPUTS = ("refined", "results.json", "results.md", "results.csv")
 def _reuse_kge_run(source: Path, folder: Path) -> bool:
     """Hard-link the finished KGE run ``source`` into the new cell ``folder`` (False if unfinished)."""
     import os
-    import shutil
 
     if not (source / "final_metrics.json").is_file() or (folder / "final_metrics.json").is_file():
         return False
+    from server.checkpoint import CHECKPOINT_DIR
     from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE
 
-    skip = {*REFINE_OUTPUTS, DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, CELL_FILE, "cell.log"}
+    skip = {*REFINE_OUTPUTS, DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, CELL_FILE, "cell.log", CHECKPOINT_DIR}
     shutil.copytree(
         source,
         folder,
@@ -135,22 +136,23 @@ def _kge_in_process(
     from client.kge import centralized
     from client.kge.config import KGEConfig
     from client.kge.refinement import REFINEMENT_KEYS
-    from client.kge.run_folder import RunFolder
+    from client.kge.run_folder import METRICS_CSV, METRICS_JSONL, RunFolder
     from client.kge.settings import KNOWN_NON_KGE_KEYS
     from kg_datasets import load_federated
     from kg_datasets.triples import labels_in_id_order
-    from server.checkpoint import FolderCheckpoint
+    from server.checkpoint import FolderCheckpoint, has_checkpoint
 
+    kg = load_federated(dataset, num_clients=num_clients if not Path(dataset).is_dir() else None)
     run_config = {
         **sets,
         "model": model,
         "setting": setting,
         "num-server-rounds": rounds,
+        "num-clients": len(kg.clients),
         "client-data-root": str(folder / "data"),
         "client-output-root": str(folder / "clients"),
     }
     kge_config = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
-    kg = load_federated(dataset, num_clients=num_clients if not Path(dataset).is_dir() else None)
     if not (folder / "data").exists():
         kg.write(folder / "data")
     runner = {
@@ -158,6 +160,9 @@ def _kge_in_process(
         "fede": centralized.run_fede_in_process,
         "collection": centralized.run_collection,
     }[setting]
+    if not has_checkpoint(folder):  # a fresh start: rows of an earlier attempt describe another run
+        for name in (METRICS_JSONL, METRICS_CSV):
+            (folder / name).unlink(missing_ok=True)
     run = RunFolder(folder)
     run.write_config(
         {
@@ -173,7 +178,7 @@ def _kge_in_process(
     result = runner(
         kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True), checkpoint=checkpoint
     )
-    written = {row.get("round") for row in run.metrics_rows}  # rows an interrupted attempt wrote
+    written = {row.get("round") for row in run.metrics_rows}  # rows an attempt killed after the runner wrote
     for entry in result["history"]:
         if entry["round"] in written:
             continue
@@ -286,6 +291,11 @@ def run_cell(
     else:
         state["machine_at_start"] = _machine()
     _write_json(folder / CELL_FILE, state)
+    if (folder / "final_metrics.json").is_file() and state["engine"] == "in-process":
+        from server.checkpoint import checkpoint_dir
+
+        # left by an attempt killed between final_metrics.json and its removal
+        shutil.rmtree(checkpoint_dir(folder), ignore_errors=True)
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
         if state["engine"] == "in-process":

@@ -343,14 +343,25 @@ class FolderCheckpoint:
     run_config: Mapping[str, Any]
     vocabulary: Sequence[str]
 
+    #: ``state["writer"]`` of these checkpoints: the Flower server's checkpoint of the same folder
+    #: holds other arrays, and neither may resume the other
+    WRITER = "in-process"
+
     def load(self) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
         """The saved state, or ``None`` when the folder has no checkpoint yet.
 
-        :raises CheckpointError: as :func:`load_checkpoint` (never silently starts afresh).
+        :raises CheckpointError: as :func:`load_checkpoint` (never silently starts afresh), and
+            for a checkpoint the Flower server wrote.
         """
         if not has_checkpoint(self.run_dir):
             return None
-        return load_checkpoint(self.run_dir, run_config=self.run_config, vocabulary=self.vocabulary)
+        done, arrays, state = load_checkpoint(self.run_dir, run_config=self.run_config, vocabulary=self.vocabulary)
+        if state.get("writer") != self.WRITER:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint_dir(self.run_dir) / MANIFEST_FILE}: it was written by the Flower "
+                "server (resume it with the Flower engine, or start a new run folder)"
+            )
+        return done, arrays, state
 
     def save(self, round_number: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
         """Replace the checkpoint with the state after ``round_number``."""
@@ -358,7 +369,7 @@ class FolderCheckpoint:
             self.run_dir,
             round=round_number,
             arrays=arrays,
-            state=state,
+            state={**state, "writer": self.WRITER},
             run_config=self.run_config,
             vocabulary=self.vocabulary,
         )

@@ -14,6 +14,7 @@ from server.checkpoint import (
     HARMLESS_KEYS,
     MODEL_DEFINING_KEYS,
     CheckpointError,
+    FolderCheckpoint,
     has_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -187,6 +188,21 @@ def test_no_checkpoint(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / ".manifest.json.abc.tmp").write_text("{")
     assert not has_checkpoint(tmp_path)
+
+
+def test_an_in_process_checkpoint_round_trips_and_refuses_the_flower_servers(run_dir, tmp_path_factory):
+    """FolderCheckpoint (the in-process runners') marks what it writes, and never resumes from the
+    Flower server's checkpoint of the same folder (other arrays under other names)."""
+    with pytest.raises(CheckpointError, match="written by the Flower server"):
+        FolderCheckpoint(run_dir, RUN_CONFIG, VOCAB).load()
+    own = FolderCheckpoint(tmp_path_factory.mktemp("in-process"), RUN_CONFIG, VOCAB)
+    assert own.load() is None
+    own.save(3, _arrays(), _state())
+    done, arrays, state = own.load()
+    assert done == 3 and state == {**_state(), "writer": "in-process"}
+    assert arrays["entity-table"].tobytes() == _arrays()["entity-table"].tobytes()
+    own.remove()
+    assert not has_checkpoint(own.run_dir) and own.load() is None
 
 
 def test_unsaveable_input_writes_nothing(tmp_path):

@@ -273,6 +273,20 @@ def test_an_interrupted_run_resumes_after_its_last_round_and_ends_as_an_uninterr
     ]
     assert resumed["best_round"] == whole["best_round"] and resumed["rounds_trained"] == 3
     assert resumed["test"] == whole["test"]
-    # a checkpoint never resumes a run with another model-defining setting
+    # a checkpoint never resumes a run with another model-defining setting, nor another partition
     with pytest.raises(CheckpointError, match="embedding-dim"):
         runner(kinships, config, 3, progress=lambda line: None, checkpoint=checkpoint("parts", {"embedding-dim": 32}))
+    if runner is not run_collection:
+        from kg_datasets import load_federated
+
+        with pytest.raises(ValueError, match="holds 3 clients' states, this run has 2 clients"):
+            runner(load_federated("Kinships", num_clients=2, seed=0), config, 3, checkpoint=checkpoint("parts"))
+
+
+def test_an_update_hook_is_not_combined_with_a_checkpoint(kinships, tmp_path) -> None:
+    from server.checkpoint import FolderCheckpoint
+
+    with pytest.raises(ValueError, match="update_hook"):
+        run_fede_in_process(
+            kinships, fast(), 1, update_hook=lambda *args: args[3], checkpoint=FolderCheckpoint(tmp_path, {}, [])
+        )

@@ -83,13 +83,18 @@ def _flat_states(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
 
 
 def _client_states(arrays: Mapping[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
-    """The inverse of :func:`_flat_states` for ``count`` clients."""
-    states: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    """The inverse of :func:`_flat_states` for ``count`` clients.
+
+    :raises ValueError: the arrays hold another number of clients (a state of another partition).
+    """
+    by_index: dict[int, dict[str, np.ndarray]] = {}
     for name, value in arrays.items():
         if name.startswith("client/"):
             index, key = name[len("client/") :].split("/", 1)
-            states[int(index)][key] = value
-    return states
+            by_index.setdefault(int(index), {})[key] = value
+    if sorted(by_index) != list(range(count)):
+        raise ValueError(f"the saved state holds {len(by_index)} clients' states, this run has {count} clients")
+    return [by_index[index] for index in range(count)]
 
 
 def _with_prefix(arrays: Mapping[str, np.ndarray] | None, prefix: str) -> dict[str, np.ndarray]:
@@ -288,7 +293,8 @@ def run_isolation(
     :param out_dir: if given, the best round's embeddings are written there (atomically):
         ``clients/<k>/{entity_embeddings.npy, entities.tsv, relation_embeddings.npz, relations.tsv}``.
     :param checkpoint: saves the state after every round and resumes from it
-        (:class:`RoundCheckpoint`); ``None``: nothing is kept between processes.
+        (:class:`RoundCheckpoint`); ``None``: nothing is kept between processes. (Not with
+        :func:`run_fede_in_process`'s ``update_hook``, whose own state a checkpoint cannot hold.)
     :returns: ``{"setting", "config", "rounds_trained", "best_round", "history", "test": {"overall",
         "clients": {id: metrics}}, ...}`` (JSON-able).
     """
@@ -358,6 +364,8 @@ def run_fede_in_process(
     per-row rule (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a
     client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
     """
+    if update_hook is not None and checkpoint is not None:
+        raise ValueError("run_fede_in_process: an update_hook's own state (e.g. its RNG) is not checkpointed")
     require_global_ids(kg)
     device = resolve_device(device)
     table = initial_entity_table(config, kg.num_entities, seed=config.seed)
