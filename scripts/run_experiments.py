@@ -18,8 +18,8 @@ collection}). Each cell is one run folder ``OUT/<dataset>/<model>/<setting>/``:
 A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE run
 (``final_metrics.json``) but no results resumes at step 2. An interrupted cell restarts from
 its last finished step; with ``--engine in-process`` (and always for collection) the KGE step
-itself resumes after its last finished round (``<cell>/checkpoint/``, removed once the step is done). At the end (and with
-``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
+itself resumes after its last finished round (``<cell>/checkpoint/``, removed once the step is
+done). At the end (and with ``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
 cell, overall test metrics of every row (FedE as trained, unrefined, refined, refined-no-skip)
 under both protocols, and the gain in points.
 
@@ -186,8 +186,7 @@ def _kge_in_process(
         if "valid" in entry:
             row["valid"], row["valid_overall"] = entry["valid"]["clients"], entry["valid"]["overall"]
         run.append_metrics(row)
-    run.write_final_metrics(result)
-    checkpoint.remove()  # final_metrics.json and the embeddings hold what the cell needs now
+    run.write_final_metrics(result)  # the checkpoint is removed by run_cell from now on
 
 
 def _kge_flower(
@@ -291,11 +290,6 @@ def run_cell(
     else:
         state["machine_at_start"] = _machine()
     _write_json(folder / CELL_FILE, state)
-    if (folder / "final_metrics.json").is_file() and state["engine"] == "in-process":
-        from server.checkpoint import checkpoint_dir
-
-        # left by an attempt killed between final_metrics.json and its removal
-        shutil.rmtree(checkpoint_dir(folder), ignore_errors=True)
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
         if state["engine"] == "in-process":
@@ -314,6 +308,12 @@ def run_cell(
         state["run_seconds"] = round(seconds, 1)
         state["machine_after_kge"] = _machine()
         _write_json(folder / CELL_FILE, state)
+    if state["engine"] == "in-process":
+        from server.checkpoint import remove_checkpoint
+
+        # final_metrics.json and the embeddings hold what the cell needs now; here, not in the KGE
+        # step, so that a checkpoint left by an attempt killed just after that file goes too
+        remove_checkpoint(folder)
     if not (folder / "results.json").is_file():
         from server.downstream import refine_run_folder
 

@@ -57,6 +57,7 @@ __all__ = [
     "has_checkpoint",
     "load_checkpoint",
     "model_defining_values",
+    "remove_checkpoint",
     "save_checkpoint",
     "vocabulary_digest",
 ]
@@ -328,6 +329,11 @@ def load_checkpoint(
     return int(manifest["round"]), arrays, dict(manifest["state"])
 
 
+def remove_checkpoint(run_dir: str | Path) -> None:
+    """Delete ``<run_dir>/checkpoint/``, once the run's outputs hold what the checkpoint held."""
+    shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- in-process runs
 @dataclasses.dataclass
 class FolderCheckpoint:
@@ -373,7 +379,3 @@ class FolderCheckpoint:
             run_config=self.run_config,
             vocabulary=self.vocabulary,
         )
-
-    def remove(self) -> None:
-        """Delete ``<run_dir>/checkpoint/`` (once the run's outputs are written)."""
-        shutil.rmtree(checkpoint_dir(self.run_dir), ignore_errors=True)

@@ -17,6 +17,7 @@ from server.checkpoint import (
     FolderCheckpoint,
     has_checkpoint,
     load_checkpoint,
+    remove_checkpoint,
     save_checkpoint,
 )
 
@@ -201,7 +202,7 @@ def test_an_in_process_checkpoint_round_trips_and_refuses_the_flower_servers(run
     done, arrays, state = own.load()
     assert done == 3 and state == {**_state(), "writer": "in-process"}
     assert arrays["entity-table"].tobytes() == _arrays()["entity-table"].tobytes()
-    own.remove()
+    remove_checkpoint(own.run_dir)
     assert not has_checkpoint(own.run_dir) and own.load() is None
 
 
