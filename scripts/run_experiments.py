@@ -19,7 +19,8 @@ A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE 
 (``final_metrics.json``) but no results resumes at step 2. An interrupted cell restarts from
 its last finished step; with ``--engine in-process`` (and always for collection) the KGE step
 itself resumes after its last finished round (``<cell>/checkpoint/``, removed once the step is
-done). At the end (and with ``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
+done), and step 2 after its last finished unit (the SimSkip rounds, then each client's downstream
+record: ``<cell>/refine_checkpoint/``, removed with the report). At the end (and with ``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
 cell, overall test metrics of every row (FedE as trained, unrefined, refined, refined-no-skip)
 under both protocols, and the gain in points.
 
@@ -86,10 +87,11 @@ def _reuse_kge_run(source: Path, folder: Path) -> bool:
 
     if not (source / "final_metrics.json").is_file() or (folder / "final_metrics.json").is_file():
         return False
-    from server.checkpoint import CHECKPOINT_DIR
+    from server.checkpoint import CHECKPOINT_DIR, REFINE_CHECKPOINT_DIR
     from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE
 
-    skip = {*REFINE_OUTPUTS, DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, CELL_FILE, "cell.log", CHECKPOINT_DIR}
+    skip = {*REFINE_OUTPUTS, DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, CELL_FILE, "cell.log"}
+    skip |= {CHECKPOINT_DIR, REFINE_CHECKPOINT_DIR}
     shutil.copytree(
         source,
         folder,
@@ -290,14 +292,17 @@ def run_cell(
     else:
         state["machine_at_start"] = _machine()
     _write_json(folder / CELL_FILE, state)
+    kge_seconds = None
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
         if state["engine"] == "in-process":
             _kge_in_process(folder, dataset, model, setting, rounds, sets, num_clients)
         else:
             _kge_flower(folder, dataset, model, setting, rounds, sets, num_clients, timeout)
-        seconds = time.perf_counter() - started
-        final = _read_json(folder / "final_metrics.json") or {}
+        kge_seconds = time.perf_counter() - started
+    final = _read_json(folder / "final_metrics.json") or {}
+    if kge_seconds is not None:
+        seconds = kge_seconds
         if final.get("resumed_after_round") is not None:  # add the rounds an interrupted attempt ran
             state["kge_resumed_after_round"] = final["resumed_after_round"]
             seconds += sum(
@@ -316,14 +321,17 @@ def run_cell(
         remove_checkpoint(folder)
     if not (folder / "results.json").is_file():
         from server.downstream import refine_run_folder
+        from server.report import DOWNSTREAM_FILE
 
         started = time.perf_counter()
         refine_run_folder(folder, sets)
-        state["refine_seconds"] = round(time.perf_counter() - started, 1)
+        seconds = time.perf_counter() - started
+        # a resumed refine step restores what an interrupted attempt finished: add its seconds
+        restored = (_read_json(folder / DOWNSTREAM_FILE) or {}).get("restored_from_checkpoint", {})
+        state["refine_seconds"] = round(seconds + restored.get("seconds", 0.0), 1)
     state["machine_at_end"] = _machine()
     state["device"] = state["machine_at_end"]["device"]
     state["load_average"] = state["machine_at_start"]["load_average"]
-    final = _read_json(folder / "final_metrics.json") or {}
     # the in-process runners write ``rounds_trained``, the Flower ServerApp ``rounds_run``
     state["kge_rounds_run"] = final.get("rounds_trained", final.get("rounds_run"))
     state["kge_best_round"] = final.get("best_round")

@@ -51,6 +51,7 @@ __all__ = [
     "HARMLESS_KEYS",
     "MANIFEST_FILE",
     "MODEL_DEFINING_KEYS",
+    "REFINE_CHECKPOINT_DIR",
     "CheckpointError",
     "FolderCheckpoint",
     "checkpoint_dir",
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 CHECKPOINT_DIR = "checkpoint"
+#: the folder in which :func:`server.downstream.refine_run_folder` keeps its finished steps
+#: (its own units, not this module's rounds; named here beside the KGE checkpoint's folder)
+REFINE_CHECKPOINT_DIR = "refine_checkpoint"
 MANIFEST_FILE = "manifest.json"
 ARRAYS_PATTERN = "state-r{:06d}.npz"
 #: the arrays of a checkpoint written after KGE round r, at step s of a later phase (SimSkip round s)

@@ -23,6 +23,11 @@ client's record: per protocol, seed and row the test metrics, valid curve and di
 the valid-only choice of the refined setting), ``downstream_rr.npz`` (per-triple reciprocal
 ranks), ``refined/<k>/<variant>.npy`` (every encoder's output, local-id order), and the report files.
 
+Resume: the phase takes tens of minutes on FB15k-237 splits, so what it finishes is kept in
+``refine_checkpoint/`` while it runs (the SimSkip rounds' outcome, then each client's downstream
+record as it ends) and removed with the report. Run the same command again after a crash and it
+goes on from there; a checkpoint written under another config is discarded, with a log line.
+
 Usage: ``python -m server.downstream RUN_DIR [--set simskip-rounds=5 ...]``.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -46,7 +52,8 @@ from client.kge.run_folder import atomic_write_text, save_npy_atomic
 from client.kge.settings import FederationSettings
 from client.kge.structure_view import StructureViewError, client_structure_view
 from kg_datasets import load_client_folder
-from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, save_ranks, write_report
+from server.checkpoint import REFINE_CHECKPOINT_DIR
+from server.report import DOWNSTREAM_FILE, RANKS_FILE, SIMSKIP_METRICS_FILE, load_ranks, save_ranks, write_report
 
 __all__ = ["RunFolderError", "load_client_inputs", "main", "refine_run_folder", "write_downstream_and_report"]
 
@@ -158,24 +165,32 @@ def refine_run_folder(
             + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items())
         )
 
-    settings = FederationSettings.from_run_config(run_config)
-    result = run_refinement(
-        {name: item["rows"] for name, item in inputs.items()},
-        refinement,
-        on_round_end=on_round,
-        aggregation=settings.aggregation,
-        aggregation_trim=settings.aggregation_trim,
-        row_views=_row_views(inputs, kge_config, refinement) if refinement.uses_row_view else None,
-    )
-    simskip_seconds = time.perf_counter() - started
-    for name, variants in result.refined.items():
-        for variant, rows in variants.items():
-            save_npy_atomic(run_dir / "refined" / name / f"{variant}.npy", rows)
+    checkpoint = _RefineCheckpoint(run_dir, {"run_config": run_config, "kge": kge_config.to_run_config()}, log)
+    refined = checkpoint.load_refined({name: item["rows"].shape for name, item in inputs.items()})
+    if refined is None:
+        settings = FederationSettings.from_run_config(run_config)
+        result = run_refinement(
+            {name: item["rows"] for name, item in inputs.items()},
+            refinement,
+            on_round_end=on_round,
+            aggregation=settings.aggregation,
+            aggregation_trim=settings.aggregation_trim,
+            row_views=_row_views(inputs, kge_config, refinement) if refinement.uses_row_view else None,
+        )
+        refined = result.refined
+        checkpoint.save_refined(refined, time.perf_counter() - started)
+    simskip_seconds = checkpoint.simskip_seconds
 
     records: dict[str, dict[str, Any]] = {}
     ranks: dict[str, dict[str, np.ndarray]] = {}
-    started = time.perf_counter()
+    downstream_seconds = 0.0
     for name, item in inputs.items():
+        restored = checkpoint.load_client(name)
+        if restored is not None:
+            records[name], ranks[name], seconds = restored
+            downstream_seconds += seconds
+            continue
+        started = time.perf_counter()
         relation_state = item["relation_state"]
         if relation_state is not None and not relations_fit(item["graph"], kge_config, relation_state):
             log(f"client {name}: its relations do not fit its model (pooled id space): no as-trained protocol")
@@ -184,13 +199,16 @@ def refine_run_folder(
             item["graph"],
             kge_config,
             item["rows"],
-            result.refined[name],
+            refined[name],
             refinement,
             relation_state=relation_state,
             device=device,
             log=lambda line: log(f"[downstream] {line}"),
         )
-    return write_downstream_and_report(
+        seconds = time.perf_counter() - started
+        downstream_seconds += seconds
+        checkpoint.save_client(name, records[name], ranks[name], seconds)
+    written = write_downstream_and_report(
         run_dir,
         records,
         ranks,
@@ -199,10 +217,110 @@ def refine_run_folder(
         setting=str(run_config.get("setting", "?")),
         extra={
             "simskip_seconds": round(simskip_seconds, 3),
-            "downstream_seconds": round(time.perf_counter() - started, 3),
+            "downstream_seconds": round(downstream_seconds, 3),
             "source": "refine-only",
+            **({"restored_from_checkpoint": checkpoint.restored} if checkpoint.restored else {}),
         },
     )
+    checkpoint.remove()
+    return written
+
+
+class _RefineCheckpoint:
+    """What an unfinished :func:`refine_run_folder` completed, in ``<run_dir>/refine_checkpoint/``.
+
+    Written here rather than through :mod:`server.checkpoint` (the KGE rounds' checkpoint): the
+    units are different (the SimSkip outcome, then one downstream record per client), each is
+    written once, atomically, and a unit is used only when ``key`` (the run and KGE config) is the
+    one it was written under.
+
+    :param run_dir: the run folder.
+    :param key: the config the units must have been written under (JSON-able).
+    :param log: receives one line per restored or discarded unit.
+    """
+
+    def __init__(self, run_dir: Path, key: Mapping[str, Any], log: Any) -> None:
+        self.folder = run_dir / REFINE_CHECKPOINT_DIR
+        self.refined_dir = run_dir / "refined"
+        self.key = json.loads(json.dumps(key, sort_keys=True))
+        self.log = log
+        self.simskip_seconds = 0.0
+        #: ``{"simskip": True, "clients": [...], "seconds": s}``: the units this call restored instead
+        #: of running, and the seconds they took in the earlier call(s).
+        self.restored: dict[str, Any] = {}
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        try:
+            unit = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            self.log(f"{path}: unreadable ({error}); running that step again")
+            return None
+        if unit.get("key") != self.key:
+            self.log(f"{path}: written under another config; running that step again")
+            return None
+        return unit
+
+    def load_refined(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, np.ndarray]] | None:
+        """The SimSkip phase's ``{client: {variant: rows}}`` if an earlier call finished it."""
+        unit = self._read("simskip.json")
+        if unit is None:
+            return None
+        refined: dict[str, dict[str, np.ndarray]] = {}
+        try:
+            for name, variants in unit["variants"].items():
+                refined[name] = {v: np.load(self.refined_dir / name / f"{v}.npy") for v in variants}
+        except (OSError, ValueError) as error:
+            self.log(f"{self.folder / 'simskip.json'}: refined rows unreadable ({error}); running SimSkip again")
+            return None
+        if set(refined) != set(shapes) or any(r.shape != shapes[n] for n, v in refined.items() for r in v.values()):
+            self.log(
+                f"{self.folder / 'simskip.json'}: refined rows do not match the clients' rows; running SimSkip again"
+            )
+            return None
+        self.simskip_seconds = float(unit["seconds"])
+        self.restored["simskip"] = True
+        self.restored["seconds"] = self.restored.get("seconds", 0.0) + self.simskip_seconds
+        self.log(f"SimSkip phase restored from {self.folder} (ran {self.simskip_seconds:.1f}s in an earlier call)")
+        return refined
+
+    def save_refined(self, refined: Mapping[str, Mapping[str, np.ndarray]], seconds: float) -> None:
+        """Write every encoder's output to ``refined/`` and then the unit that vouches for them."""
+        for name, variants in refined.items():
+            for variant, rows in variants.items():
+                save_npy_atomic(self.refined_dir / name / f"{variant}.npy", rows)
+        self.simskip_seconds = seconds
+        unit = {"key": self.key, "seconds": seconds, "variants": {n: sorted(v) for n, v in refined.items()}}
+        atomic_write_text(self.folder / "simskip.json", json.dumps(unit) + "\n")
+
+    def load_client(self, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray], float] | None:
+        """Client ``name``'s downstream ``(record, reciprocal ranks, seconds)`` if an earlier call finished it."""
+        unit = self._read(f"client-{name}.json")
+        if unit is None:
+            return None
+        try:
+            ranks = load_ranks(self.folder / f"client-{name}.npz")[name]
+        except (KeyError, ValueError) as error:  # ReportInputError is a ValueError
+            self.log(f"{self.folder / f'client-{name}.npz'}: unreadable ({error}); running client {name} again")
+            return None
+        self.restored.setdefault("clients", []).append(name)
+        self.restored["seconds"] = self.restored.get("seconds", 0.0) + float(unit["seconds"])
+        self.log(f"client {name}: downstream record restored from {self.folder} ({unit['seconds']:.1f}s earlier)")
+        return unit["record"], ranks, float(unit["seconds"])
+
+    def save_client(
+        self, name: str, record: Mapping[str, Any], ranks: Mapping[str, np.ndarray], seconds: float
+    ) -> None:
+        """Keep client ``name``'s finished downstream record (the ranks first, then the unit)."""
+        save_ranks(self.folder / f"client-{name}.npz", {name: ranks})
+        unit = {"key": self.key, "seconds": seconds, "record": record}
+        atomic_write_text(self.folder / f"client-{name}.json", json.dumps(unit) + "\n")
+
+    def remove(self) -> None:
+        """Drop the folder once ``downstream.json`` and the report hold everything."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _row_views(

@@ -183,3 +183,92 @@ def test_bench_downstream_times_each_protocol_on_the_folder(run_dir, tmp_path) -
     for entry in report["protocols"].values():
         assert entry["seconds"] > 0 and set(entry["clients"]) == {"0", "1"}
         assert set(entry["clients"]["0"]["rows"]) >= {"unrefined", "refined", "perturbed"}
+
+
+def _without_seconds(value):
+    """``value`` with every ``seconds`` key dropped (wall-clock figures differ between two runs)."""
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
+
+
+def test_an_interrupted_refine_resumes_after_its_last_finished_unit(run_dir, refined, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import server.downstream as downstream
+    from server.checkpoint import REFINE_CHECKPOINT_DIR
+
+    source, _ = run_dir
+    folder = tmp_path / "run"
+    outputs = {"refined", "results.json", "results.md", "results.csv", "downstream.json", "downstream_rr.npz"}
+    shutil.copytree(source, folder, ignore=lambda _d, names: [n for n in names if n in outputs or n.endswith(".png")])
+    config = json.loads((folder / "config.json").read_text())
+    config["run_config"]["client-output-root"] = str(folder / "clients")
+    (folder / "config.json").write_text(json.dumps(config))
+    evaluate = downstream.evaluate_client_rows
+    evaluated: list[int] = []
+
+    def dies_on_the_second_client(graph, *args, **kwargs):
+        evaluated.append(graph.num_entities)
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt("killed")  # what a SIGINT does mid-client
+        return evaluate(graph, *args, **kwargs)
+
+    monkeypatch.setattr(downstream, "evaluate_client_rows", dies_on_the_second_client)
+    with pytest.raises(KeyboardInterrupt):
+        refine_run_folder(folder, device="cpu", log=lambda line: None)
+    checkpoint = folder / REFINE_CHECKPOINT_DIR
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["client-0.json", "client-0.npz", "simskip.json"]
+    assert not (folder / "downstream.json").exists()
+
+    # the rerun trains no encoder and evaluates only client 1
+    def no_simskip(*args, **kwargs):
+        raise AssertionError("the SimSkip phase ran again")
+
+    def counted(graph, *args, **kwargs):
+        evaluated.append(graph.num_entities)
+        return evaluate(graph, *args, **kwargs)
+
+    monkeypatch.setattr(downstream, "run_refinement", no_simskip)
+    monkeypatch.setattr(downstream, "evaluate_client_rows", counted)
+    evaluated.clear()
+    lines: list[str] = []
+    refine_run_folder(folder, device="cpu", log=lines.append)
+    assert len(evaluated) == 1
+    assert any("SimSkip phase restored" in line for line in lines)
+    assert any("client 0: downstream record restored" in line for line in lines)
+    assert not checkpoint.exists()
+    resumed = json.loads((folder / "downstream.json").read_text())
+    whole = json.loads((source / "downstream.json").read_text())
+    assert resumed["restored_from_checkpoint"]["simskip"] is True
+    assert resumed["restored_from_checkpoint"]["clients"] == ["0"]
+    assert resumed["restored_from_checkpoint"]["seconds"] > 0
+    # the same records as the uninterrupted run of the same folder
+    assert _without_seconds(resumed["clients"]) == _without_seconds(whole["clients"])
+    tables = [json.loads((f / "results.json").read_text())["protocols"] for f in (folder, source)]
+    assert _without_seconds(tables[0]) == _without_seconds(tables[1])
+
+
+def test_a_refine_checkpoint_of_another_config_is_discarded(tmp_path) -> None:
+    import numpy as np
+
+    from server.downstream import _RefineCheckpoint
+
+    folder = tmp_path / "run"
+    rows = {"0": {"refined": np.ones((3, 2), dtype="float32")}}
+    written = _RefineCheckpoint(folder, {"run_config": {"refit-epochs": 2}}, log=lambda line: None)
+    written.save_refined(rows, 1.5)
+    written.save_client("0", {"protocols": {}}, {"x": np.zeros(2)}, 2.0)
+    lines: list[str] = []
+    same = _RefineCheckpoint(folder, {"run_config": {"refit-epochs": 2}}, log=lines.append)
+    assert same.load_refined({"0": (3, 2)})["0"]["refined"].shape == (3, 2)
+    assert same.load_client("0")[2] == 2.0 and same.restored["seconds"] == 3.5
+    assert same.load_refined({"0": (4, 2)}) is None  # rows of another shape: SimSkip runs again
+    assert "do not match" in lines[-1]
+    other = _RefineCheckpoint(folder, {"run_config": {"refit-epochs": 3}}, log=lines.append)
+    assert other.load_refined({"0": (3, 2)}) is None and other.load_client("0") is None
+    assert "written under another config" in lines[-1] and other.restored == {}
+    (folder / "refine_checkpoint" / "client-0.json").write_text("{not json")
+    assert same.load_client("0") is None and "unreadable" in lines[-1]
