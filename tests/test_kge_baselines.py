@@ -261,6 +261,11 @@ def test_an_interrupted_run_resumes_after_its_last_round_and_ends_as_an_uninterr
 
     with pytest.raises(_Interrupt):
         runner(kinships, config, 3, progress=stop_after_round_2, checkpoint=checkpoint("parts"))
+    # the current state keeps Adam's moments (to train on), the best round's does not (tested only)
+    _, arrays, _ = checkpoint("parts").load()
+    assert any("optimizer/" in name for name in arrays if name.startswith("now/"))
+    assert any(name.startswith("best/") for name in arrays)
+    assert not any("optimizer/" in name for name in arrays if name.startswith("best/"))
     lines: list[str] = []
     resumed = runner(kinships, config, 3, progress=lines.append, checkpoint=checkpoint("parts"))
 

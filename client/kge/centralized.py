@@ -42,7 +42,7 @@ from client.kge.models import (
 )
 from client.kge.round_engine import RoundEngine
 from client.kge.run_folder import atomic_write_bytes, save_npy_atomic, write_labels_tsv
-from client.kge.training import LocalTrainer, resolve_device
+from client.kge.training import OPTIMIZER_PREFIX, LocalTrainer, resolve_device
 from kg_datasets.triples import labels_in_id_order
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -240,7 +240,12 @@ class _InProcessSteps:
         return self._entry["valid"]["overall"]["mrr"]
 
     def keep_best(self, round_number: int) -> None:
-        self.best_snapshot = self.snapshot()
+        # the best round's state is only restored for the test and the outputs, never trained
+        # on: its optimizer moments (Adam's two per parameter) would only fill memory and the
+        # checkpoint (a third of its size)
+        self.best_snapshot = {
+            name: value for name, value in self.snapshot().items() if f"/{OPTIMIZER_PREFIX}" not in f"/{name}"
+        }
 
     def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
         rounds, stopper = self.engine.num_rounds, self.engine.stopper
