@@ -34,6 +34,7 @@ Usage: ``python -m server.downstream RUN_DIR [--set simskip-rounds=5 ...]``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -165,9 +166,11 @@ def refine_run_folder(
             + " ".join(f"{v}={x:.4f}" for v, x in record["simskip_loss_overall"].items())
         )
 
-    checkpoint = _RefineCheckpoint(run_dir, {"run_config": run_config, "kge": kge_config.to_run_config()}, log)
+    key = {"run_config": run_config, "kge": kge_config.to_run_config(), "inputs": _input_digests(inputs)}
+    checkpoint = _RefineCheckpoint(run_dir, key, log)
     refined = checkpoint.load_refined({name: item["rows"].shape for name, item in inputs.items()})
     if refined is None:
+        checkpoint.remove()  # the clients' units were computed from the SimSkip outcome now replaced
         settings = FederationSettings.from_run_config(run_config)
         result = run_refinement(
             {name: item["rows"] for name, item in inputs.items()},
@@ -226,16 +229,30 @@ def refine_run_folder(
     return written
 
 
+def _input_digests(inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Per client, a SHA-1 of its rows and trained relations: a checkpoint unit of the same config
+    but of other inputs (the KGE step trained again in the same folder) is never restored."""
+    digests = {}
+    for name, item in inputs.items():
+        digest = hashlib.sha1(np.ascontiguousarray(item["rows"]).tobytes())
+        for key, value in sorted((item["relation_state"] or {}).items()):
+            digest.update(key.encode("utf-8"))
+            digest.update(np.ascontiguousarray(value).tobytes())
+        digests[name] = digest.hexdigest()
+    return digests
+
+
 class _RefineCheckpoint:
     """What an unfinished :func:`refine_run_folder` completed, in ``<run_dir>/refine_checkpoint/``.
 
     Written here rather than through :mod:`server.checkpoint` (the KGE rounds' checkpoint): the
     units are different (the SimSkip outcome, then one downstream record per client), each is
-    written once, atomically, and a unit is used only when ``key`` (the run and KGE config) is the
-    one it was written under.
+    written once, atomically, and a unit is used only when ``key`` (the run and KGE config and the
+    inputs' digests) is the one it was written under. A unit's ``.json`` is written last and
+    removed before its data is rewritten, so it never vouches for data of another call.
 
     :param run_dir: the run folder.
-    :param key: the config the units must have been written under (JSON-able).
+    :param key: what the units must have been written under (JSON-able).
     :param log: receives one line per restored or discarded unit.
     """
 
@@ -258,7 +275,10 @@ class _RefineCheckpoint:
         except (OSError, ValueError) as error:
             self.log(f"{path}: unreadable ({error}); running that step again")
             return None
-        if unit.get("key") != self.key:
+        if not isinstance(unit, dict) or not {"key", "seconds"} <= set(unit):
+            self.log(f"{path}: not a unit of this format; running that step again")
+            return None
+        if unit["key"] != self.key:
             self.log(f"{path}: written under another config; running that step again")
             return None
         return unit
@@ -272,7 +292,7 @@ class _RefineCheckpoint:
         try:
             for name, variants in unit["variants"].items():
                 refined[name] = {v: np.load(self.refined_dir / name / f"{v}.npy") for v in variants}
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, KeyError, AttributeError) as error:
             self.log(f"{self.folder / 'simskip.json'}: refined rows unreadable ({error}); running SimSkip again")
             return None
         if set(refined) != set(shapes) or any(r.shape != shapes[n] for n, v in refined.items() for r in v.values()):
@@ -288,6 +308,7 @@ class _RefineCheckpoint:
 
     def save_refined(self, refined: Mapping[str, Mapping[str, np.ndarray]], seconds: float) -> None:
         """Write every encoder's output to ``refined/`` and then the unit that vouches for them."""
+        (self.folder / "simskip.json").unlink(missing_ok=True)
         for name, variants in refined.items():
             for variant, rows in variants.items():
                 save_npy_atomic(self.refined_dir / name / f"{variant}.npy", rows)
@@ -300,10 +321,14 @@ class _RefineCheckpoint:
         unit = self._read(f"client-{name}.json")
         if unit is None:
             return None
+        archive = self.folder / f"client-{name}.npz"
         try:
-            ranks = load_ranks(self.folder / f"client-{name}.npz")[name]
-        except (KeyError, ValueError) as error:  # ReportInputError is a ValueError
-            self.log(f"{self.folder / f'client-{name}.npz'}: unreadable ({error}); running client {name} again")
+            if "record" not in unit or not archive.is_file():
+                raise ValueError("no record or no ranks")
+            # a client whose every protocol was skipped has no ranks: an archive without entries
+            ranks = load_ranks(archive).get(name, {})
+        except ValueError as error:  # ReportInputError is a ValueError
+            self.log(f"{archive}: unreadable ({error}); running client {name} again")
             return None
         self.restored.setdefault("clients", []).append(name)
         self.restored["seconds"] = self.restored.get("seconds", 0.0) + float(unit["seconds"])
@@ -314,6 +339,7 @@ class _RefineCheckpoint:
         self, name: str, record: Mapping[str, Any], ranks: Mapping[str, np.ndarray], seconds: float
     ) -> None:
         """Keep client ``name``'s finished downstream record (the ranks first, then the unit)."""
+        (self.folder / f"client-{name}.json").unlink(missing_ok=True)
         save_ranks(self.folder / f"client-{name}.npz", {name: ranks})
         unit = {"key": self.key, "seconds": seconds, "record": record}
         atomic_write_text(self.folder / f"client-{name}.json", json.dumps(unit) + "\n")

@@ -272,3 +272,18 @@ def test_a_refine_checkpoint_of_another_config_is_discarded(tmp_path) -> None:
     assert "written under another config" in lines[-1] and other.restored == {}
     (folder / "refine_checkpoint" / "client-0.json").write_text("{not json")
     assert same.load_client("0") is None and "unreadable" in lines[-1]
+
+
+def test_the_refine_checkpoint_key_names_the_inputs() -> None:
+    """Same config, rows trained again: another key, so nothing of the earlier call is restored."""
+    import numpy as np
+
+    from server.downstream import _input_digests
+
+    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+    relations = {"model/relation": np.ones((2, 2), dtype=np.float32)}
+    first = _input_digests({"0": {"rows": rows, "relation_state": relations}})
+    assert first == _input_digests({"0": {"rows": rows.copy(), "relation_state": dict(relations)}})
+    assert first != _input_digests({"0": {"rows": rows + 1e-6, "relation_state": relations}})
+    assert first != _input_digests({"0": {"rows": rows, "relation_state": {"model/relation": np.zeros((2, 2))}}})
+    assert first != _input_digests({"0": {"rows": rows, "relation_state": None}})

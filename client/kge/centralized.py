@@ -242,7 +242,7 @@ class _InProcessSteps:
     def keep_best(self, round_number: int) -> None:
         # the best round's state is only restored for the test and the outputs, never trained
         # on: its optimizer moments (Adam's two per parameter) would only fill memory and the
-        # checkpoint (a third of its size)
+        # checkpoint (most of the best state; with Adam, a third of the whole checkpoint)
         self.best_snapshot = {
             name: value for name, value in self.snapshot().items() if f"/{OPTIMIZER_PREFIX}" not in f"/{name}"
         }
