@@ -20,7 +20,8 @@ A cell whose ``cell.json`` says ``done`` is skipped; a cell with a finished KGE 
 its last finished step; with ``--engine in-process`` (and always for collection) the KGE step
 itself resumes after its last finished round (``<cell>/checkpoint/``, removed once the step is
 done), and step 2 after its last finished unit (the SimSkip phase as a whole, then each client's
-downstream record: ``<cell>/refine_checkpoint/``, removed with the report). At the end (and with ``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
+downstream record: ``<cell>/refine_checkpoint/``, removed with the report). At the end (and with
+``--assemble-only``) the cells found are assembled into ``OUT/grid.{md,csv,json}``: one line per
 cell, overall test metrics of every row (FedE as trained, unrefined, refined, refined-no-skip)
 under both protocols, and the gain in points.
 
@@ -325,7 +326,7 @@ def run_cell(
         # the refine step removes its checkpoint after the report; one left by a failure after
         # results.json (while plotting) would otherwise stay, as the step is not run again
         shutil.rmtree(folder / REFINE_CHECKPOINT_DIR, ignore_errors=True)
-    if not (folder / "results.json").is_file():
+    else:
         from server.downstream import refine_run_folder
         from server.report import DOWNSTREAM_FILE
 
