@@ -51,6 +51,13 @@ PROTOCOL_CAPTION = (
     "Every downstream protocol: overall MRR gain of the refined rows over the unrefined ones, in points, with the"
     " 95 % paired-bootstrap interval over test triples, and the verdict (standard / FedE protocol)."
 )
+SUMMARY_CAPTION = (
+    "At a glance, test split, client `overall`: FedE's standard MRR (x100, as trained, mean over seeds) and, per"
+    " downstream protocol, the standard-MRR gain of FedE + SimSkip over FedE in points with the evaluator's"
+    " verdict (**gain**, loss, or no mark for nothing; defined under the next table); `structure`: the"
+    " structure-aware view, as trained; a dash where the cell did not run. Intervals and the FedE protocol in the"
+    " protocol table below."
+)
 TIME_CAPTION = (
     "Wall time per cell, as `cell.json` records it: `run_seconds` (the KGE run), `refine_seconds` (SimSkip and"
     " the downstream protocols), the device and the load average; minutes, 1 decimal."
@@ -124,13 +131,13 @@ def missing_cells(cells: dict) -> str:
     return "not run: " + ("; ".join(parts) if parts else "none") + "."
 
 
-def _stat(results: dict, label: str, row: str, metric: str) -> str:
-    """``mean ± std`` x100 of a row's overall metric in one protocol, or a dash."""
+def _stat(results: dict, label: str, row: str, metric: str, std: bool = True) -> str:
+    """``mean ± std`` x100 (``mean`` alone unless ``std``) of a row's overall metric in one protocol, or a dash."""
     try:
         value = results["protocols"][label]["rows"][row]["overall"][metric]
     except KeyError:
         return DASH
-    return f"{100 * value['mean']:.1f} ± {100 * (value.get('std') or 0.0):.1f}"
+    return f"{100 * value['mean']:.1f}" + (f" ± {100 * (value.get('std') or 0.0):.1f}" if std else "")
 
 
 def _verdict(results: dict, label: str, metric: str) -> str:
@@ -142,15 +149,50 @@ def _mark(verdict: str) -> str:
     return {"gain": " **gain**", "loss": " loss"}.get(verdict, "")
 
 
-def _gain(results: dict, label: str, metric: str) -> str:
-    """Overall refined - unrefined gain in points with its 95 % paired-bootstrap interval."""
-    entry = results["protocols"][label]
+def _gain(results: dict, label: str, metric: str, interval: bool = True) -> str:
+    """Overall refined - unrefined gain in points, with its 95 % paired-bootstrap interval unless ``interval`` is off."""
+    entry = results["protocols"].get(label, {})
     try:
         mean = entry["gain_points"]["refined"]["overall"][metric]["mean"]
     except KeyError:
         return DASH
-    interval = entry.get("intervals", {}).get("overall", {}).get(f"{metric}:refined-unrefined")
-    return f"{mean:+.2f}" + (f" [{interval['lo']:+.2f}, {interval['hi']:+.2f}]" if interval else "")
+    bounds = entry.get("intervals", {}).get("overall", {}).get(f"{metric}:refined-unrefined") if interval else None
+    return f"{mean:+.2f}" + (f" [{bounds['lo']:+.2f}, {bounds['hi']:+.2f}]" if bounds else "")
+
+
+def _summary_table(done: dict) -> list[str]:
+    """Per model: FedE's standard MRR and the SimSkip gain of each protocol (and of the structure view), one
+    column per split: the grid's answer on one screen."""
+    splits = sorted({k[0] for k in done}, key=lambda s: _order(s, SPLITS))
+    lines = [
+        "| model | row | " + " | ".join(s.removeprefix("FB15k-237-") for s in splits) + " |",
+        "|---|---|" + "---:|" * len(splits),
+    ]
+    metric = "standard.mrr"
+
+    def gain(results: dict | None, label: str) -> str:
+        text = _gain(results, label, metric, interval=False) if results else DASH
+        return text if text == DASH else text + _mark(_verdict(results, label, metric))
+
+    for model in sorted({k[1] for k in done}, key=lambda m: _order(m, MODELS)):
+        plain, structure = (
+            {s: done.get((s, model, v), {}).get("results") for s in splits} for v in ("simskip", "structure")
+        )
+        rows = []
+        if any(plain.values()) or any(structure.values()):
+            base = [plain[s] or structure[s] for s in splits]
+            rows.append(
+                ("FedE (MRR)", [_stat(r, "as-trained", "unrefined", metric, std=False) if r else DASH for r in base])
+            )
+        labels = {label for r in plain.values() if r for label in r["protocols"]}
+        rows += [
+            (p, [gain(plain[s], p) for s in splits]) for p in sorted(labels, key=lambda p: _order(p, PROTOCOL_ORDER))
+        ]
+        if any(structure.values()):
+            rows.append(("structure", [gain(structure[s], "as-trained") for s in splits]))
+        for i, (row, values) in enumerate(rows):
+            lines.append(f"| {model if i == 0 else ''} | {row} | {' | '.join(values)} |")
+    return lines
 
 
 def _main_table(done: dict) -> list[str]:
@@ -238,12 +280,13 @@ def _time_table(done: dict) -> list[str]:
 
 
 def build_table(grid_dir: Path) -> str:
-    """The markdown (main table, protocol table, wall time) of the grid under ``grid_dir``."""
+    """The markdown (summary, main table, protocol table, wall time) of the grid under ``grid_dir``."""
     cells = load_cells(grid_dir)
     done = {k: v for k, v in cells.items() if _done(v)}
     if not done:
         return f"No cell of the grid has finished yet.\n\n{missing_cells(cells)}\n"
-    out = [MAIN_CAPTION, "", *_main_table(done), "", missing_cells(cells), "", PROTOCOL_CAPTION, ""]
+    out = [SUMMARY_CAPTION, "", *_summary_table(done), "", MAIN_CAPTION, "", *_main_table(done), ""]
+    out += [missing_cells(cells), "", PROTOCOL_CAPTION, ""]
     out += [*_protocol_table(done), "", TIME_CAPTION, "", *_time_table(done)]
     return "\n".join(out) + "\n"
 

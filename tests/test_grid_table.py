@@ -80,8 +80,8 @@ def test_main_table_holds_the_evaluators_numbers(grid, results):
     # DistMult's copy says none / loss: no bold mark, loss plain
     assert rows[("DistMult", "FedE + SimSkip")][0] == _fmt(overall["refined"]["standard.mrr"])
     assert rows[("DistMult", "FedE + SimSkip")][4] == _fmt(overall["refined"]["fede.mrr"]) + " loss"
-    main = table.split("not run:")[0]
-    assert main.count("**gain**") == 2  # TransE's SimSkip row, and the caption that explains the mark
+    main = table.split(gt.MAIN_CAPTION)[1].split("not run:")[0]
+    assert main.count("**gain**") == 1  # TransE's SimSkip row
     # models in the paper's order, a running cell not shown
     assert list(dict.fromkeys(model for model, _ in rows)) == ["TransE", "DistMult"]
     assert ("TransE", "isolation") not in rows
@@ -99,6 +99,48 @@ def test_protocol_table_has_every_protocol_with_intervals(grid, results):
     for model in ("TransE", "DistMult"):
         labels = [ln.split("|")[4].strip() for ln in section.splitlines() if ln.startswith(f"| {SPLIT} | {model} |")]
         assert labels == ["as-trained", "relation-refit:trained", "adapter", "finetune"]
+
+
+def _summary(table: str) -> dict[tuple[str, str], list[str]]:
+    """Summary rows keyed by (model, row); the model column is blank after a group's first row."""
+    section = table.split(gt.SUMMARY_CAPTION)[1].split(gt.MAIN_CAPTION)[0]
+    rows, model = {}, None
+    for line in section.splitlines()[3:]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            model = cells[0] or model
+            rows[(model, cells[1])] = cells[2:]
+    return rows
+
+
+def test_summary_table_has_each_protocols_gain_and_verdict_per_split(grid, results):
+    fed5 = "FB15k-237-Fed5"
+    _cell(grid / fed5 / "TransE" / "structure", results, setting="fede", variant="structure")
+    table = gt.build_table(grid)
+    header = next(ln for ln in table.splitlines() if ln.startswith("| model | row |"))
+    assert header == "| model | row | Fed3 | Fed5 |"  # only the splits with a finished cell
+    rows = _summary(table)
+    protocols = results["protocols"]
+    unrefined = protocols["as-trained"]["rows"]["unrefined"]["overall"]["standard.mrr"]["mean"]
+    # Fed5 has only a structure cell: FedE's MRR from it, no plain-SimSkip protocol there
+    assert rows[("TransE", "FedE (MRR)")] == [f"{100 * unrefined:.1f}"] * 2
+    gains = {p: e["gain_points"]["refined"]["overall"]["standard.mrr"]["mean"] for p, e in protocols.items()}
+    assert rows[("TransE", "as-trained")] == [f"{gains['as-trained']:+.2f} **gain**", gt.DASH]  # the fixture's gain
+    assert rows[("DistMult", "as-trained")] == [f"{gains['as-trained']:+.2f}", gt.DASH]  # verdict none
+    assert rows[("TransE", "structure")] == [gt.DASH, f"{gains['as-trained']:+.2f} **gain**"]
+    assert ("DistMult", "structure") not in rows  # no structure cell for DistMult anywhere
+    assert [row for model, row in rows if model == "TransE"] == [
+        "FedE (MRR)",
+        "as-trained",
+        "relation-refit:trained",
+        "adapter",
+        "finetune",
+        "structure",
+    ]
+    for label in ("relation-refit:trained", "adapter", "finetune"):
+        verdict = protocols[label]["verdict"]["overall"]["standard.mrr"]
+        mark = {"gain": " **gain**", "loss": " loss"}.get(verdict, "")
+        assert rows[("TransE", label)][0] == f"{gains[label]:+.2f}{mark}"
 
 
 def test_wall_time_total_is_the_sum(grid):
