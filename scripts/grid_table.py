@@ -160,6 +160,18 @@ def _gain(results: dict, label: str, metric: str, interval: bool = True) -> str:
     return f"{mean:+.2f}" + (f" [{bounds['lo']:+.2f}, {bounds['hi']:+.2f}]" if bounds else "")
 
 
+def _results(done: dict, split: str, model: str, variant: str) -> dict | None:
+    """A finished cell's ``results.json``, or ``None``."""
+    entry = done.get((split, model, variant))
+    return entry["results"] if entry else None
+
+
+def _fede_results(done: dict, split: str, model: str) -> dict | None:
+    """The report whose ``unrefined`` rows are FedE's: the plain SimSkip cell's, else its structure variant's
+    (the same KGE run), else ``None``."""
+    return _results(done, split, model, "simskip") or _results(done, split, model, "structure")
+
+
 def _summary_table(done: dict) -> list[str]:
     """Per model: FedE's standard MRR and the SimSkip gain of each protocol (and of the structure view), one
     column per split: the grid's answer on one screen."""
@@ -175,12 +187,10 @@ def _summary_table(done: dict) -> list[str]:
         return text if text == DASH else text + _mark(_verdict(results, label, metric))
 
     for model in sorted({k[1] for k in done}, key=lambda m: _order(m, MODELS)):
-        plain, structure = (
-            {s: done.get((s, model, v), {}).get("results") for s in splits} for v in ("simskip", "structure")
-        )
+        plain, structure = ({s: _results(done, s, model, v) for s in splits} for v in ("simskip", "structure"))
+        base = [_fede_results(done, s, model) for s in splits]
         rows = []
-        if any(plain.values()) or any(structure.values()):
-            base = [plain[s] or structure[s] for s in splits]
+        if any(base):
             rows.append(
                 ("FedE (MRR)", [_stat(r, "as-trained", "unrefined", metric, std=False) if r else DASH for r in base])
             )
@@ -199,9 +209,9 @@ def _main_table(done: dict) -> list[str]:
     """Protocol ``as-trained``, client ``overall``: one row per split x model x method."""
     lines = [MAIN_HEADER, "|---|---|---|" + "---:|" * len(METRICS)]
     for split, model in sorted({k[:2] for k in done}, key=lambda sm: _cell_key((*sm, ""))):
-        cell = {v: done[(split, model, v)]["results"] for v in VARIANTS if (split, model, v) in done}
+        cell = {v: r for v in VARIANTS if (r := _results(done, split, model, v)) is not None}
         rows = []
-        base = cell.get("simskip") or cell.get("structure")
+        base = _fede_results(done, split, model)
         if base is not None:
             rows.append(("FedE", base, "unrefined", False))
         for variant, suffix in (("simskip", ""), ("structure", "-structure")):
