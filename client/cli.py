@@ -14,62 +14,93 @@ or when the SuperNode exits. Flower's state goes to ``OUTPUT_DIR/.flwr``, never 
 Security: ``--root-certificates CA`` (TLS) and ``--auth-private-key KEY`` (Flower's SuperNode
 authentication; the server registers the matching public key) are checked before anything
 starts. When the SuperNode ends with an error, its log is read back and the reason is printed as
-one line naming the server and the file concerned (an untrusted server certificate, a key the
-server did not register, an unreachable server after ``--max-wait-time`` seconds); the exit
-status is the SuperNode's (non-zero).
+one line naming the server, the file concerned and the SuperNode's log (an untrusted server
+certificate, a key the server did not register); exit status 1.
+
+Before the SuperNode starts, the server's address is tried: a refused or unreachable address
+prints its cause at once and a progress line at each retry (``waiting for HOST:PORT: connection
+refused (attempt 3, next in 4 s, giving up in 590 s)``) until ``--max-wait-time`` seconds, then
+exits 1. Every option is checked before anything starts (exit 2, one line naming the option).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from client import credentials, launcher, pids
 from client.party_log import PARTY_LOG, read_finished
 from client.warm_start import WarmStartError, start_warm_starter
+from simskip_core.cli_common import (
+    INPUT_ERRORS,
+    CommandParser,
+    UsageError,
+    add_version,
+    address,
+    check_port_free,
+    integer,
+    number,
+    report,
+    run_main,
+    split_address,
+)
+from simskip_core.cli_common import path as path_arg
+from simskip_core.cli_common import port as port_number
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ServerUnreachableError", "build_parser", "main", "parse_and_validate", "wait_for_server"]
+
+
+EXAMPLES = """examples:
+  simskip-client --server 127.0.0.1:9092 --data out/umls-fed3/0 --insecure
+  simskip-client --server server.example.org:9092 --data /data/party1 --root-certificates ca.crt \\
+      --auth-private-key party1 --threads 1
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-client`` argument parser."""
-    parser = argparse.ArgumentParser(prog="simskip-client", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", required=True, help="the SuperLink's HOST:PORT")
-    parser.add_argument("--data", type=Path, required=True, help="this party's folder (train/valid/test.txt)")
+    parser = CommandParser(prog="simskip-client", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    add_version(parser)
+    parser.add_argument("--server", required=True, type=address, help="the SuperLink's HOST:PORT")
+    parser.add_argument("--data", type=path_arg, required=True, help="this party's folder (train/valid/test.txt)")
     parser.add_argument(
         "--partition-id",
-        type=int,
+        type=integer(0),
         default=None,
-        help="this party's id (default: the folder name when it is a number, else 0)",
+        help="this party's id, >= 0 (default: the folder name when it is a number, else 0)",
     )
     parser.add_argument(
         "--output-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         help="where the party writes its private outputs (default runs/client-<id>)",
     )
     parser.add_argument(
-        "--port", type=int, default=None, help="the SuperNode's local ClientAppIo port (default: a free port)"
+        "--port",
+        type=port_number,
+        default=None,
+        help="the SuperNode's local ClientAppIo port, 1..65535 (default: a free port)",
     )
     parser.add_argument(
         "--max-wait-time",
-        type=float,
+        type=number(above=0.0),
         default=600.0,
         help="give up after this many seconds without reaching the server (default 600)",
     )
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
-    security.add_argument("--root-certificates", type=Path, help="CA certificate (PEM) of a TLS SuperLink")
+    security.add_argument("--root-certificates", type=path_arg, help="CA certificate (PEM) of a TLS SuperLink")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(1),
         default=None,
-        help="torch threads of each ClientApp process (default: torch's; use 1 when several "
+        help="torch threads of each ClientApp process, >= 1 (default: torch's; use 1 when several "
         "parties share one machine's cores)",
     )
     parser.add_argument(
@@ -88,11 +119,115 @@ def build_parser() -> argparse.ArgumentParser:
     auth = parser.add_argument_group("node authentication (a server started with --auth-public-keys)")
     auth.add_argument(
         "--auth-private-key",
-        type=Path,
+        type=path_arg,
         default=None,
         help="this party's OpenSSH EC private key (ssh-keygen -t ecdsa -b 384); the server registers the matching .pub",
     )
     return parser
+
+
+def parse_and_validate(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check every option of ``simskip-client`` before anything starts: ranges, the
+    ``HOST:PORT`` of ``--server``, exclusive options, the certificate and key files, the data folder
+    exists, ``--output-dir`` is no file, and a ``--port`` given is free.
+
+    :raises SystemExit: 2 with one line ``simskip-client: error: ...`` naming the option; 0 after
+        ``--help`` / ``--version``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.insecure == (args.root_certificates is not None):
+        parser.error("pass exactly one of --insecure or --root-certificates")
+    if args.insecure and args.auth_private_key is not None:
+        parser.error("--auth-private-key needs TLS (--root-certificates), not --insecure")
+    try:  # a wrong path is one line naming the file
+        if args.root_certificates is not None:
+            credentials.check_pem_certificate(
+                args.root_certificates.expanduser().resolve(), "root certificate file (--root-certificates)"
+            )
+        if args.auth_private_key is not None:
+            credentials.check_auth_private_key(args.auth_private_key.expanduser().resolve())
+    except credentials.CredentialError as err:
+        parser.error(str(err))
+    if not args.data.expanduser().is_dir():
+        parser.error(f"--data: {args.data} {'is a file, not a folder' if args.data.exists() else 'does not exist'}")
+    if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
+        parser.error(f"--output-dir: {args.output_dir} is a file, not a folder")
+    if args.port is not None:
+        try:
+            check_port_free("0.0.0.0", args.port, "--port")
+        except UsageError as err:
+            parser.error(str(err))
+    return args
+
+
+class ServerUnreachableError(pids.FlowerProcessError):
+    """The server did not accept a connection within ``--max-wait-time`` seconds."""
+
+
+#: Library parameters named by data errors -> what a party can do (kg_datasets' messages name the former).
+PARAMETER_FLAGS = {"pass on_unseen='drop' to drop them": "drop them when partitioning: simskip-data --on-unseen drop"}
+
+#: Seconds before the second look for the server; doubled after each miss, up to :data:`MAX_RETRY_SECONDS`.
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 5.0
+#: Seconds one connection attempt may take (an address that drops packets answers nothing).
+CONNECT_TIMEOUT_SECONDS = 3.0
+
+
+def _connect_failure(error: OSError, host: str) -> str:
+    """What a failed connection attempt says, in words."""
+    if isinstance(error, socket.gaierror):
+        return f"host name {host!r} not found"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (no server listening on that port)"
+    if isinstance(error, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
+    return error.strerror or str(error) or type(error).__name__
+
+
+def wait_for_server(
+    server: str,
+    max_wait: float,
+    *,
+    say: Callable[[str], None] | None = None,
+    first_retry: float = FIRST_RETRY_SECONDS,
+    max_retry: float = MAX_RETRY_SECONDS,
+) -> int:
+    """Wait until ``server`` (``HOST:PORT``) accepts a TCP connection; return the attempts it took.
+
+    Each miss prints one line with its cause (``waiting for HOST:PORT: connection refused
+    (attempt 3, next in 4 s, giving up in 590 s)``), the first one at once.
+
+    :param max_wait: seconds after which to give up (``--max-wait-time``).
+    :param say: where the lines go (default: stdout, ``[simskip-client]`` first).
+    :raises ServerUnreachableError: after ``max_wait`` seconds, naming the server and the last cause.
+    """
+    say = say or (lambda line: print(f"[simskip-client] {line}", flush=True))
+    host, port_ = split_address(server)
+    started = time.monotonic()
+    delay = first_retry
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with socket.create_connection((host, port_), timeout=CONNECT_TIMEOUT_SECONDS):
+                if attempt > 1:
+                    say(f"reached {server} (attempt {attempt})")
+                return attempt
+        except OSError as err:
+            cause = _connect_failure(err, host)
+        elapsed = time.monotonic() - started
+        left = max_wait - elapsed
+        if left <= 0:
+            raise ServerUnreachableError(
+                f"could not reach {server}: {cause} ({attempt} attempts in {elapsed:.0f} s; "
+                f"--max-wait-time {max_wait:g}; is simskip-server running there, and is the address right?)"
+            )
+        wait = min(delay, left)
+        say(f"waiting for {server}: {cause} (attempt {attempt}, next in {wait:.0f} s, giving up in {left:.0f} s)")
+        time.sleep(wait)
+        delay = min(delay * 2, max_retry)
 
 
 def _check_folder(folder: Path, partition_id: int) -> Any:
@@ -159,37 +294,30 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``simskip-client``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.insecure == (args.root_certificates is not None):
-        print("simskip-client: pass exactly one of --insecure or --root-certificates", file=sys.stderr)
-        return 2
-    if args.insecure and args.auth_private_key is not None:
-        print("simskip-client: --auth-private-key needs TLS (--root-certificates), not --insecure", file=sys.stderr)
-        return 2
+    """Entry point of ``simskip-client``; returns the exit status (0 the run completed, 2 bad option
+    or input, 1 the server was not reached or the SuperNode failed, 130/143 on SIGINT/SIGTERM)."""
+    args = parse_and_validate(argv)
+    return run_main(
+        "simskip-client",
+        lambda: _run(args),
+        input_errors=(*INPUT_ERRORS, credentials.CredentialError),
+        parameters=PARAMETER_FLAGS,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Check the data folder, wait for the server, run the SuperNode until the run ends."""
     root_certificates = args.root_certificates.expanduser().resolve() if args.root_certificates else None
     auth_key = args.auth_private_key.expanduser().resolve() if args.auth_private_key else None
-    try:  # before anything starts: a wrong path is one line naming the file
-        if root_certificates is not None:
-            credentials.check_pem_certificate(root_certificates, "root certificate file (--root-certificates)")
-        if auth_key is not None:
-            credentials.check_auth_private_key(auth_key)
-    except credentials.CredentialError as err:
-        print(f"[simskip-client] error: {err}", file=sys.stderr)
-        return 1
     folder = args.data.expanduser().resolve()
     partition_id = args.partition_id
     if partition_id is None:
         partition_id = int(folder.name) if folder.name.isdigit() else 0
     output_dir = (args.output_dir or Path("runs") / f"client-{partition_id}").resolve()
-    try:
-        graph = _check_folder(folder, partition_id)
-    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
-        print(f"[simskip-client] error in {folder}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    graph = _check_folder(folder, partition_id)  # a malformed file: one line naming file and line, exit 2
+    signal.signal(signal.SIGTERM, _terminate)
     port = args.port if args.port is not None else pids.free_port()
     node_config = {"data-dir": str(folder), "partition-id": partition_id, "output-dir": str(output_dir)}
-    signal.signal(signal.SIGTERM, _terminate)
     supernode = starter = None
     log_path = output_dir / "supernode.log"
     # Flower's SuperExec looks for a new ClientApp task once a second by default: every message
@@ -202,15 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.cold_start:
             # Flower starts one ClientApp process per message; forking it from a process that has
             # already imported torch and PyKEEN saves those seconds on every message.
+            warm_log = output_dir / "warm_start.log"
             try:
-                starter = start_warm_starter(threads=args.threads, log_path=output_dir / "warm_start.log")
+                starter = start_warm_starter(threads=args.threads, log_path=warm_log)
                 extra_env.update(starter.env)
             except (WarmStartError, OSError) as err:  # slower, never fatal: Flower's cold start
-                print(
-                    f"[simskip-client] warning: no warm start ({err}); ClientApp processes start cold",
-                    file=sys.stderr,
-                    flush=True,
+                report(
+                    "simskip-client",
+                    f"no warm start ({err}; log: {warm_log}); ClientApp processes start cold",
+                    "warning",
                 )
+        # after the warm starter (it imports torch meanwhile; a supervisor may wait for it to be ready)
+        wait_for_server(args.server, args.max_wait_time)  # a refused or wrong address says so at once
         for attempt in range(1, PORT_ATTEMPTS + 1):
             log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
             launched = time.time()
@@ -228,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(
                 f"[simskip-client] party {partition_id}: {graph.num_entities} entities, "
-                f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server}",
+                f"{graph.train.num_triples} train triples; SuperNode pid {supernode.pid} -> {args.server} "
+                f"(log: {log_path})",
                 flush=True,
             )
             code = _follow(supernode, output_dir, since=launched, stay=args.stay, quiet=args.quiet)
@@ -241,31 +373,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             # at the same moment on this machine) may bind it first. A port we chose is chosen again.
             if code != 0 and args.port is None and "address already in use" in text and attempt < PORT_ATTEMPTS:
                 old_port, port = port, pids.free_port()
-                print(
-                    f"[simskip-client] port {old_port} was taken before the SuperNode bound it; retrying on {port}",
-                    file=sys.stderr,
-                    flush=True,
+                report(
+                    "simskip-client",
+                    f"port {old_port} was taken before the SuperNode bound it; retrying on {port}",
+                    "warning",
                 )
                 continue
             break
-        if code != 0:
-            print(
-                "[simskip-client] error: "
-                + launcher.explain_supernode_exit(
-                    text,
-                    returncode=code,
-                    server=args.server,
-                    root_certificates=root_certificates,
-                    auth_private_key=auth_key,
-                    log_path=log_path,
-                ),
-                file=sys.stderr,
-            )
-        return code
-    except KeyboardInterrupt:
-        return 130
-    except pids.FlowerProcessError as err:
-        print(f"[simskip-client] error: {err}", file=sys.stderr)
+        if code == 0:
+            return 0
+        report(
+            "simskip-client",
+            launcher.explain_supernode_exit(
+                text,
+                returncode=code,
+                server=args.server,
+                root_certificates=root_certificates,
+                auth_private_key=auth_key,
+                log_path=log_path,
+            ),
+        )
         return 1
     finally:
         pids.stop_process(supernode)

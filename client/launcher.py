@@ -27,18 +27,23 @@ from typing import Any
 
 import tomli_w
 
+from client import pids
 from client.credentials import AuthorizedKey, TLSFiles, check_auth_private_key, check_pem_certificate
 from client.pids import FlowerProcessError
 
 __all__ = [
     "PROJECT_ROOT",
     "check_run_completed",
+    "console_line",
+    "console_text",
     "explain_supernode_exit",
     "flower_env",
+    "log_note",
     "register_supernodes",
     "run_app",
     "start_superlink",
     "start_supernode",
+    "wait_until_listening",
     "write_connection",
 ]
 
@@ -56,6 +61,7 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
+    "RAY_DEDUP_LOGS": "0",  # no "[repeated Nx across cluster]" notes: each forwarded line as printed
 }
 
 
@@ -124,6 +130,7 @@ def start_superlink(
     enable_supernode_auth: bool = False,
     database: Path | None = None,
     log_path: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start ``flower-superlink`` (Fleet + Control API on one port) and return its process.
 
@@ -136,6 +143,8 @@ def start_superlink(
     :param database: the SuperLink's state database (runs, registered nodes); default
         ``flwr_home/superlink.db``.
     :param log_path: file receiving the SuperLink's stdout/stderr.
+    :param extra_env: environment of the SuperLink and of what it starts (with ``simulation``:
+        the ServerApp, Ray and the ClientApps), e.g. :func:`server.sim_resources.numerics_env`.
     :raises FlowerProcessError: neither ``insecure`` nor ``tls`` given, or node authentication
         without TLS.
     :raises CredentialError: a certificate file is missing or malformed.
@@ -172,7 +181,7 @@ def start_superlink(
         command.append("--simulation")
     if enable_supernode_auth:
         command.append("--enable-supernode-auth")
-    return _popen(command, flwr_home, log_path)
+    return _popen(command, flwr_home, log_path, extra_env=extra_env)
 
 
 def start_supernode(
@@ -303,7 +312,7 @@ def _popen(
     try:
         # A new session: the process and its children (ServerApp, ClientApps, Ray) share one
         # process group that stop_process can signal as a whole.
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(command),
             env=env,
             stdout=out,
@@ -315,6 +324,25 @@ def _popen(
     finally:
         if log_path is not None:
             out.close()
+    proc.log_path = log_path  # named by the error when the process fails (log_note)
+    return proc
+
+
+def log_note(source: subprocess.Popen | Path | None) -> str:
+    """`` (log: PATH)`` for a failure message: the log of a process started here, or a path."""
+    path = getattr(source, "log_path", None) if isinstance(source, subprocess.Popen) else source
+    return f" (log: {path})" if path is not None else ""
+
+
+def wait_until_listening(host: str, port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """:func:`client.pids.wait_for_health`, its error naming the process's log.
+
+    :raises FlowerProcessError: the process exited, or did not listen within ``timeout`` seconds.
+    """
+    try:
+        pids.wait_for_health(host, port, proc, timeout=timeout)
+    except FlowerProcessError as err:
+        raise FlowerProcessError(f"{err}{log_note(proc)}") from err
 
 
 def write_connection(
@@ -366,8 +394,9 @@ def run_app(
     :param run_config: overrides of ``[tool.flwr.app.config]`` (written to a TOML file).
     :param federation_config: simulation options (``num-supernodes``, ``client-resources-num-cpus``...).
     :param superlink: the SuperLink process, to fail fast when it dies.
-    :param log_path: where the streamed run log is copied (it is also printed, less
-        :data:`CONSOLE_NOISE`; with ``quiet`` only problems and summary lines, :func:`console_line`).
+    :param log_path: where the streamed run log is copied unchanged (it is also printed, as
+        :func:`console_text` makes it: no Ray prefixes, colours only on a terminal, less
+        :data:`CONSOLE_NOISE`; with ``quiet`` only problems and summary lines).
     :raises FlowerProcessError: the submission failed or the SuperLink died.
     """
     overrides = Path(flwr_home) / "run_config.toml"
@@ -387,9 +416,11 @@ def run_app(
     log_file = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
     run_id = None
     try:
+        color = sys.stdout.isatty()
         for line in proc.stdout:
-            if console_line(line, quiet):
-                sys.stdout.write(line)
+            shown = console_text(line, quiet, color)
+            if shown is not None:
+                sys.stdout.write(shown)
                 sys.stdout.flush()
             if log_file is not None:
                 log_file.write(line)
@@ -398,7 +429,9 @@ def run_app(
                 run_id = _parse_run_id(line)
             if superlink is not None and superlink.poll() is not None:
                 proc.terminate()
-                raise FlowerProcessError(f"flower-superlink died (exit code {superlink.returncode})")
+                raise FlowerProcessError(
+                    f"flower-superlink died (exit code {superlink.returncode}){log_note(superlink)}"
+                )
         proc.wait()
     finally:
         if proc.poll() is None:
@@ -407,32 +440,59 @@ def run_app(
         if log_file is not None:
             log_file.close()
     if proc.returncode != 0:
-        raise FlowerProcessError(f"flwr run exited with code {proc.returncode}")
+        raise FlowerProcessError(f"flwr run exited with code {proc.returncode}{log_note(log_path)}")
     return run_status(flwr_home, connection, run_id)
 
 
 #: Third-party console lines that tell the user nothing actionable here (they stay in the run log):
-#: Flower's note on the simulated federation size (we always pass it), Ray's FutureWarning about
-#: accelerator variables (we set GPU resources explicitly), torch 2.13's DeprecationWarning for
-#: ``torch.jit.script_method`` (raised inside torch's own compile path of the fused evaluation
-#: kernels, not by our code), each with its ``warnings.warn(`` tail.
+#: Flower's note on the simulated federation size (we always pass it) and on the app bundle it
+#: unpacked into the run folder, Ray's FutureWarning about accelerator variables (we set GPU
+#: resources explicitly), each with its ``warnings.warn(`` tail, and log records with an empty
+#: message. (torch 2.13's DeprecationWarning for ``torch.jit.script_method``, raised by torch's own
+#: Inductor imports, is ignored where the fused kernels import Inductor: client.kge.candidate_scoring.)
 CONSOLE_NOISE = re.compile(
     r"default simulated SuperNodes changed|To change federation size, use the following command"
     r"|flwr federation simulation-config|Ray will no longer override accelerator visible devices"
-    r"|`torch\.jit\.script_method` is deprecated"
+    r"|^Successfully installed \S+ to "
     r"|Manually terminating ClientAppActor"  # Flower's WARNING for every actor at a simulation's normal end
-    r"|^(\(\w+ pid=\d+\))?\s*warnings\.warn\($"  # a Ray worker's lines carry its name and pid
+    r"|^\s*warnings\.warn\($"
+    r"|^[A-Z]+\s*:\s*$"  # a log record with nothing in it (Flower ends a simulation's log with one)
 )
-#: Lines a ``--quiet`` console still shows: problems, and the command's own summary lines.
-QUIET_KEEP = re.compile(r"WARNING|ERROR|Error|Traceback|Exception|^\[simskip-|best round|done in")
+#: Lines a ``--quiet`` console still shows: problems, the command's own lines and the server's
+#: one-line result (``best round N; test overall ...``).
+QUIET_KEEP = re.compile(r"WARNING|ERROR|Error|Traceback|Exception|^\[simskip-|best round \d+; test")
+#: ANSI colour / style sequences (Flower colours its level names, Ray its worker prefixes).
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+_ANSI = r"(?:\x1b\[[0-9;]*m)*"
+#: What Ray adds to a line its driver forwards from a worker: the ``(ClientAppActor pid=N)`` prefix
+#: (``, ip=...`` on a cluster) and the deduplication note (``[repeated 2x across cluster] (Ray
+#: deduplicates logs by default ...)``), each with its colour codes. ``RAY_DEDUP_LOGS=0``
+#: (:data:`QUIET_ENV`) turns the deduplication off; the pattern covers a driver started without it.
+RAY_PREFIX = re.compile(rf"^{_ANSI}\((?:\w+ )?pid=\d+(?:, ip=[^)]*)?\){_ANSI}\s?")
+RAY_DEDUP_NOTE = re.compile(rf"{_ANSI}\s*\[repeated \d+x across cluster\].*$")
+
+
+def console_text(line: str, quiet: bool = False, color: bool = False) -> str | None:
+    """The console's version of one line of the streamed run log, or ``None`` to leave it out.
+
+    Every line goes to the log file unchanged; the console gets it without Ray's worker prefix and
+    deduplication note, without colour codes unless ``color`` (a terminal), and not at all when it
+    is :data:`CONSOLE_NOISE` or, with ``quiet``, not :data:`QUIET_KEEP`.
+
+    :param line: one line as ``flwr run --stream`` printed it (ending in a newline or not).
+    :param quiet: keep only problems and summary lines.
+    :param color: keep Flower's ANSI colours (the console is a terminal).
+    """
+    text = RAY_DEDUP_NOTE.sub("", RAY_PREFIX.sub("", line.rstrip("\n")))
+    plain = ANSI_CODES.sub("", text)
+    if CONSOLE_NOISE.search(plain) or (quiet and not QUIET_KEEP.search(plain)):
+        return None
+    return (text if color else plain) + "\n"
 
 
 def console_line(line: str, quiet: bool = False) -> bool:
-    """Whether a line of the streamed run log goes to the console (every line goes to the log file)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", line)  # Flower colours its level names
-    if CONSOLE_NOISE.search(text):
-        return False
-    return not quiet or bool(QUIET_KEEP.search(text))
+    """Whether a line of the streamed run log goes to the console at all (:func:`console_text`)."""
+    return console_text(line, quiet) is not None
 
 
 def check_run_completed(run_id: int, status: str, run_dir: Path) -> None:

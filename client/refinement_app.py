@@ -3,6 +3,11 @@
 Registered on :data:`client.client_app.app` (:mod:`client.app` imports this module), so one
 ClientApp serves both phases. Protocol: see :mod:`server.simskip_strategy`.
 
+Both handlers work on the rows the KGE phase scored: the server's table rounded to the run's
+``transfer-dtype`` (:func:`scored_rows`), so the downstream ``unrefined`` rows are those of
+``final_metrics.json``'s test and the refined rows derive from them. Their per-protocol progress
+lines go to the party's ``party.log``, not through Ray to the simulation's console.
+
 ``train.simskip``: refine this party's entity rows for ``simskip-local-epochs`` epochs from the
 round's starting weights (the server's average; in the local-only ablation the weights this
 party keeps in ``context.state`` and in its private checkpoint ``checkpoint/simskip-<r>.npz``,
@@ -49,7 +54,7 @@ from client.protocol import (
     WEIGHTS_KEY,
 )
 
-__all__ = ["downstream", "simskip_train"]
+__all__ = ["downstream", "scored_rows", "simskip_train"]
 
 OWN_WEIGHTS = "simskip-own-weights"
 OWN_ROUND = "simskip-own-round"
@@ -62,6 +67,25 @@ def _configs(context: Context):
 
     _, kge_config, refinement = load_run_configs(context.run_config)
     return kge_config, refinement
+
+
+def scored_rows(msg: Message, graph, context: Context) -> np.ndarray:
+    """The message's entity rows as the KGE phase scored them: rounded to ``transfer-dtype``.
+
+    The FedE rounds and the final test send the rows in the run's transfer dtype (float16 by
+    default) and the party scores what it receives; the SimSkip messages carry the server's
+    float32 table. Rounding here makes the downstream evaluation's ``unrefined`` rows exactly the
+    rows of ``final_metrics.json``'s test, and the refined rows are derived from them.
+
+    :param msg: a ``train.simskip`` or ``evaluate.downstream`` message.
+    :param graph: this party's graph (the row count is checked against it, :func:`incoming_rows`).
+    :param context: this party's context (its run config names the transfer dtype).
+    :returns: float32 ``(num_entities, dim)``.
+    """
+    from client.kge.settings import FederationSettings
+
+    transfer = np.dtype(FederationSettings.from_run_config(context.run_config).transfer_dtype)
+    return np.ascontiguousarray(incoming_rows(msg, graph).astype(transfer).astype(np.float32))
 
 
 def _own_weights(context: Context, out, federation_id: str, before_round: int, name: str):
@@ -151,7 +175,7 @@ def simskip_train(msg: Message, context: Context) -> Message:
 
     kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
-    rows = incoming_rows(msg, graph)
+    rows = scored_rows(msg, graph, context)
     cfg = msg.content.config_records[CONFIG_KEY]
     server_round = int(cfg["server-round"])
     out = output_dir(context, name)
@@ -173,6 +197,16 @@ def simskip_train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _progress(out):
+    """Where the downstream evaluation's per-protocol lines go: the party's ``party.log`` when it
+    has an output folder (the server's console shows its own progress, ``downstream: k of n
+    clients done``; in simulation every ClientApp's log line would otherwise reach it through
+    Ray's log forwarding, interleaved and prefixed), else the ClientApp's log."""
+    if out is None:
+        return lambda line: log(INFO, "%s", line)
+    return lambda line: note(out, line)
+
+
 @app.evaluate(DOWNSTREAM_ACTION)
 def downstream(msg: Message, context: Context) -> Message:
     """Refine with the final encoders, run every downstream protocol on every row, rank the test split."""
@@ -182,7 +216,7 @@ def downstream(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     kge_config, refinement = _configs(context)
     graph, name = load_graph(context)
-    rows = incoming_rows(msg, graph)
+    rows = scored_rows(msg, graph, context)
     cfg = msg.content.config_records[CONFIG_KEY]
     out = output_dir(context, name)
     # the final encoders: the server's average, or (local-only) this party's own of the last round
@@ -201,7 +235,7 @@ def downstream(msg: Message, context: Context) -> Message:
         refinement,
         relation_state=relation_state,
         device=None,
-        log=lambda line: (log(INFO, "%s", line), note(out, line)),
+        log=_progress(out),
     )
     note(out, f"downstream evaluation done in {time.perf_counter() - started:.1f}s")
     content = RecordDict(

@@ -10,12 +10,13 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from pykeen.triples import TriplesFactory
 
-from kg_datasets.errors import KGDataError, KGDataWarning, UnseenTripleError, clip
+from kg_datasets.errors import KGDataError, KGDataWarning, SplitLeakError, UnseenTripleError, clip
 from kg_datasets.model import ClientGraph, FederatedKG
 from kg_datasets.triples import LocatedTriples, encode_triples, labels_in_id_order
 
@@ -67,12 +68,29 @@ def _describe_unseen(
     return " and ".join(missing)
 
 
-def _report_duplicates(
-    client_id: int, splits: Mapping[str, LocatedTriples], num_entities: int, num_relations: int
-) -> None:
-    """Warn (KGDataWarning, naming file:line) about repeated triples within a split and about
-    valid/test triples that also occur in train (or test in valid): data stays as it is."""
-    keys = {name: encode_triples(s.ids, num_entities, num_relations) for name, s in splits.items()}
+def _triple_text(row: np.ndarray, entity_labels: Sequence[str], relation_labels: Sequence[str]) -> str:
+    h, r, t = (int(x) for x in row)
+    return f"({clip(entity_labels[h])!r}, {clip(relation_labels[r])!r}, {clip(entity_labels[t])!r})"
+
+
+def _check_split_overlaps(
+    client_id: int,
+    splits: Mapping[str, LocatedTriples],
+    entity_labels: Sequence[str],
+    relation_labels: Sequence[str],
+    *,
+    allow_split_leaks: bool,
+) -> dict[str, int]:
+    """Check one client's splits against each other.
+
+    Repeated triples within a split and test triples also in valid are warned about
+    (KGDataWarning, naming file:line; data stays as it is). Valid or test triples also in train are
+    a leak that inflates every metric: :class:`SplitLeakError` unless ``allow_split_leaks``, then a
+    warning and their count.
+
+    :return: per split (``"valid"``, ``"test"``), its rows also in train (only splits that have some).
+    """
+    keys = {name: encode_triples(s.ids, len(entity_labels), len(relation_labels)) for name, s in splits.items()}
     for name, split in splits.items():
         _, first = np.unique(keys[name], return_index=True)
         n_dup = int(len(split) - first.size)
@@ -86,17 +104,37 @@ def _report_duplicates(
                 KGDataWarning,
                 stacklevel=4,
             )
+    leaks: dict[str, int] = {}
     for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
         overlap = np.isin(keys[later], keys[earlier])
-        if overlap.any():
-            row = int(np.flatnonzero(overlap)[0])
+        if not overlap.any():
+            continue
+        row = int(np.flatnonzero(overlap)[0])
+        count, distinct = int(overlap.sum()), int(np.unique(keys[later][overlap]).size)
+        what = (
+            f"client {client_id} has {count} {later} row(s) ({distinct} distinct triples) that are in its "
+            f"{earlier} split, e.g. {_triple_text(splits[later].ids[row], entity_labels, relation_labels)}"
+        )
+        if earlier != "train":
             warnings.warn(
-                f"{splits[later].where(row)}: triple also in {earlier}; client {client_id} has "
-                f"{int(overlap.sum())} {later} row(s) ({np.unique(keys[later][overlap]).size} distinct triples) "
-                f"that are in its {earlier} split (kept as they are)",
+                f"{splits[later].where(row)}: triple also in {earlier}; {what} (kept as they are)",
                 KGDataWarning,
                 stacklevel=4,
             )
+            continue
+        if not allow_split_leaks:
+            raise SplitLeakError(
+                f"{splits[later].where(row)}: triple also in train; {what}: a leak between train and {later} "
+                f"inflates every metric; remove them, or accept and count them with --allow-split-leaks "
+                f"(allow_split_leaks=True)"
+            )
+        warnings.warn(
+            f"{splits[later].where(row)}: triple also in train; {what} (accepted by --allow-split-leaks; counted)",
+            KGDataWarning,
+            stacklevel=4,
+        )
+        leaks[later] = count
+    return leaks
 
 
 def build_client(
@@ -106,6 +144,7 @@ def build_client(
     relation_labels: Sequence[str],
     *,
     on_unseen: str = "error",
+    allow_split_leaks: bool = False,
 ) -> ClientGraph:
     """Validate one client's global-id triples and build its local-id factories.
 
@@ -115,6 +154,9 @@ def build_client(
     :param relation_labels: global relation labels in id order (len R).
     :param on_unseen: ``"error"`` raises :class:`UnseenTripleError` at the first valid/test triple
         whose entity or relation is not in train; ``"drop"`` removes them and records the count.
+    :param allow_split_leaks: accept valid/test triples that are also in train (counted in
+        :attr:`ClientGraph.split_leaks`) instead of raising :class:`SplitLeakError`.
+    :raises SplitLeakError: a valid or test triple is also in train (naming client, count, an example).
     :return: the client, with ``entity_ids`` / ``relation_ids`` mapping local -> global ids.
     """
     check_on_unseen(on_unseen)
@@ -123,7 +165,6 @@ def build_client(
     for name, split in splits.items():
         if len(split) == 0:
             raise KGDataError(f"{split.origin}: client {client_id} has no {name} triples")
-    _report_duplicates(client_id, splits, len(entity_labels), len(relation_labels))
 
     # FedE's local ids: each global id's rank among the client's train entities (np.unique order).
     entity_ids = np.unique(train.ids[:, [0, 2]])
@@ -153,6 +194,10 @@ def build_client(
                 f"{split.origin}: client {client_id} has no {name} triples left after dropping {count} unseen in train"
             )
 
+    # after the unseen check (a leaked triple is seen in train by definition), on the rows kept
+    leaks = _check_split_overlaps(
+        client_id, splits, entity_labels, relation_labels, allow_split_leaks=allow_split_leaks
+    )
     entity_to_id = {entity_labels[g]: i for i, g in enumerate(entity_ids.tolist())}
     relation_to_id = {relation_labels[g]: i for i, g in enumerate(relation_ids.tolist())}
     factories = {}
@@ -176,6 +221,7 @@ def build_client(
         entity_ids=entity_ids.astype(np.int64),
         relation_ids=relation_ids.astype(np.int64),
         dropped_unseen=dropped,
+        split_leaks=leaks,
     )
 
 
@@ -186,8 +232,14 @@ def build_federated(
     clients: Sequence[ClientTriples],
     *,
     on_unseen: str = "error",
+    allow_split_leaks: bool = False,
+    records: Mapping[str, Any] | None = None,
 ) -> FederatedKG:
-    """Build a :class:`FederatedKG` from per-client global-id triples (see :func:`build_client`)."""
+    """Build a :class:`FederatedKG` from per-client global-id triples (see :func:`build_client`).
+
+    :param records: entries for :attr:`FederatedKG.records`; accepted leaks are added as
+        ``split_leaks`` (client id -> split -> rows also in train).
+    """
     check_on_unseen(on_unseen)
     if not clients:
         raise KGDataError(f"{name}: no clients")
@@ -202,6 +254,13 @@ def build_federated(
             ):
                 raise KGDataError(f"{split.origin}: client {k} has ids outside the global vocabularies")
     built = tuple(
-        build_client(k, c, entity_labels, relation_labels, on_unseen=on_unseen) for k, c in enumerate(clients)
+        build_client(k, c, entity_labels, relation_labels, on_unseen=on_unseen, allow_split_leaks=allow_split_leaks)
+        for k, c in enumerate(clients)
     )
-    return FederatedKG(name=name, entity_to_id=dict(entity_to_id), relation_to_id=dict(relation_to_id), clients=built)
+    kept = dict(records or {})
+    leaks = {str(c.client_id): dict(c.split_leaks) for c in built if c.split_leaks}
+    if leaks:
+        kept["split_leaks"] = leaks
+    return FederatedKG(
+        name=name, entity_to_id=dict(entity_to_id), relation_to_id=dict(relation_to_id), clients=built, records=kept
+    )

@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pykeen.triples import TriplesFactory
 
-from kg_datasets.triples import LocatedTriples, labels_in_id_order
+from kg_datasets.triples import LocatedTriples, encode_triples, labels_in_id_order
 from kg_datasets.writer import write_federated
 
 
@@ -56,6 +57,19 @@ class KGSplit(_GlobalVocabularies):
         """int64 (n, 3): train, then valid, then test rows, in file order (the partitioners' input)."""
         return np.concatenate([self.train.ids, self.valid.ids, self.test.ids], axis=0)
 
+    def unique_pooled(self) -> tuple[np.ndarray, int]:
+        """The pooled rows without repeats (each triple's first occurrence, in pooled order) and how
+        many rows were dropped: the partitioners' input, so that no triple lands in two splits.
+
+        :return: ``(int64 (m, 3) triples, n - m)``; with no repeats, exactly :meth:`pooled`.
+        """
+        pooled = self.pooled()
+        keys = encode_triples(pooled, self.num_entities, self.num_relations)
+        _, first = np.unique(keys, return_index=True)
+        if first.size == len(pooled):
+            return pooled, 0
+        return pooled[np.sort(first)], int(len(pooled) - first.size)
+
 
 @dataclass(frozen=True)
 class ClientGraph:
@@ -74,6 +88,8 @@ class ClientGraph:
     :param relation_ids: int64 (num_relations,), local -> global relation id; ``None`` likewise.
     :param dropped_unseen: per split (``"valid"``, ``"test"``), how many triples were dropped
         because they hold an entity or relation unseen in train (``on_unseen="drop"``).
+    :param split_leaks: per split (``"valid"``, ``"test"``), how many of its distinct triples are
+        also in train, accepted with ``allow_split_leaks=True`` (otherwise they are an error).
     """
 
     client_id: int
@@ -83,6 +99,7 @@ class ClientGraph:
     entity_ids: np.ndarray | None
     relation_ids: np.ndarray | None
     dropped_unseen: Mapping[str, int] = field(default_factory=dict)
+    split_leaks: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def num_entities(self) -> int:
@@ -115,28 +132,44 @@ class FederatedKG(_GlobalVocabularies):
     :param entity_to_id: global entity vocabulary, label -> id (dense 0..E-1).
     :param relation_to_id: global relation vocabulary, label -> id (dense 0..R-1).
     :param clients: the clients, ``clients[k].client_id == k``.
+    :param records: what the run must keep about how the federation was made (JSON values), e.g.
+        ``duplicates_dropped`` (repeated triples removed before partitioning) and ``split_leaks``
+        (per client, accepted valid/test triples also in train); written into the manifest.
     """
 
     name: str
     entity_to_id: Mapping[str, int]
     relation_to_id: Mapping[str, int]
     clients: tuple[ClientGraph, ...]
+    records: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
         return len(self.clients)
 
-    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    def write(
+        self,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        inputs: Sequence[str | Path | None] = (),
+        command: str = "kg_datasets.FederatedKG.write",
+    ) -> Path:
         """Write per-client folders ``out_dir/<k>/{train,valid,test}.txt`` (labelled, LF).
 
         Each client folder is all one party needs (:func:`kg_datasets.load_client_folder` reads
         it); besides the triples it holds the client's local vocabularies ``entity_to_id.tsv`` /
         ``relation_to_id.tsv`` (its own labels, in its local-id order) so that the party's local
         ids equal the server's view. ``out_dir`` itself gets the global vocabularies under the same
-        names (for the server), so reading the folder back gives the same global ids.
+        names (for the server), so reading the folder back gives the same global ids. The manifest
+        ``.simskip-output.json`` (:mod:`simskip_core.outputs`) records the command, the files and
+        :attr:`records`; only a folder holding it may be replaced.
 
         :param out_dir: the folder to create.
-        :param overwrite: replace an existing non-empty folder (otherwise an error).
+        :param overwrite: replace an existing non-empty folder that simskip wrote (otherwise an error).
+        :param inputs: the paths the federation was read from; ``out_dir`` may not be, contain or lie inside one.
+        :param command: the command recorded in the manifest.
         :return: the folder written.
+        :raises kg_datasets.errors.UnsafeOutputError: see :func:`kg_datasets.writer.write_federated`.
         """
-        return write_federated(self, Path(out_dir), overwrite=overwrite)
+        return write_federated(self, Path(out_dir), overwrite=overwrite, inputs=inputs, command=command)

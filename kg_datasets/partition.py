@@ -3,6 +3,9 @@
 Both draw from one ``numpy.random.RandomState(seed)`` (its stream is frozen across numpy
 versions), so a seed gives the same split everywhere. The FedE relation partition follows
 ``shared/data/FB15k-237-Fed3/README.md`` step by step and reproduces that folder byte for byte.
+Their input holds each triple once (:func:`kg_datasets.sources.partition_split` drops repeats
+first, :meth:`kg_datasets.model.KGSplit.unique_pooled`): a repeated triple could otherwise land in
+a client's train and its valid or test, a leak.
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ a PyKEEN dataset name. Single-graph sources are partitioned; federated ones are 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kg_datasets.build import ClientTriples, build_client, build_federated, check_on_unseen
-from kg_datasets.errors import KGDataError
+from kg_datasets.errors import KGDataError, KGDataWarning
 from kg_datasets.fede_pickle import read_fede_pickle
 from kg_datasets.labeled import (
     is_client_folder_root,
@@ -111,14 +112,28 @@ def load_source(source: str | Path) -> Loaded:
 
 def partition_split(
     graph: KGSplit, *, num_clients: int, partition: str = "relation", seed: int = 0
-) -> tuple[ClientTriples, ...]:
-    """Partition one graph's pooled triples (train, valid, test in order) over ``num_clients``."""
+) -> tuple[tuple[ClientTriples, ...], int]:
+    """Partition one graph's pooled triples (train, valid, test in order) over ``num_clients``.
+
+    Repeated triples are dropped first (:meth:`KGSplit.unique_pooled`, first occurrence kept), so
+    no triple can land in two splits of a client (a leak); a source without repeats is split as before.
+
+    :return: per client its triples, and how many repeated rows were dropped.
+    """
     if num_clients < 1:
         raise KGDataError(f"num_clients must be >= 1, got {num_clients}")
     partitioner = get_partitioner(partition)
-    parts = partitioner(graph.pooled(), labels_in_id_order(graph.relation_to_id), num_clients, seed)
+    pooled, dropped = graph.unique_pooled()
+    if dropped:
+        warnings.warn(
+            f"{graph.name}: dropped {dropped} repeated triple(s) of the pooled train/valid/test before "
+            f"partitioning (so that none lands in two splits; `simskip-data stats {graph.name}` counts them)",
+            KGDataWarning,
+            stacklevel=3,
+        )
+    parts = partitioner(pooled, labels_in_id_order(graph.relation_to_id), num_clients, seed)
     origin = f"{partition} partition of {graph.name} (seed {seed})"
-    return tuple(
+    clients = tuple(
         ClientTriples(
             *(
                 LocatedTriples(ids, f"{origin}, client {k} {name}")
@@ -127,6 +142,7 @@ def partition_split(
         )
         for k, splits in enumerate(parts)
     )
+    return clients, dropped
 
 
 def load_federated(
@@ -136,6 +152,7 @@ def load_federated(
     partition: str = "relation",
     seed: int = 0,
     on_unseen: str = "error",
+    allow_split_leaks: bool = False,
 ) -> FederatedKG:
     """Load a federated knowledge graph.
 
@@ -146,11 +163,22 @@ def load_federated(
     :param partition: ``"relation"`` (FedE: disjoint relations) or ``"triple"`` (FedR-style random).
     :param seed: ``RandomState`` seed of the partition.
     :param on_unseen: ``"error"`` or ``"drop"`` for valid/test triples unseen in their client's train.
+    :param allow_split_leaks: accept (and count in :attr:`FederatedKG.records`) valid/test triples
+        of a client that are also in its train; by default they are an error. A partitioned
+        single graph has none (repeated triples are dropped before the split, and counted).
     :raises KGDataError: on any data problem (naming file and line where there is one).
+    :raises kg_datasets.errors.SplitLeakError: a client's valid/test triple is also in its train.
     """
     check_on_unseen(on_unseen)
     get_partitioner(partition)
-    return federate(load_source(source), num_clients=num_clients, partition=partition, seed=seed, on_unseen=on_unseen)
+    return federate(
+        load_source(source),
+        num_clients=num_clients,
+        partition=partition,
+        seed=seed,
+        on_unseen=on_unseen,
+        allow_split_leaks=allow_split_leaks,
+    )
 
 
 def federate(
@@ -160,26 +188,45 @@ def federate(
     partition: str = "relation",
     seed: int = 0,
     on_unseen: str = "error",
+    allow_split_leaks: bool = False,
 ) -> FederatedKG:
     """Partition (a single graph) or take as it is (a federated source), then validate and build.
 
-    Parameters as in :func:`load_federated`; ``loaded`` comes from :func:`load_source`.
+    Parameters as in :func:`load_federated`; ``loaded`` comes from :func:`load_source`. A
+    partitioned graph's :attr:`FederatedKG.records` hold ``duplicates_dropped``.
     """
     if isinstance(loaded, KGSplit):
         if num_clients is None:
             raise KGDataError(
                 f"{loaded.name}: a single-graph source needs num_clients (how many clients to partition into)"
             )
-        clients = partition_split(loaded, num_clients=num_clients, partition=partition, seed=seed)
-        return build_federated(loaded.name, loaded.entity_to_id, loaded.relation_to_id, clients, on_unseen=on_unseen)
+        clients, dropped = partition_split(loaded, num_clients=num_clients, partition=partition, seed=seed)
+        return build_federated(
+            loaded.name,
+            loaded.entity_to_id,
+            loaded.relation_to_id,
+            clients,
+            on_unseen=on_unseen,
+            allow_split_leaks=allow_split_leaks,
+            records={"duplicates_dropped": dropped},
+        )
     if num_clients is not None and num_clients != len(loaded.clients):
         raise KGDataError(
             f"{loaded.name}: holds {len(loaded.clients)} clients, but num_clients={num_clients} was asked"
         )
-    return build_federated(loaded.name, loaded.entity_to_id, loaded.relation_to_id, loaded.clients, on_unseen=on_unseen)
+    return build_federated(
+        loaded.name,
+        loaded.entity_to_id,
+        loaded.relation_to_id,
+        loaded.clients,
+        on_unseen=on_unseen,
+        allow_split_leaks=allow_split_leaks,
+    )
 
 
-def load_client_folder(path: str | Path, *, client_id: int = 0, on_unseen: str = "error") -> ClientGraph:
+def load_client_folder(
+    path: str | Path, *, client_id: int = 0, on_unseen: str = "error", allow_split_leaks: bool = False
+) -> ClientGraph:
     """Load one party's own folder (labelled ``train.txt``/``valid.txt``/``test.txt``).
 
     Local ids follow the folder's ``entity_to_id.tsv`` / ``relation_to_id.tsv`` when present (as
@@ -189,6 +236,9 @@ def load_client_folder(path: str | Path, *, client_id: int = 0, on_unseen: str =
     :param path: the client folder (e.g. ``out/0`` as written by :meth:`FederatedKG.write`).
     :param client_id: the id to give the client.
     :param on_unseen: ``"error"`` or ``"drop"`` for valid/test triples unseen in train.
+    :param allow_split_leaks: accept valid/test triples also in train (counted in
+        :attr:`ClientGraph.split_leaks`); by default they are an error.
+    :raises kg_datasets.errors.SplitLeakError: a valid/test triple is also in train (a leak).
     """
     check_on_unseen(on_unseen)
     path = Path(path)
@@ -203,7 +253,10 @@ def load_client_folder(path: str | Path, *, client_id: int = 0, on_unseen: str =
         labels_in_id_order(entity_to_id),
         labels_in_id_order(relation_to_id),
         on_unseen=on_unseen,
+        allow_split_leaks=allow_split_leaks,
     )
     # Train labels come first (ids 0..n-1), so this ad-hoc vocabulary's ids are the local ids:
     # drop the maps, which would only describe this folder's own numbering.
-    return ClientGraph(client.client_id, client.train, client.valid, client.test, None, None, client.dropped_unseen)
+    return ClientGraph(
+        client.client_id, client.train, client.valid, client.test, None, None, client.dropped_unseen, client.split_leaks
+    )

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from kg_datasets.model import ClientGraph, FederatedKG, KGSplit
-from kg_datasets.triples import SPLITS, LocatedTriples
+from kg_datasets.triples import SPLITS, LocatedTriples, encode_triples
 
 
 def _duplicates(mapped: np.ndarray) -> int:
@@ -17,16 +17,37 @@ def _duplicates(mapped: np.ndarray) -> int:
     return int(len(mapped) - np.unique(mapped, axis=0).shape[0])
 
 
+#: Pairs of splits whose overlap is counted: (key, later split, earlier split); a later row also in
+#: the earlier split is counted (valid or test rows in train are leaks).
+OVERLAPS: tuple[tuple[str, str, str], ...] = (
+    ("valid_in_train", "valid", "train"),
+    ("test_in_train", "test", "train"),
+    ("test_in_valid", "test", "valid"),
+)
+
+
+def split_overlaps(splits: dict[str, np.ndarray], num_entities: int, num_relations: int) -> dict[str, int]:
+    """Rows of one split also in another (:data:`OVERLAPS`): ``valid_in_train`` and ``test_in_train``
+    are leaks between train and evaluation, ``test_in_valid`` a repeat between the evaluation splits.
+
+    :param splits: ``"train"``/``"valid"``/``"test"`` -> int (n, 3) triples over one id space.
+    """
+    keys = {name: encode_triples(ids, num_entities, num_relations) for name, ids in splits.items()}
+    return {key: int(np.isin(keys[later], keys[earlier]).sum()) for key, later, earlier in OVERLAPS}
+
+
 def client_stats(client: ClientGraph) -> dict[str, Any]:
-    """Triples per split, local entities/relations, dropped-unseen and duplicate counts of one client."""
+    """Triples per split, local entities/relations, dropped-unseen, duplicate and overlap counts of one client."""
     factories = client.factories()
+    mapped = {name: factories[name].mapped_triples.numpy() for name in SPLITS}
     return {
         "client_id": client.client_id,
         **{name: int(factories[name].num_triples) for name in SPLITS},
         "entities": client.num_entities,
         "relations": client.num_relations,
         "dropped_unseen": {name: int(client.dropped_unseen.get(name, 0)) for name in ("valid", "test")},
-        "duplicates": {name: _duplicates(factories[name].mapped_triples.numpy()) for name in SPLITS},
+        "duplicates": {name: _duplicates(mapped[name]) for name in SPLITS},
+        "overlaps": split_overlaps(mapped, client.num_entities, client.num_relations),
     }
 
 
@@ -53,6 +74,8 @@ def federated_stats(kg: FederatedKG) -> dict[str, Any]:
         "num_relations": kg.num_relations,
         "totals": {name: sum(c[name] for c in clients) for name in SPLITS},
         "clients": clients,
+        "overlaps": {key: sum(c["overlaps"][key] for c in clients) for key, _, _ in OVERLAPS},
+        "records": dict(kg.records),
     }
     if all(c.entity_ids is not None for c in kg.clients):
         out["entity_sharing"] = sharing_histogram([c.entity_ids for c in kg.clients], kg.num_entities)
@@ -80,6 +103,9 @@ def split_stats(graph: KGSplit) -> dict[str, Any]:
         "train_entities": int(train_entities.size),
         "unseen_in_train": {name: _unseen_count(splits[name], graph.train) for name in ("valid", "test")},
         "duplicates": {name: _duplicates(s.ids) for name, s in splits.items()},
+        "overlaps": split_overlaps(
+            {name: s.ids for name, s in splits.items()}, graph.num_entities, graph.num_relations
+        ),
     }
 
 
@@ -92,18 +118,29 @@ def format_federated_stats(stats: dict[str, Any]) -> str:
         ),
         (
             f"{'client':>6} {'train':>9} {'valid':>8} {'test':>8} {'entities':>9} {'relations':>9} "
-            f"{'dropped v/t':>12} {'dup t/v/t':>12}"
+            f"{'dropped v/t':>12} {'dup t/v/t':>12} {'v,t in train':>12} {'t in v':>6}"
         ),
     ]
     for c in stats["clients"]:
         dropped = f"{c['dropped_unseen']['valid']}/{c['dropped_unseen']['test']}"
         dup = "/".join(str(c["duplicates"][s]) for s in SPLITS)
+        overlaps = c["overlaps"]
+        leak = f"{overlaps['valid_in_train']}/{overlaps['test_in_train']}"
         lines.append(
             f"{c['client_id']:>6} {c['train']:>9,} {c['valid']:>8,} {c['test']:>8,} {c['entities']:>9,} "
-            f"{c['relations']:>9,} {dropped:>12} {dup:>12}"
+            f"{c['relations']:>9,} {dropped:>12} {dup:>12} {leak:>12} {overlaps['test_in_valid']:>6}"
         )
     t = stats["totals"]
     lines.append(f"{'all':>6} {t['train']:>9,} {t['valid']:>8,} {t['test']:>8,}")
+    leaked = stats["overlaps"]["valid_in_train"] + stats["overlaps"]["test_in_train"]
+    if leaked:
+        lines.append(
+            f"LEAK: {stats['overlaps']['valid_in_train']:,} valid and {stats['overlaps']['test_in_train']:,} test "
+            "rows are also in their client's train (they inflate every metric)"
+        )
+    dropped = stats.get("records", {}).get("duplicates_dropped")
+    if dropped:
+        lines.append(f"repeated triples dropped before partitioning: {dropped:,}")
     for key, title in (("entity_sharing", "entities"), ("relation_sharing", "relations")):
         if key in stats:
             lines.append(f"{title} held by exactly k clients:")
@@ -129,5 +166,9 @@ def format_split_stats(stats: dict[str, Any]) -> str:
                 f"{stats['unseen_in_train']['valid']:,} / {stats['unseen_in_train']['test']:,}"
             ),
             "  duplicate triples train/valid/test: " + "/".join(str(stats["duplicates"][s]) for s in SPLITS),
+            (
+                "  rows also in another split: valid in train {valid_in_train:,}, test in train "
+                "{test_in_train:,}, test in valid {test_in_valid:,}"
+            ).format(**stats["overlaps"]),
         ]
     )

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     add_set_option(parser, dest="sets", help="refinement run-config value (repeatable), e.g. refit-epochs=3")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file (default: stdout)")
     args = parser.parse_args(argv)
+    from client.kge.run_folder import check_script_outputs  # the project's one output rule
+
+    check_script_outputs(parser, inputs=[args.run_dir], files={"--out": args.out})
 
     import numpy as np
     import torch

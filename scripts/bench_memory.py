@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: stdout)")
     args = parser.parse_args(argv)
+    from client.kge.run_folder import check_script_outputs  # the project's one output rule
+
+    check_script_outputs(parser, inputs=[args.dataset], files={"--out": args.out}, folders={"--run-dir": args.run_dir})
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-memory-")) / "run"
     report = measure_memory(
         run_dir,

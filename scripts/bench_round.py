@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="where runs go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
+    from client.kge.run_folder import check_script_outputs  # the project's one output rule
+
+    check_script_outputs(parser, inputs=[args.data], files={"--out": args.out}, folders={"--work-dir": args.work_dir})
 
     from client.kge.config import parse_set_options
 

@@ -391,6 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     in_process.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     in_process.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    from client.kge.run_folder import check_script_outputs  # the project's one output rule
+
+    check_script_outputs(
+        parser,
+        inputs=[args.data],
+        files={"--out": args.out},
+        folders={"--run-dir": getattr(args, "run_dir", None)},
+    )
     if args.mode == "simulation":
         report, status = run_simulation_mode(args)
     else:

@@ -7,9 +7,12 @@ Reads ``results/grid/<split>/<model>/`` as written by ``scripts/run_experiments.
 (the evaluator's report); ``cell.json`` gives the status, the variant and the wall time. Cells that
 are absent or not ``done`` are listed as not run, never filled in.
 
-    python scripts/grid_table.py                  # print the markdown
-    python scripts/grid_table.py --write-readme   # replace README.md's block (written atomically)
-    python scripts/grid_table.py --check          # exit 1 when README.md's block is stale (CI)
+Two generated blocks: the at-a-glance table in ``README.md`` (between the ``grid-summary`` markers) and
+every table in ``docs/results/grid.md`` (between the ``grid-table`` markers).
+
+    python scripts/grid_table.py            # print the markdown of every table
+    python scripts/grid_table.py --write    # replace both blocks (written atomically)
+    python scripts/grid_table.py --check    # exit 1 when a block is stale (CI; scripts/gen_docs.py --check too)
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from client.kge.config import PAPER_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- grid-table:start -->", "<!-- grid-table:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- grid-summary:start -->", "<!-- grid-summary:end -->"
+README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "results" / "grid.md"
 SPLITS = ("FB15k-237-Fed3", "FB15k-237-Fed5", "FB15k-237-Fed10", "FB15k-237-R10-FedLU")
 MODELS = PAPER_MODELS
 VARIANTS = ("simskip", "structure", "isolation", "collection")
@@ -51,12 +57,15 @@ PROTOCOL_CAPTION = (
     "Every downstream protocol: overall MRR gain of the refined rows over the unrefined ones, in points, with the"
     " 95 % paired-bootstrap interval over test triples, and the verdict (standard / FedE protocol)."
 )
+SUMMARY_RULE = "defined under the next table"
+README_SUMMARY_RULE = "the rule: [the verdict](docs/concepts/verdict.md)"
+SUMMARY_BELOW = " Intervals and the FedE protocol in the protocol table below."
+README_SUMMARY_MORE = " Intervals, the FedE protocol and every other table: [the grid's page](docs/results/grid.md)."
 SUMMARY_CAPTION = (
     "At a glance, test split, client `overall`: FedE's standard MRR (x100, as trained, mean over seeds) and, per"
     " downstream protocol, the standard-MRR gain of FedE + SimSkip over FedE in points with the evaluator's"
-    " verdict (**gain**, loss, or no mark for nothing; defined under the next table); `structure`: the"
-    " structure-aware view, as trained; a dash where the cell did not run. Intervals and the FedE protocol in the"
-    " protocol table below."
+    f" verdict (**gain**, loss, or no mark for nothing; {SUMMARY_RULE}); `structure`: the"
+    " structure-aware view, as trained; a dash where the cell did not run." + SUMMARY_BELOW
 )
 TIME_CAPTION = (
     "Wall time per cell, as `cell.json` records it: `run_seconds` (the KGE run), `refine_seconds` (SimSkip and"
@@ -301,56 +310,88 @@ def build_table(grid_dir: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def replace_block(text: str, table: str) -> str:
-    """``text`` with everything between the two grid-table markers replaced by ``table``.
+def build_summary(grid_dir: Path) -> str:
+    """The at-a-glance part only (its caption and table), for the README."""
+    cells = load_cells(grid_dir)
+    done = {k: v for k, v in cells.items() if _done(v)}
+    if not done:
+        return f"No cell of the grid has finished yet.\n\n{missing_cells(cells)}\n"
+    caption = SUMMARY_CAPTION.removesuffix(SUMMARY_BELOW).replace(SUMMARY_RULE, README_SUMMARY_RULE)
+    caption += README_SUMMARY_MORE
+    return "\n".join([caption, "", *_summary_table(done)]) + "\n"
+
+
+def replace_block(text: str, table: str, start: str = START, end: str = END) -> str:
+    """``text`` with everything between the markers ``start`` and ``end`` replaced by ``table``.
 
     :raises ValueError: when a marker is missing, repeated or the end marker comes first.
     """
-    for marker in (START, END):
+    for marker in (start, end):
         if text.count(marker) != 1:
-            raise ValueError(f"expected exactly one {marker!r} marker in the README, found {text.count(marker)}")
-    start, end = text.index(START) + len(START), text.index(END)
-    if end < start:
-        raise ValueError(f"{END!r} comes before {START!r} in the README")
-    return text[:start] + "\n" + table.strip("\n") + "\n" + text[end:]
+            raise ValueError(f"expected exactly one {marker!r} marker, found {text.count(marker)}")
+    i, j = text.index(start) + len(start), text.index(end)
+    if j < i:
+        raise ValueError(f"{end!r} comes before {start!r}")
+    return text[:i] + "\n" + table.strip("\n") + "\n" + text[j:]
+
+
+def rendered(grid_dir: Path = ROOT / "results" / "grid", readme: Path = README, page: Path = PAGE) -> dict:
+    """The two files with a generated block: ``{path: (text on disk, text it should have)}``.
+
+    :raises ValueError: naming the file when one of its markers is missing, repeated or out of order.
+    """
+    out = {}
+    for path, table, markers in (
+        (readme, build_summary(grid_dir), (SUMMARY_START, SUMMARY_END)),
+        (page, build_table(grid_dir), (START, END)),
+    ):
+        text = Path(path).read_bytes().decode("utf-8")
+        try:
+            out[Path(path)] = (text, replace_block(text, table, *markers))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the table, write it into the README, or check the README's block (exit 1 when stale)."""
+    """Print the tables, write both blocks, or check them (exit 1 when one is stale)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=ROOT / "results" / "grid", help="default: results/grid")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="default: README.md")
+    parser.add_argument("--readme", type=Path, default=README, help="the at-a-glance block's file (README.md)")
+    parser.add_argument("--page", type=Path, default=PAGE, help="every table's file (docs/results/grid.md)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write-readme", action="store_true", help="replace the README's block atomically")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the README's block differs")
+    mode.add_argument("--write", "--write-readme", action="store_true", help="replace both blocks atomically")
+    mode.add_argument("--check", action="store_true", help="exit 1 when a block differs")
     args = parser.parse_args(argv)
-    table = build_table(args.grid)
-    if not (args.write_readme or args.check):
-        sys.stdout.write(table)
+    if not (args.write or args.check):
+        sys.stdout.write(build_table(args.grid))
         return 0
-    text = args.readme.read_bytes().decode("utf-8")
     try:
-        new = replace_block(text, table)
+        pages = rendered(args.grid, args.readme, args.page)
     except ValueError as error:
-        print(f"grid_table: {args.readme}: {error}", file=sys.stderr)
+        print(f"grid_table: {error}", file=sys.stderr)
         return 1
+    stale = {path: texts for path, texts in pages.items() if texts[0] != texts[1]}
     if args.check:
-        if new == text:
-            print(f"grid_table: {args.readme} is up to date with {args.grid}")
-            return 0
-        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README (committed)", "from JSON", lineterm="")
-        print("\n".join(list(diff)[:60]), file=sys.stderr)
-        print(
-            f"grid_table: {args.readme}'s grid table differs from what {args.grid} gives;"
-            " run `python scripts/grid_table.py --write-readme`",
-            file=sys.stderr,
-        )
-        return 1
-    if new != text:
-        from client.kge.run_folder import atomic_write_text  # the project's one atomic write
+        for path, (old, new) in stale.items():
+            diff = difflib.unified_diff(
+                old.splitlines(), new.splitlines(), f"{path} (committed)", "from JSON", lineterm=""
+            )
+            print("\n".join(list(diff)[:60]), file=sys.stderr)
+            print(
+                f"grid_table: {path}'s grid table differs from what {args.grid} gives;"
+                " run `python scripts/grid_table.py --write`",
+                file=sys.stderr,
+            )
+        if stale:
+            return 1
+        print(f"grid_table: {args.readme} and {args.page} are up to date with {args.grid}")
+        return 0
+    from client.kge.run_folder import atomic_write_text  # the project's one atomic write
 
-        atomic_write_text(args.readme, new)
-    print(f"grid_table: wrote the grid table into {args.readme}")
+    for path, (_, new) in stale.items():
+        atomic_write_text(path, new)
+    print(f"grid_table: wrote the grid tables into {args.readme} and {args.page}")
     return 0
 
 

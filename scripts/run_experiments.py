@@ -503,7 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid; returns the exit status (1 when a cell failed; the others still ran)."""
     from server.run_options import run_config_overrides
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from client.kge.run_folder import check_script_outputs  # the project's one output rule
+
+    check_script_outputs(  # the grid folder and the export may hold earlier cells, never the data
+        parser,
+        inputs=[_resolve_dataset(d) for d in args.datasets],
+        folders={"--out": args.out, "--export": args.export},
+    )
     out = args.out.resolve()
     sets = run_config_overrides(args.preset, args.sets)
     failed = []

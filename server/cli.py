@@ -36,13 +36,32 @@ from client.credentials import TLSFiles
 from client.kge.config import add_set_option
 from server import signals
 from server.partial_results import write_partial_results
-from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
-from server.simulation import resume_run_config
+from server.run_options import (
+    add_preset_option,
+    check_new_run_dir,
+    check_run_config,
+    default_run_dir,
+    run_command,
+    run_config_overrides,
+)
+from server.simulation import ResumeError, resume_run_config
+from simskip_core.cli_common import (
+    INPUT_ERRORS,
+    RUN_CONFIG_FLAGS,
+    CommandParser,
+    UsageError,
+    add_version,
+    check_port_free,
+    integer,
+)
+from simskip_core.cli_common import path as path_arg
+from simskip_core.cli_common import port as port_number
 
 __all__ = [
     "ServerInterrupted",
     "build_parser",
     "main",
+    "parse_and_validate",
     "run_server",
 ]
 
@@ -70,44 +89,59 @@ class ServerInterrupted(BaseException):
         return 128 + self.signum
 
 
+EXAMPLES = """examples:
+  simskip-server --insecure --port 9092 --min-clients 3 --rounds 20 --run-dir runs/fed
+  simskip-server --ssl-ca-certfile ca.crt --ssl-certfile server.crt --ssl-keyfile server.key \\
+      --auth-public-keys parties.pub --host 0.0.0.0 --set model=RotatE
+  simskip-server --resume runs/fed --insecure --rounds 30
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-server`` argument parser."""
-    parser = argparse.ArgumentParser(prog="simskip-server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    parser = CommandParser(
+        prog="simskip-server",
+        description=__doc__.split("\n\n")[0] + "\n\nParties join with simskip-client --server HOST:PORT --data DIR.",
+        epilog=EXAMPLES,
+    )
+    add_version(parser)
+    parser.add_argument("--run-dir", type=path_arg, default=None, help="output folder (default runs/<timestamp>)")
     parser.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="RUN_DIR",
         help="continue the interrupted run in RUN_DIR from its last checkpoint "
         "(its config.json, with --set/--rounds on top)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
+    parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on (default 127.0.0.1)")
     parser.add_argument(
         "--quiet",
         action="store_true",
         help="print only warnings, errors and summary lines (logs/run.log keeps every line)",
     )
     add_preset_option(parser)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SuperLink port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help=f"SuperLink port, 1..65535 (default {DEFAULT_PORT})"
+    )
     parser.add_argument(
         "--min-clients",
-        type=int,
+        type=integer(1),
         default=None,
-        help="parties to wait for before round 1 (default: the run config's, 2)",
+        help="parties to wait for before round 1, >= 1 (default: the run config's, 2)",
     )
-    parser.add_argument("--rounds", type=int, default=None, help="num-server-rounds (default: pyproject's)")
+    parser.add_argument("--rounds", type=integer(1), default=None, help="num-server-rounds (default: pyproject's)")
     parser.add_argument("--setting", default=None, choices=["fede", "isolation"])
     add_set_option(parser, dest="sets", help="run-config override, e.g. --set model=RotatE (repeatable)")
     security = parser.add_argument_group("transport security (one of)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP (only when asked for)")
-    security.add_argument("--ssl-ca-certfile", type=Path, help="CA certificate (PEM) that signed --ssl-certfile")
-    security.add_argument("--ssl-certfile", type=Path, help="server certificate (PEM), its SAN naming the host")
-    security.add_argument("--ssl-keyfile", type=Path, help="server private key (PEM)")
+    security.add_argument("--ssl-ca-certfile", type=path_arg, help="CA certificate (PEM) that signed --ssl-certfile")
+    security.add_argument("--ssl-certfile", type=path_arg, help="server certificate (PEM), its SAN naming the host")
+    security.add_argument("--ssl-keyfile", type=path_arg, help="server private key (PEM)")
     auth = parser.add_argument_group("node authentication (needs TLS)")
     auth.add_argument(
         "--auth-public-keys",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FILE",
         help="only parties whose OpenSSH EC public key is in FILE (one per line) may join; "
@@ -116,20 +150,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tls(args: argparse.Namespace, connect_host: str) -> Any:
-
+def _check_security_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The transport-security options are one of ``--insecure`` or all three certificate files."""
     given = [args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile]
     if args.insecure:
         if any(given):
-            raise SystemExit("simskip-server: --insecure and certificate files are exclusive")
+            parser.error("--insecure and the certificate files (--ssl-*) are exclusive")
         if args.auth_public_keys is not None:
-            raise SystemExit(
-                "simskip-server: --auth-public-keys needs TLS (Flower refuses node authentication with --insecure)"
-            )
+            parser.error("--auth-public-keys needs TLS (Flower refuses node authentication with --insecure)")
+    elif not all(given):
+        parser.error("pass --insecure, or all of --ssl-ca-certfile --ssl-certfile --ssl-keyfile")
+
+
+def parse_and_validate(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check every option of ``simskip-server`` before anything is written or started:
+    ranges, exclusive options, the certificate and key files, the run config the options make, and
+    that ``--host:--port`` is free.
+
+    :raises SystemExit: 2 with one line ``simskip-server: error: ...`` naming the option; 0 after
+        ``--help`` / ``--version``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.host.strip() or any(c.isspace() for c in args.host):
+        parser.error(f"--host must be an address or host name, got {args.host!r}")
+    if args.resume is not None and args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
+        parser.error("--resume RUN_DIR continues in RUN_DIR; do not pass another --run-dir")
+    if args.run_dir is not None and args.run_dir.exists() and not args.run_dir.is_dir():
+        parser.error(f"--run-dir: {args.run_dir} is a file, not a folder")
+    if args.resume is not None:
+        try:
+            resume_run_config(args.resume.expanduser().resolve())
+        except ResumeError as err:
+            parser.error(f"--resume: {err}")
+    _check_security_options(parser, args)
+    try:
+        _tls(args, _connect_host(args.host))
+        if args.auth_public_keys is not None:
+            credentials.read_authorized_keys(args.auth_public_keys)
+        overrides = _overrides(args)
+    except (ValueError, credentials.CredentialError) as err:
+        parser.error(str(err))
+    if args.resume is None:
+        try:
+            check_run_config(overrides)
+        except ValueError as err:
+            parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
+    try:
+        check_port_free(args.host, args.port, "--port", "--host")
+    except UsageError as err:
+        parser.error(str(err))
+    return args
+
+
+def _tls(args: argparse.Namespace, connect_host: str) -> Any:
+    """The checked certificate files, or ``None`` with ``--insecure`` (see :func:`parse_and_validate`)."""
+    if args.insecure:
         return None
-    if not all(given):
-        raise SystemExit("simskip-server: pass --insecure, or all of --ssl-ca-certfile --ssl-certfile --ssl-keyfile")
-    tls = TLSFiles(*(p.expanduser().resolve() for p in given))
+    tls = TLSFiles(*(p.expanduser().resolve() for p in (args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)))
     tls.check(host=connect_host)
     return tls
 
@@ -175,11 +253,14 @@ def run_server(
     :raises client.pids.FlowerProcessError: when the run did not complete.
     """
     run_dir = run_dir.resolve()
+    run_config = {**(run_config or {}), "run-dir": str(run_dir)}
+    check_run_config(run_config)  # fail now, not after start-up, and before the run folder is made
+    if not run_config.get("resume"):  # the output rule (simskip_core.outputs): no input, no earlier run
+        tls_files = (tls.ca_certfile, tls.certfile, tls.keyfile) if tls is not None else ()
+        check_new_run_dir(run_dir, inputs=tls_files)
     run_dir.mkdir(parents=True, exist_ok=True)
     if on_start is not None:
         on_start(run_dir)
-    run_config = {**(run_config or {}), "run-dir": str(run_dir)}
-    check_run_config(run_config)  # fail now, not after start-up
     flwr_home = run_dir / ".flwr"
     superlink = None
     try:
@@ -195,7 +276,7 @@ def run_server(
                 log_path=run_dir / "logs" / "superlink.log",
             )
         connect_host = _connect_host(host)
-        pids.wait_for_health(connect_host, port, superlink)
+        launcher.wait_until_listening(connect_host, port, superlink)
         launcher.write_connection(
             flwr_home,
             f"{connect_host}:{port}",
@@ -255,16 +336,14 @@ def _interrupt(signum: int) -> ServerInterrupted:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``simskip-server``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.resume is not None and args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
-        print("simskip-server: --resume RUN_DIR continues in RUN_DIR; do not pass another --run-dir", file=sys.stderr)
-        return 2
+    """Entry point of ``simskip-server``; returns the exit status (0 completed, 2 bad option or input,
+    1 any other failure, 130/143 on SIGINT/SIGTERM)."""
+    args = parse_and_validate(argv)
     started: dict[str, Path] = {}
 
     def run() -> Path:
-        # inside run_command: a bad certificate, a bad --set or a missing config.json
-        # (server.simulation.ResumeError) is a one-line error, exit 1
+        # checked by parse_and_validate already; a missing config.json (server.simulation.ResumeError)
+        # is a one-line error here, exit 2
 
         tls = _tls(args, _connect_host(args.host))
         keys = credentials.read_authorized_keys(args.auth_public_keys) if args.auth_public_keys is not None else ()
@@ -287,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with signals.installed("simskip-server", _interrupt):  # until the partial results are written
         try:
-            return run_command("simskip-server", run)
+            return run_command(
+                "simskip-server", run, input_errors=(*INPUT_ERRORS, ResumeError, credentials.CredentialError)
+            )
         except ServerInterrupted as interrupt:
             # every process is stopped by now (run_server's finally); the run folder is final
             run_dir = started.get("run_dir")

@@ -23,7 +23,7 @@ import numpy as np
 
 from client.kge.protocols import EVAL_PROTOCOLS
 from client.kge.run_folder import JsonlFormatError, atomic_write_bytes, atomic_write_text, read_jsonl
-from server.report_plots import write_plots
+from server.report_plots import PLOT_FILES, write_plots
 from server.results_table import COLUMNS, GAIN_BASELINE, OVERALL, ReportInputError, build_results_table
 
 # the table's and the plots' names too: callers import the whole report from here
@@ -32,10 +32,12 @@ __all__ = [
     "DOWNSTREAM_FILE",
     "GAIN_BASELINE",
     "OVERALL",
+    "PLOT_FILES",
     "RANKS_FILE",
     "SIMSKIP_METRICS_FILE",
     "ReportInputError",
     "build_results_table",
+    "console_summary",
     "load_jsonl",
     "load_ranks",
     "save_ranks",
@@ -262,3 +264,65 @@ def write_report(run_dir: str | Path, *, title: str | None = None, notes: Sequen
         table=table,
     )
     return {**paths, **plots}
+
+
+#: How the console summary explains a verdict (:func:`client.kge.significance.significant_gain`).
+VERDICT_LEGEND = (
+    "gain: interval above 0 against the unrefined rows and against a random move of the same size; "
+    "loss: below 0; none: neither"
+)
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def console_summary(run_dir: str | Path) -> str:
+    """The few lines a command prints at the end of a run: what the run found, and where to read more.
+
+    FedE's test MRR (best round, valid MRR), then per downstream protocol the refined-minus-unrefined
+    test MRR gain over all clients with its 95 % interval and verdict, for both evaluation protocols,
+    then the paths of ``results.md`` and the plots. Read from ``final_metrics.json`` and
+    ``results.json``; a file that is missing or unreadable is said so in a line, never raised.
+
+    :param run_dir: a run folder (``simskip-sim`` / ``simskip-server`` / ``--refine-only``).
+    :returns: the lines, each ending in a newline.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"Summary of {run_dir}"]
+    final = _json_or_none(run_dir / "final_metrics.json")
+    if isinstance(final, dict) and isinstance(final.get("test_overall"), dict):
+        valid = (final.get("best_valid_overall") or {}).get("mrr")
+        lines.append(
+            f"  FedE ({final.get('setting', '?')}, {len(final.get('clients', []))} clients): test MRR "
+            f"{final['test_overall']['mrr']:.4f} at best round {final.get('best_round')} of {final.get('rounds_run')}"
+            + (f" (valid MRR {valid:.4f})" if isinstance(valid, (int, float)) else "")
+        )
+    else:
+        lines.append(f"  FedE: no readable {run_dir / 'final_metrics.json'}")
+    table = _json_or_none(run_dir / RESULTS_JSON)
+    if not (isinstance(table, dict) and isinstance(table.get("protocols"), dict)):
+        lines.append("  SimSkip: no results.json (no SimSkip phase in this run)")
+        return "\n".join(lines) + "\n"
+    lines.append("  SimSkip refined - unrefined, test MRR points over all clients [95 % interval]:")
+    rows = [("downstream protocol", *EVAL_PROTOCOLS, "verdict (" + " / ".join(EVAL_PROTOCOLS) + ")")]
+    comparison = f"refined-{GAIN_BASELINE}"
+    for label, entry in table["protocols"].items():
+        cell = entry.get("intervals", {}).get(OVERALL, {})
+        gains = []
+        for protocol in EVAL_PROTOCOLS:
+            iv = cell.get(f"{protocol}.mrr:{comparison}")
+            gains.append(f"{iv['mean']:+.2f} [{iv['lo']:+.2f}, {iv['hi']:+.2f}]" if iv else "-")
+        verdict = entry.get("verdict", {}).get(OVERALL, {})
+        rows.append((label, *gains, " / ".join(str(verdict.get(f"{p}.mrr", "-")) for p in EVAL_PROTOCOLS)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append(f"    ({VERDICT_LEGEND})")
+    lines.append(f"  results: {run_dir / RESULTS_MD}")
+    plots = [str(run_dir / name) for name in PLOT_FILES if (run_dir / name).is_file()]
+    if plots:
+        lines.append("  plots:   " + "\n           ".join(plots))
+    return "\n".join(lines) + "\n"

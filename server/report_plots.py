@@ -16,7 +16,10 @@ from client.kge.comparison import ROWS
 from client.kge.run_folder import atomic_write_bytes
 from server.results_table import GAIN_BASELINE, OVERALL, sorted_clients
 
-__all__ = ["write_plots"]
+__all__ = ["PLOT_FILES", "write_plots"]
+
+#: The plots :func:`write_plots` may write, in the order a reader looks at them.
+PLOT_FILES = ("valid_mrr.png", "simskip_loss.png", "refined_vs_unrefined.png")
 
 
 def _save_figure(figure: Any, path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The run options every command shares: ``--set`` values (:func:`client.kge.config.parse_set_options`), ``--preset``, the run folder's name, the
-run-config check before anything starts, and the common exit path of a command.
+"""The run options every command shares: ``--set`` values (:func:`client.kge.config.parse_set_options`), ``--preset``, the run folder's name and
+its check (:func:`check_new_run_dir`, the output rule of :mod:`simskip_core.outputs`), the run-config check
+before anything starts, and the common exit path of a command.
 
 Used by ``simskip-sim`` (:mod:`server.simulation`), ``simskip-server`` (:mod:`server.cli`) and
 ``--refine-only`` (:mod:`server.downstream`); it imports none of them, so they import one way.
@@ -9,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from client.kge.config import PRESETS, parse_set_options, preset
+from simskip_core.cli_common import INPUT_ERRORS, run_main
 
-__all__ = ["add_preset_option", "check_run_config", "default_run_dir", "run_command", "run_config_overrides"]
+__all__ = [
+    "add_preset_option",
+    "check_new_run_dir",
+    "check_run_config",
+    "default_run_dir",
+    "run_command",
+    "run_config_overrides",
+]
 
 
 def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[str, Any]:
@@ -45,6 +53,29 @@ def default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
 
+def check_new_run_dir(run_dir: Path, *, inputs: Sequence[str | Path | None] = ()) -> Path:
+    """Check the folder of a fresh run before anything is read or started (it is made only when the
+    run is about to start): not an input, not inside or around one, not the current folder or an
+    ancestor, and not holding an earlier run (:data:`client.kge.run_folder.RUN_RECORDS`).
+
+    :param run_dir: the run folder (``--run-dir``).
+    :param inputs: what the run reads (a dataset folder, certificate files); names that are no
+        existing path (a PyKEEN dataset name) are skipped.
+    :return: the resolved folder.
+    :raises simskip_core.outputs.UnsafeOutputError: (an input error) naming the folder and the reason.
+    """
+    from client.kge.run_folder import RUN_RECORDS
+    from simskip_core.outputs import check_new_folder
+
+    return check_new_folder(
+        run_dir,
+        inputs=inputs,
+        taken=RUN_RECORDS,
+        what="--run-dir",
+        hint="that is an earlier run: continue it with --resume RUN_DIR, or choose a new --run-dir",
+    )
+
+
 def check_run_config(run_config: dict[str, Any]) -> None:
     """Fail before any process starts when a key is unknown (any phase), a value is bad or a named choice
     is not one of its choices (:func:`client.kge.run_config.check_choices`)."""
@@ -54,20 +85,26 @@ def check_run_config(run_config: dict[str, Any]) -> None:
     check_choices(run_config)
 
 
-def run_command(prog: str, run: Callable[[], Path]) -> int:
+def run_command(
+    prog: str,
+    run: Callable[[], Path],
+    input_errors: Sequence[type[BaseException]] = INPUT_ERRORS,
+    parameters: Mapping[str, str] | None = None,
+) -> int:
     """The boundary of a command that runs ``run()`` (returning the run folder); returns the exit status.
 
-    0 after printing ``[prog] done in N s: RUN_DIR``; 130 on Ctrl-C; 1 on any other exception,
-    reported as ``[prog] error: Type: message`` on stderr. ``SystemExit`` passes through.
+    0 after printing ``[prog] done in N s: RUN_DIR``; otherwise the convention of
+    :func:`simskip_core.cli_common.run_main`: one line ``prog: error: message`` on stderr, exit 2 for
+    ``input_errors`` (bad input), 1 for any other exception, 130 on Ctrl-C. ``SystemExit`` passes through.
+
+    :param parameters: library parameter -> flag, rewritten in the error message
+        (:func:`simskip_core.cli_common.flag_names`).
     """
     started = time.time()
-    try:
+
+    def work() -> int:
         run_dir = run()
-    except KeyboardInterrupt:
-        print(f"[{prog}] interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the command's boundary: report and exit non-zero
-        print(f"[{prog}] error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    print(f"[{prog}] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
-    return 0
+        print(f"[{prog}] done in {time.time() - started:.1f} s: {run_dir}", flush=True)
+        return 0
+
+    return run_main(prog, work, input_errors=input_errors, parameters=parameters)

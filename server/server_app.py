@@ -6,6 +6,11 @@ Configured from ``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``--run-co
 overrides: federation keys are read by :class:`client.kge.settings.FederationSettings`, KGE keys by
 :class:`client.kge.config.KGEConfig`, refinement keys by
 :class:`client.kge.refinement.RefinementConfig` (unknown keys fail, naming them).
+
+The supported entry points are ``simskip-sim`` and ``simskip-server``: they set ``run-dir`` and
+the parties' data paths in the run config. A run started otherwise (``flwr run .`` with the
+pyproject defaults, where ``run-dir = ""``) is refused before the handshake
+(:func:`check_started_by_launcher`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,36 @@ from client.object_pulls import shorten_object_pull_backoff
 from server.records import FederationError, FedEResult, RoundReport
 from server.strategy import FedEStrategy
 
-__all__ = ["TIMING_KEYS", "app", "run_federation"]
+__all__ = ["LAUNCH_DOCS", "TIMING_KEYS", "UnsupportedLaunchError", "app", "check_started_by_launcher", "run_federation"]
 
 app = ServerApp()
 shorten_object_pull_backoff()  # the replies' objects: 20 ms first retry, not Flower's 1 s
+
+
+#: The documentation page on the supported entry points (why simskip-sim / simskip-server, not flwr run).
+LAUNCH_DOCS = "docs/how-to/entry-points.md"
+
+
+class UnsupportedLaunchError(SettingsError):
+    """The ServerApp was started without ``simskip-sim`` / ``simskip-server`` (no ``run-dir``)."""
+
+
+def check_started_by_launcher(run_config: dict[str, Any]) -> None:
+    """Refuse a run whose config lacks ``run-dir``, as one started by ``flwr run .`` with the
+    pyproject defaults does: only ``simskip-sim`` and ``simskip-server`` set it, together with
+    the parties' data paths the clients need.
+
+    :param run_config: the run config the ServerApp received (kebab-case keys).
+    :raises UnsupportedLaunchError: when ``run-dir`` is missing or empty; the one-line message
+        names both commands and :data:`LAUNCH_DOCS`.
+    """
+    if str(run_config.get("run-dir", "")).strip():
+        return
+    raise UnsupportedLaunchError(
+        "run-dir is empty: this app was not started by simskip-sim or simskip-server (e.g. by "
+        "`flwr run .`), which set run-dir and the parties' data paths; start it with `simskip-sim` "
+        f"(one machine) or `simskip-server` (several machines), see {LAUNCH_DOCS}"
+    )
 
 
 #: Keys of ``final_metrics.json`` that hold wall-clock measurements: they differ between two
@@ -302,5 +333,15 @@ def _scatter(rows: np.ndarray, global_ids: np.ndarray, num_entities: int) -> np.
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower entry point: run the federation configured by ``context.run_config``."""
-    run_federation(grid, dict(context.run_config))
+    """Flower entry point: run the federation configured by ``context.run_config``.
+
+    :raises UnsupportedLaunchError: at once, before the handshake, for a run not started by
+        ``simskip-sim`` / ``simskip-server`` (:func:`check_started_by_launcher`).
+    """
+    run_config = dict(context.run_config)
+    try:
+        check_started_by_launcher(run_config)
+    except UnsupportedLaunchError as err:
+        log(ERROR, "%s", err)
+        raise
+    run_federation(grid, run_config)

@@ -20,6 +20,14 @@ run config the ServerApp recorded in ``RUN_DIR/config.json`` and the same client
 A missing, truncated or corrupt checkpoint, or a changed model-defining setting, is an error
 naming the file or the setting: never a silent fresh start.
 
+A fresh start that fails before any round completed (no ``metrics.jsonl`` row, no checkpoint, no
+``final_metrics.json``; e.g. the SuperLink does not start, or the ServerApp fails at once) removes
+what it wrote into the run folder (:func:`_undone_on_failure`), so the same ``--run-dir`` may be
+given again: only the entries it created are removed, never one the folder held before; ``logs/``
+stays when the error message names a log in it (the folder then holds only ``logs/``, which is no
+earlier run: :data:`client.kge.run_folder.RUN_RECORDS`); a run folder (and its parents) that this
+start created is removed when nothing is left in it. A failed ``--resume`` removes nothing.
+
 Exit status: 0 when the run finished and wrote ``final_metrics.json``; 130 on Ctrl-C, 143 on
 SIGTERM (the SuperLink is stopped first); 1 otherwise.
 """
@@ -29,23 +37,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from client import launcher, pids
-from client.kge.config import add_set_option
-from client.kge.run_folder import RunFolder
+from client.kge.config import add_set_option, parse_set_options
+from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder
+from kg_datasets.errors import PARAMETER_FLAGS
 from server import signals
 from server.partial_results import write_partial_results
-from server.run_options import add_preset_option, check_run_config, default_run_dir, run_command, run_config_overrides
-from server.sim_resources import auto_gpus_per_client, ray_num_cpus
+from server.run_options import (
+    add_preset_option,
+    check_new_run_dir,
+    check_run_config,
+    default_run_dir,
+    run_command,
+    run_config_overrides,
+)
+from server.sim_resources import auto_gpus_per_client, cuda_gpu_visible, numerics_env, ray_num_cpus
+from simskip_core.cli_common import INPUT_ERRORS, RUN_CONFIG_FLAGS, CommandParser, add_version, integer, number
+from simskip_core.cli_common import path as path_arg
 
 __all__ = [
     "ResumeError",
     "main",
+    "parse_and_validate",
     "resume_run_config",
     "resume_simulation",
     "run_simulation",
@@ -108,7 +129,7 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
         from server.downstream import refine_run_folder  # heavy (torch, pykeen): refinement runs only
 
         if not (run_dir / "data").exists():
-            kg.write(run_dir / "data")
+            kg.write(run_dir / "data", inputs=[dataset], command="simskip-sim")
         refine_run_folder(run_dir)
     return run_dir
 
@@ -143,10 +164,10 @@ def run_simulation(
     :param concurrent_clients: virtual clients that train at the same time (see
         :func:`ray_num_cpus`; ``None``: all of them).
     :param quiet: print only problems and summary lines (the run log keeps everything).
-    :raises client.pids.FlowerProcessError: when the run did not complete.
+    :raises client.pids.FlowerProcessError: when the run did not complete; a start that failed
+        before any round completed first removes what it wrote into ``run_dir``
+        (:func:`_undone_on_failure`), so the same ``run_dir`` may be given again.
     """
-    from kg_datasets import load_federated  # heavy (torch, pykeen): simskip-sim --help runs without it
-
     run_dir = (run_dir or default_run_dir()).resolve()
     run_config: dict[str, Any] = {
         "setting": setting,
@@ -155,7 +176,88 @@ def run_simulation(
         **(overrides or {}),
     }
     check_run_config(run_config)  # before anything is written: a bad value leaves no empty run folder
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # the output rule (simskip_core.outputs): not the dataset folder, nor inside or around it, not
+    # the current folder, no earlier run; the folder itself is made by the first write below, after
+    # the data was read, and a start that fails before a round completed removes what it wrote
+    check_new_run_dir(run_dir, inputs=[dataset])
+    with _undone_on_failure(run_dir):
+        return _start(
+            dataset,
+            run_dir,
+            run_config,
+            num_clients=num_clients,
+            partition=partition,
+            partition_seed=partition_seed,
+            num_cpus_per_client=num_cpus_per_client,
+            num_gpus_per_client=num_gpus_per_client,
+            concurrent_clients=concurrent_clients,
+            quiet=quiet,
+        )
+
+
+#: Entries of a run folder that show that a round completed (the run can be resumed or reported):
+#: a failed start that wrote one of them keeps everything it wrote.
+_ROUND_RECORDS = ("checkpoint", "refine_checkpoint", FINAL_METRICS)
+
+
+def _round_completed(run_dir: Path) -> bool:
+    """Whether ``run_dir`` records a completed round (a ``metrics.jsonl`` row, a checkpoint, final metrics)."""
+    metrics = run_dir / METRICS_JSONL
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return True
+    return any((run_dir / name).exists() for name in _ROUND_RECORDS)
+
+
+@contextmanager
+def _undone_on_failure(run_dir: Path) -> Iterator[None]:
+    """Around a fresh start: when the block raises (any exception, Ctrl-C or SIGTERM included) and no
+    round completed (:func:`_round_completed`), remove the top-level entries of ``run_dir`` that did
+    not exist when the block began; keep ``logs/`` when the error's message names a path in it (the
+    user is pointed there); then remove ``run_dir`` and the parents the block created, if empty.
+
+    Entries that existed before the block (the folder may hold the user's files, or the logs of an
+    earlier failed start) are never touched, nor anything once a round completed (the run can then
+    be resumed with ``--resume``).
+
+    :param run_dir: the resolved run folder, checked by :func:`server.run_options.check_new_run_dir`.
+    """
+    created_folders = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    try:
+        yield
+    except BaseException as failure:
+        if run_dir.is_dir() and not _round_completed(run_dir):
+            keep_logs = str(run_dir / "logs") in str(failure)
+            for entry in sorted(run_dir.iterdir()):
+                if entry.name in before or (keep_logs and entry.name == "logs"):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            for folder in created_folders:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (the logs, or what was there), or gone
+                    break
+        raise
+
+
+def _start(
+    dataset: str,
+    run_dir: Path,
+    run_config: dict[str, Any],
+    *,
+    num_clients: int,
+    partition: str,
+    partition_seed: int,
+    num_cpus_per_client: int,
+    num_gpus_per_client: float | None,
+    concurrent_clients: int | None,
+    quiet: bool,
+) -> Path:
+    """:func:`run_simulation` after its checks: read and partition the data, write it, run the federation."""
+    from kg_datasets import load_federated  # heavy (torch, pykeen): simskip-sim --help runs without it
 
     kg = load_federated(dataset, num_clients=num_clients, partition=partition, seed=partition_seed)
     print(
@@ -163,12 +265,10 @@ def run_simulation(
         f"{kg.num_relations} relations -> {run_dir}",
         flush=True,
     )
-    if setting == "collection":
+    if run_config["setting"] == "collection":
         return run_collection_setting(str(dataset), run_dir, run_config, kg)
 
     data_root = run_dir / "data"
-    if not data_root.exists():
-        kg.write(data_root)
     run_config.update(
         {
             "client-data-root": str(data_root),
@@ -177,6 +277,8 @@ def run_simulation(
         }
     )
     check_run_config(run_config)
+    if not data_root.exists():
+        kg.write(data_root, inputs=[dataset], command="simskip-sim")
     return _run_flower(
         run_dir,
         run_config,
@@ -217,9 +319,14 @@ def _run_flower(
     try:
         with signals.deferred():  # a signal now is raised once `superlink` is set, inside this try
             superlink = launcher.start_superlink(
-                flwr_home, port=port, insecure=True, simulation=True, log_path=run_dir / "logs" / "superlink.log"
+                flwr_home,
+                port=port,
+                insecure=True,
+                simulation=True,
+                log_path=run_dir / "logs" / "superlink.log",
+                extra_env=numerics_env(num_cpus_per_client),
             )
-        pids.wait_for_health("127.0.0.1", port, superlink)
+        launcher.wait_until_listening("127.0.0.1", port, superlink)
         launcher.write_connection(flwr_home, f"127.0.0.1:{port}", insecure=True)
         federation_config = {
             "num-supernodes": int(num_clients),
@@ -332,35 +439,46 @@ def resume_simulation(
     )
 
 
+EXAMPLES = """examples:
+  simskip-sim --dataset UMLS --clients 3 --rounds 5 --run-dir runs/umls
+  simskip-sim --dataset ../shared/data/FB15k-237-Fed3 --preset fede-paper --set model=RotatE
+  simskip-sim --resume runs/umls --rounds 10
+  simskip-sim --refine-only runs/umls --set simskip-rounds=2
+"""
+#: ``numpy.random.RandomState`` (the partitioners) takes seeds in 0..2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``simskip-sim`` argument parser."""
-    parser = argparse.ArgumentParser(prog="simskip-sim", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="simskip-sim", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    add_version(parser)
     # None defaults: --resume refuses the options that would change the run's data or setting
     parser.add_argument("--dataset", default=None, help="PyKEEN dataset name or data folder (default UMLS)")
-    parser.add_argument("--clients", type=int, default=None, help="number of parties (default 3)")
+    parser.add_argument("--clients", type=integer(1), default=None, help="number of parties, >= 1 (default 3)")
     parser.add_argument("--partition", default=None, choices=["relation", "triple"], help="(default relation)")
-    parser.add_argument("--partition-seed", type=int, default=None, help="(default 0)")
+    parser.add_argument("--partition-seed", type=integer(0, MAX_SEED), default=None, help="(default 0)")
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=integer(1),
         default=None,
         help=f"num-server-rounds (default {DEFAULT_SIM_ROUNDS}; with --resume: the run's own)",
     )
     parser.add_argument("--setting", default=None, choices=["fede", "isolation", "collection"], help="(default fede)")
     add_preset_option(parser)
     add_set_option(parser, dest="sets", help="run-config override, e.g. --set model=RotatE (repeatable)")
-    parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<timestamp>)")
-    parser.add_argument("--num-cpus-per-client", type=int, default=1)
+    parser.add_argument("--run-dir", type=path_arg, default=None, help="output folder (default runs/<timestamp>)")
+    parser.add_argument("--num-cpus-per-client", type=integer(1), default=1, help="Ray CPUs of each client (default 1)")
     parser.add_argument(
         "--num-gpus-per-client",
-        type=float,
+        type=number(0.0),
         default=None,
         help="Ray GPUs per client, fractional (default: a visible CUDA GPU shared by the clients "
         "that train at once, else 0)",
     )
     parser.add_argument(
         "--concurrent-clients",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help="virtual clients training at the same time (default: all; each holds its model in memory)",
@@ -372,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--refine-only",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="RUN_DIR",
         help="run only the SimSkip phase + downstream evaluation + report on a finished run "
@@ -380,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="RUN_DIR",
         help="continue an interrupted run after its last checkpointed round, with its own "
@@ -400,20 +518,106 @@ def _interrupt(signum: int) -> SystemExit:
     return SystemExit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``simskip-sim``; returns the exit status (0 done, 1 error, 130/143 on SIGINT/SIGTERM)."""
+#: Options --refine-only does not use (it reads the finished run folder's own config).
+_NOT_WITH_REFINE_ONLY = (
+    "dataset",
+    "clients",
+    "partition",
+    "partition_seed",
+    "rounds",
+    "setting",
+    "preset",
+    "run_dir",
+    "num_gpus_per_client",
+    "concurrent_clients",
+    "resume",
+)
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The flags among ``names`` (attribute names) that were given."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+
+
+def parse_and_validate(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check every option of ``simskip-sim`` before anything is written or started:
+    ranges, exclusive options, the folders named, the GPU share, and the run config the options and
+    ``--preset`` / ``--set`` make (:func:`server.run_options.check_run_config`).
+
+    :raises SystemExit: 2 with one line ``simskip-sim: error: ...`` naming the option; 0 after
+        ``--help`` / ``--version``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.concurrent_clients is not None and args.concurrent_clients < 1:
-        parser.error(f"--concurrent-clients must be >= 1, got {args.concurrent_clients}")
     if args.refine_only is not None:
-        from server.downstream import main as refine_main  # heavy (torch, pykeen): --refine-only only
-
-        return refine_main([str(args.refine_only), *(item for s in args.sets for item in ("--set", s))])
+        given = _flags(args, _NOT_WITH_REFINE_ONLY)
+        if given:
+            parser.error(f"--refine-only uses the run folder's own config: drop {', '.join(given)}")
+        if not args.refine_only.is_dir():
+            parser.error(f"--refine-only: {args.refine_only} is not a folder")
     if args.resume is not None:
-        given = [f"--{name.replace('_', '-')}" for name in _NOT_WITH_RESUME if getattr(args, name) is not None]
+        given = _flags(args, _NOT_WITH_RESUME)
         if given:
             parser.error(f"--resume continues the run folder's own data and setting: drop {', '.join(given)}")
+        try:  # its config.json is read again when the run resumes; the checkpoint is checked there
+            resume_run_config(args.resume.expanduser().resolve())
+        except ResumeError as err:
+            parser.error(f"--resume: {err}")
+    if args.run_dir is not None and args.run_dir.exists() and not args.run_dir.is_dir():
+        parser.error(f"--run-dir: {args.run_dir} is a file, not a folder")
+    if args.dataset is not None and not args.dataset.strip():
+        parser.error("--dataset must not be empty (a PyKEEN dataset name or a data folder)")
+    if (
+        args.dataset is not None
+        and any(c in args.dataset for c in "/\\~")
+        and not Path(args.dataset).expanduser().exists()
+    ):
+        parser.error(f"--dataset: {args.dataset} does not exist (a path; a PyKEEN dataset name has no '/')")
+    gpus = args.num_gpus_per_client
+    if gpus is not None and gpus > 1 and not gpus.is_integer():
+        parser.error(f"--num-gpus-per-client must be a fraction <= 1 or a whole number (Ray's rule), got {gpus:g}")
+    if gpus and args.setting != "collection" and not cuda_gpu_visible():
+        parser.error(f"--num-gpus-per-client {gpus:g} asks for a GPU, but no CUDA GPU is visible (0 for CPU only)")
+    try:
+        overrides = run_config_overrides(args.preset, args.sets)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.refine_only is None and args.resume is None:
+        run_config = {
+            "setting": args.setting or "fede",
+            "num-server-rounds": DEFAULT_SIM_ROUNDS if args.rounds is None else args.rounds,
+            **overrides,
+            "min-clients": 3 if args.clients is None else args.clients,
+        }
+        try:
+            check_run_config(run_config)
+        except ValueError as err:
+            parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
+    return args
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """What ``simskip-sim`` reports as bad input (exit 2): a bad value or file, a run folder that
+    cannot be resumed, a missing or corrupt checkpoint."""
+    from server.checkpoint import CheckpointError  # heavy (torch): after the options are checked
+
+    return (*INPUT_ERRORS, ResumeError, CheckpointError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``simskip-sim``; returns the exit status (0 done, 2 bad option or input, 1 any
+    other error, 130/143 on SIGINT/SIGTERM)."""
+    args = parse_and_validate(argv)
+    if args.refine_only is not None:
+
+        def refine() -> Path:
+            from server.downstream import refine_run_folder  # heavy (torch, pykeen): --refine-only only
+
+            written = refine_run_folder(args.refine_only, parse_set_options(args.sets))
+            print(f"[simskip-sim] wrote {', '.join(str(p) for p in written.values())}", flush=True)
+            return args.refine_only
+
+        return _summarised(run_command("simskip-sim", refine, input_errors=_input_errors()), args.refine_only)
 
     run_dir = (args.resume or args.run_dir or default_run_dir()).expanduser().resolve()
 
@@ -445,12 +649,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with signals.installed("simskip-sim", _interrupt):  # until the partial results are written
         try:
-            return run_command("simskip-sim", run)
+            return _summarised(
+                run_command("simskip-sim", run, input_errors=_input_errors(), parameters=PARAMETER_FLAGS), run_dir
+            )
         except SystemExit as stop:  # SIGINT / SIGTERM: the SuperLink was stopped on the way out
             if not (isinstance(stop.code, int) and stop.code > 128):
                 raise
             _report_interrupted(run_dir, stop.code - 128)
             return stop.code
+
+
+def _summarised(status: int, run_dir: Path) -> int:
+    """After a run that ended well (``status`` 0): print what it found (:func:`server.report.console_summary`)
+    as the console's last lines, under ``--quiet`` too; return ``status``."""
+    if status == 0:
+        from server.report import console_summary  # heavy (torch, pykeen); loaded by the run already
+
+        print(console_summary(run_dir), end="", flush=True)
+    return status
 
 
 def _report_interrupted(run_dir: Path, signum: int) -> None:

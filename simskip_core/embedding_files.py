@@ -21,7 +21,15 @@ import torch
 
 from .errors import EmbeddingFileError
 
-__all__ = ["SUFFIXES", "EmbeddingTable", "read_embeddings", "write_atomic", "write_embeddings"]
+__all__ = [
+    "SUFFIXES",
+    "TEXT_SUFFIXES",
+    "EmbeddingTable",
+    "labels_side_file",
+    "read_embeddings",
+    "write_atomic",
+    "write_embeddings",
+]
 
 
 @dataclass
@@ -132,6 +140,8 @@ _WRITERS: dict[str, Callable[[np.ndarray, Sequence[str] | None, BinaryIO], None]
     ".txt": _write_text,
 }
 SUFFIXES = tuple(_READERS)
+#: Suffixes of text files (which may carry a label column).
+TEXT_SUFFIXES = (".tsv", ".txt")
 
 
 def read_embeddings(path: str | Path) -> EmbeddingTable:
@@ -159,6 +169,21 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def labels_side_file(output: str | Path, source: str | Path | None = None) -> Path | None:
+    """Where a binary ``output`` keeps the row labels of a text ``source`` (``OUTPUT.labels.txt``),
+    or ``None`` when there is none to keep (a text output holds its labels; a binary source has none).
+
+    :param output: the written matrix.
+    :param source: the file read (``None``: assume it may carry labels).
+    """
+    output = Path(output)
+    if output.suffix.lower() in TEXT_SUFFIXES:
+        return None
+    if source is not None and Path(source).suffix.lower() not in TEXT_SUFFIXES:
+        return None
+    return output.with_name(output.name + ".labels.txt")
 
 
 def write_embeddings(path: str | Path, values: np.ndarray, labels: Sequence[str] | None = None) -> None:

@@ -160,9 +160,9 @@ def test_simskip_sim_refine_only_runs_the_phase_on_the_folder(run_dir, tmp_path,
     assert results["protocols"]["as-trained"]["seeds"] == [0, 1]
     assert results["run"]["refinement"]["simskip-rounds"] == 1
     assert len((folder / "simskip_metrics.jsonl").read_text().splitlines()) == 1
-    assert sim_main(["--refine-only", str(folder), "--set", "simskip-bogus=1"]) == 1
+    assert sim_main(["--refine-only", str(folder), "--set", "simskip-bogus=1"]) == 2
     assert "simskip-bogus" in capsys.readouterr().err
-    assert sim_main(["--refine-only", str(folder), "--set", 'downstream-protocols="as-trained,bogus"']) == 1
+    assert sim_main(["--refine-only", str(folder), "--set", 'downstream-protocols="as-trained,bogus"']) == 2
     assert "unknown protocol 'bogus'" in capsys.readouterr().err
 
 

@@ -316,20 +316,9 @@ def test_simskip_sim_refuses_an_unknown_protocol_before_anything_starts(tmp_path
     from server.simulation import main as sim_main
 
     run_dir = tmp_path / "run"
-    assert (
-        sim_main(
-            [
-                "--dataset",
-                "Nations",
-                "--clients",
-                "2",
-                "--run-dir",
-                str(run_dir),
-                "--set",
-                'downstream-protocols="as-trained,bogus"',
-            ]
-        )
-        == 1
-    )
+    argv = ["--dataset", "Nations", "--clients", "2", "--run-dir", str(run_dir)]
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: exit 2, before any work
+        sim_main([*argv, "--set", 'downstream-protocols="as-trained,bogus"'])
+    assert exit_info.value.code == 2
     assert "unknown protocol 'bogus'" in capsys.readouterr().err
     assert not (run_dir / ".flwr").exists(), "no SuperLink was started"

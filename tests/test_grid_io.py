@@ -133,10 +133,6 @@ def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summar
             "override accelerator visible devices env var if num_gpus=0\n"
         ),
         "  warnings.warn(\n",
-        (
-            "\x1b[36m(ClientAppActor pid=2754)\x1b[0m /x/torch/jit/_script.py:365: DeprecationWarning: "
-            "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.\n"
-        ),
         "\x1b[36m(ClientAppActor pid=2754)\x1b[0m   warnings.warn(\n",
         (
             "\x1b[36m(ClientAppActor pid=420)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually terminating "

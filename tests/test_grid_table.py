@@ -1,5 +1,5 @@
 """scripts/grid_table.py: the paper's table holds the evaluator's numbers, lists what did not run,
-and keeps README.md's block in step with the committed grid."""
+and keeps README.md's at-a-glance block and docs/results/grid.md in step with the committed grid."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_replace_block_keeps_the_rest_and_fails_without_markers():
     new = gt.replace_block(text, "| a |\n")
     assert new == f"# Title\n\nbefore\n{gt.START}\n| a |\n{gt.END}\nafter\n"
     assert gt.replace_block(new, "| a |\n") == new  # idempotent
-    with pytest.raises(ValueError, match="exactly one '<!-- grid-table:start -->' marker.*found 0"):
+    with pytest.raises(ValueError, match="exactly one '<!-- grid-table:start -->' marker, found 0"):
         gt.replace_block("# Title\nno block\n", "| a |")
     with pytest.raises(ValueError, match="found 0"):
         gt.replace_block(f"{gt.START}\nno end\n", "| a |")
@@ -206,25 +206,40 @@ def test_replace_block_keeps_the_rest_and_fails_without_markers():
         gt.replace_block(f"{gt.END}\n{gt.START}\n", "| a |")
 
 
-def test_write_readme_then_check(grid, tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_bytes(f"# T\r\n\r\n{gt.START}\nstale\n{gt.END}\r\nrest\r\n".encode())
-    args = ["--grid", str(grid), "--readme", str(readme)]
+def test_write_then_check(grid, tmp_path, capsys):
+    readme, page = tmp_path / "README.md", tmp_path / "grid.md"
+    readme.write_bytes(f"# T\r\n\r\n{gt.SUMMARY_START}\nstale\n{gt.SUMMARY_END}\r\nrest\r\n".encode())
+    page.write_bytes(f"# Grid\n\nprose\n{gt.START}\nstale\n{gt.END}\nmore prose\n".encode())
+    args = ["--grid", str(grid), "--readme", str(readme), "--page", str(page)]
     assert gt.main([*args, "--check"]) == 1
     assert "differs from what" in capsys.readouterr().err
-    assert gt.main([*args, "--write-readme"]) == 0
+    assert gt.main([*args, "--write"]) == 0
     text = readme.read_bytes().decode()
-    assert text.startswith("# T\r\n\r\n") and text.endswith(f"{gt.END}\r\nrest\r\n")  # the rest byte for byte
-    assert gt.build_table(grid).strip() in text
-    assert not list(tmp_path.glob(".README.md.*"))  # the temporary file was renamed
+    assert text.startswith("# T\r\n\r\n") and text.endswith(f"{gt.SUMMARY_END}\r\nrest\r\n")  # the rest byte for byte
+    # the README holds the at-a-glance table only, linking to the page with every table
+    assert gt.build_summary(grid).strip() in text
+    assert gt.MAIN_CAPTION not in text and "docs/results/grid.md" in text
+    full = page.read_bytes().decode()
+    assert full.startswith("# Grid\n\nprose\n") and full.endswith(f"{gt.END}\nmore prose\n")
+    assert gt.build_table(grid).strip() in full
+    assert not list(tmp_path.glob(".README.md.*")) and not list(tmp_path.glob(".grid.md.*"))  # renamed
     assert gt.main([*args, "--check"]) == 0
-    readme.write_text("# no markers\n")
+    page.write_text("# no markers\n")
     assert gt.main([*args, "--check"]) == 1
-    assert "marker" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "marker" in err and str(page) in err
 
 
-def test_committed_readme_matches_committed_grid():
+def test_summary_rows_match_the_full_tables_summary(grid):
+    """The README's block is the page's at-a-glance table, with its caption's pointers made README links."""
+    summary, full = gt.build_summary(grid), gt.build_table(grid)
+    table = [ln for ln in summary.splitlines() if ln.startswith("|")]
+    assert table and "\n".join(table) in full
+    assert gt.SUMMARY_RULE not in summary and "docs/concepts/verdict.md" in summary
+
+
+def test_committed_readme_and_page_match_committed_grid():
     grid = PROJECT_ROOT / "results" / "grid"
     if not any(entry["cell"].get("status") == "done" for entry in gt.load_cells(grid).values()):
         pytest.skip(f"no finished cell under {grid} yet (scripts/run_experiments.py has not written the grid)")
-    assert gt.main(["--check"]) == 0, "README.md's grid table is stale: python scripts/grid_table.py --write-readme"
+    assert gt.main(["--check"]) == 0, "a grid table is stale: python scripts/grid_table.py --write"

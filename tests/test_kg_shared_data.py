@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kg_datasets import KGDataError, KGDataWarning, UnseenTripleError, load_federated, load_source
+from kg_datasets.errors import SplitLeakError
 from kg_datasets.sources import federate
 
 pytestmark = pytest.mark.shared_data
@@ -95,7 +96,7 @@ def _digest(folder):
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".simskip-output.json"  # the manifest records when it was written
     }
 
 
@@ -119,8 +120,12 @@ def test_fedlu_split_unseen_triples(shared_data):
 
 
 def test_fede_pickle_fixture(shared_data):
+    pkl = shared_data / "DDB14-FedR-fixture" / "DDB14-Fed3.pkl"
+    with pytest.raises(SplitLeakError, match=r"client 0 has 1102 valid row\(s\) \(956 distinct triples\)"):
+        load_federated(pkl)  # SOURCE.md: valid/test triples also in train, a leak
     with pytest.warns(KGDataWarning) as record:  # SOURCE.md: duplicates and train/test overlap
-        kg = load_federated(shared_data / "DDB14-FedR-fixture" / "DDB14-Fed3.pkl")
+        kg = load_federated(pkl, allow_split_leaks=True)
+    assert kg.records["split_leaks"]["0"] == {"valid": 1102, "test": 1139}
     messages = [str(w.message) for w in record]
     assert any(re.match(r".*DDB14-Fed3\.pkl client 0 train, row \d+: duplicate triple", m) for m in messages)
     assert any(
@@ -135,7 +140,7 @@ def test_fede_pickle_fixture(shared_data):
     assert [c.num_relations for c in kg.clients] == [12, 13, 14]
     assert kg.num_entities == 7_787 and kg.num_relations == 14
     with pytest.raises(KGDataError, match="holds 3 clients, but num_clients=5"):
-        load_federated(shared_data / "DDB14-FedR-fixture" / "DDB14-Fed3.pkl", num_clients=5)
+        load_federated(pkl, num_clients=5)
 
 
 def test_nell995_openke_crlf(shared_data):

@@ -45,6 +45,7 @@ from client.kge.refinement import RefinementConfig, load_run_configs
 from client.kge.settings import KNOWN_NON_KGE_KEYS as SETTINGS_KEYS
 from client.kge.settings import FederationSettings, SettingsError
 from kg_datasets import KGDataError, KGDataWarning, load_client_folder, load_source
+from kg_datasets.errors import SplitLeakError
 from kg_datasets.fede_pickle import read_fede_pickle
 from kg_datasets.labeled import read_vocabulary_file
 from kg_datasets.openke import read_openke_dictionary, read_openke_triples
@@ -674,6 +675,13 @@ def test_client_folder(graph, local_vocabularies, shuffle, data):
         if unseen[split]:
             assert client is None
             assert_names_file(error, paths[f"{split}.txt"], Bad(unseen[split]))
+            return
+    train_triples = {row[1:] for row in rows["train"]}
+    for split in ("valid", "test"):  # a valid/test triple also in train is a leak (issue 31): an error
+        leaked = [n for n, h, r, t in rows[split] if (h, r, t) in train_triples]
+        if leaked:
+            assert client is None and isinstance(error, SplitLeakError), f"{type(error).__name__}: {error}"
+            assert_names_file(error, paths[f"{split}.txt"], Bad({leaked[0]}))
             return
     assert error is None, f"{type(error).__name__}: {error}"
     assert client.train.entity_to_id == expected_e and client.train.relation_to_id == expected_r

@@ -63,57 +63,60 @@ def fake_run(tmp_path):
 
 
 def _resume(run_dir, *extra, capsys):
-    status = sim_main(["--resume", str(run_dir), *extra])
+    try:
+        status = sim_main(["--resume", str(run_dir), *extra])
+    except SystemExit as stop:  # refused while the options are checked
+        status = stop.code
     err = capsys.readouterr().err.strip()
     return status, err
 
 
 def test_missing_config_json_is_a_one_line_error(tmp_path, capsys):
     status, err = _resume(tmp_path / "nothing-here", capsys=capsys)
-    assert status == 1 and len(err.splitlines()) == 1
+    assert status == 2 and len(err.splitlines()) == 1
     assert "config.json does not exist" in err
 
 
 def test_unreadable_config_json_is_a_one_line_error(fake_run, capsys):
     (fake_run / "config.json").write_text("{truncated")
     status, err = _resume(fake_run, capsys=capsys)
-    assert status == 1 and len(err.splitlines()) == 1 and "config.json" in err
+    assert status == 2 and len(err.splitlines()) == 1 and "config.json" in err
 
 
 def test_a_corrupt_checkpoint_is_refused_naming_the_file(fake_run, capsys):
     npz = next((fake_run / "checkpoint").glob("state-r*.npz"))
     npz.write_bytes(npz.read_bytes()[:100])
     status, err = _resume(fake_run, capsys=capsys)
-    assert status == 1 and npz.name in err
+    assert status == 2 and npz.name in err
     assert not (fake_run / ".flwr").exists(), "refused before any Flower process started"
 
 
 def test_a_garbage_manifest_is_refused_naming_it(fake_run, capsys):
     (fake_run / "checkpoint" / "manifest.json").write_text("not json at all")
     status, err = _resume(fake_run, capsys=capsys)
-    assert status == 1 and "manifest.json" in err and "corrupt" in err
+    assert status == 2 and "manifest.json" in err and "corrupt" in err
 
 
 def test_no_checkpoint_is_an_error_not_a_fresh_start(fake_run, capsys):
     for path in (fake_run / "checkpoint").iterdir():
         path.unlink()
     status, err = _resume(fake_run, capsys=capsys)
-    assert status == 1 and "nothing to resume" in err
+    assert status == 2 and "nothing to resume" in err
     assert not (fake_run / ".flwr").exists()
 
 
 def test_a_changed_model_is_refused_naming_it(fake_run, capsys):
     status, err = _resume(fake_run, "--set", "model=RotatE", capsys=capsys)
-    assert status == 1 and "model: checkpoint 'TransE', now 'RotatE'" in err
+    assert status == 2 and "model: checkpoint 'TransE', now 'RotatE'" in err
     status, err = _resume(fake_run, "--set", "embedding-dim=16", capsys=capsys)
-    assert status == 1 and "embedding-dim" in err
+    assert status == 2 and "embedding-dim" in err
 
 
 def test_missing_client_data_is_refused(fake_run, capsys):
     for k in range(3):
         (fake_run / "data" / str(k)).rmdir()
     status, err = _resume(fake_run, capsys=capsys)
-    assert status == 1 and "no client data folders" in err
+    assert status == 2 and "no client data folders" in err
 
 
 def test_options_that_change_the_data_cannot_be_combined_with_resume(fake_run, capsys):
@@ -249,7 +252,7 @@ def test_killed_after_round_2_and_resumed_gives_the_uninterrupted_final_metrics(
     assert partial["resume_command"] == f"simskip-sim --resume {resumed}"
 
     # refused: a model-defining change, on the real checkpoint (before any process starts)
-    assert sim_main(["--resume", str(resumed), "--set", "model=DistMult"]) == 1
+    assert sim_main(["--resume", str(resumed), "--set", "model=DistMult"]) == 2  # an input error
     assert "model: checkpoint 'TransE', now 'DistMult'" in capsys.readouterr().err
 
     # accepted: a harmless change

@@ -119,42 +119,44 @@ def test_server_without_certificates_or_insecure_refuses_to_start(tmp_path, caps
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", str(run_dir), "--port", "1"])
-    assert "pass --insecure, or all of --ssl-ca-certfile" in str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    assert "pass --insecure, or all of --ssl-ca-certfile" in capsys.readouterr().err
     assert not run_dir.exists(), "nothing may start before the certificates are checked"
 
 
-def test_server_names_a_missing_certificate_and_exits_1(pki, tmp_path, capsys):
+def test_server_names_a_missing_certificate_and_exits_2(pki, tmp_path, capsys):
     from server.cli import main
 
     run_dir = tmp_path / "run"
-    code = main(
-        [
-            "--run-dir",
-            str(run_dir),
-            "--port",
-            "1",
-            "--ssl-ca-certfile",
-            str(tmp_path / "nope.crt"),
-            "--ssl-certfile",
-            str(pki["good"] / "server.crt"),
-            "--ssl-keyfile",
-            str(pki["good"] / "server.key"),
-        ]
-    )
+    with pytest.raises(SystemExit) as exit_info:  # refused while the options are checked
+        main(
+            [
+                "--run-dir",
+                str(run_dir),
+                "--port",
+                "1",
+                "--ssl-ca-certfile",
+                str(tmp_path / "nope.crt"),
+                "--ssl-certfile",
+                str(pki["good"] / "server.crt"),
+                "--ssl-keyfile",
+                str(pki["good"] / "server.key"),
+            ]
+        )
     err = capsys.readouterr().err
-    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "nope.crt" in err and "not found" in err
     assert not run_dir.exists()
 
 
-def test_node_authentication_needs_tls(tmp_path, pki):
+def test_node_authentication_needs_tls(tmp_path, pki, capsys):
     from server.cli import main
 
     keys = tmp_path / "parties.pub"
     keys.write_text(Path(f"{pki['keys'][0]}.pub").read_text())
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", str(tmp_path / "run"), "--insecure", "--auth-public-keys", str(keys)])
-    assert "needs TLS" in str(exit_info.value.code)
+    assert exit_info.value.code == 2 and "needs TLS" in capsys.readouterr().err
     with pytest.raises(pids.FlowerProcessError, match="needs TLS"):
         launcher.start_superlink(tmp_path, port=1, insecure=True, enable_supernode_auth=True)
 
@@ -163,23 +165,28 @@ def test_client_names_a_bad_root_certificate_or_key_before_connecting(pki, tmp_p
     from client.cli import main
 
     data = tmp_path / "unused"  # the credentials are checked first: no data folder is read
-    code = main(["--server", "127.0.0.1:1", "--data", str(data), "--root-certificates", str(tmp_path / "ca.crt")])
-    assert code == 1 and "root certificate file (--root-certificates)" in capsys.readouterr().err
-    code = main(
-        [
-            "--server",
-            "127.0.0.1:1",
-            "--data",
-            str(data),
-            "--root-certificates",
-            str(pki["good"] / "ca.crt"),
-            "--auth-private-key",
-            f"{pki['keys'][0]}.pub",
-        ]
-    )
+    with pytest.raises(SystemExit) as exit_info:  # refused while the options are checked (exit 2)
+        main(["--server", "127.0.0.1:1", "--data", str(data), "--root-certificates", str(tmp_path / "ca.crt")])
+    assert exit_info.value.code == 2
+    assert "root certificate file (--root-certificates)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "--server",
+                "127.0.0.1:1",
+                "--data",
+                str(data),
+                "--root-certificates",
+                str(pki["good"] / "ca.crt"),
+                "--auth-private-key",
+                f"{pki['keys'][0]}.pub",
+            ]
+        )
     err = capsys.readouterr().err
-    assert code == 1 and "party0.pub is not an unencrypted OpenSSH private key" in err
-    assert main(["--server", "h:1", "--data", str(data), "--insecure", "--auth-private-key", str(pki["keys"][0])]) == 2
+    assert exit_info.value.code == 2 and "party0.pub is not an unencrypted OpenSSH private key" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--server", "h:1", "--data", str(data), "--insecure", "--auth-private-key", str(pki["keys"][0])])
+    assert exit_info.value.code == 2
 
 
 # --- the parties' public keys -------------------------------------------------------------------
@@ -374,7 +381,7 @@ def test_tls_and_node_auth_registered_parties_train_and_strangers_are_refused(pk
             output = (tmp_path / f"{name}.log").read_text(errors="replace")
             assert code != 0, output
             assert time.monotonic() - started < 120
-            errors = [ln for ln in output.splitlines() if ln.startswith("[simskip-client] error:")]
+            errors = [ln for ln in output.splitlines() if ln.startswith("simskip-client: error:")]
             assert len(errors) == 1, output
             if name == "wrong-ca":
                 assert f"TLS handshake with 127.0.0.1:{port} failed" in errors[0]

@@ -116,23 +116,28 @@ def test_resume_keeps_saved_min_clients_unless_given(tmp_path, captured_run):
     assert [c["run_config"]["min-clients"] for c in captured_run] == [3, 2]
 
 
-def test_resume_without_config_json_is_one_line_and_exit_1(tmp_path, captured_run, capsys):
-    code = cli.main(["--resume", str(tmp_path / "gone"), "--insecure"])
+def test_resume_without_config_json_is_one_line_and_exit_2(tmp_path, captured_run, capsys):
+    with pytest.raises(SystemExit) as info:  # refused while the options are checked
+        cli.main(["--resume", str(tmp_path / "gone"), "--insecure"])
     err = capsys.readouterr().err
-    assert code == 1 and captured_run == []
+    assert info.value.code == 2 and captured_run == []
     assert len(err.strip().splitlines()) == 1 and "config.json" in err and "gone" in err
 
 
 def test_resume_with_unreadable_config_json_names_the_file(tmp_path, captured_run, capsys):
     (tmp_path / "config.json").write_text('{"run_config": {"model": "TransE"')  # truncated
-    assert cli.main(["--resume", str(tmp_path), "--insecure"]) == 1
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--resume", str(tmp_path), "--insecure"])
     err = capsys.readouterr().err
+    assert info.value.code == 2
     assert str(tmp_path / "config.json") in err and len(err.strip().splitlines()) == 1
     assert captured_run == []
 
 
 def test_resume_into_another_run_dir_is_refused(tmp_path, captured_run):
-    assert cli.main(["--resume", str(tmp_path), "--run-dir", str(tmp_path / "other"), "--insecure"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--resume", str(tmp_path), "--run-dir", str(tmp_path / "other"), "--insecure"])
+    assert info.value.code == 2
     assert captured_run == []
 
 

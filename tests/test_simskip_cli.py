@@ -23,7 +23,10 @@ def X() -> np.ndarray:
 
 
 def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
-    status = main([str(a) for a in argv])
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as stop:  # an option refused before any work (parse_and_validate)
+        status = stop.code
     out, err = capsys.readouterr()
     return status, (json.loads(out) if out.strip() else None), err
 

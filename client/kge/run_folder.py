@@ -8,6 +8,7 @@ so a crash mid-write never leaves a half-written file and nothing written before
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -25,6 +26,7 @@ __all__ = [
     "RunFolder",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_script_outputs",
     "emit_json",
     "read_jsonl",
     "save_npy_atomic",
@@ -37,6 +39,10 @@ METRICS_CSV = "metrics.csv"
 FINAL_METRICS = "final_metrics.json"
 ENTITY_EMBEDDINGS = "entity_embeddings.npy"
 ENTITY_LABELS = "entities.tsv"
+#: Entries whose presence shows that a folder already holds a run (a fresh run refuses such a
+#: folder: it would mix with, or overwrite, the earlier run; ``--resume`` continues one).
+#: (A failed start leaves only ``logs/`` and ``.flwr/``: the same command may then run again.)
+RUN_RECORDS: tuple[str, ...] = (CONFIG_FILE, METRICS_JSONL, FINAL_METRICS, "data", "checkpoint")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -109,6 +115,34 @@ def write_labels_tsv(path: Path, labels: Sequence[str], ids: Sequence[int] | Non
     """Write ``id<TAB>label`` lines (``ids`` default to ``0..n-1``) atomically."""
     ids = range(len(labels)) if ids is None else ids
     atomic_write_text(path, "".join(f"{int(i)}\t{label}\n" for i, label in zip(ids, labels, strict=True)))
+
+
+def check_script_outputs(
+    parser: argparse.ArgumentParser,
+    *,
+    inputs: Sequence[str | os.PathLike[str] | None],
+    files: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    folders: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> None:
+    """A script's outputs, checked before any work by the project's one rule
+    (:mod:`simskip_core.outputs`): none is, contains or lies inside an input; an output file's
+    folder exists and the file is no folder. A violation ends the script through
+    ``parser.error`` (one line, exit 2).
+
+    :param parser: the script's parser.
+    :param inputs: what the script reads (dataset folders or names, run folders, config files).
+    :param files: flag -> output file (``None``: not asked for).
+    :param folders: flag -> output folder (``None``: not asked for; it may exist and hold earlier output).
+    """
+    from simskip_core.outputs import UnsafeOutputError, check_file_outputs, check_no_overlap
+
+    try:
+        check_file_outputs(dict(files or {}), inputs)
+        for flag, folder in (folders or {}).items():
+            if folder is not None:
+                check_no_overlap(folder, inputs, what=flag)
+    except UnsafeOutputError as exc:
+        parser.error(str(exc))
 
 
 class JsonlFormatError(ValueError):

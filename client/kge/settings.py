@@ -89,7 +89,12 @@ class FederationSettings:
     round_timeout: float = key_field(
         3600.0, help="seconds to wait for the replies of one exchange", model_defining=False
     )
-    run_dir: str = key_field("", help="the server's output folder (empty: do not write)", model_defining=False)
+    run_dir: str = key_field(
+        "",
+        help="the server's output folder (simskip-sim / simskip-server set it; the ServerApp refuses it empty,"
+        " run_federation called in-process then writes nothing)",
+        model_defining=False,
+    )
     client_output_root: str = key_field(
         "", help="simulation: virtual client k writes under <root>/<k>", model_defining=False
     )

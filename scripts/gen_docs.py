@@ -1,0 +1,727 @@
+#!/usr/bin/env python
+"""Write the generated parts of the documentation from the code and the committed JSON.
+
+Every generated part is a block between two markers in a page, ``<!-- gen:NAME:start -->`` and
+``<!-- gen:NAME:end -->``; the text around the blocks is written by hand. The blocks:
+
+- ``docs/reference/commands.md``: every console script of ``pyproject.toml``'s ``[project.scripts]``
+  with every option, from the command's own ``build_parser()``;
+- ``docs/reference/run-config.md``: every run-config key with its type, default, choices and help,
+  from the registry (``client.kge.run_config.REGISTRY``);
+- ``docs/results/*.md``: tables from the JSON under ``results/`` (framework time per round, time to
+  accuracy, evaluation, downstream protocols, poisoning, the Fed3 TransE study), each with the command that produced it and the machine
+  and load it ran on, as far as the JSON records them;
+- the experiment grid: ``scripts/grid_table.py``'s blocks in ``README.md`` (at a glance) and
+  ``docs/results/grid.md`` (every table).
+
+    python scripts/gen_docs.py           # rewrite every stale block (atomic writes)
+    python scripts/gen_docs.py --check   # exit 1 when a block is stale, printing a diff (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import importlib.util
+import json
+import statistics
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+DASH = "–"
+
+
+class DocsError(ValueError):
+    """A page lacks a block's markers, or a source the block is generated from is malformed."""
+
+
+def _grid_table():
+    """``scripts/grid_table.py`` as a module (``scripts/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("grid_table", Path(__file__).resolve().parent / "grid_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- markdown helpers -------------------------------------------------------------------------------
+
+
+def cell(text: Any) -> str:
+    """``text`` made safe for one markdown table cell: no raw HTML, no column break, one line."""
+    text = " ".join(str(text).split())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def code(text: Any) -> str:
+    """``text`` as inline code in a table cell (a backtick inside becomes a quote)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    """A markdown table; ``align`` gives one character per column, ``l`` or ``r`` (default all left)."""
+    align = align or "l" * len(header)
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def shell(argv: list[str]) -> str:
+    """An argv list as one shell line (arguments with spaces or ``;`` quoted)."""
+    return " ".join(f"'{a}'" if any(c in a for c in " ;*&|<>") else a for a in argv)
+
+
+def _load(value: Any) -> str:
+    """A load average (a number or the 1/5/15-minute triple), 1 decimal, or a dash."""
+    if value is None:
+        return DASH
+    values = value if isinstance(value, list | tuple) else [value]
+    return " / ".join(f"{float(v):.1f}" for v in values)
+
+
+def _read(path: Path) -> dict:
+    """A results JSON file.
+
+    :raises DocsError: naming the file when it is missing or not JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DocsError(f"{path.relative_to(ROOT)}: {error}") from error
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the project root where it lies inside it, else as given."""
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# --- reference: commands ----------------------------------------------------------------------------
+
+
+def console_scripts() -> dict[str, str]:
+    """``pyproject.toml``'s ``[project.scripts]``: command -> ``module:function``."""
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        return dict(tomllib.load(handle)["project"]["scripts"])
+
+
+def _parser_of(target: str) -> argparse.ArgumentParser:
+    """The ``build_parser()`` of the module that a console script's ``module:main`` names.
+
+    :raises DocsError: when the module has no ``build_parser``.
+    """
+    module = importlib.import_module(target.split(":")[0])
+    build = getattr(module, "build_parser", None)
+    if build is None:
+        raise DocsError(f"{module.__name__} has no build_parser(): its command's options cannot be documented")
+    return build()
+
+
+def _first_paragraph(text: str | None) -> str:
+    return " ".join((text or "").strip().split("\n\n")[0].split()).replace("``", "`")
+
+
+def _option_name(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return action.metavar or action.dest
+    names = ", ".join(action.option_strings)
+    if action.nargs == 0:
+        return names
+    metavar = action.metavar or action.dest.upper()
+    if action.choices is not None and action.metavar is None:
+        metavar = "{" + ",".join(map(str, action.choices)) + "}"
+    return f"{names} {metavar}"
+
+
+def _default(action: argparse.Action) -> str:
+    default = action.default
+    if default is None or default is argparse.SUPPRESS or default == [] or action.nargs == 0:
+        return ""
+    return code(default)
+
+
+def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    if not action.help:
+        return ""
+    return cell(parser._get_formatter()._expand_help(action))  # argparse's own %(default)s expansion
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    formatter = argparse.HelpFormatter(parser.prog, width=100)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
+    return formatter.format_help().strip()
+
+
+def _parser_section(parser: argparse.ArgumentParser, level: int) -> list[str]:
+    lines = ["```text", _usage(parser), "```", ""]
+    description = _first_paragraph(parser.description)
+    if description:
+        lines += [description, ""]
+    subcommands = []
+    for group in parser._action_groups:
+        rows = []
+        for action in group._group_actions:
+            if isinstance(action, argparse._SubParsersAction):
+                subcommands.append(action)
+            elif not isinstance(action, argparse._HelpAction) and action.help is not argparse.SUPPRESS:
+                rows.append([code(_option_name(action)), _default(action), _help(parser, action)])
+        if rows:
+            lines += [f"{'#' * (level + 1)} {group.title}", ""]
+            if group.description:
+                lines += [cell(group.description), ""]
+            lines += [*table(["option", "default", "what it does"], rows), ""]
+    for action in subcommands:
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            lines += [f"{'#' * (level + 1)} `{parser.prog} {name}`", ""]
+            if helps.get(name):
+                lines += [cell(helps[name]), ""]
+            lines += _parser_section(sub, level + 1)
+    return lines
+
+
+def commands_block() -> str:
+    """Every console script: usage, description and a table of its options per argument group."""
+    lines = []
+    for command, target in console_scripts().items():
+        parser = _parser_of(target)
+        lines += [f"## `{command}`", "", f"Entry point `{target}`; `{command} --help` prints the same.", ""]
+        lines += _parser_section(parser, 2)
+    return "\n".join(lines)
+
+
+# --- reference: run config --------------------------------------------------------------------------
+
+OWNER_TITLES = {
+    "federation": "Federation (`client/kge/settings.py`: `FederationSettings`)",
+    "kge": "Local KGE training and validation (`client/kge/config.py`: `KGEConfig`)",
+    "refinement": "SimSkip phase and downstream evaluation (`client/kge/refinement_config.py`, `simskip_core`)",
+    "other": "Accepted, read by no dataclass (Flower templates, node and backend config)",
+}
+
+
+def run_config_block() -> str:
+    """Every run-config key of the registry, one table per owner."""
+    from client.kge.run_config import REGISTRY
+
+    owners: dict[str, list] = {}
+    for key in REGISTRY.values():
+        owners.setdefault(key.owner, []).append(key)
+    unknown = set(owners) - set(OWNER_TITLES)
+    if unknown:
+        raise DocsError(f"run-config keys of an owner with no section in gen_docs.OWNER_TITLES: {sorted(unknown)}")
+    lines = []
+    for owner, title in OWNER_TITLES.items():
+        if owner not in owners:
+            continue
+        rows = []
+        for key in owners[owner]:
+            choices = ", ".join(key.choices) if key.choices else ""
+            if choices and key.multiple:
+                choices = f"comma-separated list of {choices}"
+            default = DASH if key.default is None else code(json.dumps(key.default))
+            resume = "no" if key.model_defining else "yes"
+            rows.append([code(key.name), key.type.__name__, default, cell(choices), resume, cell(key.help)])
+        lines += [f"## {title}", ""]
+        lines += table(["key", "type", "default", "choices", "may change on resume", "what it sets"], rows)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- results: framework time per round --------------------------------------------------------------
+
+#: ``results/bench_round/`` files that do not record their command: the command as run (from the README
+#: of the commit that added the file, or see :data:`BENCH_ROUND_RECONSTRUCTED`).
+BENCH_ROUND_COMMANDS = {
+    "umls-after.json": "python scripts/bench_round.py --data umls3 --mode both --rounds 10 --set local-epochs=1"
+    " --set batch-size=128 --set learning-rate=0.01 --out results/bench_round/umls-after.json",
+    "kinships-after.json": "python scripts/bench_round.py --data kin3 --mode both --rounds 10 --set local-epochs=1"
+    " --set batch-size=128 --set learning-rate=0.01 --out results/bench_round/kinships-after.json",
+    "fed3-sim-after.json": "python scripts/bench_round.py --mode sim --rounds 3 --set learning-rate=0.003"
+    " --set corruption-scheme=tail --out results/bench_round/fed3-sim-after.json",
+    "fed3-sim-2-actors.json": "python scripts/bench_round.py --mode sim --rounds 3 --concurrent-clients 2"
+    " --set learning-rate=0.003 --set corruption-scheme=tail --out results/bench_round/fed3-sim-2-actors.json",
+    "fed3-deploy-after.json": "python scripts/bench_round.py --mode deploy --rounds 2 --set learning-rate=0.003"
+    " --set corruption-scheme=tail --out results/bench_round/fed3-deploy-after.json",
+}
+
+#: Of those, the commands no README gave verbatim.
+BENCH_ROUND_RECONSTRUCTED = frozenset({"fed3-deploy-after.json"})
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def bench_round_block() -> str:
+    """Per ``results/bench_round/*.json`` and mode: mean round, local training and framework seconds."""
+    rows = []
+    notes = []
+    for path in sorted((RESULTS / "bench_round").glob("*.json")):
+        data = _read(path)
+        for result in data.get("results", []):
+            rounds = result.get("rounds", [])
+            later = rounds[1:] or rounds  # round 1 also builds the models
+            overhead = [r.get("framework_overhead_seconds", 0.0) for r in later]
+            rows.append(
+                [
+                    code(path.name),
+                    result.get("mode", DASH),
+                    cell(data.get("data", DASH)),
+                    str(len(rounds)),
+                    f"{_mean([r['train_phase_seconds'] for r in later]):.2f}",
+                    f"{_mean([r['local_training_seconds'] for r in later]):.2f}",
+                    f"{_mean(overhead):.2f} (max {max(overhead, default=float('nan')):.2f})",
+                    f"{100 * _mean([r.get('bytes_fraction_of_full_broadcast', float('nan')) for r in later]):.1f} %",
+                    str(data.get("cpu_count", DASH)),
+                    _load(data.get("load_average_1min_at_start")),
+                ]
+            )
+        command = BENCH_ROUND_COMMANDS.get(path.name)
+        note = f"- `{path.name}`: " + (f"`{command}`" if command else "command not recorded")
+        if path.name in BENCH_ROUND_RECONSTRUCTED:
+            note += " (reconstructed from the settings the file records)"
+        if result.get("note"):
+            note += f" ({cell(result['note'])})"
+        notes.append(note)
+    header = ["file", "mode", "data", "rounds", "round s", "local training s", "framework s", "bytes vs full"]
+    header += ["CPUs", "load at start"]
+    lines = [
+        (
+            "Means over rounds 2 onwards (round 1 also builds the models); framework = the round's training phase"
+            " minus the slowest client's local training and the aggregation."
+        ),
+        "",
+        *table(header, rows, "lllrrrrrrr"),
+        "",
+        (
+            "Commands (the files do not record their own; `umls3` / `kin3`: a 3-party split written by"
+            " `kg_datasets.load_federated(..., num_clients=3, seed=0).write(...)`):"
+        ),
+        "",
+        *notes,
+    ]
+    return "\n".join(lines)
+
+
+# --- results: time to accuracy ----------------------------------------------------------------------
+
+
+def _tta_command(data: dict) -> str:
+    argv = list(data.get("command") or [])
+    if not argv:
+        return "command not recorded"
+    argv[0] = Path(argv[0]).name
+    return shell(argv)
+
+
+def tta_block() -> str:
+    """Per ``results/tta/*.json``: the best valid round, the time to it, test there, target, machine, load."""
+    rows, commands = [], []
+    for path in sorted((RESULTS / "tta").glob("*.json")):
+        data = _read(path)
+        best = data.get("time_to_best_valid") or {}
+        target = data.get("time_to_target")
+        config = data.get("config", {})
+        best_round = next((r for r in data.get("rounds", []) if r.get("round") == best.get("round")), {})
+        test = best_round.get("test") or {}
+        hits = " / ".join(f"{test[k]:.3f}" for k in ("hits@1", "hits@5", "hits@10") if k in test) or DASH
+        reached = DASH
+        if data.get("target_test_mrr") is not None:
+            reached = f"{target['elapsed_seconds']:.1f} s (round {target['round']})" if target else "not reached"
+        rows.append(
+            [
+                code(path.name),
+                config.get("model", DASH),
+                f"{best['valid_mrr']:.3f} ({best['round']})" if best else DASH,
+                f"{best['elapsed_seconds']:.1f}" if best else DASH,
+                f"{best['test_mrr']:.3f}" if best.get("test_mrr") is not None else DASH,
+                hits,
+                reached,
+                f"{data.get('stop_reason', DASH)}, {data.get('wall_seconds', 0):.0f} s",
+                str(data.get("cpu_count", DASH)),
+                f"{_load(data.get('load_average_1min_at_start'))} → {_load(data.get('load_average_1min_at_end'))}",
+            ]
+        )
+        commands.append(f"- `{path.name}`: `{_tta_command(data)}`")
+    header = ["file", "model", "best valid MRR (round)", "time to it, s", "test MRR there"]
+    header += ["test Hits@1 / 5 / 10", "target test MRR reached", "stopped", "CPUs", "load start → end"]
+    lines = [
+        (
+            f"Test metrics in the run's evaluation protocol (`eval-protocol`); the target is FedE's test MRR"
+            f" ({_first_target()}). Time counts from the launch of `simskip-sim`, Ray's start-up included."
+        ),
+        "",
+        *table(header, rows, "llrrrllllr"),
+        "",
+        "Commands, as each JSON records them (`scripts/bench_time_to_accuracy.py` launched them):",
+        "",
+        *commands,
+    ]
+    return "\n".join(lines)
+
+
+def _first_target() -> str:
+    for path in sorted((RESULTS / "tta").glob("*.json")):
+        target = _read(path).get("target_test_mrr")
+        if target is not None:
+            return f"{target}"
+    return DASH
+
+
+def downstream_bench_block() -> str:
+    """``results/fed3-transe/bench_downstream.json``: seconds per downstream protocol, every party's rows."""
+    path = RESULTS / "fed3-transe" / "bench_downstream.json"
+    data = _read(path)
+    rows = [["SimSkip phase", f"{data.get('simskip_seconds', 0):.0f}"]]
+    for label, entry in data.get("protocols", {}).items():
+        rows.append([code(label), f"{entry['seconds']:.0f}"])
+    before, after = data.get("load_average_before"), data.get("load_average_after")
+    return "\n".join(
+        [
+            f"`{_rel(path)}`: {data.get('model')} on `{data.get('run_dir')}`, device {data.get('device')},"
+            f" {data.get('torch_threads')} torch threads, load {_load(before)} before"
+            + (f", {_load(after)} after" if after else "")
+            + f"; one seed, rows per party: {_row_names(data)}.",
+            "",
+            *table(["step", "seconds"], rows, "lr"),
+        ]
+    )
+
+
+def _row_names(data: dict) -> str:
+    for entry in data.get("protocols", {}).values():
+        for client in entry.get("clients", {}).values():
+            return ", ".join(client.get("rows", {}))
+    return DASH
+
+
+# --- results: evaluation ----------------------------------------------------------------------------
+
+
+def _repetitions(data: dict) -> list[dict]:
+    """A ``results/bench_eval/`` file's runs of ``scripts/bench_eval.py``: its ``repetitions``, or the
+    file itself when it is one run's report."""
+    return data.get("repetitions") or [data]
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    """``median (min–max)`` of ``values``, or the one value, or a dash."""
+    if not values:
+        return DASH
+    median = f"{statistics.median(values):.{digits}f}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def _eval_machine(run: dict) -> str:
+    """One ``scripts/bench_eval.py`` run's machine: CPU model and count, torch and Python versions."""
+    machine = run.get("machine", {})
+    return (
+        f"{machine.get('cpu', 'CPU model not recorded')}, {run.get('cpu_count', DASH)} CPUs,"
+        f" torch {run.get('torch_version', DASH)}, Python {machine.get('python', DASH)}"
+    )
+
+
+def _eval_setting(run: dict) -> str:
+    """One ``scripts/bench_eval.py`` run's data, model size, threads and kernel mode."""
+    triples = run.get("test_triples")
+    triples = f"{triples:,}" if isinstance(triples, int) else DASH
+    return (
+        f"{triples} test triples of `{run.get('data', DASH)}` ({run.get('num_clients', DASH)} parties), untrained"
+        f" models of dim {run.get('embedding_dim', DASH)}, {run.get('torch_threads', DASH)} torch thread(s),"
+        f" fused kernels `{run.get('fused_kernels', DASH)}`"
+    )
+
+
+def _bench_eval_rows(path: Path, data: dict) -> tuple[list[list[str]], list[str]]:
+    """One ``results/bench_eval/`` file: a table row per model and protocol run, and its notes (what it
+    measured, the kernels, the DeprecationWarnings, the commands)."""
+    runs = _repetitions(data)
+    loads = [r["load_average_start"][0] for r in runs if r.get("load_average_start")]
+    warned = sum(bool(r.get("deprecation_warnings")) for r in runs)
+    rows = []
+    for model in dict.fromkeys(m for r in runs for m in r["models"]):
+        entries = [r["models"][model] for r in runs if model in r["models"]]
+        for label in dict.fromkeys(lab for e in entries for lab in e["runs"]):
+            timed = [e["runs"][label] for e in entries if label in e["runs"]]
+            rows.append(
+                [
+                    code(path.name),
+                    model,
+                    code(label),
+                    str(len(timed)),
+                    _spread([t["wall_seconds"] for t in timed]),
+                    _spread([t["cpu_seconds"] for t in timed]),
+                    _spread([e["warmup_seconds"] for e in entries]),
+                    f"{warned} of {len(runs)}",
+                    _spread(loads),
+                ]
+            )
+    kernels = sorted({(r.get("kernels") or {}).get("sha256", "")[:12] for r in runs} - {""})
+    messages = sorted({w["message"] for r in runs for w in r.get("deprecation_warnings", [])})
+    notes = [f"- `{path.name}`: {cell(data.get('description', 'no description recorded')).rstrip('.')}."]
+    if kernels:
+        notes.append(f"    - kernels module SHA-256 {', '.join(code(k) for k in kernels)}")
+    if data.get("before_kernels") and any("--kernels-file" in r.get("command", "") for r in runs):
+        notes.append(f"    - `--kernels-file`: {cell(data['before_kernels'])}")
+    notes.append(f"    - DeprecationWarning: {'; '.join(code(m) for m in messages) or 'none raised'}")
+    notes.append("    - commands, one per run:")
+    notes += [f"        - {code(r.get('command', 'not recorded'))}" for r in runs]
+    return rows, notes
+
+
+def bench_eval_block() -> str:
+    """Per ``results/bench_eval/*.json`` (oldest run first), model and protocol run: wall, CPU and warm-up
+    seconds over the file's runs, the runs that raised a DeprecationWarning, the load; then each file's
+    description, kernels and commands.
+
+    :raises DocsError: naming the file when a run lacks a figure the table shows.
+    """
+    files = [(path, _read(path)) for path in sorted((RESULTS / "bench_eval").glob("*.json"))]
+    if not files:
+        return "No JSON under `results/bench_eval/` yet."
+    files.sort(key=lambda item: min(r.get("started_at", "") for r in _repetitions(item[1])))
+    rows, notes, machines, settings = [], [], {}, {}
+    for path, data in files:
+        try:
+            file_rows, file_notes = _bench_eval_rows(path, data)
+        except (KeyError, IndexError, TypeError) as error:
+            raise DocsError(f"{_rel(path)}: a run lacks {error} (expected scripts/bench_eval.py's report)") from error
+        rows += file_rows
+        notes += file_notes
+        for run in _repetitions(data):
+            machines.setdefault(_eval_machine(run), []).append(path.name)
+            settings.setdefault(_eval_setting(run), []).append(path.name)
+
+    def which(groups: dict[str, list[str]]) -> str:
+        return "; ".join(f"{text} ({', '.join(dict.fromkeys(names))})" for text, names in groups.items())
+
+    header = ["file", "model", "protocols", "runs", "wall s", "CPU s", "warm-up s (compile)"]
+    header += ["runs with a DeprecationWarning", "load at start, 1 min"]
+    return "\n".join(
+        [
+            (
+                "`scripts/bench_eval.py`: filtered ranking of every party's test set, each run's protocols in one"
+                " pass, after a warm-up that pays the one-time compile of the fused kernels (not in wall / CPU s);"
+                f" median (min–max) over a file's runs. {which(settings)}. Machine: {which(machines)}."
+            ),
+            "",
+            *table(header, rows, "lllrrrrrr"),
+            "",
+            "Per file, as it records itself:",
+            "",
+            *notes,
+        ]
+    )
+
+
+# --- results: poisoning -----------------------------------------------------------------------------
+
+POISONING_COMMANDS = {
+    "kinships.json": "python scripts/bench_poisoning.py --dataset Kinships --clients 5 --rounds 40 --trim 0.2"
+    " --threads 2 --set embedding-dim=64 --set num-negs-per-pos=64 --set local-epochs=1 --set batch-size=128"
+    " --set learning-rate=0.03 --out results/poisoning/kinships.json",
+    "fed3.json": "python scripts/bench_poisoning.py --dataset ../shared/data/FB15k-237-Fed3 --clients 3 --rounds 3"
+    " --rules mean median --trim 0.34 --threads 1 --set learning-rate=0.003 --set corruption-scheme=tail"
+    " --set eval-protocol=fede --out results/poisoning/fed3.json",
+}
+ATTACKS = {
+    "none": "none (clean run)",
+    "random": "large random rows",
+    "sign-flip": "a sign-flipped update",
+}
+
+
+def poisoning_block() -> str:
+    """Per ``results/poisoning/*.json``: the honest parties' valid / test MRR per attack and rule."""
+    lines = []
+    for path in sorted((RESULTS / "poisoning").glob("*.json")):
+        data = _read(path)
+        runs = data.get("runs", [])
+        rules = list(dict.fromkeys(r["rule"] for r in runs))
+        attacks = list(dict.fromkeys(r["attack"] for r in runs))
+        by = {(r["attack"], r["rule"]): r for r in runs}
+        rows = []
+        align = "l" + "r" * len(rules)
+        for attack in attacks:
+            row = [cell(ATTACKS.get(attack, attack))]
+            for rule in rules:
+                run = by.get((attack, rule))
+                row.append(f"{run['honest_valid_mrr']:.3f} / {run['honest_test_mrr']:.3f}" if run else DASH)
+            rows.append(row)
+        kge = data.get("kge", {})
+        holders = data.get("holders_per_entity") or []
+        held = ", ".join(f"{n} by {k}" for k, n in enumerate(holders) if n)
+        lines += [
+            f"### `{path.name}`: {cell(data.get('dataset'))}, {data.get('clients')} parties",
+            "",
+            (
+                f"Party {data.get('attacker')} attacks every round (scale {data.get('scale')});"
+                f" {kge.get('model')} dim {kge.get('embedding-dim')}, at most {data.get('rounds')} rounds,"
+                f" trimmed-mean trim {data.get('trim')}, {data.get('torch_threads')} torch thread(s); entities"
+                f" held {held}. Load {_load(data.get('load_average_before'))} before,"
+                f" {_load(data.get('load_average_after'))} after. Honest parties' MRR, valid / test:"
+            ),
+            "",
+            *table(["attack (party returns ...)", *(f"{rule} valid / test" for rule in rules)], rows, align),
+            "",
+            f"Command: `{POISONING_COMMANDS.get(path.name, 'not recorded')}`",
+            "",
+        ]
+    return "\n".join(lines).rstrip("\n")
+
+
+# --- results: the Fed3 TransE study -----------------------------------------------------------------
+
+FED3_STUDY = {
+    "fed3-transe": "SimSkip at its defaults, 3 seeds, every protocol",
+    "fed3-transe-search": "a search over SimSkip's settings, 3 seeds, two frozen-row protocols",
+    "fed3-transe-search-all": "the same search, every protocol",
+    "fed3-transe-fresh": "relations re-fit from trained and from fresh relations, 1 seed",
+}
+
+
+def _overall_mrr(results: dict, label: str, row: str, metric: str) -> str:
+    """A row's overall mean MRR (4 decimals) in one protocol, or a dash."""
+    try:
+        return f"{results['protocols'][label]['rows'][row]['overall'][metric]['mean']:.4f}"
+    except KeyError:
+        return DASH
+
+
+def fed3_block() -> str:
+    """Per Fed3 TransE folder: overall MRR and gains with intervals and verdicts per protocol."""
+    gt = _grid_table()
+    lines = []
+    for folder, what in FED3_STUDY.items():
+        path = RESULTS / folder / "results.json"
+        if not path.is_file():
+            continue
+        results = _read(path)
+        rows = []
+        for label in sorted(results["protocols"], key=lambda p: gt._order(p, gt.PROTOCOL_ORDER)):
+            std = [_overall_mrr(results, label, r, "standard.mrr") for r in ("unrefined", "refined")]
+            fede = [_overall_mrr(results, label, r, "fede.mrr") for r in ("unrefined", "refined")]
+            verdicts = " / ".join(
+                f"**{v}**" if v == "gain" else v
+                for v in (gt._verdict(results, label, m) for m in ("standard.mrr", "fede.mrr"))
+            )
+            rows.append(
+                [
+                    label,
+                    f"{std[0]} / {fede[0]}",
+                    f"{std[1]} / {fede[1]}",
+                    gt._gain(results, label, "standard.mrr"),
+                    gt._gain(results, label, "fede.mrr"),
+                    verdicts,
+                ]
+            )
+        header = ["protocol", "unrefined std / FedE", "refined std / FedE", "gain std [95 %]", "gain FedE [95 %]"]
+        lines += [
+            f"### `results/{folder}/`: {what}",
+            "",
+            *table([*header, "verdict std / FedE"], rows, "lrrrrl"),
+            "",
+        ]
+    return "\n".join(lines).rstrip("\n")
+
+
+# --- the pages ---------------------------------------------------------------------------------------
+
+#: page -> block name -> the function that writes the block.
+BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
+    "docs/reference/commands.md": {"commands": commands_block},
+    "docs/reference/run-config.md": {"run-config": run_config_block},
+    "docs/results/speed.md": {
+        "bench-round": bench_round_block,
+        "tta": tta_block,
+        "bench-eval": bench_eval_block,
+        "downstream": downstream_bench_block,
+    },
+    "docs/results/poisoning.md": {"poisoning": poisoning_block},
+    "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
+}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- gen:{name}:start -->", f"<!-- gen:{name}:end -->"
+
+
+def replace_block(text: str, name: str, content: str, where: str) -> str:
+    """``text`` with block ``name``'s content replaced.
+
+    :raises DocsError: naming ``where`` when a marker is missing, repeated, or the end comes first.
+    """
+    start, end = markers(name)
+    for marker in (start, end):
+        if text.count(marker) != 1:
+            raise DocsError(f"{where}: expected exactly one {marker!r}, found {text.count(marker)}")
+    i, j = text.index(start) + len(start), text.index(end)
+    if j < i:
+        raise DocsError(f"{where}: {end!r} comes before {start!r}")
+    return text[:i] + "\n" + content.strip("\n") + "\n" + text[j:]
+
+
+def rendered() -> dict[Path, tuple[str, str]]:
+    """Every generated page: path -> (the text on disk, the text it should have)."""
+    pages: dict[Path, tuple[str, str]] = {}
+    for page, blocks in BLOCKS.items():
+        path = ROOT / page
+        old = path.read_bytes().decode("utf-8")
+        new = old
+        for name, build in blocks.items():
+            new = replace_block(new, name, build(), page)
+        pages[path] = (old, new)
+    pages.update(grid_pages())
+    return pages
+
+
+def grid_pages() -> dict[Path, tuple[str, str]]:
+    """The experiment grid's blocks (``README.md``, ``docs/results/grid.md``), by ``scripts/grid_table.py``."""
+    return _grid_table().rendered()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write every stale generated block, or with ``--check`` exit 1 when one is stale."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 (printing a diff) when a block is stale")
+    args = parser.parse_args(argv)
+    try:
+        pages = rendered()
+    except (DocsError, ValueError) as error:
+        print(f"gen_docs: {error}", file=sys.stderr)
+        return 1
+    stale = {path: texts for path, texts in pages.items() if texts[0] != texts[1]}
+    if args.check:
+        for path, (old, new) in stale.items():
+            name = _rel(path)
+            diff = difflib.unified_diff(
+                old.splitlines(), new.splitlines(), f"{name} (committed)", "generated", lineterm=""
+            )
+            print("\n".join(list(diff)[:80]), file=sys.stderr)
+        if stale:
+            names = ", ".join(_rel(p) for p in stale)
+            print(f"gen_docs: stale generated docs: {names}; run `python scripts/gen_docs.py`", file=sys.stderr)
+            return 1
+        print(f"gen_docs: {len(pages)} pages up to date")
+        return 0
+    from client.kge.run_folder import atomic_write_text  # the project's one atomic write
+
+    for path, (_, new) in stale.items():
+        atomic_write_text(path, new)
+        print(f"gen_docs: wrote {_rel(path)}")
+    if not stale:
+        print(f"gen_docs: {len(pages)} pages up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
