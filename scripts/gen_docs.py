@@ -634,10 +634,25 @@ def fed3_block() -> str:
     return "\n".join(lines).rstrip("\n")
 
 
+#: The quick start's full console output from a fresh clone (docs/getting-started/quickstart.md includes it).
+QUICKSTART_CONSOLE = ROOT / "docs" / "examples" / "quickstart-console.txt"
+
+
+def quickstart_excerpt_block() -> str:
+    """The end of the committed quick-start console: from the last ``best round`` line to the summary's end."""
+    lines = QUICKSTART_CONSOLE.read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if "best round" in line and "test overall" in line]
+    if not starts:
+        raise DocsError(f"{_rel(QUICKSTART_CONSOLE)}: no 'best round N; test overall' line")
+    i = starts[-1]
+    return "\n".join(["```text", *lines[i : i + 1], "...", *lines[i + 1 :][-19:], "```"])
+
+
 # --- the pages ---------------------------------------------------------------------------------------
 
 #: page -> block name -> the function that writes the block.
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
+    "README.md": {"quickstart-excerpt": quickstart_excerpt_block},
     "docs/reference/commands.md": {"commands": commands_block},
     "docs/reference/run-config.md": {"run-config": run_config_block},
     "docs/results/speed.md": {
@@ -672,15 +687,14 @@ def replace_block(text: str, name: str, content: str, where: str) -> str:
 
 def rendered() -> dict[Path, tuple[str, str]]:
     """Every generated page: path -> (the text on disk, the text it should have)."""
-    pages: dict[Path, tuple[str, str]] = {}
+    pages: dict[Path, tuple[str, str]] = dict(grid_pages())  # README.md holds blocks of both
     for page, blocks in BLOCKS.items():
         path = ROOT / page
         old = path.read_bytes().decode("utf-8")
-        new = old
+        new = pages[path][1] if path in pages else old
         for name, build in blocks.items():
             new = replace_block(new, name, build(), page)
         pages[path] = (old, new)
-    pages.update(grid_pages())
     return pages
 
 
