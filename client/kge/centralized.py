@@ -60,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+#: ``on_round(info)``: called after every round of an in-process run (after its checkpoint) with
+#: ``{"round", "valid_mrr" (the overall valid MRR, ``None`` in a round without validation),
+#: "train_seconds" (training and sharing so far), "stop" (early stopping ends the run with this
+#: round)}``; an exception it raises ends the run and propagates (e.g. ``optuna.TrialPruned``).
+RoundCallback = Callable[[Mapping[str, Any]], None]
+
 
 class RoundCheckpoint(Protocol):
     """Where an in-process run keeps the state after each finished round, to resume from it.
@@ -151,6 +157,7 @@ def _run_rounds(
     progress: Progress | None,
     aggregate: Callable[[], None] | None = None,
     checkpoint: RoundCheckpoint | None = None,
+    on_round: RoundCallback | None = None,
 ) -> dict[str, Any]:
     """Train ``rounds`` rounds (:class:`~client.kge.round_engine.RoundEngine`) with validation,
     early stopping and a best-round test.
@@ -164,12 +171,22 @@ def _run_rounds(
     :param checkpoint: saved after every round; a run that finds one resumes after its round
         (the trainers seed each epoch from the epochs done, so a resumed run trains the same
         rounds as one that was never stopped).
+    :param on_round: called after every round (:data:`RoundCallback`).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=EarlyStopping(config.patience))
     steps = _InProcessSteps(
-        setting, engine, client_ids, train_round, aggregate, evaluate, snapshot, progress or logger.info, checkpoint
+        setting,
+        engine,
+        client_ids,
+        train_round,
+        aggregate,
+        evaluate,
+        snapshot,
+        progress or logger.info,
+        checkpoint,
+        on_round=on_round,
     )
     first_round, resumed_after = 1, None
     saved = checkpoint.load() if checkpoint is not None else None
@@ -220,6 +237,7 @@ class _InProcessSteps:
     snapshot: Callable[[], dict[str, np.ndarray]]
     say: Progress
     checkpoint: RoundCheckpoint | None = None
+    on_round: RoundCallback | None = None
     best_snapshot: dict[str, np.ndarray] | None = None
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -274,6 +292,16 @@ class _InProcessSteps:
                     "history": self.history,
                     "train_seconds": self.train_seconds,
                 },
+            )
+        if self.on_round is not None:
+            valid = self._entry.get("valid")
+            self.on_round(
+                {
+                    "round": round_number,
+                    "valid_mrr": valid["overall"]["mrr"] if valid is not None else None,
+                    "train_seconds": self.train_seconds,
+                    "stop": stop,
+                }
             )
         return False
 
@@ -355,6 +383,7 @@ def run_fede_in_process(
     aggregation_trim: float = 0.25,
     update_hook: UpdateHook | None = None,
     checkpoint: RoundCheckpoint | None = None,
+    on_round: RoundCallback | None = None,
 ) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
@@ -368,6 +397,7 @@ def run_fede_in_process(
     ``entity_embeddings.npy`` / ``entities.tsv``. ``aggregation`` / ``aggregation_trim``: the
     per-row rule (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a
     client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
+    ``on_round``: called after every round (:data:`RoundCallback`; e.g. a search's pruning).
     """
     if update_hook is not None and checkpoint is not None:
         raise ValueError("run_fede_in_process: an update_hook's own state (e.g. its RNG) is not checkpointed")
@@ -421,6 +451,7 @@ def run_fede_in_process(
         restore=restore,
         progress=progress,
         checkpoint=checkpoint,
+        on_round=on_round,
     )
     if out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
