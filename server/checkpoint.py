@@ -77,8 +77,9 @@ FORMAT_VERSION = 1
 #: Model-defining keys added after checkpoints of :data:`FORMAT_VERSION` were first written, with
 #: the value a checkpoint that lacks the key ran with: resuming it compares against that value
 #: instead of refusing the key as changed. ``simskip-structure-mix`` only acts where
-#: ``simskip-augmentations`` names ``row_view``, which no run before the key could name.
-ADDED_KEYS: dict[str, Any] = {"simskip-structure-mix": 0.5}
+#: ``simskip-augmentations`` names ``row_view``, which no run before the key could name; every run
+#: before ``loss`` trained with ``nssa``.
+ADDED_KEYS: dict[str, Any] = {"simskip-structure-mix": 0.5, "loss": "nssa"}
 
 
 class CheckpointError(RuntimeError):

@@ -44,6 +44,7 @@ LITERAL_MODEL_DEFINING = {
     "corruption-scheme",
     "filtered-negatives",
     "filterer",
+    "loss",
     "adversarial-temperature",
     "margin",
     "entity-constrainer",

@@ -39,6 +39,7 @@ from simskip_core.errors import shown
 __all__ = [
     "KGE_KEYS",
     "KNOWN_NON_KGE_KEYS",
+    "LOSSES",
     "PAPER_MODELS",
     "PRESETS",
     "ConfigError",
@@ -53,6 +54,19 @@ __all__ = [
 #: The four models of FedE's paper (Chen et al., 2021), in its order: the grid's models, and the
 #: order of its table and of the benchmarks that compare models.
 PAPER_MODELS = ("TransE", "RotatE", "DistMult", "ComplEx")
+
+#: The values of the ``loss`` key: names of PyKEEN's ``pykeen.losses.loss_resolver`` whose sLCWA scoring
+#: (``process_slcwa_scores``) takes pre-filtered negatives, which both training loops pass, and which need
+#: no parameter beyond ``margin`` / ``adversarial_temperature`` (:func:`client.kge.models.build_loss`).
+LOSSES: tuple[str, ...] = (
+    "nssa",
+    "adversarialbcewithlogits",
+    "bcewithlogits",
+    "softplus",
+    "crossentropy",
+    "marginranking",
+    "softmarginranking",
+)
 
 #: Run-config keys :meth:`KGEConfig.from_run_config` skips: those of the other owners in the registry
 #: (:mod:`client.kge.registry`: the federation's, the refinement phase's, and the keys no dataclass reads).
@@ -123,11 +137,23 @@ class KGEConfig:
     :param filterer: filterer for ``filtered_negatives``: ``sortedkey`` (exact, vectorized;
         :mod:`client.kge.filtering`), or PyKEEN's ``bloom`` (~0.1 % false positives, slower) or
         ``pythonset`` (exact, a Python loop).
-    :param adversarial_temperature: self-adversarial sampling temperature (alpha).
-    :param margin: NSSA margin (gamma). As in FedE's code it is applied to distance-based
-        interactions only (TransE, RotatE, ...); semantic-matching interactions (DistMult,
-        ComplEx, ...) score without gamma there, so margin 0 is used for them
-        (see :data:`client.kge.models.MARGIN_FREE_MODELS`).
+    :param loss: the training loss, one of :data:`LOSSES` (names of PyKEEN's
+        ``pykeen.losses.loss_resolver``; built by :func:`client.kge.models.build_loss`), the same in both
+        training loops. ``nssa`` (the default): FedE's self-adversarial negative sampling loss with
+        ``margin`` (by FedE's rule, :func:`client.kge.models.nssa_margin`) and
+        ``adversarial_temperature``. ``crossentropy`` is the softmax cross-entropy of each positive
+        against its (filtered) negatives; in the ``sharednegatives`` loop one softmax holds the
+        negatives of every corrupted side together (the positive at index 0, then the head- and the
+        tail-corrupted candidates), as PyKEEN's ``basic`` sampler mixes both sides in one row too.
+        A loss that takes a margin gets ``margin`` as given (NSSA only: FedE's rule); an adversarial one
+        gets ``adversarial_temperature``; the others take neither.
+    :param adversarial_temperature: self-adversarial sampling temperature (alpha), of the adversarial
+        losses (``nssa``, ``adversarialbcewithlogits``).
+    :param margin: the loss's margin, for losses that take one. For ``nssa`` it is FedE's gamma:
+        as in FedE's code it is applied to distance-based interactions only (TransE, RotatE, ...);
+        semantic-matching interactions (DistMult, ComplEx, ...) score without gamma there, so margin
+        0 is used for them (see :data:`client.kge.models.MARGIN_FREE_MODELS`). The pairwise losses
+        (``marginranking``, ``softmarginranking``) take it as given (PyKEEN's default is 1).
     :param entity_constrainer: ``none`` (FedE: no entity normalization; aggregated rows stay as
         averaged), ``model-default`` (PyKEEN's own, e.g. TransE's unit L2 norm), or a PyKEEN
         constrainer name (``normalize``, ``clamp_norm``, ...). Applied where the model accepts one.
@@ -173,10 +199,29 @@ class KGEConfig:
     filterer: str = key_field(
         "sortedkey", help="the filterer of filtered-negatives (PyKEEN filterer name)", model_defining=True
     )
-    adversarial_temperature: float = key_field(
-        1.0, help="self-adversarial sampling temperature (alpha)", model_defining=True
+    loss: str = key_field(
+        "nssa",
+        help=(
+            "the training loss (PyKEEN loss_resolver name): nssa (FedE's self-adversarial loss, margin by "
+            "FedE's rule), adversarialbcewithlogits (self-adversarial BCE), bcewithlogits, softplus "
+            "(pointwise), crossentropy (softmax of the positive against its filtered negatives; with "
+            "sharednegatives both corrupted sides share one softmax), marginranking, softmarginranking "
+            "(pairwise, with margin as given)"
+        ),
+        model_defining=True,
+        choices=LOSSES,
     )
-    margin: float = key_field(10.0, help="NSSA margin (gamma) of distance-based models", model_defining=True)
+    adversarial_temperature: float = key_field(
+        1.0,
+        help="self-adversarial sampling temperature (alpha) of nssa and adversarialbcewithlogits",
+        model_defining=True,
+    )
+    margin: float = key_field(
+        10.0,
+        help="the loss's margin: nssa's gamma of distance-based models (0 for DistMult, ComplEx, ...), "
+        "the pairwise losses' margin as given",
+        model_defining=True,
+    )
     entity_constrainer: str = key_field(
         "none", help="none, model-default or a PyKEEN constrainer name", model_defining=True
     )
@@ -229,6 +274,8 @@ class KGEConfig:
             )
         if self.eval_protocol not in ("standard", "fede"):
             raise ConfigError(f"eval-protocol must be 'standard' or 'fede', got {shown(self.eval_protocol)}")
+        for key in KGE_KEYS:  # every named choice (``loss``, ...): the key, the value and the choices
+            key.check_choice(getattr(self, to_snake(key.name)))
 
     @property
     def corruption_sides(self) -> tuple[str, ...]:

@@ -13,11 +13,11 @@ import contextlib
 import functools
 import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from pykeen.losses import NSSALoss
+from pykeen.losses import Loss, NSSALoss, loss_resolver
 from pykeen.models import Model, model_resolver
 from pykeen.nn import Embedding
 from pykeen.nn.representation import constrainer_resolver
@@ -28,12 +28,15 @@ from pykeen.utils import NoRandomSeedNecessary
 from client.kge.config import ConfigError, KGEConfig
 
 __all__ = [
+    "LOSS_PARAMETERS",
     "MARGIN_FREE_MODELS",
     "UnsupportedModelError",
+    "build_loss",
     "build_model",
     "entity_dim",
     "entity_embedding",
     "initial_entity_table",
+    "loss_margin",
     "nssa_margin",
     "relation_embeddings",
     "seeded",
@@ -97,6 +100,50 @@ def nssa_margin(config: KGEConfig) -> float:
 L2_MARGIN_SCALE = {"rotate": lambda dim: 2.0 / math.sqrt(math.pi * dim)}
 
 
+def loss_margin(config: KGEConfig, loss_cls: type[Loss]) -> float:
+    """The ``margin`` of a loss that takes one: FedE's rule (:func:`nssa_margin`) for NSSA, else ``config.margin``.
+
+    FedE's gamma is an offset of the score inside NSSA's sigmoids, absent from semantic-matching scores;
+    a pairwise margin (``marginranking``) separates positive from negative scores for every model, so it
+    is taken as given.
+    """
+    return nssa_margin(config) if issubclass(loss_cls, NSSALoss) else config.margin
+
+
+#: The loss ``__init__`` parameters the config sets, by parameter name -> their value for the config and
+#: the loss class: a loss gets those its signature names (:func:`build_loss`). PyKEEN names the
+#: self-adversarial temperature ``adversarial_temperature`` on :class:`~pykeen.losses.NSSALoss` and
+#: ``inverse_softmax_temperature`` on its other :class:`~pykeen.losses.AdversarialLoss` subclasses (the
+#: same alpha: NSSA passes it on as the latter).
+LOSS_PARAMETERS: dict[str, Callable[[KGEConfig, type[Loss]], float]] = {
+    "margin": loss_margin,
+    "adversarial_temperature": lambda config, _: config.adversarial_temperature,
+    "inverse_softmax_temperature": lambda config, _: config.adversarial_temperature,
+}
+
+
+def build_loss(config: KGEConfig) -> Loss:
+    """The configured training loss (``config.loss``), resolved by PyKEEN's ``loss_resolver``.
+
+    The default ``nssa`` is FedE's loss: ``NSSALoss(margin=nssa_margin(config),
+    adversarial_temperature=config.adversarial_temperature)``. Every loss gets the entries of
+    :data:`LOSS_PARAMETERS` its signature names, and nothing else (PyKEEN's defaults for the rest).
+
+    :param config: the KGE config.
+    :returns: the loss module, used by both training loops through ``model.loss``.
+    :raises ConfigError: naming ``loss`` for a name PyKEEN does not know.
+    """
+    try:
+        loss_cls = loss_resolver.lookup(config.loss)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"key 'loss': {config.loss!r} is not one of {', '.join(sorted(loss_resolver.lookup_dict))}"
+        ) from None
+    accepted = inspect.signature(loss_cls.__init__).parameters
+    kwargs = {name: rule(config, loss_cls) for name, rule in LOSS_PARAMETERS.items() if name in accepted}
+    return loss_resolver.make(loss_cls, kwargs)
+
+
 def _normalized_model_name(name: str) -> str:
     try:
         return model_resolver.normalize_cls(model_resolver.lookup(name))
@@ -135,7 +182,8 @@ def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dic
 
 
 def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: torch.device | None = None) -> Model:
-    """Instantiate the configured PyKEEN model with FedE's NSSA loss on ``triples_factory``'s ids.
+    """Instantiate the configured PyKEEN model with the configured loss (:func:`build_loss`; FedE's NSSA by
+    default) on ``triples_factory``'s ids.
 
     The caller seeds (see :func:`seeded`); the model's own initializers run here.
 
@@ -147,12 +195,11 @@ def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: 
     """
     _normalized_model_name(config.model)
     model_cls = model_resolver.lookup(config.model)
-    loss = NSSALoss(margin=nssa_margin(config), adversarial_temperature=config.adversarial_temperature)
     model = model_resolver.make(
         model_cls,
         triples_factory=triples_factory,
         embedding_dim=config.embedding_dim,
-        loss=loss,
+        loss=build_loss(config),
         # seeding is done by the caller through ``seeded`` (a forked RNG), not globally by PyKEEN
         random_seed=NoRandomSeedNecessary,
         **_optional_component_kwargs(model_cls, config),

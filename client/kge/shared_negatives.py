@@ -5,7 +5,9 @@ entities, as PyKEEN's ``basic`` sampler does) and scores every positive against 
 through :mod:`client.kge.candidate_scoring` (a distance matrix / matrix product instead of
 ``batch x negatives`` gathered rows). Candidates that form a known training triple with a
 positive are filtered out (exact, :class:`client.kge.filtering.SortedKeyFilterer`) and the loss
-is the model's own (FedE's NSSA) on the remaining negatives.
+is the model's own (the ``loss`` key; FedE's NSSA by default) on the remaining negatives, passed to
+its ``process_slcwa_scores`` with the batch filter: a row holds the negatives of every corrupted side
+(a softmax loss such as ``crossentropy`` normalizes over head- and tail-corrupted candidates together).
 
 Why our own loop: PyKEEN's sLCWA loop samples ``num_negs_per_pos`` independent negative triples
 per positive and scores each (``B * K`` embedding lookups, ``(B, K, d)`` intermediates and a

@@ -165,7 +165,7 @@ class SLCWARegime(TrainingRegime):
 class SharedNegativesRegime(TrainingRegime):
     """sLCWA with negatives shared across each batch (:mod:`client.kge.shared_negatives`).
 
-    Same loss (the model's NSSA), same optimizer and filtering as :class:`SLCWARegime`; each batch
+    Same loss (the model's: the ``loss`` key), same optimizer and filtering as :class:`SLCWARegime`; each batch
     draws ``num_negs_per_pos`` candidates (split over the corrupted sides) scored against every
     positive through a distance matrix / matrix product: ~10x less work per batch on CPU.
     """
