@@ -70,3 +70,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("long") is not None:
             item.add_marker(pytest.mark.xdist_group("long-processes"))
+
+
+@pytest.fixture(scope="module")
+def nations():
+    """PyKEEN's Nations as one party's graph (the ClientGraph attributes LocalTrainer uses)."""
+    from types import SimpleNamespace
+
+    from pykeen.datasets import Nations
+
+    dataset = Nations()
+    return SimpleNamespace(
+        client_id=0,
+        train=dataset.training,
+        valid=dataset.validation,
+        test=dataset.testing,
+        num_entities=dataset.training.num_entities,
+    )

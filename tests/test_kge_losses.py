@@ -24,20 +24,6 @@ from client.kge.run_config import check_choices
 from client.kge.training import LocalTrainer
 
 
-@pytest.fixture(scope="module")
-def nations() -> SimpleNamespace:
-    from pykeen.datasets import Nations
-
-    dataset = Nations()
-    return SimpleNamespace(
-        client_id=0,
-        train=dataset.training,
-        valid=dataset.validation,
-        test=dataset.testing,
-        num_entities=dataset.training.num_entities,
-    )
-
-
 def small(**changes: object) -> KGEConfig:
     return KGEConfig(embedding_dim=8, local_epochs=1, batch_size=256, num_negs_per_pos=8, learning_rate=1e-2).replace(
         **changes

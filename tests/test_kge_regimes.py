@@ -25,20 +25,6 @@ from client.kge.training import LocalTrainer, training_regime_resolver
 MODELS = ["TransE", "RotatE", "DistMult", "ComplEx"]
 
 
-@pytest.fixture(scope="module")
-def nations() -> SimpleNamespace:
-    from pykeen.datasets import Nations
-
-    dataset = Nations()
-    return SimpleNamespace(
-        client_id=0,
-        train=dataset.training,
-        valid=dataset.validation,
-        test=dataset.testing,
-        num_entities=dataset.training.num_entities,
-    )
-
-
 def shared(model: str = "TransE", **changes: object) -> KGEConfig:
     return KGEConfig(
         model=model,

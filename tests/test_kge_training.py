@@ -32,21 +32,6 @@ from client.kge.training import (
 MODELS = ["TransE", "RotatE", "DistMult", "ComplEx"]
 
 
-@pytest.fixture(scope="module")
-def nations() -> SimpleNamespace:
-    """Nations as one party's graph (the ClientGraph attributes LocalTrainer uses)."""
-    from pykeen.datasets import Nations
-
-    dataset = Nations()
-    return SimpleNamespace(
-        client_id=0,
-        train=dataset.training,
-        valid=dataset.validation,
-        test=dataset.testing,
-        num_entities=dataset.training.num_entities,
-    )
-
-
 def small(model: str = "TransE", **changes: object) -> KGEConfig:
     return KGEConfig(model=model, embedding_dim=8, batch_size=256, num_negs_per_pos=4, learning_rate=1e-2).replace(
         **changes
