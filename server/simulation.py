@@ -22,7 +22,7 @@ naming the file or the setting: never a silent fresh start.
 
 A fresh start that fails before any round completed (no ``metrics.jsonl`` row, no checkpoint, no
 ``final_metrics.json``; e.g. the SuperLink does not start, or the ServerApp fails at once) removes
-what it wrote into the run folder (:func:`_undone_on_failure`), so the same ``--run-dir`` may be
+what it wrote into the run folder (:func:`client.kge.run_folder.undone_on_failure`), so the same ``--run-dir`` may be
 given again: only the entries it created are removed, never one the folder held before; ``logs/``
 stays when the error message names a log in it (the folder then holds only ``logs/``, which is no
 earlier run: :data:`client.kge.run_folder.RUN_RECORDS`); a run folder (and its parents) that this
@@ -37,17 +37,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from client import launcher, pids
 from client.kge.config import add_set_option, parse_set_options
-from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder
+from client.kge.run_folder import RunFolder, undone_on_failure
 from kg_datasets.errors import PARAMETER_FLAGS
 from server import signals
 from server.partial_results import write_partial_results
@@ -166,7 +164,7 @@ def run_simulation(
     :param quiet: print only problems and summary lines (the run log keeps everything).
     :raises client.pids.FlowerProcessError: when the run did not complete; a start that failed
         before any round completed first removes what it wrote into ``run_dir``
-        (:func:`_undone_on_failure`), so the same ``run_dir`` may be given again.
+        (:func:`client.kge.run_folder.undone_on_failure`), so the same ``run_dir`` may be given again.
     """
     run_dir = (run_dir or default_run_dir()).resolve()
     run_config: dict[str, Any] = {
@@ -180,7 +178,7 @@ def run_simulation(
     # the current folder, no earlier run; the folder itself is made by the first write below, after
     # the data was read, and a start that fails before a round completed removes what it wrote
     check_new_run_dir(run_dir, inputs=[dataset])
-    with _undone_on_failure(run_dir):
+    with undone_on_failure(run_dir):
         return _start(
             dataset,
             run_dir,
@@ -193,54 +191,6 @@ def run_simulation(
             concurrent_clients=concurrent_clients,
             quiet=quiet,
         )
-
-
-#: Entries of a run folder that show that a round completed (the run can be resumed or reported):
-#: a failed start that wrote one of them keeps everything it wrote.
-_ROUND_RECORDS = ("checkpoint", "refine_checkpoint", FINAL_METRICS)
-
-
-def _round_completed(run_dir: Path) -> bool:
-    """Whether ``run_dir`` records a completed round (a ``metrics.jsonl`` row, a checkpoint, final metrics)."""
-    metrics = run_dir / METRICS_JSONL
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        return True
-    return any((run_dir / name).exists() for name in _ROUND_RECORDS)
-
-
-@contextmanager
-def _undone_on_failure(run_dir: Path) -> Iterator[None]:
-    """Around a fresh start: when the block raises (any exception, Ctrl-C or SIGTERM included) and no
-    round completed (:func:`_round_completed`), remove the top-level entries of ``run_dir`` that did
-    not exist when the block began; keep ``logs/`` when the error's message names a path in it (the
-    user is pointed there); then remove ``run_dir`` and the parents the block created, if empty.
-
-    Entries that existed before the block (the folder may hold the user's files, or the logs of an
-    earlier failed start) are never touched, nor anything once a round completed (the run can then
-    be resumed with ``--resume``).
-
-    :param run_dir: the resolved run folder, checked by :func:`server.run_options.check_new_run_dir`.
-    """
-    created_folders = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
-    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    try:
-        yield
-    except BaseException as failure:
-        if run_dir.is_dir() and not _round_completed(run_dir):
-            keep_logs = str(run_dir / "logs") in str(failure)
-            for entry in sorted(run_dir.iterdir()):
-                if entry.name in before or (keep_logs and entry.name == "logs"):
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-            for folder in created_folders:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty (the logs, or what was there), or gone
-                    break
-        raise
 
 
 def _start(

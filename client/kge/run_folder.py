@@ -13,9 +13,11 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,9 @@ __all__ = [
     "check_script_outputs",
     "emit_json",
     "read_jsonl",
+    "round_completed",
     "save_npy_atomic",
+    "undone_on_failure",
     "write_jsonl",
 ]
 
@@ -43,6 +47,54 @@ ENTITY_LABELS = "entities.tsv"
 #: folder: it would mix with, or overwrite, the earlier run; ``--resume`` continues one).
 #: (A failed start leaves only ``logs/`` and ``.flwr/``: the same command may then run again.)
 RUN_RECORDS: tuple[str, ...] = (CONFIG_FILE, METRICS_JSONL, FINAL_METRICS, "data", "checkpoint")
+
+
+#: Entries of a run folder that show that a round completed (the run can be resumed or reported):
+#: a failed start that wrote one of them keeps everything it wrote.
+ROUND_RECORDS = ("checkpoint", "refine_checkpoint", FINAL_METRICS)
+
+
+def round_completed(run_dir: Path) -> bool:
+    """Whether ``run_dir`` records a completed round (a ``metrics.jsonl`` row, a checkpoint, final metrics)."""
+    metrics = run_dir / METRICS_JSONL
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return True
+    return any((run_dir / name).exists() for name in ROUND_RECORDS)
+
+
+@contextmanager
+def undone_on_failure(run_dir: Path) -> Iterator[None]:
+    """Around a fresh start: when the block raises (any exception, Ctrl-C or SIGTERM included) and no
+    round completed (:func:`round_completed`), remove the top-level entries of ``run_dir`` that did
+    not exist when the block began; keep ``logs/`` when the error's message names a path in it (the
+    user is pointed there); then remove ``run_dir`` and the parents the block created, if empty.
+
+    Entries that existed before the block (the folder may hold the user's files, or the logs of an
+    earlier failed start) are never touched, nor anything once a round completed (the run can then
+    be resumed with ``--resume``).
+
+    :param run_dir: the resolved run folder, checked by :func:`server.run_options.check_new_run_dir`.
+    """
+    created_folders = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    try:
+        yield
+    except BaseException as failure:
+        if run_dir.is_dir() and not round_completed(run_dir):
+            keep_logs = str(run_dir / "logs") in str(failure)
+            for entry in sorted(run_dir.iterdir()):
+                if entry.name in before or (keep_logs and entry.name == "logs"):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            for folder in created_folders:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (the logs, or what was there), or gone
+                    break
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
