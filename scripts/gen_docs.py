@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib
 import importlib.util
 import json
@@ -41,8 +42,9 @@ class DocsError(ValueError):
     """A page lacks a block's markers, or a source the block is generated from is malformed."""
 
 
+@functools.cache
 def _grid_table():
-    """``scripts/grid_table.py`` as a module (``scripts/`` is not a package)."""
+    """``scripts/grid_table.py`` as a module (``scripts/`` is not a package), loaded once."""
     spec = importlib.util.spec_from_file_location("grid_table", Path(__file__).resolve().parent / "grid_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -671,18 +673,14 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def replace_block(text: str, name: str, content: str, where: str) -> str:
-    """``text`` with block ``name``'s content replaced.
+    """``text`` with block ``name``'s content replaced (``scripts/grid_table.py``'s rule, this page's markers).
 
     :raises DocsError: naming ``where`` when a marker is missing, repeated, or the end comes first.
     """
-    start, end = markers(name)
-    for marker in (start, end):
-        if text.count(marker) != 1:
-            raise DocsError(f"{where}: expected exactly one {marker!r}, found {text.count(marker)}")
-    i, j = text.index(start) + len(start), text.index(end)
-    if j < i:
-        raise DocsError(f"{where}: {end!r} comes before {start!r}")
-    return text[:i] + "\n" + content.strip("\n") + "\n" + text[j:]
+    try:
+        return _grid_table().replace_block(text, content, *markers(name))
+    except ValueError as error:
+        raise DocsError(f"{where}: {error}") from error
 
 
 def rendered() -> dict[Path, tuple[str, str]]:
