@@ -28,14 +28,13 @@ from typing import Any
 import tomli_w
 
 from client import pids
+from client.console import ANSI_CODES, console_text
 from client.credentials import AuthorizedKey, TLSFiles, check_auth_private_key, check_pem_certificate
 from client.pids import FlowerProcessError
 
 __all__ = [
     "PROJECT_ROOT",
     "check_run_completed",
-    "console_line",
-    "console_text",
     "explain_supernode_exit",
     "flower_env",
     "log_note",
@@ -256,7 +255,7 @@ def explain_supernode_exit(
     :param returncode: its exit status.
     :param server: the ``HOST:PORT`` it tried.
     """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
+    text = ANSI_CODES.sub("", log_text)
     where = f" (log: {log_path})" if log_path is not None else ""
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
         reason = re.search(r"certificate verify failed: ([^\n(]+)", text)
@@ -395,7 +394,7 @@ def run_app(
     :param federation_config: simulation options (``num-supernodes``, ``client-resources-num-cpus``...).
     :param superlink: the SuperLink process, to fail fast when it dies.
     :param log_path: where the streamed run log is copied unchanged (it is also printed, as
-        :func:`console_text` makes it: no Ray prefixes, colours only on a terminal, less
+        :func:`client.console.console_text` makes it: no Ray prefixes, colours only on a terminal, less
         :data:`CONSOLE_NOISE`; with ``quiet`` only problems and summary lines).
     :raises FlowerProcessError: the submission failed or the SuperLink died.
     """
@@ -442,57 +441,6 @@ def run_app(
     if proc.returncode != 0:
         raise FlowerProcessError(f"flwr run exited with code {proc.returncode}{log_note(log_path)}")
     return run_status(flwr_home, connection, run_id)
-
-
-#: Third-party console lines that tell the user nothing actionable here (they stay in the run log):
-#: Flower's note on the simulated federation size (we always pass it) and on the app bundle it
-#: unpacked into the run folder, Ray's FutureWarning about accelerator variables (we set GPU
-#: resources explicitly), each with its ``warnings.warn(`` tail, and log records with an empty
-#: message. (torch 2.13's DeprecationWarning for ``torch.jit.script_method``, raised by torch's own
-#: Inductor imports, is ignored where the fused kernels import Inductor: client.kge.candidate_scoring.)
-CONSOLE_NOISE = re.compile(
-    r"default simulated SuperNodes changed|To change federation size, use the following command"
-    r"|flwr federation simulation-config|Ray will no longer override accelerator visible devices"
-    r"|^Successfully installed \S+ to "
-    r"|Manually terminating ClientAppActor"  # Flower's WARNING for every actor at a simulation's normal end
-    r"|^\s*warnings\.warn\($"
-    r"|^[A-Z]+\s*:\s*$"  # a log record with nothing in it (Flower ends a simulation's log with one)
-)
-#: Lines a ``--quiet`` console still shows: problems, the command's own lines and the server's
-#: one-line result (``best round N; test overall ...``).
-QUIET_KEEP = re.compile(r"WARNING|ERROR|Error|Traceback|Exception|^\[simskip-|best round \d+; test")
-#: ANSI colour / style sequences (Flower colours its level names, Ray its worker prefixes).
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
-_ANSI = r"(?:\x1b\[[0-9;]*m)*"
-#: What Ray adds to a line its driver forwards from a worker: the ``(ClientAppActor pid=N)`` prefix
-#: (``, ip=...`` on a cluster) and the deduplication note (``[repeated 2x across cluster] (Ray
-#: deduplicates logs by default ...)``), each with its colour codes. ``RAY_DEDUP_LOGS=0``
-#: (:data:`QUIET_ENV`) turns the deduplication off; the pattern covers a driver started without it.
-RAY_PREFIX = re.compile(rf"^{_ANSI}\((?:\w+ )?pid=\d+(?:, ip=[^)]*)?\){_ANSI}\s?")
-RAY_DEDUP_NOTE = re.compile(rf"{_ANSI}\s*\[repeated \d+x across cluster\].*$")
-
-
-def console_text(line: str, quiet: bool = False, color: bool = False) -> str | None:
-    """The console's version of one line of the streamed run log, or ``None`` to leave it out.
-
-    Every line goes to the log file unchanged; the console gets it without Ray's worker prefix and
-    deduplication note, without colour codes unless ``color`` (a terminal), and not at all when it
-    is :data:`CONSOLE_NOISE` or, with ``quiet``, not :data:`QUIET_KEEP`.
-
-    :param line: one line as ``flwr run --stream`` printed it (ending in a newline or not).
-    :param quiet: keep only problems and summary lines.
-    :param color: keep Flower's ANSI colours (the console is a terminal).
-    """
-    text = RAY_DEDUP_NOTE.sub("", RAY_PREFIX.sub("", line.rstrip("\n")))
-    plain = ANSI_CODES.sub("", text)
-    if CONSOLE_NOISE.search(plain) or (quiet and not QUIET_KEEP.search(plain)):
-        return None
-    return (text if color else plain) + "\n"
-
-
-def console_line(line: str, quiet: bool = False) -> bool:
-    """Whether a line of the streamed run log goes to the console at all (:func:`console_text`)."""
-    return console_text(line, quiet) is not None
 
 
 def check_run_completed(run_id: int, status: str, run_dir: Path) -> None:

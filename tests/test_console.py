@@ -1,4 +1,4 @@
-"""What ``simskip-sim`` prints from the streamed run log (:func:`client.launcher.console_text`), and
+"""What ``simskip-sim`` prints from the streamed run log (:func:`client.console.console_text`), and
 the environment that pins its numerics (:func:`server.sim_resources.numerics_env`).
 
 The fixture is an excerpt of a real quick-start run log (``logs/run.log``, which keeps every line
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from client.launcher import QUIET_ENV, console_line, console_text
+from client.console import console_line, console_text
+from client.launcher import QUIET_ENV
 from server.sim_resources import PINNED_KERNELS, numerics_env
 
 RUN_LOG = Path(__file__).parent / "fixtures" / "console" / "quickstart_run_log.txt"

@@ -124,7 +124,7 @@ def test_a_bad_schedule_is_refused(kwargs):
 
 
 def test_the_console_drops_third_party_noise_and_quiet_keeps_problems_and_summaries():
-    from client.launcher import console_line
+    from client.console import console_line
 
     noise = [
         "\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
