@@ -297,7 +297,7 @@ def run_search(
     """
     import optuna
 
-    from client.kge.centralized import run_fede_in_process
+    from client.kge.centralized import ENDED_BY_BUDGET, run_fede_in_process
     from client.kge.config import KGEConfig
 
     tested: dict[int, dict[str, Any]] = {}
@@ -332,7 +332,7 @@ def run_search(
         except Exception as exc:
             note(stop_reason=f"failed: {type(exc).__name__}: {exc}")
             raise
-        stopped = result["rounds_trained"] < rounds
+        stopped = result["stopping"]["ended_by"] != ENDED_BY_BUDGET
         note(
             best_round=result["best_round"],
             stop_reason=(

@@ -80,9 +80,11 @@ def check_run_config(run_config: dict[str, Any]) -> None:
     """Fail before any process starts when a key is unknown (any phase), a value is bad or a named choice
     is not one of its choices (:func:`client.kge.run_config.check_choices`)."""
     from client.kge.run_config import check_choices, load_run_configs  # heavy (torch, pykeen): not for --help
+    from server.strategy import check_stopping  # the Flower engine's stopping rules
 
-    load_run_configs(run_config)
+    settings, kge, _ = load_run_configs(run_config)
     check_choices(run_config)
+    check_stopping(kge.stopping, settings.setting)
 
 
 def run_command(

@@ -149,6 +149,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         transfer_dtype=settings.transfer_dtype,
         aggregation=settings.aggregation,
         aggregation_trim=settings.aggregation_trim,
+        stopping=kge_config.stopping,
     )
     log(INFO, "handshake: waiting for %s clients", settings.min_clients)
     vocabulary = strategy.handshake(grid, timeout=settings.round_timeout)

@@ -69,6 +69,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from client.kge.aggregation import AggregationError, aggregate_rows, check_rule
 from client.kge.early_stopping import EarlyStopping
+from client.kge.registry import ConfigError
 from client.kge.round_engine import RoundEngine
 from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY, TEST_TYPE, VALID_TYPE
 from server.fede_rounds import FedERoundSteps, format_metrics
@@ -86,7 +87,27 @@ from server.records import (
 )
 from server.updates import check_rows_update, evaluation_metrics
 
-__all__ = ["FedEStrategy"]
+__all__ = ["FLOWER_STOPPING_RULES", "FedEStrategy", "check_stopping"]
+
+#: The values of the run-config key ``stopping`` the Flower engine implements. ``per-party`` (each
+#: party its own best round) is the in-process runners' only (:mod:`client.kge.centralized`): here
+#: every message carries one ``best-round``, which each client keeps a private snapshot of, restores
+#: for the final test and hands the SimSkip phase; per party it would be one per client (see
+#: ``docs/concepts/stopping.md``).
+FLOWER_STOPPING_RULES = ("overall",)
+
+
+def check_stopping(stopping: str, setting: str) -> None:
+    """Refuse a stopping rule the Flower engine does not implement (collection trains in-process).
+
+    :raises ConfigError: in one line, naming the key, the value and where it is implemented.
+    """
+    if setting != "collection" and stopping not in FLOWER_STOPPING_RULES:
+        raise ConfigError(
+            f"key 'stopping': {stopping!r} is implemented by the in-process runners only "
+            "(scripts/run_experiments.py --engine in-process, scripts/tune_kge.py); the Flower engine "
+            f"stops on the overall valid MRR ({', '.join(FLOWER_STOPPING_RULES)})"
+        )
 
 
 class FedEStrategy(FedAvg):
@@ -113,6 +134,8 @@ class FedEStrategy(FedAvg):
     :param aggregation: per-row rule of FedE's averaging (and of the SimSkip phase's encoder
         weights): ``mean``, ``median`` or ``trimmed-mean`` (:mod:`client.kge.aggregation`).
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
+    :param stopping: the run-config key ``stopping``: one of :data:`FLOWER_STOPPING_RULES`
+        (:func:`check_stopping` raises :class:`~client.kge.registry.ConfigError` otherwise).
     """
 
     def __init__(
@@ -128,9 +151,11 @@ class FedEStrategy(FedAvg):
         transfer_dtype: str = "float16",
         aggregation: str = "mean",
         aggregation_trim: float = 0.25,
+        stopping: str = "overall",
     ) -> None:
         if setting not in ("fede", "isolation"):
             raise ValueError(f"FedEStrategy runs 'fede' or 'isolation', got {setting!r}")
+        check_stopping(stopping, setting)
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=1.0,

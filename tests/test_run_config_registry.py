@@ -33,6 +33,8 @@ LITERAL_MODEL_DEFINING = {
     "aggregation",
     "aggregation-trim",
     "model",
+    "regularizer-weight",
+    "regularizer-p",
     "embedding-dim",
     "local-epochs",
     "batch-size",
@@ -80,6 +82,7 @@ LITERAL_MODEL_DEFINING = {
     "downstream-seeds",
     "downstream-patience",
     "simskip-structure-mix",  # added with the structure view (client/kge/structure_view.py)
+    "stopping",  # added with the per-party stopping rule (client/kge/early_stopping.py)
 }
 LITERAL_HARMLESS = {
     "num-server-rounds",

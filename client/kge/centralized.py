@@ -15,12 +15,21 @@ size), early stopping after ``config.patience`` checks without improvement, and 
 with the best round's weights. Start rows are the server's initial table
 (:func:`client.kge.models.initial_entity_table`), as in FedE, so the settings differ only in
 what is shared.
+
+``config.stopping`` picks the stopping rule (``docs/concepts/stopping.md``): ``overall`` (the
+default) as above; ``per-party`` gives each party (client) its own tracker over its own valid MRR
+(:class:`~client.kge.early_stopping.PartyStopping`): every party keeps training and sharing until
+every party has stopped (or the round budget ends), and each party tests, and writes, the state
+of its own best round (its entity rows as evaluated then and its relation rows); the overall test
+is the usual weighted combination of those. Collection trains one pooled model, one party: there
+``per-party`` is the overall rule.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +43,7 @@ from pykeen.models import Model
 from client.kge.aggregation import aggregate_rows
 from client.kge.collection import CollectionAdapter, pool_clients, require_global_ids
 from client.kge.config import KGEConfig
-from client.kge.early_stopping import EarlyStopping
+from client.kge.early_stopping import EarlyStopping, PartyStopping
 from client.kge.evaluation import weighted_overall
 from client.kge.models import (
     entity_embedding,
@@ -66,6 +75,45 @@ Progress = Callable[[str], None]
 #: round)}``; an exception it raises ends the run and propagates (e.g. ``optuna.TrialPruned``).
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
+#: ``result["stopping"]["ended_by"]``: the stopping rule ended the run (by ``stopping`` value) ...
+ENDED_BY_RULE = {"overall": "overall valid MRR stopped", "per-party": "every party stopped"}
+#: ... or the round budget did (the rule had not stopped it by the last round).
+ENDED_BY_BUDGET = "round budget"
+
+
+@dataclass(frozen=True)
+class PartyState:
+    """Per-party stopping's access to each party's own state (see :func:`_run_rounds`).
+
+    :param snapshot: ``index -> arrays`` of party ``index`` as it was evaluated (copies; its
+        private state with its entity rows, without optimizer moments).
+    :param restore: ``(index, arrays)``: load such arrays back into party ``index``.
+    """
+
+    snapshot: Callable[[int], dict[str, np.ndarray]]
+    restore: Callable[[int, Mapping[str, np.ndarray]], None]
+
+
+def _trainer_parties(trainers: Sequence[LocalTrainer]) -> PartyState:
+    """:class:`PartyState` of parties that each hold a trainer with their own entity rows loaded
+    (isolation; FedE once the aggregated rows were sent back): the trainer's private state with
+    its rows."""
+
+    def snapshot(index: int) -> dict[str, np.ndarray]:
+        return _without_optimizer(trainers[index].get_private_state(include_entities=True))
+
+    def restore(index: int, arrays: Mapping[str, np.ndarray]) -> None:
+        trainers[index].set_private_state(arrays)
+
+    return PartyState(snapshot, restore)
+
+
+def _without_optimizer(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` less optimizer moments: a best round's state is only restored for the test and
+    the outputs, never trained on, so Adam's two moments per parameter would only fill memory and
+    the checkpoint (most of the best state; with Adam, a third of the whole checkpoint)."""
+    return {name: value for name, value in arrays.items() if f"/{OPTIMIZER_PREFIX}" not in f"/{name}"}
+
 
 class RoundCheckpoint(Protocol):
     """Where an in-process run keeps the state after each finished round, to resume from it.
@@ -93,14 +141,21 @@ def _client_states(arrays: Mapping[str, np.ndarray], count: int) -> list[dict[st
 
     :raises ValueError: the arrays hold another number of clients (a state of another partition).
     """
+    by_index = _party_states(arrays)
+    if sorted(by_index) != list(range(count)):
+        raise ValueError(f"the saved state holds {len(by_index)} clients' states, this run has {count} clients")
+    return [by_index[index] for index in range(count)]
+
+
+def _party_states(arrays: Mapping[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """Client index -> its states in ``client/<index>/<key>`` arrays (those present: a per-party best
+    snapshot lacks a party that never improved)."""
     by_index: dict[int, dict[str, np.ndarray]] = {}
     for name, value in arrays.items():
         if name.startswith("client/"):
             index, key = name[len("client/") :].split("/", 1)
             by_index.setdefault(int(index), {})[key] = value
-    if sorted(by_index) != list(range(count)):
-        raise ValueError(f"the saved state holds {len(by_index)} clients' states, this run has {count} clients")
-    return [by_index[index] for index in range(count)]
+    return by_index
 
 
 def _with_prefix(arrays: Mapping[str, np.ndarray] | None, prefix: str) -> dict[str, np.ndarray]:
@@ -158,6 +213,7 @@ def _run_rounds(
     aggregate: Callable[[], None] | None = None,
     checkpoint: RoundCheckpoint | None = None,
     on_round: RoundCallback | None = None,
+    parties: PartyState | None = None,
 ) -> dict[str, Any]:
     """Train ``rounds`` rounds (:class:`~client.kge.round_engine.RoundEngine`) with validation,
     early stopping and a best-round test.
@@ -172,10 +228,23 @@ def _run_rounds(
         (the trainers seed each epoch from the epochs done, so a resumed run trains the same
         rounds as one that was never stopped).
     :param on_round: called after every round (:data:`RoundCallback`).
+    :param parties: each client's own state (:class:`PartyState`), for ``config.stopping =
+        "per-party"``: one tracker per client, and a best snapshot merged from each client's own
+        best round (``client/<index>/...``: every client's arrays once, so no larger than the
+        overall rule's). ``None``: one party (collection), whose rule is the overall one.
+    :returns: the run's record (JSON-able): ``rounds_trained``, ``best_round`` (per party: the
+        latest of the clients' best rounds), ``best_valid_mrr`` (per party: the weighted overall of
+        each client's best valid metrics, the valid counterpart of the test), ``stopping``
+        (``{"rule", "ended_by", "parties"}``, :func:`_stopping_record`), ``history``, ``test``, ...
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=EarlyStopping(config.patience))
+    per_party = config.stopping == "per-party" and parties is not None
+    names = [str(cid) for cid in client_ids]
+    stopper: EarlyStopping | PartyStopping = (
+        PartyStopping(config.patience, names) if per_party else EarlyStopping(config.patience)
+    )
+    engine = RoundEngine(num_rounds=rounds, eval_every=config.eval_every, stopper=stopper)
     steps = _InProcessSteps(
         setting,
         engine,
@@ -187,6 +256,7 @@ def _run_rounds(
         progress or logger.info,
         checkpoint,
         on_round=on_round,
+        parties=parties if per_party else None,
     )
     first_round, resumed_after = 1, None
     saved = checkpoint.load() if checkpoint is not None else None
@@ -194,33 +264,73 @@ def _run_rounds(
         done, arrays, state = saved
         restore(_under_prefix(arrays, "now/"))
         steps.best_snapshot = _under_prefix(arrays, "best/") or None
-        engine.stopper = EarlyStopping.from_state(config.patience, state["stopper"])
+        if per_party:
+            engine.stopper = PartyStopping.from_state(config.patience, names, state["stopper"])
+            steps.best_valid = {name: dict(metrics) for name, metrics in state["best_valid"].items()}
+        else:
+            engine.stopper = EarlyStopping.from_state(config.patience, state["stopper"])
         engine.stopped_early = bool(state["stopped_early"])
         steps.history = list(state["history"])
         steps.train_seconds = float(state["train_seconds"])
         first_round, resumed_after = int(done) + 1, int(done)
-        steps.say(
-            f"[{setting}] resumed after round {done} (best {engine.stopper.best_value:.4f} at round "
-            f"{engine.stopper.best_round})"
-        )
+        steps.say(f"[{setting}] resumed after round {done} ({steps.best_text()})")
     last_round = engine.run(steps, first_round=first_round)
     stopper = engine.stopper
-    if steps.best_snapshot is not None:
+    if steps.best_snapshot is not None and per_party:
+        for index, arrays in sorted(_party_states(steps.best_snapshot).items()):
+            parties.restore(index, arrays)  # type: ignore[union-attr]  # per_party: not None
+    elif steps.best_snapshot is not None:
         restore(steps.best_snapshot)
     test = _per_client_report(evaluate("test"), client_ids)
-    steps.say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
+    if per_party:
+        best_valid = [steps.best_valid[name] for name in names if name in steps.best_valid]
+        best_valid_mrr = weighted_overall(best_valid)["mrr"] if len(best_valid) == len(names) else -math.inf
+        rounds_used = ", ".join(f"{name}: {party['best_round']}" for name, party in stopper.summary().items())
+        steps.say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with each party's best round ({rounds_used})")
+    else:
+        best_valid_mrr = stopper.best_value
+        steps.say(f"[{setting}] test MRR {test['overall']['mrr']:.4f} with round {stopper.best_round}'s weights")
     return {
         "setting": setting,
         "config": config.to_run_config(),
         "rounds_budget": rounds,
         "rounds_trained": last_round,
         "best_round": stopper.best_round,
-        "best_valid_mrr": stopper.best_value,
+        "best_valid_mrr": best_valid_mrr,
+        "stopping": _stopping_record(config.stopping, engine, last_round, steps.best_valid),
         "train_seconds": steps.train_seconds,
         "history": steps.history,
         "resumed_after_round": resumed_after,
         "test": test,
     }
+
+
+def _stopping_record(
+    rule: str, engine: RoundEngine, last_round: int, best_valid: Mapping[str, Mapping[str, float]]
+) -> dict[str, Any]:
+    """``result["stopping"]``: ``rule`` (the ``stopping`` key), ``ended_by`` (:data:`ENDED_BY_RULE`
+    or :data:`ENDED_BY_BUDGET`) and, for ``per-party``, ``parties``: per party ``best_round``,
+    ``best_valid_mrr`` and ``stopped_round`` (``None``: still improving when the budget ended) and
+    ``best_valid`` (its valid metrics at its best round). Collection's one party is ``pooled``."""
+    stopper = engine.stopper
+    record: dict[str, Any] = {
+        "rule": rule,
+        "ended_by": ENDED_BY_RULE[rule] if engine.stopped_early else ENDED_BY_BUDGET,
+        "parties": None,
+    }
+    if isinstance(stopper, PartyStopping):
+        record["parties"] = {
+            name: {**party, "best_valid": dict(best_valid.get(name, {}))} for name, party in stopper.summary().items()
+        }
+    elif rule == "per-party" and isinstance(stopper, EarlyStopping):  # collection: one pooled party
+        record["parties"] = {
+            "pooled": {
+                "best_round": stopper.best_round,
+                "best_valid_mrr": stopper.best_value if stopper.best_round is not None else None,
+                "stopped_round": last_round if engine.stopped_early else None,
+            }
+        }
+    return record
 
 
 @dataclass
@@ -238,7 +348,12 @@ class _InProcessSteps:
     say: Progress
     checkpoint: RoundCheckpoint | None = None
     on_round: RoundCallback | None = None
+    #: per-party stopping (``None``: the overall rule): each party's own state
+    parties: PartyState | None = None
+    #: the best round's state (per party: each party's own arrays from its own best round)
     best_snapshot: dict[str, np.ndarray] | None = None
+    #: per party: its valid metrics at its best round
+    best_valid: dict[str, dict[str, float]] = field(default_factory=dict)
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     _started: float = 0.0
@@ -253,24 +368,48 @@ class _InProcessSteps:
             self.share()
         self.train_seconds += time.perf_counter() - self._started
 
-    def validate(self, round_number: int) -> float:
-        self._entry["valid"] = _per_client_report(self.evaluate("valid"), self.client_ids)
-        return self._entry["valid"]["overall"]["mrr"]
+    def validate(self, round_number: int) -> float | dict[str, float]:
+        valid = self._entry["valid"] = _per_client_report(self.evaluate("valid"), self.client_ids)
+        if self.parties is not None:
+            return {name: float(metrics["mrr"]) for name, metrics in valid["clients"].items()}
+        return valid["overall"]["mrr"]
 
     def keep_best(self, round_number: int) -> None:
-        # the best round's state is only restored for the test and the outputs, never trained
-        # on: its optimizer moments (Adam's two per parameter) would only fill memory and the
-        # checkpoint (most of the best state; with Adam, a third of the whole checkpoint)
-        self.best_snapshot = {
-            name: value for name, value in self.snapshot().items() if f"/{OPTIMIZER_PREFIX}" not in f"/{name}"
-        }
+        if self.parties is None:
+            self.best_snapshot = _without_optimizer(self.snapshot())
+            return
+        # per party: replace only the improved parties' own arrays (``client/<index>/...``)
+        best = self.best_snapshot if self.best_snapshot is not None else {}
+        stopper = self.engine.stopper
+        assert isinstance(stopper, PartyStopping)
+        for name in stopper.improved:
+            index = [str(cid) for cid in self.client_ids].index(name)
+            best.update(_with_prefix(self.parties.snapshot(index), f"client/{index}/"))
+            self.best_valid[name] = dict(self._entry["valid"]["clients"][name])
+        self.best_snapshot = best
+
+    def best_text(self) -> str:
+        """The best value(s) so far, for a progress line."""
+        stopper = self.engine.stopper
+        if isinstance(stopper, PartyStopping):
+            parts = []
+            for name, party in stopper.summary().items():
+                value = party["best_valid_mrr"]
+                text = f"{name}: best {value:.4f} at round {party['best_round']}" if value is not None else f"{name}: -"
+                parts.append(text + (f", stopped at {party['stopped_round']}" if party["stopped_round"] else ""))
+            return "; ".join(parts)
+        assert stopper is not None
+        return f"best {stopper.best_value:.4f} at round {stopper.best_round}"
 
     def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
         rounds, stopper = self.engine.num_rounds, self.engine.stopper
+        assert stopper is not None
         if validated:
+            if isinstance(stopper, PartyStopping):
+                self._entry["parties"] = stopper.summary()
             self.say(
                 f"[{self.setting}] round {round_number}/{rounds}: valid MRR {self._entry['valid']['overall']['mrr']:.4f} "
-                f"(best {stopper.best_value:.4f} at round {stopper.best_round})"
+                f"({self.best_text()})"
             )
         else:
             losses = self._entry["losses"]
@@ -281,7 +420,8 @@ class _InProcessSteps:
         self._entry["seconds"] = round(time.perf_counter() - self._started, 3)  # training + validation
         self.history.append(self._entry)
         if stop:
-            self.say(f"[{self.setting}] early stop after round {round_number}")
+            every = "every party stopped" if isinstance(stopper, PartyStopping) else "early stop"
+            self.say(f"[{self.setting}] {every} after round {round_number}")
         if self.checkpoint is not None:
             self.checkpoint.save(
                 round_number,
@@ -291,6 +431,7 @@ class _InProcessSteps:
                     "stopped_early": stop,
                     "history": self.history,
                     "train_seconds": self.train_seconds,
+                    "best_valid": self.best_valid,
                 },
             )
         if self.on_round is not None:
@@ -328,8 +469,9 @@ def run_isolation(
     :param checkpoint: saves the state after every round and resumes from it
         (:class:`RoundCheckpoint`); ``None``: nothing is kept between processes. (Not with
         :func:`run_fede_in_process`'s ``update_hook``, whose own state a checkpoint cannot hold.)
-    :returns: ``{"setting", "config", "rounds_trained", "best_round", "history", "test": {"overall",
-        "clients": {id: metrics}}, ...}`` (JSON-able).
+    :returns: ``{"setting", "config", "rounds_trained", "best_round", "best_valid_mrr", "stopping",
+        "history", "test": {"overall", "clients": {id: metrics}}, ...}`` (JSON-able; see
+        :func:`_run_rounds` for what the keys mean under ``config.stopping = "per-party"``).
     """
     require_global_ids(kg)
     device = resolve_device(device)
@@ -359,6 +501,7 @@ def run_isolation(
         restore=restore,
         progress=progress,
         checkpoint=checkpoint,
+        parties=_trainer_parties(trainers),
     )
     if out_dir is not None:
         for trainer, client in zip(trainers, kg.clients):
@@ -394,9 +537,12 @@ def run_fede_in_process(
     test uses the best round's table and client states.
 
     Parameters and result as :func:`run_isolation`; with ``out_dir`` also the global
-    ``entity_embeddings.npy`` / ``entities.tsv``. ``aggregation`` / ``aggregation_trim``: the
-    per-row rule (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a
-    client's returned rows (:data:`UpdateHook`), the rest of its state is left as trained.
+    ``entity_embeddings.npy`` / ``entities.tsv`` (the best round's table), except with
+    ``config.stopping = "per-party"``: then each client's own best-round rows go to
+    ``clients/<k>/entity_embeddings.npy`` + ``entities.tsv`` instead (as under isolation).
+    ``aggregation`` / ``aggregation_trim``: the per-row rule
+    (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a client's returned
+    rows (:data:`UpdateHook`), the rest of its state is left as trained.
     ``on_round``: called after every round (:data:`RoundCallback`; e.g. a search's pruning).
     """
     if update_hook is not None and checkpoint is not None:
@@ -452,8 +598,13 @@ def run_fede_in_process(
         progress=progress,
         checkpoint=checkpoint,
         on_round=on_round,
+        parties=_trainer_parties(trainers),
     )
-    if out_dir is not None:
+    if out_dir is not None and config.stopping == "per-party":
+        # each party's rows are its own best round's: no one table holds them all
+        for trainer, client in zip(trainers, kg.clients):
+            _write_client_outputs(Path(out_dir), client, trainer.model, with_entities=True)
+    elif out_dir is not None:
         save_npy_atomic(Path(out_dir) / "entity_embeddings.npy", state["table"])
         write_labels_tsv(Path(out_dir) / "entities.tsv", labels_in_id_order(kg.entity_to_id))
         for trainer, client in zip(trainers, kg.clients):

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from client.kge.early_stopping import STOPPING_RULES
 from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS
 from client.kge.registry import OTHER_KEYS, ConfigError, Key, coerce, key_field, keys_of, type_ok
 from client.kge.settings import FEDERATION_KEYS
@@ -158,7 +159,15 @@ class KGEConfig:
         averaged), ``model-default`` (PyKEEN's own, e.g. TransE's unit L2 norm), or a PyKEEN
         constrainer name (``normalize``, ``clamp_norm``, ...). Applied where the model accepts one.
     :param regularizer: ``none`` (FedE), ``model-default`` (e.g. DistMult's Lp), or a PyKEEN
-        regularizer name. Applied where the model accepts one.
+        regularizer name. Applied where the model accepts one, to the representations PyKEEN's model
+        class gives it to (DistMult: relation rows only; ComplEx, TransE: entity and relation rows;
+        RotatE: entity rows).
+    :param regularizer_weight: the weight of a named regularizer's term (PyKEEN's own default 1.0,
+        with which ``lp`` over unnormalized 256-dim rows collapses training:
+        ``results/tune/umls-distmult-lp-check/``). Not used by ``none`` and ``model-default``
+        (which keeps the model's own kwargs, e.g. DistMult's weight 0.1).
+    :param regularizer_p: the ``p`` of a named regularizer that takes one (``lp``, ``powersum``):
+        2 is L2, 3 is N3 (Lacroix et al., 2018). Not used by ``none`` and ``model-default``.
     :param training_loop: the local training regime, a key of
         :data:`client.kge.training.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
         FedE's regime) or ``sharednegatives`` (the default; sLCWA whose ``num_negs_per_pos`` negatives,
@@ -168,6 +177,11 @@ class KGEConfig:
     :param seed: base random seed; the same seed gives the same initial table and training.
     :param eval_every: validate every this many rounds (FedE: 5).
     :param patience: stop after this many validations without a better MRR (FedE: 15).
+    :param stopping: ``overall`` (the default): one tracker of the overall valid MRR (weighted by
+        valid triples) stops the run and picks one best round for every party; ``per-party``: each
+        party's own tracker (same ``patience``) picks its own best round, and the federation trains
+        on until every party's tracker has stopped (:mod:`client.kge.early_stopping`,
+        ``docs/concepts/stopping.md``; in-process runners only).
     :param eval_protocol: ``standard`` (both sides) or ``fede`` (tail only, FedE's code); see
         :mod:`client.kge.evaluation`.
     :param eval_batch_size: triples scored at once during evaluation.
@@ -226,6 +240,16 @@ class KGEConfig:
         "none", help="none, model-default or a PyKEEN constrainer name", model_defining=True
     )
     regularizer: str = key_field("none", help="none, model-default or a PyKEEN regularizer name", model_defining=True)
+    regularizer_weight: float = key_field(
+        1.0,
+        help="weight of a named regularizer's term (PyKEEN's default 1.0; unused by none and model-default)",
+        model_defining=True,
+    )
+    regularizer_p: float = key_field(
+        2.0,
+        help="p of a named Lp / power-sum regularizer (2: L2, 3: N3; unused by none and model-default)",
+        model_defining=True,
+    )
     training_loop: str = key_field(
         "sharednegatives", help="the local training regime (training_regime_resolver)", model_defining=True
     )
@@ -233,6 +257,13 @@ class KGEConfig:
     eval_every: int = key_field(1, help="validate every this many rounds", model_defining=True)
     patience: int = key_field(
         3, help="stop after this many validations without a better MRR (a budget)", model_defining=False
+    )
+    stopping: str = key_field(
+        "overall",
+        help="what early stopping reads: overall (the weighted valid MRR; one best round for all) or per-party "
+        "(each party's own valid MRR and best round; the run ends when every party has stopped)",
+        model_defining=True,
+        choices=STOPPING_RULES,
     )
     eval_protocol: str = key_field(
         "standard", help="both sides (standard) or tail only (fede)", model_defining=True, choices=("standard", "fede")

@@ -151,6 +151,13 @@ def _normalized_model_name(name: str) -> str:
         raise UnsupportedModelError(f"unknown PyKEEN model {name!r}: {error}") from None
 
 
+def _regularizer_kwargs(config: KGEConfig) -> dict[str, float]:
+    """``regularizer-weight`` and ``regularizer-p`` for the named regularizer, each where its class takes it."""
+    accepted = inspect.signature(regularizer_resolver.lookup(config.regularizer).__init__).parameters
+    values = {"weight": config.regularizer_weight, "p": config.regularizer_p}
+    return {name: value for name, value in values.items() if name in accepted}
+
+
 def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dict[str, object]:
     """Constrainer / regularizer overrides for the keyword arguments the model class accepts."""
     accepted = inspect.signature(model_cls.__init__).parameters
@@ -173,6 +180,8 @@ def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dic
                 f"nor one of {sorted(resolver.lookup_dict)}"
             ) from None
         kwargs[parameter] = choice
+        if parameter == "regularizer" and f"{parameter}_kwargs" in accepted:
+            kwargs["regularizer_kwargs"] = _regularizer_kwargs(config)
     initializer = UNREGULARIZED_INITIALIZERS.get(_normalized_model_name(config.model))
     if initializer is not None and config.regularizer == NONE:
         for parameter in ("entity_initializer", "relation_initializer"):

@@ -8,10 +8,13 @@ a :class:`RoundSteps` object; the order of the steps, the validation schedule an
 stopping rule (:class:`~client.kge.early_stopping.EarlyStopping`) are this module's.
 
 One round ``r``: ``train(r)``, ``aggregate(r, updates)``, then, when ``r`` is a multiple of
-``eval_every`` or the last round, ``validate(r)`` -> the overall validation MRR; a strictly
-better value calls ``keep_best(r)`` (the caller snapshots its state). ``end_round(r, ...)``
-closes the round (reports, checkpoints) and may end the loop (a time budget, a target reached).
-The loop ends after ``patience`` validations in a row without a better value.
+``eval_every`` or the last round, ``validate(r)`` -> what the stopper reads (the overall
+validation MRR for :class:`~client.kge.early_stopping.EarlyStopping`, per-party MRRs for
+:class:`~client.kge.early_stopping.PartyStopping`); a better value calls ``keep_best(r)`` (the
+caller snapshots its state; with per-party stopping, of the parties the stopper names as
+improved). ``end_round(r, ...)`` closes the round (reports, checkpoints) and may end the loop (a
+time budget, a target reached). The loop ends when the stopper says so (``patience`` validations
+in a row without a better value; per party: every party's).
 """
 
 from __future__ import annotations
@@ -19,9 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from client.kge.early_stopping import EarlyStopping
+__all__ = ["RoundEngine", "RoundSteps", "Stopper"]
 
-__all__ = ["RoundEngine", "RoundSteps"]
+
+class Stopper(Protocol):
+    """What the engine asks of early stopping (:class:`~client.kge.early_stopping.EarlyStopping`,
+    :class:`~client.kge.early_stopping.PartyStopping`)."""
+
+    def update(self, round_number: int, value: Any) -> bool:
+        """Record a validation (``RoundSteps.validate``'s value); whether a best state is to be kept."""
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the loop ends after this validation."""
 
 
 class RoundSteps(Protocol):
@@ -33,12 +46,14 @@ class RoundSteps(Protocol):
     def aggregate(self, round_number: int, updates: Any) -> None:
         """Combine the updates (FedE: per-row mean; isolation: keep each party's own)."""
 
-    def validate(self, round_number: int) -> float:
-        """The overall validation metric that selects the best round (higher is better; NaN or
-        ``-inf`` count as no improvement)."""
+    def validate(self, round_number: int) -> Any:
+        """What the stopper reads: the overall validation metric that selects the best round
+        (higher is better; NaN or ``-inf`` count as no improvement), or with
+        :class:`~client.kge.early_stopping.PartyStopping` party -> that party's metric."""
 
     def keep_best(self, round_number: int) -> None:
-        """This round is the best so far: keep what the final test will use."""
+        """This round is the best so far (per party: for the stopper's ``improved`` parties): keep
+        what the final test will use."""
 
     def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
         """The round is over (``stop``: patience ran out with it); return True to end the loop now."""
@@ -51,14 +66,15 @@ class RoundEngine:
     :param num_rounds: the last round (a budget; early stopping may end the loop before).
     :param eval_every: validate every this many rounds, and always after the last one (so the
         last round's state can win).
-    :param stopper: the early-stopping state (restored from a checkpoint on resume); ``None``
-        runs every round without early stopping (a benchmark that measures a fixed budget).
+    :param stopper: the early-stopping state (:class:`Stopper`; restored from a checkpoint on
+        resume); ``None`` runs every round without early stopping (a benchmark that measures a
+        fixed budget).
     :param stopped_early: a resumed run that had already stopped runs no further round.
     """
 
     num_rounds: int
     eval_every: int
-    stopper: EarlyStopping | None = None
+    stopper: Stopper | None = None
     stopped_early: bool = False
 
     def __post_init__(self) -> None:
