@@ -7,6 +7,8 @@ Public API::
     kg = load_federated("UMLS", num_clients=3, seed=0)          # FedE relation partition
     kg.write("out/umls-fed3")                                    # out/umls-fed3/{0,1,2}/{train,valid,test}.txt
     client = load_client_folder("out/umls-fed3/0")               # what a deployed party holds
+    central = load_federated("../shared/data/FB15k-237", resplit=False, on_unseen="keep")
+    # one party with FB15k-237's own split and all 14,541 entities (the standard protocol)
 """
 
 from kg_datasets.errors import DatasetUnavailableError, KGDataError, KGDataWarning, UnseenTripleError

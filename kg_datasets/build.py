@@ -22,12 +22,21 @@ from kg_datasets.triples import LocatedTriples, encode_triples, labels_in_id_ord
 
 logger = logging.getLogger(__name__)
 
-#: What to do with valid/test triples whose entity or relation is not in the client's train.
-ON_UNSEEN_POLICIES: tuple[str, ...] = ("error", "drop")
+#: What to do with valid/test triples whose entity or relation is not in the client's train:
+#: ``error`` raises naming file:line, ``drop`` removes them (counted in ``ClientGraph.dropped_unseen``),
+#: ``keep`` keeps them and puts their entities and relations into the party's vocabulary (counted in
+#: ``ClientGraph.kept_unseen``): the standard protocol of a centralized benchmark (LibKGE, the
+#: original FB15k-237 split), where every entity of train/valid/test is a candidate and an entity
+#: no train triple holds is ranked with a row no positive triple trained. One party only
+#: (:data:`FEDERATION_ON_UNSEEN_POLICIES`).
+ON_UNSEEN_POLICIES: tuple[str, ...] = ("error", "drop", "keep")
+#: The policies a federation of several clients may use (``simskip-data --on-unseen``): with ``keep``
+#: a client would hold, send and average into FedE's mean rows it never trains.
+FEDERATION_ON_UNSEEN_POLICIES: tuple[str, ...] = ("error", "drop")
 
 
 def check_on_unseen(on_unseen: str) -> str:
-    """Validate an ``on_unseen`` policy name."""
+    """Validate an ``on_unseen`` policy name (one of :data:`ON_UNSEEN_POLICIES`)."""
     if on_unseen not in ON_UNSEEN_POLICIES:
         raise KGDataError(f"on_unseen must be one of {ON_UNSEEN_POLICIES}, got {on_unseen!r}")
     return on_unseen
@@ -153,7 +162,9 @@ def build_client(
     :param entity_labels: global entity labels in id order (len E).
     :param relation_labels: global relation labels in id order (len R).
     :param on_unseen: ``"error"`` raises :class:`UnseenTripleError` at the first valid/test triple
-        whose entity or relation is not in train; ``"drop"`` removes them and records the count.
+        whose entity or relation is not in train; ``"drop"`` removes them and records the count;
+        ``"keep"`` keeps them, records the count, and the client's vocabulary (its local ids, its
+        model's rows) holds every entity and relation of its three splits (:data:`ON_UNSEEN_POLICIES`).
     :param allow_split_leaks: accept valid/test triples that are also in train (counted in
         :attr:`ClientGraph.split_leaks`) instead of raising :class:`SplitLeakError`.
     :raises SplitLeakError: a valid or test triple is also in train (naming client, count, an example).
@@ -170,6 +181,7 @@ def build_client(
     entity_ids = np.unique(train.ids[:, [0, 2]])
     relation_ids = np.unique(train.ids[:, 1])
     dropped: dict[str, int] = {}
+    kept: dict[str, int] = {}
     for name in ("valid", "test"):
         split = splits[name]
         unseen = _unseen_mask(split, entity_ids, relation_ids)
@@ -178,6 +190,17 @@ def build_client(
             continue
         row = int(np.flatnonzero(unseen)[0])
         what = _describe_unseen(split.ids[row], entity_ids, relation_ids, entity_labels, relation_labels)
+        if on_unseen == "keep":
+            logger.info(
+                "client %d: kept %d %s triple(s) unseen in train (first at %s: %s)",
+                client_id,
+                count,
+                name,
+                split.where(row),
+                what,
+            )
+            kept[name] = count
+            continue
         if on_unseen == "error":
             raise UnseenTripleError(
                 f"{split.where(row)}: {what} not in client {client_id}'s train; {count} {name} triple(s) "
@@ -193,6 +216,10 @@ def build_client(
             raise KGDataError(
                 f"{split.origin}: client {client_id} has no {name} triples left after dropping {count} unseen in train"
             )
+
+    if kept:  # every entity and relation of the three splits: ranked, and a candidate for every query
+        entity_ids = np.unique(np.concatenate([s.ids[:, [0, 2]].ravel() for s in splits.values()]))
+        relation_ids = np.unique(np.concatenate([s.ids[:, 1] for s in splits.values()]))
 
     # after the unseen check (a leaked triple is seen in train by definition), on the rows kept
     leaks = _check_split_overlaps(
@@ -222,6 +249,7 @@ def build_client(
         relation_ids=relation_ids.astype(np.int64),
         dropped_unseen=dropped,
         split_leaks=leaks,
+        kept_unseen=kept,
     )
 
 
@@ -238,11 +266,20 @@ def build_federated(
     """Build a :class:`FederatedKG` from per-client global-id triples (see :func:`build_client`).
 
     :param records: entries for :attr:`FederatedKG.records`; accepted leaks are added as
-        ``split_leaks`` (client id -> split -> rows also in train).
+        ``split_leaks`` (client id -> split -> rows also in train), kept unseen triples
+        (``on_unseen="keep"``) as ``kept_unseen`` (client id -> split -> rows).
+    :raises KGDataError: ``on_unseen="keep"`` with more than one client
+        (:data:`FEDERATION_ON_UNSEEN_POLICIES`).
     """
     check_on_unseen(on_unseen)
     if not clients:
         raise KGDataError(f"{name}: no clients")
+    if on_unseen not in FEDERATION_ON_UNSEEN_POLICIES and len(clients) > 1:
+        raise KGDataError(
+            f"{name}: on_unseen={on_unseen!r} is for one party (a centralized run with the standard protocol); "
+            f"this source has {len(clients)} clients, whose kept entities would be rows a client never trains "
+            f"but sends into FedE's mean: use one of {FEDERATION_ON_UNSEEN_POLICIES}"
+        )
     entity_labels = labels_in_id_order(entity_to_id)
     relation_labels = labels_in_id_order(relation_to_id)
     for k, c in enumerate(clients):
@@ -261,6 +298,9 @@ def build_federated(
     leaks = {str(c.client_id): dict(c.split_leaks) for c in built if c.split_leaks}
     if leaks:
         kept["split_leaks"] = leaks
+    unseen = {str(c.client_id): dict(c.kept_unseen) for c in built if c.kept_unseen}
+    if unseen:
+        kept["kept_unseen"] = unseen
     return FederatedKG(
         name=name, entity_to_id=dict(entity_to_id), relation_to_id=dict(relation_to_id), clients=built, records=kept
     )

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kg_datasets.build import ON_UNSEEN_POLICIES
+from kg_datasets.build import FEDERATION_ON_UNSEEN_POLICIES
 from kg_datasets.errors import PARAMETER_FLAGS
 from kg_datasets.model import KGSplit
 from kg_datasets.partition import PARTITIONERS
@@ -63,7 +63,7 @@ def _add_source_options(parser: argparse.ArgumentParser, *, clients_required: bo
     parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="partition seed (default: 0)")
     parser.add_argument(
         "--on-unseen",
-        choices=ON_UNSEEN_POLICIES,
+        choices=FEDERATION_ON_UNSEEN_POLICIES,
         default="error",
         help="valid/test triples unseen in their client's train: error or drop (default: error)",
     )

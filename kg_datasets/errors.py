@@ -62,6 +62,7 @@ class KGDataWarning(UserWarning):
 #: :func:`simskip_core.cli_common.flag_names`).
 PARAMETER_FLAGS = {
     "on_unseen='drop'": "--on-unseen drop",
+    "on_unseen='keep'": "--on-unseen keep",
     " (allow_split_leaks=True)": "",
     "allow_split_leaks=True": "--allow-split-leaks",
     "partition='triple'": "--partition triple",

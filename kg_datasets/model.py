@@ -76,7 +76,9 @@ class ClientGraph:
     """One party's graph: train/valid/test ``TriplesFactory`` objects sharing client-local ids.
 
     The local entity (relation) set is exactly the entities (relations) of the train split; valid
-    and test hold only those. Local ids follow global ids when built from a :class:`FederatedKG`
+    and test hold only those. (Loaded with ``on_unseen="keep"``, one party only: the entities and
+    relations of all three splits, so valid/test may hold ones no train triple holds, counted in
+    ``kept_unseen``.) Local ids follow global ids when built from a :class:`FederatedKG`
     (FedE's ``np.unique`` order) and sorted labels when a folder is loaded alone.
 
     :param client_id: the client's index (its folder name).
@@ -90,6 +92,8 @@ class ClientGraph:
         because they hold an entity or relation unseen in train (``on_unseen="drop"``).
     :param split_leaks: per split (``"valid"``, ``"test"``), how many of its distinct triples are
         also in train, accepted with ``allow_split_leaks=True`` (otherwise they are an error).
+    :param kept_unseen: per split (``"valid"``, ``"test"``), how many triples holding an entity or
+        relation unseen in train were kept (``on_unseen="keep"``).
     """
 
     client_id: int
@@ -100,6 +104,7 @@ class ClientGraph:
     relation_ids: np.ndarray | None
     dropped_unseen: Mapping[str, int] = field(default_factory=dict)
     split_leaks: Mapping[str, int] = field(default_factory=dict)
+    kept_unseen: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def num_entities(self) -> int:

@@ -2,7 +2,8 @@
 
 A source is one of (checked in this order): a FedE ``.pkl`` file; a folder of client folders
 ``0/, 1/, ...``; a labelled folder (``train.txt``...); an OpenKE folder (``entity2id.txt``...);
-a PyKEEN dataset name. Single-graph sources are partitioned; federated ones are taken as they are.
+a PyKEEN dataset name. Single-graph sources are partitioned (or, with ``resplit=False``, given to
+one party with their own train/valid/test split); federated ones are taken as they are.
 """
 
 from __future__ import annotations
@@ -153,19 +154,31 @@ def load_federated(
     seed: int = 0,
     on_unseen: str = "error",
     allow_split_leaks: bool = False,
+    resplit: bool = True,
 ) -> FederatedKG:
     """Load a federated knowledge graph.
+
+    The centralized standard protocol on a benchmark's own split (one party, every entity of
+    train/valid/test a candidate, no test triple dropped)::
+
+        load_federated("../shared/data/FB15k-237", resplit=False, on_unseen="keep")
 
     :param source: a PyKEEN dataset name (e.g. ``"UMLS"``), a labelled folder, an OpenKE folder,
         a folder of client folders (``0/``, ``1/``, ...) or a FedE ``.pkl``.
     :param num_clients: clients to partition a single-graph source into (required for those);
-        for an already-federated source ``None`` or its client count.
+        for an already-federated source ``None`` or its client count; with ``resplit=False``
+        ``None`` or 1.
     :param partition: ``"relation"`` (FedE: disjoint relations) or ``"triple"`` (FedR-style random).
     :param seed: ``RandomState`` seed of the partition.
-    :param on_unseen: ``"error"`` or ``"drop"`` for valid/test triples unseen in their client's train.
+    :param on_unseen: ``"error"``, ``"drop"`` or (one party only) ``"keep"`` for valid/test triples
+        unseen in their client's train (:data:`kg_datasets.build.ON_UNSEEN_POLICIES`).
     :param allow_split_leaks: accept (and count in :attr:`FederatedKG.records`) valid/test triples
         of a client that are also in its train; by default they are an error. A partitioned
         single graph has none (repeated triples are dropped before the split, and counted).
+    :param resplit: ``True``: a single-graph source is pooled and partitioned over
+        ``num_clients`` (even 1: a re-split). ``False``: it becomes one party holding its own
+        train/valid/test split as it is (``records["split"] == "original"``; ``partition`` and
+        ``seed`` are not used). A federated source is never re-split.
     :raises KGDataError: on any data problem (naming file and line where there is one).
     :raises kg_datasets.errors.SplitLeakError: a client's valid/test triple is also in its train.
     """
@@ -178,6 +191,7 @@ def load_federated(
         seed=seed,
         on_unseen=on_unseen,
         allow_split_leaks=allow_split_leaks,
+        resplit=resplit,
     )
 
 
@@ -189,12 +203,18 @@ def federate(
     seed: int = 0,
     on_unseen: str = "error",
     allow_split_leaks: bool = False,
+    resplit: bool = True,
 ) -> FederatedKG:
     """Partition (a single graph) or take as it is (a federated source), then validate and build.
 
     Parameters as in :func:`load_federated`; ``loaded`` comes from :func:`load_source`. A
-    partitioned graph's :attr:`FederatedKG.records` hold ``duplicates_dropped``.
+    partitioned graph's :attr:`FederatedKG.records` hold ``duplicates_dropped``; a graph kept as
+    one party (``resplit=False``) holds ``split: "original"``.
     """
+    if isinstance(loaded, KGSplit) and not resplit:
+        return _original_split(
+            loaded, num_clients=num_clients, on_unseen=on_unseen, allow_split_leaks=allow_split_leaks
+        )
     if isinstance(loaded, KGSplit):
         if num_clients is None:
             raise KGDataError(
@@ -224,6 +244,25 @@ def federate(
     )
 
 
+def _original_split(graph: KGSplit, *, num_clients: int | None, on_unseen: str, allow_split_leaks: bool) -> FederatedKG:
+    """One party holding ``graph``'s own train/valid/test (global ids = the party's ids when every
+    entity is kept: a labelled folder's sorted labels, an OpenKE folder's ids)."""
+    if num_clients not in (None, 1):
+        raise KGDataError(
+            f"{graph.name}: resplit=False gives the graph's own train/valid/test split to one party; "
+            f"num_clients must be 1, got {num_clients}"
+        )
+    return build_federated(
+        graph.name,
+        graph.entity_to_id,
+        graph.relation_to_id,
+        (ClientTriples(graph.train, graph.valid, graph.test),),
+        on_unseen=on_unseen,
+        allow_split_leaks=allow_split_leaks,
+        records={"split": "original"},
+    )
+
+
 def load_client_folder(
     path: str | Path, *, client_id: int = 0, on_unseen: str = "error", allow_split_leaks: bool = False
 ) -> ClientGraph:
@@ -235,7 +274,9 @@ def load_client_folder(
 
     :param path: the client folder (e.g. ``out/0`` as written by :meth:`FederatedKG.write`).
     :param client_id: the id to give the client.
-    :param on_unseen: ``"error"`` or ``"drop"`` for valid/test triples unseen in train.
+    :param on_unseen: ``"error"``, ``"drop"`` or ``"keep"`` for valid/test triples unseen in train
+        (``"keep"``: their labels get the local ids after the train labels; not for a party of a
+        federation, whose server knows only its train entities).
     :param allow_split_leaks: accept valid/test triples also in train (counted in
         :attr:`ClientGraph.split_leaks`); by default they are an error.
     :raises kg_datasets.errors.SplitLeakError: a valid/test triple is also in train (a leak).
@@ -258,5 +299,13 @@ def load_client_folder(
     # Train labels come first (ids 0..n-1), so this ad-hoc vocabulary's ids are the local ids:
     # drop the maps, which would only describe this folder's own numbering.
     return ClientGraph(
-        client.client_id, client.train, client.valid, client.test, None, None, client.dropped_unseen, client.split_leaks
+        client.client_id,
+        client.train,
+        client.valid,
+        client.test,
+        None,
+        None,
+        client.dropped_unseen,
+        client.split_leaks,
+        client.kept_unseen,
     )
