@@ -43,12 +43,17 @@ class DocsError(ValueError):
 
 
 @functools.cache
-def _grid_table():
-    """``scripts/grid_table.py`` as a module (``scripts/`` is not a package), loaded once."""
-    spec = importlib.util.spec_from_file_location("grid_table", Path(__file__).resolve().parent / "grid_table.py")
+def _script(name: str):
+    """``scripts/<name>.py`` as a module (``scripts/`` is not a package), loaded once."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _grid_table():
+    """``scripts/grid_table.py`` as a module, loaded once."""
+    return _script("grid_table")
 
 
 # --- markdown helpers -------------------------------------------------------------------------------
@@ -650,6 +655,30 @@ def quickstart_excerpt_block() -> str:
     return "\n".join(["```text", *lines[i : i + 1], "...", *lines[i + 1 :][-19:], "```"])
 
 
+def _baselines():
+    """``scripts/baselines_summary.py`` and its summary of ``results/baselines/`` (the baselines page's source)."""
+    bs = _script("baselines_summary")
+    return bs, bs.build_summary(RESULTS / "baselines")
+
+
+def baselines_central_block() -> str:
+    """The centralized FB15k-237 runs beside LibKGE's published test MRRs."""
+    bs, summary = _baselines()
+    return bs.central_table(summary)
+
+
+def baselines_federated_block() -> str:
+    """The federated baselines per split, model and setting beside the old grid's fixed-default bases."""
+    bs, summary = _baselines()
+    return bs.federated_table(summary, bs.old_grid_numbers(RESULTS / "grid"))
+
+
+def baselines_commands_block() -> str:
+    """The commands the committed baseline runs record."""
+    bs, summary = _baselines()
+    return bs.commands_block(summary)
+
+
 # --- the pages ---------------------------------------------------------------------------------------
 
 #: page -> block name -> the function that writes the block.
@@ -665,6 +694,11 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
+    "docs/results/baselines.md": {
+        "baselines-central": baselines_central_block,
+        "baselines-federated": baselines_federated_block,
+        "baselines-commands": baselines_commands_block,
+    },
 }
 
 

@@ -103,7 +103,7 @@ def _reuse_kge_run(source: Path, folder: Path) -> bool:
     return True
 
 
-def _machine() -> dict[str, Any]:
+def machine_facts() -> dict[str, Any]:
     """The device and load a cell ran under (for the wall times it reports)."""
     import os
 
@@ -118,24 +118,29 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is missing or malformed (an unfinished write)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def _write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON with sorted keys to ``path``, atomically."""
     from client.kge.run_folder import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- KGE step
-def _kge_in_process(
+def kge_in_process(
     folder: Path, dataset: str, model: str, setting: str, rounds: int, sets: Mapping[str, Any], num_clients: int | None
 ) -> None:
-    """Train with the Flower-free runners and write the run-folder files refine-only reads."""
+    """Train with the Flower-free runners and write the run-folder files refine-only reads (``config.json``,
+    ``data/``, ``clients/``, the embeddings, ``metrics.jsonl``, and ``final_metrics.json``: the runner's
+    result); resumes after the last round of ``folder/checkpoint/``, which the caller removes once done.
+    Also the KGE step of ``scripts/run_baselines.py``."""
     from client.kge import centralized
     from client.kge.config import KGEConfig
     from client.kge.refinement import REFINEMENT_KEYS
@@ -188,6 +193,8 @@ def _kge_in_process(
         row = {"round": entry["round"], "train": {k: {"train-loss": v[-1]} for k, v in entry["losses"].items() if v}}
         if "valid" in entry:
             row["valid"], row["valid_overall"] = entry["valid"]["clients"], entry["valid"]["overall"]
+        if "parties" in entry:  # stopping = per-party: each party's tracker after this round
+            row["parties"] = entry["parties"]
         run.append_metrics(row)
     run.write_final_metrics(result)  # the checkpoint is removed by run_cell from now on
 
@@ -239,6 +246,16 @@ def _kge_flower(
         raise GridError(f"simskip-sim failed with exit status {code} for {folder} (see {log_path})")
 
 
+def kge_run_seconds(final: Mapping[str, Any], attempt_seconds: float) -> float:
+    """The KGE step's seconds: this attempt's, plus for a resumed run the recorded seconds of the rounds an
+    interrupted attempt ran (``final``: the in-process runner's ``final_metrics.json``)."""
+    resumed = final.get("resumed_after_round")
+    if resumed is None:
+        return attempt_seconds
+    earlier = final.get("history", [])
+    return attempt_seconds + sum(entry.get("seconds", 0.0) for entry in earlier if entry["round"] <= resumed)
+
+
 # ----------------------------------------------------------------------------- cells
 def run_cell(
     out: Path,
@@ -263,13 +280,13 @@ def run_cell(
         :func:`export_dir` under this folder (the committed ``results/grid``).
     """
     folder = cell_dir(out, dataset, model, setting, variant)
-    state = _read_json(folder / CELL_FILE) or {}
+    state = read_json(folder / CELL_FILE) or {}
     if state.get("status") == "done":
         print(f"[grid] {folder}: done, skipped", flush=True)
         _export(folder, export, dataset, model, setting, variant)
         return state
     if variant and _reuse_kge_run(cell_dir(out, dataset, model, setting), folder):
-        plain = _read_json(cell_dir(out, dataset, model, setting) / CELL_FILE) or {}
+        plain = read_json(cell_dir(out, dataset, model, setting) / CELL_FILE) or {}
         # the KGE run is the plain cell's: counted there, not again in this cell's wall time
         state["run_seconds"] = 0.0
         state["reused_run_seconds"] = plain.get("run_seconds")
@@ -289,31 +306,25 @@ def run_cell(
     )
     # a resumed cell keeps its first start's machine facts and records each resume beside them
     if "machine_at_start" in state:
-        state.setdefault("machine_at_resume", []).append(_machine())
+        state.setdefault("machine_at_resume", []).append(machine_facts())
     else:
-        state["machine_at_start"] = _machine()
-    _write_json(folder / CELL_FILE, state)
+        state["machine_at_start"] = machine_facts()
+    write_json(folder / CELL_FILE, state)
     kge_seconds = None
     if not (folder / "final_metrics.json").is_file():
         started = time.perf_counter()
         if state["engine"] == "in-process":
-            _kge_in_process(folder, dataset, model, setting, rounds, sets, num_clients)
+            kge_in_process(folder, dataset, model, setting, rounds, sets, num_clients)
         else:
             _kge_flower(folder, dataset, model, setting, rounds, sets, num_clients, timeout)
         kge_seconds = time.perf_counter() - started
-    final = _read_json(folder / "final_metrics.json") or {}
+    final = read_json(folder / "final_metrics.json") or {}
     if kge_seconds is not None:
-        seconds = kge_seconds
-        if final.get("resumed_after_round") is not None:  # add the rounds an interrupted attempt ran
+        if final.get("resumed_after_round") is not None:
             state["kge_resumed_after_round"] = final["resumed_after_round"]
-            seconds += sum(
-                entry.get("seconds", 0.0)
-                for entry in final.get("history", [])
-                if entry["round"] <= final["resumed_after_round"]
-            )
-        state["run_seconds"] = round(seconds, 1)
-        state["machine_after_kge"] = _machine()
-        _write_json(folder / CELL_FILE, state)
+        state["run_seconds"] = round(kge_run_seconds(final, kge_seconds), 1)
+        state["machine_after_kge"] = machine_facts()
+        write_json(folder / CELL_FILE, state)
     if state["engine"] == "in-process":
         from server.checkpoint import remove_checkpoint
 
@@ -334,9 +345,9 @@ def run_cell(
         refine_run_folder(folder, sets)
         seconds = time.perf_counter() - started
         # a resumed refine step restores what an interrupted attempt finished: add its seconds
-        restored = (_read_json(folder / DOWNSTREAM_FILE) or {}).get("restored_from_checkpoint", {})
+        restored = (read_json(folder / DOWNSTREAM_FILE) or {}).get("restored_from_checkpoint", {})
         state["refine_seconds"] = round(seconds + restored.get("seconds", 0.0), 1)
-    state["machine_at_end"] = _machine()
+    state["machine_at_end"] = machine_facts()
     state["device"] = state["machine_at_end"]["device"]
     state["load_average"] = state["machine_at_start"]["load_average"]
     # the in-process runners write ``rounds_trained``, the Flower ServerApp ``rounds_run``
@@ -359,7 +370,7 @@ def run_cell(
     }
     state["verdict"] = {label: entry["verdict"].get("overall", {}) for label, entry in results["protocols"].items()}
     state["status"] = "done"
-    _write_json(folder / CELL_FILE, state)
+    write_json(folder / CELL_FILE, state)
     _export(folder, export, dataset, model, setting, variant)
     print(
         f"[grid] {folder}: done ({state.get('run_seconds', 0)} s run, {state.get('refine_seconds', 0)} s separate refine)",
@@ -386,7 +397,7 @@ def assemble(out: Path) -> dict[str, Path]:
     from client.kge.run_folder import atomic_write_text
 
     cells = sorted(
-        (c for c in (_read_json(p) for p in out.glob(f"*/*/*/{CELL_FILE}")) if c and c.get("status") == "done"),
+        (c for c in (read_json(p) for p in out.glob(f"*/*/*/{CELL_FILE}")) if c and c.get("status") == "done"),
         key=lambda c: (
             c["dataset"],
             DEFAULT_MODELS.index(c["model"]) if c["model"] in DEFAULT_MODELS else 99,
@@ -454,7 +465,7 @@ def assemble(out: Path) -> dict[str, Path]:
     return paths
 
 
-def _resolve_dataset(dataset: str) -> str:
+def resolve_dataset(dataset: str) -> str:
     """A data folder as given (relative to the working directory) or relative to the project root;
     anything else (a PyKEEN dataset name) unchanged."""
     if Path(dataset).exists():
@@ -509,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check_script_outputs(  # the grid folder and the export may hold earlier cells, never the data
         parser,
-        inputs=[_resolve_dataset(d) for d in args.datasets],
+        inputs=[resolve_dataset(d) for d in args.datasets],
         folders={"--out": args.out, "--export": args.export},
     )
     out = args.out.resolve()
@@ -524,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import server.downstream  # noqa: F401
 
         for dataset in args.datasets:
-            dataset = _resolve_dataset(dataset)
+            dataset = resolve_dataset(dataset)
             for model in args.models:
                 for setting in args.settings:
                     try:
