@@ -328,6 +328,55 @@ def _tta_command(data: dict) -> str:
     return shell(argv)
 
 
+def recipes_block() -> str:
+    """The FB15k-237-Fed3 recipe searches (``results/tune/fed3-*-optuna*.json``) and the presets
+    chosen from them (``client.kge.config.PRESET_EVIDENCE``, by ``tune_kge``'s choice rule)."""
+    from client.kge.config import PRESET_EVIDENCE, PRESETS
+
+    tune = _script("tune_kge")
+    used_by = {file: name for name, files in PRESET_EVIDENCE.items() for file in files}
+    rows = []
+    for path in sorted(RESULTS.glob("tune/fed3-*-optuna*.json")):
+        data = _read(path)
+        states = data.get("states", {})
+        best = tune.best_recorded_trial([data])
+        if best is None:
+            found = DASH
+        else:
+            trial = best[1]
+            values = ", ".join(f"{key} {value}" for key, value in trial["params"].items())
+            found = f"{trial['value']:.4f} (trial {trial['number']}, round {trial['best_round']}): {values}"
+        loads = [(data.get(key) or [None])[0] for key in ("load_average_before", "load_average_after")]
+        rows.append(
+            [
+                code(path.name),
+                cell(data["fixed"].get("model", DASH)),
+                " / ".join(str(states.get(state, 0)) for state in ("COMPLETE", "PRUNED", "FAIL")),
+                cell(found),
+                f"{data.get('wall_seconds', 0) / 60:.0f}",
+                " → ".join(_load(load) for load in loads),
+                code(used_by.get(f"results/tune/{path.name}", DASH)),
+            ]
+        )
+    presets = []
+    for name, files in sorted(PRESET_EVIDENCE.items()):
+        searches = {file: _read(ROOT / file) for file in files}
+        search, trial = tune.best_recorded_trial(list(searches.values()))
+        source = next(file for file, data in searches.items() if data is search)
+        values = ", ".join(f"{key}={value}" for key, value in PRESETS[name].items())
+        presets.append([code(name), cell(values), f"{trial['value']:.4f}", code(Path(source).name)])
+    header = ["search", "model", "trials complete / pruned / failed", "best valid MRR (trial, round): values"]
+    header += ["minutes", "load start → end", "preset"]
+    lines = [
+        *table(header, rows, "llrlrll"),
+        "",
+        f"Presets: the best trial of the searches each names ({cell(tune.CHOICE_RULE)}, over all of them).",
+        "",
+        *table(["preset", "values", "valid MRR of its trial", "from"], presets, "llrl"),
+    ]
+    return "\n".join(lines)
+
+
 def tta_block() -> str:
     """Per ``results/tta/*.json``: the best valid round, the time to it, test there, target, machine, load."""
     rows, commands = [], []
@@ -693,6 +742,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "downstream": downstream_bench_block,
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
+    "docs/how-to/tune-recipes.md": {"recipes": recipes_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
     "docs/results/baselines.md": {
         "baselines-central": baselines_central_block,

@@ -51,7 +51,7 @@ checked before anything runs. ``scripts/baselines_summary.py`` tabulates ``--out
 Example (FedE, three seeds, the per-model recipes)::
 
     python scripts/run_baselines.py --out results/baselines --models DistMult --settings fede \\
-        --seeds 0 1 2 --rounds 300 --preset fb15k237-{model}
+        --seeds 0 1 2 --rounds 300 --preset fb15k237-{model} --set stopping=per-party
 """
 
 from __future__ import annotations

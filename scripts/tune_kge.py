@@ -358,6 +358,25 @@ def run_search(
     return tested
 
 
+#: How a search's setting is chosen (and a recipe's, over several searches: :func:`best_recorded_trial`).
+CHOICE_RULE = "the COMPLETE trial with the best valid MRR (ties: the earliest trial)"
+
+
+def best_recorded_trial(searches: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """:data:`CHOICE_RULE` over the written JSON of one or more Optuna searches (ties: the earlier
+    search, then the earlier trial), from what the JSON holds (values rounded to 4 digits).
+
+    :returns: ``(search, trial)`` (the trial's row of ``search["trials"]``), ``None`` when no trial
+        completed.
+    """
+    best: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
+    for search in searches:
+        for trial in sorted(search["trials"], key=lambda row: row["number"]):
+            if trial["state"] == "COMPLETE" and (best is None or trial["value"] > best[1]["value"]):
+                best = (search, trial)
+    return best
+
+
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial of ``study`` as JSON: number, state (COMPLETE / PRUNED / FAIL / RUNNING), value
     (best valid MRR, COMPLETE only), params (as sampled) and the record kept while it ran
@@ -466,7 +485,7 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
                 state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})
             },
             "trials": trials,
-            "rule": "the COMPLETE trial with the best valid MRR (ties: the earliest trial)",
+            "rule": CHOICE_RULE,
             "chosen": chosen,
             "chosen_test": chosen_test,
             "wall_seconds": round(time.perf_counter() - started, 2),
