@@ -55,6 +55,8 @@ WRITER = "scripts/run_central.py"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final_metrics.json"
+#: What ``--export`` copies: the run's small text files, never its embeddings.
+EXPORTED = (CONFIG_FILE, METRICS_FILE, FINAL_FILE)
 #: The setting of the in-process runner: one party training alone.
 SETTING = "isolation"
 #: What the evaluation reports (the only protocol this check accepts).
@@ -92,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rounds", type=integer(1), default=100, help="round budget; a round is local-epochs epochs (default 100)"
     )
+    parser.add_argument(
+        "--export",
+        type=path,
+        default=None,
+        help="also copy the small text files (config.json, metrics.jsonl, final_metrics.json) of the finished run "
+        "here, e.g. results/baselines/central/<model>/ (the embeddings stay in --out)",
+    )
     parser.add_argument("--threads", type=integer(1), default=None, help="torch threads (default: torch's own)")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)"
@@ -116,8 +125,14 @@ def parse_and_validate(argv: Sequence[str] | None = None) -> tuple[argparse.Name
     args = parser.parse_args(argv)
     try:  # never the data, never the current folder or above it (the project's one output rule)
         check_new_folder(args.out, inputs=[args.data], taken=(), what="--out")
+        if args.export is not None:
+            check_new_folder(args.export, inputs=[args.data, args.out], taken=(), what="--export")
     except UnsafeOutputError as err:
         parser.error(str(err))
+    if args.export is not None and (args.export / FINAL_FILE).exists():
+        ours = args.out / FINAL_FILE
+        if not ours.exists() or ours.read_bytes() != (args.export / FINAL_FILE).read_bytes():
+            parser.error(f"--export {args.export} holds another run's {FINAL_FILE}: remove it or choose another folder")
     try:
         sets = run_config_overrides(args.preset, args.sets)
         check_choices(sets)
@@ -289,6 +304,16 @@ def _data_record(data: Path, kg: Any) -> dict[str, Any]:
     }
 
 
+def export(out: Path, to: Path) -> None:
+    """Copy the finished run's small text files (:data:`EXPORTED`) from ``out`` into ``to`` (atomic writes)."""
+    from client.kge.run_folder import atomic_write_text
+
+    to.mkdir(parents=True, exist_ok=True)
+    for name in EXPORTED:
+        atomic_write_text(to / name, (out / name).read_text(encoding="utf-8"))
+    print(f"[central] copied {', '.join(EXPORTED)} to {to}", flush=True)
+
+
 def run(args: argparse.Namespace, run_config: Mapping[str, Any], config: Any, command: str) -> int:
     """Train (or resume), test, and write the run folder; returns the exit status."""
     import torch
@@ -307,6 +332,8 @@ def run(args: argparse.Namespace, run_config: Mapping[str, Any], config: Any, co
             "nothing to do",
             flush=True,
         )
+        if args.export is not None:
+            export(out, args.export)
         return 0
     load_before = _load_average()
     started = time.perf_counter()
@@ -394,6 +421,8 @@ def run(args: argparse.Namespace, run_config: Mapping[str, Any], config: Any, co
         f"({final['stop_reason']}); {final['wall_seconds']} s, peak RSS {final['peak_rss_mib']} MiB",
         flush=True,
     )
+    if args.export is not None:
+        export(out, args.export)
     return 0
 
 

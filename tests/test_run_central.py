@@ -325,3 +325,19 @@ def test_a_federation_is_refused(tmp_path, capsys):
     code = load_script("run_central").main(["--data", str(root), "--out", str(tmp_path / "out")])
     assert code == 2
     assert "a federation of 2 clients" in capsys.readouterr().err
+
+
+def test_export_copies_the_small_files_and_keeps_another_runs(finished, tiny, tmp_path, capsys):
+    exported = tmp_path / "results" / "central" / "tiny"
+    code, _ = _run(finished.parent, tiny, finished.name, *_sets(), "--export", str(exported))
+    assert code == 0
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "final_metrics.json", "metrics.jsonl"]
+    for name in ("config.json", "final_metrics.json", "metrics.jsonl"):
+        assert (exported / name).read_bytes() == (finished / name).read_bytes()
+    # another run's export is refused before any work, and left as it was
+    before = (exported / "final_metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, tiny, "other", *_sets(), "--export", str(exported))
+    assert info.value.code == 2
+    assert "holds another run's final_metrics.json" in capsys.readouterr().err
+    assert (exported / "final_metrics.json").read_bytes() == before and not (tmp_path / "other").exists()
