@@ -513,6 +513,12 @@ def run_isolation(
 #: instead of its trained rows (e.g. a poisoning party in :mod:`scripts.bench_poisoning`).
 UpdateHook = Callable[[int, int, np.ndarray, np.ndarray], np.ndarray]
 
+#: ``observer(round, client index, global ids, rows sent, rows returned, model)``: sees each upload
+#: as the server receives it (after any ``update_hook``), in client order, with the party's own
+#: PyKEEN model (read it, never change it: e.g. a colluding party's relation rows in
+#: ``scripts/attack_reconstruction.py``).
+UploadObserver = Callable[[int, int, np.ndarray, np.ndarray, np.ndarray, Model], None]
+
 
 def run_fede_in_process(
     kg: FederatedKG,
@@ -527,6 +533,7 @@ def run_fede_in_process(
     update_hook: UpdateHook | None = None,
     checkpoint: RoundCheckpoint | None = None,
     on_round: RoundCallback | None = None,
+    on_upload: UploadObserver | None = None,
 ) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
@@ -544,6 +551,7 @@ def run_fede_in_process(
     (:func:`client.kge.aggregation.aggregate_rows`); ``update_hook``: replaces a client's returned
     rows (:data:`UpdateHook`), the rest of its state is left as trained.
     ``on_round``: called after every round (:data:`RoundCallback`; e.g. a search's pruning).
+    ``on_upload``: sees every upload before it is aggregated (:data:`UploadObserver`).
     """
     if update_hook is not None and checkpoint is not None:
         raise ValueError("run_fede_in_process: an update_hook's own state (e.g. its RNG) is not checkpointed")
@@ -571,6 +579,9 @@ def run_fede_in_process(
 
     def aggregate() -> None:
         updates = [(ids, returned(k, ids, t)) for k, (t, ids) in enumerate(zip(trainers, holders))]
+        if on_upload is not None:
+            for k, ((ids, rows), trainer) in enumerate(zip(updates, trainers)):
+                on_upload(state["round"], k, ids, state["table"][ids], rows, trainer.model)
         state["table"] = aggregate_rows(state["table"], updates, aggregation, aggregation_trim)
         send_rows()  # evaluation scores the aggregated rows, as the federation's clients would
 
