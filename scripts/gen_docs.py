@@ -377,6 +377,42 @@ def recipes_block() -> str:
     return "\n".join(lines)
 
 
+def epoch_ab_block() -> str:
+    """``results/bench_epoch/sparse-fused/summary.json``: a local epoch before and after sparse entity
+    gradients and the fused Adam step, per recipe."""
+    data = _read(RESULTS / "bench_epoch" / "sparse-fused" / "summary.json")
+    rows = []
+    for row in data["recipes"].values():
+        config = row["config"]
+        recipe = f"{config['model']}, {config['loss']}, dim {config['embedding-dim']}, {config['num-negs-per-pos']} negatives"
+        rows.append(
+            [
+                cell(recipe),
+                f"{row['before_seconds_per_epoch']:.1f}",
+                f"{row['after_seconds_per_epoch']:.1f}",
+                f"{row['speedup']:.2f}x",
+                f"{row['before_cpu_seconds_per_epoch']:.1f} → {row['after_cpu_seconds_per_epoch']:.1f}",
+                f"{row['losses']['before'][-1]:.6f} / {row['losses']['after'][-1]:.6f}",
+            ]
+        )
+    header = [
+        "recipe",
+        "before, s/epoch",
+        "after, s/epoch",
+        "speed-up",
+        "CPU s/epoch",
+        "loss after 3 epochs (before / after)",
+    ]
+    lines = [
+        f"Commits {data['before_commit']} (before) and {data['after_commit']} (after); {cell(data['load'])}.",
+        "",
+        *table(header, rows, "lrrrrr"),
+        "",
+        f"Command: {cell(data['command'])}.",
+    ]
+    return "\n".join(lines)
+
+
 def tta_block() -> str:
     """Per ``results/tta/*.json``: the best valid round, the time to it, test there, target, machine, load."""
     rows, commands = [], []
@@ -738,6 +774,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/speed.md": {
         "bench-round": bench_round_block,
         "tta": tta_block,
+        "epoch-ab": epoch_ab_block,
         "bench-eval": bench_eval_block,
         "downstream": downstream_bench_block,
     },
