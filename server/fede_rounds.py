@@ -7,6 +7,11 @@ connected client for its validation metrics, ``keep_best`` snapshots the best ro
 ``end_round`` completes the round's :class:`~server.records.RoundReport`, updates the loop state a
 checkpoint saves and calls ``on_round_end`` (the ServerApp writes ``metrics.jsonl`` and the
 checkpoint there).
+
+With ``stopping = per-party`` the engine's stopper is a
+:class:`~client.kge.early_stopping.PartyStopping` keyed by client id: ``validate`` hands it each
+client's own MRR, ``keep_best`` keeps the rows and valid metrics of the clients it names as
+improved, and the loop state holds the trackers (``LoopState.parties``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from client.kge.early_stopping import PartyStopping
 from client.kge.round_engine import RoundEngine
 from client.protocol import WEIGHT_KEY
 from server.records import FedEResult, RoundReport, weighted_mean
@@ -71,7 +77,7 @@ class FedERoundSteps:
         if train_metrics is not None:
             self.result.train_metrics_clientapp[round_number] = train_metrics
 
-    def validate(self, round_number: int) -> float:
+    def validate(self, round_number: int) -> float | dict[str, float]:
         strategy, report = self.strategy, self.report
         eval_started = time.perf_counter()
         messages = list(strategy.configure_evaluate(round_number, ArrayRecord(), self.evaluate_config, self.grid))
@@ -87,16 +93,34 @@ class FedERoundSteps:
             report.test_overall = weighted_mean(strategy.last_test)
         if overall is not None:
             self.result.evaluate_metrics_clientapp[round_number] = overall
+        if isinstance(self.engine.stopper, PartyStopping):  # a client without a reply counts as NaN
+            return {name: float(metrics.get("mrr", math.nan)) for name, metrics in report.valid.items()}
         return float(report.valid_overall.get("mrr", -math.inf))
 
     def keep_best(self, round_number: int) -> None:
-        loop = self.strategy.loop
+        loop, stopper = self.strategy.loop, self.engine.stopper
+        if isinstance(stopper, PartyStopping):  # only the improved clients' own rows and metrics
+            improved = set(stopper.improved)
+            self.strategy.state.keep_best_of(
+                [node for node, info in self.strategy.clients.items() if info.client_id in improved]
+            )
+            for name in improved:
+                loop.party_best_valid[name] = dict(self.report.valid[name])
+            loop.best_round = int(stopper.best_round or 0)
+            loop.best_valid = weighted_mean(loop.party_best_valid)
+            return
         loop.best_round, loop.best_valid = round_number, dict(self.report.valid_overall)
         self.strategy.state.keep_best()
 
     def end_round(self, round_number: int, validated: bool, stop: bool) -> bool:
         strategy, report, loop, stopper = self.strategy, self.report, self.strategy.loop, self.engine.stopper
-        loop.best_mrr, loop.bad_checks = stopper.best_value, stopper.checks_without_improvement
+        if isinstance(stopper, PartyStopping):
+            loop.parties = stopper.state()
+            loop.best_mrr = float(loop.best_valid.get("mrr", -math.inf))
+            if validated:
+                report.parties = stopper.summary()
+        else:
+            loop.best_mrr, loop.bad_checks = stopper.best_value, stopper.checks_without_improvement
         report.best_round = loop.best_round
         report.server_peak_rss_mb = _peak_rss_mb()
         report.seconds = time.perf_counter() - self.started
@@ -108,7 +132,9 @@ class FedERoundSteps:
         self.result.rounds.append(report)
         if self.on_round_end is not None:
             self.on_round_end(report)
-        if stop:
+        if stop and isinstance(stopper, PartyStopping):
+            log(INFO, "early stopping after round %s: every party stopped (%s)", round_number, report.parties)
+        elif stop:
             log(INFO, "early stopping after round %s: %s checks without a better MRR", round_number, loop.bad_checks)
         return False
 

@@ -77,6 +77,10 @@ class Membership:
         federation id go into restore and finish messages).
     :param on_rejoin: called as ``on_rejoin(old_node, new_node)`` when a registered party is
         back under a new node id (the owner of per-node state re-keys it).
+
+    :attr:`best_round_for` (node id -> the best round whose state that client keeps; the loop
+    state's one best round unless the owner sets it: ``stopping = per-party``) goes into restore
+    messages.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Membership:
         self.min_clients_timeout = float(min_clients_timeout)
         self.loop_state = loop_state
         self.on_rejoin = on_rejoin
+        self.best_round_for: Callable[[int], int] = lambda node_id: self.loop_state().best_round
         self.clients: dict[int, ClientInfo] = {}
         self.vocabulary: list[str] = []
         self.entity_dim: int | None = None
@@ -343,13 +348,12 @@ class Membership:
         :raises FederationError: in strict mode, when a client failed or did not answer.
         """
         loop = self.loop_state()
-        config = {
-            "resume-round": loop.round,
-            "best-round": loop.best_round,
-            "federation-id": loop.federation_id,
-            "strict": strict,
-        }
-        messages = _config_messages(node_ids, RESTORE_TYPE, config)
+        config = {"resume-round": loop.round, "federation-id": loop.federation_id, "strict": strict}
+        messages = [  # each client's own best round (per-party stopping: not the same for all)
+            message
+            for node in node_ids
+            for message in _config_messages([node], RESTORE_TYPE, {**config, "best-round": self.best_round_for(node)})
+        ]
         restored, failed, answered = {}, [], set()
         replies = self.exchange(grid, messages, timeout, phase="restore")
         for node, reply in replies:

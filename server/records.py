@@ -93,6 +93,9 @@ class RoundReport:
     test_overall: dict[str, float] | None = None
     best_round: int = 0
     finished_at: float = 0.0
+    #: ``stopping = per-party``, validated rounds: where each party's tracker stood after this round
+    #: (:meth:`~client.kge.early_stopping.PartyStopping.summary`); ``None`` otherwise
+    parties: dict[str, dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``valid`` keys only when this round was validated)."""
@@ -119,6 +122,8 @@ class RoundReport:
         if self.test is not None:
             row["test"] = self.test
             row["test_overall"] = self.test_overall
+        if self.parties is not None:
+            row["parties"] = self.parties
         return row
 
     @classmethod
@@ -138,6 +143,8 @@ class FedEResult(Result):
     :param test_overall: test metrics weighted by each client's test size.
     :param stopped_early: whether patience ran out before ``num_rounds``.
     :param rounds: the per-round reports (a resumed run's earlier rounds included).
+    :param stopping: ``final_metrics.json``'s ``stopping`` record: ``rule``, ``ended_by`` and
+        (``per-party``) ``parties`` (as the in-process runners', ``docs/concepts/stopping.md``).
     """
 
     best_round: int = 0
@@ -146,6 +153,7 @@ class FedEResult(Result):
     test_overall: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     rounds: list[RoundReport] = field(default_factory=list)
+    stopping: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +172,11 @@ class LoopState:
     :param federation_id: random id of this federation (kept across a resume): clients only
         restore private checkpoints written for the same id.
     :param reports: :meth:`RoundReport.as_dict` of every completed round.
+    :param parties: ``stopping = per-party`` only (``None`` otherwise, and before the first
+        validation): :meth:`~client.kge.early_stopping.PartyStopping.state` of the per-party
+        trackers; each party's own best round is there. ``best_round`` is then the latest of them,
+        ``best_valid`` the weighted overall of ``party_best_valid``.
+    :param party_best_valid: ``per-party``: client id -> its validation metrics at its own best round.
     """
 
     round: int = 0
@@ -174,6 +187,13 @@ class LoopState:
     stopped_early: bool = False
     federation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     reports: list[dict[str, Any]] = field(default_factory=list)
+    parties: dict[str, Any] | None = None
+    party_best_valid: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def party_best_round(self, client_id: str) -> int:
+        """``per-party``: the best round of ``client_id``'s own tracker (0: none yet)."""
+        party = ((self.parties or {}).get("parties") or {}).get(client_id) or {}
+        return int(party.get("best_round") or 0)
 
 
 def weighted_mean(per_client: Mapping[str, Mapping[str, float]], weight_key: str = WEIGHT_KEY) -> dict[str, float]:

@@ -78,6 +78,7 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
         "rounds_run": len(result.rounds),
         "stopped_early": result.stopped_early,
         "best_valid_overall": result.best_valid,
+        "stopping": result.stopping,
         "test": result.test,
         "test_overall": result.test_overall,
         "clients": expected,
@@ -285,12 +286,16 @@ def _write_kge_outputs(
     vocabulary: list[str],
     started: float,
 ) -> None:
-    """Embeddings and ``final_metrics.json``; then fail if a client's test metrics are missing."""
+    """Embeddings and ``final_metrics.json``; then fail if a client's test metrics are missing.
+
+    FedE writes the best round's table; isolation, and FedE with ``stopping = per-party`` (no one
+    table holds every party's own best rows), one table per client.
+    """
     payload = _final_payload(strategy, result, settings, started)
     if folder is not None:
-        if settings.setting == "fede":
+        if settings.setting == "fede" and not strategy.per_party:
             folder.write_entity_embeddings(strategy.state.table, vocabulary)
-        else:  # isolation: one table per client, rows in its local order, with their global ids
+        else:  # one table per client, its (own best) rows at their global ids
             for node_id, info in strategy.clients.items():
                 folder.write_entity_embeddings(
                     _scatter(strategy.state.client_rows[node_id], info.global_ids, len(vocabulary)),
@@ -321,6 +326,7 @@ def _resume_after_kge_phase(
         test=dict(final.get("test", {})),
         test_overall=dict(final.get("test_overall", {})),
         stopped_early=bool(final.get("stopped_early", False)),
+        stopping=dict(final.get("stopping") or {}),
         rounds=[RoundReport.from_dict(row) for row in strategy.loop.reports],
     )
 

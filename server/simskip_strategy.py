@@ -16,7 +16,8 @@ Message protocol:
     only, afterwards the client continues from its own weights, kept in ``context.state`` and
     in its private checkpoint, so no encoder leaves a client); ConfigRecord ``"config"``:
     ``server-round``, ``best-round`` (the KGE round whose relations a client's structure view
-    uses, ``simskip-augmentations = "row_view,..."``), ``federate``, ``federation-id``.
+    uses, ``simskip-augmentations = "row_view,..."``; with ``stopping = per-party`` the client's
+    own best round, as its rows are), ``federate``, ``federation-id``.
     Reply: ArrayRecord ``"simskip-weights"`` (federated only) and MetricRecord ``"metrics"``:
     ``num-rows``, ``loss/<variant>`` (last local epoch), ``simskip-seconds``.
 ``evaluate.downstream`` (once per client)
@@ -172,6 +173,10 @@ class SimSkipStrategy(FedAvg):
 
     # ------------------------------------------------------------------ messages
     def _message(self, node_id: int, message_type: str, config: Mapping[str, Any], with_weights: bool) -> Message:
+        """One message to ``node_id`` with its best-round rows; with ``stopping = per-party`` its
+        ``best-round`` is that client's own (:meth:`FedEStrategy.best_round_for`)."""
+        if self.kge.per_party and "best-round" in config:
+            config = {**dict(config), "best-round": self.kge.best_round_for(node_id)}
         content = RecordDict(
             {
                 ENTITY_ROWS_KEY: ArrayRecord(

@@ -114,6 +114,7 @@ def run_collection_setting(dataset: str, run_dir: Path, run_config: dict[str, An
             "best_round": results["best_round"],
             "rounds_run": results["rounds_trained"],
             "stopped_early": results["rounds_trained"] < results["rounds_budget"],
+            "stopping": results["stopping"],  # the runner's record, as the federated settings write it
             "best_valid_overall": {"mrr": results["best_valid_mrr"]},
             "test": results["test"]["clients"],
             "test_overall": results["test"]["overall"],

@@ -6,8 +6,14 @@ to receive only the rows of the entities it holds (in its local order) and each 
 be averaged over the clients that hold it. So the four ``configure_*`` / ``aggregate_*`` hooks
 are overridden, and ``start`` is overridden because FedE's loop adds what FedAvg's lacks: a
 handshake fixing the global vocabulary, validation every ``eval_every`` rounds, early stopping
-on the weighted validation MRR, a final test on the best round's state, and the failure
-semantics below.
+(``stopping = overall``: on the weighted validation MRR; ``per-party``: one tracker per client over
+its own validation MRR, ``docs/concepts/stopping.md``), a final test on the best round's state
+(per party: each client's own best round's), and the failure semantics below.
+
+``best-round`` in every message below is the round whose private state the receiving client keeps
+(and tests, and hands the SimSkip phase): the run's one best round under ``overall``, that
+client's own under ``per-party`` (:meth:`FedEStrategy.best_round_for`). A client needs nothing
+else to follow either rule.
 
 Message protocol (``message_type`` = category[.action]):
 
@@ -68,7 +74,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from client.kge.aggregation import AggregationError, aggregate_rows, check_rule
-from client.kge.early_stopping import EarlyStopping
+from client.kge.early_stopping import EarlyStopping, PartyStopping
 from client.kge.registry import ConfigError
 from client.kge.round_engine import RoundEngine
 from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY, TEST_TYPE, VALID_TYPE
@@ -89,24 +95,24 @@ from server.updates import check_rows_update, evaluation_metrics
 
 __all__ = ["FLOWER_STOPPING_RULES", "FedEStrategy", "check_stopping"]
 
-#: The values of the run-config key ``stopping`` the Flower engine implements. ``per-party`` (each
-#: party its own best round) is the in-process runners' only (:mod:`client.kge.centralized`): here
-#: every message carries one ``best-round``, which each client keeps a private snapshot of, restores
-#: for the final test and hands the SimSkip phase; per party it would be one per client (see
-#: ``docs/concepts/stopping.md``).
-FLOWER_STOPPING_RULES = ("overall",)
+#: The values of the run-config key ``stopping`` the Flower engine implements: today every one of
+#: :data:`~client.kge.early_stopping.STOPPING_RULES` (``docs/concepts/stopping.md``); each message
+#: carries the receiving client's own ``best-round``.
+FLOWER_STOPPING_RULES = ("overall", "per-party")
 
 
 def check_stopping(stopping: str, setting: str) -> None:
-    """Refuse a stopping rule the Flower engine does not implement (collection trains in-process).
+    """Refuse a stopping rule the Flower engine does not implement (collection trains in-process):
+    it implements every rule of :data:`~client.kge.early_stopping.STOPPING_RULES` today, so this
+    guards a rule added there before the engine follows it.
 
-    :raises ConfigError: in one line, naming the key, the value and where it is implemented.
+    :raises ConfigError: in one line, naming the key, the value and the rules implemented here.
     """
     if setting != "collection" and stopping not in FLOWER_STOPPING_RULES:
         raise ConfigError(
-            f"key 'stopping': {stopping!r} is implemented by the in-process runners only "
-            "(scripts/run_experiments.py --engine in-process, scripts/tune_kge.py); the Flower engine "
-            f"stops on the overall valid MRR ({', '.join(FLOWER_STOPPING_RULES)})"
+            f"key 'stopping': {stopping!r} is not implemented by the Flower engine "
+            f"({', '.join(FLOWER_STOPPING_RULES)}); the in-process runners: scripts/run_experiments.py "
+            "--engine in-process, scripts/tune_kge.py"
         )
 
 
@@ -136,6 +142,8 @@ class FedEStrategy(FedAvg):
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     :param stopping: the run-config key ``stopping``: one of :data:`FLOWER_STOPPING_RULES`
         (:func:`check_stopping` raises :class:`~client.kge.registry.ConfigError` otherwise).
+        ``per-party``: one :class:`~client.kge.early_stopping.PartyStopping` tracker per client id,
+        each client's own best rows (:class:`~server.fede_state.FedEState`) and best round.
     """
 
     def __init__(
@@ -177,8 +185,10 @@ class FedEStrategy(FedAvg):
         self.members = Membership(
             min_clients=min_clients, min_clients_timeout=min_clients_timeout, loop_state=lambda: self.state.loop
         )
-        self.state = FedEState(self.members, setting, seed)
+        self.stopping = stopping
+        self.state = FedEState(self.members, setting, seed, per_party=stopping == "per-party")
         self.members.on_rejoin = self.state.rejoined
+        self.members.best_round_for = self.best_round_for
         #: client id -> metrics of the last validation (with track-test, the test metrics go to last_test)
         self.last_eval: dict[str, dict[str, float]] = {}
         self.last_test: dict[str, dict[str, float]] = {}
@@ -195,15 +205,34 @@ class FedEStrategy(FedAvg):
         """The loop state after the last completed round (:class:`~server.records.LoopState`)."""
         return self.state.loop
 
+    @property
+    def per_party(self) -> bool:
+        """Whether each client has its own best round (``stopping = per-party``)."""
+        return self.state.per_party
+
+    def best_round_for(self, node_id: int) -> int:
+        """The best round whose state node ``node_id``'s client keeps and tests (0: none yet):
+        the run's under ``overall``, the client's own under ``per-party``."""
+        if not self.per_party:
+            return self.loop.best_round
+        return self.loop.party_best_round(self.members.client_name(node_id))
+
     def handshake(self, grid: Grid, timeout: float = 3600.0) -> list[str]:
         """Register the connected clients and fix the global vocabulary (:meth:`Membership.handshake`)."""
         return self.members.handshake(grid, timeout)
 
     # ------------------------------------------------------------------ messages
-    def _messages(self, node_ids: Iterable[int], config: ConfigRecord, message_type: str) -> list[Message]:
+    def _messages(
+        self, node_ids: Iterable[int], config: ConfigRecord, message_type: str, best_keys: Sequence[str] = ()
+    ) -> list[Message]:
+        """One message per node with its rows; the ``best_keys`` of ``config`` are set to that
+        node's :meth:`best_round_for` (per party each client's own)."""
         messages = []
         report = self.members.report
         for node_id in node_ids:
+            node_config = dict(config)
+            if self.per_party:
+                node_config.update(dict.fromkeys(best_keys, self.best_round_for(node_id)))
             rows = self.state.rows_for(node_id).astype(self.transfer_dtype, copy=False)
             if report is not None and message_type == MessageType.TRAIN:
                 report.bytes_sent += rows.nbytes
@@ -212,7 +241,7 @@ class FedEStrategy(FedAvg):
             content = RecordDict(
                 {
                     ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.ascontiguousarray(rows))}),
-                    CONFIG_KEY: ConfigRecord(dict(config)),
+                    CONFIG_KEY: ConfigRecord(node_config),
                 }
             )
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node_id))
@@ -245,7 +274,7 @@ class FedEStrategy(FedAvg):
         )
         nodes = self.sample_train_nodes(grid)
         log(INFO, "configure_train: round %s, %s of %s clients", server_round, len(nodes), len(self.clients))
-        return self._messages(nodes, config, MessageType.TRAIN)
+        return self._messages(nodes, config, MessageType.TRAIN, best_keys=("best-round",))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -308,7 +337,7 @@ class FedEStrategy(FedAvg):
     ) -> Iterable[Message]:
         """One validation message per connected registered client, with its current rows."""
         config = ConfigRecord({**dict(config), "server-round": server_round, "best-round": self.loop.best_round})
-        return self._messages(self.members.connected(grid), config, VALID_TYPE)
+        return self._messages(self.members.connected(grid), config, VALID_TYPE, best_keys=("best-round",))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Overall validation metrics weighted by each client's number of triples (FedAvg's hook;
@@ -357,7 +386,10 @@ class FedEStrategy(FedAvg):
         state = self.state
         if resume_from is None:
             state.set_table(initial_arrays["entity-table"].numpy())
-            state.best_table, state.best_rows = state.table.copy(), dict(state.client_rows)
+            if self.per_party:  # each client's best rows arrive with its first improvement
+                state.best_table, state.best_rows = None, {}
+            else:
+                state.best_table, state.best_rows = state.table.copy(), dict(state.client_rows)
             state.loop = LoopState()
         else:
             state.restore_checkpoint(*resume_from)
@@ -369,14 +401,7 @@ class FedEStrategy(FedAvg):
                     result.evaluate_metrics_clientapp[report.round] = MetricRecord(report.valid_overall)
 
         loop = self.loop
-        stopper = EarlyStopping.from_state(
-            self.patience,
-            {
-                "best_value": loop.best_mrr,
-                "best_round": loop.best_round or None,
-                "checks_without_improvement": loop.bad_checks,
-            },
-        )
+        stopper = self._stopper(loop)
         engine = RoundEngine(
             num_rounds=num_rounds, eval_every=self.eval_every, stopper=stopper, stopped_early=loop.stopped_early
         )
@@ -395,12 +420,51 @@ class FedEStrategy(FedAvg):
         finally:
             self._run, self.members.report = None, None
         result.stopped_early = self.loop.stopped_early
+        result.stopping = self.stopping_record()
         return self.final_test(grid, result, evaluate_config, timeout)
+
+    def _stopper(self, loop: LoopState) -> EarlyStopping | PartyStopping:
+        """The loop's early-stopping tracker(s), from the loop state (fresh or resumed)."""
+        if self.per_party:
+            names = sorted(info.client_id for info in self.clients.values())
+            if loop.parties is None:
+                return PartyStopping(self.patience, names)
+            return PartyStopping.from_state(self.patience, names, loop.parties)
+        return EarlyStopping.from_state(
+            self.patience,
+            {
+                "best_value": loop.best_mrr,
+                "best_round": loop.best_round or None,
+                "checks_without_improvement": loop.bad_checks,
+            },
+        )
+
+    def stopping_record(self) -> dict[str, Any]:
+        """``final_metrics.json``'s ``stopping``: ``rule``, ``ended_by`` and, per party,
+        ``parties`` (client id -> ``best_round``, ``best_valid_mrr``, ``stopped_round``,
+        ``best_valid``), as the in-process runners record it (``docs/concepts/stopping.md``)."""
+        # their words, written once; heavy (torch, pykeen), loaded by the run long before this
+        from client.kge.centralized import ENDED_BY_BUDGET, ENDED_BY_RULE
+
+        loop = self.loop
+        record: dict[str, Any] = {
+            "rule": self.stopping,
+            "ended_by": ENDED_BY_RULE[self.stopping] if loop.stopped_early else ENDED_BY_BUDGET,
+            "parties": None,
+        }
+        if self.per_party:
+            summary = self._stopper(loop).summary()
+            record["parties"] = {
+                name: {**party, "best_valid": dict(loop.party_best_valid.get(name, {}))}
+                for name, party in summary.items()
+            }
+        return record
 
     def final_test(
         self, grid: Grid, result: FedEResult, evaluate_config: ConfigRecord | None = None, timeout: float = 3600.0
     ) -> FedEResult:
-        """Test every connected client on the best round's rows; clients restore that round's state.
+        """Test every connected client on the best round's rows; clients restore that round's state
+        (per party: each client its own best round's rows and state).
 
         A client that cannot be reached is reported by its absence from ``result.test`` (the
         caller decides; the ServerApp writes ``final_metrics.json`` with ``missing_clients``
@@ -413,7 +477,8 @@ class FedEStrategy(FedAvg):
         config = ConfigRecord(
             {**dict(evaluate_config or {}), "server-round": self.loop.best_round, "best-round": self.loop.best_round}
         )
-        replies = self.members.exchange(grid, self._messages(nodes, config, TEST_TYPE), timeout, phase="test")
+        messages = self._messages(nodes, config, TEST_TYPE, best_keys=("server-round", "best-round"))
+        replies = self.members.exchange(grid, messages, timeout, phase="test")
         result.test = evaluation_metrics(self.members, replies, "test")
         missing = sorted({i.client_id for i in self.clients.values()} - set(result.test))
         if missing:

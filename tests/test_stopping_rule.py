@@ -341,21 +341,20 @@ def test_collection_is_one_party_so_per_party_is_the_overall_rule(kinships) -> N
     assert pooled["best_valid_mrr"] == runs["overall"]["best_valid_mrr"]
 
 
-# --- the Flower engine: overall only, refused at config time ---------------------------------------
+# --- the Flower engine: both rules (tests/test_fede_per_party.py runs per-party on it) ---------------
 
 
-def test_the_flower_engine_refuses_per_party_stopping_before_any_process_starts() -> None:
+def test_the_flower_engine_takes_both_rules_and_refuses_an_unknown_one() -> None:
     from server.run_options import check_run_config
-    from server.strategy import FedEStrategy
+    from server.strategy import FLOWER_STOPPING_RULES, FedEStrategy, check_stopping
 
+    assert set(FLOWER_STOPPING_RULES) == {"overall", "per-party"}
+    for setting in ("fede", "isolation", "collection"):
+        for rule in ("overall", "per-party"):
+            check_run_config({"setting": setting, "stopping": rule})
     for setting in ("fede", "isolation"):
-        with pytest.raises(ConfigError) as caught:
-            check_run_config({"setting": setting, "stopping": "per-party"})
-        message = str(caught.value)
-        assert "\n" not in message and "key 'stopping'" in message and "'per-party'" in message
-        assert "in-process runners only" in message
-        with pytest.raises(ConfigError, match="key 'stopping'"):
-            FedEStrategy(setting=setting, stopping="per-party")
-    check_run_config({"setting": "collection", "stopping": "per-party"})  # simskip-sim trains it in-process
-    check_run_config({"setting": "fede", "stopping": "overall"})
-    assert FedEStrategy(stopping="overall").setting == "fede"
+        assert FedEStrategy(setting=setting, stopping="per-party").per_party
+        assert not FedEStrategy(setting=setting, stopping="overall").per_party
+    with pytest.raises(ConfigError) as caught:
+        check_stopping("each", "fede")
+    assert "\n" not in str(caught.value) and "key 'stopping'" in str(caught.value) and "'each'" in str(caught.value)

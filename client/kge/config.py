@@ -210,7 +210,7 @@ class KGEConfig:
         valid triples) stops the run and picks one best round for every party; ``per-party``: each
         party's own tracker (same ``patience``) picks its own best round, and the federation trains
         on until every party's tracker has stopped (:mod:`client.kge.early_stopping`,
-        ``docs/concepts/stopping.md``; in-process runners only).
+        ``docs/concepts/stopping.md``; the in-process runners and the Flower apps alike).
     :param eval_protocol: ``standard`` (both sides) or ``fede`` (tail only, FedE's code); see
         :mod:`client.kge.evaluation`.
     :param eval_batch_size: triples scored at once during evaluation.
