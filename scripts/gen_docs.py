@@ -329,14 +329,16 @@ def _tta_command(data: dict) -> str:
 
 
 def recipes_block() -> str:
-    """The FB15k-237-Fed3 recipe searches (``results/tune/fed3-*-optuna*.json``) and the presets
-    chosen from them (``client.kge.config.PRESET_EVIDENCE``, by ``tune_kge``'s choice rule)."""
+    """The FB15k-237 recipe searches (``results/tune/{fed3,fb15k237}-*-optuna*.json``: FedE on Fed3, and
+    one party on FB15k-237's own split) and the presets chosen from them
+    (``client.kge.config.PRESET_EVIDENCE``, by ``tune_kge``'s choice rule)."""
     from client.kge.config import PRESET_EVIDENCE, PRESETS
 
     tune = _script("tune_kge")
     used_by = {file: name for name, files in PRESET_EVIDENCE.items() for file in files}
     rows = []
-    for path in sorted(RESULTS.glob("tune/fed3-*-optuna*.json")):
+    searches = [*RESULTS.glob("tune/fed3-*-optuna*.json"), *RESULTS.glob("tune/fb15k237-*-optuna*.json")]
+    for path in sorted(searches):
         data = _read(path)
         states = data.get("states", {})
         best = tune.best_recorded_trial([data])
@@ -351,6 +353,7 @@ def recipes_block() -> str:
             [
                 code(path.name),
                 cell(data["fixed"].get("model", DASH)),
+                str(data.get("clients", DASH)),
                 " / ".join(str(states.get(state, 0)) for state in ("COMPLETE", "PRUNED", "FAIL")),
                 cell(found),
                 f"{data.get('wall_seconds', 0) / 60:.0f}",
@@ -365,10 +368,16 @@ def recipes_block() -> str:
         source = next(file for file, data in searches.items() if data is search)
         values = ", ".join(f"{key}={value}" for key, value in PRESETS[name].items())
         presets.append([code(name), cell(values), f"{trial['value']:.4f}", code(Path(source).name)])
-    header = ["search", "model", "trials complete / pruned / failed", "best valid MRR (trial, round): values"]
+    header = [
+        "search",
+        "model",
+        "parties",
+        "trials complete / pruned / failed",
+        "best valid MRR (trial, round): values",
+    ]
     header += ["minutes", "load start → end", "preset"]
     lines = [
-        *table(header, rows, "llrlrll"),
+        *table(header, rows, "llrrlrll"),
         "",
         f"Presets: the best trial of the searches each names ({cell(tune.CHOICE_RULE)}, over all of them).",
         "",
