@@ -45,6 +45,6 @@ def test_weight_scales_the_term(nations) -> None:
         torch.manual_seed(0)
         model = build_model(KGEConfig(model="ComplEx", regularizer="lp", regularizer_weight=weight), nations.train)
         model.score_hrt(nations.train.mapped_triples[:8])
-        terms.append(float(model.collect_regularization_term()))
+        terms.append(float(model.collect_regularization_term().detach()))
     assert terms[0] > 0
     assert terms[1] == pytest.approx(4 * terms[0], rel=1e-5)
