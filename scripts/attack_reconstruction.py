@@ -511,15 +511,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_script_outputs(parser, inputs=[args.data], files={"--out": args.out})
     if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    from client.kge.config import ConfigError, KGEConfig
-    from client.kge.run_config import check_choices
-    from server.run_options import run_config_overrides
+    from client.kge.config import ConfigError
+    from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
 
     try:
-        sets = run_config_overrides(args.preset, args.sets)
-        check_choices(sets)
-        config = KGEConfig.from_run_config(sets)
+        _, config = kge_run_config(args.preset, args.sets)
     except (ConfigError, ValueError) as err:
         parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
     return run_main(PROG, lambda: _run(args, config, list(argv) if argv is not None else sys.argv[1:]))

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.kge.config import add_set_option
+from server.sim_resources import cpu_model
 
 if TYPE_CHECKING:  # the heavy imports wait until the arguments are checked
     import torch
@@ -603,17 +604,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="dataset name or folder (as kg_datasets.load_federated)")
@@ -705,7 +695,7 @@ def _against_pykeen(
         "mode": "against-pykeen",
         "command": command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "versions": _versions(),
         "load_average_start": list(os.getloadavg()),
     }

@@ -47,6 +47,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from server.sim_resources import cpu_model
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "FB15k-237-Fed3"
@@ -226,17 +228,6 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _measured(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """:func:`run`, recording the command, the machine, the kernels' source, the load before and
     after, and every ``DeprecationWarning`` raised on the way (each once per message and place)."""
@@ -244,7 +235,7 @@ def _measured(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     header = {
         "command": shlex.join(["python", "scripts/bench_eval.py", *argv]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpu": _cpu_model(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "platform": platform.platform(), "python": platform.python_version()},
     }
     load_start = _load_averages()
     with warnings.catch_warnings(record=True) as caught:

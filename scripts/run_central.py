@@ -115,9 +115,8 @@ def parse_and_validate(argv: Sequence[str] | None = None) -> tuple[argparse.Name
         then the run's own keys (setting, clients, rounds); the KGE config is read from it.
     :raises SystemExit: 2 with one line ``run_central.py: error: ...`` naming the flag.
     """
-    from client.kge.config import ConfigError, KGEConfig
-    from client.kge.run_config import check_choices
-    from server.run_options import run_config_overrides
+    from client.kge.config import ConfigError
+    from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
     from simskip_core.outputs import UnsafeOutputError, check_new_folder
 
@@ -134,9 +133,7 @@ def parse_and_validate(argv: Sequence[str] | None = None) -> tuple[argparse.Name
         if not ours.exists() or ours.read_bytes() != (args.export / FINAL_FILE).read_bytes():
             parser.error(f"--export {args.export} holds another run's {FINAL_FILE}: remove it or choose another folder")
     try:
-        sets = run_config_overrides(args.preset, args.sets)
-        check_choices(sets)
-        config = KGEConfig.from_run_config(sets)
+        sets, config = kge_run_config(args.preset, args.sets)
     except (ConfigError, ValueError) as err:
         parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
     if config.eval_protocol != PROTOCOL:

@@ -37,6 +37,20 @@ def run_config_overrides(preset_name: str | None, items: Sequence[str]) -> dict[
     return {**preset(preset_name), **parse_set_options(items)}
 
 
+def kge_run_config(preset_name: str | None, items: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """The preset's values, then the ``--set`` items, with every named choice checked, and the KGE
+    config read from them: ``(run config, client.kge.config.KGEConfig)``.
+
+    :raises client.kge.config.ConfigError: / ValueError: naming the key and the value.
+    """
+    from client.kge.config import KGEConfig  # heavy (torch, pykeen): not for --help
+    from client.kge.run_config import check_choices
+
+    sets = run_config_overrides(preset_name, items)
+    check_choices(sets)
+    return sets, KGEConfig.from_run_config(sets)
+
+
 def add_preset_option(parser: argparse.ArgumentParser) -> None:
     """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
     parser.add_argument(
