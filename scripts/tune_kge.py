@@ -103,6 +103,23 @@ class Dimension(NamedTuple):
             return (int(self.low), int(self.high))
         return (float(self.low), float(self.high))
 
+    def param(self, text: str) -> Any:
+        """``text`` (read as ``--set`` reads it) as this dimension's Optuna parameter: the choice's
+        text for a choice, the number for a range (:func:`enqueue_params`).
+
+        :raises ConfigError: for a value outside the choices or the range."""
+        from client.kge.config import parse_set_options
+
+        value = parse_set_options([f"{self.key}={text}"])[self.key]
+        if self.kind == "choice":
+            if value not in self.values:
+                raise ConfigError(f"{self.key}={text} is not one of the choices {list(self.choices)}")
+            return self.choices[self.values.index(value)]
+        number = int(value) if self.kind in ("int", "logint") else float(value)
+        if not float(self.low) <= number <= float(self.high):
+            raise ConfigError(f"{self.key}={text} is outside the range [{self.low}, {self.high}]")
+        return number
+
     def describe(self) -> dict[str, Any]:
         """The dimension as JSON."""
         if self.kind == "choice":
@@ -204,6 +221,31 @@ def parse_space(items: Sequence[str], fixed: Mapping[str, Any] | None = None) ->
     if not space:
         raise ConfigError("--optuna needs a search space (--space KEY=KIND:ARGS ...)")
     return space
+
+
+def enqueue_params(items: Sequence[str], space: Sequence[Dimension]) -> dict[str, Any]:
+    """``["loss=crossentropy", "learning-rate=1.05e-3", ...]`` -> one trial's Optuna parameters
+    (``--enqueue``: a setting the search runs first, e.g. another model's recipe, before the sampler's
+    own; it competes under the same rule). Every key of the space must be given, once.
+
+    :raises ConfigError: naming the key that is unknown, missing, repeated or out of its space."""
+    by_key = {dimension.key: dimension for dimension in space}
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in by_key:
+            raise ConfigError(f"--enqueue {item!r}: expected KEY=VALUE with KEY one of the space's {sorted(by_key)}")
+        if key in params:
+            raise ConfigError(f"--enqueue {item!r}: {key!r} is given twice")
+        try:
+            params[key] = by_key[key].param(text.strip())
+        except ConfigError as exc:
+            raise ConfigError(f"--enqueue {item!r}: {exc}") from None
+    missing = sorted(set(by_key) - set(params))
+    if missing:
+        raise ConfigError(f"--enqueue {' '.join(items)!r}: give a value for every key of the space; missing {missing}")
+    return params
 
 
 def _median(args: argparse.Namespace) -> tuple[optuna.pruners.BasePruner, dict[str, Any]]:
@@ -392,6 +434,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                 # a pruned trial's value in Optuna is its last report: the curve has it
                 "value": round(trial.value, 4) if trial.state.name == "COMPLETE" else None,
                 "params": dict(trial.params),
+                "enqueued": "fixed_params" in trial.system_attrs,  # given by --enqueue, not sampled
                 **{key: attrs.get(key) for key in _RECORD_KEYS},
             }
         )
@@ -428,6 +471,7 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
         fixed = {"eval-every": 1, **parse_set_options(args.sets)}
         KGEConfig.from_run_config(fixed)
         space = parse_space(args.space, fixed)
+        enqueued = [enqueue_params(items, space) for items in args.enqueue]
     except ConfigError as exc:
         parser.error(str(exc))
     if args.pruner not in PRUNERS:
@@ -457,6 +501,8 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
             f"{json.dumps(study.user_attrs['search'])}"
         )
     study.set_user_attr("search", search)
+    for params in enqueued:  # a resumed study that already holds it (run or waiting) skips it
+        study.enqueue_trial(params, skip_if_exists=True)
     for trial in study.trials:  # left running by a process that ended: recorded, not counted as run
         if trial.state == optuna.trial.TrialState.RUNNING:
             study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "interrupted (its process ended)")
@@ -477,6 +523,7 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
             **search,
             "objective": "the trial's best overall valid MRR (the run's eval-protocol); no test number is used",
             "n_trials": args.optuna,
+            "enqueued": enqueued,
             "storage": str(args.storage) if args.storage is not None else None,
             "study_name": study_name,
             "machine": machine,
@@ -588,6 +635,15 @@ def main(argv: list[str] | None = None) -> int:
     optuna_mode.add_argument(
         "--storage", type=Path, default=None, help="an SQLite file keeping the study (a rerun resumes it)"
     )
+    optuna_mode.add_argument(
+        "--enqueue",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of every --space key to run before the sampler's trials (repeatable: one per trial; "
+        "e.g. another model's recipe); it competes under the same rule",
+    )
     optuna_mode.add_argument("--study-name", default=None, help="the study's name in --storage (default: --out's stem)")
     args = parser.parse_args(argv)
     from client.kge.run_folder import check_script_outputs  # the project's one output rule
@@ -599,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.optuna < 1:
             parser.error(f"--optuna must be >= 1, got {args.optuna}")
         return _optuna_main(parser, args, sys.argv[1:] if argv is None else list(argv))
-    if args.space or args.storage is not None:
-        parser.error("--space and --storage belong to the Optuna mode: add --optuna N")
+    if args.space or args.storage is not None or args.enqueue:
+        parser.error("--space, --storage and --enqueue belong to the Optuna mode: add --optuna N")
 
     import torch
 

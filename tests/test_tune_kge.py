@@ -189,6 +189,27 @@ def test_a_search_with_storage_resumes_and_refuses_another_search(tune, tmp_path
     assert "of another search" in capsys.readouterr().err
 
 
+def test_an_enqueued_setting_runs_first_once_and_a_bad_one_is_refused(tune, tmp_path, capsys) -> None:
+    storage = ["--storage", str(tmp_path / "study.sqlite3"), "--pruner", "none"]
+    recipe = ["--enqueue", "learning-rate=0.02", "batch-size=128", "local-epochs=2"]
+    first = run(tune, tmp_path, "--optuna", "2", *storage, *recipe)
+    assert first["trials"][0]["setting"] == {"learning-rate": 0.02, "batch-size": 128, "local-epochs": 2}
+    assert [t["enqueued"] for t in first["trials"]] == [True, False]
+    assert first["enqueued"] == [{"learning-rate": 0.02, "batch-size": "128", "local-epochs": 2}]
+    resumed = run(tune, tmp_path, "--optuna", "3", *storage, *recipe)  # resumed: not run again
+    assert [t["enqueued"] for t in resumed["trials"]] == [True, False, False]
+    for bad, named in (
+        (["learning-rate=0.5", "batch-size=128", "local-epochs=2"], "outside the range"),
+        (["learning-rate=0.02", "batch-size=100", "local-epochs=2"], "not one of the choices"),
+        (["learning-rate=0.02", "batch-size=128"], "missing ['local-epochs']"),
+        (["learning-rate=0.02", "batch-size=128", "local-epochs=2", "margin=1"], "KEY one of the space's"),
+    ):
+        with pytest.raises(SystemExit):
+            run(tune, tmp_path, "--optuna", "1", "--enqueue", *bad, name="bad.json")
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_the_in_process_run_reports_every_round_and_an_exception_in_the_callback_ends_it() -> None:
     from client.kge.centralized import run_fede_in_process
     from client.kge.config import KGEConfig
