@@ -35,6 +35,7 @@ LITERAL_MODEL_DEFINING = {
     "model",
     "regularizer-weight",
     "regularizer-p",
+    "regularize-entities",
     "embedding-dim",
     "local-epochs",
     "batch-size",

@@ -213,6 +213,9 @@ class KGEConfig:
         (which keeps the model's own kwargs, e.g. DistMult's weight 0.1).
     :param regularizer_p: the ``p`` of a named regularizer that takes one (``lp``, ``powersum``):
         2 is L2, 3 is N3 (Lacroix et al., 2018). Not used by ``none`` and ``model-default``.
+    :param regularize_entities: also apply the named ``regularizer`` (its weight and ``p``) to the
+        entity rows of a model whose class regularizes only its relation rows (DistMult); a model
+        whose entity rows the regularizer already covers is unchanged. Needs a named regularizer.
     :param training_loop: the local training regime, a key of
         :data:`client.kge.training.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
         FedE's regime) or ``sharednegatives`` (the default; sLCWA whose ``num_negs_per_pos`` negatives,
@@ -295,6 +298,11 @@ class KGEConfig:
         help="p of a named Lp / power-sum regularizer (2: L2, 3: N3; unused by none and model-default)",
         model_defining=True,
     )
+    regularize_entities: bool = key_field(
+        False,
+        help="also apply the named regularizer to entity rows where the model regularizes relations only (DistMult)",
+        model_defining=True,
+    )
     training_loop: str = key_field(
         "sharednegatives", help="the local training regime (training_regime_resolver)", model_defining=True
     )
@@ -350,6 +358,11 @@ class KGEConfig:
             )
         if self.eval_protocol not in ("standard", "fede"):
             raise ConfigError(f"eval-protocol must be 'standard' or 'fede', got {shown(self.eval_protocol)}")
+        if self.regularize_entities and self.regularizer in ("none", "model-default"):
+            raise ConfigError(
+                "regularize-entities needs a named regularizer (e.g. powersum with regularizer-p 3: N3), "
+                f"not regularizer {shown(self.regularizer)}"
+            )
         for key in KGE_KEYS:  # every named choice (``loss``, ...): the key, the value and the choices
             key.check_choice(getattr(self, to_snake(key.name)))
 

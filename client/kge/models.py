@@ -213,7 +213,9 @@ def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: 
         random_seed=NoRandomSeedNecessary,
         **_optional_component_kwargs(model_cls, config),
     )
-    entity_embedding(model)  # fail early for models FedE cannot federate
+    entities = entity_embedding(model)  # fail early for models FedE cannot federate
+    if config.regularize_entities and entities.regularizer is None:  # DistMult's class: relations only
+        entities.regularizer = regularizer_resolver.make(config.regularizer, **_regularizer_kwargs(config))
     return model.to(device or torch.device("cpu"))
 
 
