@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the party up after the server's run has finished (for further runs); by "
         "default simskip-client exits 0 once the server says the run is complete",
     )
+    parser.add_argument(
+        "--require-secure-aggregation",
+        action="store_true",
+        help="upload this party's rows only under secure aggregation: refuse every plain train message "
+        "(node config secure-aggregation = true; docs/how-to/secure-aggregation.md)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the rounds this party takes part in")
     auth = parser.add_argument_group("node authentication (a server started with --auth-public-keys)")
     auth.add_argument(
@@ -318,6 +324,8 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     port = args.port if args.port is not None else pids.free_port()
     node_config = {"data-dir": str(folder), "partition-id": partition_id, "output-dir": str(output_dir)}
+    if args.require_secure_aggregation:
+        node_config["secure-aggregation"] = True  # client/secure_upload.py: plain train messages refused
     supernode = starter = None
     log_path = output_dir / "supernode.log"
     # Flower's SuperExec looks for a new ClientApp task once a second by default: every message

@@ -66,6 +66,7 @@ from client.protocol import (
     TEST_ACTION,
     TRACK_TEST_PREFIX,
 )
+from client.secure_upload import secagg_when_asked
 
 __all__ = ["ClientCheckpointError", "ClientSetupError", "app"]
 
@@ -313,7 +314,9 @@ def _hold_if_asked(server_round: int) -> None:
         time.sleep(0.05)
 
 
-@app.train()
+# secagg_when_asked: under secure-aggregation = true Flower's secaggplus_mod runs the SecAgg+ stages and
+# this handler sees the same plain train message as always (client/secure_upload.py)
+@app.train(mods=[secagg_when_asked])
 def train(msg: Message, context: Context) -> Message:
     """Load the server's rows, train ``local-epochs`` epochs, return the rows and the count."""
     started = time.perf_counter()
@@ -327,7 +330,8 @@ def train(msg: Message, context: Context) -> Message:
         # state gone (a restarted SuperNode that missed query.restore): rebuild it
         _restore_private(context, name, out, federation_id, server_round - 1, best_round=0, strict=False)
     trainer = _trainer(graph, config, context, PRIVATE_CURRENT)
-    trainer.set_entity_embeddings(incoming_rows(msg, graph))
+    downloaded = incoming_rows(msg, graph)  # exactly the rows the server sent (dp = local measures from them)
+    trainer.set_entity_embeddings(downloaded)
     train_started = time.perf_counter()
     losses = trainer.train(config.local_epochs)
     train_seconds = time.perf_counter() - train_started
@@ -347,7 +351,18 @@ def train(msg: Message, context: Context) -> Message:
     )
     # Reply in the dtype the server sent (run config transfer-dtype): float16 halves the bytes.
     wire_dtype = msg.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy().dtype
-    rows = np.ascontiguousarray(trainer.get_entity_embeddings().astype(wire_dtype, copy=False))
+    # dp = local: the released rows (clipped update + noise, float64, before this cast); else the trained rows
+    from client.party_dp import release_upload  # reads the run config (client.kge)
+
+    released, dp_metrics = release_upload(
+        context,
+        downloaded,
+        trainer.get_entity_embeddings(),
+        out=out,
+        federation_id=federation_id,
+        server_round=server_round,
+    )
+    rows = np.ascontiguousarray(released.astype(wire_dtype, copy=False))
     metrics = MetricRecord(
         {
             "num-entities": int(graph.num_entities),
@@ -356,6 +371,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": train_seconds,
             "client-seconds": time.perf_counter() - started,
             "peak-rss-mb": _peak_rss_mb(),
+            **dp_metrics,
         }
     )
     content = RecordDict({ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(rows)}), METRICS_KEY: metrics})

@@ -512,17 +512,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     from client.kge.config import ConfigError
+    from client.kge.settings import FederationSettings
     from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
 
     try:
-        _, config = kge_run_config(args.preset, args.sets)
+        sets, config = kge_run_config(args.preset, args.sets)
+        # the federation keys the in-process run honours: dp (its budget is --rounds releases)
+        settings = FederationSettings.from_run_config({**sets, "num-server-rounds": args.rounds})
+        dp = settings.local_dp()
     except (ConfigError, ValueError) as err:
         parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
-    return run_main(PROG, lambda: _run(args, config, list(argv) if argv is not None else sys.argv[1:]))
+    if settings.secure_aggregation:
+        parser.error(
+            "secure-aggregation: this in-process run has no SecAgg+; under it the server receives only the "
+            "per-row sums over the holders, not the per-party uploads this attack reads"
+        )
+    return run_main(PROG, lambda: _run(args, config, dp, list(argv) if argv is not None else sys.argv[1:]))
 
 
-def _run(args: argparse.Namespace, config: Any, argv: list[str]) -> int:
+def _run(args: argparse.Namespace, config: Any, dp: Any, argv: list[str]) -> int:
     import torch
 
     from client.kge.centralized import run_fede_in_process
@@ -546,6 +555,7 @@ def _run(args: argparse.Namespace, config: Any, argv: list[str]) -> int:
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr),
         on_upload=recorder,
+        dp=dp,
     )
     if recorder.observed_round is None:
         raise AttackError(
@@ -600,6 +610,8 @@ def _run(args: argparse.Namespace, config: Any, argv: list[str]) -> int:
             "relations": int(kg.num_relations),
         },
         "kge": config.to_run_config(),
+        # dp = local: the rows the observer saw are the released (clipped and noised) ones
+        "dp": result.get("dp"),
         "rounds_budget": args.rounds,
         "rounds_trained": result["rounds_trained"],
         "observed_round": recorder.observed_round,

@@ -776,6 +776,55 @@ def baselines_commands_block() -> str:
 # --- the pages ---------------------------------------------------------------------------------------
 
 #: page -> block name -> the function that writes the block.
+# --- how-to: differential privacy -------------------------------------------------------------------
+
+DP_TABLE = RESULTS / "privacy" / "dp-epsilon-table.json"
+
+
+def dp_epsilon_block() -> str:
+    """``results/privacy/dp-epsilon-table.json`` (``scripts/dp_table.py``): epsilon per noise multiplier
+    and round count, the noise multiplier per target epsilon, and the accountant's check."""
+    data = _read(DP_TABLE)
+    epsilon, calibrated, check = data["epsilon"], data["calibrated_noise_multiplier"], data["check"]
+    rounds = sorted({int(t) for row in epsilon.values() for t in row})
+    rows = [
+        [f"{float(z):g}", *(f"{epsilon[z][str(t)]:.3g}" if str(t) in epsilon[z] else DASH for t in rounds)]
+        for z in sorted(epsilon, key=float)
+    ]
+    cal_rounds = sorted({int(t) for row in calibrated.values() for t in row})
+    cal_rows = [
+        [f"{float(target):g}", *(f"{calibrated[target][str(t)]:.1f}" for t in cal_rounds)]
+        for target in sorted(calibrated, key=float, reverse=True)
+    ]
+    intro = (
+        f"Epsilon at delta {data['delta']:g} after T releases with noise multiplier z ({cell(data['library'])},"
+        f" {cell(data['sensitivity'])}):"
+    )
+    cal_intro = (
+        "Noise multiplier z for a target epsilon (`dp-target-epsilon`, calibrated over T = `num-server-rounds`):"
+    )
+    check_line = (
+        f"Check (z = {check['noise_multiplier']:g}, s = z / 2 = {check['accountant_multiplier']:g},"
+        f" T = {check['releases']}): accountant {check['accountant']:.4f}, hand formula"
+        f" {check['hand_formula']:.4f}, exact {check['exact']:.4f}, Mironov's bound {check['mironov']:.4f}."
+    )
+    return "\n".join(
+        [
+            intro,
+            "",
+            *table(["z", *(f"T = {t}" for t in rounds)], rows, "l" + "r" * len(rounds)),
+            "",
+            cal_intro,
+            "",
+            *table(["target epsilon", *(f"T = {t}" for t in cal_rounds)], cal_rows, "l" + "r" * len(cal_rounds)),
+            "",
+            check_line,
+            "",
+            f"Command: `{data['command']}`",
+        ]
+    )
+
+
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"quickstart-excerpt": quickstart_excerpt_block},
     "docs/reference/commands.md": {"commands": commands_block},
@@ -788,6 +837,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "downstream": downstream_bench_block,
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
+    "docs/how-to/differential-privacy.md": {"dp-epsilon": dp_epsilon_block},
     "docs/how-to/tune-recipes.md": {"recipes": recipes_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
     "docs/results/baselines.md": {

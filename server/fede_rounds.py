@@ -2,7 +2,9 @@
 
 :class:`FedERoundSteps` is what :meth:`server.strategy.FedEStrategy.start` hands the round engine:
 ``train`` sends each sampled client its rows and collects the replies, ``aggregate`` checks and
-averages them (:meth:`~server.strategy.FedEStrategy.aggregate_attributed`), ``validate`` asks every
+averages them (:meth:`~server.strategy.FedEStrategy.aggregate_attributed`; under ``secure-aggregation``
+``train`` runs the upload and the aggregation through SecAgg+ and ``aggregate`` takes the table,
+:mod:`server.secure_aggregation`), ``validate`` asks every
 connected client for its validation metrics, ``keep_best`` snapshots the best round's table, and
 ``end_round`` completes the round's :class:`~server.records.RoundReport`, updates the loop state a
 checkpoint saves and calls ``on_round_end`` (the ServerApp writes ``metrics.jsonl`` and the
@@ -30,6 +32,7 @@ from client.kge.early_stopping import PartyStopping
 from client.kge.round_engine import RoundEngine
 from client.protocol import WEIGHT_KEY
 from server.records import FedEResult, RoundReport, weighted_mean
+from server.secure_aggregation import SecureRound
 
 if TYPE_CHECKING:  # the strategy imports this module; annotations only
     from server.strategy import FedEStrategy
@@ -65,12 +68,17 @@ class FedERoundSteps:
         strategy.members.await_clients(self.grid, f"round {round_number}")
         self.train_started = time.perf_counter()
         messages = list(strategy.configure_train(round_number, ArrayRecord(), self.train_config, self.grid))
+        if strategy.secure_aggregation is not None:  # the upload and the aggregation, under SecAgg+
+            return strategy.secure_round(self.grid, round_number, messages, self.timeout)
         return strategy.members.exchange(self.grid, messages, self.timeout)
 
-    def aggregate(self, round_number: int, replies: list[tuple[int, Message]]) -> None:
+    def aggregate(self, round_number: int, replies: list[tuple[int, Message]] | SecureRound) -> None:
         report = self.report
-        _, train_metrics = self.strategy.aggregate_attributed(round_number, replies)
-        replies.clear()  # the payloads are not needed any more
+        if isinstance(replies, SecureRound):
+            _, train_metrics = self.strategy.aggregate_secure(round_number, replies)
+        else:
+            _, train_metrics = self.strategy.aggregate_attributed(round_number, replies)
+            replies.clear()  # the payloads are not needed any more
         report.train_phase_seconds = time.perf_counter() - self.train_started
         slowest = max((m.get("train-seconds", 0.0) for m in report.train.values()), default=0.0)
         report.overhead_seconds = max(0.0, report.train_phase_seconds - slowest - report.aggregation_seconds)

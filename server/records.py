@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -26,6 +26,8 @@ __all__ = [
     "LoopState",
     "RoundReport",
     "UpdateRejectedError",
+    "dp_record",
+    "dp_text",
     "split_tracked_test",
     "weighted_mean",
 ]
@@ -218,3 +220,48 @@ def split_tracked_test(metrics: Mapping[str, float]) -> tuple[dict[str, float], 
     valid = {k: v for k, v in metrics.items() if not k.startswith(TRACK_TEST_PREFIX)}
     test = {k.removeprefix(TRACK_TEST_PREFIX): v for k, v in metrics.items() if k.startswith(TRACK_TEST_PREFIX)}
     return valid, test
+
+
+#: Train-reply metrics of ``dp = local`` (:mod:`client.party_dp`): the party's own accountant.
+DP_METRICS = ("dp-epsilon", "dp-releases", "dp-noise-multiplier", "dp-delta")
+
+
+def dp_record(reports: Sequence[RoundReport | Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``dp = local``: each party's (epsilon, delta) for the whole run, from its latest train reply.
+
+    The party's accountant is authoritative (it counts every release it made, also one whose reply
+    came late or was rejected); ``rounds_received`` is the server's cross-check, the rounds in which
+    its update reached the server (``releases`` >= it). Per-round values stay in each round's
+    ``train`` metrics (``metrics.jsonl``).
+
+    :param reports: the run's round reports (objects or :meth:`RoundReport.as_dict` rows).
+    :returns: ``{"parties": {client: {"epsilon", "delta", "releases", "noise_multiplier", "round",
+        "rounds_received"}}, "max_epsilon"}``, or ``None`` when no reply carried DP metrics.
+    """
+    parties: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        row = report.as_dict() if isinstance(report, RoundReport) else report
+        for client, metrics in (row.get("train") or {}).items():
+            if "dp-epsilon" not in metrics:
+                continue
+            received = parties.get(client, {}).get("rounds_received", 0) + 1
+            parties[client] = {
+                "epsilon": float(metrics["dp-epsilon"]),
+                "delta": float(metrics.get("dp-delta", float("nan"))),
+                "releases": int(metrics.get("dp-releases", 0)),
+                "noise_multiplier": float(metrics.get("dp-noise-multiplier", float("nan"))),
+                "round": int(row["round"]),
+                "rounds_received": received,
+            }
+    if not parties:
+        return None
+    ordered = dict(sorted(parties.items()))
+    return {"parties": ordered, "max_epsilon": max(p["epsilon"] for p in ordered.values())}
+
+
+def dp_text(record: Mapping[str, Any]) -> str:
+    """:func:`dp_record` in one line: epsilon at delta per party, with its releases."""
+    return ", ".join(
+        f"party {client}: epsilon {party['epsilon']:.4g} at delta {party['delta']:g} after {party['releases']} releases"
+        for client, party in record["parties"].items()
+    )

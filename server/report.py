@@ -23,6 +23,7 @@ import numpy as np
 
 from client.kge.protocols import EVAL_PROTOCOLS
 from client.kge.run_folder import JsonlFormatError, atomic_write_bytes, atomic_write_text, read_jsonl
+from server.records import dp_text
 from server.report_plots import PLOT_FILES, write_plots
 from server.results_table import COLUMNS, GAIN_BASELINE, OVERALL, ReportInputError, build_results_table
 
@@ -303,6 +304,8 @@ def console_summary(run_dir: str | Path) -> str:
         )
     else:
         lines.append(f"  FedE: no readable {run_dir / 'final_metrics.json'}")
+    if isinstance(final, dict) and isinstance(final.get("dp"), dict):
+        lines.append(f"  DP (dp = local, the uploaded rows only): {dp_text(final['dp'])}")
     table = _json_or_none(run_dir / RESULTS_JSON)
     if not (isinstance(table, dict) and isinstance(table.get("protocols"), dict)):
         lines.append("  SimSkip: no results.json (no SimSkip phase in this run)")

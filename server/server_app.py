@@ -30,7 +30,8 @@ from flwr.serverapp import Grid, ServerApp
 from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder, read_jsonl, write_jsonl
 from client.kge.settings import SettingsError
 from client.object_pulls import shorten_object_pull_backoff
-from server.records import FederationError, FedEResult, RoundReport
+from server.records import FederationError, FedEResult, RoundReport, dp_record
+from server.secure_aggregation import SecureAggregation
 from server.strategy import FedEStrategy
 
 __all__ = ["LAUNCH_DOCS", "TIMING_KEYS", "UnsupportedLaunchError", "app", "check_started_by_launcher", "run_federation"]
@@ -84,6 +85,8 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
         "clients": expected,
         "missing_clients": sorted(set(expected) - set(result.test)),
         "timing": {"seconds": round(time.time() - started, 3)},
+        # dp = local: each party's (epsilon, delta) for the whole run, as its accountant reported it
+        **({"dp": dp} if (dp := dp_record(result.rounds)) is not None else {}),
     }
 
 
@@ -151,6 +154,11 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> FedEResult:
         aggregation=settings.aggregation,
         aggregation_trim=settings.aggregation_trim,
         stopping=kge_config.stopping,
+        secure_aggregation=SecureAggregation(
+            settings.secagg_num_shares, settings.secagg_reconstruction_threshold, settings.secagg_clipping_range
+        )
+        if settings.secure_aggregation
+        else None,
     )
     log(INFO, "handshake: waiting for %s clients", settings.min_clients)
     vocabulary = strategy.handshake(grid, timeout=settings.round_timeout)

@@ -88,9 +88,12 @@ from server.records import (
     LoopState,
     RoundReport,
     UpdateRejectedError,
+    dp_record,
+    dp_text,
     split_tracked_test,
     weighted_mean,
 )
+from server.secure_aggregation import SecureAggregation, SecureRound, secure_fede_round
 from server.updates import check_rows_update, evaluation_metrics
 
 __all__ = ["FLOWER_STOPPING_RULES", "FedEStrategy", "check_stopping"]
@@ -144,6 +147,10 @@ class FedEStrategy(FedAvg):
         (:func:`check_stopping` raises :class:`~client.kge.registry.ConfigError` otherwise).
         ``per-party``: one :class:`~client.kge.early_stopping.PartyStopping` tracker per client id,
         each client's own best rows (:class:`~server.fede_state.FedEState`) and best round.
+    :param secure_aggregation: ``None`` (plain FedE: each client's rows reach the server) or the SecAgg+
+        settings (run-config ``secure-aggregation = true``): each round's upload goes through Flower's
+        SecAgg+ (:func:`server.secure_aggregation.secure_fede_round`), so the server obtains only the per-row
+        sums and holder counts. Needs ``setting = "fede"`` and ``aggregation = "mean"``.
     """
 
     def __init__(
@@ -160,9 +167,15 @@ class FedEStrategy(FedAvg):
         aggregation: str = "mean",
         aggregation_trim: float = 0.25,
         stopping: str = "overall",
+        secure_aggregation: SecureAggregation | None = None,
     ) -> None:
         if setting not in ("fede", "isolation"):
             raise ValueError(f"FedEStrategy runs 'fede' or 'isolation', got {setting!r}")
+        if secure_aggregation is not None and (setting != "fede" or aggregation != "mean"):
+            raise ValueError(
+                f"secure aggregation needs setting 'fede' and aggregation 'mean', got {setting!r} and {aggregation!r}"
+            )
+        self.secure_aggregation = secure_aggregation
         check_stopping(stopping, setting)
         super().__init__(
             fraction_train=fraction_train,
@@ -332,6 +345,35 @@ class FedEStrategy(FedAvg):
         metrics = weighted_mean(per_client, "num-entities")
         return None, MetricRecord(metrics) if metrics else None
 
+    def secure_round(self, grid: Grid, server_round: int, messages: Sequence[Message], timeout: float) -> SecureRound:
+        """Send the round's train messages through SecAgg+ (:func:`~server.secure_aggregation.secure_fede_round`).
+
+        :raises server.secure_aggregation.SecureAggregationHalted: too few parties answered (table untouched).
+        """
+        assert self.secure_aggregation is not None
+        global_ids = {m.metadata.dst_node_id: self.clients[m.metadata.dst_node_id].global_ids for m in messages}
+        if self.members.report is not None:  # the rows were counted by configure_train; the ids go too
+            self.members.report.bytes_sent += sum(ids.shape[0] * 8 for ids in global_ids.values())
+        return secure_fede_round(
+            grid, server_round, messages, global_ids, self.state.table, self.secure_aggregation, timeout
+        )
+
+    def aggregate_secure(self, server_round: int, outcome: SecureRound) -> tuple[None, MetricRecord | None]:
+        """Take a secure round's table; record the parties left out, the metrics and the bytes.
+
+        :returns: ``(None, metrics)`` as :meth:`aggregate_attributed`.
+        """
+        members, report = self.members, self.members.report
+        for node_id, why in outcome.left_out.items():
+            members.record_failure(members.client_name(node_id), f"secure aggregation: {why}")
+        self.state.table = outcome.table
+        per_client = dict(sorted((members.client_name(node), metrics) for node, metrics in outcome.metrics.items()))
+        if report is not None:
+            report.bytes_received += sum(outcome.reply_bytes.values())
+            report.train.update(per_client)
+        metrics = weighted_mean(per_client, "num-entities")
+        return None, MetricRecord(metrics) if metrics else None
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -486,6 +528,9 @@ class FedEStrategy(FedAvg):
         result.test_overall = weighted_mean(result.test)
         result.arrays = ArrayRecord({"entity-table": Array(self.state.table)})
         log(INFO, "best round %s; test overall %s", self.loop.best_round, format_metrics(result.test_overall))
+        dp = dp_record(result.rounds)
+        if dp is not None:  # dp = local: what each party's accountant reported last
+            log(INFO, "dp = local: %s", dp_text(dp))
         return result
 
     def summary(self) -> None:

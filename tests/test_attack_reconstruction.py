@@ -239,6 +239,31 @@ def test_the_command_writes_its_report(attack: ModuleType, tmp_path: Path) -> No
     assert len(report["load_average_before"]) == 3
 
 
+def test_the_attack_reads_the_released_rows_under_local_dp(attack: ModuleType, tmp_path: Path) -> None:
+    base = ["--data", "Nations", "--clients", "2", "--partition", "triple", "--rounds", "2", "--k", "10"]
+    base += ["--set", "embedding-dim=8", "--set", "local-epochs=1", "--set", "num-negs-per-pos=4", "--threads", "1"]
+    dp = ["--set", "dp=local", "--set", "dp-clip=0.5", "--set", "dp-noise-multiplier=4"]
+    assert attack.main([*base, *dp, "--out", str(tmp_path / "dp.json")]) == 0
+    assert attack.main([*base, "--out", str(tmp_path / "plain.json")]) == 0
+    noised, plain = (json.loads((tmp_path / name).read_text()) for name in ("dp.json", "plain.json"))
+    assert plain["dp"] is None
+    assert noised["dp"]["noise_multiplier"] == 4.0 and len(noised["dp"]["parties"]) == 2
+    assert {party["releases"] for party in noised["dp"]["parties"].values()} == {2}
+    distances = [r["attacks"]["row-distance"]["ordered"] for r in (noised["parties"]["1"], plain["parties"]["1"])]
+    assert distances[0] != distances[1]  # the attack saw other (noised) rows
+
+
+def test_secure_aggregation_is_refused_by_the_in_process_attack(attack: ModuleType, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        attack.main(
+            ["--data", "Nations", "--clients", "2", "--rounds", "1", "--set", "secure-aggregation=true"]
+            + ["--out", str(tmp_path / "a.json")]
+        )
+    assert stop.value.code == 2
+    assert "this in-process run has no SecAgg+" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+
+
 def test_a_round_never_trained_is_an_input_error(attack: ModuleType, tmp_path: Path, capsys) -> None:
     status = attack.main(
         ["--data", "Nations", "--clients", "2", "--rounds", "1", "--observe-round", "3", "--set", "embedding-dim=8"]

@@ -84,6 +84,13 @@ LITERAL_MODEL_DEFINING = {
     "downstream-patience",
     "simskip-structure-mix",  # added with the structure view (client/kge/structure_view.py)
     "stopping",  # added with the per-party stopping rule (client/kge/early_stopping.py)
+    "dp",  # added with local differential privacy (client/kge/local_dp.py)
+    "dp-clip",
+    "dp-noise-multiplier",
+    "dp-target-epsilon",
+    "dp-delta",
+    "secure-aggregation",  # added with secure aggregation (server/secure_aggregation.py): the mean within 2c/R
+    "secagg-clipping-range",
 }
 LITERAL_HARMLESS = {
     "num-server-rounds",
@@ -108,6 +115,8 @@ LITERAL_HARMLESS = {
     "client-num-gpus",
     "num-cpus",
     "num-gpus",
+    "secagg-num-shares",  # who shares secrets with whom: the dropouts tolerated, not the mean
+    "secagg-reconstruction-threshold",
 }
 #: config.py's former literal KNOWN_NON_KGE_KEYS: every one is still skipped by KGEConfig.
 LITERAL_KGE_SKIPPED = {

@@ -45,6 +45,7 @@ from client.kge.collection import CollectionAdapter, pool_clients, require_globa
 from client.kge.config import KGEConfig
 from client.kge.early_stopping import EarlyStopping, PartyStopping
 from client.kge.evaluation import weighted_overall
+from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_rows
 from client.kge.models import (
     entity_embedding,
     initial_entity_table,
@@ -92,6 +93,19 @@ class PartyState:
 
     snapshot: Callable[[int], dict[str, np.ndarray]]
     restore: Callable[[int, Mapping[str, np.ndarray]], None]
+
+
+@dataclass(frozen=True)
+class ExtraState:
+    """A runner's state besides its arrays that a checkpoint keeps and a resume loads back (JSON).
+
+    :param save: ``() -> state``: called after every round, into the checkpoint's state.
+    :param load: ``(state or None) -> None``: called once on resume with what ``save`` returned
+        (``None``: the checkpoint holds none); it raises where it cannot go on without it.
+    """
+
+    save: Callable[[], dict[str, Any]]
+    load: Callable[[Mapping[str, Any] | None], None]
 
 
 def _trainer_parties(trainers: Sequence[LocalTrainer]) -> PartyState:
@@ -214,6 +228,7 @@ def _run_rounds(
     checkpoint: RoundCheckpoint | None = None,
     on_round: RoundCallback | None = None,
     parties: PartyState | None = None,
+    extra_state: ExtraState | None = None,
 ) -> dict[str, Any]:
     """Train ``rounds`` rounds (:class:`~client.kge.round_engine.RoundEngine`) with validation,
     early stopping and a best-round test.
@@ -232,6 +247,8 @@ def _run_rounds(
         "per-party"``: one tracker per client, and a best snapshot merged from each client's own
         best round (``client/<index>/...``: every client's arrays once, so no larger than the
         overall rule's). ``None``: one party (collection), whose rule is the overall one.
+    :param extra_state: more of the runner's state that a checkpoint keeps (:class:`ExtraState`),
+        but that the best round's snapshot must not roll back (e.g. the DP accountants).
     :returns: the run's record (JSON-able): ``rounds_trained``, ``best_round`` (per party: the
         latest of the clients' best rounds), ``best_valid_mrr`` (per party: the weighted overall of
         each client's best valid metrics, the valid counterpart of the test), ``stopping``
@@ -257,6 +274,7 @@ def _run_rounds(
         checkpoint,
         on_round=on_round,
         parties=parties if per_party else None,
+        extra_state=extra_state,
     )
     first_round, resumed_after = 1, None
     saved = checkpoint.load() if checkpoint is not None else None
@@ -272,6 +290,8 @@ def _run_rounds(
         engine.stopped_early = bool(state["stopped_early"])
         steps.history = list(state["history"])
         steps.train_seconds = float(state["train_seconds"])
+        if extra_state is not None:
+            extra_state.load(state.get("extra"))
         first_round, resumed_after = int(done) + 1, int(done)
         steps.say(f"[{setting}] resumed after round {done} ({steps.best_text()})")
     last_round = engine.run(steps, first_round=first_round)
@@ -354,6 +374,8 @@ class _InProcessSteps:
     best_snapshot: dict[str, np.ndarray] | None = None
     #: per party: its valid metrics at its best round
     best_valid: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: more state for the checkpoint (:class:`ExtraState`)
+    extra_state: ExtraState | None = None
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     _started: float = 0.0
@@ -432,6 +454,7 @@ class _InProcessSteps:
                     "history": self.history,
                     "train_seconds": self.train_seconds,
                     "best_valid": self.best_valid,
+                    **({"extra": self.extra_state.save()} if self.extra_state is not None else {}),
                 },
             )
         if self.on_round is not None:
@@ -534,6 +557,7 @@ def run_fede_in_process(
     checkpoint: RoundCheckpoint | None = None,
     on_round: RoundCallback | None = None,
     on_upload: UploadObserver | None = None,
+    dp: LocalDpSpec | None = None,
 ) -> dict[str, Any]:
     """FedE without Flower: a reference for the Flower apps and a quick learning check.
 
@@ -552,6 +576,14 @@ def run_fede_in_process(
     rows (:data:`UpdateHook`), the rest of its state is left as trained.
     ``on_round``: called after every round (:data:`RoundCallback`; e.g. a search's pruning).
     ``on_upload``: sees every upload before it is aggregated (:data:`UploadObserver`).
+    ``dp``: ``dp = local`` (:mod:`client.kge.local_dp`; ``FederationSettings.local_dp()``): each
+    client releases its returned rows (after any ``update_hook``) through the Gaussian mechanism,
+    against the rows it was sent that round, before ``on_upload`` sees them and the server
+    aggregates them; one accountant per client. The result then has ``"dp"``: the parameters
+    (:meth:`~client.kge.local_dp.LocalDpSpec.as_dict`), ``"parties"`` (client id -> epsilon, delta,
+    releases, noise multiplier for the whole run) and ``"rounds"`` (per round, per client: epsilon
+    and releases so far, and, as an in-process analysis only, the update norm before clipping and
+    whether it was clipped: a federation's party never sends these).
     """
     if update_hook is not None and checkpoint is not None:
         raise ValueError("run_fede_in_process: an update_hook's own state (e.g. its RNG) is not checkpointed")
@@ -561,6 +593,9 @@ def run_fede_in_process(
     trainers = [LocalTrainer(client, config, device) for client in kg.clients]
     holders = [np.asarray(client.entity_ids, dtype=np.int64) for client in kg.clients]
     state: dict[str, Any] = {"table": table, "round": 0}
+    names = [str(client.client_id) for client in kg.clients]
+    accountants = [PartyAccountant(dp.delta) for _ in kg.clients] if dp is not None else []
+    dp_rounds: list[dict[str, Any]] = []
 
     def send_rows() -> None:
         for trainer, ids in zip(trainers, holders):
@@ -568,9 +603,19 @@ def run_fede_in_process(
 
     def returned(index: int, ids: np.ndarray, trainer: LocalTrainer) -> np.ndarray:
         rows = trainer.get_entity_embeddings()
-        if update_hook is None:
+        if update_hook is not None:
+            rows = np.asarray(update_hook(index, state["round"], state["table"][ids], rows), dtype=np.float32)
+        if dp is None:
             return rows
-        return np.asarray(update_hook(index, state["round"], state["table"][ids], rows), dtype=np.float32)
+        release = release_rows(rows, state["table"][ids], dp.clip, dp.noise_multiplier)
+        accountants[index].record_release(dp.noise_multiplier)
+        dp_rounds[-1]["parties"][names[index]] = {
+            "epsilon": accountants[index].epsilon,
+            "releases": accountants[index].releases,
+            "update_norm": release.norm,
+            "clipped": release.clipped,
+        }
+        return release.rows.astype(state["table"].dtype)
 
     def train_round(round_number: int) -> dict[str, list[float]]:
         state["round"] = round_number
@@ -578,6 +623,8 @@ def run_fede_in_process(
         return {str(c.client_id): t.train(config.local_epochs) for t, c in zip(trainers, kg.clients)}
 
     def aggregate() -> None:
+        if dp is not None:
+            dp_rounds.append({"round": state["round"], "parties": {}})
         updates = [(ids, returned(k, ids, t)) for k, (t, ids) in enumerate(zip(trainers, holders))]
         if on_upload is not None:
             for k, ((ids, rows), trainer) in enumerate(zip(updates, trainers)):
@@ -596,6 +643,13 @@ def run_fede_in_process(
             trainer.set_private_state(private)
         send_rows()
 
+    def load_dp(saved: Mapping[str, Any] | None) -> None:
+        if saved is None or "dp" not in saved:
+            raise ValueError("run_fede_in_process: dp is set, but the checkpoint holds no DP accountant state")
+        for accountant, accountant_state in zip(accountants, saved["dp"]["accountants"], strict=True):
+            accountant.load_state_dict(accountant_state)
+        dp_rounds[:] = saved["dp"]["rounds"]
+
     result = _run_rounds(
         setting="fede",
         config=config,
@@ -610,7 +664,23 @@ def run_fede_in_process(
         checkpoint=checkpoint,
         on_round=on_round,
         parties=_trainer_parties(trainers),
+        extra_state=ExtraState(
+            save=lambda: {"dp": {"accountants": [a.state_dict() for a in accountants], "rounds": dp_rounds}},
+            load=load_dp,
+        )
+        if dp is not None
+        else None,
     )
+    if dp is not None:
+        result["dp"] = {
+            **dp.as_dict(),
+            "parties": {name: accountant.spent() for name, accountant in zip(names, accountants)},
+            "rounds": dp_rounds,
+        }
+        (progress or logger.info)(
+            f"[fede] dp = local (z {dp.noise_multiplier:.4g}, C {dp.clip:g}): epsilon at delta {dp.delta:g} "
+            + ", ".join(f"{name}: {a.epsilon:.4g} after {a.releases} releases" for name, a in zip(names, accountants))
+        )
     if out_dir is not None and config.stopping == "per-party":
         # each party's rows are its own best round's: no one table holds them all
         for trainer, client in zip(trainers, kg.clients):

@@ -27,7 +27,7 @@ from client.kge.config import KGE_KEYS, KGEConfig
 from client.kge.models import MODEL_DEFAULT, NONE
 from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS, RefinementConfig
 from client.kge.registry import OTHER_KEYS, ConfigError, Key
-from client.kge.settings import FEDERATION_KEYS, FederationSettings
+from client.kge.settings import FEDERATION_KEYS, FederationSettings, SettingsError
 from client.kge.training import training_regime_resolver
 from simskip_core.errors import shown
 
@@ -98,7 +98,21 @@ def load_run_configs(run_config: Mapping[str, Any]) -> tuple[FederationSettings,
 
     :returns: ``(FederationSettings, KGEConfig, RefinementConfig)``.
     :raises client.kge.config.ConfigError: naming an unknown key or a bad value.
+    :raises client.kge.settings.SettingsError: ``secure-aggregation = true`` with a federated SimSkip
+        phase, whose encoder weights do not go through SecAgg+ yet.
+        Likewise ``dp = local`` with a federated SimSkip phase (its uploads are not released by DP).
     """
     settings = FederationSettings.from_run_config(run_config)
     kge = KGEConfig.from_run_config(run_config, extra_known_keys=REGISTRY)
-    return settings, kge, RefinementConfig.from_run_config(run_config)
+    refinement = RefinementConfig.from_run_config(run_config)
+    if settings.secure_aggregation and refinement.enabled and refinement.federate:
+        raise SettingsError(
+            "secure-aggregation = true does not cover the SimSkip phase's encoder weights yet (they would "
+            "travel in the clear): set simskip-rounds = 0, or simskip-federate = false (each party refines alone)"
+        )
+    if settings.dp == "local" and refinement.enabled and refinement.federate:
+        raise SettingsError(
+            "dp = local does not cover the SimSkip phase's encoder weights (they would leave the parties without "
+            "noise and outside the accountant): set simskip-rounds = 0, or simskip-federate = false"
+        )
+    return settings, kge, refinement

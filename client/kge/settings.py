@@ -9,11 +9,13 @@ registry is :data:`client.kge.run_config.REGISTRY`, so a misspelt key fails loud
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from client.kge.aggregation import AGGREGATIONS, AggregationError, check_rule
+from client.kge.local_dp import DP_MODES, LocalDpError, LocalDpSpec, calibrate_noise_multiplier
 from client.kge.registry import Key, coerce, key_field, keys_of
 from simskip_core.errors import shown
 
@@ -75,6 +77,32 @@ class FederationSettings:
     :param resume: [resume] continue the run in ``run-dir`` after its last checkpointed round
         (``server/checkpoint.py``); a missing, corrupt or mismatched checkpoint is an error,
         never a fresh start.
+    :param secure_aggregation: [secure-aggregation] upload each party's rows masked by Flower's SecAgg+
+        (:mod:`server.secure_aggregation`): the server obtains only the per-row sums over the holders and
+        the holder counts, never one party's rows (``docs/how-to/secure-aggregation.md``). Needs
+        ``setting = fede``, ``aggregation = mean`` and ``min-clients`` >= 2.
+    :param secagg_num_shares: [secagg-num-shares] SecAgg+'s ``num_shares``: how many parties (itself
+        included) each party shares its secrets with; 0 means every sampled party, else an int >= 3.
+    :param secagg_reconstruction_threshold: [secagg-reconstruction-threshold] SecAgg+'s
+        ``reconstruction_threshold``: the shares needed to rebuild a party's secret, so the parties
+        that must answer every stage for the round to complete (>= 2, < ``secagg-num-shares`` when set).
+    :param secagg_clipping_range: [secagg-clipping-range] SecAgg+'s ``clipping_range`` c: row values
+        are clipped to [-c, c] and quantized in steps of 2c / 2^22; a power of 2 (so a 0/1 holder mask
+        quantizes exactly). Each party counts the values it would clip (metric ``secagg-clipped``).
+    :param dp: [dp] ``local``: each party releases its uploaded entity rows through the Gaussian
+        mechanism (:mod:`client.kge.local_dp`: the whole update clipped to ``dp-clip``, N(0, (z C)^2)
+        noise added before the cast to ``transfer-dtype``) and reports its (epsilon, delta) from an RDP
+        accountant; the guarantee covers each party's whole training data, for the uploaded rows only
+        (``docs/how-to/differential-privacy.md``). ``none``: rows travel as trained.
+    :param dp_clip: [dp-clip] ``dp = local``: ``C``, the Frobenius norm the whole update (uploaded
+        minus downloaded rows) is clipped to; must be > 0 there (0: unset).
+    :param dp_noise_multiplier: [dp-noise-multiplier] ``dp = local``: ``z``, the noise std over ``C``
+        (>= 0; 0 clips without noise: epsilon infinite, a control only); -1: unset, then give
+        ``dp-target-epsilon``.
+    :param dp_target_epsilon: [dp-target-epsilon] ``dp = local``, instead of ``dp-noise-multiplier``:
+        the epsilon (at ``dp-delta``) each party may reach after ``num-server-rounds`` releases; ``z``
+        is calibrated to it (:func:`client.kge.local_dp.calibrate_noise_multiplier`); 0: unset.
+    :param dp_delta: [dp-delta] ``dp = local``: the delta epsilon is reported (and calibrated) at, in (0, 1).
     """
 
     num_server_rounds: int = key_field(100, help="maximum number of FedE rounds (a budget)", model_defining=False)
@@ -111,6 +139,36 @@ class FederationSettings:
     resume: bool = key_field(
         False, help="continue the run in run-dir after its last checkpointed round", model_defining=False
     )
+    secure_aggregation: bool = key_field(
+        False, help="mask each party's upload with Flower's SecAgg+ (the server sees only sums)", model_defining=True
+    )
+    secagg_num_shares: int = key_field(
+        0, help="SecAgg+ num_shares: parties each party shares secrets with (0: all sampled)", model_defining=False
+    )
+    secagg_reconstruction_threshold: int = key_field(
+        2, help="SecAgg+ reconstruction_threshold: shares that rebuild a secret (>= 2)", model_defining=False
+    )
+    secagg_clipping_range: float = key_field(
+        8.0, help="SecAgg+ clipping_range c: values clipped to [-c, c]; a power of 2", model_defining=True
+    )
+    dp: str = key_field(
+        "none",
+        help="local: each party clips and noises its uploaded rows (Gaussian mechanism)",
+        model_defining=True,
+        choices=DP_MODES,
+    )
+    dp_clip: float = key_field(
+        0.0, help="dp = local: norm C the whole update is clipped to (0: unset)", model_defining=True
+    )
+    dp_noise_multiplier: float = key_field(
+        -1.0, help="dp = local: noise std over C, z >= 0 (-1: unset, give dp-target-epsilon)", model_defining=True
+    )
+    dp_target_epsilon: float = key_field(
+        0.0,
+        help="dp = local: epsilon after num-server-rounds releases, z calibrated to it (0: unset)",
+        model_defining=True,
+    )
+    dp_delta: float = key_field(1e-5, help="dp = local: the delta of the reported epsilon", model_defining=True)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -134,6 +192,103 @@ class FederationSettings:
             raise SettingsError(str(err)) from None
         if self.resume and not self.run_dir:
             raise SettingsError("resume = true needs run-dir (the folder of the run to continue)")
+        self._check_secure_aggregation()
+        self._check_dp()
+
+    def _check_secure_aggregation(self) -> None:
+        """The SecAgg+ keys, and the settings SecAgg+ cannot serve: it computes only a sum (so no
+        median or trimmed mean), of at least 2 parties (fewer have no one to hide among)."""
+        c = self.secagg_clipping_range
+        if not (c > 0 and math.isfinite(c) and math.frexp(c)[0] == 0.5):
+            raise SettingsError(f"secagg-clipping-range must be a positive power of 2, got {shown(c)}")
+        if self.secagg_reconstruction_threshold < 2:
+            raise SettingsError(
+                f"secagg-reconstruction-threshold must be >= 2, got {shown(self.secagg_reconstruction_threshold)}"
+            )
+        if self.secagg_num_shares != 0 and not (
+            self.secagg_reconstruction_threshold < self.secagg_num_shares and self.secagg_num_shares >= 3
+        ):
+            raise SettingsError(
+                "secagg-num-shares must be 0 (every sampled party) or an int >= 3 and greater than "
+                f"secagg-reconstruction-threshold ({self.secagg_reconstruction_threshold}), "
+                f"got {shown(self.secagg_num_shares)}"
+            )
+        if not self.secure_aggregation:
+            return
+        if self.setting != "fede":
+            raise SettingsError(
+                f"secure-aggregation = true needs setting = fede (got {self.setting!r}): "
+                "isolation uploads nothing to average and collection pools the triples"
+            )
+        if self.aggregation != "mean":
+            raise SettingsError(
+                f"secure-aggregation = true needs aggregation = mean (got {self.aggregation!r}): "
+                "SecAgg+ reveals only sums, from which no median or trimmed mean can be taken"
+            )
+        if self.min_clients < 2:
+            raise SettingsError(
+                f"secure-aggregation = true needs min-clients >= 2 (got {self.min_clients}): "
+                "one party's sum is its own rows"
+            )
+
+    def _check_dp(self) -> None:
+        """The ``dp-*`` keys: their ranges, and the combinations that cannot mean what they say."""
+        if self.dp not in DP_MODES:
+            raise SettingsError(f"dp must be one of {DP_MODES}, got {shown(self.dp)}")
+        z, target = self.dp_noise_multiplier, self.dp_target_epsilon
+        if not (self.dp_clip >= 0 and math.isfinite(self.dp_clip)):
+            raise SettingsError(f"dp-clip must be a finite number > 0 (0: unset), got {shown(self.dp_clip)}")
+        if not (z == -1.0 or (z >= 0 and math.isfinite(z))):
+            raise SettingsError(f"dp-noise-multiplier must be a finite number >= 0 (-1: unset), got {shown(z)}")
+        if not (target >= 0 and math.isfinite(target)):
+            raise SettingsError(f"dp-target-epsilon must be a finite number > 0 (0: unset), got {shown(target)}")
+        if not 0 < self.dp_delta < 1:
+            raise SettingsError(f"dp-delta must be in (0, 1), got {shown(self.dp_delta)}")
+        given = [
+            name
+            for name, unset in (
+                ("dp-clip", self.dp_clip == 0),
+                ("dp-noise-multiplier", z == -1.0),
+                ("dp-target-epsilon", target == 0),
+            )
+            if not unset
+        ]
+        if self.dp == "none":
+            if given:
+                raise SettingsError(f"{', '.join(given)} set but dp = none: set dp = local, or remove them")
+            return
+        if self.setting == "collection":
+            raise SettingsError(
+                "dp = local needs setting = fede or isolation: collection pools the triples, no party uploads rows"
+            )
+        if self.dp_clip == 0:
+            raise SettingsError("dp = local needs dp-clip > 0 (the norm each party's whole update is clipped to)")
+        if z == -1.0 and target == 0:
+            raise SettingsError("dp = local needs dp-noise-multiplier (z >= 0) or dp-target-epsilon (> 0)")
+        if z != -1.0 and target != 0:
+            raise SettingsError(
+                "dp-noise-multiplier and dp-target-epsilon are exclusive: give the noise, or the epsilon it is "
+                "calibrated to"
+            )
+
+    def local_dp(self) -> LocalDpSpec | None:
+        """The resolved ``dp = local`` parameters (``None`` under ``dp = none``); with
+        ``dp-target-epsilon``, ``z`` is calibrated over ``num-server-rounds`` releases.
+
+        :raises SettingsError: no noise multiplier reaches the target.
+        """
+        if self.dp != "local":
+            return None
+        target = self.dp_target_epsilon if self.dp_target_epsilon > 0 else None
+        try:
+            z = (
+                calibrate_noise_multiplier(target, self.num_server_rounds, self.dp_delta)
+                if target is not None
+                else self.dp_noise_multiplier
+            )
+            return LocalDpSpec(self.dp_clip, z, self.dp_delta, target)
+        except LocalDpError as err:
+            raise SettingsError(str(err)) from None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:

@@ -1,0 +1,100 @@
+"""The party's side of ``dp = local`` in the Flower train handler (:mod:`client.client_app`).
+
+:func:`release_upload` turns the rows the party trained into the rows it uploads: under
+``dp = local`` through :func:`client.kge.local_dp.release_rows` (whole update clipped, Gaussian
+noise, float64, before the cast to ``transfer-dtype``), counted by the party's own
+:class:`~client.kge.local_dp.PartyAccountant`. The accountant is authoritative: it counts every
+release the party makes, whether or not the server uses the reply. Its state lives in
+``context.state`` (record :data:`DP_STATE`) and, where the party has an output folder, in
+``<output>/`` :data:`DP_STATE_FILE` (written atomically before the reply leaves), so a restarted
+party goes on counting instead of starting from zero; both are tagged with the server's
+``federation-id``, and a state of another federation is not carried over.
+
+What the party tells the server (train reply metrics): ``dp-epsilon`` and ``dp-releases`` (so
+far, this release included), ``dp-noise-multiplier`` and ``dp-delta``, all data-independent. The
+update's norm and whether it was clipped depend on the data: they go to the party's own log only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+
+from client.kge.local_dp import PartyAccountant, release_rows
+from client.kge.run_folder import atomic_write_text
+from client.kge.settings import FederationSettings
+from client.party_log import note
+
+__all__ = ["DP_STATE", "DP_STATE_FILE", "release_upload"]
+
+#: ``context.state`` config record of the party's accountant: ``federation-id``, ``state`` (JSON).
+DP_STATE = "dp-accountant"
+#: The same, as a file in the party's output folder (kept across a SuperNode restart).
+DP_STATE_FILE = "dp_accountant.json"
+
+
+def _load_accountant(context: Context, out: Path | None, federation_id: str, delta: float) -> PartyAccountant:
+    """The party's accountant of this federation: from ``context.state``, else its file, else new."""
+    saved: dict[str, Any] | None = None
+    if DP_STATE in context.state.config_records:
+        record = context.state.config_records[DP_STATE]
+        saved = {"federation-id": str(record["federation-id"]), "state": str(record["state"])}
+    elif out is not None and (out / DP_STATE_FILE).is_file():
+        saved = json.loads((out / DP_STATE_FILE).read_text(encoding="utf-8"))
+    if saved is None or saved.get("federation-id") != federation_id:
+        return PartyAccountant(delta)
+    state = saved["state"]
+    return PartyAccountant.from_json(state if isinstance(state, str) else json.dumps(state), delta)
+
+
+def _store_accountant(context: Context, out: Path | None, federation_id: str, accountant: PartyAccountant) -> None:
+    context.state[DP_STATE] = ConfigRecord({"federation-id": federation_id, "state": accountant.to_json()})
+    if out is not None:
+        payload = {"federation-id": federation_id, "state": accountant.state_dict(), "spent": accountant.spent()}
+        atomic_write_text(out / DP_STATE_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def release_upload(
+    context: Context,
+    downloaded: np.ndarray,
+    trained: np.ndarray,
+    *,
+    out: Path | None,
+    federation_id: str,
+    server_round: int,
+) -> tuple[np.ndarray, dict[str, float | int]]:
+    """The rows this party uploads, and the DP metrics of its reply.
+
+    :param downloaded: exactly the rows the server sent this round (as received, before training).
+    :param trained: the rows after local training.
+    :param out: the party's output folder (``None``: none; the accountant then lives in
+        ``context.state`` only).
+    :returns: ``(rows, metrics)``: under ``dp = none`` the trained rows and no metrics; under
+        ``dp = local`` the released rows (float64, to be cast to the wire dtype by the caller) and
+        ``dp-epsilon``, ``dp-releases``, ``dp-noise-multiplier``, ``dp-delta``.
+    """
+    spec = FederationSettings.from_run_config(context.run_config).local_dp()
+    if spec is None:
+        return trained, {}
+    accountant = _load_accountant(context, out, federation_id, spec.delta)
+    release = release_rows(trained, downloaded, spec.clip, spec.noise_multiplier)
+    accountant.record_release(spec.noise_multiplier)
+    _store_accountant(context, out, federation_id, accountant)  # before the reply leaves
+    note(
+        out,
+        f"round {server_round}: dp release, update norm {release.norm:.4g}"
+        + (f" clipped to {spec.clip:g}" if release.clipped else f" (clip {spec.clip:g})")
+        + f", noise std {spec.noise_multiplier * spec.clip:.4g}; epsilon {accountant.epsilon:.4g} at delta "
+        f"{spec.delta:g} after {accountant.releases} releases",
+    )
+    metrics: dict[str, float | int] = {
+        "dp-epsilon": float(accountant.epsilon),
+        "dp-releases": int(accountant.releases),
+        "dp-noise-multiplier": float(spec.noise_multiplier),
+        "dp-delta": float(spec.delta),
+    }
+    return release.rows, metrics

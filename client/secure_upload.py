@@ -1,0 +1,209 @@
+"""A party's side of secure aggregation (``secure-aggregation = true``): Flower's SecAgg+ on its upload.
+
+The server side is :mod:`server.secure_aggregation`; the how-to is ``docs/how-to/secure-aggregation.md``.
+Under SecAgg+ a FedE round is four ``train`` messages, each carrying the ConfigRecord
+``"secaggplus_configs"``. :func:`secagg_when_asked`, the train handler's mod, hands exactly those
+to Flower's own ``secaggplus_mod`` (unchanged); that mod answers the key set-up, key sharing and
+unmask stages itself and runs the train handler at the masked-vector stage, whose message is
+legacy-shaped (a ``FitIns``: ``fitins.parameters`` = [the party's rows in its local order, their
+global ids], ``fitins.config`` = the usual train config plus ``num-union`` and
+``secagg-clipping-range``). Between the two, :func:`train_on_fitins` reads the FitIns with Flower's
+compat helpers (:func:`secure_train_request`), hands the train handler the plain train message it
+always gets (rows and config), and turns the handler's plain reply into the ``FitRes`` that
+``secaggplus_mod`` masks (:func:`secure_train_reply`): the rows the handler releases (exactly what it
+would upload in the clear) scattered into the union table (``num-union`` x d, zeros elsewhere), next
+to its 0/1 holder mask (``num-union`` x 1), with ``num_examples = 1``. The handler itself does not
+know about SecAgg+. ``secaggplus_mod`` then quantizes and masks both arrays, sends only the masked
+integers and empties every ArrayRecord of the reply: no row leaves the party in the clear. The
+metrics (train loss, times, :data:`CLIPPED_METRIC`) do travel in the clear.
+
+A plain ``train`` message (no ``"secaggplus_configs"``) goes to the handler as before, unless the
+party demands secure aggregation (its node config, or the run config, sets ``secure-aggregation``):
+then it is refused with :class:`SecureUploadError`, so a misconfigured server never receives this
+party's rows in the clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+
+from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY, ROWS_ARRAY
+
+__all__ = [
+    "CLIPPED_METRIC",
+    "CLIPPING_RANGE_KEY",
+    "FITINS_PARAMETERS",
+    "NUM_UNION_KEY",
+    "SECURE_AGGREGATION_KEY",
+    "SecureTrainRequest",
+    "SecureUploadError",
+    "party_demands_secure_aggregation",
+    "secagg_when_asked",
+    "secure_train_reply",
+    "secure_train_request",
+    "train_on_fitins",
+]
+
+#: The ArrayRecord of a legacy ``FitIns`` (Flower's compat layout), present only under SecAgg+.
+FITINS_PARAMETERS = "fitins.parameters"
+#: FitIns config: rows of the union table the party scatters its rows into.
+NUM_UNION_KEY = "num-union"
+#: FitIns config: SecAgg+'s clipping range c (values beyond +-c are clipped by the quantization).
+CLIPPING_RANGE_KEY = "secagg-clipping-range"
+#: Metric of a SecAgg+ reply: how many uploaded values lie beyond +-c (clipped by the quantization).
+CLIPPED_METRIC = "secagg-clipped"
+#: Node-config (and run-config) key with which a party demands secure aggregation.
+SECURE_AGGREGATION_KEY = "secure-aggregation"
+
+
+class SecureUploadError(RuntimeError):
+    """This party will not upload: a plain train message while it demands secure aggregation, a
+    malformed SecAgg+ train message, or rows that are not finite."""
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"))
+
+
+def party_demands_secure_aggregation(context: Context) -> bool:
+    """Whether this party uploads rows only under SecAgg+: its node config ``secure-aggregation``
+    (its operator's word: ``flower-supernode --node-config "secure-aggregation=true ..."``) or the
+    run config's (the federation's setting)."""
+    return _truthy(context.node_config.get(SECURE_AGGREGATION_KEY)) or _truthy(
+        context.run_config.get(SECURE_AGGREGATION_KEY)
+    )
+
+
+def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """The train handler's mod: Flower's ``secaggplus_mod`` for a message with ``"secaggplus_configs"``,
+    the handler itself otherwise.
+
+    ``secaggplus_mod`` cannot sit on the handler unconditionally: it raises ``KeyError`` on a ``train``
+    message without that record (every plain FedE round).
+
+    :raises SecureUploadError: a plain train message while :func:`party_demands_secure_aggregation`.
+    """
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, train_on_fitins(call_next))
+    if party_demands_secure_aggregation(context):
+        raise SecureUploadError(
+            "this party uploads its rows only under secure aggregation (secure-aggregation = true), "
+            "and the server sent a plain train message"
+        )
+    return call_next(msg, context)
+
+
+@dataclass(frozen=True)
+class SecureTrainRequest:
+    """The masked-vector stage's train message, read.
+
+    :param rows: the party's rows from the server, local order, in the wire dtype.
+    :param global_ids: int64 (n_k,), local id -> row of the union table.
+    :param num_union: rows of the union table.
+    :param clipping_range: SecAgg+'s c.
+    :param config: the train config (``server-round``, ``best-round``, ``federation-id``, ...).
+    """
+
+    rows: np.ndarray
+    global_ids: np.ndarray
+    num_union: int
+    clipping_range: float
+    config: ConfigRecord
+
+
+def train_on_fitins(call_next: Any) -> Any:
+    """The handler step ``secaggplus_mod`` calls at the masked-vector stage: the FitIns in, the
+    plain train handler (``call_next``) on the plain message, the FitRes out."""
+
+    def step(msg: Message, context: Context) -> Message:
+        request = secure_train_request(msg)
+        if request is None:  # a stage-2 message always carries a FitIns; a plain one is the handler's
+            return call_next(msg, context)
+        secagg_content = msg.content
+        msg.content = RecordDict(
+            {ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}), CONFIG_KEY: request.config}
+        )
+        try:
+            reply = call_next(msg, context)
+        finally:
+            msg.content = secagg_content
+        if reply.has_error():
+            return reply
+        rows = reply.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy()
+        metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
+        return secure_train_reply(msg, request, rows, metrics)
+
+    return step
+
+
+def secure_train_request(msg: Message) -> SecureTrainRequest | None:
+    """The SecAgg+ train request in ``msg``, or ``None`` for a plain train message.
+
+    :raises SecureUploadError: a FitIns without rows and one global id per row, or ids that are not
+        distinct rows of the union table.
+    """
+    if FITINS_PARAMETERS not in msg.content.array_records:
+        return None
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    config = ConfigRecord(dict(fitins.config))
+    if len(arrays) != 2 or NUM_UNION_KEY not in config or CLIPPING_RANGE_KEY not in config:
+        raise SecureUploadError(
+            f"SecAgg+ train message: expected FitIns arrays [rows, global ids] and config keys "
+            f"{NUM_UNION_KEY!r}, {CLIPPING_RANGE_KEY!r}; got {len(arrays)} arrays, keys {sorted(config)}"
+        )
+    rows, ids = arrays
+    num_union = int(config[NUM_UNION_KEY])
+    ids = np.asarray(ids, dtype=np.int64)
+    num_entities = rows.shape[0] if rows.ndim == 2 else -1
+    if num_entities < 0 or ids.shape != (num_entities,):
+        raise SecureUploadError(
+            f"SecAgg+ train message: rows of shape {rows.shape} and ids of shape {ids.shape}, expected (n, d) and (n,)"
+        )
+    if num_entities and (ids.min() < 0 or ids.max() >= num_union or np.unique(ids).size != num_entities):
+        raise SecureUploadError(f"SecAgg+ train message: global ids are not distinct rows of 0..{num_union - 1}")
+    return SecureTrainRequest(rows, ids, num_union, float(config[CLIPPING_RANGE_KEY]), config)
+
+
+def secure_train_reply(msg: Message, request: SecureTrainRequest, rows: np.ndarray, metrics: dict[str, Any]) -> Message:
+    """The ``FitRes``-shaped reply ``secaggplus_mod`` masks: ``[table, mask]`` with ``num_examples = 1``.
+
+    :param rows: the rows the party releases this round (exactly what it would upload in the clear),
+        local order, (n_k, d).
+    :param metrics: the reply's metrics (they travel in the clear); :data:`CLIPPED_METRIC` is added.
+    :raises SecureUploadError: NaN or Inf in ``rows`` (SecAgg+ would turn them into silent garbage
+        in everyone's sum, and the server cannot see them to refuse them).
+    """
+    finite = np.isfinite(rows)
+    if not finite.all():
+        raise SecureUploadError(f"{int((~finite).sum())} uploaded values are NaN or Inf: refusing to upload")
+    clipped = int((np.abs(rows) > request.clipping_range).sum())
+    if clipped:
+        log(
+            WARNING,
+            "secure aggregation: %s uploaded values lie beyond the clipping range +-%s and are clipped",
+            clipped,
+            request.clipping_range,
+        )
+    # float64: SecAgg+'s quantization multiplies by 2^22 / 2c; in float16 that overflows
+    table = np.zeros((request.num_union, rows.shape[1]), dtype=np.float64)
+    table[request.global_ids] = rows
+    mask = np.zeros((request.num_union, 1), dtype=np.float64)
+    mask[request.global_ids] = 1.0
+    res = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters([table, mask]),
+        num_examples=1,
+        metrics={**metrics, CLIPPED_METRIC: clipped},
+    )
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)

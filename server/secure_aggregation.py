@@ -1,0 +1,365 @@
+"""FedE's per-row mean under Flower's SecAgg+ (``secure-aggregation = true``), one round at a time.
+
+What each party uploads, what the server obtains and what it still learns are in
+``docs/how-to/secure-aggregation.md`` (the design and the probes behind it:
+``docs/design/secure-aggregation-and-dp.md``); the party's side is :mod:`client.secure_upload`.
+
+**The shape.** SecAgg+ computes a weighted mean of whole arrays; FedE needs each row averaged over
+the parties that hold it. So each party uploads two arrays: its rows scattered into the union table
+(N x d, zeros elsewhere) and its 0/1 holder mask (N x 1), with ``num_examples = 1`` and the workflow's
+``max_weight = 1.0`` (every party weighs exactly 1). The workflow returns ``(mean_k x_k m_k, mean_k m_k)``
+over the parties that delivered a masked vector; per row, ``table_mean / mask_mean`` is FedE's mean over
+those holders (the number of parties cancels) and ``rint(mask_mean * k)`` the holder count. A row no
+survivor holds keeps its value. Each coordinate is within the quantization step ``2c / 2^22`` of the
+plain mean of the same uploaded rows (c = ``secagg-clipping-range``).
+
+**Driving Flower's workflow unchanged.** ``SecAggPlusWorkflow`` is a legacy-API workflow: it wants a
+``LegacyContext``, asks a legacy ``Strategy.configure_fit`` for per-node ``FitIns`` and hands the
+mean to ``aggregate_fit``. :class:`OneRound` is that legacy face for one round (the FitIns FedE's
+``configure_train`` built, and the result captured), with a fresh ``LegacyContext`` per round.
+:class:`PolledGrid` gives the workflow this project's fast poll (:mod:`server.grid_io`, instead of
+Flower's 3 s sleep), keeps only replies to the exchange's own messages from the node each went to,
+refuses (as a dropout) a masked vector of the wrong shape before the workflow adds it into the sum,
+and records who answered each stage and the bytes each party uploaded.
+
+**The download (decided: each party its own rows, as in plain FedE).** The alternative, sending every
+party the whole union table, would hide from the server nothing it does not already know: the
+handshake gives it every party's entity labels, hence who holds what, the union vocabulary and every
+row's holder count. It would hand each party the rows of entities it does not hold (the exact row of
+any entity with one holder) and cost more bytes. It becomes worth its cost only together with a
+private handshake (a later change). With own rows, the FitIns also names the party's global row ids
+and the union size N, which the party needs to scatter its rows.
+
+**Dropouts.** A party lost before or at the masked-vector stage is left out (its masks are removed
+through its neighbours' shares; the mean is over the others); one lost at the unmask stage still
+counts. When fewer than ``secagg-reconstruction-threshold`` parties keep answering, the workflow
+halts without a result: :class:`SecureAggregationHalted`, the table untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import FitIns, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+
+from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY
+from client.secure_upload import CLIPPING_RANGE_KEY, NUM_UNION_KEY
+from server import grid_io
+from server.records import FederationError
+
+__all__ = [
+    "QUANTIZATION_RANGE",
+    "OneRound",
+    "PolledGrid",
+    "SecureAggregation",
+    "SecureAggregationHalted",
+    "SecureRound",
+    "quantization_step",
+    "secure_fede_round",
+    "upload_bytes",
+]
+
+#: SecAgg+'s quantization range R (Flower's default, 2^22): values are quantized in steps of 2c / R.
+QUANTIZATION_RANGE = 1 << 22
+
+
+def quantization_step(clipping_range: float) -> float:
+    """The step 2c / R: each coordinate of the secure mean is within it of the plain mean."""
+    return 2.0 * float(clipping_range) / QUANTIZATION_RANGE
+
+
+def upload_bytes(num_union: int, entity_dim: int) -> int:
+    """Bytes of one party's masked vector: int64 weight factor, N x d table and N x 1 mask as Flower
+    serializes them (``ndarray_to_bytes``: each array's .npy header of 128 bytes plus 8 bytes a value)."""
+    return 8 * (num_union * (entity_dim + 1) + 1) + 3 * 128
+
+
+class SecureAggregationHalted(FederationError):
+    """SecAgg+ could not complete a round: fewer than the reconstruction threshold answered a stage.
+    The message names the round and how many parties answered; the table is left untouched."""
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """The SecAgg+ settings of a federation (run-config keys ``secagg-*``).
+
+    :param num_shares: SecAgg+'s ``num_shares``; 0: every sampled party.
+    :param reconstruction_threshold: SecAgg+'s ``reconstruction_threshold`` (>= 2).
+    :param clipping_range: SecAgg+'s ``clipping_range`` c (a power of 2).
+    """
+
+    num_shares: int = 0
+    reconstruction_threshold: int = 2
+    clipping_range: float = 8.0
+
+    def workflow(self, timeout: float | None) -> SecAggPlusWorkflow:
+        """Flower's workflow for FedE's upload: every party weighs 1 (``max_weight = 1.0``).
+
+        :param timeout: seconds each of the four exchanges waits for replies.
+        """
+        return SecAggPlusWorkflow(
+            num_shares=self.num_shares if self.num_shares else 1.0,
+            reconstruction_threshold=self.reconstruction_threshold,
+            max_weight=1.0,
+            clipping_range=self.clipping_range,
+            quantization_range=QUANTIZATION_RANGE,
+            timeout=timeout,
+        )
+
+    def check_parties(self, round_number: int, num_parties: int) -> None:
+        """Refuse a round SecAgg+ cannot complete even if everyone answers.
+
+        :raises FederationError: fewer than 2 sampled parties, or fewer than the threshold.
+        """
+        needed = max(2, self.reconstruction_threshold)
+        if num_parties < needed:
+            raise FederationError(
+                f"round {round_number}: secure aggregation needs at least {needed} sampled parties "
+                f"(2, and secagg-reconstruction-threshold = {self.reconstruction_threshold}); {num_parties} sampled"
+            )
+
+
+class OneRound(LegacyStrategy):
+    """The legacy ``Strategy`` face ``SecAggPlusWorkflow`` needs, for one round: the FitIns already
+    built for each node, and the workflow's result captured (:attr:`result`, ``None`` if it halted).
+
+    :param grid: the grid the workflow sends through (only its node ids are used here).
+    :param run_id: the run's id (for the proxies; the workflow reads only their node ids).
+    :param fitins: node id -> its FitIns.
+    """
+
+    def __init__(self, grid: Any, run_id: int, fitins: Mapping[int, FitIns]) -> None:
+        super().__init__()
+        self.grid, self.run_id, self.fitins = grid, run_id, dict(fitins)
+        #: ``(mean arrays, node id -> metrics of the parties aggregated, failures)`` once aggregated
+        self.result: tuple[list[np.ndarray], dict[int, dict[str, Any]], list[Any]] | None = None
+
+    def initialize_parameters(self, client_manager: Any) -> None:
+        return None
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:
+        return [(GridClientProxy(node, self.grid, self.run_id), ins) for node, ins in self.fitins.items()]
+
+    def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[None, dict]:
+        # the workflow sets every result's parameters to the same mean
+        self.result = (
+            parameters_to_ndarrays(results[0][1].parameters),
+            {proxy.node_id: dict(res.metrics) for proxy, res in results},
+            list(failures),
+        )
+        return None, {}
+
+    def configure_evaluate(self, *args: Any) -> list:
+        return []
+
+    def aggregate_evaluate(self, *args: Any) -> tuple[None, dict]:
+        return None, {}
+
+    def evaluate(self, *args: Any) -> None:
+        return None
+
+
+@dataclass
+class PolledGrid:
+    """The grid as the workflow sees it: :func:`server.grid_io.send_and_receive` for its exchanges, and
+    a record of them.
+
+    A reply is kept only when it answers one of the exchange's messages and comes from the node that
+    message went to. A masked vector whose arrays do not have the expected shapes (``[(1,), (N, d),
+    (N, 1)]``, integers) is dropped before the workflow adds it in: that party counts as dropped at
+    that stage (:attr:`refused`), and the others' sum stays sound.
+
+    :param grid: the Flower grid.
+    :param shapes: the expected shapes of a masked vector.
+    """
+
+    grid: Any
+    shapes: list[tuple[int, ...]]
+    #: stage -> the nodes that answered it without an error
+    answered: dict[str, set[int]] = field(default_factory=dict)
+    #: node -> why it was left out (error reply text, or a refused masked vector)
+    refused: dict[int, str] = field(default_factory=dict)
+    #: node -> bytes of its masked vector
+    upload: dict[int, int] = field(default_factory=dict)
+    #: node -> bytes of every reply it sent in the four stages (keys, shares, masked vector)
+    reply_bytes: dict[int, int] = field(default_factory=dict)
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        stage = _stage_of(messages)
+        replies = grid_io.send_and_receive(self.grid, messages, timeout)
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        kept = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if sent and sent.get(reply.metadata.reply_to_message_id) != node:
+                continue  # not an answer to this exchange from the node asked (e.g. the SuperLink's)
+            if reply.has_error():
+                self.refused[node] = f"{stage}: {reply.error.reason}"
+                kept.append(reply)
+                continue
+            configs = reply.content.config_records.get(RECORD_KEY_CONFIGS, ConfigRecord())
+            self.reply_bytes[node] = self.reply_bytes.get(node, 0) + _config_bytes(configs)
+            if stage == Stage.COLLECT_MASKED_VECTORS:
+                why = self._check_masked(configs)
+                if why:
+                    self.refused[node] = f"{stage}: {why}"
+                    continue
+                self.upload[node] = sum(len(b) for b in configs[Key.MASKED_PARAMETERS])
+            self.answered.setdefault(stage, set()).add(node)
+            kept.append(reply)
+        return kept
+
+    def _check_masked(self, configs: ConfigRecord) -> str:
+        if Key.MASKED_PARAMETERS not in configs:
+            return "no masked vector"
+        try:
+            arrays = [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
+        except Exception as err:  # noqa: BLE001 - any undecodable payload is that party's fault
+            return f"masked vector cannot be decoded: {err}"
+        shapes = [a.shape for a in arrays]
+        if shapes != self.shapes or not all(np.issubdtype(a.dtype, np.integer) for a in arrays):
+            return f"masked vector of shapes {shapes}, expected {self.shapes} (integers)"
+        return ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+
+def _stage_of(messages: Sequence[Message]) -> str:
+    for msg in messages:
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if configs is not None and Key.STAGE in configs:
+            return str(configs[Key.STAGE])
+    return "?"
+
+
+def _config_bytes(record: ConfigRecord) -> int:
+    total = 0
+    for value in record.values():
+        for item in value if isinstance(value, list) else [value]:
+            total += len(item) if isinstance(item, bytes | str) else 8
+    return total
+
+
+@dataclass
+class SecureRound:
+    """One round's secure aggregation.
+
+    :param table: the new global table (float32, a copy; rows no survivor holds unchanged).
+    :param counts: int64 (N,), the holders of each row among the parties aggregated.
+    :param metrics: node id -> the train metrics of each party aggregated (they travel in the clear).
+    :param left_out: node id -> why a sampled party was not aggregated.
+    :param upload: node id -> bytes of its masked vector.
+    :param reply_bytes: node id -> bytes of all its SecAgg+ replies (keys, shares, masked vector).
+    :param download: node id -> bytes of the rows and ids it was sent.
+    """
+
+    table: np.ndarray
+    counts: np.ndarray
+    metrics: dict[int, dict[str, float]]
+    left_out: dict[int, str]
+    upload: dict[int, int]
+    reply_bytes: dict[int, int]
+    download: dict[int, int]
+
+
+def _fitins(message: Message, global_ids: np.ndarray, num_union: int, clipping_range: float) -> tuple[FitIns, int]:
+    """The FitIns of one plain FedE train message: [its rows, their global ids] and its config, plus
+    the union size and the clipping range; and its bytes."""
+    rows = message.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy()
+    ids = np.ascontiguousarray(global_ids, dtype=np.int64)
+    config = {
+        **dict(message.content.config_records[CONFIG_KEY]),
+        NUM_UNION_KEY: int(num_union),
+        CLIPPING_RANGE_KEY: float(clipping_range),
+    }
+    return FitIns(ndarrays_to_parameters([rows, ids]), config), rows.nbytes + ids.nbytes
+
+
+def _missed(polled: PolledGrid, node: int, timeout: float | None) -> str:
+    """Why a party without a masked vector and without an error reply was left out: the first stage it
+    did not answer."""
+    for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS):
+        if node not in polled.answered.get(stage, set()):
+            return f"timeout (no reply to the {stage} stage" + (f" within {timeout:g} s)" if timeout else ")")
+    return "no masked vector"
+
+
+def secure_fede_round(
+    grid: Any,
+    round_number: int,
+    messages: Sequence[Message],
+    global_ids: Mapping[int, np.ndarray],
+    table: np.ndarray,
+    settings: SecureAggregation,
+    timeout: float | None,
+) -> SecureRound:
+    """One FedE round's upload and aggregation under SecAgg+.
+
+    :param grid: the Flower grid.
+    :param round_number: the FedE round (the workflow's ``current_round``, the messages' group id).
+    :param messages: the round's plain train messages (``FedEStrategy.configure_train``: one per
+        sampled node, with its rows and config); their content goes out as each node's FitIns.
+    :param global_ids: node id -> its local id -> global row mapping.
+    :param table: the current global table (N, d); not modified.
+    :param settings: the SecAgg+ settings.
+    :param timeout: seconds each of the four exchanges waits for replies.
+    :returns: the new table, the counts, the survivors' metrics, who was left out and why, bytes.
+    :raises SecureAggregationHalted: fewer than the threshold answered some stage (table untouched).
+    :raises FederationError: fewer sampled parties than SecAgg+ needs.
+    """
+    settings.check_parties(round_number, len(messages))
+    num_union, dim = table.shape
+    fitins, download = {}, {}
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        fitins[node], download[node] = _fitins(msg, global_ids[node], num_union, settings.clipping_range)
+    polled = PolledGrid(grid, shapes=[(1,), (num_union, dim), (num_union, 1)])
+    adapter = OneRound(polled, int(getattr(grid, "run_id", 0) or 0), fitins)
+    context = LegacyContext(
+        Context(run_id=adapter.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=adapter,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_number})
+    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()  # read by the setup stage, unused here
+    for node in fitins:  # only counted, in the workflow's log line
+        context.client_manager.register(GridClientProxy(node, polled, adapter.run_id))
+    settings.workflow(timeout)(polled, context)
+    sampled = set(fitins)
+    if adapter.result is None:
+        answered = {stage: len(nodes) for stage, nodes in polled.answered.items()}
+        raise SecureAggregationHalted(
+            f"round {round_number}: secure aggregation halted, fewer than secagg-reconstruction-threshold = "
+            f"{settings.reconstruction_threshold} parties answered; of {len(sampled)} sampled, answers per stage: "
+            f"{answered or 'none'}" + (f"; refused: {dict(sorted(polled.refused.items()))}" if polled.refused else "")
+        )
+    (table_mean, mask_mean), metrics, _ = adapter.result
+    aggregated = len(metrics)
+    counts = np.rint(mask_mean[:, 0] * aggregated).astype(np.int64)
+    held = counts > 0
+    new = np.array(table, dtype=np.float32, copy=True)
+    new[held] = (table_mean[held] / mask_mean[held]).astype(np.float32)
+    left_out = {
+        node: polled.refused.get(node) or _missed(polled, node, timeout) for node in sorted(sampled - set(metrics))
+    }
+    return SecureRound(
+        table=new,
+        counts=counts,
+        metrics={node: {k: float(v) for k, v in m.items()} for node, m in metrics.items()},
+        left_out=left_out,
+        upload=dict(polled.upload),
+        reply_bytes=dict(polled.reply_bytes),
+        download=download,
+    )
