@@ -10,6 +10,12 @@ release the party makes, whether or not the server uses the reply. Its state liv
 party goes on counting instead of starting from zero; both are tagged with the server's
 ``federation-id``, and a state of another federation is not carried over.
 
+:func:`release_encoder` does the same for the SimSkip phase's encoder + head weights (a federated
+phase under ``dp = local``): the whole update against the downloaded global weights, clipped to
+``dp-clip-encoder``, the same ``z``, counted by the same accountant (one release per SimSkip round). With
+``dp-target-epsilon``, ``z`` is calibrated over ``num-server-rounds`` plus the SimSkip rounds
+(:func:`client.kge.run_config.simskip_releases`), for the rows and the weights alike.
+
 What the party tells the server (train reply metrics): ``dp-epsilon`` and ``dp-releases`` (so
 far, this release included), ``dp-noise-multiplier`` and ``dp-delta``, all data-independent. The
 update's norm and whether it was clipped depend on the data: they go to the party's own log only.
@@ -18,18 +24,20 @@ update's norm and whether it was clipped depend on the data: they go to the part
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from client.kge.local_dp import PartyAccountant, release_rows
+from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_rows, release_weights
+from client.kge.refinement_config import RefinementConfig
 from client.kge.run_folder import atomic_write_text
 from client.kge.settings import FederationSettings
 from client.party_log import note
 
-__all__ = ["DP_STATE", "DP_STATE_FILE", "release_upload"]
+__all__ = ["DP_STATE", "DP_STATE_FILE", "release_encoder", "release_upload"]
 
 #: ``context.state`` config record of the party's accountant: ``federation-id``, ``state`` (JSON).
 DP_STATE = "dp-accountant"
@@ -77,24 +85,88 @@ def release_upload(
         ``dp = local`` the released rows (float64, to be cast to the wire dtype by the caller) and
         ``dp-epsilon``, ``dp-releases``, ``dp-noise-multiplier``, ``dp-delta``.
     """
-    spec = FederationSettings.from_run_config(context.run_config).local_dp()
+    spec = _spec(context)
     if spec is None:
         return trained, {}
     accountant = _load_accountant(context, out, federation_id, spec.delta)
     release = release_rows(trained, downloaded, spec.clip, spec.noise_multiplier)
+    return release.rows, _count(context, out, federation_id, accountant, spec, release, f"round {server_round}")
+
+
+def _spec(context: Context) -> LocalDpSpec | None:
+    """This run's ``dp = local`` parameters, ``z`` calibrated (if so) over every release of the run."""
+    from client.kge.run_config import simskip_releases
+
+    settings = FederationSettings.from_run_config(context.run_config)
+    if settings.dp != "local":
+        return None
+    return settings.local_dp(simskip_releases(settings, RefinementConfig.from_run_config(context.run_config)))
+
+
+def _count(
+    context: Context,
+    out: Path | None,
+    federation_id: str,
+    accountant: PartyAccountant,
+    spec: LocalDpSpec,
+    release: Any,
+    what: str,
+) -> dict[str, float | int]:
+    """Count one release in the party's accountant, store it before the reply leaves, log it; the reply's metrics."""
     accountant.record_release(spec.noise_multiplier)
     _store_accountant(context, out, federation_id, accountant)  # before the reply leaves
     note(
         out,
-        f"round {server_round}: dp release, update norm {release.norm:.4g}"
+        f"{what}: dp release, update norm {release.norm:.4g}"
         + (f" clipped to {spec.clip:g}" if release.clipped else f" (clip {spec.clip:g})")
         + f", noise std {spec.noise_multiplier * spec.clip:.4g}; epsilon {accountant.epsilon:.4g} at delta "
         f"{spec.delta:g} after {accountant.releases} releases",
     )
-    metrics: dict[str, float | int] = {
+    return {
         "dp-epsilon": float(accountant.epsilon),
         "dp-releases": int(accountant.releases),
         "dp-noise-multiplier": float(spec.noise_multiplier),
         "dp-delta": float(spec.delta),
     }
-    return release.rows, metrics
+
+
+def release_encoder(
+    context: Context,
+    downloaded: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+    trained: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+    *,
+    out: Path | None,
+    federation_id: str,
+    server_round: int,
+) -> tuple[dict[str, list[tuple[str, np.ndarray]]], dict[str, float | int]]:
+    """The encoder + head weights this party uploads in a federated SimSkip round, and the DP metrics.
+
+    :param downloaded: variant -> exactly the global weights the server sent this round.
+    :param trained: variant -> the weights after local training (same variants, names and shapes).
+    :returns: ``(weights, metrics)``: under ``dp = none`` the trained weights and no metrics; under
+        ``dp = local`` the released weights (float32; every variant's update clipped together to
+        ``dp-clip-encoder``, noise ``z`` times it) and the metrics of :func:`release_upload`.
+    """
+    spec = _spec(context)
+    if spec is None:
+        return {variant: list(named) for variant, named in trained.items()}, {}
+    encoder = LocalDpSpec(
+        FederationSettings.from_run_config(context.run_config).dp_clip_encoder,
+        spec.noise_multiplier,
+        spec.delta,
+        spec.target_epsilon,
+    )
+    accountant = _load_accountant(context, out, federation_id, spec.delta)
+    flat_trained = [(f"{v}/{n}", a) for v, named in trained.items() for n, a in named]
+    flat_downloaded = [
+        (f"{v}/{n}", np.asarray(dict(downloaded[v])[n])) for v, named in trained.items() for n, _ in named
+    ]
+    released, release = release_weights(flat_trained, flat_downloaded, encoder.clip, encoder.noise_multiplier)
+    weights: dict[str, list[tuple[str, np.ndarray]]] = {variant: [] for variant in trained}
+    for key, array in released:
+        variant, _, name = key.partition("/")
+        weights[variant].append((name, array.astype(np.float32)))
+    metrics = _count(
+        context, out, federation_id, accountant, encoder, release, f"SimSkip round {server_round} (encoder)"
+    )
+    return weights, metrics

@@ -53,6 +53,7 @@ from client.protocol import (
     SIMSKIP_ACTION,
     WEIGHTS_KEY,
 )
+from client.secure_upload import secagg_when_asked
 
 __all__ = ["downstream", "scored_rows", "simskip_train"]
 
@@ -168,9 +169,12 @@ def _weights_record(weights) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in pack_variants(weights)})
 
 
-@app.train(SIMSKIP_ACTION)
+# secagg_when_asked: under secure-aggregation = true Flower's secaggplus_mod runs the SecAgg+ stages of a
+# federated SimSkip round and this handler sees the same plain message as always (client/secure_upload.py)
+@app.train(SIMSKIP_ACTION, mods=[secagg_when_asked])
 def simskip_train(msg: Message, context: Context) -> Message:
-    """One SimSkip round on this party's rows."""
+    """One SimSkip round on this party's rows; under ``dp = local`` (federated) the weights it replies
+    with are released through the Gaussian mechanism (:func:`client.party_dp.release_encoder`)."""
     from client.kge.refinement import fit_round  # heavy (torch, pykeen)
 
     kge_config, refinement = _configs(context)
@@ -187,7 +191,19 @@ def simskip_train(msg: Message, context: Context) -> Message:
     metrics.update({f"loss/{variant}": float(losses[-1]) for variant, losses in update.losses.items()})
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
     if bool(cfg.get("federate", True)):
-        content[WEIGHTS_KEY] = _weights_record(update.weights)
+        from client.party_dp import release_encoder  # reads the run config (client.kge)
+
+        # dp = local: the released weights (clipped update + noise against the server's weights); else as trained
+        released, dp_metrics = release_encoder(
+            context,
+            start,
+            update.weights,
+            out=out,
+            federation_id=str(cfg.get("federation-id", "")),
+            server_round=server_round,
+        )
+        content[METRICS_KEY] = MetricRecord({**metrics, **dp_metrics})
+        content[WEIGHTS_KEY] = _weights_record(released)
     else:  # local-only: the encoder never leaves this party; kept in its state and private checkpoint
         own = _weights_record(update.weights)
         context.state[OWN_WEIGHTS] = own

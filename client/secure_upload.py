@@ -17,27 +17,39 @@ know about SecAgg+. ``secaggplus_mod`` then quantizes and masks both arrays, sen
 integers and empties every ArrayRecord of the reply: no row leaves the party in the clear. The
 metrics (train loss, times, :data:`CLIPPED_METRIC`) do travel in the clear.
 
+The SimSkip phase's rounds (``train.simskip``, the handler of :mod:`client.refinement_app`) go the
+same way: ``secaggplus_mod`` passes on only messages whose type is exactly ``train``, so
+:func:`secagg_when_asked` hands it a ``train.simskip`` stage message renamed ``train`` and gives the
+reply its type back. Its FitIns holds ``[rows, the global encoder + head weights in the order of
+config`` :data:`WEIGHT_NAMES_KEY` ``]``; :func:`weights_on_fitins` hands the handler the plain
+SimSkip message (rows, ``simskip-weights``, config) and turns the weights it replies with into the
+``FitRes`` that ``secaggplus_mod`` masks (:func:`secure_weights_reply`): the weight arrays in that
+order, float64, with ``num_examples`` = the party's row count (the plain phase's FedAvg weight).
+
 A plain ``train`` message (no ``"secaggplus_configs"``) goes to the handler as before, unless the
 party demands secure aggregation (its node config, or the run config, sets ``secure-aggregation``):
 then it is refused with :class:`SecureUploadError`, so a misconfigured server never receives this
-party's rows in the clear.
+party's rows in the clear. Likewise a plain ``train.simskip`` message of a federated SimSkip phase
+(config ``federate``: its reply would carry the encoder weights in the clear); the local-only
+ablation's uploads no weights and passes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY, ROWS_ARRAY
+from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY, ROWS_ARRAY, WEIGHTS_KEY
 
 __all__ = [
     "CLIPPED_METRIC",
@@ -45,13 +57,18 @@ __all__ = [
     "FITINS_PARAMETERS",
     "NUM_UNION_KEY",
     "SECURE_AGGREGATION_KEY",
+    "WEIGHT_NAMES_KEY",
     "SecureTrainRequest",
     "SecureUploadError",
+    "SecureWeightsRequest",
     "party_demands_secure_aggregation",
     "secagg_when_asked",
     "secure_train_reply",
     "secure_train_request",
+    "secure_weights_reply",
+    "secure_weights_request",
     "train_on_fitins",
+    "weights_on_fitins",
 ]
 
 #: The ArrayRecord of a legacy ``FitIns`` (Flower's compat layout), present only under SecAgg+.
@@ -64,6 +81,8 @@ CLIPPING_RANGE_KEY = "secagg-clipping-range"
 CLIPPED_METRIC = "secagg-clipped"
 #: Node-config (and run-config) key with which a party demands secure aggregation.
 SECURE_AGGREGATION_KEY = "secure-aggregation"
+#: FitIns config of a SimSkip round: the names of the weight arrays that follow the rows (a JSON list).
+WEIGHT_NAMES_KEY = "simskip-weight-names"
 
 
 class SecureUploadError(RuntimeError):
@@ -91,16 +110,39 @@ def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message
     ``secaggplus_mod`` cannot sit on the handler unconditionally: it raises ``KeyError`` on a ``train``
     message without that record (every plain FedE round).
 
-    :raises SecureUploadError: a plain train message while :func:`party_demands_secure_aggregation`.
+    A ``train.<action>`` stage message (the SimSkip phase's) reaches ``secaggplus_mod`` renamed
+    ``train`` (the only type it handles), and its reply leaves with the message's own type.
+
+    :raises SecureUploadError: a plain train message while :func:`party_demands_secure_aggregation`
+        (for ``train.simskip``: one of a federated SimSkip phase, whose reply carries the weights).
     """
+    message_type = msg.metadata.message_type
     if RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, train_on_fitins(call_next))
-    if party_demands_secure_aggregation(context):
+        if message_type == MessageType.TRAIN:
+            return secaggplus_mod(msg, context, train_on_fitins(call_next))
+        msg.metadata.message_type = MessageType.TRAIN
+        try:
+            reply = secaggplus_mod(msg, context, weights_on_fitins(call_next))
+        finally:
+            msg.metadata.message_type = message_type
+        reply.metadata.message_type = message_type
+        return reply
+    if party_demands_secure_aggregation(context) and _uploads_in_the_clear(msg):
+        what = "rows" if message_type == MessageType.TRAIN else "SimSkip encoder weights"
         raise SecureUploadError(
-            "this party uploads its rows only under secure aggregation (secure-aggregation = true), "
-            "and the server sent a plain train message"
+            f"this party uploads its {what} only under secure aggregation (secure-aggregation = true), "
+            f"and the server sent a plain {message_type} message"
         )
     return call_next(msg, context)
+
+
+def _uploads_in_the_clear(msg: Message) -> bool:
+    """Whether the plain reply to ``msg`` would carry rows or weights: a FedE ``train`` message always, a
+    ``train.<action>`` (SimSkip) one when its config says ``federate`` (the local-only ablation uploads none)."""
+    if msg.metadata.message_type == MessageType.TRAIN:
+        return True
+    config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+    return bool(config.get("federate", True))
 
 
 @dataclass(frozen=True)
@@ -204,6 +246,116 @@ def secure_train_reply(msg: Message, request: SecureTrainRequest, rows: np.ndarr
         Status(Code.OK, ""),
         ndarrays_to_parameters([table, mask]),
         num_examples=1,
+        metrics={**metrics, CLIPPED_METRIC: clipped},
+    )
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+
+
+@dataclass(frozen=True)
+class SecureWeightsRequest:
+    """The masked-vector stage's ``train.simskip`` message, read.
+
+    :param rows: the party's entity rows from the server (local order).
+    :param weights: the round's starting encoder + head weights, ``[("<variant>/<name>", array)]`` in
+        the order the party uploads them back.
+    :param clipping_range: SecAgg+'s c.
+    :param config: the SimSkip train config (``server-round``, ``best-round``, ``federate``, ...).
+    """
+
+    rows: np.ndarray
+    weights: list[tuple[str, np.ndarray]]
+    clipping_range: float
+    config: ConfigRecord
+
+
+def weights_on_fitins(call_next: Any) -> Any:
+    """The SimSkip handler step ``secaggplus_mod`` calls at the masked-vector stage: the FitIns in, the
+    plain SimSkip handler (``call_next``) on the plain message, the FitRes of its weights out."""
+
+    def step(msg: Message, context: Context) -> Message:
+        request = secure_weights_request(msg)
+        secagg_content = msg.content
+        msg.content = RecordDict(
+            {
+                ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}),
+                WEIGHTS_KEY: ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in request.weights}),
+                CONFIG_KEY: request.config,
+            }
+        )
+        try:
+            reply = call_next(msg, context)
+        finally:
+            msg.content = secagg_content
+        if reply.has_error():
+            return reply
+        record = reply.content.array_records.get(WEIGHTS_KEY)
+        names = [name for name, _ in request.weights]
+        if record is None or sorted(record) != sorted(names):
+            raise SecureUploadError(f"the SimSkip handler replied without the weights {names}")
+        metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
+        return secure_weights_reply(msg, request, [(name, record[name].numpy()) for name in names], metrics)
+
+    return step
+
+
+def secure_weights_request(msg: Message) -> SecureWeightsRequest:
+    """The SecAgg+ ``train.simskip`` request in ``msg``.
+
+    :raises SecureUploadError: no FitIns, or one without rows, the weight names and one array per name.
+    """
+    if FITINS_PARAMETERS not in msg.content.array_records:
+        raise SecureUploadError("SecAgg+ SimSkip message without a FitIns")
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    config = dict(fitins.config)
+    try:
+        names = [str(name) for name in json.loads(str(config.pop(WEIGHT_NAMES_KEY)))]
+        clipping_range = float(config.pop(CLIPPING_RANGE_KEY))
+    except (KeyError, ValueError, TypeError) as err:
+        raise SecureUploadError(
+            f"SecAgg+ SimSkip message: config keys {WEIGHT_NAMES_KEY!r} (a JSON list) and {CLIPPING_RANGE_KEY!r} "
+            f"expected ({type(err).__name__}: {err})"
+        ) from None
+    if len(arrays) != 1 + len(names) or arrays[0].ndim != 2:
+        raise SecureUploadError(
+            f"SecAgg+ SimSkip message: expected FitIns arrays [rows, {len(names)} weights], got {len(arrays)} "
+            f"arrays, the first of shape {arrays[0].shape if arrays else None}"
+        )
+    return SecureWeightsRequest(
+        arrays[0], list(zip(names, arrays[1:], strict=True)), clipping_range, ConfigRecord(config)
+    )
+
+
+def secure_weights_reply(
+    msg: Message, request: SecureWeightsRequest, weights: list[tuple[str, np.ndarray]], metrics: dict[str, Any]
+) -> Message:
+    """The ``FitRes``-shaped reply ``secaggplus_mod`` masks: the weight arrays in the request's order,
+    float64, with ``num_examples`` = the rows the party was sent (the plain phase's FedAvg weight).
+
+    :param weights: the weights the party releases this round (exactly what it would upload in the clear).
+    :param metrics: the reply's metrics (they travel in the clear); :data:`CLIPPED_METRIC` is added.
+    :raises SecureUploadError: names or shapes other than the request's, or NaN / Inf.
+    """
+    expected = [(name, np.shape(array)) for name, array in request.weights]
+    got = [(name, np.shape(array)) for name, array in weights]
+    if got != expected:
+        raise SecureUploadError(f"SimSkip weights {got} differ from the round's {expected}: refusing to upload")
+    arrays = [np.asarray(array, dtype=np.float64) for _, array in weights]
+    bad = sum(int((~np.isfinite(a)).sum()) for a in arrays)
+    if bad:
+        raise SecureUploadError(f"{bad} uploaded weight values are NaN or Inf: refusing to upload")
+    clipped = sum(int((np.abs(a) > request.clipping_range).sum()) for a in arrays)
+    if clipped:
+        log(
+            WARNING,
+            "secure aggregation: %s uploaded weight values lie beyond the clipping range +-%s and are clipped",
+            clipped,
+            request.clipping_range,
+        )
+    res = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(arrays),
+        num_examples=int(request.rows.shape[0]),
         metrics={**metrics, CLIPPED_METRIC: clipped},
     )
     return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)

@@ -47,9 +47,11 @@ import numpy as np
 
 from client.kge.comparison import evaluate_client_rows
 from client.kge.config import KGEConfig, add_set_option, parse_set_options
+from client.kge.local_dp import LocalDpSpec, PartyAccountant
 from client.kge.protocols import protocol_labels, relations_fit
 from client.kge.refinement import RefinementConfig, run_refinement
-from client.kge.run_folder import atomic_write_text, save_npy_atomic
+from client.kge.run_config import simskip_releases
+from client.kge.run_folder import FINAL_METRICS, atomic_write_text, save_npy_atomic
 from client.kge.settings import FederationSettings
 from client.kge.structure_view import StructureViewError, client_structure_view
 from kg_datasets import load_client_folder
@@ -133,6 +135,34 @@ def load_client_inputs(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str
     return inputs
 
 
+def _encoder_dp(
+    run_dir: Path, settings: FederationSettings, refinement: RefinementConfig, log: Any
+) -> tuple[LocalDpSpec | None, dict[str, PartyAccountant] | None]:
+    """``dp = local`` with a federated SimSkip phase: the encoder's release (``dp-clip-encoder``, the run's
+    ``z``) and each client's accountant, continued from the KGE phase's releases that
+    ``final_metrics.json`` records (``dp.parties``: releases and noise multiplier), else fresh (said in
+    the log). ``(None, None)`` otherwise.
+
+    :raises RunFolderError: ``dp-clip-encoder`` unset.
+    """
+    spec = settings.local_dp(simskip_releases(settings, refinement))
+    if spec is None or not refinement.federate:
+        return None, None
+    if settings.dp_clip_encoder <= 0:
+        raise RunFolderError("dp = local with a federated SimSkip phase needs dp-clip-encoder > 0 (--set)")
+    encoder = LocalDpSpec(settings.dp_clip_encoder, spec.noise_multiplier, spec.delta, spec.target_epsilon)
+    final = run_dir / FINAL_METRICS
+    parties = (_read_json(final).get("dp") or {}).get("parties", {}) if final.is_file() else {}
+    accountants = {}
+    for name, spent in parties.items():
+        accountants[name] = PartyAccountant(spec.delta)
+        if int(spent.get("releases", 0)) > 0:
+            accountants[name].record_release(float(spent["noise_multiplier"]), int(spent["releases"]))
+    if not parties:
+        log(f"dp = local: {final} records no KGE releases; the SimSkip phase's accountants start from zero")
+    return encoder, accountants
+
+
 def refine_run_folder(
     run_dir: str | Path,
     overrides: Mapping[str, Any] | None = None,
@@ -172,6 +202,7 @@ def refine_run_folder(
     if refined is None:
         checkpoint.remove()  # the clients' units were computed from the SimSkip outcome now replaced
         settings = FederationSettings.from_run_config(run_config)
+        encoder_dp, accountants = _encoder_dp(run_dir, settings, refinement, log)
         result = run_refinement(
             {name: item["rows"] for name, item in inputs.items()},
             refinement,
@@ -179,6 +210,8 @@ def refine_run_folder(
             aggregation=settings.aggregation,
             aggregation_trim=settings.aggregation_trim,
             row_views=_row_views(inputs, kge_config, refinement) if refinement.uses_row_view else None,
+            dp=encoder_dp,
+            accountants=accountants,
         )
         refined = result.refined
         checkpoint.save_refined(refined, time.perf_counter() - started)

@@ -281,6 +281,17 @@ def _json_or_none(path: Path) -> Any:
         return None
 
 
+def _last_simskip_dp(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The ``dp`` of the last row of ``simskip_metrics.jsonl`` (each party's epsilon and releases after the
+    SimSkip phase), sorted by party; empty when there is none or the file is unreadable."""
+    try:
+        rows = (run_dir / SIMSKIP_METRICS_FILE).read_text(encoding="utf-8").splitlines()
+        dp = json.loads(rows[-1]).get("dp") if rows else None
+    except (OSError, ValueError, AttributeError):
+        return []
+    return sorted(dp.items()) if isinstance(dp, dict) else []
+
+
 def console_summary(run_dir: str | Path) -> str:
     """The few lines a command prints at the end of a run: what the run found, and where to read more.
 
@@ -306,6 +317,12 @@ def console_summary(run_dir: str | Path) -> str:
         lines.append(f"  FedE: no readable {run_dir / 'final_metrics.json'}")
     if isinstance(final, dict) and isinstance(final.get("dp"), dict):
         lines.append(f"  DP (dp = local, the uploaded rows only): {dp_text(final['dp'])}")
+    simskip_dp = _last_simskip_dp(run_dir)
+    if simskip_dp:  # a federated SimSkip phase under dp = local: the same accountants, its releases added
+        lines.append(
+            "  DP after the SimSkip phase (rows and encoder weights): "
+            + ", ".join(f"party {n}: epsilon {v['epsilon']:.4g} after {v['releases']} releases" for n, v in simskip_dp)
+        )
     table = _json_or_none(run_dir / RESULTS_JSON)
     if not (isinstance(table, dict) and isinstance(table.get("protocols"), dict)):
         lines.append("  SimSkip: no results.json (no SimSkip phase in this run)")

@@ -30,20 +30,33 @@ any entity with one holder) and cost more bytes. It becomes worth its cost only 
 private handshake (a later change). With own rows, the FitIns also names the party's global row ids
 and the union size N, which the party needs to scatter its rows.
 
-**Dropouts.** A party lost before or at the masked-vector stage is left out (its masks are removed
-through its neighbours' shares; the mean is over the others); one lost at the unmask stage still
-counts. When fewer than ``secagg-reconstruction-threshold`` parties keep answering, the workflow
-halts without a result: :class:`SecureAggregationHalted`, the table untouched.
+**The SimSkip phase** (:func:`secure_weighted_mean`, used by :mod:`server.simskip_strategy`): the
+encoder + head weights' average is a plain weighted mean of whole arrays, which is what SecAgg+
+computes; each party uploads its weights with ``num_examples`` = its row count (the plain phase's
+FedAvg weight), and the workflow runs with ``max_weight`` = the smallest power of 2 >= the largest
+row count, so the quantized weight ``n_k R / max_weight`` is exact and proportional to ``n_k``. The
+row counts are not secret: the server knows them from the handshake (and the reply metrics carry
+them in the clear). Each coordinate is within :func:`weighted_quantization_bound` of the plain mean.
+The four stages go out as ``train.simskip`` messages (:attr:`PolledGrid.message_type`).
+
+**Dropouts.** A party lost at any stage before the unmask stage is left out: one lost at the
+masked-vector stage has its masks removed through its neighbours' shares; one lost at the set-up or
+key-sharing stage never took part in anyone's masks, and :class:`SurvivorsWorkflow` takes it out of
+the round (Flower 1.42's workflow would still count it at the unmask stage and halt). One lost at the
+unmask stage still counts. When fewer than ``secagg-reconstruction-threshold`` parties keep
+answering, the workflow halts without a result: :class:`SecureAggregationHalted`, the table untouched.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import FitIns, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -52,9 +65,10 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
 from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY
-from client.secure_upload import CLIPPING_RANGE_KEY, NUM_UNION_KEY
+from client.secure_upload import CLIPPING_RANGE_KEY, NUM_UNION_KEY, WEIGHT_NAMES_KEY
 from server import grid_io
 from server.records import FederationError
 
@@ -64,10 +78,16 @@ __all__ = [
     "PolledGrid",
     "SecureAggregation",
     "SecureAggregationHalted",
+    "SecureMean",
     "SecureRound",
+    "SurvivorsWorkflow",
+    "power_of_two_weight",
     "quantization_step",
     "secure_fede_round",
+    "secure_weighted_mean",
     "upload_bytes",
+    "weighted_quantization_bound",
+    "weights_fitins",
 ]
 
 #: SecAgg+'s quantization range R (Flower's default, 2^22): values are quantized in steps of 2c / R.
@@ -77,6 +97,22 @@ QUANTIZATION_RANGE = 1 << 22
 def quantization_step(clipping_range: float) -> float:
     """The step 2c / R: each coordinate of the secure mean is within it of the plain mean."""
     return 2.0 * float(clipping_range) / QUANTIZATION_RANGE
+
+
+def power_of_two_weight(largest: int) -> float:
+    """The workflow's ``max_weight`` for row-count weights: the smallest power of 2 >= ``largest``
+    (at least 1), so that each party's quantized weight ``n_k R / max_weight`` is an exact integer."""
+    return float(2 ** max(0, math.ceil(math.log2(max(1, int(largest))))))
+
+
+def weighted_quantization_bound(weights: Sequence[int], max_weight: float, clipping_range: float) -> float:
+    """How far a coordinate of SecAgg+'s weighted mean can be from the plain weighted mean of the same
+    uploads: each party's scaled values ``(n_k / max_weight) x_k`` are quantized to within one step
+    ``2c / R``; the sum of ``K`` such errors is divided by ``sum_k n_k / max_weight``.
+
+    :param weights: the row counts ``n_k`` of the parties aggregated.
+    """
+    return len(weights) * quantization_step(clipping_range) * float(max_weight) / float(sum(weights))
 
 
 def upload_bytes(num_union: int, entity_dim: int) -> int:
@@ -103,15 +139,17 @@ class SecureAggregation:
     reconstruction_threshold: int = 2
     clipping_range: float = 8.0
 
-    def workflow(self, timeout: float | None) -> SecAggPlusWorkflow:
-        """Flower's workflow for FedE's upload: every party weighs 1 (``max_weight = 1.0``).
+    def workflow(self, timeout: float | None, max_weight: float = 1.0) -> SurvivorsWorkflow:
+        """Flower's workflow (:class:`SurvivorsWorkflow`) for one upload.
 
         :param timeout: seconds each of the four exchanges waits for replies.
+        :param max_weight: SecAgg+'s ``max_weight``: 1.0 for FedE's upload (every party weighs 1);
+            :func:`power_of_two_weight` of the row counts for the SimSkip phase's weights.
         """
-        return SecAggPlusWorkflow(
+        return SurvivorsWorkflow(
             num_shares=self.num_shares if self.num_shares else 1.0,
             reconstruction_threshold=self.reconstruction_threshold,
-            max_weight=1.0,
+            max_weight=max_weight,
             clipping_range=self.clipping_range,
             quantization_range=QUANTIZATION_RANGE,
             timeout=timeout,
@@ -128,6 +166,40 @@ class SecureAggregation:
                 f"round {round_number}: secure aggregation needs at least {needed} sampled parties "
                 f"(2, and secagg-reconstruction-threshold = {self.reconstruction_threshold}); {num_parties} sampled"
             )
+
+
+class SurvivorsWorkflow(SecAggPlusWorkflow):
+    """Flower's ``SecAggPlusWorkflow`` that takes a party lost at the set-up or key-sharing stage out
+    of the round, as SecAgg+ itself does (Bonawitz et al.: the round goes on with the parties that
+    sent their keys, then their shares).
+
+    Flower 1.42 keeps such a party in ``sampled_node_ids`` and in its neighbours' sets: at the unmask
+    stage it asks the survivors for shares of its key, which they never received (``KeyError`` in
+    ``secaggplus_mod``), and the round halts whatever the threshold. Such a party is in no one's
+    masks (a party masks only against the neighbours whose key shares reached it at the masked-vector
+    stage), so nothing of it needs removing: after each of the two stages the lost parties are pruned
+    from the workflow's state and the threshold is checked again over the survivors. No cryptography
+    changes; a party lost at the masked-vector or unmask stage is handled by Flower as before. It reads
+    and writes flwr 1.42's ``WorkflowState`` fields (``sampled_node_ids``, ``active_node_ids``,
+    ``nid_to_neighbours``; flwr is pinned below 1.43 in ``pyproject.toml``).
+    """
+
+    def setup_stage(self, grid: Any, context: LegacyContext, state: WorkflowState) -> bool:
+        return self._survivors(state, super().setup_stage(grid, context, state))
+
+    def share_keys_stage(self, grid: Any, context: LegacyContext, state: WorkflowState) -> bool:
+        return self._survivors(state, super().share_keys_stage(grid, context, state))
+
+    def _survivors(self, state: WorkflowState, ok: bool) -> bool:
+        lost = state.sampled_node_ids - state.active_node_ids
+        if not lost:  # nobody lost (or the stage halted before sampling)
+            return ok
+        state.sampled_node_ids = state.sampled_node_ids - lost
+        for node in lost:
+            state.nid_to_neighbours.pop(node, None)
+        for neighbours in state.nid_to_neighbours.values():
+            neighbours -= lost
+        return len(state.sampled_node_ids) >= 2 and self._check_threshold(state)
 
 
 class OneRound(LegacyStrategy):
@@ -182,10 +254,13 @@ class PolledGrid:
 
     :param grid: the Flower grid.
     :param shapes: the expected shapes of a masked vector.
+    :param message_type: the type the four stages' messages go out as: Flower's workflow builds
+        ``train`` messages; the SimSkip phase's go to the parties' ``train.simskip`` handler.
     """
 
     grid: Any
     shapes: list[tuple[int, ...]]
+    message_type: str = MessageType.TRAIN
     #: stage -> the nodes that answered it without an error
     answered: dict[str, set[int]] = field(default_factory=dict)
     #: node -> why it was left out (error reply text, or a refused masked vector)
@@ -197,6 +272,9 @@ class PolledGrid:
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         messages = list(messages)
+        if self.message_type != MessageType.TRAIN:
+            for msg in messages:
+                msg.metadata.message_type = self.message_type
         stage = _stage_of(messages)
         replies = grid_io.send_and_receive(self.grid, messages, timeout)
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
@@ -288,6 +366,20 @@ def _fitins(message: Message, global_ids: np.ndarray, num_union: int, clipping_r
     return FitIns(ndarrays_to_parameters([rows, ids]), config), rows.nbytes + ids.nbytes
 
 
+def weights_fitins(message: Message, weights_key: str, names: Sequence[str], clipping_range: float) -> FitIns:
+    """The FitIns of one plain SimSkip train message: [its rows, the weights of ``weights_key`` in the
+    order ``names``] and its config, plus the names (a JSON list) and the clipping range
+    (:func:`client.secure_upload.secure_weights_request` reads it)."""
+    rows = message.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy()
+    record = message.content.array_records[weights_key]
+    config = {
+        **dict(message.content.config_records[CONFIG_KEY]),
+        WEIGHT_NAMES_KEY: json.dumps(list(names)),
+        CLIPPING_RANGE_KEY: float(clipping_range),
+    }
+    return FitIns(ndarrays_to_parameters([rows, *[record[name].numpy() for name in names]]), config)
+
+
 def _missed(polled: PolledGrid, node: int, timeout: float | None) -> str:
     """Why a party without a masked vector and without an error reply was left out: the first stage it
     did not answer."""
@@ -295,6 +387,48 @@ def _missed(polled: PolledGrid, node: int, timeout: float | None) -> str:
         if node not in polled.answered.get(stage, set()):
             return f"timeout (no reply to the {stage} stage" + (f" within {timeout:g} s)" if timeout else ")")
     return "no masked vector"
+
+
+def _secure_mean(
+    grid: Any,
+    round_number: int,
+    fitins: Mapping[int, FitIns],
+    polled: PolledGrid,
+    settings: SecureAggregation,
+    timeout: float | None,
+    max_weight: float = 1.0,
+) -> tuple[list[np.ndarray], dict[int, dict[str, Any]]]:
+    """Run the workflow once on ``fitins``: ``(the weighted mean arrays, node -> metrics of the parties
+    aggregated)``.
+
+    :raises SecureAggregationHalted: fewer than the threshold answered some stage.
+    """
+    adapter = OneRound(polled, int(getattr(grid, "run_id", 0) or 0), fitins)
+    context = LegacyContext(
+        Context(run_id=adapter.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=adapter,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_number})
+    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()  # read by the setup stage, unused here
+    for node in fitins:  # only counted, in the workflow's log line
+        context.client_manager.register(GridClientProxy(node, polled, adapter.run_id))
+    settings.workflow(timeout, max_weight)(polled, context)
+    if adapter.result is None:
+        answered = {stage: len(nodes) for stage, nodes in polled.answered.items()}
+        raise SecureAggregationHalted(
+            f"round {round_number}: secure aggregation halted, fewer than secagg-reconstruction-threshold = "
+            f"{settings.reconstruction_threshold} parties answered; of {len(fitins)} sampled, answers per stage: "
+            f"{answered or 'none'}" + (f"; refused: {dict(sorted(polled.refused.items()))}" if polled.refused else "")
+        )
+    means, metrics, _ = adapter.result
+    return means, metrics
+
+
+def _left_out(polled: PolledGrid, sampled: Iterable[int], aggregated: Iterable[int], timeout: float | None) -> dict:
+    return {
+        node: polled.refused.get(node) or _missed(polled, node, timeout)
+        for node in sorted(set(sampled) - set(aggregated))
+    }
 
 
 def secure_fede_round(
@@ -327,39 +461,70 @@ def secure_fede_round(
         node = msg.metadata.dst_node_id
         fitins[node], download[node] = _fitins(msg, global_ids[node], num_union, settings.clipping_range)
     polled = PolledGrid(grid, shapes=[(1,), (num_union, dim), (num_union, 1)])
-    adapter = OneRound(polled, int(getattr(grid, "run_id", 0) or 0), fitins)
-    context = LegacyContext(
-        Context(run_id=adapter.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-        strategy=adapter,
-    )
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_number})
-    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()  # read by the setup stage, unused here
-    for node in fitins:  # only counted, in the workflow's log line
-        context.client_manager.register(GridClientProxy(node, polled, adapter.run_id))
-    settings.workflow(timeout)(polled, context)
-    sampled = set(fitins)
-    if adapter.result is None:
-        answered = {stage: len(nodes) for stage, nodes in polled.answered.items()}
-        raise SecureAggregationHalted(
-            f"round {round_number}: secure aggregation halted, fewer than secagg-reconstruction-threshold = "
-            f"{settings.reconstruction_threshold} parties answered; of {len(sampled)} sampled, answers per stage: "
-            f"{answered or 'none'}" + (f"; refused: {dict(sorted(polled.refused.items()))}" if polled.refused else "")
-        )
-    (table_mean, mask_mean), metrics, _ = adapter.result
+    (table_mean, mask_mean), metrics = _secure_mean(grid, round_number, fitins, polled, settings, timeout)
     aggregated = len(metrics)
     counts = np.rint(mask_mean[:, 0] * aggregated).astype(np.int64)
     held = counts > 0
     new = np.array(table, dtype=np.float32, copy=True)
     new[held] = (table_mean[held] / mask_mean[held]).astype(np.float32)
-    left_out = {
-        node: polled.refused.get(node) or _missed(polled, node, timeout) for node in sorted(sampled - set(metrics))
-    }
     return SecureRound(
         table=new,
         counts=counts,
         metrics={node: {k: float(v) for k, v in m.items()} for node, m in metrics.items()},
-        left_out=left_out,
+        left_out=_left_out(polled, fitins, metrics, timeout),
         upload=dict(polled.upload),
         reply_bytes=dict(polled.reply_bytes),
         download=download,
+    )
+
+
+@dataclass
+class SecureMean:
+    """One SimSkip round's secure weighted mean.
+
+    :param arrays: the weighted mean of the uploaded arrays (float64, in the upload's order).
+    :param metrics: node id -> the train metrics of each party aggregated (they travel in the clear).
+    :param left_out: node id -> why a sampled party was not aggregated.
+    :param max_weight: the workflow's ``max_weight`` (:func:`power_of_two_weight` of the row counts).
+    :param reply_bytes: node id -> bytes of all its SecAgg+ replies (keys, shares, masked vector).
+    """
+
+    arrays: list[np.ndarray]
+    metrics: dict[int, dict[str, float]]
+    left_out: dict[int, str]
+    max_weight: float
+    reply_bytes: dict[int, int]
+
+
+def secure_weighted_mean(
+    grid: Any,
+    round_number: int,
+    fitins: Mapping[int, FitIns],
+    shapes: Sequence[tuple[int, ...]],
+    weights: Mapping[int, int],
+    settings: SecureAggregation,
+    timeout: float | None,
+    message_type: str,
+) -> SecureMean:
+    """A weighted mean of whole arrays under SecAgg+ (the SimSkip phase's encoder weights).
+
+    :param fitins: node id -> its FitIns (what the party's masked-vector stage reads).
+    :param shapes: the shapes of the arrays each party uploads (masked vectors of other shapes are
+        refused as a dropout).
+    :param weights: node id -> its weight ``n_k`` (the row count it was sent; each party uploads it
+        as ``num_examples``): the workflow's ``max_weight`` is :func:`power_of_two_weight` of the largest.
+    :param message_type: the stages' message type (e.g. ``train.simskip``).
+    :raises SecureAggregationHalted: fewer than the threshold answered some stage.
+    :raises FederationError: fewer sampled parties than SecAgg+ needs.
+    """
+    settings.check_parties(round_number, len(fitins))
+    max_weight = power_of_two_weight(max(weights[node] for node in fitins))
+    polled = PolledGrid(grid, shapes=[(1,), *[tuple(shape) for shape in shapes]], message_type=message_type)
+    means, metrics = _secure_mean(grid, round_number, fitins, polled, settings, timeout, max_weight)
+    return SecureMean(
+        arrays=list(means),
+        metrics={node: {k: float(v) for k, v in m.items()} for node, m in metrics.items()},
+        left_out=_left_out(polled, fitins, metrics, timeout),
+        max_weight=max_weight,
+        reply_bytes=dict(polled.reply_bytes),
     )

@@ -29,6 +29,14 @@ Message protocol:
     per-triple test reciprocal ranks by :func:`client.kge.comparison.rr_key`, MetricRecord
     ``"metrics"`` = {``client-seconds``} (:func:`parse_downstream_reply`).
 
+Under ``secure-aggregation = true`` (federated phase) each round's upload and average go through
+Flower's SecAgg+ (:func:`server.secure_aggregation.secure_weighted_mean`, the adapter the FedE rounds
+use): the four stages are ``train.simskip`` messages, the masked-vector stage's a FitIns of the same
+rows and weights (:func:`server.secure_aggregation.weights_fitins`); each party uploads its weights
+masked, weighted by its row count, and the server obtains only the weighted mean (the reply metrics
+travel in the clear). A party lost before the unmask stage is left out and recorded, as in the plain
+phase; too few parties halt the round (:class:`~server.secure_aggregation.SecureAggregationHalted`).
+
 Checkpoint and resume: after every SimSkip round the ServerApp checkpoints the KGE state plus
 :meth:`SimSkipStrategy.checkpoint_arrays` (the global encoder weights) and
 :meth:`SimSkipStrategy.checkpoint_state` (round, history); a resumed run continues after that
@@ -78,6 +86,7 @@ from client.protocol import (
 from server.downstream import write_downstream_and_report
 from server.records import FederationError, UpdateRejectedError
 from server.report import SIMSKIP_METRICS_FILE
+from server.secure_aggregation import SecureMean, secure_weighted_mean, weights_fitins
 from server.strategy import FedEStrategy
 
 __all__ = [
@@ -136,6 +145,11 @@ class SimSkipStrategy(FedAvg):
         self.history: list[dict[str, Any]] = []
         self._last_updates: dict[str, RoundUpdate] = {}
         self.eval_protocol = eval_protocol
+        #: the SecAgg+ settings of a federated phase under ``secure-aggregation = true``, else ``None``
+        self.secure_aggregation = kge.secure_aggregation if config.federate else None
+        #: ``dp = local``: client id -> its accountant's ``epsilon`` and ``releases`` after its last SimSkip
+        #: upload (its reply metrics; the KGE rounds' releases included)
+        self.dp: dict[str, dict[str, float]] = {}
         #: client id -> {rr_key: per-triple test reciprocal ranks} (filled by the downstream evaluation)
         self.ranks: dict[str, dict[str, np.ndarray]] = {}
         #: clients without a downstream result, with the reason (filled by :meth:`downstream`)
@@ -213,19 +227,7 @@ class SimSkipStrategy(FedAvg):
         """
         if msg.has_error():
             raise UpdateRejectedError(msg.error.reason)
-        info = self.members.clients.get(node_id)
-        if info is None:
-            raise UpdateRejectedError("reply from an unregistered node")
-        metrics = msg.content.metric_records.get(METRICS_KEY)
-        if metrics is None or "num-rows" not in metrics:
-            raise UpdateRejectedError(f"reply lacks {METRICS_KEY}/num-rows")
-        num_rows = int(metrics["num-rows"])
-        if num_rows != info.global_ids.shape[0]:
-            raise UpdateRejectedError(f"refined {num_rows} rows, it was sent {info.global_ids.shape[0]}")
-        losses = {v: [float(metrics[f"loss/{v}"])] for v in self.variants if f"loss/{v}" in metrics}
-        bad = [v for v, (loss,) in losses.items() if not math.isfinite(loss)]
-        if bad:
-            raise UpdateRejectedError(f"non-finite SimSkip loss of {bad}")
+        update = self._checked_metrics(node_id, msg.content.metric_records.get(METRICS_KEY))
         weights: dict[str, NamedArrays] = {}
         if self.config.federate:
             record = msg.content.array_records.get(WEIGHTS_KEY)
@@ -237,7 +239,27 @@ class SimSkipStrategy(FedAvg):
                 weights = {v: _checked(unpacked[v], self.global_weights[v]) for v in self.variants}
             except (ValueError, WeightsAggregationError) as error:
                 raise UpdateRejectedError(str(error)) from None
-        return RoundUpdate(weights, num_rows, losses, float(metrics.get("simskip-seconds", 0.0)))
+        return RoundUpdate(weights, update.num_rows, update.losses, update.seconds)
+
+    def _checked_metrics(self, node_id: int, metrics: Mapping[str, Any] | None) -> RoundUpdate:
+        """A reply's metrics, checked, as a :class:`RoundUpdate` without weights.
+
+        :raises UpdateRejectedError: unregistered node, missing metrics, a row count other than the
+            rows it was sent, or a non-finite loss.
+        """
+        info = self.members.clients.get(node_id)
+        if info is None:
+            raise UpdateRejectedError("reply from an unregistered node")
+        if metrics is None or "num-rows" not in metrics:
+            raise UpdateRejectedError(f"reply lacks {METRICS_KEY}/num-rows")
+        num_rows = int(metrics["num-rows"])
+        if num_rows != info.global_ids.shape[0]:
+            raise UpdateRejectedError(f"refined {num_rows} rows, it was sent {info.global_ids.shape[0]}")
+        losses = {v: [float(metrics[f"loss/{v}"])] for v in self.variants if f"loss/{v}" in metrics}
+        bad = [v for v, (loss,) in losses.items() if not math.isfinite(loss)]
+        if bad:
+            raise UpdateRejectedError(f"non-finite SimSkip loss of {bad}")
+        return RoundUpdate({}, num_rows, losses, float(metrics.get("simskip-seconds", 0.0)))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -261,6 +283,7 @@ class SimSkipStrategy(FedAvg):
             name = self.members.client_name(node_id)
             try:
                 updates[name] = self.check_update(node_id, msg)
+                self._note_dp(name, msg.content.metric_records.get(METRICS_KEY))
             except UpdateRejectedError as error:
                 rejected.append(
                     self.members.record_failure(
@@ -285,6 +308,61 @@ class SimSkipStrategy(FedAvg):
         self._last_updates = updates
         overall = round_record(server_round, updates, 0.0)["simskip_loss_overall"]
         return None, MetricRecord({f"loss/{v}": float(x) for v, x in overall.items()})
+
+    def _note_dp(self, name: str, metrics: Mapping[str, Any] | None) -> None:
+        """Keep a reply's ``dp-epsilon`` and ``dp-releases`` (``dp = local``; absent otherwise)."""
+        if metrics is not None and "dp-epsilon" in metrics:
+            self.dp[name] = {"epsilon": float(metrics["dp-epsilon"]), "releases": int(metrics.get("dp-releases", 0))}
+
+    def secure_round(self, grid: Grid, server_round: int, messages: list[Message], timeout: float) -> SecureMean:
+        """The round's upload and weighted mean under SecAgg+ (``secure-aggregation = true``): each
+        party's weights weighted by its row count, as :meth:`aggregate_attributed` weights them.
+
+        :raises server.secure_aggregation.SecureAggregationHalted: too few parties answered.
+        """
+        assert self.secure_aggregation is not None
+        packed = pack_variants(self.global_weights)
+        names = [name for name, _ in packed]
+        clipping_range = self.secure_aggregation.clipping_range
+        fitins = {m.metadata.dst_node_id: weights_fitins(m, WEIGHTS_KEY, names, clipping_range) for m in messages}
+        counts = {node: int(self.members.clients[node].global_ids.shape[0]) for node in fitins}
+        shapes = [np.shape(array) for _, array in packed]
+        return secure_weighted_mean(
+            grid, server_round, fitins, shapes, counts, self.secure_aggregation, timeout, SIMSKIP_TRAIN_TYPE
+        )
+
+    def aggregate_secure(self, server_round: int, outcome: SecureMean) -> MetricRecord:
+        """Take a secure round's mean as the global weights; record the parties left out and the losses.
+
+        A party whose masked vector was aggregated but whose (clear) metrics do not check is recorded as
+        a failure; its weights stay in the mean (SecAgg+ cannot take them out).
+
+        :raises FederationError: no party's metrics survived, or the mean does not fit the encoder.
+        """
+        for node_id, why in outcome.left_out.items():
+            self.members.record_failure(self.members.client_name(node_id), f"secure aggregation: {why}", "simskip")
+        updates: dict[str, RoundUpdate] = {}
+        for node_id, metrics in sorted(outcome.metrics.items()):
+            name = self.members.client_name(node_id)
+            try:
+                updates[name] = self._checked_metrics(node_id, metrics)
+                self._note_dp(name, metrics)
+            except UpdateRejectedError as error:
+                self.members.record_failure(
+                    name, f"metrics rejected (its weights are in the secure mean): {error}", "simskip"
+                )
+        if not updates:
+            raise FederationError(f"SimSkip round {server_round}: no client's metrics survived the secure round")
+        names = [name for name, _ in pack_variants(self.global_weights)]
+        try:
+            unpacked = unpack_variants(list(zip(names, outcome.arrays, strict=True)), self.variants)
+            self.global_weights = {v: _checked(unpacked[v], self.global_weights[v]) for v in self.variants}
+        except (ValueError, WeightsAggregationError) as error:
+            raise FederationError(f"SimSkip round {server_round}: the secure mean: {error}") from error
+        self.num_rows = {name: u.num_rows for name, u in updates.items()}
+        self._last_updates = updates
+        overall = round_record(server_round, updates, 0.0)["simskip_loss_overall"]
+        return MetricRecord({f"loss/{v}": float(x) for v, x in overall.items()})
 
     # ------------------------------------------------------------------ loop
     def run(
@@ -313,9 +391,15 @@ class SimSkipStrategy(FedAvg):
                         server_round, ArrayRecord(), ConfigRecord({"best-round": int(best_round)}), grid
                     )
                 )
-                self.aggregate_attributed(server_round, self.members.exchange(grid, messages, timeout, phase="simskip"))
+                if self.secure_aggregation is not None:
+                    self.aggregate_secure(server_round, self.secure_round(grid, server_round, messages, timeout))
+                else:
+                    replies = self.members.exchange(grid, messages, timeout, phase="simskip")
+                    self.aggregate_attributed(server_round, replies)
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
             record["failures"] = failures
+            if self.dp:  # dp = local: each party's epsilon so far (rows and encoder releases together)
+                record["dp"] = {name: dict(values) for name, values in sorted(self.dp.items())}
             self.history.append(record)
             self.round = server_round
             log(
@@ -329,6 +413,15 @@ class SimSkipStrategy(FedAvg):
             )
             if on_round_end is not None:
                 on_round_end(record)
+        if self.dp:
+            log(
+                INFO,
+                "dp = local: after the SimSkip phase, %s",
+                ", ".join(
+                    f"{n}: epsilon {v['epsilon']:.4g} after {v['releases']} releases"
+                    for n, v in sorted(self.dp.items())
+                ),
+            )
         return self.downstream(grid, best_round=best_round, timeout=timeout)
 
     def downstream(self, grid: Grid, *, best_round: int, timeout: float = 3600.0) -> dict[str, dict[str, Any]]:

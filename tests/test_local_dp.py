@@ -194,15 +194,48 @@ def test_bad_dp_combinations_are_named_errors(run_config, match) -> None:
         FederationSettings.from_run_config(run_config)
 
 
-def test_dp_with_a_federated_simskip_phase_is_refused() -> None:
-    from client.kge.run_config import load_run_configs
+def test_dp_with_a_federated_simskip_phase_needs_its_encoder_clip() -> None:
+    from client.kge.run_config import load_run_configs, simskip_releases
 
     dp = {"dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0}
-    with pytest.raises(SettingsError, match="SimSkip"):
+    with pytest.raises(SettingsError, match="dp-clip-encoder > 0"):
         load_run_configs({**dp, "simskip-rounds": 2})
-    settings, _, _ = load_run_configs({**dp, "simskip-rounds": 0})
-    assert settings.dp == "local"
-    load_run_configs({**dp, "simskip-federate": False})  # each party refines alone: nothing uploaded
+    settings, _, refinement = load_run_configs({**dp, "simskip-rounds": 2, "dp-clip-encoder": 0.05})
+    assert settings.dp_clip_encoder == 0.05 and simskip_releases(settings, refinement) == 2
+    settings, _, refinement = load_run_configs({**dp, "simskip-rounds": 0})
+    assert settings.dp == "local" and simskip_releases(settings, refinement) == 0
+    settings, _, refinement = load_run_configs({**dp, "simskip-federate": False})  # each party refines alone
+    assert simskip_releases(settings, refinement) == 0
+    with pytest.raises(SettingsError, match="dp = none"):
+        FederationSettings.from_run_config({"dp-clip-encoder": 0.05})
+    with pytest.raises(SettingsError, match="dp-clip-encoder"):
+        FederationSettings.from_run_config({**dp, "dp-clip-encoder": -1.0})
+
+
+def test_a_target_epsilon_is_calibrated_over_the_kge_and_the_simskip_releases() -> None:
+    settings = FederationSettings.from_run_config(
+        {"dp": "local", "dp-clip": 1.0, "dp-target-epsilon": 8.0, "num-server-rounds": 50}
+    )
+    both = settings.local_dp(simskip_releases=10)
+    assert both.noise_multiplier == calibrate_noise_multiplier(8.0, 60, DELTA) > settings.local_dp().noise_multiplier
+    assert epsilon_for(both.noise_multiplier, 60, DELTA) <= 8.0
+
+
+def test_named_weights_are_released_as_one_update() -> None:
+    from client.kge.local_dp import release_weights
+
+    rng = np.random.default_rng(3)
+    downloaded = [("a/w", rng.normal(size=(4, 3))), ("a/b", rng.normal(size=(3,))), ("b/w", rng.normal(size=(2, 2)))]
+    uploaded = [(name, array + rng.normal(size=array.shape)) for name, array in downloaded]
+    released, release = release_weights(uploaded, downloaded, clip=0.5, noise_multiplier=0.0)
+    assert [(n, a.shape) for n, a in released] == [(n, a.shape) for n, a in downloaded]
+    update = np.concatenate([(r - d).ravel() for (_, r), (_, d) in zip(released, downloaded)])
+    full = np.concatenate([(u - d).ravel() for (_, u), (_, d) in zip(uploaded, downloaded)])
+    assert release.clipped and release.norm == pytest.approx(np.linalg.norm(full))
+    assert np.linalg.norm(update) == pytest.approx(0.5, rel=1e-12)  # the whole update, not each array
+    np.testing.assert_allclose(update, full * 0.5 / release.norm, atol=1e-12)
+    with pytest.raises(LocalDpError, match="differ"):
+        release_weights(uploaded[:2], downloaded, clip=0.5, noise_multiplier=0.0)
 
 
 # --- the in-process engine ----------------------------------------------------------------------------
@@ -427,3 +460,99 @@ def test_console_summary_says_each_partys_epsilon(tmp_path) -> None:
     (tmp_path / "final_metrics.json").write_text(json.dumps(final))
     text = console_summary(tmp_path)
     assert "party 0: epsilon 7.077 at delta 1e-05 after 50 releases" in text and "party 1:" in text
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_federated_simskip_phase_releases_the_encoder_in_the_same_accountant(
+    nations_folder, tmp_path, monkeypatch
+) -> None:
+    """Every upload counts: KGE rounds + SimSkip rounds releases per party. With z = 0 the uploaded weights
+    are the downloaded global weights plus the update clipped to dp-clip-encoder (not the trained ones)."""
+    from client import party_dp
+    from client.party_dp import DP_STATE_FILE
+    from server.simskip_strategy import SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY
+    from tests.handler_grid import run_both_phases
+
+    released_log = []
+    original = party_dp.release_weights
+
+    def recording(uploaded, downloaded, clip, noise_multiplier, rng=None):
+        out = original(uploaded, downloaded, clip, noise_multiplier, rng)
+        released_log.append((list(uploaded), list(downloaded), clip, out))
+        return out
+
+    monkeypatch.setattr(party_dp, "release_weights", recording)
+    clip_encoder = 1e-3  # the update norm is about 4e-3 here (embedding-dim 4, one local epoch)
+    run_config = {
+        **TINY,
+        "eval-every": 1,
+        "client-data-root": str(nations_folder),
+        "client-output-root": str(tmp_path / "clients"),
+        "dp": "local",
+        "dp-clip": 100.0,
+        "dp-clip-encoder": clip_encoder,
+        "dp-noise-multiplier": 0.0,
+        "simskip-rounds": 2,
+        "simskip-local-epochs": 1,
+        "downstream-protocols": "as-trained",
+    }
+    grid, _, result, records, _ = run_both_phases(run_config, tmp_path, kge_rounds=2)
+    assert set(records) == {"0", "1"} and len(result.rounds) == 2
+    replies = [reply for msg, reply in grid.log if msg.metadata.message_type == SIMSKIP_TRAIN_TYPE]
+    assert len(replies) == len(released_log) == 2 * 2
+    for reply, (trained, downloaded, clip, (released, release)) in zip(replies, released_log):
+        assert clip == clip_encoder and release.clipped and release.norm > clip_encoder
+        update = np.concatenate(
+            [(r - np.asarray(d, np.float64)).ravel() for (_, r), (_, d) in zip(released, downloaded)]
+        )
+        assert np.linalg.norm(update) == pytest.approx(clip_encoder, rel=1e-9)
+        uploaded = reply.content.array_records[WEIGHTS_KEY]
+        sent = {name: uploaded[name].numpy() for name in uploaded}
+        for name, r in released:
+            np.testing.assert_array_equal(sent[name], r.astype(np.float32))  # what left the party
+        assert any(not np.allclose(r, t) for (_, r), (_, t) in zip(released, trained))  # not the plain weights
+    metrics = [reply.content.metric_records["metrics"] for reply in replies]
+    assert sorted(int(m["dp-releases"]) for m in metrics) == [3, 3, 4, 4]  # after 2 KGE releases
+    for party in ("0", "1"):
+        state = json.loads((tmp_path / "clients" / party / DP_STATE_FILE).read_text())
+        assert state["spent"]["releases"] == len(result.rounds) + 2  # KGE rounds + SimSkip rounds
+    # the server's SimSkip history says each party's count so far
+    history = [json.loads(line) for line in (tmp_path / "simskip_metrics.jsonl").read_text().splitlines()]
+    assert [{k: v["releases"] for k, v in row["dp"].items()} for row in history] == [
+        {"0": 3, "1": 3},
+        {"0": 4, "1": 4},
+    ]
+    from server.report import console_summary
+
+    assert "DP after the SimSkip phase (rows and encoder weights): party 0: epsilon inf after 4 releases, party 1:" in (
+        console_summary(tmp_path)
+    )
+
+
+def test_the_in_process_simskip_phase_releases_each_clients_weights() -> None:
+    """run_refinement (the refine-only step of --engine in-process) releases as the Flower party does:
+    each client's update against the round's global weights clipped to dp-clip-encoder, counted in its
+    accountant (continued from earlier releases)."""
+    from client.kge.refinement import RefinementConfig, initial_weights, pack_variants, run_refinement
+
+    rng = np.random.default_rng(0)
+    rows = {"a": rng.normal(size=(20, 8)).astype(np.float32), "b": rng.normal(size=(30, 8)).astype(np.float32)}
+    config = RefinementConfig.from_run_config({"simskip-rounds": 1, "simskip-local-epochs": 1})
+    plain = run_refinement(rows, config)
+    earlier = PartyAccountant(DELTA)
+    earlier.record_release(2.0, 3)  # e.g. the KGE phase's releases
+    accountants = {"a": earlier}
+    clip = 1e-4
+    released = run_refinement(rows, config, dp=LocalDpSpec(clip, 0.0, DELTA), accountants=accountants)
+    assert accountants["a"].releases == 4 and accountants["b"].releases == 1
+    assert released.history[0]["dp"] == {
+        "a": {"epsilon": math.inf, "releases": 4},  # z = 0: no privacy, a control
+        "b": {"epsilon": math.inf, "releases": 1},
+    }
+    start = pack_variants(initial_weights(8, config))
+    final = pack_variants(released.weights["a"])
+    moved = np.concatenate([(f - s).ravel() for (_, f), (_, s) in zip(final, start)])
+    plain_moved = np.concatenate([(f - s).ravel() for (_, f), (_, s) in zip(pack_variants(plain.weights["a"]), start)])
+    assert np.linalg.norm(plain_moved) > 10 * clip  # the plain update is far larger than the clip
+    assert np.linalg.norm(moved) <= clip * (1 + 1e-4)  # a mean of updates each clipped to C (float32)
+    assert "dp" not in plain.history[0]

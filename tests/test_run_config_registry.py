@@ -86,6 +86,7 @@ LITERAL_MODEL_DEFINING = {
     "stopping",  # added with the per-party stopping rule (client/kge/early_stopping.py)
     "dp",  # added with local differential privacy (client/kge/local_dp.py)
     "dp-clip",
+    "dp-clip-encoder",  # added with the SimSkip phase's encoder release (client/party_dp.py)
     "dp-noise-multiplier",
     "dp-target-epsilon",
     "dp-delta",

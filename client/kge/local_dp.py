@@ -18,6 +18,11 @@ who trains). The (epsilon, delta) reported therefore covers the party's **entire
 (one triple, all triples of an entity, or all of them alike, with no group-privacy factor), and
 **only the released rows** (every upload counted, adaptive composition under RDP).
 
+Under a federated SimSkip phase each round's encoder + head weights are released the same way
+(:func:`release_weights`: the whole update against the downloaded global weights, clipped to
+``dp-clip-encoder``, noise ``z`` times that clip) and counted by the same accountant, one release per
+round: the guarantee then covers the rows and the weights together.
+
 **Not covered**, and not to be claimed: the handshake (entity labels, hence the party's entity
 set and its size, and the split sizes); the metrics a party reports (train loss, validation and
 test MRR / hits, downstream records); the server's choice of the best round on clear validation
@@ -52,6 +57,7 @@ __all__ = [
     "epsilon_for",
     "new_noise_rng",
     "release_rows",
+    "release_weights",
 ]
 
 #: The values of run config ``dp``: ``none`` (rows travel as trained) or ``local`` (this module).
@@ -62,7 +68,8 @@ ACCOUNTANT_NAME = "rdp (dp-accounting)"
 
 #: What the guarantee covers, in one line (written into results beside the numbers).
 PROTECTED_UNIT = (
-    "each party's entire training data, for the entity rows it uploads (whole-update clipping, "
+    "each party's entire training data, for the entity rows it uploads (and, with a federated SimSkip "
+    "phase, its encoder weights; each upload one release; whole-update clipping, "
     "sensitivity 2C, no amplification); not the handshake's entity labels, the reported metrics, "
     "the best-round choice or timing"
 )
@@ -168,6 +175,37 @@ def release_rows(
         generator = rng if rng is not None else new_noise_rng()
         update += generator.normal(0.0, noise_multiplier * clip, size=update.shape)
     return Release(rows=down + update, norm=norm, clipped=bool(clipped))
+
+
+def release_weights(
+    uploaded: Sequence[tuple[str, np.ndarray]],
+    downloaded: Sequence[tuple[str, np.ndarray]],
+    clip: float,
+    noise_multiplier: float,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[tuple[str, np.ndarray]], Release]:
+    """:func:`release_rows` on named weight arrays (the SimSkip encoder + head weights): the whole update,
+    all arrays together (their concatenation), clipped to ``clip``, N(0, (z C)^2) added to every value.
+
+    :param uploaded: the trained weights, ``[(name, array)]``.
+    :param downloaded: exactly the weights the server sent this round, same names, order and shapes.
+    :returns: the released weights (float64, same names and shapes) and the :class:`Release` of the
+        flattened update (its ``rows``: the released values as one (1, total) array).
+    :raises LocalDpError: names or shapes differ, a parameter is out of range, or the update is not finite.
+    """
+    up_names = [(name, np.shape(array)) for name, array in uploaded]
+    down_names = [(name, np.shape(array)) for name, array in downloaded]
+    if up_names != down_names:
+        raise LocalDpError(f"uploaded weights {up_names} differ from the downloaded weights {down_names}")
+    flat_up = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in uploaded])[None]
+    flat_down = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in downloaded])[None]
+    release = release_rows(flat_up, flat_down, clip, noise_multiplier, rng)
+    out, start = [], 0
+    for name, shape in up_names:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append((name, release.rows[0, start : start + size].reshape(shape)))
+        start += size
+    return out, release
 
 
 def accountant_multiplier(noise_multiplier: float) -> float:

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_weights
 from client.kge.refinement_config import (
     DEFAULT_GATE_GRID,
     NO_SKIP_VARIANT,
@@ -244,6 +245,8 @@ def run_refinement(
     aggregation: str = "mean",
     aggregation_trim: float = 0.25,
     row_views: Mapping[str, RowViewProvider] | None = None,
+    dp: LocalDpSpec | None = None,
+    accountants: MutableMapping[str, PartyAccountant] | None = None,
 ) -> RefinementResult:
     """Run the whole SimSkip phase in this process (the same rounds Flower runs, without transport).
 
@@ -258,6 +261,13 @@ def run_refinement(
     :param aggregation_trim: the fraction cut from each end by ``trimmed-mean``.
     :param row_views: client name -> its structure view (``row_view`` of :func:`fit_round`), where
         the config names the ``row_view`` augmentation.
+    :param dp: ``dp = local`` with a federated phase: the encoder's release (``clip`` = ``dp-clip-encoder``,
+        the run's ``z``), as the Flower party does (:func:`client.party_dp.release_encoder`): each client's
+        weights are released against the round's global weights before they are averaged, counted in
+        its accountant; each round's history row then has ``"dp"`` (client -> epsilon, releases).
+        Ignored by the local-only ablation (no weights leave a client).
+    :param accountants: client name -> its accountant, continued (e.g. from the KGE phase's releases)
+        and updated in place; a client without one gets a fresh one at ``dp.delta``.
     """
     if not rows_by_client:
         raise RefinementInputError("no client rows to refine")
@@ -281,6 +291,14 @@ def run_refinement(
             )
             for name, rows in rows_by_client.items()
         }
+        released: dict[str, dict[str, float]] = {}
+        if config.federate and dp is not None:
+            accountants = accountants if accountants is not None else {}
+            for name, update in updates.items():
+                accountant = accountants.setdefault(name, PartyAccountant(dp.delta))
+                update.weights = _release_encoder(update.weights, current[name], dp)
+                accountant.record_release(dp.noise_multiplier)
+                released[name] = {"epsilon": accountant.epsilon, "releases": accountant.releases}
         if config.federate:
             averaged = {
                 variant: fedavg_named(
@@ -292,6 +310,8 @@ def run_refinement(
         else:
             current = {name: update.weights for name, update in updates.items()}
         record = round_record(server_round, updates, time.perf_counter() - started)
+        if released:
+            record["dp"] = released
         history.append(record)
         if on_round_end is not None:
             on_round_end(record)
@@ -299,6 +319,19 @@ def run_refinement(
         name: transform_rows(rows, current[name], config, client_id=name) for name, rows in rows_by_client.items()
     }
     return RefinementResult(refined=refined, weights=current, history=history)
+
+
+def _release_encoder(
+    trained: Mapping[str, NamedArrays], downloaded: Mapping[str, NamedArrays], dp: LocalDpSpec
+) -> dict[str, NamedArrays]:
+    """One client's weights released (:func:`client.kge.local_dp.release_weights`, every variant together)."""
+    flat, start = pack_variants(trained), dict(pack_variants(downloaded))
+    released, _ = release_weights(flat, [(name, start[name]) for name, _ in flat], dp.clip, dp.noise_multiplier)
+    out: dict[str, NamedArrays] = {variant: [] for variant in trained}
+    for key, array in released:
+        variant, _, name = key.partition("/")
+        out[variant].append((name, array.astype(np.float32)))
+    return out
 
 
 def round_record(server_round: int, updates: Mapping[str, RoundUpdate], seconds: float) -> dict[str, Any]:

@@ -38,6 +38,7 @@ __all__ = [
     "app_config_defaults",
     "check_choices",
     "load_run_configs",
+    "simskip_releases",
 ]
 
 #: Every run-config key by name, in ``pyproject.toml``'s order (federation, KGE, refinement), then the others.
@@ -98,21 +99,22 @@ def load_run_configs(run_config: Mapping[str, Any]) -> tuple[FederationSettings,
 
     :returns: ``(FederationSettings, KGEConfig, RefinementConfig)``.
     :raises client.kge.config.ConfigError: naming an unknown key or a bad value.
-    :raises client.kge.settings.SettingsError: ``secure-aggregation = true`` with a federated SimSkip
-        phase, whose encoder weights do not go through SecAgg+ yet.
-        Likewise ``dp = local`` with a federated SimSkip phase (its uploads are not released by DP).
+    :raises client.kge.settings.SettingsError: ``dp = local`` with a federated SimSkip phase and no
+        ``dp-clip-encoder`` (its encoder weights are released with their own clip).
     """
     settings = FederationSettings.from_run_config(run_config)
     kge = KGEConfig.from_run_config(run_config, extra_known_keys=REGISTRY)
     refinement = RefinementConfig.from_run_config(run_config)
-    if settings.secure_aggregation and refinement.enabled and refinement.federate:
+    if settings.dp == "local" and refinement.enabled and refinement.federate and settings.dp_clip_encoder == 0:
         raise SettingsError(
-            "secure-aggregation = true does not cover the SimSkip phase's encoder weights yet (they would "
-            "travel in the clear): set simskip-rounds = 0, or simskip-federate = false (each party refines alone)"
-        )
-    if settings.dp == "local" and refinement.enabled and refinement.federate:
-        raise SettingsError(
-            "dp = local does not cover the SimSkip phase's encoder weights (they would leave the parties without "
-            "noise and outside the accountant): set simskip-rounds = 0, or simskip-federate = false"
+            "dp = local with a federated SimSkip phase needs dp-clip-encoder > 0, the norm each party's encoder "
+            "weights' whole update is clipped to (docs/how-to/differential-privacy.md); or set simskip-rounds = 0, "
+            "or simskip-federate = false"
         )
     return settings, kge, refinement
+
+
+def simskip_releases(settings: FederationSettings, refinement: RefinementConfig) -> int:
+    """The uploads a party releases under ``dp = local`` in the SimSkip phase: one per round when it is
+    federated (its encoder weights), none otherwise (the weights stay with the party)."""
+    return refinement.rounds if settings.dp == "local" and refinement.enabled and refinement.federate else 0

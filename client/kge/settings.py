@@ -96,6 +96,10 @@ class FederationSettings:
         (``docs/how-to/differential-privacy.md``). ``none``: rows travel as trained.
     :param dp_clip: [dp-clip] ``dp = local``: ``C``, the Frobenius norm the whole update (uploaded
         minus downloaded rows) is clipped to; must be > 0 there (0: unset).
+    :param dp_clip_encoder: [dp-clip-encoder] ``dp = local`` with a federated SimSkip phase: ``C`` of the
+        encoder + head weights' whole update (uploaded minus downloaded global weights), released with the
+        same ``z`` and counted by the same accountant; required there (> 0), as the encoder's update norm
+        is orders of magnitude away from the rows' (0: unset).
     :param dp_noise_multiplier: [dp-noise-multiplier] ``dp = local``: ``z``, the noise std over ``C``
         (>= 0; 0 clips without noise: epsilon infinite, a control only); -1: unset, then give
         ``dp-target-epsilon``.
@@ -159,6 +163,11 @@ class FederationSettings:
     )
     dp_clip: float = key_field(
         0.0, help="dp = local: norm C the whole update is clipped to (0: unset)", model_defining=True
+    )
+    dp_clip_encoder: float = key_field(
+        0.0,
+        help="dp = local, federated SimSkip phase: norm C the encoder weights' whole update is clipped to (0: unset)",
+        model_defining=True,
     )
     dp_noise_multiplier: float = key_field(
         -1.0, help="dp = local: noise std over C, z >= 0 (-1: unset, give dp-target-epsilon)", model_defining=True
@@ -238,6 +247,10 @@ class FederationSettings:
         z, target = self.dp_noise_multiplier, self.dp_target_epsilon
         if not (self.dp_clip >= 0 and math.isfinite(self.dp_clip)):
             raise SettingsError(f"dp-clip must be a finite number > 0 (0: unset), got {shown(self.dp_clip)}")
+        if not (self.dp_clip_encoder >= 0 and math.isfinite(self.dp_clip_encoder)):
+            raise SettingsError(
+                f"dp-clip-encoder must be a finite number > 0 (0: unset), got {shown(self.dp_clip_encoder)}"
+            )
         if not (z == -1.0 or (z >= 0 and math.isfinite(z))):
             raise SettingsError(f"dp-noise-multiplier must be a finite number >= 0 (-1: unset), got {shown(z)}")
         if not (target >= 0 and math.isfinite(target)):
@@ -248,6 +261,7 @@ class FederationSettings:
             name
             for name, unset in (
                 ("dp-clip", self.dp_clip == 0),
+                ("dp-clip-encoder", self.dp_clip_encoder == 0),
                 ("dp-noise-multiplier", z == -1.0),
                 ("dp-target-epsilon", target == 0),
             )
@@ -271,9 +285,10 @@ class FederationSettings:
                 "calibrated to"
             )
 
-    def local_dp(self) -> LocalDpSpec | None:
+    def local_dp(self, simskip_releases: int = 0) -> LocalDpSpec | None:
         """The resolved ``dp = local`` parameters (``None`` under ``dp = none``); with
-        ``dp-target-epsilon``, ``z`` is calibrated over ``num-server-rounds`` releases.
+        ``dp-target-epsilon``, ``z`` is calibrated over ``num-server-rounds`` releases, plus
+        ``simskip_releases`` (a federated SimSkip phase under DP: one release per SimSkip round).
 
         :raises SettingsError: no noise multiplier reaches the target.
         """
@@ -282,7 +297,7 @@ class FederationSettings:
         target = self.dp_target_epsilon if self.dp_target_epsilon > 0 else None
         try:
             z = (
-                calibrate_noise_multiplier(target, self.num_server_rounds, self.dp_delta)
+                calibrate_noise_multiplier(target, self.num_server_rounds + int(simskip_releases), self.dp_delta)
                 if target is not None
                 else self.dp_noise_multiplier
             )
