@@ -8,7 +8,14 @@ release the party makes, whether or not the server uses the reply. Its state liv
 ``context.state`` (record :data:`DP_STATE`) and, where the party has an output folder, in
 ``<output>/`` :data:`DP_STATE_FILE` (written atomically before the reply leaves), so a restarted
 party goes on counting instead of starting from zero; both are tagged with the server's
-``federation-id``, and a state of another federation is not carried over.
+``federation-id``, and a state of another federation is not carried over: its file is kept as
+``dp_accountant.<its federation id>.json`` (never overwritten; the party's log says so). A file that
+cannot be read is a :class:`~client.kge.local_dp.LocalDpError` naming it, never a fresh start.
+
+With ``dp-target-epsilon`` the accountant is also a privacy filter
+(:func:`client.kge.local_dp.check_budget`): a release that would take the party past the target (e.g.
+a resumed run re-running a round) is refused with
+:class:`~client.kge.local_dp.PrivacyBudgetExceeded` before any noise is drawn.
 
 :func:`release_encoder` does the same for the SimSkip phase's encoder + head weights (a federated
 phase under ``dp = local``): the whole update against the downloaded global weights, clipped to
@@ -31,7 +38,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_rows, release_weights
+from client.kge.local_dp import LocalDpError, LocalDpSpec, PartyAccountant, check_budget, release_rows, release_weights
 from client.kge.refinement_config import RefinementConfig
 from client.kge.run_folder import atomic_write_text
 from client.kge.settings import FederationSettings
@@ -45,18 +52,56 @@ DP_STATE = "dp-accountant"
 DP_STATE_FILE = "dp_accountant.json"
 
 
+def _read_state_file(path: Path) -> dict[str, Any]:
+    """``dp_accountant.json``: its ``federation-id`` and ``state``.
+
+    :raises LocalDpError: naming ``path``, when it is not such a JSON object.
+    """
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LocalDpError(f"{path}: the party's DP accountant cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("federation-id"), str) or "state" not in saved:
+        raise LocalDpError(f"{path}: not a DP accountant file (expected an object with 'federation-id' and 'state')")
+    return saved
+
+
 def _load_accountant(context: Context, out: Path | None, federation_id: str, delta: float) -> PartyAccountant:
-    """The party's accountant of this federation: from ``context.state``, else its file, else new."""
+    """The party's accountant of this federation: from ``context.state``, else its file, else new. A file of
+    another federation is kept as ``dp_accountant.<its id>.json`` (:func:`_supersede`).
+
+    :raises LocalDpError: the file (named) cannot be read, or its state cannot be loaded.
+    """
+    path = out / DP_STATE_FILE if out is not None else None
     saved: dict[str, Any] | None = None
+    source = f"context.state[{DP_STATE!r}]"
     if DP_STATE in context.state.config_records:
         record = context.state.config_records[DP_STATE]
-        saved = {"federation-id": str(record["federation-id"]), "state": str(record["state"])}
-    elif out is not None and (out / DP_STATE_FILE).is_file():
-        saved = json.loads((out / DP_STATE_FILE).read_text(encoding="utf-8"))
-    if saved is None or saved.get("federation-id") != federation_id:
+        if str(record["federation-id"]) == federation_id:
+            saved = {"federation-id": federation_id, "state": str(record["state"])}
+    if saved is None and path is not None and path.is_file():
+        on_file = _read_state_file(path)
+        if on_file["federation-id"] == federation_id:
+            saved, source = on_file, str(path)
+        else:
+            _supersede(out, path, on_file["federation-id"], federation_id)
+    if saved is None:
         return PartyAccountant(delta)
     state = saved["state"]
-    return PartyAccountant.from_json(state if isinstance(state, str) else json.dumps(state), delta)
+    try:
+        return PartyAccountant.from_json(state if isinstance(state, str) else json.dumps(state), delta)
+    except (LocalDpError, AttributeError, TypeError) as err:
+        raise LocalDpError(f"{source}: the party's DP accountant cannot be loaded: {err}") from None
+
+
+def _supersede(out: Path | None, path: Path, old: str, federation_id: str) -> None:
+    """Keep the accountant file of an earlier federation ``old`` as ``dp_accountant.<old>.json`` before this
+    federation's replaces it, and log it (a new federation's epsilon starts from 0; the earlier one's
+    releases are another federation's budget, recorded, never overwritten)."""
+    safe = "".join(c for c in old if c.isalnum() or c in "-_") or "unknown"
+    kept = path.with_name(f"dp_accountant.{safe}.json")
+    path.replace(kept)
+    note(out, f"dp: {path.name} of federation {old} kept as {kept.name}; federation {federation_id} starts its own")
 
 
 def _store_accountant(context: Context, out: Path | None, federation_id: str, accountant: PartyAccountant) -> None:
@@ -89,6 +134,7 @@ def release_upload(
     if spec is None:
         return trained, {}
     accountant = _load_accountant(context, out, federation_id, spec.delta)
+    check_budget(accountant, spec, f"round {server_round}")  # before any noise is drawn
     release = release_rows(trained, downloaded, spec.clip, spec.noise_multiplier)
     return release.rows, _count(context, out, federation_id, accountant, spec, release, f"round {server_round}")
 
@@ -157,6 +203,7 @@ def release_encoder(
         spec.target_epsilon,
     )
     accountant = _load_accountant(context, out, federation_id, spec.delta)
+    check_budget(accountant, encoder, f"SimSkip round {server_round} (encoder)")
     flat_trained = [(f"{v}/{n}", a) for v, named in trained.items() for n, a in named]
     flat_downloaded = [
         (f"{v}/{n}", np.asarray(dict(downloaded[v])[n])) for v, named in trained.items() for n, _ in named

@@ -12,10 +12,13 @@ compat helpers (:func:`secure_train_request`), hands the train handler the plain
 always gets (rows and config), and turns the handler's plain reply into the ``FitRes`` that
 ``secaggplus_mod`` masks (:func:`secure_train_reply`): the rows the handler releases (exactly what it
 would upload in the clear) scattered into the union table (``num-union`` x d, zeros elsewhere), next
-to its 0/1 holder mask (``num-union`` x 1), with ``num_examples = 1``. The handler itself does not
-know about SecAgg+. ``secaggplus_mod`` then quantizes and masks both arrays, sends only the masked
-integers and empties every ArrayRecord of the reply: no row leaves the party in the clear. The
-metrics (train loss, times, :data:`CLIPPED_METRIC`) do travel in the clear.
+to its 0/1 holder mask (``num-union`` x 1) and the binary digits of its count of values beyond
+SecAgg+'s clipping range (:data:`CLIPPED_BITS` 0/1 values, :func:`clipped_bits`: a per-party,
+data-dependent count, so it goes masked too and the server obtains only the sum over the parties),
+with ``num_examples = 1``. The handler itself does not know about SecAgg+. ``secaggplus_mod`` then
+quantizes and masks the arrays, sends only the masked integers and empties every ArrayRecord of the
+reply: no row leaves the party in the clear. The other metrics (train loss, times, the DP
+accountant's figures) do travel in the clear.
 
 The SimSkip phase's rounds (``train.simskip``, the handler of :mod:`client.refinement_app`) go the
 same way: ``secaggplus_mod`` passes on only messages whose type is exactly ``train``, so
@@ -24,7 +27,8 @@ reply its type back. Its FitIns holds ``[rows, the global encoder + head weights
 config`` :data:`WEIGHT_NAMES_KEY` ``]``; :func:`weights_on_fitins` hands the handler the plain
 SimSkip message (rows, ``simskip-weights``, config) and turns the weights it replies with into the
 ``FitRes`` that ``secaggplus_mod`` masks (:func:`secure_weights_reply`): the weight arrays in that
-order, float64, with ``num_examples`` = the party's row count (the plain phase's FedAvg weight).
+order, float64, with ``num_examples`` = the party's row count (the plain phase's FedAvg weight). Its
+count of clipped weight values is logged by the party only (a weighted mean cannot carry an exact sum).
 
 A plain ``train`` message (no ``"secaggplus_configs"``) goes to the handler as before, unless the
 party demands secure aggregation (its node config, or the run config, sets ``secure-aggregation``):
@@ -52,6 +56,7 @@ from flwr.compat.common import recorddict_compat as compat
 from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, METRICS_KEY, ROWS_ARRAY, WEIGHTS_KEY
 
 __all__ = [
+    "CLIPPED_BITS",
     "CLIPPED_METRIC",
     "CLIPPING_RANGE_KEY",
     "FITINS_PARAMETERS",
@@ -61,6 +66,7 @@ __all__ = [
     "SecureTrainRequest",
     "SecureUploadError",
     "SecureWeightsRequest",
+    "clipped_bits",
     "party_demands_secure_aggregation",
     "secagg_when_asked",
     "secure_train_reply",
@@ -77,8 +83,11 @@ FITINS_PARAMETERS = "fitins.parameters"
 NUM_UNION_KEY = "num-union"
 #: FitIns config: SecAgg+'s clipping range c (values beyond +-c are clipped by the quantization).
 CLIPPING_RANGE_KEY = "secagg-clipping-range"
-#: Metric of a SecAgg+ reply: how many uploaded values lie beyond +-c (clipped by the quantization).
+#: The server's name of a secure round's total count of uploaded values beyond +-c (clipped by the
+#: quantization), summed under the masks (:func:`clipped_bits`); never a reply metric.
 CLIPPED_METRIC = "secagg-clipped"
+#: Binary digits of a party's clipped count in its masked vector (counts up to 2^48 - 1).
+CLIPPED_BITS = 48
 #: Node-config (and run-config) key with which a party demands secure aggregation.
 SECURE_AGGREGATION_KEY = "secure-aggregation"
 #: FitIns config of a SimSkip round: the names of the weight arrays that follow the rows (a JSON list).
@@ -90,16 +99,39 @@ class SecureUploadError(RuntimeError):
     malformed SecAgg+ train message, or rows that are not finite."""
 
 
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"))
+#: The string spellings of a ``secure-aggregation`` value (Flower parses ``=true`` in a node config as the
+#: bool; a config written as a quoted string arrives as the string).
+_BOOL_SPELLINGS = {"true": True, "false": False}
+
+
+def _demanded(value: Any, where: str) -> bool:
+    """A ``secure-aggregation`` value, failing closed: a bool, or ``"true"`` / ``"false"`` (any case);
+    missing: ``False``. Flower parses ``--node-config "secure-aggregation=1"`` as the int 1, which a
+    truthiness test once read as false (the party then uploaded in the clear): it is refused.
+
+    :raises SecureUploadError: any other value (a typo must not make the party upload in the clear).
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_SPELLINGS:
+        return _BOOL_SPELLINGS[value.strip().lower()]
+    raise SecureUploadError(
+        f"{where} {SECURE_AGGREGATION_KEY!r}: expected true or false, got {value!r} ({type(value).__name__}); "
+        "this party refuses to guess whether it may upload in the clear"
+    )
 
 
 def party_demands_secure_aggregation(context: Context) -> bool:
     """Whether this party uploads rows only under SecAgg+: its node config ``secure-aggregation``
     (its operator's word: ``flower-supernode --node-config "secure-aggregation=true ..."``) or the
-    run config's (the federation's setting)."""
-    return _truthy(context.node_config.get(SECURE_AGGREGATION_KEY)) or _truthy(
-        context.run_config.get(SECURE_AGGREGATION_KEY)
+    run config's (the federation's setting).
+
+    :raises SecureUploadError: a value that is not a bool spelling (:func:`_demanded`).
+    """
+    return _demanded(context.node_config.get(SECURE_AGGREGATION_KEY), "node config") or _demanded(
+        context.run_config.get(SECURE_AGGREGATION_KEY), "run config"
     )
 
 
@@ -217,12 +249,25 @@ def secure_train_request(msg: Message) -> SecureTrainRequest | None:
     return SecureTrainRequest(rows, ids, num_union, float(config[CLIPPING_RANGE_KEY]), config)
 
 
+def clipped_bits(count: int) -> np.ndarray:
+    """The binary digits (least significant first) of a clipped count, float64 (:data:`CLIPPED_BITS`,):
+    0/1 values pass SecAgg+'s quantization exactly (c >= 1, a power of 2), as the holder mask does, so the
+    server's sum of the digits over the parties, ``rint(mean * k)`` per digit, gives the exact total.
+
+    :raises SecureUploadError: a negative count or one beyond 2^48 - 1."""
+    if not 0 <= count < 1 << CLIPPED_BITS:
+        raise SecureUploadError(f"clipped count {count} does not fit {CLIPPED_BITS} binary digits")
+    return np.array([(count >> j) & 1 for j in range(CLIPPED_BITS)], dtype=np.float64)
+
+
 def secure_train_reply(msg: Message, request: SecureTrainRequest, rows: np.ndarray, metrics: dict[str, Any]) -> Message:
-    """The ``FitRes``-shaped reply ``secaggplus_mod`` masks: ``[table, mask]`` with ``num_examples = 1``.
+    """The ``FitRes``-shaped reply ``secaggplus_mod`` masks: ``[table, mask, clipped bits]`` with
+    ``num_examples = 1``.
 
     :param rows: the rows the party releases this round (exactly what it would upload in the clear),
         local order, (n_k, d).
-    :param metrics: the reply's metrics (they travel in the clear); :data:`CLIPPED_METRIC` is added.
+    :param metrics: the reply's metrics (they travel in the clear, unchanged); the count of values
+        beyond +-c goes masked (:func:`clipped_bits`).
     :raises SecureUploadError: NaN or Inf in ``rows`` (SecAgg+ would turn them into silent garbage
         in everyone's sum, and the server cannot see them to refuse them).
     """
@@ -244,9 +289,9 @@ def secure_train_reply(msg: Message, request: SecureTrainRequest, rows: np.ndarr
     mask[request.global_ids] = 1.0
     res = FitRes(
         Status(Code.OK, ""),
-        ndarrays_to_parameters([table, mask]),
+        ndarrays_to_parameters([table, mask, clipped_bits(clipped)]),
         num_examples=1,
-        metrics={**metrics, CLIPPED_METRIC: clipped},
+        metrics=dict(metrics),
     )
     return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
@@ -333,7 +378,8 @@ def secure_weights_reply(
     float64, with ``num_examples`` = the rows the party was sent (the plain phase's FedAvg weight).
 
     :param weights: the weights the party releases this round (exactly what it would upload in the clear).
-    :param metrics: the reply's metrics (they travel in the clear); :data:`CLIPPED_METRIC` is added.
+    :param metrics: the reply's metrics (they travel in the clear, unchanged: the party's count of weight
+        values beyond +-c is logged here only, never sent in the clear).
     :raises SecureUploadError: names or shapes other than the request's, or NaN / Inf.
     """
     expected = [(name, np.shape(array)) for name, array in request.weights]
@@ -356,6 +402,6 @@ def secure_weights_reply(
         Status(Code.OK, ""),
         ndarrays_to_parameters(arrays),
         num_examples=int(request.rows.shape[0]),
-        metrics={**metrics, CLIPPED_METRIC: clipped},
+        metrics=dict(metrics),
     )
     return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)

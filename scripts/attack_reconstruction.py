@@ -512,22 +512,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     from client.kge.config import ConfigError
-    from client.kge.settings import FederationSettings
+    from client.kge.settings import in_process_local_dp
     from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
 
     try:
         sets, config = kge_run_config(args.preset, args.sets)
-        # the federation keys the in-process run honours: dp (its budget is --rounds releases)
-        settings = FederationSettings.from_run_config({**sets, "num-server-rounds": args.rounds})
-        dp = settings.local_dp()
+        # the Flower-free commands' one rule: dp = local honoured (its budget is --rounds releases), SecAgg
+        # refused (under it the server receives only the per-row sums, not the per-party uploads read here)
+        dp = in_process_local_dp(
+            {**sets, "num-server-rounds": args.rounds}, command="attack_reconstruction.py", honours_dp=True
+        )
     except (ConfigError, ValueError) as err:
         parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
-    if settings.secure_aggregation:
-        parser.error(
-            "secure-aggregation: this in-process run has no SecAgg+; under it the server receives only the "
-            "per-row sums over the holders, not the per-party uploads this attack reads"
-        )
     return run_main(PROG, lambda: _run(args, config, dp, list(argv) if argv is not None else sys.argv[1:]))
 
 

@@ -116,6 +116,7 @@ def parse_and_validate(argv: Sequence[str] | None = None) -> tuple[argparse.Name
     :raises SystemExit: 2 with one line ``run_central.py: error: ...`` naming the flag.
     """
     from client.kge.config import ConfigError
+    from client.kge.settings import in_process_local_dp
     from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
     from simskip_core.outputs import UnsafeOutputError, check_new_folder
@@ -134,6 +135,8 @@ def parse_and_validate(argv: Sequence[str] | None = None) -> tuple[argparse.Name
             parser.error(f"--export {args.export} holds another run's {FINAL_FILE}: remove it or choose another folder")
     try:
         sets, config = kge_run_config(args.preset, args.sets)
+        # the Flower-free commands' one rule: this run has neither SecAgg+ nor a DP path, so both are refused
+        in_process_local_dp(sets, command="run_central.py", honours_dp=False)
     except (ConfigError, ValueError) as err:
         parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
     if config.eval_protocol != PROTOCOL:

@@ -161,6 +161,7 @@ def kge_in_process(
         "client-output-root": str(folder / "clients"),
     }
     kge_config = KGEConfig.from_run_config(run_config, extra_known_keys=KNOWN_NON_KGE_KEYS | set(REFINEMENT_KEYS))
+    dp = in_process_dp(run_config, setting)
     if not (folder / "data").exists():
         kg.write(folder / "data")
     runner = {
@@ -183,8 +184,15 @@ def kge_in_process(
     )
     # saved after every round: an interrupted cell resumes after its last finished round
     checkpoint = FolderCheckpoint(folder, run_config, labels_in_id_order(kg.entity_to_id))
+    extra = {"dp": dp} if dp is not None else {}  # only fede honours dp (in_process_dp refuses it elsewhere)
     result = runner(
-        kg, kge_config, rounds, out_dir=folder, progress=lambda line: print(line, flush=True), checkpoint=checkpoint
+        kg,
+        kge_config,
+        rounds,
+        out_dir=folder,
+        progress=lambda line: print(line, flush=True),
+        checkpoint=checkpoint,
+        **extra,
     )
     written = {row.get("round") for row in run.metrics_rows}  # rows an attempt killed after the runner wrote
     for entry in result["history"]:
@@ -197,6 +205,35 @@ def kge_in_process(
             row["parties"] = entry["parties"]
         run.append_metrics(row)
     run.write_final_metrics(result)  # the checkpoint is removed by run_cell from now on
+
+
+#: The in-process runners that honour ``dp = local`` (``run_fede_in_process``'s ``dp=``); none has SecAgg+.
+IN_PROCESS_DP_SETTINGS = frozenset({"fede"})
+
+
+def in_process_dp(run_config: Mapping[str, Any], setting: str) -> Any:
+    """``dp = local``'s parameters for the in-process runner of ``setting`` (``None`` under ``dp = none``),
+    by the Flower-free commands' one rule (:func:`client.kge.settings.in_process_local_dp`): refused, with
+    :class:`client.kge.settings.UnhonouredKeyError`, for ``secure-aggregation = true`` and for ``dp = local``
+    in the isolation and collection runners. With ``dp-target-epsilon``, ``z`` is calibrated over the KGE
+    rounds and the federated SimSkip phase's releases, as the Flower apps do.
+
+    :raises client.kge.settings.SettingsError: / :class:`client.kge.config.ConfigError`: a bad value.
+    """
+    from client.kge.run_config import load_run_configs, simskip_releases
+    from client.kge.settings import FederationSettings, in_process_local_dp
+
+    honours = setting in IN_PROCESS_DP_SETTINGS
+    releases = 0
+    if honours and FederationSettings.from_run_config(run_config).dp == "local":
+        settings, _, refinement = load_run_configs(run_config)  # also: dp-clip-encoder for a federated SimSkip
+        releases = simskip_releases(settings, refinement)
+    return in_process_local_dp(
+        run_config,
+        command=f"the in-process {setting} runner (run_experiments.py --engine in-process)",
+        honours_dp=honours,
+        simskip_releases=releases,
+    )
 
 
 def _kge_flower(

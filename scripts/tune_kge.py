@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from client.kge.config import ConfigError, add_set_option
+from client.kge.settings import SettingsError, in_process_local_dp
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -456,6 +457,16 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def refuse_privacy_keys(fixed: Mapping[str, Any]) -> None:
+    """A search chooses a recipe on plain in-process FedE: ``dp = local`` and ``secure-aggregation = true``
+    in ``--set`` are refused (:func:`client.kge.settings.in_process_local_dp`), never silently ignored.
+
+    :raises client.kge.settings.SettingsError: naming the key.
+    """
+
+    in_process_local_dp(fixed, command="tune_kge.py (a recipe search on plain in-process FedE)", honours_dp=False)
+
+
 def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The ``--optuna N`` mode: parse and check the space, search, test the chosen trial, write JSON."""
     import optuna
@@ -470,9 +481,10 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     try:
         fixed = {"eval-every": 1, **parse_set_options(args.sets)}
         KGEConfig.from_run_config(fixed)
+        refuse_privacy_keys(fixed)
         space = parse_space(args.space, fixed)
         enqueued = [enqueue_params(items, space) for items in args.enqueue]
-    except ConfigError as exc:
+    except (ConfigError, SettingsError) as exc:
         parser.error(str(exc))
     if args.pruner not in PRUNERS:
         parser.error(f"--pruner {args.pruner!r}: choose one of {sorted(PRUNERS)}")
@@ -669,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
     fixed = {"eval-every": 1, **parse_set_options(args.sets)}
+    try:
+        refuse_privacy_keys(fixed)
+    except SettingsError as exc:
+        parser.error(str(exc))
     kg = load_federated(args.dataset, num_clients=args.clients, seed=0, on_unseen=args.on_unseen)
     rows = []
     for setting in _grid(args.grid):

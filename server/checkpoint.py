@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from client.kge.run_config import HARMLESS_KEYS, MODEL_DEFINING_KEYS, load_run_configs
+from client.kge.run_config import HARMLESS_KEYS, MODEL_DEFINING_KEYS, REGISTRY, load_run_configs
 from client.kge.run_folder import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -78,8 +78,25 @@ FORMAT_VERSION = 1
 #: the value a checkpoint that lacks the key ran with: resuming it compares against that value
 #: instead of refusing the key as changed. ``simskip-structure-mix`` only acts where
 #: ``simskip-augmentations`` names ``row_view``, which no run before the key could name; every run
-#: before ``loss`` trained with ``nssa``.
-ADDED_KEYS: dict[str, Any] = {"simskip-structure-mix": 0.5, "loss": "nssa"}
+#: before ``loss`` trained with ``nssa``. The privacy keys (issue 34) and ``regularize-entities`` were
+#: added with defaults that are the behaviour before them (no DP, no SecAgg, relation-only
+#: regularization), so a checkpoint that lacks them ran with their defaults.
+_ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = (
+    "regularize-entities",
+    "secure-aggregation",
+    "secagg-clipping-range",
+    "dp",
+    "dp-clip",
+    "dp-clip-encoder",
+    "dp-noise-multiplier",
+    "dp-target-epsilon",
+    "dp-delta",
+)
+ADDED_KEYS: dict[str, Any] = {
+    "simskip-structure-mix": 0.5,
+    "loss": "nssa",
+    **{key: REGISTRY[key].default for key in _ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT},
+}
 
 
 class CheckpointError(RuntimeError):

@@ -28,7 +28,9 @@ __all__ = [
     "UpdateRejectedError",
     "dp_record",
     "dp_text",
+    "secagg_clipped_total",
     "split_tracked_test",
+    "train_messages_sent",
     "weighted_mean",
 ]
 
@@ -98,6 +100,9 @@ class RoundReport:
     #: ``stopping = per-party``, validated rounds: where each party's tracker stood after this round
     #: (:meth:`~client.kge.early_stopping.PartyStopping.summary`); ``None`` otherwise
     parties: dict[str, dict[str, Any]] | None = None
+    #: ``secure-aggregation = true``: the uploaded values beyond SecAgg+'s +-c this round, summed over the
+    #: parties under the masks (``secagg_clipped`` in the row); ``None`` (no key) for a plain round
+    secagg_clipped: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``valid`` keys only when this round was validated)."""
@@ -126,6 +131,8 @@ class RoundReport:
             row["test_overall"] = self.test_overall
         if self.parties is not None:
             row["parties"] = self.parties
+        if self.secagg_clipped is not None:
+            row["secagg_clipped"] = self.secagg_clipped
         return row
 
     @classmethod
@@ -226,42 +233,119 @@ def split_tracked_test(metrics: Mapping[str, float]) -> tuple[dict[str, float], 
 DP_METRICS = ("dp-epsilon", "dp-releases", "dp-noise-multiplier", "dp-delta")
 
 
+#: Failure phases of a round report that are not the train phase (``"<client>: <phase>: <why>"``).
+_NOT_TRAIN_PHASES = ("validation", "finish", "rejoin", "restore", "test")
+
+
+def train_messages_sent(row: Mapping[str, Any]) -> set[str]:
+    """The clients a round's train message went to, from its report row: those whose reply was used
+    (``train``) and those recorded as a train-phase failure (a lost, late or rejected reply)."""
+    sent = set(row.get("train") or {})
+    for failure in row.get("failures") or []:
+        name, _, rest = str(failure).partition(": ")
+        if rest and not name.startswith("node ") and rest.split(":", 1)[0] not in _NOT_TRAIN_PHASES:
+            sent.add(name)
+    return sent
+
+
 def dp_record(reports: Sequence[RoundReport | Mapping[str, Any]]) -> dict[str, Any] | None:
-    """``dp = local``: each party's (epsilon, delta) for the whole run, from its latest train reply.
+    """``dp = local``: each party's (epsilon, delta) for the whole run, from its latest train reply, and the
+    server's own conservative bound.
 
     The party's accountant is authoritative (it counts every release it made, also one whose reply
     came late or was rejected); ``rounds_received`` is the server's cross-check, the rounds in which
-    its update reached the server (``releases`` >= it). Per-round values stay in each round's
-    ``train`` metrics (``metrics.jsonl``).
+    its update reached the server (``releases`` >= it). ``messages_sent`` counts the rounds whose train
+    message went to the party (:func:`train_messages_sent`; a party releases at most once per message),
+    and ``epsilon_bound`` is the epsilon of that many releases at the party's ``z``: the server's figure,
+    which does not trust the party's count (it misses only rounds of a crashed server attempt that a
+    resume re-ran). ``releases_went_down`` lists the rounds whose ``dp-releases`` was below the party's
+    previous one (its accountant restarted, or a wrong reply): the reported epsilon is then suspect.
+    Per-round values stay in each round's ``train`` metrics (``metrics.jsonl``). An infinite epsilon
+    (z = 0) is written as ``None`` with an ``epsilon_note`` (JSON has no Infinity).
 
     :param reports: the run's round reports (objects or :meth:`RoundReport.as_dict` rows).
     :returns: ``{"parties": {client: {"epsilon", "delta", "releases", "noise_multiplier", "round",
-        "rounds_received"}}, "max_epsilon"}``, or ``None`` when no reply carried DP metrics.
+        "rounds_received", "messages_sent", "epsilon_bound"[, "releases_went_down", "epsilon_note"]}},
+        "max_epsilon", "max_epsilon_bound"}``, or ``None`` when no reply carried DP metrics.
     """
+    from client.kge.local_dp import INFINITE_EPSILON_NOTE, epsilon_for, json_epsilon  # dp_accounting: heavy
+
     parties: dict[str, dict[str, Any]] = {}
-    for report in reports:
-        row = report.as_dict() if isinstance(report, RoundReport) else report
+    sent: dict[str, int] = {}
+    went_down: dict[str, list[int]] = {}
+    rows = [report.as_dict() if isinstance(report, RoundReport) else report for report in reports]
+    for row in rows:
+        for client in train_messages_sent(row):
+            sent[client] = sent.get(client, 0) + 1
         for client, metrics in (row.get("train") or {}).items():
             if "dp-epsilon" not in metrics:
                 continue
             received = parties.get(client, {}).get("rounds_received", 0) + 1
+            releases = int(metrics.get("dp-releases", 0))
+            if client in parties and releases < parties[client]["releases"]:
+                went_down.setdefault(client, []).append(int(row["round"]))
             parties[client] = {
                 "epsilon": float(metrics["dp-epsilon"]),
                 "delta": float(metrics.get("dp-delta", float("nan"))),
-                "releases": int(metrics.get("dp-releases", 0)),
+                "releases": releases,
                 "noise_multiplier": float(metrics.get("dp-noise-multiplier", float("nan"))),
                 "round": int(row["round"]),
                 "rounds_received": received,
             }
     if not parties:
         return None
+    for client, party in parties.items():
+        party["messages_sent"] = sent.get(client, party["rounds_received"])
+        bound = epsilon_for(party["noise_multiplier"], party["messages_sent"], party["delta"])
+        party["epsilon_bound"] = bound
+        if client in went_down:
+            party["releases_went_down"] = went_down[client]
     ordered = dict(sorted(parties.items()))
-    return {"parties": ordered, "max_epsilon": max(p["epsilon"] for p in ordered.values())}
+    record: dict[str, Any] = {
+        "parties": ordered,
+        "max_epsilon": max(p["epsilon"] for p in ordered.values()),
+        "max_epsilon_bound": max(p["epsilon_bound"] for p in ordered.values()),
+    }
+    infinite = False
+    for party in ordered.values():
+        for key in ("epsilon", "epsilon_bound"):
+            infinite |= math.isinf(party[key])
+            party[key] = json_epsilon(party[key])
+        if party["epsilon"] is None:
+            party["epsilon_note"] = INFINITE_EPSILON_NOTE
+    for key in ("max_epsilon", "max_epsilon_bound"):
+        record[key] = json_epsilon(record[key])
+    if infinite:
+        record["epsilon_note"] = INFINITE_EPSILON_NOTE
+    return record
+
+
+def secagg_clipped_total(reports: Sequence[RoundReport | Mapping[str, Any]]) -> int:
+    """``secure-aggregation = true``: the run's total of uploaded values SecAgg+ clipped to +-c (0 for a
+    plain run, or when none was); ``final_metrics.json`` holds it as ``secagg_clipped`` when above 0."""
+    total = 0
+    for report in reports:
+        row = report.as_dict() if isinstance(report, RoundReport) else report
+        total += int(row.get("secagg_clipped") or 0)
+    return total
 
 
 def dp_text(record: Mapping[str, Any]) -> str:
-    """:func:`dp_record` in one line: epsilon at delta per party, with its releases."""
-    return ", ".join(
-        f"party {client}: epsilon {party['epsilon']:.4g} at delta {party['delta']:g} after {party['releases']} releases"
-        for client, party in record["parties"].items()
-    )
+    """:func:`dp_record` in one line: epsilon at delta per party, with its releases, the server's bound,
+    and a warning where ``dp-releases`` went down."""
+
+    def eps(value: Any) -> str:
+        return "inf" if value is None else f"{value:.4g}"
+
+    parts = []
+    for client, party in record["parties"].items():
+        text = (
+            f"party {client}: epsilon {eps(party['epsilon'])} at delta {party['delta']:g} after "
+            f"{party['releases']} releases"
+        )
+        if "epsilon_bound" in party:
+            text += f" (server's bound {eps(party['epsilon_bound'])} over {party['messages_sent']} train messages)"
+        if party.get("releases_went_down"):
+            text += f" WARNING: dp-releases went down in rounds {party['releases_went_down']}"
+        parts.append(text)
+    return ", ".join(parts)

@@ -292,6 +292,11 @@ def _last_simskip_dp(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     return sorted(dp.items()) if isinstance(dp, dict) else []
 
 
+def _epsilon_text(epsilon: Any) -> str:
+    """An epsilon as the console shows it: ``inf`` for ``null`` / infinity (z = 0, no privacy)."""
+    return "inf" if epsilon is None or epsilon == float("inf") else f"{float(epsilon):.4g}"
+
+
 def console_summary(run_dir: str | Path) -> str:
     """The few lines a command prints at the end of a run: what the run found, and where to read more.
 
@@ -317,11 +322,19 @@ def console_summary(run_dir: str | Path) -> str:
         lines.append(f"  FedE: no readable {run_dir / 'final_metrics.json'}")
     if isinstance(final, dict) and isinstance(final.get("dp"), dict):
         lines.append(f"  DP (dp = local, the uploaded rows only): {dp_text(final['dp'])}")
+    if isinstance(final, dict) and final.get("secagg_clipped"):
+        lines.append(
+            f"  WARNING: secure aggregation clipped {final['secagg_clipped']} uploaded values to +-secagg-clipping-range "
+            "over the run (their means are biased: raise the range)"
+        )
     simskip_dp = _last_simskip_dp(run_dir)
     if simskip_dp:  # a federated SimSkip phase under dp = local: the same accountants, its releases added
         lines.append(
             "  DP after the SimSkip phase (rows and encoder weights): "
-            + ", ".join(f"party {n}: epsilon {v['epsilon']:.4g} after {v['releases']} releases" for n, v in simskip_dp)
+            + ", ".join(
+                f"party {n}: epsilon {_epsilon_text(v.get('epsilon'))} after {v['releases']} releases"
+                for n, v in simskip_dp
+            )
         )
     table = _json_or_none(run_dir / RESULTS_JSON)
     if not (isinstance(table, dict) and isinstance(table.get("protocols"), dict)):

@@ -6,12 +6,17 @@ What each party uploads, what the server obtains and what it still learns are in
 
 **The shape.** SecAgg+ computes a weighted mean of whole arrays; FedE needs each row averaged over
 the parties that hold it. So each party uploads two arrays: its rows scattered into the union table
-(N x d, zeros elsewhere) and its 0/1 holder mask (N x 1), with ``num_examples = 1`` and the workflow's
-``max_weight = 1.0`` (every party weighs exactly 1). The workflow returns ``(mean_k x_k m_k, mean_k m_k)``
-over the parties that delivered a masked vector; per row, ``table_mean / mask_mean`` is FedE's mean over
-those holders (the number of parties cancels) and ``rint(mask_mean * k)`` the holder count. A row no
-survivor holds keeps its value. Each coordinate is within the quantization step ``2c / 2^22`` of the
-plain mean of the same uploaded rows (c = ``secagg-clipping-range``).
+(N x d, zeros elsewhere), its 0/1 holder mask (N x 1) and the binary digits of its count of values beyond
++-c (:func:`client.secure_upload.clipped_bits`), with ``num_examples = 1`` and the workflow's
+``max_weight = 1.0`` (every party weighs exactly 1). The workflow returns ``(mean_k x_k m_k, mean_k m_k,
+mean_k b_k)`` over the parties that delivered a masked vector; per row, ``table_mean / mask_mean`` is FedE's
+mean over those holders (the number of parties cancels) and ``rint(mask_mean * k)`` the holder count, which
+must equal the count the server knows from the handshake (the aggregated parties' global ids), else
+:class:`HolderCountMismatch`. A row no survivor holds keeps its value. Each coordinate is within the
+quantization step ``2c / 2^22`` of the plain mean of the same uploaded rows (c = ``secagg-clipping-range``,
+a power of 2 >= 1: SecAgg+ clips every value to +-c, the 0/1 mask included, so at c < 1 the counts and the
+means would be wrong; the settings refuse it). The clipped digits' sum is the round's total of clipped
+values (:attr:`SecureRound.clipped`): the server logs a warning when it is above 0.
 
 **Driving Flower's workflow unchanged.** ``SecAggPlusWorkflow`` is a legacy-API workflow: it wants a
 ``LegacyContext``, asks a legacy ``Strategy.configure_fit`` for per-node ``FitIns`` and hands the
@@ -68,12 +73,13 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
 from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY
-from client.secure_upload import CLIPPING_RANGE_KEY, NUM_UNION_KEY, WEIGHT_NAMES_KEY
+from client.secure_upload import CLIPPED_BITS, CLIPPING_RANGE_KEY, NUM_UNION_KEY, WEIGHT_NAMES_KEY
 from server import grid_io
 from server.records import FederationError
 
 __all__ = [
     "QUANTIZATION_RANGE",
+    "HolderCountMismatch",
     "OneRound",
     "PolledGrid",
     "SecureAggregation",
@@ -81,6 +87,8 @@ __all__ = [
     "SecureMean",
     "SecureRound",
     "SurvivorsWorkflow",
+    "check_holder_counts",
+    "per_row_mean",
     "power_of_two_weight",
     "quantization_step",
     "secure_fede_round",
@@ -116,9 +124,16 @@ def weighted_quantization_bound(weights: Sequence[int], max_weight: float, clipp
 
 
 def upload_bytes(num_union: int, entity_dim: int) -> int:
-    """Bytes of one party's masked vector: int64 weight factor, N x d table and N x 1 mask as Flower
-    serializes them (``ndarray_to_bytes``: each array's .npy header of 128 bytes plus 8 bytes a value)."""
-    return 8 * (num_union * (entity_dim + 1) + 1) + 3 * 128
+    """Bytes of one party's masked vector: int64 weight factor, N x d table, N x 1 mask and the clipped
+    count's :data:`~client.secure_upload.CLIPPED_BITS` digits as Flower serializes them
+    (``ndarray_to_bytes``: each array's .npy header of 128 bytes plus 8 bytes a value)."""
+    return 8 * (num_union * (entity_dim + 1) + 1 + CLIPPED_BITS) + 4 * 128
+
+
+class HolderCountMismatch(FederationError):
+    """A secure round's holder counts (the sum of the 0/1 masks) differ from those the server knows from
+    the handshake: the aggregate is corrupt (e.g. a clipping range below 1 clipped the masks, or a party
+    uploaded a wrong mask); the message names the round and the rows. The table is left untouched."""
 
 
 class SecureAggregationHalted(FederationError):
@@ -337,6 +352,7 @@ class SecureRound:
 
     :param table: the new global table (float32, a copy; rows no survivor holds unchanged).
     :param counts: int64 (N,), the holders of each row among the parties aggregated.
+    :param clipped: the values beyond +-c over all parties aggregated (summed under the masks).
     :param metrics: node id -> the train metrics of each party aggregated (they travel in the clear).
     :param left_out: node id -> why a sampled party was not aggregated.
     :param upload: node id -> bytes of its masked vector.
@@ -351,6 +367,7 @@ class SecureRound:
     upload: dict[int, int]
     reply_bytes: dict[int, int]
     download: dict[int, int]
+    clipped: int = 0
 
 
 def _fitins(message: Message, global_ids: np.ndarray, num_union: int, clipping_range: float) -> tuple[FitIns, int]:
@@ -452,6 +469,7 @@ def secure_fede_round(
     :param timeout: seconds each of the four exchanges waits for replies.
     :returns: the new table, the counts, the survivors' metrics, who was left out and why, bytes.
     :raises SecureAggregationHalted: fewer than the threshold answered some stage (table untouched).
+    :raises HolderCountMismatch: the summed masks differ from the aggregated parties' holders.
     :raises FederationError: fewer sampled parties than SecAgg+ needs.
     """
     settings.check_parties(round_number, len(messages))
@@ -460,13 +478,12 @@ def secure_fede_round(
     for msg in messages:
         node = msg.metadata.dst_node_id
         fitins[node], download[node] = _fitins(msg, global_ids[node], num_union, settings.clipping_range)
-    polled = PolledGrid(grid, shapes=[(1,), (num_union, dim), (num_union, 1)])
-    (table_mean, mask_mean), metrics = _secure_mean(grid, round_number, fitins, polled, settings, timeout)
+    polled = PolledGrid(grid, shapes=[(1,), (num_union, dim), (num_union, 1), (CLIPPED_BITS,)])
+    (table_mean, mask_mean, bits_mean), metrics = _secure_mean(grid, round_number, fitins, polled, settings, timeout)
     aggregated = len(metrics)
-    counts = np.rint(mask_mean[:, 0] * aggregated).astype(np.int64)
-    held = counts > 0
-    new = np.array(table, dtype=np.float32, copy=True)
-    new[held] = (table_mean[held] / mask_mean[held]).astype(np.float32)
+    new, counts = per_row_mean(table, table_mean, mask_mean, aggregated)
+    check_holder_counts(round_number, counts, [global_ids[node] for node in metrics])
+    clipped = int(sum(int(np.rint(b * aggregated)) << j for j, b in enumerate(bits_mean)))
     return SecureRound(
         table=new,
         counts=counts,
@@ -475,7 +492,46 @@ def secure_fede_round(
         upload=dict(polled.upload),
         reply_bytes=dict(polled.reply_bytes),
         download=download,
+        clipped=clipped,
     )
+
+
+def per_row_mean(
+    table: np.ndarray, table_mean: np.ndarray, mask_mean: np.ndarray, aggregated: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """FedE's per-row mean from SecAgg+'s means over ``aggregated`` parties: ``table_mean / mask_mean`` for
+    every row some party holds, ``table``'s row for the others.
+
+    :param table: the current global table (N, d); not modified.
+    :param table_mean: (N, d), ``mean_k x_k m_k`` (the scattered rows, zeros where a party holds none).
+    :param mask_mean: (N, 1), ``mean_k m_k``.
+    :returns: ``(the new table (float32, a copy), the holder counts (int64, N))``.
+    """
+    counts = np.rint(mask_mean[:, 0] * aggregated).astype(np.int64)
+    held = counts > 0
+    new = np.array(table, dtype=np.float32, copy=True)
+    new[held] = (table_mean[held] / mask_mean[held]).astype(np.float32)
+    return new, counts
+
+
+def check_holder_counts(round_number: int, counts: np.ndarray, holders: Sequence[np.ndarray]) -> None:
+    """Cross-check a secure round's holder counts against the handshake: row ``i`` must be held by exactly
+    as many aggregated parties as the server knows hold it (``holders``: each aggregated party's global ids).
+
+    :raises HolderCountMismatch: naming the round, how many rows differ and the first of them.
+    """
+    expected = np.zeros(counts.shape[0], dtype=np.int64)
+    for ids in holders:
+        expected[np.asarray(ids, dtype=np.int64)] += 1
+    wrong = np.flatnonzero(expected != counts)
+    if wrong.size:
+        first = int(wrong[0])
+        raise HolderCountMismatch(
+            f"round {round_number}: the secure aggregate's holder counts differ from the handshake's in "
+            f"{wrong.size} of {counts.shape[0]} rows (row {first}: {int(counts[first])} summed, "
+            f"{int(expected[first])} expected); the aggregate is corrupt (secagg-clipping-range must be >= 1), "
+            "the table is left untouched"
+        )
 
 
 @dataclass

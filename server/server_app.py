@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from client.kge.run_folder import FINAL_METRICS, METRICS_JSONL, RunFolder, read_jsonl, write_jsonl
 from client.kge.settings import SettingsError
 from client.object_pulls import shorten_object_pull_backoff
-from server.records import FederationError, FedEResult, RoundReport, dp_record
+from server.records import FederationError, FedEResult, RoundReport, dp_record, secagg_clipped_total
 from server.secure_aggregation import SecureAggregation
 from server.strategy import FedEStrategy
 
@@ -87,6 +87,8 @@ def _final_payload(strategy: FedEStrategy, result: FedEResult, settings: Any, st
         "timing": {"seconds": round(time.time() - started, 3)},
         # dp = local: each party's (epsilon, delta) for the whole run, as its accountant reported it
         **({"dp": dp} if (dp := dp_record(result.rounds)) is not None else {}),
+        # secure-aggregation = true: the run's total of uploaded values SecAgg+ clipped to +-c, when any
+        **({"secagg_clipped": n} if (n := secagg_clipped_total(result.rounds)) else {}),
     }
 
 

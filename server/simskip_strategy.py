@@ -399,7 +399,12 @@ class SimSkipStrategy(FedAvg):
             record = round_record(server_round, self._last_updates, time.perf_counter() - started)
             record["failures"] = failures
             if self.dp:  # dp = local: each party's epsilon so far (rows and encoder releases together)
-                record["dp"] = {name: dict(values) for name, values in sorted(self.dp.items())}
+                from client.kge.local_dp import json_epsilon  # null, not Infinity, in the JSON rows (z = 0)
+
+                record["dp"] = {
+                    name: {**values, "epsilon": json_epsilon(values["epsilon"])}
+                    for name, values in sorted(self.dp.items())
+                }
             self.history.append(record)
             self.round = server_round
             log(

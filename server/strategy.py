@@ -349,6 +349,8 @@ class FedEStrategy(FedAvg):
         """Send the round's train messages through SecAgg+ (:func:`~server.secure_aggregation.secure_fede_round`).
 
         :raises server.secure_aggregation.SecureAggregationHalted: too few parties answered (table untouched).
+        :raises server.secure_aggregation.HolderCountMismatch: the summed masks differ from the handshake's
+            holders (a corrupt aggregate; table untouched).
         """
         assert self.secure_aggregation is not None
         global_ids = {m.metadata.dst_node_id: self.clients[m.metadata.dst_node_id].global_ids for m in messages}
@@ -368,9 +370,19 @@ class FedEStrategy(FedAvg):
             members.record_failure(members.client_name(node_id), f"secure aggregation: {why}")
         self.state.table = outcome.table
         per_client = dict(sorted((members.client_name(node), metrics) for node, metrics in outcome.metrics.items()))
+        if outcome.clipped:
+            log(
+                WARNING,
+                "round %s: secure aggregation clipped %s uploaded values to +-%s (secagg-clipping-range): "
+                "the mean of those rows is biased; raise the range",
+                server_round,
+                outcome.clipped,
+                self.secure_aggregation.clipping_range if self.secure_aggregation else "c",
+            )
         if report is not None:
             report.bytes_received += sum(outcome.reply_bytes.values())
             report.train.update(per_client)
+            report.secagg_clipped = outcome.clipped
         metrics = weighted_mean(per_client, "num-entities")
         return None, MetricRecord(metrics) if metrics else None
 
@@ -529,8 +541,9 @@ class FedEStrategy(FedAvg):
         result.arrays = ArrayRecord({"entity-table": Array(self.state.table)})
         log(INFO, "best round %s; test overall %s", self.loop.best_round, format_metrics(result.test_overall))
         dp = dp_record(result.rounds)
-        if dp is not None:  # dp = local: what each party's accountant reported last
-            log(INFO, "dp = local: %s", dp_text(dp))
+        if dp is not None:  # dp = local: what each party's accountant reported last, and the server's bound
+            suspect = any(party.get("releases_went_down") for party in dp["parties"].values())
+            log(WARNING if suspect else INFO, "dp = local: %s", dp_text(dp))
         return result
 
     def summary(self) -> None:

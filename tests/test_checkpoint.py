@@ -161,6 +161,71 @@ def test_harmless_changes_and_spelling_of_defaults_are_accepted(run_dir):
     assert round_ == 2
 
 
+#: Model-defining keys every checkpoint written before 2026-12-07 records (the others are in ADDED_KEYS).
+ADDED_KEYS_FIRST_FORMAT = {
+    "adversarial-temperature",
+    "aggregation",
+    "aggregation-trim",
+    "batch-size",
+    "client-data-root",
+    "corruption-scheme",
+    "data-dir",
+    "dataset",
+    "downstream-patience",
+    "downstream-protocols",
+    "downstream-seeds",
+    "embedding-dim",
+    "entity-constrainer",
+    "eval-every",
+    "eval-protocol",
+    "filtered-negatives",
+    "filterer",
+    "fraction-train",
+    "keep-optimizer-state",
+    "learning-rate",
+    "local-epochs",
+    "margin",
+    "model",
+    "negative-sampler",
+    "num-clients",
+    "num-negs-per-pos",
+    "optimizer",
+    "partition",
+    "partition-seed",
+    "refit-epochs",
+    "refit-init",
+    "regularizer",
+    "regularizer-p",
+    "regularizer-weight",
+    "seed",
+    "setting",
+    "simskip-activation",
+    "simskip-augmentations",
+    "simskip-batch-size",
+    "simskip-federate",
+    "simskip-gate-grid",
+    "simskip-hidden-dim",
+    "simskip-local-epochs",
+    "simskip-lr",
+    "simskip-mask-prob",
+    "simskip-no-skip-ablation",
+    "simskip-noise-std",
+    "simskip-normalization",
+    "simskip-num-layers",
+    "simskip-projection-dim",
+    "simskip-projection-hidden-dim",
+    "simskip-search",
+    "simskip-seed",
+    "simskip-skip",
+    "simskip-standardize",
+    "simskip-temperature",
+    "simskip-weight-decay",
+    "stopping",
+    "training-loop",
+    "transfer-dtype",
+}
+
+
 def test_a_checkpoint_written_before_a_key_was_added_resumes_with_its_old_value(run_dir):
     from server.checkpoint import ADDED_KEYS, _canonical_json, _sha256
 
@@ -173,6 +238,16 @@ def test_a_checkpoint_written_before_a_key_was_added_resumes_with_its_old_value(
     assert load_checkpoint(run_dir, run_config=RUN_CONFIG, vocabulary=VOCAB)[0] == 2
     with pytest.raises(CheckpointError, match=r"simskip-structure-mix: checkpoint 0.5, now 0.7"):
         load_checkpoint(run_dir, run_config={**RUN_CONFIG, "simskip-structure-mix": 0.7}, vocabulary=VOCAB)
+    with pytest.raises(CheckpointError, match=r"dp: checkpoint 'none', now 'local'"):
+        load_checkpoint(run_dir, run_config={**RUN_CONFIG, "dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0, "simskip-rounds": 0}, vocabulary=VOCAB)
+
+
+def test_every_model_defining_key_added_since_the_format_is_in_added_keys():
+    """A key added later must not make an older run's checkpoint unresumable: the keys of
+    FORMAT_VERSION 1's first checkpoints (the literal set) plus ADDED_KEYS are the model-defining keys."""
+    from server.checkpoint import ADDED_KEYS
+
+    assert ADDED_KEYS_FIRST_FORMAT | set(ADDED_KEYS) == set(MODEL_DEFINING_KEYS)
 
 
 def test_a_different_vocabulary_is_refused(run_dir):

@@ -281,7 +281,12 @@ def test_in_process_fede_releases_each_upload_and_reports_epsilon(nations_kg) ->
         expected = sent + update * min(1.0, clip / np.linalg.norm(update))
         np.testing.assert_allclose(released, expected, atol=1e-6)
         assert np.linalg.norm(released.astype(np.float64) - sent) <= clip * (1 + 1e-5)
-    assert clipped["dp"]["parties"]["0"]["epsilon"] == math.inf
+    # z = 0: epsilon infinite, written as null (JSON has no Infinity) with a note
+    assert (
+        clipped["dp"]["parties"]["0"]["epsilon"] is None and "infinite" in clipped["dp"]["parties"]["0"]["epsilon_note"]
+    )
+    assert clipped["dp"]["rounds"][0]["parties"]["0"]["epsilon"] is None
+    assert "Infinity" not in json.dumps(clipped["dp"])
     # with noise: the released rows differ from the plain run's and between two runs of the same seed
     z = 2.0
     noisy, noisy_seen = _fede(nations_kg, 2, LocalDpSpec(clip, z))
@@ -396,7 +401,9 @@ def test_party_releases_its_rows_and_reports_its_accountant(nations_folder, tmp_
     assert rows1.dtype == np.float16 and not np.array_equal(rows1, plain_rows)
     assert metrics1["dp-releases"] == 1 and metrics1["dp-epsilon"] == pytest.approx(epsilon_for(3.0, 1))
     assert metrics1["dp-noise-multiplier"] == 3.0 and metrics1["dp-delta"] == DELTA
-    assert set(metrics1) >= {"dp-epsilon", "dp-releases"} and "dp-update-norm" not in metrics1
+    # exactly these keys are added, all data-independent (no update norm, no clipped flag)
+    assert set(metrics1) - set(plain_metrics) == {"dp-epsilon", "dp-releases", "dp-noise-multiplier", "dp-delta"}
+    assert set(plain_metrics) <= set(metrics1)
     _, metrics2 = _train(context, rows1, 2)
     assert metrics2["dp-releases"] == 2 and metrics2["dp-epsilon"] == pytest.approx(epsilon_for(3.0, 2))
     saved = json.loads((tmp_path / "dp" / "0" / DP_STATE_FILE).read_text())
@@ -405,9 +412,81 @@ def test_party_releases_its_rows_and_reports_its_accountant(nations_folder, tmp_
     restarted = _party(nations_folder, tmp_path / "dp", DP_RUN)
     _, metrics3 = _train(restarted, rows1, 3)
     assert metrics3["dp-releases"] == 3
-    # ... but a new federation starts afresh
+    # ... but a new federation starts afresh, keeping the earlier federation's file beside its own
     _, other = _train(_party(nations_folder, tmp_path / "dp", DP_RUN), rows1, 1, federation="f2")
     assert other["dp-releases"] == 1
+    kept = json.loads((tmp_path / "dp" / "0" / "dp_accountant.f1.json").read_text())
+    assert kept["federation-id"] == "f1" and kept["spent"]["releases"] == 3
+    assert json.loads((tmp_path / "dp" / "0" / DP_STATE_FILE).read_text())["federation-id"] == "f2"
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_corrupt_accountant_file_is_an_error_naming_it(nations_folder, tmp_path) -> None:
+    from client.party_dp import DP_STATE_FILE
+
+    n = _entities(nations_folder)
+    path = tmp_path / "dp" / "0" / DP_STATE_FILE
+    path.parent.mkdir(parents=True)
+    for text in ("{not json", '{"federation-id": "f1"}', '{"federation-id": "f1", "state": [1, 2]}'):
+        path.write_text(text)
+        with pytest.raises(LocalDpError, match=str(path).replace("/", ".")):
+            _train(_party(nations_folder, tmp_path / "dp", DP_RUN), np.zeros((n, 4), np.float16), 1)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_target_epsilon_is_a_privacy_filter(nations_folder, tmp_path) -> None:
+    """dp-target-epsilon 8 over 2 planned releases: the third (e.g. a resume re-running a round) is refused
+    before any noise is drawn, and the accountant still says 2."""
+    from client.kge.local_dp import PrivacyBudgetExceeded
+    from client.party_dp import DP_STATE_FILE
+
+    run = {"dp": "local", "dp-clip": 0.5, "dp-target-epsilon": 8.0, "num-server-rounds": 2, "simskip-rounds": 0}
+    context = _party(nations_folder, tmp_path / "dp", run)
+    rows = np.zeros((_entities(nations_folder), 4), np.float16)
+    _train(context, rows, 1)
+    _, second = _train(context, rows, 2)
+    assert second["dp-releases"] == 2 and second["dp-epsilon"] <= 8.0
+    with pytest.raises(PrivacyBudgetExceeded, match=r"round 2: .* past dp-target-epsilon 8"):
+        _train(context, rows, 2)  # the same round again
+    assert json.loads((tmp_path / "dp" / "0" / DP_STATE_FILE).read_text())["spent"]["releases"] == 2
+
+
+def _entities(nations_folder) -> int:
+    from kg_datasets import load_client_folder
+
+    return load_client_folder(nations_folder / "0", client_id=0).num_entities
+
+
+def test_the_servers_dp_record_bounds_epsilon_by_the_messages_it_sent() -> None:
+    """The server's own figure: one release per train message it sent (a lost or rejected reply counts, a
+    validation failure does not); a dp-releases value that goes down is flagged; z = 0 gives null."""
+    from server.records import dp_record, dp_text
+
+    def reply(releases, z=3.0):
+        return {
+            "dp-epsilon": epsilon_for(z, releases, DELTA),
+            "dp-releases": releases,
+            "dp-noise-multiplier": z,
+            "dp-delta": DELTA,
+        }
+
+    rows = [
+        {"round": 1, "train": {"0": reply(1), "1": reply(1)}},
+        {"round": 2, "train": {"1": reply(2)}, "failures": ["0: timeout (no reply within 5 s)"]},
+        {"round": 3, "train": {"0": reply(2), "1": reply(3)}, "failures": ["1: validation: timeout"]},
+        {"round": 4, "train": {"0": reply(1)}, "failures": ["node 99: reply from a node that got no message"]},
+    ]
+    record = dp_record(rows)
+    zero, one = record["parties"]["0"], record["parties"]["1"]
+    assert zero["messages_sent"] == 4 and one["messages_sent"] == 3
+    assert zero["epsilon_bound"] == pytest.approx(epsilon_for(3.0, 4, DELTA))
+    assert zero["epsilon"] == pytest.approx(epsilon_for(3.0, 1, DELTA)) and zero["epsilon"] < zero["epsilon_bound"]
+    assert zero["releases_went_down"] == [4] and "releases_went_down" not in one
+    assert record["max_epsilon_bound"] == pytest.approx(epsilon_for(3.0, 4, DELTA))
+    assert "WARNING: dp-releases went down in rounds [4]" in dp_text(record)
+    no_noise = dp_record([{"round": 1, "train": {"0": reply(1, z=0.0)}}])
+    assert no_noise["parties"]["0"]["epsilon"] is None and no_noise["max_epsilon"] is None
+    assert "Infinity" not in json.dumps(no_noise) and "epsilon inf" in dp_text(no_noise)
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -435,6 +514,8 @@ def test_server_records_each_partys_epsilon_and_a_lost_reply_still_counts(nation
         # the party's accountant counted the release whose reply was lost: 2 releases, 1 received
         assert party["releases"] == 2 and party["rounds_received"] == (1 if name == "0" else 2)
         assert party["epsilon"] == pytest.approx(epsilon_for(3.0, 2, DELTA))
+        # the server's own bound: both parties were sent 2 train messages (party 0's lost reply included)
+        assert party["messages_sent"] == 2 and party["epsilon_bound"] == pytest.approx(party["epsilon"])
     assert record["max_epsilon"] == pytest.approx(epsilon_for(3.0, 2, DELTA))
     assert dp_record(rounds) == record  # also from metrics.jsonl rows
     assert "party 0: epsilon" in dp_text(record)
@@ -546,8 +627,8 @@ def test_the_in_process_simskip_phase_releases_each_clients_weights() -> None:
     released = run_refinement(rows, config, dp=LocalDpSpec(clip, 0.0, DELTA), accountants=accountants)
     assert accountants["a"].releases == 4 and accountants["b"].releases == 1
     assert released.history[0]["dp"] == {
-        "a": {"epsilon": math.inf, "releases": 4},  # z = 0: no privacy, a control
-        "b": {"epsilon": math.inf, "releases": 1},
+        "a": {"epsilon": None, "releases": 4},  # z = 0: no privacy, a control (null: JSON has no Infinity)
+        "b": {"epsilon": None, "releases": 1},
     }
     start = pack_variants(initial_weights(8, config))
     final = pack_variants(released.weights["a"])

@@ -287,6 +287,9 @@ def test_a_finished_run_is_reported_and_not_trained_again(finished, tiny, capsys
         (["--set", "no-such-key=1"], "no-such-key"),
         (["--rounds", "0"], "--rounds must be >= 1, got 0"),
         (["--device", "tpu"], "--device must be"),
+        # a privacy key this Flower-free run would ignore is refused (client.kge.settings.in_process_local_dp)
+        (["--set", "dp=local", "--set", "dp-clip=1", "--set", "dp-noise-multiplier=1"], "dp = local"),
+        (["--set", "secure-aggregation=true"], "secure-aggregation = true"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tiny, tmp_path, capsys, extra, message):

@@ -131,3 +131,35 @@ def test_an_interrupted_in_process_kge_step_resumes_after_its_last_round(grid, t
     assert state["run_seconds"] >= final["history"][0]["seconds"] > 0
     assert not (cell / "checkpoint").exists()
     assert [row["round"] for row in map(json.loads, (cell / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+_TINY_KGE = {"embedding-dim": 8, "num-negs-per-pos": 4, "batch-size": 128, "eval-every": 1}
+_DP = {"dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0, "simskip-rounds": 0}
+
+
+def test_the_in_process_fede_runner_honours_dp_local(grid, tmp_path) -> None:
+    """dp = local reaches run_fede_in_process (a run whose config.json says dp = local is a DP run: its
+    final_metrics.json carries the accountant's figures); before, the key was accepted and ignored."""
+    folder = tmp_path / "cell"
+    grid.kge_in_process(folder, "Nations", "TransE", "fede", 1, {**_TINY_KGE, **_DP}, 2)
+    final = json.loads((folder / "final_metrics.json").read_text())
+    assert final["dp"]["noise_multiplier"] == 1.0 and final["dp"]["clip"] == 1.0
+    assert len(final["dp"]["parties"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "sets", "key"),
+    [
+        ("isolation", _DP, "dp = local"),
+        ("collection", {"dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0}, "dp = local"),
+        ("fede", {"secure-aggregation": True}, "secure-aggregation = true"),
+        ("isolation", {"secure-aggregation": True, "setting": "fede"}, "secure-aggregation = true"),
+    ],
+)
+def test_the_in_process_runners_refuse_what_they_would_ignore(grid, tmp_path, setting, sets, key) -> None:
+    """No in-process runner has SecAgg+, and only fede has a DP path: a named error before any training."""
+    from client.kge.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=key):
+        grid.kge_in_process(tmp_path / "cell", "Nations", "TransE", setting, 1, {**_TINY_KGE, **sets}, 2)
+    assert not (tmp_path / "cell" / "final_metrics.json").exists()

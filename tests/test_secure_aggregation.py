@@ -32,8 +32,11 @@ from client.protocol import CONFIG_KEY, ENTITY_ROWS_KEY, ROWS_ARRAY
 from server.records import FederationError, LoopState
 from server.secure_aggregation import (
     QUANTIZATION_RANGE,
+    HolderCountMismatch,
     SecureAggregation,
     SecureAggregationHalted,
+    check_holder_counts,
+    per_row_mean,
     quantization_step,
     upload_bytes,
 )
@@ -135,11 +138,11 @@ def uploads(monkeypatch):
     return recorded
 
 
-def _secure_round(root, tmp_path, drop=None):
+def _secure_round(root, tmp_path, drop=None, secagg=None):
     """Handshake and one secure round from the seed-0 initial table: ``(strategy, grid, table before, outcome)``."""
     contexts = _contexts(root, tmp_path)
     grid = SecAggGrid(contexts, drop)
-    strategy = FedEStrategy(min_clients=3, eval_every=1, patience=5, secure_aggregation=SecureAggregation())
+    strategy = FedEStrategy(min_clients=3, eval_every=1, patience=5, secure_aggregation=secagg or SecureAggregation())
     vocabulary = strategy.handshake(grid)
     _, kge_config, _ = load_run_configs(contexts[10].run_config)
     before = initial_entity_table(kge_config, len(vocabulary), seed=0)
@@ -187,13 +190,15 @@ def test_the_secure_mean_is_the_plain_mean_and_no_row_leaves_a_party_in_the_clea
         quantized = quantize([scattered], 8.0, QUANTIZATION_RANGE)[0]
         assert masked.shape == quantized.shape and np.mean(masked == quantized) < 0.01
         metrics = outcome.metrics[node]
-        assert metrics[secure_upload.CLIPPED_METRIC] == 0 and metrics["num-entities"] == len(uploads[node])
+        # the clipped count goes masked (its digits in the masked vector), never as a clear metric
+        assert secure_upload.CLIPPED_METRIC not in metrics and metrics["num-entities"] == len(uploads[node])
+    assert outcome.clipped == 0
 
 
 def test_the_upload_has_the_size_of_the_union_table_and_its_mask(nations_root, tmp_path, uploads) -> None:
     _, _, before, outcome = _secure_round(nations_root, tmp_path)
     expected = upload_bytes(*before.shape)
-    assert expected == 8 * (before.shape[0] * (before.shape[1] + 1) + 1) + 384
+    assert expected == 8 * (before.shape[0] * (before.shape[1] + 1) + 1 + secure_upload.CLIPPED_BITS) + 4 * 128
     assert outcome.upload == dict.fromkeys([10, 11, 12], expected)
     plain = {node: rows.nbytes for node, rows in uploads.items()}  # float16 own rows, as plain FedE sends
     assert all(outcome.upload[n] > plain[n] for n in plain)
@@ -321,6 +326,124 @@ def test_a_masked_vector_of_the_wrong_shape_is_refused_as_a_dropout(nations_root
     assert float(np.abs(strategy.state.table - plain).max()) <= quantization_step(8.0)
 
 
+# ----------------------------------------------------------------------------- partial holders
+@pytest.fixture(scope="module")
+def umls_root(tmp_path_factory):
+    """UMLS split by relation into 3 parties: unlike Nations' split, most entities have 1 or 2 holders."""
+    from kg_datasets import load_federated
+
+    out = tmp_path_factory.mktemp("umls") / "data"
+    load_federated("UMLS", num_clients=3, partition="relation", seed=0).write(out)
+    return out
+
+
+@pytest.mark.parametrize("drop", [None, {10: Stage.COLLECT_MASKED_VECTORS}])
+def test_the_per_row_mean_over_partial_holders_is_the_plain_mean(umls_root, tmp_path, uploads, drop) -> None:
+    """The per-row division by the mean mask is exercised: on UMLS split by relation (seed 0) 29 of the 135
+    entities have 2 holders of 3, the others 3 (Nations: every party holds every entity, so the division was
+    never tested); with party 10 gone, 29 rows have 1 holder of 2. Tolerance: one quantization step
+    2c/R = 3.8e-6 (c = 8); measured max |secure - plain| is printed by -s. A row no survivor holds is in
+    :func:`test_the_per_row_mean_of_a_synthetic_round` (no UMLS party holds an entity alone)."""
+    strategy, _, before, outcome = _secure_round(umls_root, tmp_path, drop=drop)
+    nodes = sorted(outcome.metrics)
+    assert nodes == ([11, 12] if drop else [10, 11, 12])
+    plain, counts = _plain_mean(strategy, before, uploads, nodes)
+    # partial holders: rows with fewer holders than parties (29 of 135 rows have 2 of 3, seed 0; with
+    # party 10 gone, 29 rows have 1 of 2), so the mean mask is not the same for every row
+    assert len(set(counts.tolist())) >= 2 and counts.min() < len(nodes)
+    np.testing.assert_array_equal(outcome.counts, counts)
+    error = float(np.abs(strategy.state.table - plain).max())
+    print(f"UMLS relation split, aggregated {nodes}: max |secure - plain| = {error:.3g}")
+    assert error <= quantization_step(8.0)
+
+
+def test_the_per_row_mean_of_a_synthetic_round() -> None:
+    """Three parties, four rows: row 0 held by one party, row 1 by two, row 2 by three, row 3 by none."""
+    table = np.full((4, 2), 7.0, dtype=np.float32)
+    holders = [np.array([0, 1, 2]), np.array([1, 2]), np.array([2])]
+    uploads = [
+        np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+        np.array([[5.0, 8.0], [1.0, 0.0]]),
+        np.array([[0.0, 3.0]]),
+    ]
+    scattered = np.zeros((3, 4, 2))
+    masks = np.zeros((3, 4, 1))
+    for k, (ids, rows) in enumerate(zip(holders, uploads, strict=True)):
+        scattered[k, ids], masks[k, ids] = rows, 1.0
+    new, counts = per_row_mean(table, scattered.mean(axis=0), masks.mean(axis=0), 3)
+    assert counts.tolist() == [1, 2, 3, 0]
+    np.testing.assert_allclose(new, [[1.0, 2.0], [4.0, 6.0], [2.0, 3.0], [7.0, 7.0]], rtol=1e-6)
+    check_holder_counts(1, counts, holders)  # agrees with the handshake
+    with pytest.raises(HolderCountMismatch, match=r"round 1: .* in 1 of 4 rows \(row 1: 2 summed, 1 expected\)"):
+        check_holder_counts(1, counts, [holders[0], holders[2], holders[2]])
+
+
+def test_a_clipping_range_below_1_corrupts_the_counts_and_the_round_stops(nations_root, tmp_path) -> None:
+    """SecAgg+ clips the 0/1 mask to +-c: at c = 0.5 (refused by the settings; forced here) the summed masks
+    halve. The cross-check against the handshake's holders stops the round; the table is untouched."""
+    with pytest.raises(HolderCountMismatch, match="holder counts differ from the handshake's"):
+        _secure_round(nations_root, tmp_path, secagg=SecureAggregation(clipping_range=0.5))
+
+
+def test_the_clipped_count_is_summed_under_the_masks_and_reported(nations_root, tmp_path, caplog) -> None:
+    """At c = 1, with the released rows scaled so that some exceed it: the server learns only the round's
+    total (exact: the digits are 0/1), logs a warning, and the round report carries it."""
+    import logging
+
+    recorded: dict[int, int] = {}
+    reply = secure_upload.secure_train_reply
+
+    def counting(msg, request, rows, metrics):
+        rows = rows * 4.0  # Nations' trained rows stay within +-1: push some beyond c = 1
+        recorded[msg.metadata.dst_node_id] = int((np.abs(rows) > request.clipping_range).sum())
+        return reply(msg, request, rows, metrics)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(secure_upload, "secure_train_reply", counting)
+        strategy, _, _, outcome = _secure_round(nations_root, tmp_path, secagg=SecureAggregation(clipping_range=1.0))
+    assert sum(recorded.values()) > 0 and outcome.clipped == sum(recorded.values())
+    assert f"secure aggregation clipped {outcome.clipped} uploaded values" in caplog.text
+    assert strategy.members.report is None or strategy.members.report.secagg_clipped == outcome.clipped
+
+
+def test_the_runs_clipped_total_goes_to_final_metrics_and_the_summary(tmp_path) -> None:
+    import json
+
+    from server.records import RoundReport, secagg_clipped_total
+    from server.report import console_summary
+
+    assert secagg_clipped_total([RoundReport(1), {"round": 2, "train": {}}]) == 0  # plain rounds: no key, 0
+    assert secagg_clipped_total([RoundReport(1, secagg_clipped=3), {"round": 2, "secagg_clipped": 4}]) == 7
+    (tmp_path / "final_metrics.json").write_text(json.dumps({"secagg_clipped": 7}))
+    assert "WARNING: secure aggregation clipped 7 uploaded values" in console_summary(tmp_path)
+
+
+def test_a_party_node_config_flag_fails_closed() -> None:
+    """``--node-config "secure-aggregation=1"`` reaches the party as the int 1: refused, never read as false."""
+
+    def context(value):
+        return Context(
+            run_id=1, node_id=10, node_config={"secure-aggregation": value}, state=RecordDict(), run_config={}
+        )
+
+    assert secure_upload.party_demands_secure_aggregation(context(True))
+    assert secure_upload.party_demands_secure_aggregation(context("True"))
+    assert not secure_upload.party_demands_secure_aggregation(context(False))
+    assert not secure_upload.party_demands_secure_aggregation(context("false"))
+    for bad in (1, 0, "1", "yes", 1.0):
+        with pytest.raises(secure_upload.SecureUploadError, match="expected true or false"):
+            secure_upload.party_demands_secure_aggregation(context(bad))
+
+
+def test_local_dp_noise_beyond_a_quarter_of_the_clipping_range_is_refused() -> None:
+    dp = {"secure_aggregation": True, "dp": "local", "dp_noise_multiplier": 4.0}
+    FederationSettings(**dp, dp_clip=0.5)  # z C = 2 = c / 4
+    with pytest.raises(SettingsError, match=r"noise std z \* dp-clip = 4 \* 1 = 4 exceeds"):
+        FederationSettings(**dp, dp_clip=1.0)
+    FederationSettings(**dp, dp_clip=1.0, secagg_clipping_range=16.0)
+    FederationSettings(**{**dp, "secure_aggregation": False}, dp_clip=1.0)  # no SecAgg+: no range to fit
+
+
 # ----------------------------------------------------------------------------- guards
 @pytest.mark.parametrize(
     ("values", "match"),
@@ -342,6 +465,9 @@ def test_settings_secure_aggregation_cannot_serve_are_refused(values, match) -> 
     ("values", "match"),
     [
         ({"secagg_clipping_range": 3.0}, "power of 2"),
+        # SecAgg+ clips the 0/1 holder mask to +-c too: below 1 the counts and the means come out wrong
+        ({"secagg_clipping_range": 0.5}, "power of 2 >= 1"),
+        ({"secagg_clipping_range": 0.25}, "power of 2 >= 1"),
         ({"secagg_clipping_range": 0.0}, "power of 2"),
         ({"secagg_clipping_range": float("inf")}, "power of 2"),
         ({"secagg_reconstruction_threshold": 1}, ">= 2"),
@@ -356,9 +482,11 @@ def test_secagg_keys_are_checked(values, match) -> None:
 
 def test_the_run_config_keys_and_the_federated_simskip_phase() -> None:
     settings, _, _ = load_run_configs(
-        {"secure-aggregation": True, "secagg-clipping-range": 0.5, "secagg-num-shares": 5, "simskip-rounds": 0}
+        {"secure-aggregation": True, "secagg-clipping-range": 1.0, "secagg-num-shares": 5, "simskip-rounds": 0}
     )
-    assert (settings.secure_aggregation, settings.secagg_clipping_range, settings.secagg_num_shares) == (True, 0.5, 5)
+    assert (settings.secure_aggregation, settings.secagg_clipping_range, settings.secagg_num_shares) == (True, 1.0, 5)
+    with pytest.raises(SettingsError, match="power of 2 >= 1"):
+        load_run_configs({"secure-aggregation": True, "secagg-clipping-range": 0.5, "simskip-rounds": 0})
     # a federated SimSkip phase (simskip-rounds 10) goes through SecAgg+ too; the local-only one uploads nothing
     settings, _, refinement = load_run_configs({"secure-aggregation": True})
     assert settings.secure_aggregation and refinement.enabled and refinement.federate
@@ -418,8 +546,9 @@ def test_values_beyond_the_clipping_range_are_counted_and_non_finite_rows_refuse
     from flwr.compat.common import recorddict_compat as compat
 
     fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
-    assert fitres.num_examples == 1 and fitres.metrics[secure_upload.CLIPPED_METRIC] == 2  # 0.7 and -0.9
-    table, mask = parameters_to_ndarrays(fitres.parameters)
+    assert fitres.num_examples == 1 and dict(fitres.metrics) == {"train-loss": 1.0}  # nothing added in the clear
+    table, mask, bits = parameters_to_ndarrays(fitres.parameters)
+    assert bits.shape == (secure_upload.CLIPPED_BITS,) and bits[:3].tolist() == [0, 1, 0]  # 2: 0.7 and -0.9
     np.testing.assert_array_equal(table[[4, 1]], rows)
     np.testing.assert_array_equal(table[[0, 2, 3]], 0.0)
     assert mask[:, 0].tolist() == [0, 1, 0, 0, 1]
@@ -465,7 +594,9 @@ def test_a_secure_run_matches_the_plain_run(nations_root, tmp_path) -> None:
         assert abs(s.valid_overall["mrr"] - p.valid_overall["mrr"]) <= MRR_TOLERANCE
         assert s.bytes_sent == p.bytes_sent + 3 * 14 * 8  # the same rows down, plus each party's global ids
         assert s.bytes_received > 3 * upload_bytes(14, 16) > p.bytes_received  # masked vectors, keys and shares
-        assert all(m[secure_upload.CLIPPED_METRIC] == 0 for m in s.train.values())
+        assert all(secure_upload.CLIPPED_METRIC not in m for m in s.train.values())
+        assert s.secagg_clipped == 0 and s.as_dict()["secagg_clipped"] == 0
+        assert p.secagg_clipped is None and "secagg_clipped" not in p.as_dict()  # a plain row is unchanged
     assert abs(secure.test_overall["mrr"] - plain.test_overall["mrr"]) <= MRR_TOLERANCE
     # two rounds apart: within a few quantization steps (round 2 starts from tables 3.8e-6 apart)
     assert float(np.abs(secure_strategy.state.table - plain_strategy.state.table).max()) < 1e-3

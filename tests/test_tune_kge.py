@@ -94,6 +94,26 @@ def test_a_bad_space_ends_the_script_before_any_trial(tune, tmp_path, capsys) ->
     assert "two modes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [
+        (["dp=local", "dp-clip=1.0", "dp-noise-multiplier=1.0"], "dp = local"),
+        (["secure-aggregation=true"], "secure-aggregation = true"),
+    ],
+)
+@pytest.mark.parametrize("mode", [["--optuna", "2", *SPACE], ["--grid", "batch-size=64"]])
+def test_a_privacy_key_in_set_is_refused_not_ignored(tune, tmp_path, capsys, sets, named, mode) -> None:
+    """A search runs plain in-process FedE: dp = local or secure-aggregation = true would be silently
+    ignored by its trials, so both modes refuse them before any trial (exit 2, the key named)."""
+    out = tmp_path / "search.json"
+    extra = [item for value in sets for item in ("--set", value)]
+    with pytest.raises(SystemExit) as stop:
+        tune.main([*FAST, "--rounds", "1", *extra, *mode, "--out", str(out)])
+    assert stop.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --- the search ------------------------------------------------------------------------------------
 
 

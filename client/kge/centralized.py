@@ -45,7 +45,7 @@ from client.kge.collection import CollectionAdapter, pool_clients, require_globa
 from client.kge.config import KGEConfig
 from client.kge.early_stopping import EarlyStopping, PartyStopping
 from client.kge.evaluation import weighted_overall
-from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_rows
+from client.kge.local_dp import LocalDpSpec, PartyAccountant, json_epsilon, release_rows
 from client.kge.models import (
     entity_embedding,
     initial_entity_table,
@@ -610,7 +610,7 @@ def run_fede_in_process(
         release = release_rows(rows, state["table"][ids], dp.clip, dp.noise_multiplier)
         accountants[index].record_release(dp.noise_multiplier)
         dp_rounds[-1]["parties"][names[index]] = {
-            "epsilon": accountants[index].epsilon,
+            "epsilon": json_epsilon(accountants[index].epsilon),  # null, not Infinity (z = 0)
             "releases": accountants[index].releases,
             "update_norm": release.norm,
             "clipped": release.clipped,

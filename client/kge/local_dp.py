@@ -10,13 +10,17 @@ turns them into (epsilon, delta) with the RDP accountant of Google's ``dp-accoun
 (``dp_accounting.rdp.RdpAccountant``; Flower's ``flwr.serverapp.RdpAccountant`` is a thin wrapper of
 the same class, not used here because :mod:`client.kge` stays free of Flower).
 
-**The unit protected.** Two datasets of the party, whatever they differ in, give clipped updates
-at most ``2C`` apart (each is within ``C`` of the same downloaded rows), so one release is a
+**The unit protected.** Two datasets of the party with the same entity vocabulary (the handshake
+reveals it and fixes which rows the party uploads), whatever triples they differ in, give clipped
+updates at most ``2C`` apart (each is within ``C`` of the same downloaded rows), so one release is a
 Gaussian mechanism with sensitivity ``2C`` and noise ``z C``: noise multiplier ``z / 2`` for the
 accountant (:func:`accountant_multiplier`), with no amplification (the server, not chance, picks
-who trains). The (epsilon, delta) reported therefore covers the party's **entire training data**
-(one triple, all triples of an entity, or all of them alike, with no group-privacy factor), and
-**only the released rows** (every upload counted, adaptive composition under RDP).
+who trains). The (epsilon, delta) reported therefore covers the party's **entire training data, given
+the entity set revealed by the handshake** (one triple, all triples of an entity it keeps, or all of
+them alike, with no group-privacy factor), and **only the released rows** (every upload counted,
+adaptive composition under RDP). The guarantee is :func:`epsilon_for` ``(z, T)`` for the run's planned
+``T`` releases (with ``dp-target-epsilon`` enforced by :func:`check_budget`); the running value after
+each release is informational.
 
 Under a federated SimSkip phase each round's encoder + head weights are released the same way
 (:func:`release_weights`: the whole update against the downloaded global weights, clipped to
@@ -25,8 +29,9 @@ round: the guarantee then covers the rows and the weights together.
 
 **Not covered**, and not to be claimed: the handshake (entity labels, hence the party's entity
 set and its size, and the split sizes); the metrics a party reports (train loss, validation and
-test MRR / hits, downstream records); the server's choice of the best round on clear validation
-MRR; timing; floating-point attacks on the noise; and any upload that does not take this path.
+test MRR / hits, downstream records); the server's choices of the best round and of early stopping,
+made on the clear validation metrics (the guarantee treats those metrics as public); timing;
+floating-point attacks on the noise; and any upload that does not take this path.
 
 This module is Flower-free (``client/kge`` is, by import-linter); ``dp_accounting`` is imported
 where it is used (about a second to import).
@@ -51,10 +56,13 @@ __all__ = [
     "LocalDpError",
     "LocalDpSpec",
     "PartyAccountant",
+    "PrivacyBudgetExceeded",
     "Release",
     "accountant_multiplier",
     "calibrate_noise_multiplier",
+    "check_budget",
     "epsilon_for",
+    "json_epsilon",
     "new_noise_rng",
     "release_rows",
     "release_weights",
@@ -68,10 +76,10 @@ ACCOUNTANT_NAME = "rdp (dp-accounting)"
 
 #: What the guarantee covers, in one line (written into results beside the numbers).
 PROTECTED_UNIT = (
-    "each party's entire training data, for the entity rows it uploads (and, with a federated SimSkip "
-    "phase, its encoder weights; each upload one release; whole-update clipping, "
-    "sensitivity 2C, no amplification); not the handshake's entity labels, the reported metrics, "
-    "the best-round choice or timing"
+    "each party's entire training data given the entity set revealed by the handshake, for the entity "
+    "rows it uploads (and, with a federated SimSkip phase, its encoder weights; each upload one release; "
+    "whole-update clipping, sensitivity 2C, no amplification); not the handshake's entity labels, the "
+    "reported metrics (treated as public), the best-round and stopping choices made on them, or timing"
 )
 
 _STATE_VERSION = 1
@@ -79,6 +87,21 @@ _STATE_VERSION = 1
 
 class LocalDpError(ValueError):
     """A DP parameter is out of range, or an accountant state cannot be loaded."""
+
+
+class PrivacyBudgetExceeded(LocalDpError):
+    """A release would take a party's epsilon past ``dp-target-epsilon`` (the privacy filter): refused
+    before any noise is drawn, so nothing leaves the party (e.g. a resume that re-runs a round)."""
+
+
+#: Why an epsilon is written as JSON ``null`` (:func:`json_epsilon`).
+INFINITE_EPSILON_NOTE = "epsilon is infinite (dp-noise-multiplier = 0: clipping only, no privacy); written as null"
+
+
+def json_epsilon(epsilon: float) -> float | None:
+    """``epsilon`` for a JSON file: ``None`` (``null``) when infinite (z = 0), as standard JSON has no
+    Infinity (:data:`INFINITE_EPSILON_NOTE` says why beside it)."""
+    return None if math.isinf(epsilon) else float(epsilon)
 
 
 @dataclass(frozen=True)
@@ -274,6 +297,31 @@ def calibrate_noise_multiplier(target_epsilon: float, releases: int, delta: floa
     return 2.0 * float(multiplier)
 
 
+#: Relative slack of the privacy filter: ``calibrate_noise_multiplier`` guarantees the target after the
+#: planned releases; the accountant recomputing the same epsilon may differ in the last digits.
+_BUDGET_SLACK = 1e-9
+
+
+def check_budget(accountant: PartyAccountant, spec: LocalDpSpec, what: str, count: int = 1) -> None:
+    """The privacy filter of ``dp-target-epsilon``: refuse a release that would take ``accountant`` past it.
+
+    Without a target (``dp-noise-multiplier`` given) nothing is refused: the run's budget is its
+    ``epsilon_for(z, planned releases)``, and the running value is reported.
+
+    :param what: the release, named in the error (e.g. ``"round 51"``).
+    :raises PrivacyBudgetExceeded: naming the release, the epsilon it would reach and the target.
+    """
+    if spec.target_epsilon is None:
+        return
+    after = accountant.epsilon_after(spec.noise_multiplier, count)
+    if after > spec.target_epsilon * (1 + _BUDGET_SLACK):
+        raise PrivacyBudgetExceeded(
+            f"{what}: this release would take the party's epsilon to {after:.6g} at delta {accountant.delta:g} "
+            f"after {accountant.releases + count} releases, past dp-target-epsilon {spec.target_epsilon:g}: refused "
+            "(nothing was released; a resumed or longer run needs a new budget)"
+        )
+
+
 class PartyAccountant:
     """The RDP accountant of one party's releases (``dp_accounting.rdp.RdpAccountant``).
 
@@ -329,10 +377,21 @@ class PartyAccountant:
                 self._epsilon = float(accountant.get_epsilon(self.delta))
         return self._epsilon
 
+    def epsilon_after(self, noise_multiplier: float, count: int = 1) -> float:
+        """Epsilon at :attr:`delta` if ``count`` more releases with ``z`` were recorded (nothing recorded)."""
+        if noise_multiplier <= 0 or any(z <= 0 for z, _ in self._ledger):
+            return math.inf
+        accountant = _rdp_accountant()
+        accountant.compose(_events([*((float(z), int(n)) for z, n in self._ledger), (float(noise_multiplier), count)]))
+        return float(accountant.get_epsilon(self.delta))
+
     def spent(self) -> dict[str, Any]:
-        """JSON-ready: ``epsilon``, ``delta``, ``releases``, ``noise_multiplier`` (the last ``z``), ``accountant``."""
+        """JSON-ready: ``epsilon`` (``null`` when infinite, with ``epsilon_note``), ``delta``, ``releases``,
+        ``noise_multiplier`` (the last ``z``), ``accountant``."""
+        epsilon = json_epsilon(self.epsilon)
         return {
-            "epsilon": self.epsilon,
+            "epsilon": epsilon,
+            **({"epsilon_note": INFINITE_EPSILON_NOTE} if epsilon is None else {}),
             "delta": self.delta,
             "releases": self.releases,
             "noise_multiplier": self.noise_multipliers[-1] if self._ledger else None,

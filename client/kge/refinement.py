@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from client.kge.local_dp import LocalDpSpec, PartyAccountant, release_weights
+from client.kge.local_dp import LocalDpSpec, PartyAccountant, json_epsilon, release_weights
 from client.kge.refinement_config import (
     DEFAULT_GATE_GRID,
     NO_SKIP_VARIANT,
@@ -298,7 +298,8 @@ def run_refinement(
                 accountant = accountants.setdefault(name, PartyAccountant(dp.delta))
                 update.weights = _release_encoder(update.weights, current[name], dp)
                 accountant.record_release(dp.noise_multiplier)
-                released[name] = {"epsilon": accountant.epsilon, "releases": accountant.releases}
+                # null, not Infinity, in the JSON rows (z = 0: no privacy)
+                released[name] = {"epsilon": json_epsilon(accountant.epsilon), "releases": accountant.releases}
         if config.federate:
             averaged = {
                 variant: fedavg_named(

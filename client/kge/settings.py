@@ -25,6 +25,8 @@ __all__ = [
     "SETTINGS",
     "FederationSettings",
     "SettingsError",
+    "UnhonouredKeyError",
+    "in_process_local_dp",
 ]
 
 #: dtypes entity rows may travel in.
@@ -36,6 +38,11 @@ SETTINGS = ("fede", "isolation", "collection")
 
 class SettingsError(ValueError):
     """A federation run-config value is missing, of the wrong type or out of range."""
+
+
+class UnhonouredKeyError(SettingsError):
+    """A run config asks a command for a privacy mode it does not implement (``secure-aggregation = true``
+    in an in-process run, ``dp = local`` where the command has no DP path): refused, never ignored."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,15 @@ class FederationSettings:
         ``reconstruction_threshold``: the shares needed to rebuild a party's secret, so the parties
         that must answer every stage for the round to complete (>= 2, < ``secagg-num-shares`` when set).
     :param secagg_clipping_range: [secagg-clipping-range] SecAgg+'s ``clipping_range`` c: row values
-        are clipped to [-c, c] and quantized in steps of 2c / 2^22; a power of 2 (so a 0/1 holder mask
-        quantizes exactly). Each party counts the values it would clip (metric ``secagg-clipped``).
+        are clipped to [-c, c] and quantized in steps of 2c / 2^22; a power of 2 >= 1 (so a 0/1 holder
+        mask passes unclipped and quantizes exactly). Each party counts the values it would clip; the
+        count goes masked, the server logs the round's sum (``secagg_clipped`` in ``metrics.jsonl``, the
+        run's total in ``final_metrics.json`` when above 0).
     :param dp: [dp] ``local``: each party releases its uploaded entity rows through the Gaussian
         mechanism (:mod:`client.kge.local_dp`: the whole update clipped to ``dp-clip``, N(0, (z C)^2)
         noise added before the cast to ``transfer-dtype``) and reports its (epsilon, delta) from an RDP
-        accountant; the guarantee covers each party's whole training data, for the uploaded rows only
+        accountant; the guarantee covers each party's whole training data given the entity set revealed by
+        the handshake, for the uploaded rows only
         (``docs/how-to/differential-privacy.md``). ``none``: rows travel as trained.
     :param dp_clip: [dp-clip] ``dp = local``: ``C``, the Frobenius norm the whole update (uploaded
         minus downloaded rows) is clipped to; must be > 0 there (0: unset).
@@ -208,8 +218,13 @@ class FederationSettings:
         """The SecAgg+ keys, and the settings SecAgg+ cannot serve: it computes only a sum (so no
         median or trimmed mean), of at least 2 parties (fewer have no one to hide among)."""
         c = self.secagg_clipping_range
-        if not (c > 0 and math.isfinite(c) and math.frexp(c)[0] == 0.5):
-            raise SettingsError(f"secagg-clipping-range must be a positive power of 2, got {shown(c)}")
+        # >= 1: SecAgg+ clips every uploaded value to +-c, the 0/1 holder mask included; at c = 0.5 the
+        # summed masks halve, the holder counts come out wrong and the rows double
+        if not (c >= 1 and math.isfinite(c) and math.frexp(c)[0] == 0.5):
+            raise SettingsError(
+                f"secagg-clipping-range must be a power of 2 >= 1 (SecAgg+ clips the 0/1 holder mask to it too), "
+                f"got {shown(c)}"
+            )
         if self.secagg_reconstruction_threshold < 2:
             raise SettingsError(
                 f"secagg-reconstruction-threshold must be >= 2, got {shown(self.secagg_reconstruction_threshold)}"
@@ -284,6 +299,25 @@ class FederationSettings:
                 "dp-noise-multiplier and dp-target-epsilon are exclusive: give the noise, or the epsilon it is "
                 "calibrated to"
             )
+        if self.secure_aggregation:
+            self._check_noise_fits_secagg()
+
+    def _check_noise_fits_secagg(self) -> None:
+        """``dp = local`` under SecAgg+: the noise std ``z C`` (of the rows, and of the encoder weights with
+        ``dp-clip-encoder``) must stay within ``c / 4`` (c = ``secagg-clipping-range``); beyond it a large
+        share of the noised values would be clipped by SecAgg+'s range, biasing every mean. ``z`` is the one
+        given or calibrated over ``num-server-rounds`` releases (a SimSkip phase's add a little)."""
+        spec = self.local_dp()
+        assert spec is not None
+        c = self.secagg_clipping_range
+        for key, clip in (("dp-clip", self.dp_clip), ("dp-clip-encoder", self.dp_clip_encoder)):
+            std = spec.noise_multiplier * clip
+            if std > c / 4:
+                raise SettingsError(
+                    f"dp = local under secure aggregation: the noise std z * {key} = {spec.noise_multiplier:.4g} * "
+                    f"{clip:g} = {std:.4g} exceeds secagg-clipping-range / 4 = {c / 4:g}, so SecAgg+ would clip "
+                    f"much of the noised upload; set secagg-clipping-range to a power of 2 >= {4 * std:.4g}"
+                )
 
     def local_dp(self, simskip_releases: int = 0) -> LocalDpSpec | None:
         """The resolved ``dp = local`` parameters (``None`` under ``dp = none``); with
@@ -329,6 +363,39 @@ class FederationSettings:
                 ) from None
             values[field.name] = value
         return cls(**values)
+
+
+def in_process_local_dp(
+    run_config: Mapping[str, Any], *, command: str, honours_dp: bool, simskip_releases: int = 0
+) -> LocalDpSpec | None:
+    """The one rule of the Flower-free commands (the in-process runners of ``scripts/run_experiments.py``,
+    ``scripts/tune_kge.py``, ``scripts/run_central.py``, ``scripts/attack_reconstruction.py``) for the privacy
+    keys: ``secure-aggregation = true`` is refused (no in-process engine has SecAgg+), ``dp = local`` is
+    refused unless the command honours it, and otherwise its resolved parameters are returned, to be passed on
+    as ``dp=`` (a key a run silently ignores would report a plain run as a private one).
+
+    :param run_config: the run config (other owners' keys are ignored here).
+    :param command: the command, named in the error (e.g. ``"tune_kge.py"``).
+    :param honours_dp: whether the command passes the returned spec on (``run_fede_in_process``'s ``dp=``).
+    :param simskip_releases: the SimSkip phase's releases (:func:`client.kge.run_config.simskip_releases`),
+        counted when ``z`` is calibrated to ``dp-target-epsilon``.
+    :returns: :meth:`FederationSettings.local_dp` (``None`` under ``dp = none``).
+    :raises UnhonouredKeyError: naming the key and the command.
+    :raises SettingsError: a federation value is out of range (checked by :class:`FederationSettings`).
+    """
+    settings = FederationSettings.from_run_config(run_config)
+    if settings.secure_aggregation:
+        raise UnhonouredKeyError(
+            f"secure-aggregation = true ({command}): this in-process run has no SecAgg+; run it with "
+            "simskip-sim / simskip-server (docs/how-to/secure-aggregation.md), or drop the key"
+        )
+    if settings.dp == "local" and not honours_dp:
+        raise UnhonouredKeyError(
+            f"dp = local ({command}): this in-process run has no differentially private path; its result "
+            "would be a plain run's. "
+            "Drop the dp-* keys (dp = local is honoured by the fede setting: docs/how-to/differential-privacy.md)"
+        )
+    return settings.local_dp(simskip_releases)
 
 
 #: The federation's keys of the registry (declared on :class:`FederationSettings`'s fields).
