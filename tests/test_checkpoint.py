@@ -239,7 +239,11 @@ def test_a_checkpoint_written_before_a_key_was_added_resumes_with_its_old_value(
     with pytest.raises(CheckpointError, match=r"simskip-structure-mix: checkpoint 0.5, now 0.7"):
         load_checkpoint(run_dir, run_config={**RUN_CONFIG, "simskip-structure-mix": 0.7}, vocabulary=VOCAB)
     with pytest.raises(CheckpointError, match=r"dp: checkpoint 'none', now 'local'"):
-        load_checkpoint(run_dir, run_config={**RUN_CONFIG, "dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0, "simskip-rounds": 0}, vocabulary=VOCAB)
+        load_checkpoint(
+            run_dir,
+            run_config={**RUN_CONFIG, "dp": "local", "dp-clip": 1.0, "dp-noise-multiplier": 1.0, "simskip-rounds": 0},
+            vocabulary=VOCAB,
+        )
 
 
 def test_every_model_defining_key_added_since_the_format_is_in_added_keys():
