@@ -386,6 +386,47 @@ def recipes_block() -> str:
     return "\n".join(lines)
 
 
+def epoch_pykeen_block() -> str:
+    """``results/bench_epoch/against-pykeen/fed3-recipes.json``: each committed FB15k-237 recipe's local
+    epoch in this project's trainer against PyKEEN's stock loop, and both valid MRRs after the same epochs."""
+    data = _read(RESULTS / "bench_epoch" / "against-pykeen" / "fed3-recipes.json")
+    rows = []
+    for name, recipe in data["recipes"].items():
+        ours, pykeen, summary = recipe["summary"]["ours"], recipe["summary"]["pykeen"], recipe["summary"]
+        rows.append(
+            [
+                f"`{name}` ({recipe['config']['model']}, {recipe['config']['loss']}, "
+                f"dim {recipe['config']['embedding-dim']}, {recipe['config']['num-negs-per-pos']} negatives)",
+                f"{ours['seconds_per_epoch']:.1f}",
+                f"{pykeen['seconds_per_epoch']:.1f}",
+                f"{summary['ratio']:.1f} / {summary['cpu_ratio']:.1f}",
+                f"{ours['valid_mrr']['mean']:.4f} ± {ours['valid_mrr']['std']:.4f}",
+                f"{pykeen['valid_mrr']['mean']:.4f} ± {pykeen['valid_mrr']['std']:.4f}",
+                "yes" if summary["valid_mrr_within_seed_noise"] else "**no**",
+            ]
+        )
+    header = [
+        "recipe",
+        "ours, s/epoch",
+        "PyKEEN, s/epoch",
+        "ratio (wall / CPU)",
+        f"valid MRR after {data['epochs']} epochs, ours",
+        "PyKEEN",
+        "within seed noise",
+    ]
+    load = f"1-minute load {data['load_average_start'][0]:.1f} at the start, {data['load_average_end'][0]:.1f} at the end"
+    lines = [
+        f"Party {data['client']} of {cell(data['data'])} ({data['train_triples']:,} train triples), "
+        f"{data['torch_threads']} torch thread, {data['seeds']} seeds per side, {load}; "
+        f"seed noise: {cell(data['noise_rule'])}.",
+        "",
+        *table(header, rows, "lrrrrrl"),
+        "",
+        f"Command: {cell(data['command'])}.",
+    ]
+    return "\n".join(lines)
+
+
 def epoch_ab_block() -> str:
     """``results/bench_epoch/sparse-fused/summary.json``: a local epoch before and after sparse entity
     gradients and the fused Adam step, per recipe."""
@@ -833,6 +874,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "bench-round": bench_round_block,
         "tta": tta_block,
         "epoch-ab": epoch_ab_block,
+        "epoch-pykeen": epoch_pykeen_block,
         "bench-eval": bench_eval_block,
         "downstream": downstream_bench_block,
     },
