@@ -395,8 +395,10 @@ def epoch_pykeen_block() -> str:
         ours, pykeen, summary = recipe["summary"]["ours"], recipe["summary"]["pykeen"], recipe["summary"]
         rows.append(
             [
-                f"`{name}` ({recipe['config']['model']}, {recipe['config']['loss']}, "
-                f"dim {recipe['config']['embedding-dim']}, {recipe['config']['num-negs-per-pos']} negatives)",
+                (
+                    f"`{name}` ({recipe['config']['model']}, {recipe['config']['loss']}, "
+                    f"dim {recipe['config']['embedding-dim']}, {recipe['config']['num-negs-per-pos']} negatives)"
+                ),
                 f"{ours['seconds_per_epoch']:.1f}",
                 f"{pykeen['seconds_per_epoch']:.1f}",
                 f"{summary['ratio']:.1f} / {summary['cpu_ratio']:.1f}",
@@ -414,11 +416,15 @@ def epoch_pykeen_block() -> str:
         "PyKEEN",
         "within seed noise",
     ]
-    load = f"1-minute load {data['load_average_start'][0]:.1f} at the start, {data['load_average_end'][0]:.1f} at the end"
+    load = (
+        f"1-minute load {data['load_average_start'][0]:.1f} at the start, {data['load_average_end'][0]:.1f} at the end"
+    )
     lines = [
-        f"Party {data['client']} of {cell(data['data'])} ({data['train_triples']:,} train triples), "
-        f"{data['torch_threads']} torch thread, {data['seeds']} seeds per side, {load}; "
-        f"seed noise: {cell(data['noise_rule'])}.",
+        (
+            f"Party {data['client']} of {cell(data['data'])} ({data['train_triples']:,} train triples), "
+            f"{data['torch_threads']} torch thread, {data['seeds']} seeds per side, {load}; "
+            f"seed noise: {cell(data['noise_rule'])}."
+        ),
         "",
         *table(header, rows, "lrrrrrl"),
         "",
