@@ -828,6 +828,56 @@ def baselines_commands_block() -> str:
 DP_TABLE = RESULTS / "privacy" / "dp-epsilon-table.json"
 
 
+#: The UMLS attack runs under dp = local (relation split), by noise multiplier, beside the plain run.
+DP_ATTACK_RUNS = {
+    "none (plain FedE)": "attack-umls-relation.json",
+    "1": "attack-umls-relation-dp-z1.json",
+    "4": "attack-umls-relation-dp-z4.json",
+    "16": "attack-umls-relation-dp-z16.json",
+}
+
+
+def dp_attack_block() -> str:
+    """``results/privacy/attack-umls-relation*.json``: the reconstruction attacks on party 1 of UMLS's
+    relation split, plain and under dp = local at three noise multipliers (precision at k = 100 / at the
+    true pair count), with each run's test MRR and epsilon."""
+    rows, commands = [], []
+    for z, name in DP_ATTACK_RUNS.items():
+        data = _read(RESULTS / "privacy" / name)
+        victim = data["parties"]["1"]
+        dp = data.get("dp") or {}
+        epsilon = dp.get("parties", {}).get("1", {}).get("epsilon") if dp else None
+
+        def shown(attack: str, victim: dict = victim) -> str:
+            precision = victim["attacks"][attack]["ordered"]["precision"]
+            return f"{precision[0]:.2f} / {precision[-1]:.3f}"
+
+        rows.append(
+            [
+                z,
+                DASH if not dp else f"{dp['clip']:g}",
+                DASH if epsilon is None else f"{epsilon:.3g}",
+                f"{data['test_mrr']:.3f}",
+                f"{victim['random']['ordered']['expected_precision']:.3f}",
+                shown("update-anticos"),
+                shown("row-distance"),
+                shown("collusion-relation"),
+            ]
+        )
+        commands.append(data["command"])
+    header = [
+        "noise multiplier z",
+        "dp-clip C",
+        "epsilon (T = 20, delta 1e-5)",
+        "test MRR",
+        "random",
+        "`update-anticos`",
+        "`row-distance`",
+        "`collusion-relation`",
+    ]
+    return "\n".join([*table(header, rows, "lrrrrrrr"), "", "```bash", *commands, "```"])
+
+
 def dp_epsilon_block() -> str:
     """``results/privacy/dp-epsilon-table.json`` (``scripts/dp_table.py``): epsilon per noise multiplier
     and round count, the noise multiplier per target epsilon, and the accountant's check."""
@@ -886,6 +936,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
     "docs/how-to/differential-privacy.md": {"dp-epsilon": dp_epsilon_block},
+    "docs/concepts/what-parties-reveal.md": {"dp-attack": dp_attack_block},
     "docs/how-to/tune-recipes.md": {"recipes": recipes_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
     "docs/results/baselines.md": {
