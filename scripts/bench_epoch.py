@@ -26,7 +26,15 @@ every epoch of each side (wall and CPU), the positives and negatives each side's
 (counted at the loss), and both models' filtered valid metrics after the last epoch (this project's
 evaluator, the recipe's protocol); then per recipe the median seconds per epoch of each side, the
 ratio PyKEEN / ours, and the valid MRR's mean and standard deviation over seeds per side. What differs
-unavoidably between the two sides is listed in ``differences``. Example (UMLS, seconds)::
+unavoidably between the two sides is listed in ``differences``.
+
+``--time-to-pykeen-valid`` adds time to the same accuracy: per recipe and seed, after both fixed-epoch
+runs, a fresh ``LocalTrainer`` from the same initial weights trains one epoch at a time, validated after
+each, until its valid MRR reaches that seed's PyKEEN valid MRR or ``--max-epochs`` (default
+:data:`DEFAULT_MAX_EPOCHS_FACTOR` x ``--epochs``). Each seed's ``ours_to_pykeen_valid`` holds the epochs
+and training seconds (wall and CPU; validation timed apart) ours needed, PyKEEN's training seconds for its
+``--epochs`` and the ratio PyKEEN / ours, or, not reached, the best valid MRR within the cap; each recipe's
+``time_to_pykeen_valid`` sums the seeds. Example (UMLS, seconds)::
 
     python scripts/bench_epoch.py --data UMLS --num-clients 3 --client 0 --epochs 3 --seeds 2 --against-pykeen \\
         --recipe distmult=model=DistMult,loss=crossentropy,num-negs-per-pos=64 --out /tmp/epoch-umls.json
@@ -74,6 +82,7 @@ __all__ = [
     "parse_recipe",
     "pykeen_loop",
     "recipe_run_config",
+    "train_to_valid_mrr",
 ]
 
 #: PyKEEN's default filterer of ``filtered=True`` (its ``BasicNegativeSampler``'s), used on the PyKEEN
@@ -389,26 +398,38 @@ def _side_report(
     }
 
 
-def _run_ours(client: Any, config: KGEConfig, epochs: int, device: str | None) -> tuple[dict[str, Any], dict]:
-    """Train ``epochs`` epochs with :class:`LocalTrainer`; returns the report and the initial weights."""
+def _timed(work: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``work()``'s result, wall seconds and CPU seconds (this process, all threads)."""
+    wall, cpu = _clock()
+    result = work()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _our_trainer(client: Any, config: KGEConfig, device: str | None) -> tuple[Any, dict[str, Any]]:
+    """A fresh :class:`LocalTrainer` (its initial weights come from ``config.seed``) and a copy of them."""
     from client.kge.training import LocalTrainer
 
     trainer = LocalTrainer(client, config, device=device)
     initial = {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+    return trainer, initial
+
+
+def _run_ours(client: Any, config: KGEConfig, epochs: int, device: str | None) -> tuple[dict[str, Any], dict]:
+    """Train ``epochs`` epochs with :class:`LocalTrainer`; returns the report and the initial weights."""
+    trainer, initial = _our_trainer(client, config, device)
     counter = LossCounter(trainer.model.loss)
     walls, cpus, losses = [], [], []
     for epoch in range(epochs):
         if epoch:
             counter.new_epoch()
-        (wall, cpu) = _clock()
-        losses += trainer.train(1)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    started = time.perf_counter()
-    valid = trainer.evaluate("valid")
+        epoch_losses, wall, cpu = _timed(lambda: trainer.train(1))
+        losses += epoch_losses
+        walls.append(wall)
+        cpus.append(cpu)
+    valid, evaluation_seconds, _ = _timed(lambda: trainer.evaluate("valid"))
     report = _side_report(walls, cpus, losses, counter, valid)
     report |= {
-        "evaluation_seconds": time.perf_counter() - started,
+        "evaluation_seconds": evaluation_seconds,
         "initial_weights_sha256": _weights_sha256(initial),
         **_loop_description(trainer.loop),
         "peak_rss_mib_after": _peak_rss_mib(),
@@ -528,6 +549,143 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# --- time to PyKEEN's valid MRR ----------------------------------------------------------------
+
+#: ``--max-epochs``' default: this many times ``--epochs``.
+DEFAULT_MAX_EPOCHS_FACTOR = 10
+
+#: How ``--time-to-pykeen-valid`` measures, stated in its report.
+TIME_TO_PYKEEN_VALID_RULE = (
+    "Per recipe and seed, after both fixed-epoch runs: a fresh LocalTrainer from the same seed (the same initial "
+    "weights, whose per-epoch seeds replay the fixed run's epochs) trains one epoch at a time and is validated "
+    "after each (this project's evaluator, the recipe's protocol) until its valid MRR >= the same seed's PyKEEN "
+    "valid MRR after --epochs, or --max-epochs. Training seconds count the train(1) calls only; validation is "
+    "timed apart. ratio = PyKEEN's training seconds over its --epochs / ours to the target (None when not reached)."
+)
+
+
+def train_to_valid_mrr(
+    client: Any, config: KGEConfig, target: float, max_epochs: int, device: str | None
+) -> dict[str, Any]:
+    """Train a fresh :class:`LocalTrainer` one epoch at a time, validating after each, until its valid MRR
+    reaches ``target`` (``mrr >= target``) or ``max_epochs`` epochs are done.
+
+    The trainer starts from ``config.seed``'s initial weights, as :func:`_run_ours` does for the same config.
+    Only the ``train(1)`` calls are training time; each validation is timed apart.
+
+    :param client: a party's graph (train, valid, test factories; ``client_id``; ``num_entities``).
+    :param config: the recipe at one seed.
+    :param target: the valid MRR to reach.
+    :param max_epochs: the cap on epochs (>= 1).
+    :param device: where to train and evaluate.
+    :returns: ``target_valid_mrr``, ``max_epochs``, ``reached``, ``epochs`` (to the target, ``None`` when not
+        reached), ``epochs_run``, ``train_seconds`` / ``train_cpu_seconds`` (every epoch run),
+        ``validation_seconds`` / ``validation_cpu_seconds`` (every validation), ``best_valid_mrr`` and
+        ``best_epoch``, per epoch ``epoch_seconds``, ``epoch_cpu_seconds``, ``validation_seconds_per_epoch``,
+        ``valid_mrr_per_epoch`` and ``losses``, ``valid`` (the last validation's metrics) and
+        ``initial_weights_sha256``.
+    :raises ValueError: for ``max_epochs < 1``.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    trainer, initial = _our_trainer(client, config, device)
+    walls, cpus, losses, validation_walls, validation_cpus, mrrs = [], [], [], [], [], []
+    valid: Mapping[str, float] = {}
+    while len(mrrs) < max_epochs and not (mrrs and mrrs[-1] >= target):
+        epoch_losses, wall, cpu = _timed(lambda: trainer.train(1))
+        valid, validation_wall, validation_cpu = _timed(lambda: trainer.evaluate("valid"))
+        losses += epoch_losses
+        walls.append(wall)
+        cpus.append(cpu)
+        validation_walls.append(validation_wall)
+        validation_cpus.append(validation_cpu)
+        mrrs.append(float(valid["mrr"]))
+    reached = mrrs[-1] >= target
+    best = max(range(len(mrrs)), key=mrrs.__getitem__)
+    return {
+        "target_valid_mrr": target,
+        "max_epochs": max_epochs,
+        "reached": reached,
+        "epochs": len(mrrs) if reached else None,
+        "epochs_run": len(mrrs),
+        "train_seconds": sum(walls),
+        "train_cpu_seconds": sum(cpus),
+        "validation_seconds": sum(validation_walls),
+        "validation_cpu_seconds": sum(validation_cpus),
+        "best_valid_mrr": mrrs[best],
+        "best_epoch": best + 1,
+        "epoch_seconds": walls,
+        "epoch_cpu_seconds": cpus,
+        "validation_seconds_per_epoch": validation_walls,
+        "valid_mrr_per_epoch": mrrs,
+        "losses": losses,
+        "valid": dict(valid),
+        "initial_weights_sha256": _weights_sha256(initial),
+    }
+
+
+def _outcome(run: Mapping[str, Any]) -> str:
+    """One line of a seed's time-to-target result."""
+    if run["reached"]:
+        return (
+            f"reached in {run['epochs']} epochs: {run['train_seconds']:.2f} s of training against PyKEEN's "
+            f"{run['pykeen_train_seconds']:.2f} s for {run['pykeen_epochs']} epochs ({run['ratio']:.2f}x)"
+        )
+    return (
+        f"not reached within the cap of {run['max_epochs']} epochs: best valid MRR {run['best_valid_mrr']:.4f} "
+        f"(epoch {run['best_epoch']}) against PyKEEN's {run['target_valid_mrr']:.4f}"
+    )
+
+
+def _ours_to_pykeen_valid(
+    client: Any, config: KGEConfig, runs: Mapping[str, Any], max_epochs: int, device: str | None
+) -> dict[str, Any]:
+    """:func:`train_to_valid_mrr` to the same seed's PyKEEN valid MRR, with PyKEEN's training seconds and
+    the ratio; an ``error`` entry when either fixed-epoch side failed or this run does."""
+    pykeen = runs["pykeen"]
+    if "error" in pykeen or "error" in runs["ours"]:
+        return {"error": "not run: no PyKEEN valid MRR to reach"}
+    try:
+        run = train_to_valid_mrr(client, config, float(pykeen["valid"]["mrr"]), max_epochs, device)
+    except Exception as error:  # noqa: BLE001 - a diverged recipe is reported, the others still run
+        return {"error": f"{type(error).__name__}: {error}"}
+    seconds, cpu_seconds = sum(pykeen["epoch_seconds"]), sum(pykeen["epoch_cpu_seconds"])
+    run |= {
+        "pykeen_epochs": len(pykeen["epoch_seconds"]),
+        "pykeen_train_seconds": seconds,
+        "pykeen_train_cpu_seconds": cpu_seconds,
+        "ratio": seconds / run["train_seconds"] if run["reached"] and run["train_seconds"] else None,
+        "cpu_ratio": cpu_seconds / run["train_cpu_seconds"] if run["reached"] and run["train_cpu_seconds"] else None,
+        "same_start_as_pykeen": run["initial_weights_sha256"] == pykeen["initial_weights_sha256"],
+    }
+    return run | {"outcome": _outcome(run)}
+
+
+def _time_to_pykeen_valid_summary(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per recipe: each seed's epochs, ratio and best valid MRR; over seeds, the ratio of the summed
+    training seconds (PyKEEN / ours) when every seed reached its target, else ``None``."""
+    runs = {seed: run["ours_to_pykeen_valid"] for seed, run in per_seed.items()}
+    done = [run for run in runs.values() if "error" not in run]
+    reached = [run for run in done if run["reached"]]
+    every = bool(runs) and len(reached) == len(runs)
+
+    def total(key: str) -> float:
+        return sum(run[key] for run in reached)
+
+    return {
+        "seeds_reached": len(reached),
+        "all_reached": every,
+        "epochs_per_seed": {seed: run.get("epochs") for seed, run in runs.items()},
+        "best_valid_mrr_per_seed": {seed: run.get("best_valid_mrr") for seed, run in runs.items()},
+        "ratio_per_seed": {seed: run.get("ratio") for seed, run in runs.items()},
+        "outcome_per_seed": {seed: run.get("outcome", run.get("error")) for seed, run in runs.items()},
+        "train_seconds": total("train_seconds") if every else None,
+        "pykeen_train_seconds": total("pykeen_train_seconds") if every else None,
+        "ratio": total("pykeen_train_seconds") / total("train_seconds") if every else None,
+        "cpu_ratio": total("pykeen_train_cpu_seconds") / total("train_cpu_seconds") if every else None,
+    }
+
+
 def compare(
     client: Any,
     recipes: Mapping[str, KGEConfig],
@@ -537,6 +695,7 @@ def compare(
     device: str | None,
     filterer: str,
     on_recipe: Callable[[dict[str, Any]], None] | None = None,
+    max_epochs_to_pykeen_valid: int | None = None,
 ) -> dict[str, Any]:
     """Train every recipe with both loops on ``client`` (see the module docstring).
 
@@ -547,6 +706,9 @@ def compare(
     :param device: where both sides train and evaluate.
     :param filterer: the PyKEEN side's filterer of filtered negatives.
     :param on_recipe: called with the recipes measured so far after each recipe (to keep partial output).
+    :param max_epochs_to_pykeen_valid: when given, each seed also gets :func:`train_to_valid_mrr` to its
+        PyKEEN valid MRR with this cap (``"ours_to_pykeen_valid"`` beside ``"ours"`` and ``"pykeen"``), and
+        each recipe a ``"time_to_pykeen_valid"`` summary; ``None``: neither.
     :returns: ``{name: {"config", "regime", "differences", "seeds": {seed: {"ours", "pykeen"}}, "summary"}}``.
     :raises client.kge.config.ConfigError: for a regime without a PyKEEN counterpart (before any training).
     """
@@ -569,6 +731,10 @@ def compare(
                     runs["pykeen"] = _run_pykeen(client, config, initial, epochs, device, filterer)
                 except Exception as error:  # noqa: BLE001
                     runs["pykeen"] = {"error": f"{type(error).__name__}: {error}"}
+            if max_epochs_to_pykeen_valid is not None:
+                runs["ours_to_pykeen_valid"] = _ours_to_pykeen_valid(
+                    client, config, runs, max_epochs_to_pykeen_valid, device
+                )
             per_seed[str(config.seed)] = runs
         differences = list(DIFFERENCES["*"]) + list(DIFFERENCES.get(regime, ()))
         if not base.keep_optimizer_state and epochs > 1:
@@ -583,6 +749,8 @@ def compare(
             "seeds": per_seed,
             "summary": _summary(per_seed),
         }
+        if max_epochs_to_pykeen_valid is not None:
+            results[name]["time_to_pykeen_valid"] = _time_to_pykeen_valid_summary(per_seed)
         if on_recipe is not None:
             on_recipe(results)
     return results
@@ -634,6 +802,19 @@ def _parser() -> argparse.ArgumentParser:
         help="--against-pykeen: the PyKEEN side's filterer for recipes with filtered negatives "
         f"(default: PyKEEN's own, {PYKEEN_DEFAULT_FILTERER})",
     )
+    parser.add_argument(
+        "--time-to-pykeen-valid",
+        action="store_true",
+        help="--against-pykeen: also train each recipe and seed with this project's trainer, validating every "
+        "epoch, until its valid MRR reaches PyKEEN's after --epochs (or --max-epochs); report the training "
+        "seconds of both sides and their ratio",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help=f"--time-to-pykeen-valid: the cap on our epochs (default {DEFAULT_MAX_EPOCHS_FACTOR} x --epochs)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output file (written atomically); else stdout")
     return parser
 
@@ -656,10 +837,10 @@ def _plain(args: argparse.Namespace, config: KGEConfig) -> dict[str, Any]:
 
     epoch_seconds, epoch_cpu_seconds, losses = [], [], []
     for _ in range(args.epochs):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        losses += trainer.train(1)
-        epoch_seconds.append(time.perf_counter() - started)
-        epoch_cpu_seconds.append(time.process_time() - cpu_started)
+        epoch_losses, wall, cpu = _timed(lambda: trainer.train(1))
+        losses += epoch_losses
+        epoch_seconds.append(wall)
+        epoch_cpu_seconds.append(cpu)
 
     return {
         "data": str(args.data),
@@ -717,6 +898,9 @@ def _against_pykeen(
         "pykeen_filterer": args.pykeen_filterer,
         "noise_rule": f"|mean_ours - mean_pykeen| <= {NOISE_STANDARD_ERRORS} * sqrt((std_ours^2 + std_pykeen^2) / n)",
     }
+    max_epochs = _max_epochs(args)
+    if max_epochs is not None:
+        header["time_to_pykeen_valid"] = {"max_epochs": max_epochs, "rule": TIME_TO_PYKEEN_VALID_RULE}
 
     def partial(results: dict[str, Any]) -> None:
         if out is not None:  # keep what is measured if a later recipe is interrupted
@@ -730,13 +914,24 @@ def _against_pykeen(
         device=args.device,
         filterer=args.pykeen_filterer,
         on_recipe=partial,
+        max_epochs_to_pykeen_valid=max_epochs,
     )
-    return header | {
+    report = header | {
         "recipes": results,
         "ratios": {name: result["summary"]["ratio"] for name, result in results.items()},
-        "peak_rss_mib": _peak_rss_mib(),
-        "load_average_end": list(os.getloadavg()),
     }
+    if max_epochs is not None:
+        report["time_to_pykeen_valid_ratios"] = {
+            name: result["time_to_pykeen_valid"]["ratio"] for name, result in results.items()
+        }
+    return report | {"peak_rss_mib": _peak_rss_mib(), "load_average_end": list(os.getloadavg())}
+
+
+def _max_epochs(args: argparse.Namespace) -> int | None:
+    """The cap of ``--time-to-pykeen-valid``'s run (``None``: no such run)."""
+    if not args.time_to_pykeen_valid:
+        return None
+    return DEFAULT_MAX_EPOCHS_FACTOR * args.epochs if args.max_epochs is None else args.max_epochs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -748,6 +943,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epochs and --seeds must be >= 1")
     if args.recipe and not args.against_pykeen:
         parser.error("--recipe needs --against-pykeen")
+    if args.time_to_pykeen_valid and not args.against_pykeen:
+        parser.error("--time-to-pykeen-valid needs --against-pykeen")
+    if args.max_epochs is not None and not args.time_to_pykeen_valid:
+        parser.error("--max-epochs needs --time-to-pykeen-valid")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error("--max-epochs must be >= 1")
     from client.kge.config import ConfigError, KGEConfig
     from client.kge.run_folder import check_script_outputs, emit_json
 
@@ -774,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
         report = _plain(args, base)
     emit_json(report, args.out)
     if args.out is not None:
-        print(json.dumps(report.get("ratios", report), indent=2))
+        shown = {key: report[key] for key in ("ratios", "time_to_pykeen_valid_ratios") if key in report}
+        print(json.dumps(shown if len(shown) > 1 else report.get("ratios", report), indent=2))
     return 0
 
 
