@@ -33,6 +33,21 @@ The attacks (:data:`ATTACKS`; none is tuned on the truth of the party it is repo
     colluder knows none of the victim's relations; ``--partition triple`` deals triples at random,
     so parties share relations (FedR's setting).
 
+What the attacks read (``--view``):
+
+``uploads`` (default: plain FedE and ``dp = local``)
+    each party's own upload, as above.
+``aggregate`` (what the server sees under ``secure-aggregation = true``)
+    only the round's aggregated table: the per-row mean over the holders (the table every party
+    downloads next round; :func:`aggregate_view`) and the holder counts. Per victim the attacks read
+    that table restricted to the victim's entity set (known to the server from the handshake), and
+    the ``update-*`` attacks the difference between the round's table and the previous round's. With
+    ``--set secure-aggregation=true`` the in-process engine computes the plain mean, which equals
+    SecAgg+'s mean within its quantization step ``2c / 2^22`` per coordinate (``c``:
+    ``secagg-clipping-range``; ``docs/how-to/secure-aggregation.md``): the report says so under
+    ``secure_aggregation``. ``--view uploads`` refuses ``secure-aggregation = true`` (under it the
+    server never receives one party's upload).
+
 ``selected`` reports, per victim, the server-alone attack that scored best (precision@true count,
 ordered pairs) on another party (the next one), applied to the victim: a choice never made on the
 victim's own truth.
@@ -75,7 +90,14 @@ EXAMPLES = """examples:
       --set local-epochs=1 --set embedding-dim=64 --out results/privacy/attack-umls-triple.json
   python scripts/attack_reconstruction.py --data ../shared/data/FB15k-237-Fed3 --rounds 100 \\
       --set eval-every=5 --device cuda --out results/privacy/attack-fed3-transe.json
+  python scripts/attack_reconstruction.py --data UMLS --clients 3 --rounds 20 --view aggregate \\
+      --set secure-aggregation=true --out results/privacy/attack-umls-secagg.json
 """
+
+#: What the attacks read: each party's upload, or only the aggregated table (:func:`aggregate_view`).
+VIEWS = ("uploads", "aggregate")
+#: The engine's rule the aggregate view recomputes (``run_fede_in_process``'s default; SecAgg+ needs it).
+AGGREGATION_RULE = "mean"
 
 #: Pair orders the triples are compared in.
 ORDERS = ("ordered", "unordered")
@@ -132,6 +154,32 @@ class Recorder:
         self.uploads[index] = Upload(np.array(ids, dtype=np.int64), np.array(sent), np.array(returned))
         if index == self.colluder:
             self.colluder_model = copy.deepcopy(model).cpu().eval()
+
+
+def aggregate_view(uploads: Mapping[int, Upload], num_entities: int) -> dict[int, Upload]:
+    """What the server sees of a round under secure aggregation, per party, as an :class:`Upload`.
+
+    The round's aggregated table is the per-row mean over the holders of ``uploads`` (the engine's own
+    rule, :func:`client.kge.aggregation.aggregate_rows` with :data:`AGGREGATION_RULE`: the table every
+    party downloads next round); the previous round's table is what the server sent every party this
+    round (each party's ``sent`` rows, the same global table). Party ``k``'s view is both tables
+    restricted to its own entity set (known from the handshake): ``sent`` = the previous table's rows,
+    ``returned`` = the aggregated rows, so :attr:`Upload.delta` is the change of the aggregated table.
+
+    :param uploads: party index -> its upload of the round (every party of the round).
+    :param num_entities: rows of the global table (ids above every party's are never read).
+    :returns: party index -> its aggregate view, ``ids`` unchanged.
+    """
+    from client.kge.aggregation import aggregate_rows
+
+    if not uploads:
+        raise AttackError("aggregate view: no upload was observed")
+    width = next(iter(uploads.values())).returned.shape[1]
+    previous = np.zeros((num_entities, width), dtype=np.float32)
+    for upload in uploads.values():
+        previous[upload.ids] = upload.sent
+    table = aggregate_rows(previous, [(up.ids, up.returned) for up in uploads.values()], AGGREGATION_RULE)
+    return {index: Upload(up.ids, previous[up.ids], table[up.ids]) for index, up in uploads.items()}
 
 
 # --- scoring candidate pairs with a running top-k --------------------------------------------------
@@ -483,6 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the round whose uploads the attacker uses: a number or last (default last, the last round trained)",
     )
     parser.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="uploads",
+        help="what the attacks read: uploads (each party's own upload, plain FedE / dp = local) or aggregate "
+        "(only the round's per-row mean over the holders, restricted to each victim's entity set, and its change "
+        "since the previous round: what the server sees under secure aggregation); --set secure-aggregation=true "
+        "needs aggregate, and then the in-process plain mean stands in for SecAgg+'s, equal within its "
+        "quantization step 2c/2^22 (default uploads)",
+    )
+    parser.add_argument(
         "--colluder", type=integer(0), default=0, help="the colluding party's index, for collusion-relation (default 0)"
     )
     parser.add_argument(
@@ -504,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run FedE with the observer, attack every party; write the JSON report."""
+    args, config, dp, secagg = prepare(argv)
+    return run_main(PROG, lambda: _run(args, config, dp, secagg, list(argv) if argv is not None else sys.argv[1:]))
+
+
+def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Any, Any, dict[str, Any] | None]:
+    """Every check of the command line before any work (``scripts/privacy_table.py`` runs them for
+    every run first): ``(args, KGE config, dp spec or None, secure_aggregation report or None)``.
+
+    :param argv: the arguments (``None``: ``sys.argv[1:]``).
+    :raises SystemExit: 2 (``parser.error``), naming the option.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     from client.kge.run_folder import check_script_outputs
@@ -512,23 +581,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     from client.kge.config import ConfigError
-    from client.kge.settings import in_process_local_dp
+    from client.kge.settings import FederationSettings, in_process_local_dp
     from server.run_options import kge_run_config
     from simskip_core.cli_common import RUN_CONFIG_FLAGS
 
+    secagg = None
     try:
         sets, config = kge_run_config(args.preset, args.sets)
+        run_config = {**sets, "num-server-rounds": args.rounds}
+        settings = FederationSettings.from_run_config(run_config)  # every key checked, SecAgg's too
+        if settings.secure_aggregation and args.view == "aggregate":
+            secagg = secure_aggregation_stand_in(settings.secagg_clipping_range)
+            run_config["secure-aggregation"] = False  # the aggregate view is what SecAgg+ leaves the server
         # the Flower-free commands' one rule: dp = local honoured (its budget is --rounds releases), SecAgg
-        # refused (under it the server receives only the per-row sums, not the per-party uploads read here)
-        dp = in_process_local_dp(
-            {**sets, "num-server-rounds": args.rounds}, command="attack_reconstruction.py", honours_dp=True
-        )
+        # refused with --view uploads (under it the server receives only the per-row sums, not the uploads)
+        dp = in_process_local_dp(run_config, command="attack_reconstruction.py", honours_dp=True)
     except (ConfigError, ValueError) as err:
-        parser.error(f"{RUN_CONFIG_FLAGS}: {err}")
-    return run_main(PROG, lambda: _run(args, config, dp, list(argv) if argv is not None else sys.argv[1:]))
+        hint = " (--view aggregate attacks what the server sees under it)" if "secure-aggregation" in str(err) else ""
+        parser.error(f"{RUN_CONFIG_FLAGS}: {err}{hint}")
+    return args, config, dp, secagg
 
 
-def _run(args: argparse.Namespace, config: Any, dp: Any, argv: list[str]) -> int:
+def secure_aggregation_stand_in(clipping_range: float) -> dict[str, Any]:
+    """The report's ``secure_aggregation``: the in-process plain mean stands in for SecAgg+'s.
+
+    :param clipping_range: ``secagg-clipping-range`` c.
+    """
+    from server.secure_aggregation import QUANTIZATION_RANGE, quantization_step
+
+    return {
+        "in_process_stand_in": True,
+        "clipping_range": clipping_range,
+        "quantization_range": QUANTIZATION_RANGE,
+        "quantization_step": quantization_step(clipping_range),
+        "about": "the in-process engine computes the plain per-row mean over the holders; Flower's SecAgg+ "
+        "(simskip-sim / simskip-server) gives the server the same mean within its quantization step 2c/2^22 per "
+        "coordinate, and the holder counts (docs/how-to/secure-aggregation.md)",
+    }
+
+
+def _run(args: argparse.Namespace, config: Any, dp: Any, secagg: Any, argv: list[str]) -> int:
     import torch
 
     from client.kge.centralized import run_fede_in_process
@@ -563,9 +655,10 @@ def _run(args: argparse.Namespace, config: Any, dp: Any, argv: list[str]) -> int
     parties: dict[str, dict[str, Any]] = {}
     entity_sets: dict[str, Any] = {}
     rng = np.random.default_rng(args.seed)
+    seen = recorder.uploads if args.view == "uploads" else aggregate_view(recorder.uploads, int(kg.num_entities))
     alone = [name for name in args.attacks if not ATTACKS[name].colluding]
     for index, client in enumerate(clients):
-        upload = recorder.uploads[index]
+        upload = seen[index]
         entity_sets[str(client.client_id)] = entity_set_recovery(upload.ids, client.entity_ids)
         if not np.array_equal(upload.ids, client.entity_ids):
             raise AttackError(f"party {client.client_id}: its uploads are not in its local order")
@@ -612,10 +705,20 @@ def _run(args: argparse.Namespace, config: Any, dp: Any, argv: list[str]) -> int
         "rounds_budget": args.rounds,
         "rounds_trained": result["rounds_trained"],
         "observed_round": recorder.observed_round,
+        "view": args.view,
         "best_round": result["best_round"],
         "test_mrr": result["test"]["overall"]["mrr"],
         "colluder": str(clients[args.colluder].client_id),
         "threat_model": "honest-but-curious server; collusion-relation adds the colluder's relation rows",
+        **(
+            {
+                "view_about": "the attacks read the round's per-row mean over the holders, restricted to each "
+                "victim's entity set, and its change since the previous round, not the victim's upload",
+                "secure_aggregation": secagg,
+            }
+            if args.view == "aggregate"
+            else {}
+        ),
         "orders": {
             "ordered": "(h, t) pairs of train triples, h != t",
             "unordered": "{h, t} pairs of train triples, h != t",

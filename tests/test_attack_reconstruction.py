@@ -240,8 +240,11 @@ def test_the_command_writes_its_report(attack: ModuleType, tmp_path: Path) -> No
 
 
 def test_the_attack_reads_the_released_rows_under_local_dp(attack: ModuleType, tmp_path: Path) -> None:
-    base = ["--data", "Nations", "--clients", "2", "--partition", "triple", "--rounds", "2", "--k", "10"]
-    base += ["--set", "embedding-dim=8", "--set", "local-epochs=1", "--set", "num-negs-per-pos=4", "--threads", "1"]
+    # UMLS, not Nations: on Nations' 14 entities most candidate pairs are true, so noised and plain rows
+    # could give the same hits by chance (the noise is unseeded); UMLS' 135 entities leave room
+    base = ["--data", "UMLS", "--clients", "2", "--partition", "triple", "--rounds", "2", "--k", "10", "100", "1000"]
+    base += ["--attacks", "row-distance", "--set", "embedding-dim=8", "--set", "local-epochs=1"]
+    base += ["--set", "num-negs-per-pos=4", "--threads", "1"]
     dp = ["--set", "dp=local", "--set", "dp-clip=0.5", "--set", "dp-noise-multiplier=4"]
     assert attack.main([*base, *dp, "--out", str(tmp_path / "dp.json")]) == 0
     assert attack.main([*base, "--out", str(tmp_path / "plain.json")]) == 0
@@ -260,7 +263,9 @@ def test_secure_aggregation_is_refused_by_the_in_process_attack(attack: ModuleTy
             + ["--out", str(tmp_path / "a.json")]
         )
     assert stop.value.code == 2
-    assert "this in-process run has no SecAgg+" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "this in-process run has no SecAgg+" in err
+    assert "--view aggregate" in err  # the view that runs under it is named
     assert not (tmp_path / "a.json").exists()
 
 
@@ -327,3 +332,103 @@ def test_a_federated_folder_is_attacked_as_stored(attack: ModuleType, tmp_path: 
         if name != report["colluder"]:
             assert party["relations_shared_with_colluder"] == 0  # FedE's split: disjoint relations
             assert set(party["attacks"]) == {"row-distance", "collusion-relation"}
+
+
+# --- the aggregate view (what the server sees under secure aggregation) ------------------------------
+
+
+def _upload(attack: ModuleType, ids, sent, returned):
+    return attack.Upload(np.array(ids, dtype=np.int64), np.array(sent, np.float32), np.array(returned, np.float32))
+
+
+def test_the_aggregate_view_is_the_mean_over_the_holders_by_hand(attack: ModuleType) -> None:
+    """Three parties over 4 entities: entity 0 held by party 0 alone, 1 by parties 0 and 1, 2 by all, 3 by party 1."""
+    previous = np.array([[0, 0], [1, 1], [2, 2], [3, 3]], dtype=np.float32)
+    uploads = {
+        0: _upload(attack, [0, 1, 2], previous[[0, 1, 2]], [[1, 0], [0, 2], [3, 0]]),
+        1: _upload(attack, [1, 2, 3], previous[[1, 2, 3]], [[4, 0], [0, 3], [5, 5]]),
+        2: _upload(attack, [2], previous[[2]], [[0, 6]]),
+    }
+    view = attack.aggregate_view(uploads, 4)
+    mean = np.array([[1, 0], [2, 1], [1, 3], [5, 5]], dtype=np.float32)  # by hand: (0,2)+(4,0) / 2, ...
+    for index, upload in uploads.items():
+        assert np.array_equal(view[index].ids, upload.ids)
+        np.testing.assert_allclose(view[index].returned, mean[upload.ids])
+        np.testing.assert_allclose(view[index].sent, previous[upload.ids])
+        np.testing.assert_allclose(view[index].delta, mean[upload.ids] - previous[upload.ids])
+    # row-distance on party 0's view: -||mean_h - mean_t|| over its entities 0, 1, 2, by hand
+    hand = -np.array([[0, np.sqrt(2), np.sqrt(9)], [np.sqrt(2), 0, np.sqrt(5)], [3, np.sqrt(5), 0]])
+    scorer = attack.distance_scorer(view[0].returned)
+    everyone = torch.arange(3)
+    np.testing.assert_allclose(scorer(everyone, everyone).numpy(), hand, rtol=1e-6, atol=1e-6)
+    plain = attack.distance_scorer(uploads[0].returned)(everyone, everyone).numpy()
+    assert not np.allclose(plain, hand)  # the upload's own rows score otherwise
+    # the closest pair of the mean table is {0, 1} (sqrt 2); of party 0's own upload it is {0, 2} (2)
+    truth = {"ordered": {(0, 1)}, "unordered": {(0, 1)}}
+    ks = {"ordered": [1], "unordered": [1]}
+    on_mean = attack.attack_party("row-distance", view[0], None, truth, ks, "cpu")
+    on_upload = attack.attack_party("row-distance", uploads[0], None, truth, ks, "cpu")
+    assert on_mean["unordered"]["hits"] == [1] and on_upload["unordered"]["hits"] == [0]
+
+
+def test_the_aggregate_view_is_the_table_the_engine_sends_next_round(attack: ModuleType) -> None:
+    from client.kge.centralized import run_fede_in_process
+    from client.kge.config import KGEConfig
+    from kg_datasets import load_federated
+
+    torch.set_num_threads(1)
+    kg = load_federated("UMLS", num_clients=3, partition="relation", seed=0)
+    config = KGEConfig.from_run_config({"embedding-dim": 8, "local-epochs": 1, "num-negs-per-pos": 4})
+    first, second = attack.Recorder(1, None), attack.Recorder(2, None)
+
+    def both(*upload) -> None:
+        first(*upload)
+        second(*upload)
+
+    run_fede_in_process(kg, config, 2, progress=lambda line: None, on_upload=both)
+    sizes = {len(client.entity_ids) for client in kg.clients}
+    assert len(sizes) > 1  # the parties hold different entity sets
+    view1 = attack.aggregate_view(first.uploads, kg.num_entities)
+    view2 = attack.aggregate_view(second.uploads, kg.num_entities)
+    for k in range(3):
+        # round 1's aggregated table is what the engine sends every party in round 2
+        np.testing.assert_allclose(view1[k].returned, second.uploads[k].sent, rtol=1e-6)
+        assert np.array_equal(view2[k].sent, second.uploads[k].sent)
+
+
+def _umls_command(view: str, out: Path, *extra: str) -> list[str]:
+    return (
+        ["--data", "UMLS", "--clients", "3", "--partition", "relation", "--rounds", "2", "--view", view]
+        + ["--k", "10", "100", "1000"]
+        + ["--attacks", "update-anticos", "row-distance", "--threads", "1", "--out", str(out)]
+        + ["--set", "embedding-dim=8", "--set", "local-epochs=1", "--set", "num-negs-per-pos=4", *extra]
+    )
+
+
+def test_plain_and_aggregate_views_differ_and_secure_aggregation_runs_aggregate(
+    attack: ModuleType, tmp_path: Path
+) -> None:
+    paths = {name: tmp_path / f"{name}.json" for name in ("uploads", "aggregate", "secagg")}
+    assert attack.main(_umls_command("uploads", paths["uploads"])) == 0
+    assert attack.main(_umls_command("aggregate", paths["aggregate"])) == 0
+    secagg = ["--set", "secure-aggregation=true", "--set", "secagg-clipping-range=4"]
+    assert attack.main(_umls_command("aggregate", paths["secagg"], *secagg)) == 0
+    uploads, aggregate, secure = (json.loads(path.read_text()) for path in paths.values())
+    assert (uploads["view"], aggregate["view"], secure["view"]) == ("uploads", "aggregate", "aggregate")
+    assert "secure_aggregation" not in uploads and aggregate["secure_aggregation"] is None
+    assert secure["secure_aggregation"]["in_process_stand_in"] is True
+    assert secure["secure_aggregation"]["quantization_step"] == 2 * 4 / 2**22
+    assert uploads["test_mrr"] == aggregate["test_mrr"] == secure["test_mrr"]  # the same training
+    assert uploads["entity_sets"] == aggregate["entity_sets"]  # the handshake reveals them either way
+    assert len({party["entities"] for party in uploads["parties"].values()}) > 1  # different entity sets
+    for name in uploads["parties"]:
+        # the update the server sees is the mean table's change, not the party's own update
+        seen = [
+            report["parties"][name]["attacks"]["update-anticos"]["ordered"]["hits"] for report in (uploads, aggregate)
+        ]
+        assert seen[0] != seen[1]
+    for name in ("row-distance", "update-anticos"):
+        # the stand-in is the aggregate view exactly
+        assert secure["parties"]["1"]["attacks"][name] == aggregate["parties"]["1"]["attacks"][name] | {
+            "seconds": secure["parties"]["1"]["attacks"][name]["seconds"]
+        }
