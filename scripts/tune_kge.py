@@ -291,11 +291,16 @@ def make_study(
     study_name: str = "tune_kge",
 ) -> optuna.Study:
     """A maximizing study with a seeded TPE sampler (``tpe_startup`` random trials first); with
-    ``storage`` an SQLite file that a later call with the same name resumes."""
+    ``storage`` an SQLite file that a later call with the same name resumes.
+
+    Optuna does not store a sampler's random state, so a resumed study's sampler is seeded with
+    ``sampler_seed`` plus the number of trials the study already holds: seeded afresh with
+    ``sampler_seed`` it would redraw the first process's random start (a Fed3 ComplEx search spent a
+    trial re-running trial 0's setting that way)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
+    study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=tpe_startup),
         pruner=pruner,
@@ -303,6 +308,9 @@ def make_study(
         study_name=study_name,
         load_if_exists=storage is not None,
     )
+    if study.trials:
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials), n_startup_trials=tpe_startup)
+    return study
 
 
 #: A trial's record kept in its user attributes (what the JSON reports and a resumed study reads).

@@ -209,6 +209,15 @@ def test_a_search_with_storage_resumes_and_refuses_another_search(tune, tmp_path
     assert "of another search" in capsys.readouterr().err
 
 
+def test_a_resumed_search_does_not_redraw_the_first_process_trials(tune, tmp_path) -> None:
+    storage = ["--storage", str(tmp_path / "study.sqlite3"), "--pruner", "none"]
+    first = run(tune, tmp_path, "--optuna", "1", *storage)
+    resumed = run(tune, tmp_path, "--optuna", "2", *storage)  # its sampler's random start is not trial 0's
+    assert resumed["trials"][0]["setting"] == first["trials"][0]["setting"]
+    assert resumed["trials"][1]["setting"] != resumed["trials"][0]["setting"]
+    assert resumed["sampler"]["seed"] == 0  # the search's identity; the resumed process drew with seed 0 + 1
+
+
 def test_an_enqueued_setting_runs_first_once_and_a_bad_one_is_refused(tune, tmp_path, capsys) -> None:
     storage = ["--storage", str(tmp_path / "study.sqlite3"), "--pruner", "none"]
     recipe = ["--enqueue", "learning-rate=0.02", "batch-size=128", "local-epochs=2"]
