@@ -195,6 +195,17 @@ class SecureTrainRequest:
     config: ConfigRecord
 
 
+def _call_with_content(call_next: Any, msg: Message, context: Context, content: RecordDict) -> Message:
+    """``call_next`` (the plain handler) on ``msg`` carrying ``content`` instead of the SecAgg+ stage's
+    records, which ``msg`` carries again afterwards (the mod reads them once the handler returns)."""
+    secagg_content = msg.content
+    msg.content = content
+    try:
+        return call_next(msg, context)
+    finally:
+        msg.content = secagg_content
+
+
 def train_on_fitins(call_next: Any) -> Any:
     """The handler step ``secaggplus_mod`` calls at the masked-vector stage: the FitIns in, the
     plain train handler (``call_next``) on the plain message, the FitRes out."""
@@ -203,14 +214,8 @@ def train_on_fitins(call_next: Any) -> Any:
         request = secure_train_request(msg)
         if request is None:  # a stage-2 message always carries a FitIns; a plain one is the handler's
             return call_next(msg, context)
-        secagg_content = msg.content
-        msg.content = RecordDict(
-            {ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}), CONFIG_KEY: request.config}
-        )
-        try:
-            reply = call_next(msg, context)
-        finally:
-            msg.content = secagg_content
+        plain = {ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}), CONFIG_KEY: request.config}
+        reply = _call_with_content(call_next, msg, context, RecordDict(plain))
         if reply.has_error():
             return reply
         rows = reply.content.array_records[ENTITY_ROWS_KEY][ROWS_ARRAY].numpy()
@@ -319,18 +324,12 @@ def weights_on_fitins(call_next: Any) -> Any:
 
     def step(msg: Message, context: Context) -> Message:
         request = secure_weights_request(msg)
-        secagg_content = msg.content
-        msg.content = RecordDict(
-            {
-                ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}),
-                WEIGHTS_KEY: ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in request.weights}),
-                CONFIG_KEY: request.config,
-            }
-        )
-        try:
-            reply = call_next(msg, context)
-        finally:
-            msg.content = secagg_content
+        plain = {
+            ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(request.rows)}),
+            WEIGHTS_KEY: ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in request.weights}),
+            CONFIG_KEY: request.config,
+        }
+        reply = _call_with_content(call_next, msg, context, RecordDict(plain))
         if reply.has_error():
             return reply
         record = reply.content.array_records.get(WEIGHTS_KEY)

@@ -510,14 +510,19 @@ def _train_message(node: int, content: RecordDict) -> Message:
     return msg
 
 
-def test_a_party_that_demands_secure_aggregation_refuses_a_plain_train_message(nations_root, tmp_path) -> None:
-    context = Context(
+def _demanding_party(nations_root) -> Context:
+    """Party 0's context on Nations, its node config demanding secure aggregation."""
+    return Context(
         run_id=1,
         node_id=10,
         node_config={"partition-id": 0, "secure-aggregation": "true"},
         state=RecordDict(),
         run_config={**KGE, "client-data-root": str(nations_root)},
     )
+
+
+def test_a_party_that_demands_secure_aggregation_refuses_a_plain_train_message(nations_root, tmp_path) -> None:
+    context = _demanding_party(nations_root)
     content = RecordDict(
         {
             ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.zeros((3, 16), np.float16))}),
@@ -759,13 +764,7 @@ def test_a_party_gone_in_a_secure_simskip_round_is_left_out_and_recorded(nations
 def test_a_party_that_demands_secagg_refuses_a_plain_federated_simskip_message(nations_root) -> None:
     from client.protocol import SIMSKIP_TRAIN_TYPE, WEIGHTS_KEY
 
-    context = Context(
-        run_id=1,
-        node_id=10,
-        node_config={"partition-id": 0, "secure-aggregation": "true"},
-        state=RecordDict(),
-        run_config={**KGE, "client-data-root": str(nations_root)},
-    )
+    context = _demanding_party(nations_root)
     content = RecordDict(
         {
             ENTITY_ROWS_KEY: ArrayRecord({ROWS_ARRAY: Array(np.zeros((3, 16), np.float32))}),
