@@ -878,6 +878,30 @@ def dp_attack_block() -> str:
     return "\n".join([*table(header, rows, "lrrrrrrr"), "", "```bash", *commands, "```"])
 
 
+#: The views of ``secagg_attack_block``: what the server receives in each mode, and its JSON.
+SECAGG_ATTACK_RUNS = {
+    "uploads (plain FedE)": "attack-umls-relation.json",
+    "aggregate (SecAgg+)": "attack-umls-relation-secagg.json",
+}
+SECAGG_ATTACKS = ("update-anticos", "update-abscos", "row-distance", "collusion-relation")
+
+
+def secagg_attack_block() -> str:
+    """``results/privacy/attack-umls-relation{,-secagg}.json``: the reconstruction attacks on party 1 of
+    UMLS's relation split against each party's upload (plain FedE) and against only the aggregate SecAgg+
+    leaves the server (precision at k = 100 / at the true pair count), with each run's test MRR."""
+    rows = []
+    for view, name in SECAGG_ATTACK_RUNS.items():
+        data = _read(RESULTS / "privacy" / name)
+        attacks = data["parties"]["1"]["attacks"]
+        shown = [
+            "{:.2f} / {:.3f}".format(*(attacks[a]["ordered"]["precision"][i] for i in (0, -1))) for a in SECAGG_ATTACKS
+        ]
+        rows.append([view, f"{data['test_mrr']:.3f}", *shown])
+    header = ["view", "test MRR", *(f"`{a}`" for a in SECAGG_ATTACKS)]
+    return "\n".join(table(header, rows, "lrrrrr"))
+
+
 def dp_epsilon_block() -> str:
     """``results/privacy/dp-epsilon-table.json`` (``scripts/dp_table.py``): epsilon per noise multiplier
     and round count, the noise multiplier per target epsilon, and the accountant's check."""
@@ -936,7 +960,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
     "docs/how-to/differential-privacy.md": {"dp-epsilon": dp_epsilon_block},
-    "docs/concepts/what-parties-reveal.md": {"dp-attack": dp_attack_block},
+    "docs/concepts/what-parties-reveal.md": {"dp-attack": dp_attack_block, "secagg-attack": secagg_attack_block},
     "docs/how-to/tune-recipes.md": {"recipes": recipes_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
     "docs/results/baselines.md": {

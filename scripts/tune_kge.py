@@ -475,6 +475,17 @@ def refuse_privacy_keys(fixed: Mapping[str, Any]) -> None:
     in_process_local_dp(fixed, command="tune_kge.py (a recipe search on plain in-process FedE)", honours_dp=False)
 
 
+def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """``--dataset`` split over ``--clients`` parties; a dataset that cannot be read ends the command with
+    the loader's message (which names the path and what is wrong), not a traceback."""
+    from kg_datasets import KGDataError, load_federated
+
+    try:
+        return load_federated(args.dataset, num_clients=args.clients, seed=0, on_unseen=args.on_unseen)
+    except KGDataError as exc:
+        parser.error(f"--dataset {args.dataset}: {exc}")
+
+
 def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The ``--optuna N`` mode: parse and check the space, search, test the chosen trial, write JSON."""
     import optuna
@@ -482,7 +493,6 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     from client.kge.centralized import run_fede_in_process
     from client.kge.config import KGEConfig, parse_set_options
     from client.kge.run_folder import emit_json
-    from kg_datasets import load_federated
 
     started = time.perf_counter()
     load_before = list(os.getloadavg())
@@ -532,7 +542,7 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
         import torch
 
         torch.set_num_threads(args.threads)
-    kg = load_federated(args.dataset, num_clients=args.clients, seed=0, on_unseen=args.on_unseen)
+    kg = _load_dataset(parser, args)
     machine = _machine()
 
     def report(chosen: dict[str, Any] | None, chosen_test: dict[str, Any] | None) -> dict[str, Any]:
@@ -683,7 +693,6 @@ def main(argv: list[str] | None = None) -> int:
     from client.kge.centralized import run_fede_in_process
     from client.kge.config import KGEConfig, parse_set_options
     from client.kge.run_folder import emit_json
-    from kg_datasets import load_federated
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -693,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_privacy_keys(fixed)
     except SettingsError as exc:
         parser.error(str(exc))
-    kg = load_federated(args.dataset, num_clients=args.clients, seed=0, on_unseen=args.on_unseen)
+    kg = _load_dataset(parser, args)
     rows = []
     for setting in _grid(args.grid):
         config = KGEConfig.from_run_config({**fixed, **setting})

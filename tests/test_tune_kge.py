@@ -94,6 +94,17 @@ def test_a_bad_space_ends_the_script_before_any_trial(tune, tmp_path, capsys) ->
     assert "two modes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", [["--optuna", "2", *SPACE], ["--grid", "batch-size=64"]])
+def test_a_dataset_that_cannot_be_read_ends_the_script_naming_it(tune, tmp_path, capsys, mode) -> None:
+    """Both modes end with exit 2 and the loader's message naming the path, not a traceback."""
+    missing, out = tmp_path / "no-such-graph", tmp_path / "search.json"
+    with pytest.raises(SystemExit) as stop:
+        tune.main(["--dataset", str(missing), "--threads", "1", "--rounds", "1", *mode, "--out", str(out)])
+    assert stop.value.code == 2
+    assert f"--dataset {missing}: " in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("sets", "named"),
     [
