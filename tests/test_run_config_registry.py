@@ -36,6 +36,8 @@ LITERAL_MODEL_DEFINING = {
     "regularizer-weight",
     "regularizer-p",
     "regularize-entities",
+    "entity-dropout",
+    "relation-dropout",
     "embedding-dim",
     "local-epochs",
     "batch-size",

@@ -30,6 +30,7 @@ from client.kge.config import ConfigError, KGEConfig
 __all__ = [
     "LOSS_PARAMETERS",
     "MARGIN_FREE_MODELS",
+    "RealViewDropout",
     "UnsupportedModelError",
     "build_loss",
     "build_model",
@@ -190,6 +191,17 @@ def _optional_component_kwargs(model_cls: type[Model], config: KGEConfig) -> dic
     return kwargs
 
 
+class RealViewDropout(torch.nn.Dropout):
+    """:class:`torch.nn.Dropout` that also takes complex rows (RotatE, ComplEx), dropping each real
+    coordinate of their real view independently, as LibKGE does on ComplEx's stored real pairs. Our own
+    because torch's dropout has no complex kernel (``bernoulli_`` is not implemented for ComplexFloat)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_complex():
+            return super().forward(x)
+        return torch.view_as_complex(super().forward(torch.view_as_real(x)))
+
+
 def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: torch.device | None = None) -> Model:
     """Instantiate the configured PyKEEN model with the configured loss (:func:`build_loss`; FedE's NSSA by
     default) on ``triples_factory``'s ids.
@@ -216,6 +228,14 @@ def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: 
     entities = entity_embedding(model)  # fail early for models FedE cannot federate
     if config.regularize_entities and entities.regularizer is None:  # DistMult's class: relations only
         entities.regularizer = regularizer_resolver.make(config.regularizer, **_regularizer_kwargs(config))
+    # Set on the built tables rather than passed as each model's *_representations_kwargs: the models name
+    # and shape those kwargs differently, and Representation.forward applies ``dropout`` the same for all.
+    for table, p in (
+        (entities, config.entity_dropout),
+        *((r, config.relation_dropout) for r in relation_embeddings(model)),
+    ):
+        if p > 0:
+            table.dropout = RealViewDropout(p)
     return model.to(device or torch.device("cpu"))
 
 
