@@ -946,6 +946,64 @@ def dp_epsilon_block() -> str:
     )
 
 
+SECAGG_COST = RESULTS / "privacy" / "secagg-cost.json"
+
+
+def secagg_cost_block() -> str:
+    """``results/privacy/secagg-cost.json`` (``scripts/bench_secagg.py``): per graph, what one party sends
+    the server per round in plain FedE and under SecAgg+ (its masked vector by ``upload_bytes`` and every
+    reply of the four stages, measured), their ratio, the seconds of a round after the first and the test
+    MRR of both runs, with the load it ran under and the command."""
+    data = _read(SECAGG_COST)
+
+    def size(value: Any) -> str:
+        return DASH if value is None else f"{value:,.0f} B"
+
+    def pair(values: dict, digits: int) -> str:
+        shown = [DASH if values.get(m) is None else f"{values[m]:.{digits}f}" for m in ("plain", "secure")]
+        return " / ".join(shown)
+
+    rows = []
+    try:
+        for graph in data["graphs"]:
+            entities = ", ".join(str(p["num_entities"]) for p in graph["parties"].values())
+            ratio = graph["bytes_ratio_secure_to_plain"]
+            rows.append(
+                [
+                    cell(graph["graph"]),
+                    f"{graph['num_entities']:,}",
+                    str(graph["entity_dim"]),
+                    f"{graph['num_parties']} ({entities})",
+                    size(graph["plain_upload_bytes_per_party"]),
+                    size(graph["masked_vector_bytes_formula"]),
+                    size(graph["secure_reply_bytes_per_party"]),
+                    DASH if ratio is None else f"{ratio:.1f} x",
+                    pair(graph["seconds_per_round_after_first"], 2),
+                    pair(graph["test_mrr"], 4),
+                ]
+            )
+        machine, rounds = data["machine"], int(data["rounds"])
+        later = "round 2" if rounds == 2 else f"the mean over rounds 2 to {rounds}" if rounds > 2 else "no round"
+        intro = (
+            f"Per party and round (bytes: the round's total over the parties; seconds: the whole round, validation"
+            f" included, {later}), {rounds} rounds per run, on"
+            f" {machine['cpu_count']} cores ({cell(machine['cpu'])}) under load"
+            f" {_load(data['load_average_before'])} before and {_load(data['load_average_after'])} after (1 / 5 / 15"
+            f" min), started {data['started_at']}:"
+        )
+        command = data["command"]
+    except (KeyError, TypeError) as error:
+        raise DocsError(f"{_rel(SECAGG_COST)}: lacks {error}") from error
+    header = ["graph", "N", "d", "parties (entities each)", "plain upload", "secure: masked vector (formula)"]
+    header += [
+        "secure: all replies (measured)",
+        "ratio all replies / plain",
+        "s per round plain / secure",
+        "test MRR plain / secure",
+    ]
+    return "\n".join([intro, "", *table(header, rows, "lrrlrrrrrr"), "", "```bash", command, "```"])
+
+
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"quickstart-excerpt": quickstart_excerpt_block},
     "docs/reference/commands.md": {"commands": commands_block},
@@ -960,6 +1018,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
     "docs/how-to/differential-privacy.md": {"dp-epsilon": dp_epsilon_block},
+    "docs/how-to/secure-aggregation.md": {"secagg-cost": secagg_cost_block},
     "docs/concepts/what-parties-reveal.md": {"dp-attack": dp_attack_block, "secagg-attack": secagg_attack_block},
     "docs/how-to/tune-recipes.md": {"recipes": recipes_block},
     "docs/results/fed3-transe.md": {"fed3-transe": fed3_block},
