@@ -378,16 +378,23 @@ def entity_forms(model: Any, rows: np.ndarray, device: Any = "cpu") -> Any:
 def relation_scorer(model: Any, rows: np.ndarray, device: Any = "cpu") -> tuple[PairScorer, int]:
     """FedR's collusion attack: ``max_r score(e_h, r, e_t)`` over ``model``'s relations with its own
     interaction function, on ``rows``. Returns the scorer and the floats per scored pair (the
-    chunk size's width: each relation is scored in turn)."""
+    chunk size's width: each relation is scored in turn). A reciprocal model (``reciprocal-relations``)
+    is scored with its forward relations only: its inverse row ``r^-1`` scores ``(t, r, h)``, the other
+    direction."""
     import torch
+
+    from client.kge.models import relation_rows
 
     model = model.to(device)
     interaction = model.interaction
     if len(model.entity_representations) != 1:
         raise AttackError(f"{type(model).__name__}: the attack needs one entity representation")
     entities = entity_forms(model, rows, device)
+    forward = None  # every row, or a reciprocal model's forward rows
+    if model.use_inverse_triples:
+        forward = relation_rows(model, torch.arange(model.num_real_relations, device=model.device))
     with torch.no_grad():
-        relations = [representation(indices=None) for representation in model.relation_representations]
+        relations = [representation(indices=forward) for representation in model.relation_representations]
     count = relations[0].shape[0]
 
     def pick(x: Any, index: Any, shape: tuple[int, ...]) -> Any:

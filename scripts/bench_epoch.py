@@ -449,15 +449,17 @@ def _run_pykeen(
 ) -> dict[str, Any]:
     """Train ``epochs`` epochs with PyKEEN's stock loop from ``initial`` weights, in one ``train`` call."""
     from client.kge.evaluation import evaluate_client
-    from client.kge.models import build_model, seeded
+    from client.kge.models import build_model, model_triples_factory, seeded
     from client.kge.training import resolve_device
 
     torch_device = resolve_device(device)
+    # with reciprocal-relations PyKEEN's loop trains on the inverse-triples factory the model is built on
+    factory = model_triples_factory(config, client.train)
     with seeded(_pykeen_seed(config, int(client.client_id)), torch_device):
-        model = build_model(config, client.train, torch_device)
+        model = build_model(config, factory, torch_device)
         model.load_state_dict(dict(initial))
         initial_sha = _weights_sha256(model.state_dict())
-        loop = pykeen_loop(model, client.train, config, filterer)
+        loop = pykeen_loop(model, factory, config, filterer)
         counter = LossCounter(model.loss)
         clock = _epoch_clock_callback(counter)
         train_kwargs = {
@@ -473,7 +475,7 @@ def _run_pykeen(
             )
             clock.marks = [_clock()]
             losses = loop.train(
-                triples_factory=client.train,
+                triples_factory=factory,
                 num_epochs=epochs,
                 continue_training=False,
                 callbacks=[clock],

@@ -38,6 +38,7 @@ LITERAL_MODEL_DEFINING = {
     "regularize-entities",
     "entity-dropout",
     "relation-dropout",
+    "reciprocal-relations",
     "embedding-dim",
     "local-epochs",
     "batch-size",

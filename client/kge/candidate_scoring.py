@@ -19,6 +19,14 @@ RotatE     ``-||h o r - t||_2``                         ``-||t o conj(r) - h||_2
 Any other interaction falls back to PyKEEN's own ``score_t`` / ``score_h`` (same results, slower).
 Equality with PyKEEN's scores is tested in ``tests/test_kge_regimes.py``.
 
+Reciprocal models (``reciprocal-relations``: PyKEEN's inverse triples, ``model.use_inverse_triples``) take the
+graph's relation ids here too and score as PyKEEN predicts (``Model.predict_t`` / ``predict_h``): a tail query
+``(h, r)`` uses the row PyKEEN's ``relation_inverter`` maps ``r`` to (``2r``), a head query ``(r, t)`` is the tail
+query ``(t, r^-1)`` (row ``2r + 1``) over the head candidates, so only the tail scorers above are used for them.
+(PyKEEN's ``score_t`` / ``score_h`` / ``score_hrt`` take the model's internal relation rows and map nothing.)
+:func:`score_triples` scores the true triples of either side the same way. Equality with ``predict_t`` /
+``predict_h`` is tested in ``tests/test_kge_reciprocal.py``.
+
 Fused kernels (:func:`fused_kernel`). Profiling the Fed3 test evaluation with the torch profiler
 showed ``torch.cdist(p=1)`` (TransE's L1 distance) at ~1 G pair-dims/s on this CPU: every query
 streams the whole candidate table (13k x 128 floats, more than L2) and no AVX-512 reduction is
@@ -66,6 +74,7 @@ __all__ = [
     "l1_distance",
     "score_heads",
     "score_tails",
+    "score_triples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -290,27 +299,72 @@ def has_fast_path(model: Model) -> bool:
     return type(getattr(model, "interaction", None)) in FAST_SCORERS and len(model.entity_representations) == 1
 
 
+def _reciprocal(model: Model) -> bool:
+    """Whether ``model`` was built on inverse triples (PyKEEN's ``use_inverse_triples``)."""
+    return bool(getattr(model, "use_inverse_triples", False))
+
+
+def _forward_queries(model: Model, batch: torch.Tensor, index: int) -> torch.Tensor:
+    """``batch`` with its relation column (``index``) in the model's forward rows (a reciprocal model's
+    ``relation_inverter`` map, PyKEEN's ``Model._prepare_batch``); the batch itself otherwise."""
+    return model.relation_inverter.map(batch=batch, index=index) if _reciprocal(model) else batch
+
+
+def _inverse_tail_queries(model: Model, rt_batch: torch.Tensor) -> torch.Tensor:
+    """``(r, t)`` -> ``(t, r^-1)`` in a reciprocal model's rows: what PyKEEN's ``predict_h`` hands to
+    ``score_t`` (``_prepare_batch`` then ``_prepare_inverse_batch``)."""
+    return model.relation_inverter.map(batch=rt_batch, index=0, invert=True).flip(1)
+
+
+def _score_tails_as_stored(model: Model, hr_batch: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+    """Tail scores of ``(h, r)`` rows whose ``r`` is already the model's relation row."""
+    if has_fast_path(model):
+        return FAST_SCORERS[type(model.interaction)][0](model, hr_batch, tails)
+    return model.score_t(hr_batch=hr_batch, tails=tails)
+
+
 def score_tails(model: Model, hr_batch: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
     """Scores of ``(h, r, t_j)`` for every row ``(h, r)`` and candidate ``t_j``.
 
     :param model: a PyKEEN model.
-    :param hr_batch: shape (B, 2), head and relation ids.
+    :param hr_batch: shape (B, 2), head and relation ids (the graph's relation ids, also for a reciprocal model).
     :param tails: shape (K,), candidate tail ids.
-    :returns: shape (B, K), equal to ``model.score_t(hr_batch, tails=tails)``.
+    :returns: shape (B, K), equal to ``model.score_t(hr_batch, tails=tails)``; for a reciprocal model to
+        ``model.predict_t(hr_batch, tails=tails)`` (the forward rows).
     """
-    if has_fast_path(model):
-        return FAST_SCORERS[type(model.interaction)][0](model, hr_batch, tails)
-    return model.score_t(hr_batch=hr_batch, tails=tails)
+    return _score_tails_as_stored(model, _forward_queries(model, hr_batch, 1), tails)
 
 
 def score_heads(model: Model, rt_batch: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
     """Scores of ``(h_j, r, t)`` for every row ``(r, t)`` and candidate ``h_j``.
 
     :param model: a PyKEEN model.
-    :param rt_batch: shape (B, 2), relation and tail ids.
+    :param rt_batch: shape (B, 2), relation and tail ids (the graph's relation ids, also for a reciprocal model).
     :param heads: shape (K,), candidate head ids.
-    :returns: shape (B, K), equal to ``model.score_h(rt_batch, heads=heads)``.
+    :returns: shape (B, K), equal to ``model.score_h(rt_batch, heads=heads)``; for a reciprocal model to
+        ``model.predict_h(rt_batch, heads=heads)``: the tails ``h_j`` of ``(t, r^-1, ?)``.
     """
+    if _reciprocal(model):
+        return _score_tails_as_stored(model, _inverse_tail_queries(model, rt_batch), heads)
     if has_fast_path(model):
         return FAST_SCORERS[type(model.interaction)][1](model, rt_batch, heads)
     return model.score_h(rt_batch=rt_batch, heads=heads)
+
+
+def score_triples(model: Model, hrt_batch: torch.Tensor, target: str = "tail") -> torch.Tensor:
+    """Scores of the triples ``(h, r, t)`` as the ranking of ``target`` scores them.
+
+    :param model: a PyKEEN model.
+    :param hrt_batch: shape (B, 3), the graph's ids.
+    :param target: ``"tail"`` or ``"head"``: the side whose candidates the score is compared with.
+    :returns: shape (B, 1): ``model.score_hrt(hrt_batch)`` for a model without inverse triples (either side);
+        for a reciprocal model the forward triple ``(h, r, t)`` for ``tail`` (``model.predict_hrt``) and the
+        inverse triple ``(t, r^-1, h)`` for ``head`` (the true head's entry of :func:`score_heads`).
+    :raises ValueError: for another ``target``.
+    """
+    if target not in ("head", "tail"):
+        raise ValueError(f"target must be 'head' or 'tail', got {target!r}")
+    if not _reciprocal(model):
+        return model.score_hrt(hrt_batch)
+    forward = model.relation_inverter.map(batch=hrt_batch, index=1, invert=target == "head")
+    return model.score_hrt(forward.flip(1) if target == "head" else forward)

@@ -17,7 +17,14 @@ from pykeen.triples import CoreTriplesFactory
 
 from client.kge.config import KGEConfig
 from client.kge.evaluation import evaluate_client
-from client.kge.models import UnsupportedModelError, build_model, entity_embedding, relation_embeddings, seeded
+from client.kge.models import (
+    UnsupportedModelError,
+    build_model,
+    entity_embedding,
+    relation_embeddings,
+    relation_rows,
+    seeded,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from kg_datasets import ClientGraph, FederatedKG
@@ -96,7 +103,16 @@ class CollectionAdapter:
         with seeded(0):
             self.model = build_model(config, client.train, device)
         self.entity_rows = torch.as_tensor(np.asarray(client.entity_ids, dtype=np.int64))
+        #: the central table's row of each row of the client model's relation tables
         self.relation_rows = torch.arange(client.num_relations) + relation_offset
+        if self.model.use_inverse_triples:  # reciprocal-relations: forward and inverse rows, each to its own
+            local = torch.arange(client.num_relations)
+            rows = torch.empty(self.model.num_relations, dtype=torch.long)
+            for inverse in (False, True):  # both models place rows by PyKEEN's (default) relation_inverter
+                rows[relation_rows(self.model, local, inverse=inverse)] = relation_rows(
+                    self.model, local + relation_offset, inverse=inverse
+                )
+            self.relation_rows = rows
 
     def load_from(self, central: Model) -> Model:
         """Copy the client's rows of ``central`` into the client model and return it."""

@@ -237,6 +237,17 @@ class KGEConfig:
         rows without it. LibKGE's FB15k-237 DistMult and ComplEx recipes rely on it (entity dropout 0.37-0.46,
         relation 0.28-0.36, with negligible Lp weights). In ``[0, 1)``; 0 (the default) adds no dropout.
     :param relation_dropout: the same for relation rows (every relation table of the model).
+    :param reciprocal_relations: LibKGE's ``reciprocal_relations_model``, built on PyKEEN's inverse triples: the
+        model is built on the party's train triples re-created with ``create_inverse_triples=True``
+        (:func:`client.kge.models.model_triples_factory`), so every relation ``r`` has a second row ``r^-1`` in
+        each relation table; tails of ``(h, r, ?)`` are scored with ``r`` and heads of ``(?, r, t)`` as the
+        tails of ``(t, r^-1, ?)`` (PyKEEN's ``predict_t`` / ``predict_h``), in training, evaluation and
+        SimSkip's downstream protocols alike. The relation tables (twice as many rows) stay private; the
+        exchanged entity rows are unchanged. ``sharednegatives`` scores each corrupted side against its own
+        positive (``(h, r, t)`` for tails, ``(t, r^-1, h)`` for heads) and averages the sides' losses, so
+        ``corruption-scheme = "tail"`` trains the forward rows only; ``slcwa`` is PyKEEN's sLCWA loop on the
+        inverse-triples factory: forward and inverse triples, each corrupted as ``corruption-scheme`` says
+        (``tail`` then trains both directions, as PyKEEN's pipeline with inverse triples does).
     :param training_loop: the local training regime, a key of
         :data:`client.kge.training.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
         FedE's regime) or ``sharednegatives`` (the default; sLCWA whose ``num_negs_per_pos`` negatives,
@@ -330,6 +341,12 @@ class KGEConfig:
     relation_dropout: float = key_field(
         0.0,
         help="dropout on relation rows in training (LibKGE's relation_embedder.dropout; 0: none)",
+        model_defining=True,
+    )
+    reciprocal_relations: bool = key_field(
+        False,
+        help="a second (inverse) row per relation: heads of (?, r, t) scored as tails of (t, r^-1, ?) "
+        "(LibKGE's reciprocal_relations_model; PyKEEN's inverse triples)",
         model_defining=True,
     )
     training_loop: str = key_field(

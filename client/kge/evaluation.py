@@ -374,10 +374,10 @@ def _check_ids(model: Model, triples: torch.Tensor, what: str) -> None:
             f"{what} hold entity ids outside [0, {model.num_entities}) of the model "
             f"(min {int(entities.min())}, max {int(entities.max())})"
         )
-    relations = triples[:, 1]
-    if int(relations.min()) < 0 or int(relations.max()) >= model.num_relations:
+    relations = triples[:, 1]  # the graph's ids: a reciprocal model's tables hold twice as many rows
+    if int(relations.min()) < 0 or int(relations.max()) >= model.num_real_relations:
         raise ValueError(
-            f"{what} hold relation ids outside [0, {model.num_relations}) of the model "
+            f"{what} hold relation ids outside [0, {model.num_real_relations}) of the model "
             f"(min {int(relations.min())}, max {int(relations.max())})"
         )
 

@@ -38,8 +38,10 @@ __all__ = [
     "entity_embedding",
     "initial_entity_table",
     "loss_margin",
+    "model_triples_factory",
     "nssa_margin",
     "relation_embeddings",
+    "relation_rows",
     "seeded",
 ]
 
@@ -202,23 +204,68 @@ class RealViewDropout(torch.nn.Dropout):
         return torch.view_as_complex(super().forward(torch.view_as_real(x)))
 
 
+def model_triples_factory(config: KGEConfig, triples_factory: CoreTriplesFactory) -> CoreTriplesFactory:
+    """The factory a party's model is built on and PyKEEN's own training loop is given: ``triples_factory``
+    itself, or with ``reciprocal-relations`` the same triples re-created with PyKEEN's
+    ``create_inverse_triples=True`` (the one place the inverse factory is made).
+
+    PyKEEN then sizes the relation tables ``2 * num_relations`` (``model.use_inverse_triples``; its
+    ``relation_inverter`` puts relation ``r``'s row at ``2r`` and its inverse's at ``2r + 1``) and its sLCWA
+    instances add the inverse triple ``(t, r^-1, h)`` of every train triple. The factory's ``mapped_triples``
+    are the party's own, in its own relation ids, so everything else that reads them is unchanged.
+
+    :param config: the KGE config (``reciprocal_relations``).
+    :param triples_factory: the party's train triples (``kg_datasets`` makes none with inverse triples).
+    :returns: ``triples_factory`` (the same object) without the key or where it already creates inverse
+        triples; else the inverse-triples factory over the same ids.
+    """
+    if not config.reciprocal_relations or triples_factory.create_inverse_triples:
+        return triples_factory
+    return triples_factory.clone_and_exchange_triples(
+        mapped_triples=triples_factory.mapped_triples, create_inverse_triples=True
+    )
+
+
+def relation_rows(model: Model, relations: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
+    """The rows of ``model``'s relation tables that hold the graph's relations ``relations`` (its own ids).
+
+    A model without inverse triples keeps relation ``r`` in row ``r``; a reciprocal one (built on
+    :func:`model_triples_factory`'s inverse triples) in the row PyKEEN's ``relation_inverter`` maps ``r`` to,
+    and ``r^-1`` in the next one (``inverse``).
+
+    :param model: the PyKEEN model.
+    :param relations: 1-D long tensor of the graph's relation ids.
+    :param inverse: the rows of the inverse relations ``r^-1`` (reciprocal models only).
+    :returns: 1-D long tensor of row ids, one per entry of ``relations`` (``relations`` itself for a model
+        without inverse triples).
+    :raises ValueError: for ``inverse`` on a model without inverse relations.
+    """
+    if not model.use_inverse_triples:
+        if inverse:
+            raise ValueError(f"{type(model).__name__} has no inverse relations (built without reciprocal-relations)")
+        return relations
+    return model.relation_inverter.map(batch=relations.reshape(-1, 1), index=0, invert=inverse).reshape(-1)
+
+
 def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: torch.device | None = None) -> Model:
     """Instantiate the configured PyKEEN model with the configured loss (:func:`build_loss`; FedE's NSSA by
     default) on ``triples_factory``'s ids.
 
-    The caller seeds (see :func:`seeded`); the model's own initializers run here.
+    The caller seeds (see :func:`seeded`); the model's own initializers run here. With ``reciprocal-relations``
+    the model is built on :func:`model_triples_factory`'s inverse-triples factory (twice the relation rows).
 
     :param config: the KGE config.
     :param triples_factory: defines ``num_entities`` / ``num_relations`` of the model.
     :param device: where the model lives (CPU by default).
     :returns: the model, with exactly one entity embedding table (checked).
-    :raises UnsupportedModelError: for unknown names or models without a single entity table.
+    :raises UnsupportedModelError: for unknown names, models without a single entity table, or a model that
+        ignores inverse triples where ``reciprocal-relations`` asks for them.
     """
     _normalized_model_name(config.model)
     model_cls = model_resolver.lookup(config.model)
     model = model_resolver.make(
         model_cls,
-        triples_factory=triples_factory,
+        triples_factory=model_triples_factory(config, triples_factory),
         embedding_dim=config.embedding_dim,
         loss=build_loss(config),
         # seeding is done by the caller through ``seeded`` (a forked RNG), not globally by PyKEEN
@@ -226,6 +273,8 @@ def build_model(config: KGEConfig, triples_factory: CoreTriplesFactory, device: 
         **_optional_component_kwargs(model_cls, config),
     )
     entities = entity_embedding(model)  # fail early for models FedE cannot federate
+    if config.reciprocal_relations and not model.use_inverse_triples:
+        raise UnsupportedModelError(f"{type(model).__name__} does not take inverse triples (reciprocal-relations)")
     if config.regularize_entities and entities.regularizer is None:  # DistMult's class: relations only
         entities.regularizer = regularizer_resolver.make(config.regularizer, **_regularizer_kwargs(config))
     # Set on the built tables rather than passed as each model's *_representations_kwargs: the models name

@@ -9,6 +9,12 @@ is the model's own (the ``loss`` key; FedE's NSSA by default) on the remaining n
 its ``process_slcwa_scores`` with the batch filter: a row holds the negatives of every corrupted side
 (a softmax loss such as ``crossentropy`` normalizes over head- and tail-corrupted candidates together).
 
+A reciprocal model (``reciprocal-relations``) scores a triple differently for each side it ranks: its
+tail side is ``(h, r, t)`` and its head side the inverse triple ``(t, r^-1, h)``
+(:func:`client.kge.candidate_scoring.score_triples`). Each corrupted side then has its own positive score
+and its own loss (the positive against that side's negatives), and the batch's loss is the mean of the
+sides' losses, as in LibKGE's reciprocal models (one loss per direction).
+
 Why our own loop: PyKEEN's sLCWA loop samples ``num_negs_per_pos`` independent negative triples
 per positive and scores each (``B * K`` embedding lookups, ``(B, K, d)`` intermediates and a
 scatter in backward); profiling showed those to be ~90 % of an epoch. Everything else (epochs,
@@ -25,7 +31,7 @@ from pykeen.training import SLCWATrainingLoop
 from pykeen.triples import CoreTriplesFactory
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from client.kge.candidate_scoring import score_heads, score_tails
+from client.kge.candidate_scoring import score_heads, score_tails, score_triples
 from client.kge.filtering import SortedKeyFilterer
 
 __all__ = ["SharedNegativesTrainingLoop", "negatives_per_side"]
@@ -136,6 +142,8 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
             negative_scores.append(scores)
             if self._filterer is not None:
                 keep.append(~self._filterer.contains(corrupted))
+        if model.use_inverse_triples:
+            return self._per_side_loss(positives, negative_scores, keep, label_smoothing)
         scores = torch.cat(negative_scores, dim=1)
         batch_filter = torch.cat(keep, dim=1) if keep else None
         return (
@@ -148,3 +156,28 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
             )
             + model.collect_regularization_term()
         )
+
+    def _per_side_loss(
+        self,
+        positives: torch.Tensor,
+        negative_scores: Sequence[torch.Tensor],
+        keep: Sequence[torch.Tensor],
+        label_smoothing: float,
+    ) -> torch.Tensor:
+        """A reciprocal model's batch loss: each side's positive score (:func:`score_triples`) against that
+        side's (filtered) negatives, the sides' losses averaged, plus the regularization term."""
+        model = self.model
+        losses = []
+        for index, side in enumerate(self.corruption_sides):
+            scores = negative_scores[index]
+            batch_filter = keep[index] if keep else None
+            losses.append(
+                self.loss.process_slcwa_scores(
+                    positive_scores=score_triples(model, positives, target=side),
+                    negative_scores=scores[batch_filter] if batch_filter is not None else scores,
+                    label_smoothing=label_smoothing,
+                    batch_filter=batch_filter,
+                    num_entities=model.num_entities,
+                )
+            )
+        return torch.stack(losses).mean() + model.collect_regularization_term()

@@ -51,7 +51,7 @@ import torch
 from pykeen.models import Model, model_resolver
 
 from client.kge.config import KGEConfig
-from client.kge.models import entity_embedding, relation_embeddings
+from client.kge.models import entity_embedding, relation_embeddings, relation_rows
 from client.kge.protocols import as_trained_trainer
 from client.kge.training import PrivateStateError, TrainableGraph
 
@@ -262,11 +262,16 @@ def structure_view_from_model(
     representations = relation_embeddings(model)
     if len(representations) != 1:
         raise StructureViewError(f"{type(model).__name__} has {len(representations)} relation tables, expected one")
+    # a reciprocal model (reciprocal-relations): its forward rows, in the graph's relation ids (the evidence
+    # rules are those of (h, r, t) itself); its inverse rows are left out
+    forward = None
+    if model.use_inverse_triples:
+        forward = relation_rows(model, torch.arange(model.num_real_relations, device=model.device))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():  # no regularizer term, no dropout
-            relations = representations[0](indices=None).detach().cpu()
+            relations = representations[0](indices=forward).detach().cpu()
     finally:
         model.train(was_training)
     if isinstance(triples, torch.Tensor):

@@ -37,7 +37,7 @@ from pykeen.triples import CoreTriplesFactory
 from client.kge import filtering
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.evaluation import evaluate_client
-from client.kge.models import build_model, entity_embedding, seeded
+from client.kge.models import build_model, entity_embedding, model_triples_factory, seeded
 from client.kge.shared_negatives import SharedNegativesTrainingLoop
 from simskip_core import resolve_device as resolve_named_device
 
@@ -290,10 +290,13 @@ class LocalTrainer:
             raise ConfigError(
                 f"training-loop {config.training_loop!r} is not one of {sorted(training_regime_resolver.lookup_dict)}"
             ) from None
+        #: what the training loop trains on: ``graph.train``, or with ``reciprocal-relations`` the same triples
+        #: with PyKEEN's inverse triples (the factory the model is built on; the same ``mapped_triples``)
+        self.train_factory = model_triples_factory(config, graph.train)
         with seeded(self._seed(-1), self.device):
-            self.model = build_model(config, graph.train, self.device)
+            self.model = build_model(config, self.train_factory, self.device)
             sum_entity_gradients_sparsely(self.model)
-            self.loop = self.regime.build_loop(self.model, graph.train, config)
+            self.loop = self.regime.build_loop(self.model, self.train_factory, config)
         if self.model.num_entities != graph.num_entities:
             raise EmbeddingShapeError(
                 f"client {graph.client_id}: train factory has {self.model.num_entities} entities, "
@@ -363,10 +366,12 @@ class LocalTrainer:
             )
             try:
                 if resume:
-                    losses = self.loop.train(self.graph.train, num_epochs=total, continue_training=True, **kwargs)
+                    losses = self.loop.train(self.train_factory, num_epochs=total, continue_training=True, **kwargs)
                 else:
                     with _parameters_kept(self.model):
-                        losses = self.loop.train(self.graph.train, num_epochs=total, continue_training=False, **kwargs)
+                        losses = self.loop.train(
+                            self.train_factory, num_epochs=total, continue_training=False, **kwargs
+                        )
             except NonFiniteLossError as error:
                 raise TrainingDivergedError(
                     f"client {self.graph.client_id}: non-finite training loss in epochs "
