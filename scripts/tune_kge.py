@@ -342,9 +342,14 @@ def run_search(
     round (``trial.report``; pruned when ``trial.should_prune()``). Its value is its best valid
     MRR. A trial that raises is recorded as FAIL with the error, and the search goes on.
 
+    A ``KeyboardInterrupt`` (Ctrl-C, or ``timeout -s INT`` ending a time-capped search) ends the search
+    the search: the running trial notes it (``stop_reason`` :data:`INTERRUPTED_BY_OPERATOR`, so a resumed
+    study runs it again), Optuna records it as FAIL, and what finished before it is returned as usual.
+
     :param on_trial: called with each finished trial's record (:func:`trial_records`).
     :returns: the test report of each COMPLETE trial of this call (trial number -> ``{"overall",
-        "best_round"}``), kept in memory only: the caller writes the chosen trial's.
+        "best_round"}``), kept in memory only: the caller writes the chosen trial's; and whether the
+        search was interrupted.
     """
     import optuna
 
@@ -380,6 +385,9 @@ def run_search(
             result = run_fede_in_process(kg, config, rounds, progress=lambda line: None, on_round=on_round)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            note(stop_reason=INTERRUPTED_BY_OPERATOR)
+            raise
         except Exception as exc:
             note(stop_reason=f"failed: {type(exc).__name__}: {exc}")
             raise
@@ -404,10 +412,17 @@ def run_search(
         for t in study.trials
         if t.state.is_finished() and not str(t.user_attrs.get("stop_reason", "")).startswith("interrupted")
     )
+    interrupted = False
     if n_trials > done:
-        study.optimize(objective, n_trials=n_trials - done, catch=(Exception,), callbacks=[finished])
-    return tested
+        try:
+            study.optimize(objective, n_trials=n_trials - done, catch=(Exception,), callbacks=[finished])
+        except KeyboardInterrupt:  # the running trial noted it (objective) and Optuna told it FAIL
+            interrupted = True
+    return tested, interrupted
 
+
+#: The ``stop_reason`` of the trial a Ctrl-C or ``timeout -s INT`` ended (a resumed study runs it again).
+INTERRUPTED_BY_OPERATOR = "interrupted (the search was stopped)"
 
 #: How a search's setting is chosen (and a recipe's, over several searches: :func:`best_recorded_trial`).
 CHOICE_RULE = "the COMPLETE trial with the best valid MRR (ties: the earliest trial)"
@@ -545,7 +560,9 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     kg = _load_dataset(parser, args)
     machine = _machine()
 
-    def report(chosen: dict[str, Any] | None, chosen_test: dict[str, Any] | None) -> dict[str, Any]:
+    def report(
+        chosen: dict[str, Any] | None, chosen_test: dict[str, Any] | None, interrupted: bool = False
+    ) -> dict[str, Any]:
         trials = trial_records(study)
         return {
             "mode": "optuna",
@@ -563,6 +580,7 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
             },
             "trials": trials,
             "rule": CHOICE_RULE,
+            "interrupted": interrupted,
             "chosen": chosen,
             "chosen_test": chosen_test,
             "wall_seconds": round(time.perf_counter() - started, 2),
@@ -574,13 +592,15 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
         if args.out is not None:  # the search so far, in case it is stopped
             emit_json(report(None, None), args.out)
 
-    tested = run_search(study, kg, space, fixed, args.rounds, args.optuna, on_trial=on_trial)
+    tested, interrupted = run_search(study, kg, space, fixed, args.rounds, args.optuna, on_trial=on_trial)
+    if interrupted:
+        print("search stopped (interrupt): choosing among the trials that completed", file=sys.stderr)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         if args.out is not None:
-            emit_json(report(None, None), args.out)
+            emit_json(report(None, None, interrupted), args.out)
         print(f"no trial completed ({len(study.trials)} trials; see their stop_reason)", file=sys.stderr)
-        return 1
+        return 130 if interrupted else 1
     best = max(complete, key=lambda t: (t.value, -t.number))
     chosen = {
         "trial": best.number,
@@ -590,6 +610,8 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     }
     if best.number in tested:
         chosen_test = {**tested[best.number], "source": "the chosen trial's own run (best round's weights)"}
+    elif interrupted:  # no re-run after an interrupt: the operator asked the search to end
+        chosen_test = None
     else:  # chosen from an earlier process of a resumed study: the same run again (seeded)
         config = KGEConfig.from_run_config({**fixed, **best.user_attrs["setting"]})
         rerun = run_fede_in_process(kg, config, args.rounds, progress=lambda line: None)
@@ -598,8 +620,8 @@ def _optuna_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
             "best_round": rerun["best_round"],
             "source": "a re-run of the chosen setting (its trial ran in an earlier process)",
         }
-    emit_json(report(chosen, chosen_test), args.out)
-    return 0
+    emit_json(report(chosen, chosen_test, interrupted), args.out)
+    return 130 if interrupted else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,6 +178,37 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tune, tmp_path, monk
     assert report["chosen"]["trial"] in (0, 2)
 
 
+def test_an_interrupted_search_writes_its_choice_among_the_finished_trials(tune, tmp_path, monkeypatch) -> None:
+    """Ctrl-C (or ``timeout -s INT``) in trial 2: exit 130, the JSON says interrupted, trial 2 is a FAIL
+    marked as interrupted, and the choice and its test come from the trials that completed; a resumed
+    search runs the interrupted trial again."""
+    import client.kge.centralized as centralized
+
+    real, calls = centralized.run_fede_in_process, []
+
+    def third_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(centralized, "run_fede_in_process", third_interrupted)
+    out, storage = tmp_path / "search.json", tmp_path / "study.db"
+    argv = [*FAST, "--rounds", "2", *SPACE, "--tpe-startup", "2", "--optuna", "4", "--pruner", "none"]
+    assert tune.main([*argv, "--storage", str(storage), "--out", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert report["trials"][2]["stop_reason"] == tune.INTERRUPTED_BY_OPERATOR
+    assert report["chosen"]["trial"] in (0, 1)
+    assert report["chosen_test"]["overall"]["num_triples"] > 0
+    monkeypatch.setattr(centralized, "run_fede_in_process", real)
+    assert tune.main([*argv, "--storage", str(storage), "--out", str(out)]) == 0
+    resumed = json.loads(out.read_text())
+    assert resumed["interrupted"] is False
+    assert [t["state"] for t in resumed["trials"]].count("COMPLETE") == 4
+
+
 def test_the_same_sampler_seed_samples_the_same_settings(tune, tmp_path) -> None:
     first = run(tune, tmp_path, "--optuna", "4", "--pruner", "none", name="a.json")
     again = run(tune, tmp_path, "--optuna", "4", "--pruner", "none", name="b.json")
