@@ -19,8 +19,8 @@ validation MRR), and writes one JSON document (``--out``, atomically), per graph
   (``transfer-dtype``), and whether those add up to the measured total of every round;
 * secure: ``server.secure_aggregation.upload_bytes(N, d)``, the size of one party's masked vector,
   beside the measured bytes per party (every reply of the four SecAgg+ stages: the masked vector,
-  the public keys and the key shares; the run folder does not record the masked vector alone,
-  ``tests/test_secure_aggregation.py`` checks that it equals the formula) and the round's
+  the public keys and the key shares) and each party's masked vector as the run folder records it
+  (``secagg_bytes`` in ``metrics.jsonl``; ``masked_vector_matches_formula``), and the round's
   ``secagg_clipped`` values;
 * test and validation MRR of both runs and their absolute difference.
 
@@ -244,6 +244,8 @@ def _round_record(row: Mapping[str, Any]) -> dict[str, Any]:
         record["failures"] = list(row["failures"])
     if "secagg_clipped" in row:
         record["secagg_clipped"] = int(row["secagg_clipped"])
+    if "secagg_bytes" in row:  # per party: its masked vector and all its replies (run folders since 2026-12-07)
+        record["secagg_bytes"] = {name: dict(sizes) for name, sizes in sorted(row["secagg_bytes"].items())}
     return record
 
 
@@ -276,6 +278,9 @@ def summarize_graph(label: str, data: str, plain: dict[str, Any], secure: dict[s
         secure["mean_after_first_round"]["bytes_received_per_party"] or secure["rounds"][0]["bytes_received_per_party"]
     )
     clipping = float(secure["run_config"].get("secagg-clipping-range", 8.0))
+    measured = sorted(
+        {sizes["masked_vector"] for r in secure["rounds"] for sizes in r.get("secagg_bytes", {}).values()}
+    )
     return {
         "graph": label,
         "data": data,
@@ -285,6 +290,9 @@ def summarize_graph(label: str, data: str, plain: dict[str, Any], secure: dict[s
         "parties": plain["parties"],
         "masked_vector_bytes_formula": formula,
         "masked_vector_formula": "server.secure_aggregation.upload_bytes(N, d) = 8 (N (d + 1) + 1 + 48) + 4 x 128",
+        # every party's masked vector in every round as the run folder records it (empty: not recorded)
+        "masked_vector_bytes_measured": measured,
+        "masked_vector_matches_formula": measured == [formula] if measured else None,
         "plain_upload_bytes_per_party": plain_party,
         # the measured plain total of every full round is the parties' rows: n_k x d x the wire dtype's bytes
         "plain_upload_matches_entity_counts": all(

@@ -103,6 +103,10 @@ class RoundReport:
     #: ``secure-aggregation = true``: the uploaded values beyond SecAgg+'s +-c this round, summed over the
     #: parties under the masks (``secagg_clipped`` in the row); ``None`` (no key) for a plain round
     secagg_clipped: int | None = None
+    #: ``secure-aggregation = true``: per party (client name), the bytes of its masked vector
+    #: (``masked_vector``) and of all its SecAgg+ replies this round (``all_replies``: keys, shares and
+    #: the masked vector; their sum over the parties is ``bytes_received``); ``None`` for a plain round
+    secagg_bytes: dict[str, dict[str, int]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``valid`` keys only when this round was validated)."""
@@ -133,6 +137,8 @@ class RoundReport:
             row["parties"] = self.parties
         if self.secagg_clipped is not None:
             row["secagg_clipped"] = self.secagg_clipped
+        if self.secagg_bytes is not None:
+            row["secagg_bytes"] = self.secagg_bytes
         return row
 
     @classmethod

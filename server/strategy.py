@@ -383,6 +383,10 @@ class FedEStrategy(FedAvg):
             report.bytes_received += sum(outcome.reply_bytes.values())
             report.train.update(per_client)
             report.secagg_clipped = outcome.clipped
+            report.secagg_bytes = {
+                members.client_name(node): {"masked_vector": outcome.upload.get(node, 0), "all_replies": sent}
+                for node, sent in sorted(outcome.reply_bytes.items())
+            }
         metrics = weighted_mean(per_client, "num-entities")
         return None, MetricRecord(metrics) if metrics else None
 

@@ -113,6 +113,8 @@ def test_the_summary_of_a_plain_and_a_secure_run_matches_a_hand_computation(benc
     assert graph["masked_vector_bytes_formula"] == upload_bytes(N, D) == 8 * (N * (D + 1) + 1 + 48) + 4 * 128
     assert graph["plain_upload_bytes_per_party"] == pytest.approx(plain_total / 3)
     assert graph["plain_upload_matches_entity_counts"] is True
+    assert graph["masked_vector_bytes_measured"] == [] and graph["masked_vector_matches_formula"] is None
+
     assert graph["secure_reply_bytes_per_party"] == 3150.0
     assert graph["secure_reply_bytes_beyond_masked_vector_per_party"] == pytest.approx(3150.0 - upload_bytes(N, D))
     assert graph["bytes_ratio_secure_to_plain"] == pytest.approx(3150.0 / (plain_total / 3))
@@ -120,6 +122,21 @@ def test_the_summary_of_a_plain_and_a_secure_run_matches_a_hand_computation(benc
     assert graph["test_mrr_abs_difference"] == pytest.approx(0.0004)
     assert graph["quantization_step"] == 2 * 8.0 / 2**22
     json.dumps(graph)  # JSON-ready as it is
+
+
+def test_the_masked_vectors_a_run_folder_records_are_checked_against_the_formula(bench, tmp_path) -> None:
+    from server.secure_aggregation import upload_bytes
+
+    plain = bench.summarize_run(_run_folder(tmp_path, "plain", [_rows_bytes()] * 2, [5.0, 0.5], 0.3), "p")
+    folder = _run_folder(tmp_path, "secure", [9000, 9000], [5.0, 1.0], 0.3)
+    for sizes, name in (((upload_bytes(N, D),) * 3, "same"), ((upload_bytes(N, D), 7, upload_bytes(N, D)), "odd")):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["secagg_bytes"] = {str(k): {"masked_vector": b, "all_replies": 3000} for k, b in enumerate(sizes)}
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        graph = bench.summarize_graph("G", "G", plain, bench.summarize_run(folder, "s"))
+        assert graph["masked_vector_bytes_measured"] == sorted(set(sizes)), name
+        assert graph["masked_vector_matches_formula"] is (name == "same")
 
 
 def test_a_plain_total_unlike_the_entity_counts_is_flagged_and_a_failed_round_is_left_out(

@@ -602,6 +602,11 @@ def test_a_secure_run_matches_the_plain_run(nations_root, tmp_path) -> None:
         assert all(secure_upload.CLIPPED_METRIC not in m for m in s.train.values())
         assert s.secagg_clipped == 0 and s.as_dict()["secagg_clipped"] == 0
         assert p.secagg_clipped is None and "secagg_clipped" not in p.as_dict()  # a plain row is unchanged
+        # per party: the masked vector is the formula's, and all replies add up to the round's bytes
+        assert set(s.secagg_bytes) == {"0", "1", "2"} and "secagg_bytes" not in p.as_dict()
+        assert all(b["masked_vector"] == upload_bytes(14, 16) < b["all_replies"] for b in s.secagg_bytes.values())
+        assert sum(b["all_replies"] for b in s.secagg_bytes.values()) == s.bytes_received
+        assert s.as_dict()["secagg_bytes"] == s.secagg_bytes
     assert abs(secure.test_overall["mrr"] - plain.test_overall["mrr"]) <= MRR_TOLERANCE
     # two rounds apart: within a few quantization steps (round 2 starts from tables 3.8e-6 apart)
     assert float(np.abs(secure_strategy.state.table - plain_strategy.state.table).max()) < 1e-3
