@@ -78,15 +78,16 @@ FORMAT_VERSION = 1
 #: the value a checkpoint that lacks the key ran with: resuming it compares against that value
 #: instead of refusing the key as changed. ``simskip-structure-mix`` only acts where
 #: ``simskip-augmentations`` names ``row_view``, which no run before the key could name; every run
-#: before ``loss`` trained with ``nssa``. The privacy keys (issue 34), ``regularize-entities``, the dropout keys and
-#: ``reciprocal-relations`` were added with defaults that are the behaviour before them (no DP, no SecAgg,
-#: relation-only regularization, no dropout, one row per relation), so a checkpoint that lacks them ran with their
-#: defaults.
+#: before ``loss`` trained with ``nssa``. The privacy keys (issue 34), ``regularize-entities``, the dropout keys,
+#: ``reciprocal-relations`` and ``lr-decay`` were added with defaults that are the behaviour before them (no DP, no
+#: SecAgg, relation-only regularization, no dropout, one row per relation, a constant learning rate), so a checkpoint
+#: that lacks them ran with their defaults.
 _ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = (
     "regularize-entities",
     "entity-dropout",
     "relation-dropout",
     "reciprocal-relations",
+    "lr-decay",
     "secure-aggregation",
     "secagg-clipping-range",
     "dp",

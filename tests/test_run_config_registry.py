@@ -43,6 +43,7 @@ LITERAL_MODEL_DEFINING = {
     "local-epochs",
     "batch-size",
     "learning-rate",
+    "lr-decay",
     "optimizer",
     "keep-optimizer-state",
     "num-negs-per-pos",

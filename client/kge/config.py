@@ -185,6 +185,11 @@ class KGEConfig:
     :param batch_size: positive triples per training batch (FedE: 512; always passed: PyKEEN's automatic
         batch-size search is slow and conservative on CPU).
     :param learning_rate: the optimizer's learning rate (FedE: 1e-3).
+    :param lr_decay: exponential learning-rate decay per local epoch, per party: the party's epoch ``e``
+        (0-based, counting every epoch the party has trained, across rounds and resumes) trains at
+        ``learning_rate * lr_decay ** e`` (:func:`client.kge.training.scheduled_learning_rate`), in both training
+        loops and whether or not ``keep_optimizer_state`` keeps the optimizer. In ``(0, 1]``; 1 (the default) is
+        a constant learning rate (the optimizer is then never touched).
     :param optimizer: a torch optimizer name resolved by ``class_resolver``'s optimizer resolver.
     :param keep_optimizer_state: keep one optimizer (Adam moments) per client across rounds, as
         FedE's code does; ``False`` starts a fresh optimizer every :meth:`LocalTrainer.train` call.
@@ -274,6 +279,12 @@ class KGEConfig:
     local_epochs: int = key_field(3, help="epochs each client trains per round", model_defining=True)
     batch_size: int = key_field(512, help="positive triples per training batch", model_defining=True)
     learning_rate: float = key_field(1e-3, help="the optimizer's learning rate", model_defining=True)
+    lr_decay: float = key_field(
+        1.0,
+        help="exponential learning-rate decay per local epoch: a party's epoch e (0-based, counted across rounds) "
+        "trains at learning-rate * lr-decay ** e (1: constant)",
+        model_defining=True,
+    )
     optimizer: str = key_field("adam", help="a torch optimizer name (class_resolver)", model_defining=True)
     keep_optimizer_state: bool = key_field(
         True, help="keep each client's optimizer state across rounds", model_defining=True
@@ -392,6 +403,8 @@ class KGEConfig:
                 raise ConfigError(f"{to_kebab(name)} must be >= 1, got {shown(getattr(self, name))}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning-rate must be > 0, got {shown(self.learning_rate)}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr-decay must be in (0, 1], got {shown(self.lr_decay)}")
         if not self.adversarial_temperature >= 0:
             raise ConfigError(f"adversarial-temperature must be >= 0, got {shown(self.adversarial_temperature)}")
         if not self.margin >= 0:

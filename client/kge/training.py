@@ -30,7 +30,7 @@ from class_resolver import ClassResolver
 from class_resolver.contrib.torch import optimizer_resolver
 from pykeen.models import Model
 from pykeen.sampling import negative_sampler_resolver
-from pykeen.training import SLCWATrainingLoop, TrainingLoop
+from pykeen.training import SLCWATrainingLoop, TrainingCallback, TrainingLoop
 from pykeen.training.training_loop import NonFiniteLossError
 from pykeen.triples import CoreTriplesFactory
 
@@ -43,6 +43,7 @@ from simskip_core import resolve_device as resolve_named_device
 
 __all__ = [
     "EmbeddingShapeError",
+    "EpochLearningRate",
     "LocalTrainer",
     "PrivateStateError",
     "SLCWARegime",
@@ -52,6 +53,7 @@ __all__ = [
     "TrainingRegime",
     "negative_sampler_kwargs",
     "resolve_device",
+    "scheduled_learning_rate",
     "training_regime_resolver",
 ]
 
@@ -236,6 +238,50 @@ training_regime_resolver: ClassResolver[TrainingRegime] = ClassResolver.from_sub
 )
 
 
+def scheduled_learning_rate(config: KGEConfig, epoch: int) -> float:
+    """The learning rate of a party's epoch ``epoch`` (0-based, counted across rounds and resumes):
+    ``learning_rate * lr_decay ** epoch`` (the ``lr-decay`` key; the one place of the rule)."""
+    return config.learning_rate * config.lr_decay**epoch
+
+
+class EpochLearningRate(TrainingCallback):
+    """Give every optimizer step of one :meth:`LocalTrainer.train` call the learning rate of the party's
+    epoch it belongs to (:func:`scheduled_learning_rate`), set on each of the optimizer's parameter groups
+    before the step.
+
+    Our own rather than PyKEEN's ``lr_scheduler`` (a torch scheduler the loop steps with
+    ``scheduler.step(epoch=loop_epoch)`` after each epoch), because that one counts the wrong epochs here:
+    (1) its epoch is the loop's own ``_epoch``, which a trainer restored from a private state (a resumed run,
+    a Flower ClientApp's fresh process) starts again at 0 while the party's ``epochs_done`` says otherwise,
+    so the schedule would restart; (2) with ``keep-optimizer-state = false`` every call trains with
+    ``continue_training=False``, for which PyKEEN rebuilds the optimizer from the old one's *current*
+    (already decayed) learning rate and a fresh scheduler whose base is that rate, still stepped with the
+    loop's epoch number, so the decay compounds across calls (probed with ``ExponentialLR(gamma=0.5)``, two
+    epochs per call: the 6th epoch ran at 2**-11, not 2**-5); (3) its ``step(epoch=...)`` is torch's
+    deprecated form. The party's epoch count is what resume restores (``meta/epochs_done``), so the rate is
+    computed from it and needs no state of its own.
+
+    :param config: the trainer's config (``learning_rate``, ``lr_decay``).
+    :param first_epoch: the party's epoch count when the call starts (``LocalTrainer.epochs_done``).
+    :param first_loop_epoch: the loop's number (1-based, PyKEEN's) of the call's first epoch (``loop._epoch + 1``).
+    """
+
+    def __init__(self, config: KGEConfig, first_epoch: int, first_loop_epoch: int) -> None:
+        super().__init__()
+        self.config = config
+        self.first_epoch = first_epoch
+        self.first_loop_epoch = first_loop_epoch
+
+    def on_batch(self, epoch: int, batch: Any, batch_loss: float, **kwargs: Any) -> None:
+        """After each (sub-)batch's backward pass and before the optimizer's step (PyKEEN's ``post_batch``):
+        set the learning rate of the party's epoch that loop epoch ``epoch`` is. Each batch rather than once an
+        epoch because PyKEEN has no pre-epoch hook, and the loop may have just rebuilt its optimizer
+        (``continue_training=False``); it is a float per parameter group."""
+        rate = scheduled_learning_rate(self.config, self.first_epoch + epoch - self.first_loop_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
+
 @contextlib.contextmanager
 def _parameters_kept(model: Model) -> Iterator[None]:
     """Make ``model.reset_parameters_`` a no-op for the block.
@@ -359,6 +405,8 @@ class LocalTrainer:
         total = self.loop._epoch + epochs
         resume = self.config.keep_optimizer_state and bool(self.loop.optimizer.state)
         kwargs = self.regime.train_kwargs(self.config, self.device)
+        if self.config.lr_decay != 1.0:  # without a schedule the optimizer is never touched (bit-identical)
+            kwargs["callbacks"] = [EpochLearningRate(self.config, self.epochs_done, self.loop._epoch + 1)]
         with seeded(self._seed(self.epochs_done), self.device), warnings.catch_warnings():
             # PyKEEN's own sLCWA loop passes the deprecated shuffle flag; nothing for us to act on
             warnings.filterwarnings(
