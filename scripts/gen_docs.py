@@ -328,6 +328,11 @@ def _tta_command(data: dict) -> str:
     return shell(argv)
 
 
+#: Fixed keys of a search the recipes table leaves out: the model has its own column, and every search
+#: validates every round with patience 3.
+RECIPE_ROUTINE_KEYS = frozenset({"model", "eval-every", "patience"})
+
+
 def recipes_block() -> str:
     """The FB15k-237 recipe searches (``results/tune/{fed3,fb15k237}-*-optuna*.json``: FedE on Fed3, and
     one party on FB15k-237's own split) and the presets chosen from them
@@ -353,6 +358,7 @@ def recipes_block() -> str:
             [
                 code(path.name),
                 cell(data["fixed"].get("model", DASH)),
+                cell(", ".join(f"{k} {v}" for k, v in data["fixed"].items() if k not in RECIPE_ROUTINE_KEYS) or DASH),
                 str(data.get("clients", DASH)),
                 " / ".join(str(states.get(state, 0)) for state in ("COMPLETE", "PRUNED", "FAIL")),
                 cell(found),
@@ -371,13 +377,14 @@ def recipes_block() -> str:
     header = [
         "search",
         "model",
+        "fixed (beyond model, eval-every, patience)",
         "parties",
         "trials complete / pruned / failed",
         "best valid MRR (trial, round): values",
     ]
     header += ["minutes", "load start → end", "preset"]
     lines = [
-        *table(header, rows, "llrrlrll"),
+        *table(header, rows, "lllrrlrll"),
         "",
         f"Presets: the best trial of the searches each names ({cell(tune.CHOICE_RULE)}, over all of them).",
         "",
