@@ -953,15 +953,26 @@ def dp_epsilon_block() -> str:
     )
 
 
-SECAGG_COST = RESULTS / "privacy" / "secagg-cost.json"
+#: ``scripts/bench_secagg.py``'s reports: the small graphs, then any larger graph measured on its own.
+SECAGG_COST_PATTERN = "secagg-cost*.json"
 
 
 def secagg_cost_block() -> str:
-    """``results/privacy/secagg-cost.json`` (``scripts/bench_secagg.py``): per graph, what one party sends
-    the server per round in plain FedE and under SecAgg+ (its masked vector by ``upload_bytes`` and every
-    reply of the four stages, measured), their ratio, the seconds of a round after the first and the test
-    MRR of both runs, with the load it ran under and the command."""
-    data = _read(SECAGG_COST)
+    """``results/privacy/secagg-cost*.json`` (``scripts/bench_secagg.py``), one table per report: per
+    graph, what one party sends the server per round in plain FedE and under SecAgg+ (its masked vector,
+    as the run folder records it or else by ``upload_bytes``, and every reply of the four stages,
+    measured), their ratio, the seconds of a round after the first and the test MRR of both runs, with the
+    load it ran under and the command."""
+    paths = sorted(
+        (RESULTS / "privacy").glob(SECAGG_COST_PATTERN), key=lambda p: (p.name != "secagg-cost.json", p.name)
+    )
+    if not paths:
+        raise DocsError(f"no {_rel(RESULTS / 'privacy')}/{SECAGG_COST_PATTERN}")
+    return "\n\n".join(_secagg_cost_section(path) for path in paths)
+
+
+def _secagg_cost_section(path: Path) -> str:
+    data = _read(path)
 
     def size(value: Any) -> str:
         return DASH if value is None else f"{value:,.0f} B"
@@ -969,6 +980,12 @@ def secagg_cost_block() -> str:
     def pair(values: dict, digits: int) -> str:
         shown = [DASH if values.get(m) is None else f"{values[m]:.{digits}f}" for m in ("plain", "secure")]
         return " / ".join(shown)
+
+    def masked(graph: dict) -> str:
+        measured = graph.get("masked_vector_bytes_measured") or []
+        if len(measured) == 1:
+            return f"{size(measured[0])} (measured)"
+        return f"{size(graph['masked_vector_bytes_formula'])} (formula)"
 
     rows = []
     try:
@@ -982,7 +999,7 @@ def secagg_cost_block() -> str:
                     str(graph["entity_dim"]),
                     f"{graph['num_parties']} ({entities})",
                     size(graph["plain_upload_bytes_per_party"]),
-                    size(graph["masked_vector_bytes_formula"]),
+                    masked(graph),
                     size(graph["secure_reply_bytes_per_party"]),
                     DASH if ratio is None else f"{ratio:.1f} x",
                     pair(graph["seconds_per_round_after_first"], 2),
@@ -992,16 +1009,16 @@ def secagg_cost_block() -> str:
         machine, rounds = data["machine"], int(data["rounds"])
         later = "round 2" if rounds == 2 else f"the mean over rounds 2 to {rounds}" if rounds > 2 else "no round"
         intro = (
-            f"Per party and round (bytes: the round's total over the parties; seconds: the whole round, validation"
-            f" included, {later}), {rounds} rounds per run, on"
+            f"`{path.name}`: per party and round (bytes: the round's total over the parties; seconds: the whole"
+            f" round, validation included, {later}), {rounds} rounds per run, on"
             f" {machine['cpu_count']} cores ({cell(machine['cpu'])}) under load"
             f" {_load(data['load_average_before'])} before and {_load(data['load_average_after'])} after (1 / 5 / 15"
             f" min), started {data['started_at']}:"
         )
         command = data["command"]
     except (KeyError, TypeError) as error:
-        raise DocsError(f"{_rel(SECAGG_COST)}: lacks {error}") from error
-    header = ["graph", "N", "d", "parties (entities each)", "plain upload", "secure: masked vector (formula)"]
+        raise DocsError(f"{_rel(path)}: lacks {error}") from error
+    header = ["graph", "N", "d", "parties (entities each)", "plain upload", "secure: masked vector"]
     header += [
         "secure: all replies (measured)",
         "ratio all replies / plain",

@@ -310,13 +310,23 @@ def test_the_docs_block_renders_the_table_the_load_and_the_command(
         "load_average_before": [2.04, 3.0, 3.1],
         "load_average_after": [4.0, 3.5, 3.2],
     }
-    source = tmp_path / "secagg-cost.json"
+    (tmp_path / "privacy").mkdir()
+    source = tmp_path / "privacy" / "secagg-cost.json"
     source.write_text(json.dumps(report))
-    monkeypatch.setattr(gen_docs, "SECAGG_COST", source)
+    monkeypatch.setattr(gen_docs, "RESULTS", tmp_path)
     block = gen_docs.secagg_cost_block()
     assert (
-        "| G | 14 | 8 | 3 (14, 10, 14) | 203 B | 1,912 B | 3,100 B | 15.3 x | 0.50 / 1.25 | 0.3000 / 0.3004 |" in block
+        "| G | 14 | 8 | 3 (14, 10, 14) | 203 B | 1,912 B (formula) | 3,100 B | 15.3 x | 0.50 / 1.25 | 0.3000 / 0.3004 |"
+        in block
     )
+    assert block.startswith("`secagg-cost.json`: per party and round")
+    # a second report (a larger graph measured alone) follows the first, its recorded masked vector shown
+    report["graphs"][0]["masked_vector_bytes_measured"] = [1912]
+    (tmp_path / "privacy" / "secagg-cost-big.json").write_text(json.dumps(report))
+    both = gen_docs.secagg_cost_block()
+    assert both.index("`secagg-cost.json`") < both.index("`secagg-cost-big.json`")
+    assert "| 1,912 B (measured) |" in both.split("`secagg-cost-big.json`")[1]
+    (tmp_path / "privacy" / "secagg-cost-big.json").unlink()
     assert "load 2.0 / 3.0 / 3.1 before and 4.0 / 3.5 / 3.2 after" in block and "on 2 cores (Some CPU)" in block
     assert block.endswith("```bash\npython scripts/bench_secagg.py --data G --rounds 2\n```")
     del report["graphs"][0]["test_mrr"]
