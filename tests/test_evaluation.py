@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,35 @@ def test_failed_compile_falls_back_to_eager(fused_always, monkeypatch, caplog):
         assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
     assert kernel._failed and "no C++ compiler" in caplog.text
     assert caplog.text.count("failed") == 1  # warned once
+
+
+def test_a_compiled_kernel_that_computes_something_else_is_caught_on_its_first_call(fused_always, caplog):
+    """A miscompile, or an Inductor cache entry built for another CPU capability (which returned L1
+    distances of ~1e36 under ATEN_CPU_CAPABILITY=avx2), is compared with the eager version once and
+    dropped, with a warning; tuples of tensors (the rank counts) are compared element by element."""
+    from client.kge.candidate_scoring import FusedKernel
+
+    kernel = FusedKernel(lambda x: x * 2 + 1e30, eager=lambda x: x + x)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        assert torch.equal(kernel(torch.ones(3)), torch.full((3,), 2.0))
+        assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+    assert kernel._failed and "differs from its eager version" in caplog.text
+    pair = FusedKernel(lambda x: (x + 1, x * 2), eager=lambda x: (x + 1, x + x))
+    with torch.no_grad():
+        assert torch.equal(pair(torch.ones(4))[1], torch.full((4,), 2.0))
+    assert pair._verified and not pair._failed
+
+
+def test_each_cpu_capability_gets_its_own_inductor_cache(monkeypatch, tmp_path):
+    from client.kge.candidate_scoring import INDUCTOR_CACHE_ENV, isolate_inductor_cache
+
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path))
+    folder = isolate_inductor_cache()
+    assert folder == str(tmp_path / f"isa-{capability}") == os.environ[INDUCTOR_CACHE_ENV]
+    assert isolate_inductor_cache() == folder  # once only: not nested again
+    monkeypatch.delenv(INDUCTOR_CACHE_ENV)
+    assert isolate_inductor_cache().endswith(os.sep + f"isa-{capability}")
 
 
 def test_fused_kernels_setting_is_checked(monkeypatch):

@@ -81,3 +81,40 @@ def test_the_warning_filter_is_scoped_to_that_import():
     result = _python_with_deprecations_as_errors(SCOPED_FILTER)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "still shown"
+
+
+#: The L1 kernel on a Fed3-sized tile, compared with cdist; prints the Inductor cache folder used.
+L1_AGAINST_CDIST = """
+import os, torch
+from client.kge import candidate_scoring
+torch.manual_seed(0)
+query, candidates = torch.randn(64, 128), torch.randn(2100, 128)
+with torch.no_grad():
+    got = candidate_scoring.l1_distance(query, candidates)
+assert not candidate_scoring._l1_tile._failed, "the compiled kernel was dropped"
+assert torch.equal(got, torch.cdist(query, candidates, p=1.0)), float((got - torch.cdist(query, candidates, p=1.0)).abs().max())
+print(os.environ[candidate_scoring.INDUCTOR_CACHE_ENV])
+"""
+
+
+def test_processes_of_different_cpu_capabilities_share_an_inductor_cache_folder_safely(tmp_path):
+    """A native process and one under ATEN_CPU_CAPABILITY=avx2 (simskip-sim pins it), given the same
+    TORCHINDUCTOR_CACHE_DIR, each compile into their capability's own subfolder and get cdist's values.
+    Without the per-capability folder the second loaded the first's kernel (L1 distances ~1e36, or a
+    corrupted heap the other way round)."""
+    folders = []
+    for capability in ({}, {"ATEN_CPU_CAPABILITY": "avx2"}, {}):
+        env = {**os.environ, "SIMSKIP_FUSED_KERNELS": "always", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), **capability}
+        result = subprocess.run(
+            [sys.executable, "-c", L1_AGAINST_CDIST],
+            check=False,
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        folders.append(result.stdout.strip())
+    assert all(Path(folder).parent == tmp_path for folder in folders)
+    assert folders[0] == folders[2] and Path(folders[1]).name == "isa-avx2"

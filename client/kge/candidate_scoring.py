@@ -71,6 +71,7 @@ __all__ = [
     "fused_kernel",
     "fused_kernels_mode",
     "has_fast_path",
+    "isolate_inductor_cache",
     "l1_distance",
     "score_heads",
     "score_tails",
@@ -122,13 +123,46 @@ INDUCTOR_TORCHSCRIPT_MODULE = "torch.utils.mkldnn"
 SCRIPT_METHOD_DEPRECATION = r"`torch\.jit\.script_method` is deprecated"
 
 
+#: The environment variable of Inductor's on-disk cache folder (``torch._inductor.runtime.cache_dir_utils``).
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def isolate_inductor_cache() -> str:
+    """Give the CPU capability ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``, which
+    ``ATEN_CPU_CAPABILITY`` overrides and ``simskip-sim`` pins to AVX2) its own Inductor cache folder:
+    ``<cache>/isa-<capability>`` under the folder ``TORCHINDUCTOR_CACHE_DIR`` names (else Inductor's
+    default), set in that variable before this process compiles anything.
+
+    Why: Inductor's on-disk cache is not keyed by that capability. Measured with torch 2.13 on this
+    machine (AVX-512): after a native process had compiled the L1 tile kernel, a process under
+    ``ATEN_CPU_CAPABILITY=avx2`` loaded it and got L1 distances of ~1e36 (a Fed3 TransE validation MRR
+    of 1.05 through ``simskip-sim``); the other way round, a native process loading the AVX2 entry
+    corrupted its heap (``free(): invalid next size``). A fresh cache per capability gave ``cdist``'s
+    values bit for bit in both.
+
+    :returns: the cache folder this process uses.
+    """
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    suffix = f"isa-{capability}"
+    base = os.environ.get(INDUCTOR_CACHE_ENV)
+    if base is None:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        base = default_cache_dir()
+    folder = base if os.path.basename(os.path.normpath(base)) == suffix else os.path.join(base, suffix)
+    os.environ[INDUCTOR_CACHE_ENV] = folder
+    return folder
+
+
 def _import_inductor() -> Any:
     """Import Inductor's config and :data:`INDUCTOR_TORCHSCRIPT_MODULE` (once per process), with
     torch's :data:`SCRIPT_METHOD_DEPRECATION` warning ignored for that import only; the filter is
-    restored afterwards, so the same warning from any other code still shows.
+    restored afterwards, so the same warning from any other code still shows. Before it, the process's
+    Inductor cache is made its CPU capability's own (:func:`isolate_inductor_cache`).
 
     :returns: ``torch._inductor.config``.
     """
+    isolate_inductor_cache()
     import torch._inductor.config as inductor_config  # heavy (inductor, ~0.8 s): compiled kernels only
 
     if INDUCTOR_TORCHSCRIPT_MODULE not in sys.modules:
@@ -138,12 +172,17 @@ def _import_inductor() -> Any:
     return inductor_config
 
 
+class _MismatchError(RuntimeError):
+    """A compiled kernel's result differs from its eager version's."""
+
+
 class FusedKernel:
     """An eager tensor function and its ``torch.compile`` version, used where it pays off.
 
     The compiled version runs only on CPU tensors without autograd (evaluation), when
     :func:`fused_kernels_mode` allows it and the caller's ``work`` is large enough in ``auto``
-    mode. If compiling fails (no C++ compiler, an unsupported torch build) it warns once and the
+    mode. If compiling fails (no C++ compiler, an unsupported torch build), or the compiled version's
+    first result differs from the eager version's (checked once per process), it warns once and the
     eager function serves every later call: results are the same up to float summation order.
 
     :param function: the function to compile; it must be traceable by ``torch.compile``.
@@ -160,6 +199,26 @@ class FusedKernel:
         self.min_work = min_work
         self._compiled: Callable[..., Any] | None = None
         self._failed = False
+        self._verified = False
+
+    def _verify(self, tensors: tuple[torch.Tensor, ...], result: torch.Tensor) -> None:
+        """Compare the compiled version's first result with the eager version's (once per process): a
+        kernel that computes something else (a miscompile, or a cache entry built for another CPU
+        capability, :func:`isolate_inductor_cache`) is caught before its numbers are used.
+
+        :raises _MismatchError: where they differ beyond float summation order.
+        """
+        expected = self.eager(*tensors)
+        got, want = (list(x) if isinstance(x, tuple | list) else [x] for x in (result, expected))
+        for a, b in zip(got, want, strict=True):
+            same = a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-4, equal_nan=True)
+            if not same:
+                difference = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else "shapes differ"
+                raise _MismatchError(
+                    f"the compiled {getattr(self.function, '__name__', self.function)} differs from its eager version "
+                    f"(max abs difference {difference}; Inductor cache {os.environ.get(INDUCTOR_CACHE_ENV)})"
+                )
+        self._verified = True
 
     def _use_compiled(self, tensors: tuple[torch.Tensor, ...], work: int) -> bool:
         mode = fused_kernels_mode()
@@ -179,7 +238,14 @@ class FusedKernel:
                 # compile in this process: no pool of compile-worker processes left behind
                 inductor_config.compile_threads = 1
                 self._compiled = torch.compile(self.function, dynamic=True)
-            return self._compiled(*tensors)
+            result = self._compiled(*tensors)
+            if not self._verified:
+                self._verify(tensors, result)
+            return result
+        except _MismatchError as error:
+            self._failed = True
+            logger.warning("%s; using the eager version", error)
+            return self.eager(*tensors)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             self._failed = True
             logger.warning(
