@@ -844,6 +844,12 @@ DP_ATTACK_RUNS = {
 }
 
 
+def _precision_pair(attacks: dict, attack: str) -> str:
+    """An attack's precision at k = 100 / at the true pair count (its first and last ordered guesses)."""
+    precision = attacks[attack]["ordered"]["precision"]
+    return f"{precision[0]:.2f} / {precision[-1]:.3f}"
+
+
 def dp_attack_block() -> str:
     """``results/privacy/attack-umls-relation*.json``: the reconstruction attacks on party 1 of UMLS's
     relation split, plain and under dp = local at three noise multipliers (precision at k = 100 / at the
@@ -855,10 +861,6 @@ def dp_attack_block() -> str:
         dp = data.get("dp") or {}
         epsilon = dp.get("parties", {}).get("1", {}).get("epsilon") if dp else None
 
-        def shown(attack: str, victim: dict = victim) -> str:
-            precision = victim["attacks"][attack]["ordered"]["precision"]
-            return f"{precision[0]:.2f} / {precision[-1]:.3f}"
-
         rows.append(
             [
                 z,
@@ -866,9 +868,9 @@ def dp_attack_block() -> str:
                 DASH if epsilon is None else f"{epsilon:.3g}",
                 f"{data['test_mrr']:.3f}",
                 f"{victim['random']['ordered']['expected_precision']:.3f}",
-                shown("update-anticos"),
-                shown("row-distance"),
-                shown("collusion-relation"),
+                _precision_pair(victim["attacks"], "update-anticos"),
+                _precision_pair(victim["attacks"], "row-distance"),
+                _precision_pair(victim["attacks"], "collusion-relation"),
             ]
         )
         commands.append(data["command"])
@@ -901,10 +903,7 @@ def secagg_attack_block() -> str:
     for view, name in SECAGG_ATTACK_RUNS.items():
         data = _read(RESULTS / "privacy" / name)
         attacks = data["parties"]["1"]["attacks"]
-        shown = [
-            "{:.2f} / {:.3f}".format(*(attacks[a]["ordered"]["precision"][i] for i in (0, -1))) for a in SECAGG_ATTACKS
-        ]
-        rows.append([view, f"{data['test_mrr']:.3f}", *shown])
+        rows.append([view, f"{data['test_mrr']:.3f}", *(_precision_pair(attacks, a) for a in SECAGG_ATTACKS)])
     header = ["view", "test MRR", *(f"`{a}`" for a in SECAGG_ATTACKS)]
     return "\n".join(table(header, rows, "lrrrrr"))
 

@@ -33,6 +33,61 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def evaluation_against_pykeen(model, graph, protocol: str):
+    """This project's evaluator and PyKEEN's ``RankBasedEvaluator`` on ``graph``'s test triples (filtered
+    by train and valid, batch 7; under the FedE protocol both restricted to the test tails plus ids 0-2).
+
+    :returns: ``(ours, pykeen_results, side)``: our metrics dict, PyKEEN's results, and the side
+        (``both`` or ``tail``) whose PyKEEN metrics ours equal.
+    """
+    import torch
+    from pykeen.evaluation import RankBasedEvaluator
+
+    from client.kge.evaluation import evaluate_link_prediction
+
+    test = graph.test.mapped_triples
+    filters = [graph.train.mapped_triples, graph.valid.mapped_triples]
+    candidates = sorted(set(test[:, 2].tolist()) | {0, 1, 2})  # a strict subset of the 14 entities
+    ours = evaluate_link_prediction(
+        model, test, filter_triples=filters, protocol=protocol, candidate_entities=candidates, batch_size=7
+    )
+    side, targets = ("both", ("head", "tail")) if protocol == "standard" else ("tail", ("tail",))
+    results = RankBasedEvaluator(filtered=True).evaluate(
+        model,
+        test,
+        batch_size=7,
+        use_tqdm=False,
+        additional_filter_triples=filters,
+        targets=targets,
+        restrict_entities_to=torch.tensor(candidates) if protocol == "fede" else None,
+        do_time_consuming_checks=False,
+    )
+    return ours, results, side
+
+
+def shared_negatives_batch(trainer, factory, size: int = 32, per_side: int = 6):
+    """The loss of ``trainer``'s shared-negatives loop on the first ``size`` train triples of the
+    ``nations``-like graph its trainer holds, and the loop's draws replayed for a hand reference.
+
+    :returns: ``(batch, loss, heads, tails, known)``: the positives, the loop's loss, the head and tail
+        candidates it drew (seed 11; heads first, as the config orders them), and the known train triples.
+    """
+    import torch
+
+    from client.kge.models import seeded
+
+    graph = trainer.graph
+    trainer.loop._create_training_data_loader(factory, sampler=None, batch_size=size, drop_last=False)
+    batch = graph.train.mapped_triples[:size]
+    with seeded(11):
+        loss = trainer.loop._process_batch(batch, 0, size)
+    with seeded(11):  # the same draws: head candidates first, then tail candidates (config order)
+        heads = torch.randint(graph.num_entities, (per_side,))
+        tails = torch.randint(graph.num_entities, (per_side,))
+    known = {tuple(t) for t in graph.train.mapped_triples.tolist()}
+    return batch, loss, heads, tails, known
+
+
 def shared_data_dir() -> Path:
     """Return the folder holding the shared KG data (it may not exist)."""
     env = os.environ.get("SIMSKIP_SHARED_DATA")

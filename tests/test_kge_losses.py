@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import shared_negatives_batch
 from pykeen.losses import AdversarialLoss, Loss, NSSALoss, loss_resolver
 
 from client.kge.config import LOSSES, ConfigError, KGEConfig
@@ -123,15 +124,7 @@ def test_one_shared_negatives_batch_equals_a_hand_computation(
     scores, with the known triples dropped from each positive's negatives (both sides in one row)."""
     config = small(model="TransE", loss=name, num_negs_per_pos=12, margin=1.0, training_loop="sharednegatives")
     trainer = LocalTrainer(nations, config)
-    loop = trainer.loop
-    loop._create_training_data_loader(nations.train, sampler=None, batch_size=32, drop_last=False)
-    batch = nations.train.mapped_triples[:32]
-    with seeded(11):
-        got = loop._process_batch(batch, 0, 32)
-    with seeded(11):  # the same draws: head candidates first, then tail candidates (config order)
-        heads = torch.randint(nations.num_entities, (6,))
-        tails = torch.randint(nations.num_entities, (6,))
-    known = {tuple(t) for t in nations.train.mapped_triples.tolist()}
+    batch, got, heads, tails, known = shared_negatives_batch(trainer, nations.train)
     total, terms, dropped = torch.zeros(()), 0, 0
     with torch.no_grad():
         for h, r, t in batch.tolist():

@@ -14,8 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
-from pykeen.evaluation import RankBasedEvaluator
+from conftest import evaluation_against_pykeen, load_script, shared_negatives_batch
 from pykeen.triples import CoreTriplesFactory
 
 from client.kge.candidate_scoring import has_fast_path, score_heads, score_tails, score_triples
@@ -152,23 +151,7 @@ def test_score_triples_names_a_bad_target(nations: SimpleNamespace) -> None:
 def test_fast_evaluation_equals_pykeen_evaluate(nations: SimpleNamespace, name: str, protocol: str) -> None:
     model = _model(nations, name)
     model.eval()
-    test = nations.test.mapped_triples
-    filters = [nations.train.mapped_triples, nations.valid.mapped_triples]
-    candidates = sorted(set(test[:, 2].tolist()) | {0, 1, 2})  # a strict subset of the 14 entities
-    got = evaluate_link_prediction(
-        model, test, filter_triples=filters, protocol=protocol, candidate_entities=candidates, batch_size=7
-    )
-    side, targets = ("both", ("head", "tail")) if protocol == "standard" else ("tail", ("tail",))
-    results = RankBasedEvaluator(filtered=True).evaluate(
-        model,
-        test,
-        batch_size=7,
-        use_tqdm=False,
-        additional_filter_triples=filters,
-        targets=targets,
-        restrict_entities_to=torch.tensor(candidates) if protocol == "fede" else None,
-        do_time_consuming_checks=False,
-    )
+    got, results, side = evaluation_against_pykeen(model, nations, protocol)
     assert got["mrr"] == pytest.approx(results.get_metric(f"{side}.realistic.inverse_harmonic_mean_rank"), abs=1e-6)
     assert got["hits@10"] == pytest.approx(results.get_metric(f"{side}.realistic.hits_at_10"), abs=1e-6)
     if protocol == "standard":  # both sides count, the head side (the inverse rows) included
@@ -195,15 +178,7 @@ def test_one_batch_loss_is_the_mean_of_each_sides_reference_nssa(nations: Simple
     out by hand over PyKEEN's predictions; the sides averaged."""
     config = reciprocal(num_negs_per_pos=12, corruption_scheme="head,tail", adversarial_temperature=0.5)
     trainer = LocalTrainer(nations, config)
-    loop = trainer.loop
-    loop._create_training_data_loader(trainer.train_factory, sampler=None, batch_size=32, drop_last=False)
-    batch = nations.train.mapped_triples[:32]
-    with seeded(11):
-        got = loop._process_batch(batch, 0, 32)
-    with seeded(11):  # the same draws: head candidates first, then tail candidates (config order)
-        heads = torch.randint(nations.num_entities, (6,))
-        tails = torch.randint(nations.num_entities, (6,))
-    known = {tuple(t) for t in nations.train.mapped_triples.tolist()}
+    batch, got, heads, tails, known = shared_negatives_batch(trainer, trainer.train_factory)
     model, margin, alpha = trainer.model, nssa_margin(config), config.adversarial_temperature
     everyone = torch.arange(nations.num_entities)
     sides = []

@@ -12,13 +12,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
-from pykeen.evaluation import RankBasedEvaluator
+from conftest import evaluation_against_pykeen, load_script
 from pykeen.models import model_resolver
 
 from client.kge.candidate_scoring import has_fast_path, score_heads, score_tails
 from client.kge.config import ConfigError, KGEConfig
-from client.kge.evaluation import evaluate_link_prediction
 from client.kge.models import nssa_margin, seeded
 from client.kge.training import LocalTrainer, training_regime_resolver
 
@@ -151,23 +149,7 @@ def test_shared_negatives_learn_link_prediction(nations: SimpleNamespace) -> Non
 @pytest.mark.parametrize("protocol", ["standard", "fede"])
 def test_fast_evaluation_equals_pykeen_evaluate(nations: SimpleNamespace, name: str, protocol: str) -> None:
     model = _model(name, nations)
-    test = nations.test.mapped_triples
-    filters = [nations.train.mapped_triples, nations.valid.mapped_triples]
-    candidates = sorted(set(test[:, 2].tolist()) | {0, 1, 2})  # a strict subset of the 14 entities
-    got = evaluate_link_prediction(
-        model, test, filter_triples=filters, protocol=protocol, candidate_entities=candidates, batch_size=7
-    )
-    side, targets = ("both", ("head", "tail")) if protocol == "standard" else ("tail", ("tail",))
-    results = RankBasedEvaluator(filtered=True).evaluate(
-        model,
-        test,
-        batch_size=7,
-        use_tqdm=False,
-        additional_filter_triples=filters,
-        targets=targets,
-        restrict_entities_to=torch.tensor(candidates) if protocol == "fede" else None,
-        do_time_consuming_checks=False,
-    )
+    got, results, side = evaluation_against_pykeen(model, nations, protocol)
     assert got["mrr"] == pytest.approx(results.get_metric(f"{side}.realistic.inverse_harmonic_mean_rank"), abs=1e-6)
     assert got["hits@10"] == pytest.approx(results.get_metric(f"{side}.realistic.hits_at_10"), abs=1e-6)
 
