@@ -3,12 +3,12 @@
 
 Reads (whatever is present; a missing file or folder is an empty entry, never an error):
 
-- ``<root>/central/<model>/final_metrics.json`` (and a ``run.json`` beside it, if any): the centralized
-  FB15k-237 run of each model (``scripts/run_central.py``: ``data``, ``test`` with the standard protocol's metrics,
+- ``<root>/central/<model>[-<variant>]/final_metrics.json`` (and a ``run.json`` beside it, if any): the
+  centralized FB15k-237 run of each model (a variant: another recipe of it, its own row) (``scripts/run_central.py``: ``data``, ``test`` with the standard protocol's metrics,
   ``preset``, ``wall_seconds_all_attempts`` or ``wall_seconds``, ``peak_rss_mib``, ``rounds_trained``,
   ``best_round``, ``stop_reason``, ``command``);
-- ``<root>/<split>/<model>/<setting>/seed<k>/final_metrics.json`` + ``run.json`` (``scripts/run_baselines.py``):
-  one federated-split run; a folder whose ``run.json`` is not ``done`` is left out.
+- ``<root>/<split>/<model>[-<variant>]/<setting>/seed<k>/final_metrics.json`` + ``run.json``
+  (``scripts/run_baselines.py``, ``--variant``): one federated-split run; a folder whose ``run.json`` is not ``done`` is left out.
 
 Writes ``<root>/summary.json`` (sorted keys, no timestamps: the same runs give the same bytes):
 
@@ -170,6 +170,27 @@ def central_record(folder: Path) -> dict[str, Any] | None:
     }
 
 
+def central_row(model: str | None, folder: str) -> str:
+    """The row of a central run: its model (``DistMult`` from folder ``distmult``), with the folder's variant
+    (``DistMult-reciprocal`` from ``distmult-reciprocal``: another recipe, its own row, as
+    ``scripts/run_baselines.py --variant`` names its folders); the folder's name where the run names no model."""
+    if model is None:
+        return folder
+    if folder.lower() == model.lower():
+        return model
+    variant = folder[len(model) + 1 :] if folder.lower().startswith(model.lower() + "-") else folder
+    return f"{model}-{variant}"
+
+
+def base_model(row: str) -> str:
+    """The model of a table row (``DistMult`` for ``DistMult-reciprocal``): LibKGE's number and the order."""
+    return row.split("-", 1)[0]
+
+
+def _row_order(row: str) -> tuple[int, str, str]:
+    return (*_order(base_model(row), MODELS), row)
+
+
 def seed_record(folder: Path) -> dict[str, Any] | None:
     """One federated-split run's entry (``None`` when it has no ``final_metrics.json`` or its
     ``run.json`` is not ``done``)."""
@@ -230,7 +251,7 @@ def build_summary(root: Path = BASELINES) -> dict[str, Any]:
         for folder in sorted(p for p in central_root.iterdir() if p.is_dir()):
             record = central_record(folder)
             if record is not None:
-                model = record.pop("model") or folder.name
+                model = central_row(record.pop("model"), folder.name)
                 models.setdefault(model, {"central": None, "splits": {}})["central"] = record
                 if record["command"]:
                     commands.add(str(record["command"]))
@@ -330,7 +351,7 @@ def _gib(mib: Any) -> str:
 def central_table(summary: Mapping[str, Any]) -> str:
     """Table 1: per model, the centralized FB15k-237 test metrics (x100) beside LibKGE's test MRR."""
     models = summary.get("models", {})
-    names = sorted(set(PUBLISHED_MRR) | set(models), key=lambda m: _order(m, MODELS))
+    names = sorted(set(PUBLISHED_MRR) | set(models), key=_row_order)
     lines = []
     if not any((models.get(m) or {}).get("central") for m in names):
         lines += [f"_Centralized runs (`results/baselines/{CENTRAL_DIR}/`): {NO_RUNS}._", ""]
@@ -338,7 +359,7 @@ def central_table(summary: Mapping[str, Any]) -> str:
     for model in names:
         central = (models.get(model) or {}).get("central") or {}
         test = central.get("test") or {}
-        published = PUBLISHED_MRR.get(model)
+        published = PUBLISHED_MRR.get(base_model(model))
         ours = test.get("mrr")
         difference = DASH if ours is None or published is None else f"{100 * (ours - published):+.1f}"
         rounds = central.get("rounds_trained")
@@ -420,7 +441,7 @@ def federated_table(summary: Mapping[str, Any], old: Mapping[tuple[str, str, str
                 new[(split, model, setting)] = aggregated
     keys = sorted(
         set(new) | set(old),
-        key=lambda k: (_order(k[0], SPLITS), _order(k[1], MODELS), _order(k[2], SETTINGS)),
+        key=lambda k: (_order(k[0], SPLITS), _row_order(k[1]), _order(k[2], SETTINGS)),
     )
     lines = []
     if not new:

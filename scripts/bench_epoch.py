@@ -132,7 +132,8 @@ def recipe_run_config(base_preset: str | None, base_sets: Sequence[str], recipe:
 
     :raises client.kge.config.ConfigError: for an unknown preset name.
     """
-    from client.kge.config import parse_set_options, preset
+    from client.kge.config import parse_set_options
+    from client.kge.presets import preset
 
     values = preset(base_preset) | parse_set_options(base_sets)
     own = dict(recipe)
@@ -782,7 +783,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--preset", default=None, help="a run-config preset (client.kge.config.PRESETS), before --set")
+    parser.add_argument("--preset", default=None, help="a run-config preset (client.kge.presets.PRESETS), before --set")
     add_set_option(parser, help="KGE run-config override (every recipe's base)")
     parser.add_argument(
         "--against-pykeen",

@@ -70,9 +70,10 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from client.kge.aggregation import aggregate_rows
-    from client.kge.config import KGEConfig, parse_set_options, preset
+    from client.kge.config import KGEConfig, parse_set_options
     from client.kge.evaluation import weighted_overall
     from client.kge.models import initial_entity_table
+    from client.kge.presets import preset
     from client.kge.round_engine import RoundEngine
     from client.kge.training import LocalTrainer
     from kg_datasets import load_federated

@@ -336,8 +336,8 @@ RECIPE_ROUTINE_KEYS = frozenset({"model", "eval-every", "patience"})
 def recipes_block() -> str:
     """The FB15k-237 recipe searches (``results/tune/{fed3,fb15k237}-*-optuna*.json``: FedE on Fed3, and
     one party on FB15k-237's own split) and the presets chosen from them
-    (``client.kge.config.PRESET_EVIDENCE``, by ``tune_kge``'s choice rule)."""
-    from client.kge.config import PRESET_EVIDENCE, PRESETS
+    (``client.kge.presets.PRESET_EVIDENCE``, by ``tune_kge``'s choice rule)."""
+    from client.kge.presets import PRESET_EVIDENCE, PRESETS
 
     tune = _script("tune_kge")
     used_by = {file: name for name, files in PRESET_EVIDENCE.items() for file in files}

@@ -8,7 +8,8 @@ first seed before any second one. Each run trains with the Flower-free runners o
 (:func:`kge_in_process`: same trainer, evaluator, early stopping and per-round checkpoint as the
 grid's cells), the run-config key ``seed`` set to the run's seed.
 
-Two folders per run, ``<split>/<model>/<setting>/seed<k>/`` under each of:
+Two folders per run, ``<split>/<model>/<setting>/seed<k>/`` under each of (``<model>-<variant>`` with
+``--variant``, another recipe of the same model):
 
 ``--work`` (default ``runs/baselines``, not committed)
     The whole run folder: ``config.json``, ``data/``, the best round's embeddings (``clients/``,
@@ -40,7 +41,8 @@ Two folders per run, ``<split>/<model>/<setting>/seed<k>/`` under each of:
       possible, the peak is the process's since it began), the load
       averages and machine at the first start and at the end, and ``attempts``.
 
-A run whose ``--out`` ``run.json`` says ``done`` is skipped. An interrupted run resumes after its last
+A run whose ``--out`` ``run.json`` says ``done`` with the same values is skipped (other values: the
+command fails, naming the folder, and nothing is overwritten). An interrupted run resumes after its last
 finished round (``--work``'s checkpoint, checked against the run config); one that finished training
 but not its export (the runner's ``final_metrics.json`` is in ``--work``) goes straight to the export.
 
@@ -70,7 +72,8 @@ from types import ModuleType
 from typing import Any
 
 from client.kge.centralized import ENDED_BY_BUDGET
-from client.kge.config import PAPER_MODELS, ConfigError, add_set_option, parse_set_options, preset
+from client.kge.config import PAPER_MODELS, ConfigError, add_set_option, parse_set_options
+from client.kge.presets import preset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ("../shared/data/FB15k-237-Fed3",)
@@ -102,9 +105,15 @@ def sibling(name: str) -> ModuleType:
     return module
 
 
-def run_subpath(dataset: str, model: str, setting: str, seed: int) -> Path:
-    """``<split folder name>/<model>/<setting>/seed<k>``: a run's place under ``--out`` and ``--work``."""
-    return Path(Path(dataset).name) / model / setting / f"seed{seed}"
+def run_subpath(dataset: str, model: str, setting: str, seed: int, variant: str | None = None) -> Path:
+    """``<split folder name>/<model>[-<variant>]/<setting>/seed<k>``: a run's place under ``--out`` and
+    ``--work`` (a variant is another recipe of the same model: its own row in the tables)."""
+    return Path(Path(dataset).name) / row_name(model, variant) / setting / f"seed{seed}"
+
+
+def row_name(model: str, variant: str | None) -> str:
+    """``DistMult`` or, with variant ``reciprocal``, ``DistMult-reciprocal``: the model's folder and table row."""
+    return model if variant is None else f"{model}-{variant}"
 
 
 def preset_name(pattern: str | None, model: str) -> str | None:
@@ -223,6 +232,15 @@ def export_metrics_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- one run
+def _same_values(state: Mapping[str, Any], run_sets: Mapping[str, Any], rounds: int, folder: Path, fix: str) -> None:
+    """Raise :class:`BaselineError` when ``state`` (a ``run.json``) records other ``sets`` or ``rounds_budget``."""
+    earlier = {key: state[key] for key in ("sets", "rounds_budget") if key in state}
+    if earlier and earlier != {"sets": dict(run_sets), "rounds_budget": rounds}:
+        raise BaselineError(
+            f"{folder} holds a run with other values ({earlier}, now sets {dict(run_sets)}, rounds {rounds}); {fix}"
+        )
+
+
 def run_one(
     out: Path,
     work: Path,
@@ -237,6 +255,7 @@ def run_one(
     num_clients: int | None,
     command: str,
     single_run_command: str,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or skip) one baseline run; returns its ``run.json`` content.
 
@@ -245,34 +264,34 @@ def run_one(
     :param sets: the run-config values of every run (the preset's and ``--set``'s); ``seed`` is added.
     :param preset_used: the preset's name, recorded in ``run.json``.
     :param command: / single_run_command: recorded in ``run.json``.
+    :param variant: the recipe's variant name (:func:`row_name`), recorded in ``run.json``.
+    :raises BaselineError: when the run's folder under ``out`` or ``work`` holds a run of other values.
     """
     from client.kge.run_folder import write_jsonl
     from server.checkpoint import remove_checkpoint
 
     runner = sibling("run_experiments")
-    sub = run_subpath(dataset, model, setting, seed)
+    sub = run_subpath(dataset, model, setting, seed, variant)
     done_file = out / sub / RUN_FILE
+    run_sets = {**sets, "seed": seed}
     state = runner.read_json(done_file) or {}
     if state.get("status") == "done":
+        # a finished run of other values is not this run: never report it as this one, never overwrite it
+        _same_values(state, run_sets, rounds, out / sub, "another --variant or --out")
         print(f"[baselines] {sub}: done, skipped", flush=True)
         return state
     folder = work / sub
     folder.mkdir(parents=True, exist_ok=True)
     state = runner.read_json(folder / RUN_FILE) or {}
-    run_sets = {**sets, "seed": seed}
-    earlier = {key: state[key] for key in ("sets", "rounds_budget") if key in state}
-    if earlier and earlier != {"sets": run_sets, "rounds_budget": rounds}:
-        # its checkpoint or finished result belongs to other values: never resume or export it as this run
-        raise BaselineError(
-            f"{folder} holds a run with other values ({earlier}, now sets {run_sets}, rounds {rounds}); "
-            "remove that folder or choose another --work"
-        )
+    # its checkpoint or finished result belongs to other values: never resume or export it as this run
+    _same_values(state, run_sets, rounds, folder, "remove that folder or choose another --work")
     state.update(
         {
             "status": "running",
             "dataset": dataset,
             "split": Path(dataset).name,
             "model": model,
+            "variant": variant,
             "setting": setting,
             "seed": seed,
             "preset": preset_used,
@@ -371,11 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         default=None,
-        help=f"preset of every run (client/kge/config.py PRESETS), applied before --set; {MODEL_PLACEHOLDER} "
+        help=f"preset of every run (client/kge/presets.py PRESETS), applied before --set; {MODEL_PLACEHOLDER} "
         "is replaced by the model's name in lower case (e.g. fb15k237-{model})",
+    )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        type=_variant,
+        help="a name for another recipe of the same models (lower-case letters and digits): its runs go to "
+        "<model>-<variant>/ and form their own rows, beside the first recipe's (e.g. reciprocal)",
     )
     add_set_option(parser, dest="sets", help="run-config value for every run (KGE keys), repeatable")
     return parser
+
+
+def _variant(value: str) -> str:
+    if not (value.isascii() and value.isalnum() and value == value.lower()):
+        raise argparse.ArgumentTypeError(f"--variant must be lower-case letters and digits, got {value!r}")
+    return value
 
 
 def _single_run_command(args: argparse.Namespace, dataset: str, model: str, setting: str, seed: int) -> str:
@@ -385,6 +417,8 @@ def _single_run_command(args: argparse.Namespace, dataset: str, model: str, sett
     words += ["--rounds", str(args.rounds), "--clients", str(args.clients)]
     if args.preset is not None:
         words += ["--preset", args.preset]
+    if args.variant is not None:
+        words += ["--variant", args.variant]
     for item in args.sets:
         words += ["--set", item]
     return shlex.join(words)
@@ -440,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             num_clients=args.clients,
                             command=command,
                             single_run_command=_single_run_command(args, given, model, setting, seed),
+                            variant=args.variant,
                         )
                     except KeyboardInterrupt:
                         print("[baselines] interrupted; finished runs are kept, rerun to resume", file=sys.stderr)

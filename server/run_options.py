@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from client.kge.config import PRESETS, parse_set_options, preset
+from client.kge.config import parse_set_options
+from client.kge.presets import PRESETS, preset
 from simskip_core.cli_common import INPUT_ERRORS, run_main
 
 __all__ = [
@@ -52,13 +53,13 @@ def kge_run_config(preset_name: str | None, items: Sequence[str]) -> tuple[dict[
 
 
 def add_preset_option(parser: argparse.ArgumentParser) -> None:
-    """The commands' ``--preset`` option (:data:`client.kge.config.PRESETS`)."""
+    """The commands' ``--preset`` option (:data:`client.kge.presets.PRESETS`)."""
     parser.add_argument(
         "--preset",
         default=None,
         choices=sorted(PRESETS),
         help="named run-config values applied before --set (small-graph: the quick start's "
-        "schedule; fede-paper: FedE's published schedule; client/kge/config.py)",
+        "schedule; fede-paper: FedE's published schedule; client/kge/presets.py)",
     )
 
 

@@ -17,9 +17,9 @@ def _write(path, payload) -> None:
     path.write_text(json.dumps(payload), encoding="utf-8")
 
 
-def _run(root, seed, standard, fede, trained, budget, best, *, status="done", **extra) -> None:
+def _run(root, seed, standard, fede, trained, budget, best, *, status="done", row="DistMult", **extra) -> None:
     """One run folder as scripts/run_baselines.py writes it (only the keys the summary reads)."""
-    folder = root / "FB15k-237-Fed3" / "DistMult" / "fede" / f"seed{seed}"
+    folder = root / "FB15k-237-Fed3" / row / "fede" / f"seed{seed}"
     _write(
         folder / "final_metrics.json",
         {
@@ -165,3 +165,32 @@ def test_committed_summary_is_up_to_date(capsys) -> None:
     assert bs.main(["--check"]) == 0, (
         "results/baselines/summary.json is stale: run `python scripts/baselines_summary.py`\n" + capsys.readouterr().err
     )
+
+
+def test_a_variant_is_its_own_row_beside_the_first_recipe(tree) -> None:
+    _run(tree, 0, 0.34, 0.40, 90, 300, 87, row="DistMult-reciprocal")
+    central = tree / "central" / "distmult-reciprocal" / "final_metrics.json"
+    _write(central, {"test": {"mrr": 0.331}, "config": {"model": "DistMult"}, "preset": "fb15k237-distmult-reciprocal"})
+    summary = bs.build_summary(tree)
+    assert summary["models"]["DistMult"]["central"]["test"]["mrr"] == 0.335  # the first recipe's row is kept
+    assert summary["models"]["DistMult-reciprocal"]["central"]["test"]["mrr"] == 0.331
+    assert summary["models"]["DistMult-reciprocal"]["splits"]["FB15k-237-Fed3"]["fede"]["n"] == 1
+    lines = bs.central_table(summary).splitlines()
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
+    assert rows == ["TransE", "RotatE", "DistMult", "DistMult-reciprocal", "ComplEx"]
+    assert "| DistMult-reciprocal | – | 34.3 | 33.1 | -1.2 |" in bs.central_table(summary)  # LibKGE's DistMult
+    federated = bs.federated_table(summary, {})
+    assert federated.index("| DistMult | fede |") < federated.index("| DistMult-reciprocal | fede |")
+
+
+@pytest.mark.parametrize(
+    ("model", "folder", "row"),
+    [
+        ("DistMult", "distmult", "DistMult"),
+        ("DistMult", "distmult-reciprocal", "DistMult-reciprocal"),
+        ("DistMult", "other", "DistMult-other"),
+        (None, "odd", "odd"),
+    ],
+)
+def test_central_rows(model, folder, row) -> None:
+    assert bs.central_row(model, folder) == row

@@ -8,7 +8,8 @@ from client.kge.config import KNOWN_NON_KGE_KEYS, ConfigError, KGEConfig
 
 
 def test_defaults_keep_fedes_schedule_and_the_presets_change_it() -> None:
-    from client.kge.config import ConfigError, preset
+    from client.kge.config import ConfigError
+    from client.kge.presets import preset
 
     config = KGEConfig()
     assert (config.model, config.embedding_dim, config.local_epochs, config.batch_size) == ("TransE", 128, 3, 512)

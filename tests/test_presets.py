@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import load_script
 
-from client.kge.config import PRESET_EVIDENCE, PRESETS, KGEConfig, preset
+from client.kge.config import KGEConfig
+from client.kge.presets import PRESET_EVIDENCE, PRESETS, preset, preset_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,4 +46,4 @@ def test_preset_is_its_searches_best_valid_trial(tune, name: str) -> None:
 def test_every_model_recipe_has_evidence_and_is_a_valid_config(name: str) -> None:
     assert name in PRESET_EVIDENCE, f"{name}: a recipe without the search it was chosen by"
     config = KGEConfig.from_run_config(preset(name))
-    assert config.model.lower() == name.removeprefix("fb15k237-")
+    assert config.model.lower() == preset_model(name)

@@ -99,6 +99,25 @@ def test_finished_runs_are_skipped_on_rerun(rb, grid, capsys) -> None:
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_finished_run_of_other_values_is_neither_skipped_nor_overwritten(rb, grid, capsys) -> None:
+    out, _, argv = grid
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert rb.main([*argv, "--set", "learning-rate=0.02"]) == 1  # another recipe, same folders
+    err = capsys.readouterr().err
+    assert "holds a run with other values" in err and "another --variant" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_variant_is_its_own_row(rb, tmp_path) -> None:
+    argv = ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), *ARGS, "--settings", "fede"]
+    assert rb.main([*argv, "--seeds", "0", "--set", "learning-rate=0.02", "--variant", "fast2"]) == 0
+    folder = tmp_path / "out" / "Nations" / "TransE-fast2" / "fede" / "seed0"
+    run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    assert (run["model"], run["variant"], run["config"]["learning-rate"]) == ("TransE", "fast2", 0.02)
+    assert "--variant fast2" in run["single_run_command"]
+    assert not (tmp_path / "out" / "Nations" / "TransE").exists()
+
+
 def test_an_interrupted_run_resumes_after_its_last_round(rb, grid, tmp_path, monkeypatch) -> None:
     from server.checkpoint import FolderCheckpoint
 
@@ -165,6 +184,7 @@ def test_a_work_folder_of_other_values_is_refused(rb, tmp_path, capsys) -> None:
     [
         (["--set", "seed=3"], "conflicts with --seeds"),
         (["--preset", "no-such-{model}"], "unknown preset 'no-such-transe'"),
+        (["--variant", "Recip/1"], "--variant must be lower-case letters and digits"),
     ],
 )
 def test_bad_options_stop_before_any_run(rb, tmp_path, capsys, extra, message) -> None:

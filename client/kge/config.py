@@ -11,18 +11,7 @@ epochs of batch 512 at Adam lr 1e-3, 256 filtered negatives per positive, self-a
 negative sampling loss with temperature 1.0 and margin (gamma) 10), in the shared-negatives
 regime, with validation every round and a stop after 3 checks without a better MRR.
 
-Presets (:data:`PRESETS`, ``--preset NAME`` on the commands, applied before ``--set``):
-
-``small-graph``
-    1 local epoch of batches of 128 at lr 1e-2, chosen on VALID MRR on UMLS
-    (``scripts/tune_kge.py``, ``results/tune/umls-sharednegatives.json``): the README's quick
-    start. Not the default: on FB15k-237-Fed3 the same schedule stalls at valid MRR 0.21
-    (``results/tta/transe-small-graph-schedule.json``) where FedE's reaches 0.38.
-``fede-paper``
-    FedE's public code exactly: the sLCWA loop, validation every 5 rounds, patience 15.
-``fb15k237-<model>``
-    the FB15k-237 recipe of a model, chosen on VALID MRR by the FedE searches on FB15k-237-Fed3
-    that :data:`PRESET_EVIDENCE` names (``docs/how-to/tune-recipes.md``).
+Named presets of these keys (``--preset NAME``): :mod:`client.kge.presets`.
 """
 
 from __future__ import annotations
@@ -45,13 +34,10 @@ __all__ = [
     "KNOWN_NON_KGE_KEYS",
     "LOSSES",
     "PAPER_MODELS",
-    "PRESETS",
-    "PRESET_EVIDENCE",
     "ConfigError",
     "KGEConfig",
     "add_set_option",
     "parse_set_options",
-    "preset",
     "to_kebab",
     "to_snake",
 ]
@@ -78,89 +64,6 @@ LOSSES: tuple[str, ...] = (
 KNOWN_NON_KGE_KEYS: frozenset[str] = frozenset(
     key.name for key in (*OTHER_KEYS, *FEDERATION_KEYS, *REFINEMENT_REGISTRY_KEYS)
 )
-
-
-#: Named sets of run-config values (kebab-case), applied before ``--set`` overrides (see the
-#: module docstring for where each was measured).
-PRESETS: Mapping[str, Mapping[str, Any]] = {
-    "small-graph": {"local-epochs": 1, "batch-size": 128, "learning-rate": 1e-2},
-    "fede-paper": {
-        "training-loop": "slcwa",
-        "local-epochs": 3,
-        "batch-size": 512,
-        "learning-rate": 1e-3,
-        "eval-every": 5,
-        "patience": 15,
-    },
-    # The FB15k-237 recipes (issue 32): each is the best COMPLETE trial on VALID MRR of the FedE
-    # searches PRESET_EVIDENCE names (their fixed keys, then the trial's values);
-    # tests/test_presets.py recomputes that choice from the committed JSON. How a run stops is not
-    # part of a recipe (the searches used stopping = overall; the baseline runs add per-party).
-    "fb15k237-distmult": {
-        "model": "DistMult",
-        "eval-every": 1,
-        "patience": 3,
-        "regularizer": "none",
-        "loss": "crossentropy",
-        "learning-rate": 0.0010488543700951285,
-        "embedding-dim": 256,
-        "num-negs-per-pos": 64,
-        "local-epochs": 2,
-    },
-    # DistMult's recipe, enqueued as trial 2 of the ComplEx search (--enqueue), is that search's best.
-    "fb15k237-complex": {
-        "eval-every": 1,
-        "model": "ComplEx",
-        "patience": 3,
-        "regularizer-p": 3,
-        "loss": "crossentropy",
-        "learning-rate": 0.0010488543700951285,
-        "embedding-dim": 256,
-        "num-negs-per-pos": 64,
-        "local-epochs": 2,
-        "regularizer": "none",
-        "regularizer-weight": 0.001,
-    },
-    # One complete trial so far, stopped by the search's 30-round budget with valid MRR still rising
-    # (0.3165 at round 30); the baseline runs give it 300 rounds and per-party stopping.
-    "fb15k237-rotate": {
-        "eval-every": 1,
-        "patience": 3,
-        "model": "RotatE",
-        "regularizer": "none",
-        "loss": "crossentropy",
-        "learning-rate": 0.002483457822302989,
-        "embedding-dim": 128,
-        "num-negs-per-pos": 64,
-        "local-epochs": 3,
-        "margin": 6,
-        "adversarial-temperature": 1.0,
-    },
-}
-
-#: The searches (``scripts/tune_kge.py --optuna`` JSON, FB15k-237-Fed3, FedE, valid MRR only) each
-#: per-model preset is chosen from: the best COMPLETE trial over all of them (ties: the earlier
-#: file, then the earlier trial).
-PRESET_EVIDENCE: Mapping[str, tuple[str, ...]] = {
-    "fb15k237-distmult": (
-        "results/tune/fed3-distmult-optuna-first-space.json",
-        "results/tune/fed3-distmult-optuna.json",
-    ),
-    "fb15k237-rotate": ("results/tune/fed3-rotate-optuna.json",),
-    "fb15k237-complex": ("results/tune/fed3-complex-optuna.json",),
-}
-
-
-def preset(name: str | None) -> dict[str, Any]:
-    """The run-config values of preset ``name`` (``None``: none).
-
-    :raises ConfigError: for an unknown name, listing the presets.
-    """
-    if name is None:
-        return {}
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
-    return dict(PRESETS[name])
 
 
 def to_kebab(name: str) -> str:
