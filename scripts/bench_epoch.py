@@ -264,7 +264,7 @@ def _stock_lcwa(model: Model, factory: CoreTriplesFactory, config: KGEConfig, fi
 
 
 #: PyKEEN's stock loop for each of this project's training regimes (``training-loop``, normalized as
-#: :data:`client.kge.training.training_regime_resolver` does). A new regime adds its counterpart here
+#: :data:`client.kge.regimes.training_regime_resolver` does). A new regime adds its counterpart here
 #: and its unavoidable differences to :data:`DIFFERENCES`.
 PYKEEN_COUNTERPARTS: dict[str, Callable[[Model, CoreTriplesFactory, KGEConfig, str], TrainingLoop]] = {
     "slcwa": _stock_slcwa,
@@ -321,7 +321,7 @@ DIFFERENCES: dict[str, tuple[str, ...]] = {
 
 
 def _regime_name(config: KGEConfig) -> str:
-    from client.kge.training import training_regime_resolver
+    from client.kge.regimes import training_regime_resolver
 
     return training_regime_resolver.normalize(config.training_loop)
 

@@ -18,7 +18,8 @@ from pykeen.models import model_resolver
 from client.kge.candidate_scoring import has_fast_path, score_heads, score_tails
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.models import nssa_margin, seeded
-from client.kge.training import LocalTrainer, training_regime_resolver
+from client.kge.regimes import training_regime_resolver
+from client.kge.training import LocalTrainer
 
 MODELS = ["TransE", "RotatE", "DistMult", "ComplEx"]
 

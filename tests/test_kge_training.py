@@ -21,13 +21,8 @@ from client.kge.models import (
     nssa_margin,
     seeded,
 )
-from client.kge.training import (
-    EmbeddingShapeError,
-    LocalTrainer,
-    PrivateStateError,
-    negative_sampler_kwargs,
-    training_regime_resolver,
-)
+from client.kge.regimes import negative_sampler_kwargs, training_regime_resolver
+from client.kge.training import EmbeddingShapeError, LocalTrainer, PrivateStateError
 
 MODELS = ["TransE", "RotatE", "DistMult", "ComplEx"]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import client.kge.regimes as regimes
 import client.kge.training as training
 from client.kge.config import KGEConfig
 from client.kge.models import entity_embedding
@@ -34,7 +35,7 @@ def test_same_training_as_dense_gradients_and_the_default_adam(nations, monkeypa
     assert weight.sparse and trainer.loop.optimizer.defaults.get("fused") is True
 
     monkeypatch.setattr(training, "sum_entity_gradients_sparsely", lambda model: None)
-    monkeypatch.setattr(training, "FUSED_OPTIMIZERS", frozenset())
+    monkeypatch.setattr(regimes, "FUSED_OPTIMIZERS", frozenset())
     dense_losses, dense_rows, dense = _trained(nations, config, epochs=3)
     assert not entity_embedding(dense.model)._embeddings.sparse and not dense.loop.optimizer.defaults.get("fused")
 

@@ -90,7 +90,7 @@ class KGEConfig:
     :param learning_rate: the optimizer's learning rate (FedE: 1e-3).
     :param lr_decay: exponential learning-rate decay per local epoch, per party: the party's epoch ``e``
         (0-based, counting every epoch the party has trained, across rounds and resumes) trains at
-        ``learning_rate * lr_decay ** e`` (:func:`client.kge.training.scheduled_learning_rate`), in both training
+        ``learning_rate * lr_decay ** e`` (:func:`client.kge.regimes.scheduled_learning_rate`), in both training
         loops and whether or not ``keep_optimizer_state`` keeps the optimizer. In ``(0, 1]``; 1 (the default) is
         a constant learning rate (the optimizer is then never touched).
     :param optimizer: a torch optimizer name resolved by ``class_resolver``'s optimizer resolver.
@@ -157,7 +157,7 @@ class KGEConfig:
         inverse-triples factory: forward and inverse triples, each corrupted as ``corruption-scheme`` says
         (``tail`` then trains both directions, as PyKEEN's pipeline with inverse triples does).
     :param training_loop: the local training regime, a key of
-        :data:`client.kge.training.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
+        :data:`client.kge.regimes.training_regime_resolver`: ``slcwa`` (PyKEEN's sLCWA loop,
         FedE's regime) or ``sharednegatives`` (the default; sLCWA whose ``num_negs_per_pos`` negatives,
         split over the corrupted sides, are shared by the whole batch and scored as a distance
         matrix / matrix product: ~7-10x cheaper per epoch on CPU; heads/tails only, ``basic``

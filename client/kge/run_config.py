@@ -26,9 +26,9 @@ from pykeen.sampling.filtering import filterer_resolver
 from client.kge.config import KGE_KEYS, KGEConfig
 from client.kge.models import MODEL_DEFAULT, NONE
 from client.kge.refinement_config import REFINEMENT_REGISTRY_KEYS, RefinementConfig
+from client.kge.regimes import training_regime_resolver
 from client.kge.registry import OTHER_KEYS, ConfigError, Key
 from client.kge.settings import FEDERATION_KEYS, FederationSettings, SettingsError
-from client.kge.training import training_regime_resolver
 from simskip_core.errors import shown
 
 __all__ = [
