@@ -822,16 +822,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_client(args: argparse.Namespace) -> Any:
+    """Party ``--client`` of ``--data``.
+
+    :raises kg_datasets.errors.KGDataError: for data that does not load, or no such party (naming both).
+    """
+    from kg_datasets import load_federated
+    from kg_datasets.errors import KGDataError
+
+    kg = load_federated(args.data, num_clients=args.num_clients)
+    if not 0 <= args.client < len(kg.clients):
+        raise KGDataError(
+            f"--client {args.client}: {args.data} has {len(kg.clients)} parties (0 to {len(kg.clients) - 1})"
+        )
+    return kg.clients[args.client]
+
+
 def _plain(args: argparse.Namespace, config: KGEConfig) -> dict[str, Any]:
     """One trainer, ``--epochs`` timed ``train(1)`` calls (the script's original measurement)."""
     import torch
 
     from client.kge.training import LocalTrainer
-    from kg_datasets import load_federated
 
     started = time.perf_counter()
-    kg = load_federated(args.data, num_clients=args.num_clients)
-    client = kg.clients[args.client]
+    client = _load_client(args)
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -873,7 +887,6 @@ def _against_pykeen(
 
     from client.kge.run_folder import emit_json
     from client.kge.training import resolve_device
-    from kg_datasets import load_federated
 
     header: dict[str, Any] = {
         "mode": "against-pykeen",
@@ -884,8 +897,7 @@ def _against_pykeen(
         "load_average_start": list(os.getloadavg()),
     }
     started = time.perf_counter()
-    kg = load_federated(args.data, num_clients=args.num_clients)
-    client = kg.clients[args.client]
+    client = _load_client(args)
     header |= {
         "data": str(args.data),
         "client": args.client,
@@ -972,10 +984,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.against_pykeen:
-        report = _against_pykeen(args, recipes, shlex.join(["python", "scripts/bench_epoch.py", *argv]), args.out)
-    else:
-        report = _plain(args, base)
+    from kg_datasets.errors import KGDataError
+
+    try:
+        if args.against_pykeen:
+            report = _against_pykeen(args, recipes, shlex.join(["python", "scripts/bench_epoch.py", *argv]), args.out)
+        else:
+            report = _plain(args, base)
+    except KGDataError as error:  # the data given (unreadable, no --num-clients for one graph, no such --client)
+        parser.error(str(error))
     emit_json(report, args.out)
     if args.out is not None:
         shown = {key: report[key] for key in ("ratios", "time_to_pykeen_valid_ratios") if key in report}

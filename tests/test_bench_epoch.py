@@ -239,6 +239,19 @@ def test_bad_arguments_end_before_any_work(bench: ModuleType, extra: list[str], 
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "Nations", "--client", "0"], "needs num_clients"),
+        (["--data", "Nations", "--num-clients", "2", "--client", "2"], "--client 2: Nations has 2 parties (0 to 1)"),
+    ],
+)
+def test_data_that_does_not_give_the_party_is_named(bench: ModuleType, args: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*args, "--epochs", "1"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_unknown_regime_is_named(bench: ModuleType) -> None:
     from client.kge.config import ConfigError, KGEConfig
 
