@@ -71,8 +71,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from client.kge.centralized import ENDED_BY_BUDGET
 from client.kge.config import PAPER_MODELS, ConfigError, add_set_option, parse_set_options
+from client.kge.in_process_rounds import ENDED_BY_BUDGET
 from client.kge.presets import preset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -238,7 +238,7 @@ def metrics_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 class RecordingCheckpoint:
-    """The run's :class:`client.kge.centralized.RoundCheckpoint`: ``inner`` (the grid runner's
+    """The run's :class:`client.kge.in_process_rounds.RoundCheckpoint`: ``inner`` (the grid runner's
     :class:`server.checkpoint.FolderCheckpoint`) keeps the state; after each save the history it
     holds is written to ``metrics.jsonl`` (atomically, the whole file: a line killed mid-write is
     written again after the next round), and the last state is kept for the stop reason.

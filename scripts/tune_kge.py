@@ -353,8 +353,9 @@ def run_search(
     """
     import optuna
 
-    from client.kge.centralized import ENDED_BY_BUDGET, run_fede_in_process
+    from client.kge.centralized import run_fede_in_process
     from client.kge.config import KGEConfig
+    from client.kge.in_process_rounds import ENDED_BY_BUDGET
 
     tested: dict[int, dict[str, Any]] = {}
 

@@ -364,7 +364,7 @@ def remove_checkpoint(run_dir: str | Path) -> None:
 # ----------------------------------------------------------------------------- in-process runs
 @dataclasses.dataclass
 class FolderCheckpoint:
-    """The checkpoint of an in-process run (:class:`client.kge.centralized.RoundCheckpoint`) in
+    """The checkpoint of an in-process run (:class:`client.kge.in_process_rounds.RoundCheckpoint`) in
     ``<run_dir>/checkpoint/``: the same files, checks and errors as the Flower server's.
 
     :param run_dir: the run folder.

@@ -502,7 +502,7 @@ class FedEStrategy(FedAvg):
         ``parties`` (client id -> ``best_round``, ``best_valid_mrr``, ``stopped_round``,
         ``best_valid``), as the in-process runners record it (``docs/concepts/stopping.md``)."""
         # their words, written once; heavy (torch, pykeen), loaded by the run long before this
-        from client.kge.centralized import ENDED_BY_BUDGET, ENDED_BY_RULE
+        from client.kge.in_process_rounds import ENDED_BY_BUDGET, ENDED_BY_RULE
 
         loop = self.loop
         record: dict[str, Any] = {

@@ -198,7 +198,7 @@ def test_collection_runs_per_client_and_writes_embeddings(kinships, tmp_path) ->
 
 def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
     """The round schedule with scripted validation MRRs: the test sees the best round's weights."""
-    from client.kge.centralized import _run_rounds
+    from client.kge.in_process_rounds import run_rounds
 
     valid_mrr = {2: 0.30, 4: 0.50, 6: 0.45, 8: 0.40, 10: 0.90}
     weights = {"round": 0}
@@ -212,7 +212,7 @@ def test_schedule_stops_early_and_tests_the_best_rounds_weights() -> None:
         return [{"mrr": mrr, "num_triples": 10}]
 
     config = KGEConfig(eval_every=2, patience=2)
-    result = _run_rounds(
+    result = run_rounds(
         setting="isolation",
         config=config,
         rounds=20,

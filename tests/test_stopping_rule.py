@@ -17,18 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client.kge.centralized import (
-    ENDED_BY_BUDGET,
-    ENDED_BY_RULE,
-    PartyState,
-    _run_rounds,
-    run_collection,
-    run_fede_in_process,
-    run_isolation,
-)
+from client.kge.centralized import run_collection, run_fede_in_process, run_isolation
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.early_stopping import PartyStopping
 from client.kge.evaluation import weighted_overall
+from client.kge.in_process_rounds import ENDED_BY_BUDGET, ENDED_BY_RULE, PartyState, run_rounds
 from client.kge.training import ENTITY_KEY, LocalTrainer
 
 # --- the tracker (pure) --------------------------------------------------------------------------
@@ -81,7 +74,7 @@ SIZES = {"0": 10, "1": 30}
 
 
 class _MemoryCheckpoint:
-    """A :class:`client.kge.centralized.RoundCheckpoint` in memory (copies of what was saved)."""
+    """A :class:`client.kge.in_process_rounds.RoundCheckpoint` in memory (copies of what was saved)."""
 
     def __init__(self) -> None:
         self.saved: tuple[int, dict[str, np.ndarray], dict[str, Any]] | None = None
@@ -118,7 +111,7 @@ def _scripted(stopping: str, rounds: int, checkpoint=None, progress=None) -> dic
         snapshot=lambda index: {"round": np.array(state[str(index)])},
         restore=lambda index, arrays: state.update({str(index): int(arrays["round"])}),
     )
-    return _run_rounds(
+    return run_rounds(
         setting="fede",
         config=KGEConfig(eval_every=1, patience=2, stopping=stopping),
         rounds=rounds,
