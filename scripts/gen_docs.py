@@ -550,6 +550,67 @@ def downstream_bench_block() -> str:
     )
 
 
+def downstream_time_block() -> str:
+    """``results/downstream-speed/time-breakdown.json`` (``scripts/downstream_time.py``): where the grid's Fed3
+    cells spent the SimSkip phase and the downstream protocols, from their own records."""
+    path = RESULTS / "downstream-speed" / "time-breakdown.json"
+    data = _read(path)
+    head = data["headline"]
+    cells = head["fed3_main_cells"]
+    protocols = sorted({label for cell in cells.values() for label in cell["protocol_seconds"]}, key=_protocol_order)
+    rows = []
+    for name, cell in sorted(cells.items()):
+        rows.append(
+            [
+                name.split("/", 1)[1],
+                f"{cell['simskip_seconds']:.0f}",
+                *(f"{cell['protocol_seconds'].get(label, 0):.0f}" for label in protocols),
+                f"{cell['simskip_plus_downstream_seconds'] / 60:.1f}",
+                f"{cell['speedup_needed']:.1f}x",
+            ]
+        )
+    flags = head["fed3_main_flags"]
+    repeats, unchosen = flags["test_repeats_as_trained"], flags["candidates_trained_not_chosen"]
+    kept = flags["chosen_rank_under_as_trained"]
+    total = head["fed3_main_total"]
+    return "\n".join(
+        [
+            (
+                f"`{_rel(path)}` (`{data['command']}`), from the grid cells' own records; nothing was timed anew."
+                f" Seconds per Fed3 cell (all three parties, 3 downstream seeds); median cell"
+                f" {total['median_cell_simskip_plus_downstream_seconds'] / 60:.1f} min, target"
+                f" {head['target_seconds_per_cell'] / 60:.0f} min."
+            ),
+            "",
+            *table(
+                ["model", "SimSkip phase", *(code(label) for label in protocols), "total (min)", "speed-up needed"],
+                rows,
+                "l" + "r" * (len(protocols) + 3),
+            ),
+            "",
+            (
+                f"- Candidates trained and valid-checked but never chosen: {unchosen['runs']} runs,"
+                f" {unchosen['seconds']:.0f} s over the four cells."
+            ),
+            (
+                f"- Test rankings of a trained protocol whose best epoch was 0 (the as-trained model again):"
+                f" {repeats['count']}, bit-identical to the as-trained ranking in {repeats['bit_identical']},"
+                f" {repeats['seconds']:.0f} s."
+            ),
+            (
+                f"- The candidate a trained protocol finally chose was the as-trained valid favourite in"
+                f" {kept['kept_by_top_m']['1']} of {kept['choices']} choices (in the top 2: {kept['kept_by_top_m']['2']})."
+            ),
+        ]
+    )
+
+
+def _protocol_order(label: str) -> tuple[int, str]:
+    order = ("as-trained", "relation-refit", "adapter", "finetune")
+    base = label.split(":", 1)[0]
+    return (order.index(base) if base in order else len(order), label)
+
+
 def _row_names(data: dict) -> str:
     for entry in data.get("protocols", {}).values():
         for client in entry.get("clients", {}).values():
@@ -1038,6 +1099,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "epoch-pykeen": epoch_pykeen_block,
         "bench-eval": bench_eval_block,
         "downstream": downstream_bench_block,
+        "downstream-time": downstream_time_block,
     },
     "docs/results/poisoning.md": {"poisoning": poisoning_block},
     "docs/how-to/differential-privacy.md": {"dp-epsilon": dp_epsilon_block},
