@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from client.kge.comparison import SkipStrengthError, evaluate_client_rows, rr_key, skip_strength_rows
 from client.kge.config import KGEConfig
@@ -264,6 +265,129 @@ def test_comparison_tests_only_after_every_choice_and_perturbs_by_the_refined_di
     # all protocol runs of a label precede its tests: no test score can reach a choice
     blocks = "".join("r" if e == "run" else "t" for e in events)
     assert blocks.count("tr") == 1, blocks  # runs, tests (label 1), runs, tests (label 2)
+
+
+def _without_seconds(value):
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    return value
+
+
+def test_runs_that_kept_the_as_trained_model_reuse_its_test_ranking_bit_for_bit(client, trained, monkeypatch) -> None:
+    """A trained protocol's run whose best state is its start (trained relations, best epoch 0) is the
+    as-trained model of the same rows: the comparison reuses that ranking, and the record is the one a
+    fresh ranking gives, bit for bit."""
+    from client.kge import comparison
+
+    config, rows, relations = trained
+    config = config.replace(learning_rate=1.0)  # one downstream epoch at this rate only hurts: best epoch 0
+    refinement = RefinementConfig.from_run_config(
+        {
+            "downstream-protocols": "as-trained,relation-refit,adapter,finetune",
+            "downstream-seeds": 2,
+            "refit-epochs": 1,
+            "simskip-gate-grid": "0,1",
+            "simskip-search": "lr=1e-3",
+        }
+    )
+    rng = np.random.default_rng(1)
+    refined = {
+        name: (rows + 0.3 * rng.standard_normal(rows.shape)).astype(np.float32) for name in refinement.variants()
+    }
+    calls = {"test": 0}
+    original_test = ProtocolRun.test
+
+    def counted(self, *args, **kwargs):
+        calls["test"] += 1
+        return original_test(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProtocolRun, "test", counted)
+    reused, reused_ranks = evaluate_client_rows(client, config, rows, refined, refinement, relation_state=relations)
+    with_reuse = calls["test"]
+    monkeypatch.setattr(comparison, "_test_or_reuse", lambda result, key, cache: result.test())
+    calls["test"] = 0
+    ranked, ranked_ranks = evaluate_client_rows(client, config, rows, refined, refinement, relation_state=relations)
+    assert _without_seconds(reused) == _without_seconds(ranked)
+    assert reused_ranks.keys() == ranked_ranks.keys()
+    for key, values in ranked_ranks.items():
+        np.testing.assert_array_equal(reused_ranks[key], values, err_msg=key)
+    kept_start = sum(
+        run["best_epoch"] == 0 and run["init"] == "trained"
+        for label, entry in ranked["protocols"].items()
+        if label != "as-trained"
+        for per_row in entry["seeds"].values()
+        for run in per_row.values()
+    )
+    assert kept_start > 0, "no run kept its start: the test exercises nothing"
+    # at least every such unrefined run reuses the as-trained ranking of the same rows
+    unrefined_kept = sum(
+        entry["seeds"][seed]["unrefined"]["best_epoch"] == 0
+        for label, entry in ranked["protocols"].items()
+        if label != "as-trained"
+        for seed in entry["seeds"]
+    )
+    assert calls["test"] - with_reuse >= unrefined_kept > 0
+
+
+def test_reuse_needs_the_trained_start_and_best_epoch_zero(monkeypatch) -> None:
+    from client.kge import comparison
+
+    tested: list[str] = []
+
+    def fake_test(self, *args, **kwargs):
+        tested.append(self.label)
+        self.trainer = None
+        return {"standard": {"mrr": len(tested)}}, {"standard": np.array([float(len(tested))])}
+
+    monkeypatch.setattr(ProtocolRun, "test", fake_test)
+    cache: dict = {}
+
+    def make(label: str, best: int, init: str) -> ProtocolRun:
+        return ProtocolRun(label, 0.5, [0.5], best, 1, 0.0, init, trainer=object())
+
+    first = comparison._test_or_reuse(make("as-trained", 0, "trained"), b"rows", cache)
+    again = comparison._test_or_reuse(run := make("adapter", 0, "trained"), b"rows", cache)
+    assert again[0] == first[0] and tested == ["as-trained"] and run.trainer is None
+    again[1]["standard"][0] = -1.0  # a copy: the cached ranks are untouched
+    assert cache[b"rows"][1]["standard"][0] == 1.0
+    comparison._test_or_reuse(make("finetune", 1, "trained"), b"rows", cache)  # trained away from the start
+    comparison._test_or_reuse(make("adapter", 0, "fresh"), b"rows", cache)  # fresh relations: another model
+    comparison._test_or_reuse(make("adapter", 0, "trained"), b"other rows", cache)
+    assert tested == ["as-trained", "finetune", "adapter", "adapter"]
+
+
+def test_the_adapter_computes_the_whole_table_once_per_map(client, trained) -> None:
+    """Ranking asks for every entity's adapted row once per batch; the table is computed once until the
+    map changes, and ranks exactly as the per-batch product does."""
+    from client.kge.models import entity_embedding
+    from client.kge.protocols import _AdaptedRows
+
+    config, rows, relations = trained
+    run = run_protocol(
+        "adapter", client, config, rows, relation_state=relations, budget=DownstreamBudget(max_epochs=1, patience=1)
+    )
+    trainer = run.trainer
+    adapted = entity_embedding(trainer.model)._embeddings
+    assert isinstance(adapted, _AdaptedRows)
+    with torch.no_grad():
+        adapted.map.add_(0.01 * torch.randn_like(adapted.map))  # not the identity: a real map
+    evaluate = lambda: evaluate_client_protocols(  # noqa: E731
+        trainer.model, client, split="test", protocols=("standard", "fede"), batch_size=16
+    )
+    cached = evaluate()
+    table = adapted._table[1]
+    assert evaluate() == cached and adapted._table[1] is table  # reused: the map did not change
+    every = torch.arange(rows.shape[0])
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(every), adapted.rows @ adapted.map, rtol=0, atol=0)
+        adapted.map.mul_(1.0)  # an in-place step (same values): the version moves, the table is recomputed
+        assert adapted(every) is not table
+    original = _AdaptedRows._all_entities
+    try:
+        _AdaptedRows._all_entities = lambda self, indices: False  # the per-batch product, every batch
+        assert evaluate() == cached
+    finally:
+        _AdaptedRows._all_entities = original
 
 
 def test_perturbed_rows_match_the_displacement_row_by_row() -> None:

@@ -17,7 +17,8 @@ For each protocol label (:func:`client.kge.protocols.protocol_labels`) and each 
 
 Only then is the test split ranked, once per (seed, row): metrics under both evaluation
 protocols and each test triple's reciprocal rank (for the paired bootstrap of
-:mod:`client.kge.significance`). Nothing tested feeds a choice.
+:mod:`client.kge.significance`). Nothing tested feeds a choice. A run that kept the as-trained
+model (best epoch 0, trained relations) reuses that model's ranking of the same rows.
 """
 
 from __future__ import annotations
@@ -136,15 +137,23 @@ def evaluate_client_rows(
     candidates = refinement.candidates()
     # valid score of (rows, the trained relations), shared by every protocol that starts there
     start_scores: dict[bytes, float] = {}
+    # ... and its test ranking, shared by every run that kept that starting state (best epoch 0)
+    start_tests: dict[bytes, tuple[dict, dict]] = {}
     for label in labels:
         protocol = DOWNSTREAM_PROTOCOLS[label.partition(":")[0]]
         if relation_state is None and (protocol.needs_trained_relations or label == "relation-refit:trained"):
             record["skipped"][label] = "the client has no trained relations that fit its model"
             continue
         started = time.perf_counter()
+        row_keys: dict[int, bytes] = {}  # id of each of this label's runs (all alive until its test) -> its rows
 
         def run(
-            these: np.ndarray, seed: int, what: str, _label: str = label, _trains: bool = protocol.trains
+            these: np.ndarray,
+            seed: int,
+            what: str,
+            _label: str = label,
+            _trains: bool = protocol.trains,
+            _keys: dict[int, bytes] = row_keys,
         ) -> ProtocolRun:
             key = hashlib.sha1(these.tobytes()).digest()
             result = run_protocol(
@@ -159,6 +168,7 @@ def evaluate_client_rows(
             )
             if result.init == "trained":
                 start_scores.setdefault(key, result.curve[0])
+            _keys[id(result)] = key
             if _trains:  # minutes per run on large graphs: say so as each one ends
                 say(
                     f"client {name}: {_label} seed {seed} {what}: valid MRR {result.valid:.4f} after "
@@ -206,7 +216,7 @@ def evaluate_client_rows(
                 if result.trainer is None and id(result) in tested:  # the shared as-trained unrefined run
                     metrics, rr = tested[id(result)]
                 else:
-                    metrics, rr = result.test()
+                    metrics, rr = _test_or_reuse(result, row_keys[id(result)], start_tests)
                     tested[id(result)] = (metrics, rr)
                 summary["test"] = metrics
                 summary["displacement"] = 0.0 if row == "unrefined" else displacement[seed][row]
@@ -233,6 +243,27 @@ def evaluate_client_rows(
             "seconds": round(time.perf_counter() - started, 3),
         }
     return record, ranks
+
+
+def _test_or_reuse(
+    result: ProtocolRun, key: bytes, start_tests: dict[bytes, tuple[dict, dict]]
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """``result``'s test ranking, or the one already made of the same model.
+
+    A run that starts from the trained relations and kept its starting state (best epoch 0) holds the
+    very model ``as-trained`` ranks for the same rows (the premise :func:`~client.kge.protocols.run_protocol`'s
+    ``start_valid`` already rests on: the adapter's identity map reproduces the rows exactly), so its test
+    ranking is that one, bit for bit: ranked once per rows (``key``), then reused (copies).
+    """
+    at_start = result.init == "trained" and result.best_epoch == 0
+    if at_start and key in start_tests:
+        result.trainer = None  # released, as a test releases it
+        metrics, rr = start_tests[key]
+        return {name: dict(values) for name, values in metrics.items()}, {name: r.copy() for name, r in rr.items()}
+    metrics, rr = result.test()
+    if at_start:
+        start_tests[key] = (metrics, rr)
+    return metrics, rr
 
 
 def _perturb_seed(seed: int, client: Any) -> int:

@@ -202,6 +202,9 @@ class _AdaptedRows(nn.Module):
         super().__init__()
         self.rows = rows  # the frozen table (same Parameter object the trainer tracks)
         self.map = nn.Parameter(torch.eye(rows.shape[1], dtype=rows.dtype, device=rows.device))
+        # the whole adapted table of the last no-grad lookup of every entity, and the versions of
+        # rows and map it was computed from (an optimizer step or a restored state bumps them)
+        self._table: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -209,7 +212,22 @@ class _AdaptedRows(nn.Module):
         return self.rows @ self.map
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self._table = None  # training: the map is about to change
+        elif self._all_entities(indices):
+            # ranking asks for every entity once per batch: the same product each time until the
+            # map changes, so it is computed once (the same op on the same operands: the same bits)
+            versions = (self.rows._version, self.map._version)
+            if self._table is None or self._table[0] != versions:
+                self._table = (versions, self.rows[indices] @ self.map)
+            return self._table[1]
         return self.rows[indices] @ self.map
+
+    def _all_entities(self, indices: torch.Tensor) -> bool:
+        count = self.rows.shape[0]
+        if indices.ndim != 1 or indices.shape[0] != count:
+            return False
+        return bool(torch.equal(indices, torch.arange(count, device=indices.device, dtype=indices.dtype)))
 
 
 def _attach_adapter(trainer: LocalTrainer) -> None:
