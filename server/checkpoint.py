@@ -79,15 +79,16 @@ FORMAT_VERSION = 1
 #: instead of refusing the key as changed. ``simskip-structure-mix`` only acts where
 #: ``simskip-augmentations`` names ``row_view``, which no run before the key could name; every run
 #: before ``loss`` trained with ``nssa``. The privacy keys (issue 34), ``regularize-entities``, the dropout keys,
-#: ``reciprocal-relations`` and ``lr-decay`` were added with defaults that are the behaviour before them (no DP, no
-#: SecAgg, relation-only regularization, no dropout, one row per relation, a constant learning rate), so a checkpoint
-#: that lacks them ran with their defaults.
+#: ``reciprocal-relations``, ``lr-decay`` and ``downstream-top-candidates`` were added with defaults that are the
+#: behaviour before them (no DP, no SecAgg, relation-only regularization, no dropout, one row per relation, a constant
+#: learning rate, every candidate trained), so a checkpoint that lacks them ran with their defaults.
 _ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = (
     "regularize-entities",
     "entity-dropout",
     "relation-dropout",
     "reciprocal-relations",
     "lr-decay",
+    "downstream-top-candidates",
     "secure-aggregation",
     "secagg-clipping-range",
     "dp",

@@ -329,6 +329,97 @@ def test_runs_that_kept_the_as_trained_model_reuse_its_test_ranking_bit_for_bit(
     assert calls["test"] - with_reuse >= unrefined_kept > 0
 
 
+@pytest.mark.parametrize("first", ["as-trained", "relation-refit"])
+def test_top_candidates_train_only_the_best_starts(client, trained, monkeypatch, first) -> None:
+    """downstream-top-candidates = 2 of 4: each trained protocol trains only the two candidates whose rows
+    score best on valid at their start (as-trained's score), whether or not as-trained ran first; the
+    choice is among those, and the others are recorded with their start scores."""
+    from client.kge import comparison
+
+    config, rows, relations = trained
+    protocols = "as-trained,relation-refit" if first == "as-trained" else "relation-refit"
+    refinement = RefinementConfig.from_run_config(
+        {
+            "downstream-protocols": protocols,
+            "downstream-seeds": 2,
+            "refit-epochs": 1,
+            "simskip-gate-grid": "0,0.5,1",
+            "simskip-search": "lr=1e-3;lr=1e-2",
+            "downstream-top-candidates": 2,
+        }
+    )
+    rng = np.random.default_rng(2)
+    refined = {
+        name: (rows + s * rng.standard_normal(rows.shape)).astype(np.float32)
+        for s, name in zip((0.05, 0.3, 0.6, 1.0), refinement.variants())
+    }
+    trained_rows: list[bytes] = []
+    original = comparison.run_protocol
+
+    def spy(label, graph, cfg, these, **kwargs):
+        if label == "relation-refit:trained":
+            trained_rows.append(these.tobytes())
+        return original(label, graph, cfg, these, **kwargs)
+
+    monkeypatch.setattr(comparison, "run_protocol", spy)
+    record, _ = evaluate_client_rows(client, config, rows, refined, refinement, relation_state=relations)
+    selection = record["protocols"]["relation-refit:trained"]["selection"]
+    kept = [(c["setting"], c["alpha"]) for c in selection["candidates"]]
+    pruned = {(c["setting"], c["alpha"]): c["start_valid"] for c in selection["pruned"]}
+    assert len(kept) == 2 and len(pruned) == 2 and not set(kept) & set(pruned)
+    # the start scores, recomputed: as-trained's valid score of each candidate's rows
+    main = refinement.main_variant
+
+    def start(setting: int, alpha: float, seed: int) -> float:
+        these = skip_strength_rows(rows, refined[refinement.variant_name(main, setting, seed)], alpha)
+        return run_protocol(
+            "as-trained", client, config, these, relation_state=relations, budget=DownstreamBudget()
+        ).valid
+
+    starts = {c: float(np.mean([start(*c, seed) for seed in (0, 1)])) for c in refinement.candidates()}
+    assert min(starts[c] for c in kept) >= max(starts[c] for c in pruned)
+    for c, values in pruned.items():
+        assert values == [start(*c, seed) for seed in (0, 1)]
+    chosen = (selection["chosen"]["setting"], selection["chosen"]["alpha"])
+    assert chosen in kept
+    # only the unrefined rows, the kept candidates and the perturbed rows were trained: 2 seeds x (1 + 2 + 1)
+    assert len(trained_rows) == 2 * (1 + 2 + 1)
+    if first == "as-trained":  # the as-trained label is not pruned: it trains nothing
+        assert "pruned" not in record["protocols"]["as-trained"]["selection"]
+        assert len(record["protocols"]["as-trained"]["selection"]["candidates"]) == 4
+
+
+def test_top_candidates_zero_or_at_least_all_changes_nothing(client, trained) -> None:
+    config, rows, relations = trained
+    base = {
+        "downstream-protocols": "relation-refit",
+        "downstream-seeds": 1,
+        "refit-epochs": 1,
+        "simskip-gate-grid": "0,1",
+        "simskip-search": "lr=1e-3;lr=1e-2",
+    }
+    rng = np.random.default_rng(3)
+    refinement = RefinementConfig.from_run_config(base)
+    refined = {
+        name: (rows + 0.2 * rng.standard_normal(rows.shape)).astype(np.float32) for name in refinement.variants()
+    }
+    records = [
+        _without_seconds(
+            evaluate_client_rows(
+                client,
+                config,
+                rows,
+                refined,
+                RefinementConfig.from_run_config({**base, "downstream-top-candidates": k}),
+                relation_state=relations,
+            )[0]
+        )
+        for k in (0, 2, 5)
+    ]
+    assert records[0] == records[1] == records[2]
+    assert "pruned" not in records[0]["protocols"]["relation-refit:trained"]["selection"]
+
+
 def test_reuse_needs_the_trained_start_and_best_epoch_zero(monkeypatch) -> None:
     from client.kge import comparison
 

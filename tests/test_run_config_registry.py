@@ -86,6 +86,7 @@ LITERAL_MODEL_DEFINING = {
     "refit-init",
     "downstream-seeds",
     "downstream-patience",
+    "downstream-top-candidates",
     "simskip-structure-mix",  # added with the structure view (client/kge/structure_view.py)
     "stopping",  # added with the per-party stopping rule (client/kge/early_stopping.py)
     "dp",  # added with local differential privacy (client/kge/local_dp.py)

@@ -10,6 +10,9 @@ For each protocol label (:func:`client.kge.protocols.protocol_labels`) and each 
    goes through the protocol and is scored on valid. The candidate with the best mean valid
    score over seeds is the ``refined`` row (ties: the earlier setting, then the smaller alpha).
    Whether the unrefined rows score better on valid is recorded too (``valid_prefers_unrefined``).
+   With ``downstream-top-candidates = K > 0``, a trained protocol trains only the ``K`` candidates
+   whose rows score best on valid at their start (with the trained relations: ``as-trained``'s
+   score), mean over seeds; the others are recorded under ``pruned`` with those scores.
 3. ``perturbed``: the control. The unrefined rows moved in random directions by exactly the
    chosen refined rows' per-row displacement (:func:`simskip_core.perturb_like`, seeded by
    seed and client), through the same protocol.
@@ -178,18 +181,47 @@ def evaluate_client_rows(
 
         per_seed: dict[int, dict[str, ProtocolRun]] = {}
         displacement: dict[int, dict[str, float]] = {}
-        scores: dict[tuple[int, float], list[float]] = {c: [] for c in candidates}
+        kept, pruned = candidates, []
+        if (
+            protocol.trains
+            and 0 < refinement.downstream_top_candidates < len(candidates)
+            and relation_state is not None
+        ):
+
+            def start_score(these: np.ndarray, seed: int) -> float:
+                key = hashlib.sha1(these.tobytes()).digest()
+                if key not in start_scores:  # as-trained did not run first: one valid check of these rows
+                    start_scores[key] = run_protocol(
+                        "as-trained",
+                        graph,
+                        config.replace(seed=config.seed + seed),
+                        these,
+                        relation_state=relation_state,
+                        budget=budget,
+                        device=device,
+                    ).valid
+                return start_scores[key]
+
+            kept, pruned = _top_candidates(
+                candidates,
+                refinement.downstream_top_candidates,
+                seeds,
+                lambda seed, setting, alpha: start_score(
+                    skip_strength_rows(rows, refined[refinement.variant_name(main, setting, seed)], alpha), seed
+                ),
+            )
+        scores: dict[tuple[int, float], list[float]] = {c: [] for c in kept}
         candidate_runs: dict[tuple[int, int, float], ProtocolRun] = {}
         for seed in seeds:
             unrefined = per_seed[0]["unrefined"] if (seed and not protocol.trains) else run(rows, seed, "unrefined")
             per_seed[seed] = {"unrefined": unrefined}
-            for setting, alpha in candidates:
+            for setting, alpha in kept:
                 these = skip_strength_rows(rows, refined[refinement.variant_name(main, setting, seed)], alpha)
                 candidate_runs[(seed, setting, alpha)] = result = run(
                     these, seed, f"candidate setting {setting} alpha {alpha:g}"
                 )
                 scores[(setting, alpha)].append(result.valid)
-        chosen = max(candidates, key=lambda c: (float(np.mean(scores[c])), -c[0], -c[1]))
+        chosen = max(kept, key=lambda c: _choice_key(c, scores[c]))
         unrefined_valid = [per_seed[seed]["unrefined"].valid for seed in seeds]
         for seed in seeds:
             setting, alpha = chosen
@@ -234,7 +266,8 @@ def evaluate_client_rows(
         record["protocols"][label] = {
             "seeds": seeds_out,
             "selection": {
-                "candidates": [{"setting": k, "alpha": a, "valid": scores[(k, a)]} for k, a in candidates],
+                "candidates": [{"setting": k, "alpha": a, "valid": scores[(k, a)]} for k, a in kept],
+                **({"pruned": pruned} if pruned else {}),
                 "chosen": {"setting": setting, "alpha": alpha, "overrides": refinement.search_settings()[setting]},
                 "unrefined_valid": unrefined_valid,
                 "valid_prefers_unrefined": float(np.mean(unrefined_valid)) >= float(np.mean(scores[chosen])),
@@ -243,6 +276,27 @@ def evaluate_client_rows(
             "seconds": round(time.perf_counter() - started, 3),
         }
     return record, ranks
+
+
+def _choice_key(candidate: tuple[int, float], valid: Sequence[float]) -> tuple[float, int, float]:
+    """The order candidates are chosen in: the best mean valid score; ties: the earlier setting, then the smaller alpha."""
+    return (float(np.mean(valid)), -candidate[0], -candidate[1])
+
+
+def _top_candidates(
+    candidates: Sequence[tuple[int, float]],
+    count: int,
+    seeds: Sequence[int],
+    start_score: Callable[[int, int, float], float],
+) -> tuple[list[tuple[int, float]], list[dict[str, Any]]]:
+    """``downstream-top-candidates``: the ``count`` candidates whose rows score best on valid at the start
+    (``start_score(seed, setting, alpha)``, mean over seeds, ties as the final choice), in their original
+    order, and the others as records (``setting``, ``alpha``, ``start_valid`` per seed)."""
+    starts = {c: [start_score(seed, *c) for seed in seeds] for c in candidates}
+    best = set(sorted(candidates, key=lambda c: _choice_key(c, starts[c]), reverse=True)[:count])
+    kept = [c for c in candidates if c in best]
+    pruned = [{"setting": k, "alpha": a, "start_valid": starts[(k, a)]} for k, a in candidates if (k, a) not in best]
+    return kept, pruned
 
 
 def _test_or_reuse(

@@ -140,6 +140,11 @@ class RefinementConfig:
         the trained protocols (``seed + j``) are repeated for each; rows are reported as mean +- std.
     :param downstream_patience: checks (one per epoch) without a better valid score before a
         trained protocol stops; ``refit_epochs`` caps its epochs.
+    :param downstream_top_candidates: how many SimSkip candidates each *trained* protocol trains: the
+        ``K`` with the best valid score at their start (the candidate rows with the trained relations:
+        what ``as-trained`` scores), mean over seeds, ties as the final choice breaks them; ``0`` (the
+        default): every candidate. Chosen on valid only, before any training; the pruned candidates
+        are recorded with their start scores (:mod:`client.kge.comparison`).
     :param structure_mix: ``beta`` of the structure view ``x + beta (evidence - x)``
         (``simskip-structure-mix``, in ``[0, 1]``), used only where a SimSkip config names the
         ``row_view`` augmentation (:attr:`uses_row_view`; :mod:`client.kge.structure_view`).
@@ -204,6 +209,11 @@ class RefinementConfig:
     downstream_patience: int = key_field(
         1, help="checks without a better valid score before a protocol stops", model_defining=True
     )
+    downstream_top_candidates: int = key_field(
+        0,
+        help="candidates each trained protocol trains: the K best by valid score at their start (0: all)",
+        model_defining=True,
+    )
     structure_mix: float = key_field(
         0.5,
         help="beta of the structure view x + beta (evidence - x) of simskip-augmentations row_view",
@@ -228,7 +238,7 @@ class RefinementConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RefinementConfigError(f"{_key(name)} must be an int >= 1, got {shown(value)}")
-        for name in ("rounds", "local_epochs", "refit_epochs"):
+        for name in ("rounds", "local_epochs", "refit_epochs", "downstream_top_candidates"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise RefinementConfigError(f"{_key(name)} must be an int >= 0, got {shown(value)}")
@@ -363,7 +373,17 @@ def _key(name: str) -> str:
 
 #: The fields whose run-config value has one scalar type (the others are parsed from text or lists).
 _TYPED_FIELDS: dict[str, type] = {
-    **dict.fromkeys(("rounds", "local_epochs", "refit_epochs", "downstream_seeds", "downstream_patience"), int),
+    **dict.fromkeys(
+        (
+            "rounds",
+            "local_epochs",
+            "refit_epochs",
+            "downstream_seeds",
+            "downstream_patience",
+            "downstream_top_candidates",
+        ),
+        int,
+    ),
     **dict.fromkeys(("federate", "no_skip_ablation"), bool),
     "structure_mix": float,
 }
