@@ -38,3 +38,25 @@ def test_is_a_pykeen_filterer_by_name() -> None:
 def test_refuses_empty_triples() -> None:
     with pytest.raises(ValueError, match=r"non-empty \(n, 3\)"):
         SortedKeyFilterer(torch.zeros((0, 3), dtype=torch.long))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_side_broadcast_lookups_match_a_python_set_reference(seed: int) -> None:
+    """contains_tails / contains_heads (the shared-negatives loop's (B, K) filter) answer as a Python set
+    of the known triples does, for ids inside and beyond the table, without the (B, K, 3) stack."""
+    generator = torch.Generator().manual_seed(seed)
+    known = torch.randint(0, 30, (400, 3), generator=generator)
+    known[:, 1] %= 4
+    filterer = SortedKeyFilterer(known)
+    reference = {tuple(t) for t in known.tolist()}
+    picked = known[torch.randperm(400, generator=generator)[:40]]  # half the positives known, half random
+    positives = torch.cat([picked, torch.randint(0, 33, (40, 3), generator=generator)])
+    positives[::7, 1] = 5  # a relation beyond the table
+    candidates = torch.cat([known[:20, 2], torch.randint(0, 36, (20,), generator=generator)])
+    tails = filterer.contains_tails(positives[:, :2], candidates)
+    heads = filterer.contains_heads(candidates, positives[:, 1:])
+    h, r, t = (positives[:, i].tolist() for i in range(3))
+    expected_tails = [[(h[b], r[b], c) in reference for c in candidates.tolist()] for b in range(len(h))]
+    expected_heads = [[(c, r[b], t[b]) in reference for c in candidates.tolist()] for b in range(len(h))]
+    assert torch.equal(tails, torch.tensor(expected_tails)) and torch.equal(heads, torch.tensor(expected_heads))
+    assert tails.any() and heads.any() and not tails.all()

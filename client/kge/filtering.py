@@ -57,6 +57,38 @@ class SortedKeyFilterer(Filterer):
         position = torch.searchsorted(keys, encoded).clamp_max(keys.numel() - 1)
         return inside & (keys[position] == encoded)
 
+    def contains_tails(self, heads_relations: torch.Tensor, tails: torch.Tensor) -> BoolTensor:
+        """Whether each ``(h, r, t)`` of every pair ``(h, r)`` (shape ``(B, 2)``) with every candidate ``t``
+        (shape ``(K,)``) is a known triple; shape ``(B, K)``. The same answer as :meth:`contains` of the
+        ``(B, K, 3)`` stack, without building it: the key is ``(h * R + r) * E`` plus ``t``."""
+        base = self._encode_prefix(heads_relations[:, 0], heads_relations[:, 1])
+        return self._lookup(base[:, None] + tails[None, :], base >= 0, tails < self.num_entities)
+
+    def contains_heads(self, heads: torch.Tensor, relations_tails: torch.Tensor) -> BoolTensor:
+        """Whether each ``(h, r, t)`` of every candidate ``h`` (shape ``(K,)``) with every pair ``(r, t)``
+        (shape ``(B, 2)``) is a known triple; shape ``(B, K)``: the key is ``h * (R * E)`` plus ``r * E + t``."""
+        relations, tails = relations_tails[:, 0], relations_tails[:, 1]
+        inside_pairs = (relations < self.num_relations) & (tails < self.num_entities)
+        offset = relations * self.num_entities + tails
+        return self._lookup(
+            heads[None, :] * (self.num_relations * self.num_entities) + offset[:, None],
+            inside_pairs,
+            heads < self.num_entities,
+        )
+
+    def _encode_prefix(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """``(h * R + r) * E`` per pair, ``-1`` where ``h`` or ``r`` lies outside the table."""
+        inside = (heads < self.num_entities) & (relations < self.num_relations)
+        return torch.where(inside, (heads * self.num_relations + relations) * self.num_entities, -1)
+
+    def _lookup(self, encoded: torch.Tensor, rows_inside: torch.Tensor, columns_inside: torch.Tensor) -> BoolTensor:
+        """Membership of ``(B, K)`` keys, false outside the table (rows or columns out of range)."""
+        keys = self.keys.to(encoded.device)
+        inside = rows_inside[:, None] & columns_inside[None, :]
+        encoded = torch.where(inside, encoded, 0)
+        position = torch.searchsorted(keys, encoded).clamp_max(keys.numel() - 1)
+        return inside & (keys[position] == encoded)
+
     def extra_repr(self) -> str:
         return f"num_keys={self.keys.numel()}, num_entities={self.num_entities}, num_relations={self.num_relations}"
 

@@ -121,27 +121,13 @@ class SharedNegativesTrainingLoop(SLCWATrainingLoop):
             candidates = torch.randint(num_entities, (self.num_negatives,), device=model.device)
             if side == "tail":
                 scores = score_tails(model, positives[:, :2], candidates)
-                corrupted = torch.stack(
-                    [
-                        positives[:, 0, None].expand_as(scores),
-                        positives[:, 1, None].expand_as(scores),
-                        candidates[None, :].expand_as(scores),
-                    ],
-                    dim=-1,
-                )
+                if self._filterer is not None:  # the (B, K) answer of contains() on the (B, K, 3) negatives
+                    keep.append(~self._filterer.contains_tails(positives[:, :2], candidates))
             else:
                 scores = score_heads(model, positives[:, 1:], candidates)
-                corrupted = torch.stack(
-                    [
-                        candidates[None, :].expand_as(scores),
-                        positives[:, 1, None].expand_as(scores),
-                        positives[:, 2, None].expand_as(scores),
-                    ],
-                    dim=-1,
-                )
+                if self._filterer is not None:
+                    keep.append(~self._filterer.contains_heads(candidates, positives[:, 1:]))
             negative_scores.append(scores)
-            if self._filterer is not None:
-                keep.append(~self._filterer.contains(corrupted))
         if model.use_inverse_triples:
             return self._per_side_loss(positives, negative_scores, keep, label_smoothing)
         scores = torch.cat(negative_scores, dim=1)
