@@ -530,6 +530,52 @@ def _first_target() -> str:
     return DASH
 
 
+def epoch_pykeen_ttv_block() -> str:
+    """``results/bench_epoch/against-pykeen/fed3-recipes-time-to-valid.json``: per recipe and seed, the seconds of
+    training this project's trainer needs to reach PyKEEN's valid MRR after the same fixed epochs."""
+    path = RESULTS / "bench_epoch" / "against-pykeen" / "fed3-recipes-time-to-valid.json"
+    if not path.is_file():
+        return f"_`{_rel(path)}`: not run yet (the command below)._"
+    data = _read(path)
+    rows = []
+    for name, recipe in data["recipes"].items():
+        config, summary = recipe["config"], recipe["summary"]
+        ttv = recipe.get("time_to_pykeen_valid") or {}
+        ratio = ttv.get("ratio")
+        rows.append(
+            [
+                (
+                    f"`{name}` ({config['model']}, {config['loss']}, dim {config['embedding-dim']}, "
+                    f"{config['num-negs-per-pos']} negatives{', reciprocal' if config.get('reciprocal-relations') else ''})"
+                ),
+                f"{summary['ours']['valid_mrr']['mean']:.4f} / {summary['pykeen']['valid_mrr']['mean']:.4f}",
+                "; ".join(f"{seed}: {cell(text)}" for seed, text in sorted(ttv.get("outcome_per_seed", {}).items())),
+                DASH if ratio is None else f"{ratio:.1f} / {ttv['cpu_ratio']:.1f}",
+            ]
+        )
+    header = [
+        "recipe",
+        f"valid MRR after {data['epochs']} epochs, ours / PyKEEN (mean)",
+        "per seed: epochs and training seconds to PyKEEN's valid MRR",
+        "time-to-valid ratio (wall / CPU)",
+    ]
+    load = (
+        f"1-minute load {data['load_average_start'][0]:.1f} at the start, {data['load_average_end'][0]:.1f} at the end"
+    )
+    return "\n".join(
+        [
+            (
+                f"Party {data['client']} of {cell(data['data'])}, {data['torch_threads']} torch thread, {data['seeds']} seeds"
+                f" per side, {load}."
+            ),
+            "",
+            *table(header, rows, "lrlr"),
+            "",
+            f"Command: {cell(data['command'])}.",
+        ]
+    )
+
+
 def downstream_bench_block() -> str:
     """``results/fed3-transe/bench_downstream.json``: seconds per downstream protocol, every party's rows."""
     path = RESULTS / "fed3-transe" / "bench_downstream.json"
@@ -1097,6 +1143,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "tta": tta_block,
         "epoch-ab": epoch_ab_block,
         "epoch-pykeen": epoch_pykeen_block,
+        "epoch-pykeen-ttv": epoch_pykeen_ttv_block,
         "bench-eval": bench_eval_block,
         "downstream": downstream_bench_block,
         "downstream-time": downstream_time_block,
