@@ -838,15 +838,13 @@ def _load_client(args: argparse.Namespace) -> Any:
     return kg.clients[args.client]
 
 
-def _plain(args: argparse.Namespace, config: KGEConfig) -> dict[str, Any]:
+def _plain(args: argparse.Namespace, config: KGEConfig, loaded: tuple[Any, float]) -> dict[str, Any]:
     """One trainer, ``--epochs`` timed ``train(1)`` calls (the script's original measurement)."""
     import torch
 
     from client.kge.training import LocalTrainer
 
-    started = time.perf_counter()
-    client = _load_client(args)
-    load_seconds = time.perf_counter() - started
+    client, load_seconds = loaded
 
     started = time.perf_counter()
     trainer = LocalTrainer(client, config, device=args.device)
@@ -881,7 +879,11 @@ def _plain(args: argparse.Namespace, config: KGEConfig) -> dict[str, Any]:
 
 
 def _against_pykeen(
-    args: argparse.Namespace, recipes: Mapping[str, KGEConfig], command: str, out: Path | None
+    args: argparse.Namespace,
+    recipes: Mapping[str, KGEConfig],
+    command: str,
+    out: Path | None,
+    loaded: tuple[Any, float],
 ) -> dict[str, Any]:
     import torch
 
@@ -896,15 +898,14 @@ def _against_pykeen(
         "versions": _versions(),
         "load_average_start": list(os.getloadavg()),
     }
-    started = time.perf_counter()
-    client = _load_client(args)
+    client, load_seconds = loaded
     header |= {
         "data": str(args.data),
         "client": args.client,
         "train_triples": int(client.train.num_triples),
         "valid_triples": int(client.valid.num_triples),
         "num_entities": int(client.num_entities),
-        "load_seconds": time.perf_counter() - started,
+        "load_seconds": load_seconds,
         "device": str(resolve_device(args.device)),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -986,13 +987,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from kg_datasets.errors import KGDataError
 
+    started = time.perf_counter()
     try:
-        if args.against_pykeen:
-            report = _against_pykeen(args, recipes, shlex.join(["python", "scripts/bench_epoch.py", *argv]), args.out)
-        else:
-            report = _plain(args, base)
+        loaded = (_load_client(args), time.perf_counter() - started)
     except KGDataError as error:  # the data given (unreadable, no --num-clients for one graph, no such --client)
         parser.error(str(error))
+    if args.against_pykeen:
+        command = shlex.join(["python", "scripts/bench_epoch.py", *argv])
+        report = _against_pykeen(args, recipes, command, args.out, loaded)
+    else:
+        report = _plain(args, base, loaded)
     emit_json(report, args.out)
     if args.out is not None:
         shown = {key: report[key] for key in ("ratios", "time_to_pykeen_valid_ratios") if key in report}

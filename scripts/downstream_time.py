@@ -338,7 +338,7 @@ class _Stopping:
             epochs = {row: values[seed] if self.trains else None for row, values in recorded_epochs.items()}
             if self.trains or seed == 0:  # a protocol that trains nothing runs the unrefined rows once
                 add("unrefined", seed, ("unrefined",), valid["unrefined"][seed], True, epochs["unrefined"])
-            for cand in candidates:
+            for cand in (c for c in candidates if c in cand_valid):  # downstream-top-candidates: the pruned never ran
                 kind = "refined" if cand == chosen else "other_candidates"
                 recorded = epochs["refined"] if cand == chosen else None
                 add(kind, seed, ("candidate", seed, *cand), cand_valid[cand][seed], cand == chosen, recorded)
@@ -679,7 +679,7 @@ def build_breakdown(
             "load (each cell's 'machine' copies its cell.json: device, load averages at start and end, torch "
             "threads); the grid ran on the project's 2-core CPU machine"
         ),
-        "grid": str(grid),
+        "grid": grid.resolve().relative_to(ROOT).as_posix() if grid.resolve().is_relative_to(ROOT) else str(grid),
         "derivations": DERIVATIONS,
         "headline": headline,
         "totals_by_split": by_split,

@@ -429,7 +429,7 @@ def epoch_pykeen_block() -> str:
     lines = [
         (
             f"Party {data['client']} of {cell(data['data'])} ({data['train_triples']:,} train triples), "
-            f"{data['torch_threads']} torch thread, {data['seeds']} seeds per side, {load}; "
+            f"{data['torch_threads']} torch thread{'s' if data['torch_threads'] != 1 else ''}, {data['seeds']} seeds per side, {load}; "
             f"seed noise: {cell(data['noise_rule'])}."
         ),
         "",
@@ -565,7 +565,7 @@ def epoch_pykeen_ttv_block() -> str:
     return "\n".join(
         [
             (
-                f"Party {data['client']} of {cell(data['data'])}, {data['torch_threads']} torch thread, {data['seeds']} seeds"
+                f"Party {data['client']} of {cell(data['data'])}, {data['torch_threads']} torch thread{'s' if data['torch_threads'] != 1 else ''}, {data['seeds']} seeds"
                 f" per side, {load}."
             ),
             "",

@@ -233,9 +233,12 @@ def export_metrics_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- one run
 def _same_values(state: Mapping[str, Any], run_sets: Mapping[str, Any], rounds: int, folder: Path, fix: str) -> None:
-    """Raise :class:`BaselineError` when ``state`` (a ``run.json``) records other ``sets`` or ``rounds_budget``."""
-    earlier = {key: state[key] for key in ("sets", "rounds_budget") if key in state}
-    if earlier and earlier != {"sets": dict(run_sets), "rounds_budget": rounds}:
+    """Raise :class:`BaselineError` when ``state`` (a non-empty ``run.json``) records other ``sets`` or
+    ``rounds_budget``, or lacks one of them (a run of unknown values is not this run)."""
+    if not state:
+        return  # nothing there yet
+    earlier = {key: state.get(key) for key in ("sets", "rounds_budget")}  # a key missing: unknown values
+    if earlier != {"sets": dict(run_sets), "rounds_budget": rounds}:
         raise BaselineError(
             f"{folder} holds a run with other values ({earlier}, now sets {dict(run_sets)}, rounds {rounds}); {fix}"
         )

@@ -389,6 +389,24 @@ def test_top_candidates_train_only_the_best_starts(client, trained, monkeypatch,
         assert len(record["protocols"]["as-trained"]["selection"]["candidates"]) == 4
 
 
+def test_top_candidates_without_trained_relations_train_every_candidate_and_say_so(client, trained) -> None:
+    config, rows, _ = trained
+    refinement = RefinementConfig.from_run_config(
+        {
+            "downstream-protocols": "adapter",
+            "downstream-seeds": 1,
+            "refit-epochs": 1,
+            "simskip-gate-grid": "0,0.5,1",
+            "downstream-top-candidates": 1,
+        }
+    )
+    refined = {name: rows.copy() for name in refinement.variants()}
+    record, _ = evaluate_client_rows(client, config, rows, refined, refinement, relation_state=None)
+    selection = record["protocols"]["adapter"]["selection"]
+    assert len(selection["candidates"]) == 2 and "pruned" not in selection
+    assert selection["pruning"].startswith("off: the client has no trained relations")
+
+
 def test_top_candidates_zero_or_at_least_all_changes_nothing(client, trained) -> None:
     config, rows, relations = trained
     base = {

@@ -222,3 +222,24 @@ def test_unknown_start_gives_an_epoch_range_and_missing_fields_are_named(script,
     grid = _write_grid(tmp_path, results, cell)
     with pytest.raises(script.GridReadError, match="TransE: results.json lacks or mangles 'simskip_seconds'"):
         script.build_breakdown(grid, untrained=UNTRAINED, command="test")
+
+
+def test_a_cell_with_pruned_candidates_counts_only_the_trained_ones(script, tmp_path):
+    """downstream-top-candidates: the pruned candidate of a trained protocol never ran, so it is neither a run
+    nor an epoch, and the cell still reads."""
+    results, cell = _cell()
+    selection = results["protocols"]["relation-refit:trained"]["selection"]["0"]
+    dropped = selection["candidates"].pop(1)  # (1, 1.0), not the chosen one
+    selection["pruned"] = [{"setting": dropped["setting"], "alpha": dropped["alpha"], "start_valid": [0.4, 0.45]}]
+    results["run"]["refinement"]["downstream-top-candidates"] = 1
+    grid = _write_grid(tmp_path, results, cell)
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "breakdown.json"
+    assert script.main(["--grid", str(grid), "--out", str(out)], untrained=lambda: set(UNTRAINED)) == 0
+    refit = json.loads(out.read_text(encoding="utf-8"))["cells"]["FB15k-237-Fed3/TransE"]["clients"]["0"]
+    counts = refit["relation-refit:trained"]["counts"]
+    assert counts["runs"] == 6  # 2 seeds x (unrefined, the kept candidate, perturbed)
+    assert counts["train_epochs"] == 9  # the unpruned cell's 12 less the pruned candidate's 2 + 1
+    assert "other_candidates" not in refit["relation-refit:trained"]["derived"]["by_row_kind"] or (
+        refit["relation-refit:trained"]["derived"]["by_row_kind"]["other_candidates"] == 0
+    )

@@ -179,6 +179,27 @@ def test_a_work_folder_of_other_values_is_refused(rb, tmp_path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("recorded", [{"status": "done"}, {"status": "done", "sets": {"seed": 0}}])
+def test_a_finished_run_that_does_not_say_its_values_is_not_this_run(rb, tmp_path, capsys, recorded) -> None:
+    folder = tmp_path / "out" / "Nations" / "TransE" / "fede" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(recorded), encoding="utf-8")
+    argv = [
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(tmp_path / "work"),
+        *ARGS,
+        "--settings",
+        "fede",
+        "--seeds",
+        "0",
+    ]
+    assert rb.main(argv) == 1
+    assert "holds a run with other values" in capsys.readouterr().err
+    assert json.loads((folder / "run.json").read_text(encoding="utf-8")) == recorded  # untouched
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

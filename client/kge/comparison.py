@@ -12,7 +12,8 @@ For each protocol label (:func:`client.kge.protocols.protocol_labels`) and each 
    Whether the unrefined rows score better on valid is recorded too (``valid_prefers_unrefined``).
    With ``downstream-top-candidates = K > 0``, a trained protocol trains only the ``K`` candidates
    whose rows score best on valid at their start (with the trained relations: ``as-trained``'s
-   score), mean over seeds; the others are recorded under ``pruned`` with those scores.
+   score), mean over seeds; the others are recorded under ``pruned`` with those scores. A client
+   without trained relations has no such start: every candidate trains (``pruning`` says so).
 3. ``perturbed``: the control. The unrefined rows moved in random directions by exactly the
    chosen refined rows' per-row displacement (:func:`simskip_core.perturb_like`, seeded by
    seed and client), through the same protocol.
@@ -158,7 +159,7 @@ def evaluate_client_rows(
             _trains: bool = protocol.trains,
             _keys: dict[int, bytes] = row_keys,
         ) -> ProtocolRun:
-            key = hashlib.sha1(these.tobytes()).digest()
+            key = _rows_key(these)
             result = run_protocol(
                 _label,
                 graph,
@@ -181,15 +182,15 @@ def evaluate_client_rows(
 
         per_seed: dict[int, dict[str, ProtocolRun]] = {}
         displacement: dict[int, dict[str, float]] = {}
-        kept, pruned = candidates, []
-        if (
-            protocol.trains
-            and 0 < refinement.downstream_top_candidates < len(candidates)
-            and relation_state is not None
-        ):
+        kept, pruned, pruning = candidates, [], None
+        prunes = protocol.trains and 0 < refinement.downstream_top_candidates < len(candidates)
+        if prunes and relation_state is None:
+            # no start to score the candidates by: every candidate trains, and the record says why
+            pruning = "off: the client has no trained relations to score the candidates' start by"
+        elif prunes:
 
             def start_score(these: np.ndarray, seed: int) -> float:
-                key = hashlib.sha1(these.tobytes()).digest()
+                key = _rows_key(these)
                 if key not in start_scores:  # as-trained did not run first: one valid check of these rows
                     start_scores[key] = run_protocol(
                         "as-trained",
@@ -268,6 +269,7 @@ def evaluate_client_rows(
             "selection": {
                 "candidates": [{"setting": k, "alpha": a, "valid": scores[(k, a)]} for k, a in kept],
                 **({"pruned": pruned} if pruned else {}),
+                **({"pruning": pruning} if pruning else {}),
                 "chosen": {"setting": setting, "alpha": alpha, "overrides": refinement.search_settings()[setting]},
                 "unrefined_valid": unrefined_valid,
                 "valid_prefers_unrefined": float(np.mean(unrefined_valid)) >= float(np.mean(scores[chosen])),
@@ -276,6 +278,11 @@ def evaluate_client_rows(
             "seconds": round(time.perf_counter() - started, 3),
         }
     return record, ranks
+
+
+def _rows_key(rows: np.ndarray) -> bytes:
+    """The identity of a set of rows in the comparison's caches (start scores, start rankings)."""
+    return hashlib.sha1(rows.tobytes()).digest()
 
 
 def _choice_key(candidate: tuple[int, float], valid: Sequence[float]) -> tuple[float, int, float]:

@@ -1,4 +1,4 @@
-"""The one documented configuration of local KGE training, and named presets of it.
+"""The one documented configuration of local KGE training.
 
 Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``--run-config``
 overrides) uses kebab-case keys; :meth:`KGEConfig.from_run_config` maps them onto the snake_case

@@ -3,7 +3,7 @@
 SimSkip's claim is about the rows; what a KGE model can do with new rows depends on what is
 trained after them. So every row (unrefined, refined, the perturbation control, the no-skip
 ablation) goes through the same protocol, with the same seed, budget and stopping rule, and the
-table reports each protocol side by side (:func:`client.kge.protocols.evaluate_client_rows`).
+table reports each protocol side by side (:func:`client.kge.comparison.evaluate_client_rows`).
 
 Registry :data:`DOWNSTREAM_PROTOCOLS` (run-config key ``downstream-protocols``, a list):
 
@@ -212,6 +212,8 @@ class _AdaptedRows(nn.Module):
         return self.rows @ self.map
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        # the cache below trusts the tensors' version counters: change rows or map in place through
+        # torch ops (an optimizer step, load_state_dict, copy_), never through ``.data``
         if torch.is_grad_enabled():
             self._table = None  # training: the map is about to change
         elif self._all_entities(indices):

@@ -144,7 +144,8 @@ class RefinementConfig:
         ``K`` with the best valid score at their start (the candidate rows with the trained relations:
         what ``as-trained`` scores), mean over seeds, ties as the final choice breaks them; ``0`` (the
         default): every candidate. Chosen on valid only, before any training; the pruned candidates
-        are recorded with their start scores (:mod:`client.kge.comparison`).
+        are recorded with their start scores (:mod:`client.kge.comparison`). A client without trained
+        relations that fit its model trains every candidate (its record says so).
     :param structure_mix: ``beta`` of the structure view ``x + beta (evidence - x)``
         (``simskip-structure-mix``, in ``[0, 1]``), used only where a SimSkip config names the
         ``row_view`` augmentation (:attr:`uses_row_view`; :mod:`client.kge.structure_view`).
