@@ -162,7 +162,7 @@ def _data_id(data: Path) -> str:
 def _check_folder(parser: argparse.ArgumentParser, args: argparse.Namespace, run_config: Mapping[str, Any]) -> None:
     """``--out`` is missing, empty, or a run of this command on the same data with the same
     model-defining values (then it is resumed or reported); anything else is refused."""
-    from server.checkpoint import model_defining_values
+    from server.checkpoint import model_defining_changes
 
     out = args.out
     if not out.is_dir() or not any(out.iterdir()):
@@ -177,11 +177,9 @@ def _check_folder(parser: argparse.ArgumentParser, args: argparse.Namespace, run
     changed = []
     if recorded.get("data", {}).get("source") != _data_id(args.data):
         changed.append(f"--data: the run used {recorded.get('data', {}).get('source')}, now {_data_id(args.data)}")
-    before, now = recorded.get("model_defining", {}), model_defining_values(run_config)
-    changed += [
-        f"{key}: the run used {before.get(key, '<not set>')!r}, now {now.get(key, '<not set>')!r}"
-        for key in sorted(set(before) | set(now))
-        if before.get(key) != now.get(key)
+    changed += [  # a key added since the run began counts with the value the run used (its old default)
+        f"{key}: the run used {before!r}, now {now!r}"
+        for key, before, now in model_defining_changes(recorded.get("model_defining", {}), run_config)
     ]
     if changed:
         parser.error(

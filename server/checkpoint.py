@@ -57,6 +57,7 @@ __all__ = [
     "checkpoint_dir",
     "has_checkpoint",
     "load_checkpoint",
+    "model_defining_changes",
     "model_defining_values",
     "remove_checkpoint",
     "save_checkpoint",
@@ -275,19 +276,26 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_model_config(manifest: Mapping[str, Any], run_config: Mapping[str, Any], path: Path) -> None:
-    saved: dict[str, Any] = {**ADDED_KEYS, **manifest["model_config"]}
+def model_defining_changes(recorded: Mapping[str, Any], run_config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, value now)`` of every model-defining key whose value ``run_config`` changes
+    against ``recorded`` (a run's saved :func:`model_defining_values`). A key added after the run was
+    recorded counts with the value the run used (:data:`ADDED_KEYS`); ``"<not set>"`` marks a missing one.
+
+    :raises client.kge.config.ConfigError: for an unknown key or a bad value in ``run_config``.
+    """
+    saved: dict[str, Any] = {**ADDED_KEYS, **recorded}
     current = model_defining_values(run_config)
-    changed = [
-        key
+    return [
+        (key, saved.get(key, "<not set>"), current.get(key, "<not set>"))
         for key in sorted(set(saved) | set(current))
         if not _values_equal(saved.get(key, "<not set>"), current.get(key, "<not set>"))
     ]
+
+
+def _check_model_config(manifest: Mapping[str, Any], run_config: Mapping[str, Any], path: Path) -> None:
+    changed = model_defining_changes(manifest["model_config"], run_config)
     if changed:
-        details = ", ".join(
-            f"{key}: checkpoint {saved.get(key, '<not set>')!r}, now {current.get(key, '<not set>')!r}"
-            for key in changed
-        )
+        details = ", ".join(f"{key}: checkpoint {before!r}, now {now!r}" for key, before, now in changed)
         raise CheckpointError(
             f"cannot resume from {path}: model-defining setting(s) changed: {details}. "
             "Resume with the original values, or start a new run folder"

@@ -344,3 +344,25 @@ def test_export_copies_the_small_files_and_keeps_another_runs(finished, tiny, tm
     assert info.value.code == 2
     assert "holds another run's final_metrics.json" in capsys.readouterr().err
     assert (exported / "final_metrics.json").read_bytes() == before and not (tmp_path / "other").exists()
+
+
+def test_a_run_recorded_before_a_key_was_added_is_still_its_own(finished, tiny, tmp_path, capsys):
+    """A key added after a run began (server.checkpoint.ADDED_KEYS) counts with the value the run used: the
+    finished run is reported and exported, not refused as another configuration; another value still is."""
+    import shutil
+
+    from server.checkpoint import ADDED_KEYS
+
+    older = tmp_path / "older"
+    shutil.copytree(finished, older)
+    config = json.loads((older / "config.json").read_text(encoding="utf-8"))
+    for key in ("downstream-top-candidates", "lr-decay"):
+        assert key in ADDED_KEYS
+        del config["model_defining"][key]  # as a run begun before these keys existed recorded it
+    (older / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    code, _ = _run(tmp_path, tiny, "older", *_sets(), "--export", str(tmp_path / "exported"))
+    assert code == 0 and "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "exported" / "final_metrics.json").is_file()
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, tiny, "older", *_sets(), "--set", "lr-decay=0.5")
+    assert info.value.code == 2 and "lr-decay: the run used 1.0, now 0.5" in capsys.readouterr().err
