@@ -60,3 +60,18 @@ def test_one_side_broadcast_lookups_match_a_python_set_reference(seed: int) -> N
     expected_heads = [[(c, r[b], t[b]) in reference for c in candidates.tolist()] for b in range(len(h))]
     assert torch.equal(tails, torch.tensor(expected_tails)) and torch.equal(heads, torch.tensor(expected_heads))
     assert tails.any() and heads.any() and not tails.all()
+
+
+def test_the_run_config_check_alone_knows_the_filterer() -> None:
+    """A resumed run checks its run config before any trainer is imported: the registry module alone must
+    register ``sortedkey`` (a resume once failed with "'sortedkey' is not one of bloom, pythonset")."""
+    import subprocess
+    import sys
+
+    code = (
+        "import client.kge.run_config\n"
+        "from pykeen.sampling.filtering import filterer_resolver\n"
+        "assert 'sortedkey' in filterer_resolver.lookup_dict, sorted(filterer_resolver.lookup_dict)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

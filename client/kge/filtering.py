@@ -4,7 +4,7 @@ Why our own: PyKEEN ships a Python-set filterer (exact, but a Python loop over e
 and a Bloom filter (vectorized, but ~0.1 % false positives and ten hashing rounds). FedE filters
 exactly; encoding each triple as one int64 key and binary-searching a sorted key table is exact
 and, measured on FB15k-237-Fed3 client 0 (512 x 256 negatives per batch), ~5x faster than the
-Bloom filter on CPU. Importing :mod:`client.kge.training` registers it as ``sortedkey``.
+Bloom filter on CPU. Importing :mod:`client.kge.regimes` (which the trainer and the run config's choice check import) registers it as ``sortedkey``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pykeen.sampling import negative_sampler_resolver
 from pykeen.training import SLCWATrainingLoop, TrainingCallback, TrainingLoop
 from pykeen.triples import CoreTriplesFactory
 
+from client.kge import filtering
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.shared_negatives import SharedNegativesTrainingLoop
 
@@ -35,6 +36,10 @@ __all__ = [
     "sum_entity_gradients_sparsely",
     "training_regime_resolver",
 ]
+
+# the exact ``sortedkey`` filterer, config.filterer's default: registered wherever a regime (or the run
+# config's choice check, client.kge.run_config) can name it
+filtering.register()
 
 
 class TrainingRegime:

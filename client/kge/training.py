@@ -28,7 +28,6 @@ from pykeen.models import Model
 from pykeen.training.training_loop import NonFiniteLossError
 from pykeen.triples import CoreTriplesFactory
 
-from client.kge import filtering
 from client.kge.config import ConfigError, KGEConfig
 from client.kge.evaluation import evaluate_client
 from client.kge.models import build_model, entity_embedding, model_triples_factory, seeded
@@ -44,7 +43,6 @@ __all__ = [
     "resolve_device",
 ]
 
-filtering.register()  # the exact ``sortedkey`` filterer, config.filterer's default
 
 #: Prefixes of the private-state keys.
 MODEL_PREFIX = "model/"
