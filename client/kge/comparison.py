@@ -191,16 +191,8 @@ def evaluate_client_rows(
 
             def start_score(these: np.ndarray, seed: int) -> float:
                 key = _rows_key(these)
-                if key not in start_scores:  # as-trained did not run first: one valid check of these rows
-                    start_scores[key] = run_protocol(
-                        "as-trained",
-                        graph,
-                        config.replace(seed=config.seed + seed),
-                        these,
-                        relation_state=relation_state,
-                        budget=budget,
-                        device=device,
-                    ).valid
+                if key not in start_scores:  # as-trained did not run first: run() scores these rows once
+                    run(these, seed, "start score", _label="as-trained", _trains=False, _keys={})
                 return start_scores[key]
 
             kept, pruned = _top_candidates(
